@@ -1,0 +1,99 @@
+-- join_queue: put a user in an event's waiting room, or return their place.
+--
+-- KEYS[1] cfg       hash: event config (admit_per_second, max_active,
+--                   active_ttl_ms, idle_timeout_ms, paused)
+-- KEYS[2] seq       counter: join order
+-- KEYS[3] wait      zset: waiting entry -> join sequence
+-- KEYS[4] seen      zset: waiting entry -> last poll (ms)
+-- KEYS[5] adm       zset: admitted entry -> admission deadline (ms)
+-- KEYS[6] users     hash: user -> entry
+-- KEYS[7] entries   hash: entry -> user
+-- KEYS[8] win       zset: entry -> admission time (ms), the last second only
+-- KEYS[9] stats     hash: rate_ema, admitted_total, joined_total, ...
+-- ARGV[1] user id
+--
+-- Returns (JSON):
+--   {"status":"no_event"}
+--   {"status":"created"|"existing", "entry":n, "state":"waiting", "position":p,
+--    "rate":r, "admit_per_second":a, "paused":0|1, "idle_timeout_ms":i, "now_ms":t}
+--   {"status":"created"|"existing", "entry":n, "state":"admitted",
+--    "admitted_until":ms, ...same rate fields}
+--
+-- Why one script: "is there a live entry for this user?", "append at the
+-- tail", and "admit at once when nobody waits and capacity is free" must
+-- be one step, or two joins of one user both append, or a newcomer
+-- overtakes someone who joined a microsecond earlier. MULTI/EXEC cannot
+-- branch on what it reads; a lock would serialize every join through a
+-- network round trip. The order is an INCR here, never a client or server
+-- clock, so FIFO holds across any number of instances.
+
+local cfg = redis.call('HMGET', KEYS[1], 'admit_per_second', 'max_active', 'active_ttl_ms', 'idle_timeout_ms', 'paused')
+if not cfg[1] then
+  return cjson.encode({ status = 'no_event' })
+end
+local admit_per_second = tonumber(cfg[1])
+local max_active = tonumber(cfg[2])
+local active_ttl_ms = tonumber(cfg[3])
+local idle_timeout_ms = tonumber(cfg[4])
+local paused = cfg[5] == '1'
+local user = ARGV[1]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(redis.call('HGET', KEYS[9], 'rate_ema') or '0')
+
+local function reply(status, entry, state, extra)
+  local r = { status = status, entry = tonumber(entry), state = state, rate = rate,
+              admit_per_second = admit_per_second, paused = paused and 1 or 0,
+              idle_timeout_ms = idle_timeout_ms, now_ms = now }
+  for k, v in pairs(extra) do r[k] = v end
+  return cjson.encode(r)
+end
+
+local function forget(entry)
+  redis.call('ZREM', KEYS[3], entry)
+  redis.call('ZREM', KEYS[4], entry)
+  redis.call('ZREM', KEYS[5], entry)
+  redis.call('HDEL', KEYS[7], entry)
+end
+
+-- An existing live entry: same place, fresh token (the caller signs it).
+local existing = redis.call('HGET', KEYS[6], user)
+if existing then
+  local deadline = redis.call('ZSCORE', KEYS[5], existing)
+  if deadline and tonumber(deadline) > now then
+    return reply('existing', existing, 'admitted', { admitted_until = tonumber(deadline) })
+  end
+  local rank = redis.call('ZRANK', KEYS[3], existing)
+  local seen = redis.call('ZSCORE', KEYS[4], existing)
+  if rank and seen and now - tonumber(seen) <= idle_timeout_ms then
+    redis.call('ZADD', KEYS[4], now, existing)
+    return reply('existing', existing, 'waiting', { position = rank + 1 })
+  end
+  -- Admission window over, or idle past the timeout: that entry is gone.
+  forget(existing)
+  redis.call('HDEL', KEYS[6], user)
+end
+
+local entry = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[6], user, entry)
+redis.call('HSET', KEYS[7], entry, user)
+redis.call('HINCRBY', KEYS[9], 'joined_total', 1)
+
+-- Admit at once only if nobody waits, capacity is free and this second's
+-- admission budget is not spent (the same sliding window admit_tick uses).
+if not paused and redis.call('ZCARD', KEYS[3]) == 0 then
+  local active = redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf')
+  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now - 1000)
+  if active < max_active and redis.call('ZCARD', KEYS[8]) < admit_per_second then
+    local deadline = now + active_ttl_ms
+    redis.call('ZADD', KEYS[5], deadline, entry)
+    redis.call('ZADD', KEYS[8], now, entry)
+    redis.call('HINCRBY', KEYS[9], 'admitted_total', 1)
+    return reply('created', entry, 'admitted', { admitted_until = deadline })
+  end
+end
+
+redis.call('ZADD', KEYS[3], entry, entry)
+redis.call('ZADD', KEYS[4], now, entry)
+return reply('created', entry, 'waiting', { position = redis.call('ZRANK', KEYS[3], entry) + 1 })

@@ -1,0 +1,355 @@
+//! Configuration: read once from environment variables at start.
+//!
+//! Every setting has a working local default so `boxoffice serve` runs on a
+//! developer machine with no set-up; invalid values fail start-up with one
+//! line naming the variable. Secrets are wrapped in [`Secret`] so they can
+//! never reach a log line through `Debug`.
+
+use std::{collections::HashMap, fmt, net::IpAddr, net::SocketAddr, time::Duration};
+
+use crate::money::Currency;
+
+/// Where logs go and in which shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// A string that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret value; call sites are easy to audit with grep.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A trusted proxy: one address or a CIDR block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpBlock {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let a = s.parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Every setting of one boxoffice process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub redis_url: String,
+    pub database_url: String,
+    pub service_key: Secret,
+    pub token_secret: Secret,
+    /// Prepended to every Redis key, outside the hash tag.
+    pub redis_prefix: String,
+    pub currency: Currency,
+    /// Requests per second per client address on public routes; 0 = off.
+    pub rate_per_ip: u32,
+    /// Requests per second per queue token; 0 = off.
+    pub rate_per_token: u32,
+    pub trusted_proxies: Vec<IpBlock>,
+    pub log_format: LogFormat,
+    /// Run the background loops (admission tick, reconciler, outbox relay).
+    /// Tests turn them off to prove correctness does not depend on them.
+    pub background: bool,
+    /// How often each instance runs the admission tick.
+    pub tick_interval: Duration,
+    /// How often the reconciler looks for unfinished payments and an empty Redis.
+    pub reconcile_interval: Duration,
+    /// Largest single wallet charge, in currency units.
+    pub max_charge: rust_decimal::Decimal,
+    /// How long a hold stays in *paying* before it is given back.
+    pub paying_timeout: Duration,
+}
+
+/// A setting that could not be used; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+pub const DEV_SERVICE_KEY: &str = "dev-service-key";
+pub const DEV_TOKEN_SECRET: &str = "dev-token-secret-change-me";
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// A variable that is set but cannot be parsed.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_map(&std::env::vars().collect())
+    }
+
+    /// Reads settings from a map of variable names to values (tests use this).
+    ///
+    /// # Errors
+    /// A variable that is set but cannot be parsed.
+    pub fn from_map(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| {
+            env.get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let parse = |k: &str, default: &str| -> Result<String, ConfigError> {
+            Ok(get(k).unwrap_or_else(|| default.to_owned()))
+        };
+        let num = |k: &str, default: u64| -> Result<u64, ConfigError> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| ConfigError(format!("{k}={v:?} is not a non-negative integer"))),
+            }
+        };
+
+        let addr_s = parse("BOXOFFICE_ADDR", "127.0.0.1:8080")?;
+        let addr = addr_s
+            .parse()
+            .map_err(|_| ConfigError(format!("BOXOFFICE_ADDR={addr_s:?} is not host:port")))?;
+
+        let redis_url = parse("REDIS_URL", "redis://127.0.0.1:6379")?;
+        if !(redis_url.starts_with("redis://")
+            || redis_url.starts_with("rediss://")
+            || redis_url.starts_with("redis-cluster://"))
+        {
+            return Err(ConfigError(format!(
+                "REDIS_URL={redis_url:?} must start with redis://, rediss:// or redis-cluster://"
+            )));
+        }
+        let database_url = parse(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/boxoffice",
+        )?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError(
+                "DATABASE_URL must start with postgres:// or postgresql://".into(),
+            ));
+        }
+
+        let service_key = Secret::new(parse("BOXOFFICE_SERVICE_KEY", DEV_SERVICE_KEY)?);
+        let token_secret = Secret::new(parse("BOXOFFICE_TOKEN_SECRET", DEV_TOKEN_SECRET)?);
+        if token_secret.expose().len() < 16 {
+            return Err(ConfigError(
+                "BOXOFFICE_TOKEN_SECRET must be at least 16 characters".into(),
+            ));
+        }
+
+        let redis_prefix = env
+            .get("BOXOFFICE_REDIS_PREFIX")
+            .cloned()
+            .unwrap_or_default();
+        if redis_prefix.contains(['{', '}', ' ']) {
+            return Err(ConfigError(
+                "BOXOFFICE_REDIS_PREFIX must not contain braces or spaces (it sits outside the hash tag)".into(),
+            ));
+        }
+
+        let cur = parse("BOXOFFICE_CURRENCY", "KRW")?;
+        let currency = Currency::from_code(&cur).ok_or_else(|| {
+            ConfigError(format!(
+                "BOXOFFICE_CURRENCY={cur:?} is not a supported ISO 4217 code"
+            ))
+        })?;
+
+        let to_u32 = |k: &str, v: u64| {
+            u32::try_from(v).map_err(|_| ConfigError(format!("{k} is too large")))
+        };
+        let rate_per_ip = to_u32("BOXOFFICE_RATE_PER_IP", num("BOXOFFICE_RATE_PER_IP", 50)?)?;
+        let rate_per_token = to_u32(
+            "BOXOFFICE_RATE_PER_TOKEN",
+            num("BOXOFFICE_RATE_PER_TOKEN", 10)?,
+        )?;
+
+        let trusted_proxies = match get("BOXOFFICE_TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    IpBlock::parse(s).ok_or_else(|| {
+                        ConfigError(format!(
+                            "BOXOFFICE_TRUSTED_PROXIES: {s:?} is not an IP address or CIDR block"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+
+        let log_format = match parse("BOXOFFICE_LOG_FORMAT", "pretty")?.as_str() {
+            "pretty" | "text" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError(format!(
+                    "BOXOFFICE_LOG_FORMAT={other:?} must be pretty or json"
+                )));
+            }
+        };
+
+        let background = match parse("BOXOFFICE_BACKGROUND", "on")?.as_str() {
+            "on" | "1" | "true" => true,
+            "off" | "0" | "false" => false,
+            other => {
+                return Err(ConfigError(format!(
+                    "BOXOFFICE_BACKGROUND={other:?} must be on or off"
+                )));
+            }
+        };
+        let tick_ms = num("BOXOFFICE_TICK_MS", 200)?;
+        if !(10..=5_000).contains(&tick_ms) {
+            return Err(ConfigError(
+                "BOXOFFICE_TICK_MS must be between 10 and 5000".into(),
+            ));
+        }
+        let reconcile_ms = num("BOXOFFICE_RECONCILE_MS", 2_000)?;
+        if !(50..=60_000).contains(&reconcile_ms) {
+            return Err(ConfigError(
+                "BOXOFFICE_RECONCILE_MS must be between 50 and 60000".into(),
+            ));
+        }
+        let max_charge_s = parse("BOXOFFICE_MAX_CHARGE", "10000000")?;
+        let max_charge: rust_decimal::Decimal = max_charge_s.parse().map_err(|_| {
+            ConfigError(format!(
+                "BOXOFFICE_MAX_CHARGE={max_charge_s:?} is not a decimal"
+            ))
+        })?;
+        if max_charge <= rust_decimal::Decimal::ZERO {
+            return Err(ConfigError("BOXOFFICE_MAX_CHARGE must be positive".into()));
+        }
+        let paying_s = num("BOXOFFICE_PAYING_TIMEOUT_SECONDS", 30)?;
+        if !(1..=600).contains(&paying_s) {
+            return Err(ConfigError(
+                "BOXOFFICE_PAYING_TIMEOUT_SECONDS must be between 1 and 600".into(),
+            ));
+        }
+
+        Ok(Self {
+            addr,
+            redis_url,
+            database_url,
+            service_key,
+            token_secret,
+            redis_prefix,
+            currency,
+            rate_per_ip,
+            rate_per_token,
+            trusted_proxies,
+            log_format,
+            background,
+            tick_interval: Duration::from_millis(tick_ms),
+            reconcile_interval: Duration::from_millis(reconcile_ms),
+            max_charge,
+            paying_timeout: Duration::from_secs(paying_s),
+        })
+    }
+
+    /// True when a secret still has its public development default.
+    pub fn uses_dev_secrets(&self) -> bool {
+        self.service_key.expose() == DEV_SERVICE_KEY
+            || self.token_secret.expose() == DEV_TOKEN_SECRET
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_work_locally() {
+        let c = Config::from_map(&env(&[])).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.currency.code(), "KRW");
+        assert_eq!(c.currency.scale(), 0);
+        assert!(c.uses_dev_secrets());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("BOXOFFICE_ADDR", "nope"),
+            ("REDIS_URL", "http://x"),
+            ("BOXOFFICE_RATE_PER_IP", "-1"),
+            ("BOXOFFICE_CURRENCY", "XXX1"),
+            ("BOXOFFICE_TRUSTED_PROXIES", "10.0.0.0/99"),
+            ("BOXOFFICE_REDIS_PREFIX", "a{b}"),
+            ("BOXOFFICE_TOKEN_SECRET", "short"),
+        ] {
+            let err = Config::from_map(&env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(k), "{err} should name {k}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let c = Config::from_map(&env(&[("BOXOFFICE_SERVICE_KEY", "s3cr3t-value")])).unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn cidr_blocks_match() {
+        let b = IpBlock::parse("10.1.0.0/16").unwrap();
+        assert!(b.contains("10.1.200.3".parse().unwrap()));
+        assert!(!b.contains("10.2.0.1".parse().unwrap()));
+        assert!(
+            IpBlock::parse("::1")
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+        assert!(
+            IpBlock::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! Extractors whose rejections use the API's problem+json shape, and the
+//! service-key check.
+
+use axum::{
+    extract::{FromRef, FromRequest, FromRequestParts, Query, Request, rejection::JsonRejection},
+    http::request::Parts,
+};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::{app::AppState, ids::IdempotencyKey};
+
+/// `axum::Json`, but a malformed body is a problem+json 400/415/422.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rej) => Err(match rej {
+                JsonRejection::JsonDataError(e) => ApiError::InvalidRequest(e.body_text()),
+                JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
+                    "expected a JSON body with Content-Type: application/json".into(),
+                ),
+                other => ApiError::BadRequest(other.body_text()),
+            }),
+        }
+    }
+}
+
+/// `axum::extract::Query` with problem+json rejections.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(|e| ApiError::InvalidRequest(e.body_text()))
+    }
+}
+
+/// Proof that the caller presented the service key in `X-Api-Key`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceKey;
+
+/// Compares in time independent of where the strings differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ServiceKey
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        match parts.headers.get("x-api-key") {
+            Some(v)
+                if constant_time_eq(v.as_bytes(), state.config.service_key.expose().as_bytes()) =>
+            {
+                Ok(Self)
+            }
+            Some(_) => Err(ApiError::Unauthorized("invalid X-Api-Key".into())),
+            None => Err(ApiError::Unauthorized(
+                "this endpoint needs the service key in X-Api-Key".into(),
+            )),
+        }
+    }
+}
+
+/// Whether the request carries an `X-Api-Key` header at all (routes that
+/// accept either a queue token or the service key branch on it).
+pub fn has_service_key_header(parts: &Parts) -> bool {
+    parts.headers.contains_key("x-api-key")
+}
+
+/// The optional `Idempotency-Key` header, validated.
+pub struct OptionalIdempotencyKey(pub Option<IdempotencyKey>);
+
+impl<S: Send + Sync> FromRequestParts<S> for OptionalIdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.headers.get("idempotency-key") {
+            None => Ok(Self(None)),
+            Some(v) => {
+                let s = v.to_str().map_err(|_| {
+                    ApiError::InvalidRequest("Idempotency-Key must be ASCII".into())
+                })?;
+                IdempotencyKey::parse(s)
+                    .map(|k| Self(Some(k)))
+                    .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+            }
+        }
+    }
+}

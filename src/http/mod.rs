@@ -1,0 +1,100 @@
+//! HTTP: translates requests into domain calls and results back into JSON
+//! or problem+json. No business rule lives here.
+
+pub mod error;
+pub mod extract;
+pub mod ops;
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request},
+    http::{HeaderName, StatusCode},
+    middleware::{self, Next},
+    response::Response,
+    routing::get,
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::app::AppState;
+pub use error::{ApiError, ApiResult};
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the whole router with its middleware.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route_layer(middleware::from_fn(track_latency));
+
+    api.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &Request| {
+                            let id = req
+                                .headers()
+                                .get(&REQUEST_ID)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-");
+                            tracing::info_span!("request", request_id = %id, method = %req.method(), uri = %req.uri().path())
+                        })
+                        .on_request(())
+                        .on_response(
+                            tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
+                        ),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone())),
+        )
+        .with_state(state)
+}
+
+/// Records `boxoffice_http_request_duration_seconds` by matched route
+/// (never the raw path, so label values stay bounded) and status.
+async fn track_latency(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    metrics::histogram!(
+        "boxoffice_http_request_duration_seconds",
+        "method" => method,
+        "route" => route,
+        "status" => resp.status().as_u16().to_string(),
+    )
+    .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> Response {
+    let mut resp = axum::response::IntoResponse::into_response(ApiError::InvalidRequest(
+        "method not allowed on this endpoint".into(),
+    ));
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    resp
+}
+
+/// Latency histogram buckets, in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[allow(dead_code)]
+const _: Duration = Duration::ZERO;

@@ -1,0 +1,47 @@
+//! Operations endpoints: liveness, readiness, Prometheus metrics.
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use serde_json::json;
+
+use crate::app::AppState;
+
+/// The process is up (no dependency is consulted).
+pub async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Redis and PostgreSQL answer and every migration is applied.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (redis, pg) = tokio::join!(state.redis.ping(), state.pg.migrations_applied());
+    let redis_ok = redis.is_ok();
+    let (pg_ok, migrations_ok) = match pg {
+        Ok(applied) => (true, applied),
+        Err(_) => (false, false),
+    };
+    let ready = redis_ok && pg_ok && migrations_ok;
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "redis": if redis_ok { "ok" } else { "unavailable" },
+        "postgres": if pg_ok { "ok" } else { "unavailable" },
+        "migrations": if migrations_ok { "applied" } else if pg_ok { "pending" } else { "unknown" },
+    });
+    if ready {
+        (StatusCode::OK, axum::Json(body)).into_response()
+    } else {
+        let mut resp = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, 1.into());
+        resp
+    }
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,19 @@
+//! boxoffice: a Redis-first engine for ticket flash sales.
+//!
+//! - [`queue`]: the virtual waiting room (join, poll, admission ticks).
+//! - [`catalog`]: events and schedules (defined in PostgreSQL, served from Redis).
+//! - [`holds`]: atomic all-or-nothing seat holds that expire on their own.
+//! - [`wallet`] and [`payments`]: money in PostgreSQL, exactly-once payments.
+//! - [`store`]: the Redis and PostgreSQL adapters; `lua/` holds every script.
+//! - [`http`]: the HTTP API, translating requests to domain calls.
+
+pub mod app;
+pub mod background;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod ids;
+pub mod money;
+pub mod store;
+pub mod telemetry;
+pub mod token;

@@ -1,0 +1,66 @@
+//! The `boxoffice` binary: reads configuration, starts telemetry, builds the
+//! application and runs it. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use boxoffice::{app::Application, config::Config, telemetry};
+use tokio_util::sync::CancellationToken;
+
+const USAGE: &str = "usage: boxoffice [serve [--demo]]\n\n  serve     run the HTTP service (default)\n  --demo    also load the demo event if it does not exist\n";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let demo = match args.as_slice() {
+        [] | ["serve"] => false,
+        ["serve", "--demo"] | ["--demo"] => true,
+        ["-h" | "--help" | "help"] => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprint!("boxoffice: unknown arguments {args:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("boxoffice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(config.log_format);
+    if config.uses_dev_secrets() {
+        tracing::warn!(
+            "BOXOFFICE_SERVICE_KEY or BOXOFFICE_TOKEN_SECRET has its development default; set both in production"
+        );
+    }
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("boxoffice: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if demo {
+        if let Err(e) = boxoffice::demo::load(app.state()).await {
+            eprintln!("boxoffice: cannot load the demo event: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        boxoffice::app::shutdown_signal().await;
+        signal.cancel();
+    });
+    match app.run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("boxoffice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

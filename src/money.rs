@@ -1,0 +1,216 @@
+//! Money: exact decimal amounts in the service's one currency.
+//!
+//! Amounts are `rust_decimal::Decimal`, never floats, and travel in JSON as
+//! strings (`"12000"`, `"99.50"`). A [`Money`] can only be built through
+//! [`Money::parse_amount`], which enforces the currency's minor-unit scale,
+//! positivity and the per-charge maximum, so code that holds one never
+//! re-validates it.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+/// The configured ISO 4217 currency and its minor-unit scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Currency {
+    code: &'static str,
+    scale: u32,
+}
+
+const CURRENCIES: &[(&str, u32)] = &[
+    ("KRW", 0),
+    ("JPY", 0),
+    ("VND", 0),
+    ("CLP", 0),
+    ("ISK", 0),
+    ("USD", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("CHF", 2),
+    ("CAD", 2),
+    ("AUD", 2),
+    ("NZD", 2),
+    ("SGD", 2),
+    ("HKD", 2),
+    ("CNY", 2),
+    ("TWD", 2),
+    ("INR", 2),
+    ("SEK", 2),
+    ("NOK", 2),
+    ("DKK", 2),
+    ("PLN", 2),
+    ("CZK", 2),
+    ("BRL", 2),
+    ("MXN", 2),
+    ("ZAR", 2),
+    ("BHD", 3),
+    ("KWD", 3),
+    ("JOD", 3),
+    ("OMR", 3),
+    ("TND", 3),
+];
+
+impl Currency {
+    pub fn from_code(code: &str) -> Option<Self> {
+        CURRENCIES
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(code))
+            .map(|&(code, scale)| Self { code, scale })
+    }
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+    /// Number of decimals of the minor unit (0 for KRW, 2 for EUR).
+    pub fn scale(&self) -> u32 {
+        self.scale
+    }
+}
+
+/// Why an amount was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    #[error("amount must be a decimal number in a string, e.g. \"5000\"")]
+    NotADecimal,
+    #[error("amount must be greater than zero")]
+    NotPositive,
+    #[error("amount has more decimals than {currency} allows ({scale})")]
+    TooPrecise { currency: &'static str, scale: u32 },
+    #[error("amount exceeds the maximum of {max} per charge")]
+    TooLarge { max: Decimal },
+}
+
+/// A positive amount that fits the currency's scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(Decimal);
+
+impl Money {
+    /// Parses a client-supplied amount.
+    ///
+    /// # Errors
+    /// Not a decimal, zero or negative, more decimals than the currency's
+    /// scale, or above `max`.
+    pub fn parse_amount(s: &str, currency: Currency, max: Decimal) -> Result<Self, AmountError> {
+        let s = s.trim();
+        // Refuse exponents, hex and the like: only plain decimal digits.
+        if s.is_empty()
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
+        {
+            return Err(AmountError::NotADecimal);
+        }
+        let d: Decimal = s.parse().map_err(|_| AmountError::NotADecimal)?;
+        Self::from_decimal(d, currency, max)
+    }
+
+    /// Checks an amount computed by the service itself (e.g. price × seats).
+    ///
+    /// # Errors
+    /// As [`Money::parse_amount`].
+    pub fn from_decimal(d: Decimal, currency: Currency, max: Decimal) -> Result<Self, AmountError> {
+        if d <= Decimal::ZERO {
+            return Err(AmountError::NotPositive);
+        }
+        if d.normalize().scale() > currency.scale() {
+            return Err(AmountError::TooPrecise {
+                currency: currency.code(),
+                scale: currency.scale(),
+            });
+        }
+        if d > max {
+            return Err(AmountError::TooLarge { max });
+        }
+        Ok(Self(d.normalize()))
+    }
+
+    pub fn amount(&self) -> Decimal {
+        self.0
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// Formats any decimal the way the API shows money: no trailing zeros
+/// beyond the value (`"12000"`, `"99.5"`).
+pub fn format_amount(d: Decimal) -> String {
+    d.normalize().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::dec;
+
+    const KRW: Currency = Currency {
+        code: "KRW",
+        scale: 0,
+    };
+    const EUR: Currency = Currency {
+        code: "EUR",
+        scale: 2,
+    };
+
+    #[test]
+    fn accepts_plain_amounts() {
+        assert_eq!(
+            Money::parse_amount("50000", KRW, dec!(1000000))
+                .unwrap()
+                .amount(),
+            dec!(50000)
+        );
+        assert_eq!(
+            Money::parse_amount("99.50", EUR, dec!(1000))
+                .unwrap()
+                .to_string(),
+            "99.5"
+        );
+        assert_eq!(
+            Money::parse_amount("5000.00", KRW, dec!(10000))
+                .unwrap()
+                .amount(),
+            dec!(5000)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_amounts() {
+        assert_eq!(
+            Money::parse_amount("0", KRW, dec!(10)),
+            Err(AmountError::NotPositive)
+        );
+        assert_eq!(
+            Money::parse_amount("-5", KRW, dec!(10)),
+            Err(AmountError::NotPositive)
+        );
+        assert!(matches!(
+            Money::parse_amount("1.5", KRW, dec!(10)),
+            Err(AmountError::TooPrecise { .. })
+        ));
+        assert!(matches!(
+            Money::parse_amount("1.005", EUR, dec!(10)),
+            Err(AmountError::TooPrecise { .. })
+        ));
+        assert!(matches!(
+            Money::parse_amount("11", KRW, dec!(10)),
+            Err(AmountError::TooLarge { .. })
+        ));
+        for s in ["", "abc", "1e3", "0x10", "NaN", "1,000"] {
+            assert_eq!(
+                Money::parse_amount(s, KRW, dec!(10000)),
+                Err(AmountError::NotADecimal),
+                "{s}"
+            );
+        }
+    }
+}

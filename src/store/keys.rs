@@ -1,0 +1,155 @@
+//! Every Redis key name, built in one place.
+//!
+//! Layout: `<prefix>{ev:<event_id>}:<suffix>`. The braces are a Redis
+//! Cluster *hash tag*: only the text inside them is hashed, so every key of
+//! one event lives in one slot and each Lua script, which must name all its
+//! keys in `KEYS` and may only touch one slot, can change an event's queue,
+//! seats and holds atomically. The deployment prefix
+//! (`BOXOFFICE_REDIS_PREFIX`) sits outside the tag so several deployments or
+//! test runs can share one Redis without sharing slots' meaning.
+
+use crate::ids::{EventId, ScheduleId};
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn event(&self, event: &EventId) -> EventKeys {
+        EventKeys {
+            base: format!("{}{{ev:{}}}", self.prefix, event),
+        }
+    }
+
+    /// Set of known event ids (a plain key outside any event's slot; only
+    /// read by single-key commands).
+    pub fn events_index(&self) -> String {
+        format!("{}{{bo}}:events", self.prefix)
+    }
+
+    /// Written after a restore from PostgreSQL; its absence means Redis lost
+    /// its data and the reconciler must restore.
+    pub fn restored_marker(&self) -> String {
+        format!("{}{{bo}}:restored", self.prefix)
+    }
+
+    /// Stream that the outbox relay publishes confirmed payments and charges to.
+    pub fn outbox_stream(&self) -> String {
+        format!("{}boxoffice:events", self.prefix)
+    }
+
+    /// Lease key for background loops that should run on one instance.
+    pub fn lease(&self, name: &str) -> String {
+        format!("{}{{bo}}:lease:{name}", self.prefix)
+    }
+}
+
+/// Keys of one event; all share the event's hash tag.
+#[derive(Debug, Clone)]
+pub struct EventKeys {
+    base: String,
+}
+
+impl EventKeys {
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.base)
+    }
+
+    /// Hash: event name and admission settings.
+    pub fn config(&self) -> String {
+        self.key("cfg")
+    }
+    /// Counter: join order (the queue's only clock for fairness).
+    pub fn queue_seq(&self) -> String {
+        self.key("q:seq")
+    }
+    /// Sorted set: waiting entry id → join sequence.
+    pub fn queue_waiting(&self) -> String {
+        self.key("q:wait")
+    }
+    /// Sorted set: waiting entry id → last poll (Redis ms), for idle eviction.
+    pub fn queue_seen(&self) -> String {
+        self.key("q:seen")
+    }
+    /// Sorted set: admitted entry id → admission deadline (Redis ms).
+    pub fn queue_admitted(&self) -> String {
+        self.key("q:adm")
+    }
+    /// Hash: user id → entry id (one live entry per user).
+    pub fn queue_users(&self) -> String {
+        self.key("q:users")
+    }
+    /// Hash: entry id → user id.
+    pub fn queue_entries(&self) -> String {
+        self.key("q:entries")
+    }
+    /// Sorted set: entry id → admission time (Redis ms), last second only;
+    /// the sliding window that caps the admission rate.
+    pub fn queue_rate_window(&self) -> String {
+        self.key("q:win")
+    }
+    /// Hash: tick bookkeeping (last tick, rate average, totals).
+    pub fn queue_stats(&self) -> String {
+        self.key("q:stats")
+    }
+
+    /// Hash: one schedule's catalog copy and counters.
+    pub fn schedule(&self, s: &ScheduleId) -> String {
+        self.key(&format!("s:{s}:cfg"))
+    }
+    /// Hash: seat number → `h:<hold n>` (held or paying) or `s:<payment id>` (sold).
+    pub fn seats(&self, s: &ScheduleId) -> String {
+        self.key(&format!("s:{s}:seats"))
+    }
+    /// Hash: hold n → encoded hold record.
+    pub fn holds(&self, s: &ScheduleId) -> String {
+        self.key(&format!("s:{s}:holds"))
+    }
+    /// Sorted set: hold n → deadline (Redis ms); drives lazy expiry.
+    pub fn hold_deadlines(&self, s: &ScheduleId) -> String {
+        self.key(&format!("s:{s}:dl"))
+    }
+    /// Hash: user id → seats currently held (held or paying) in the schedule.
+    pub fn user_held(&self, s: &ScheduleId) -> String {
+        self.key(&format!("s:{s}:uheld"))
+    }
+    /// Hash: user id → seats bought in the schedule.
+    pub fn user_bought(&self, s: &ScheduleId) -> String {
+        self.key(&format!("s:{s}:ubought"))
+    }
+    /// Counter: hold numbers.
+    pub fn hold_seq(&self) -> String {
+        self.key("hold:seq")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_key_carries_the_hash_tag_after_the_prefix() {
+        let k = Keys::new("t1:").event(&EventId::parse("e1").unwrap());
+        let s = ScheduleId::parse("d1").unwrap();
+        for key in [
+            k.config(),
+            k.queue_waiting(),
+            k.seats(&s),
+            k.holds(&s),
+            k.hold_seq(),
+        ] {
+            assert!(key.starts_with("t1:{ev:e1}:"), "{key}");
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The PostgreSQL adapter: an `sqlx` pool with per-statement and per-call
+//! timeouts and a circuit breaker, plus the embedded migrations.
+//!
+//! PostgreSQL keeps only what must survive anything: catalog definitions,
+//! money, confirmed payments, idempotency records, the outbox. It is never
+//! touched on the queue or hold paths.
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use super::{Dependency, StoreError, breaker::Breaker};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Upper bound of one call (a query or a whole short transaction).
+const CALL_TIMEOUT: Duration = Duration::from_millis(3_000);
+
+#[derive(Clone, Debug)]
+pub struct Pg {
+    pool: PgPool,
+    breaker: Arc<Breaker>,
+}
+
+fn unavailable(reason: impl Into<String>) -> StoreError {
+    StoreError::Unavailable {
+        dep: Dependency::Postgres,
+        reason: reason.into(),
+    }
+}
+
+fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        // 57P01 admin shutdown, 57P03 cannot connect now, 53300 too many
+        // connections, 08xxx connection exceptions, 57014 statement timeout.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "57014")
+        }),
+        _ => false,
+    }
+}
+
+impl Pg {
+    /// Connects and applies pending migrations.
+    ///
+    /// # Errors
+    /// Bad URL, unreachable server, or a migration that fails.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| unavailable(format!("bad DATABASE_URL: {e}")))?
+            .options([("statement_timeout", "2500"), ("lock_timeout", "2000")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(24)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_millis(1_000))
+            .connect_with(opts)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        MIGRATOR.run(&pool).await.map_err(|e| {
+            StoreError::internal(
+                Dependency::Postgres,
+                anyhow::anyhow!("migrations failed: {e}"),
+            )
+        })?;
+        Ok(Self {
+            pool,
+            breaker: Arc::new(Breaker::new(Dependency::Postgres)),
+        })
+    }
+
+    /// The pool, for use inside [`Pg::guard`].
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Runs one query or transaction with the timeout and breaker.
+    ///
+    /// # Errors
+    /// `Unavailable` on an outage; `Internal` wrapping the `sqlx::Error`
+    /// otherwise (see [`constraint_of`]).
+    pub async fn guard<T>(
+        &self,
+        call: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        if !self.breaker.allow() {
+            metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "postgres", "kind" => "circuit_open").increment(1);
+            return Err(unavailable("circuit open"));
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(v)) => {
+                self.breaker.success();
+                Ok(v)
+            }
+            Ok(Err(e)) if is_outage(&e) => {
+                self.breaker.failure();
+                metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "postgres", "kind" => "error").increment(1);
+                Err(unavailable(e.to_string()))
+            }
+            Ok(Err(e)) => {
+                self.breaker.success();
+                Err(StoreError::internal(Dependency::Postgres, e))
+            }
+            Err(_) => {
+                self.breaker.failure();
+                metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "postgres", "kind" => "timeout").increment(1);
+                Err(unavailable("timed out"))
+            }
+        }
+    }
+
+    /// True when every migration compiled into this binary is applied.
+    ///
+    /// # Errors
+    /// On an outage.
+    pub async fn migrations_applied(&self) -> Result<bool, StoreError> {
+        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> = self
+            .guard(
+                sqlx::query_scalar("select max(version) from _sqlx_migrations where success")
+                    .fetch_one(&self.pool),
+            )
+            .await?;
+        Ok(applied.unwrap_or(0) >= latest)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The name of the constraint a failed statement violated, if any.
+pub fn constraint_of(err: &StoreError) -> Option<String> {
+    match err {
+        StoreError::Internal { source, .. } => source
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|d| d.constraint().map(str::to_owned)),
+        StoreError::Unavailable { .. } => None,
+    }
+}
