@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     store::{keys::Keys, pg::Pg, redis::Redis},
+    token::TokenSigner,
 };
 
 /// Everything a handler may need; cheap to clone.
@@ -20,6 +21,7 @@ pub struct AppState {
     pub redis: Redis,
     pub pg: Pg,
     pub metrics: PrometheusHandle,
+    pub tokens: Arc<TokenSigner>,
 }
 
 /// A built, bound, not yet running service.
@@ -47,11 +49,13 @@ impl Application {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
+        let tokens = Arc::new(TokenSigner::new(config.token_secret.expose()));
         let state = AppState {
             config: Arc::new(config),
             redis,
             pg,
             metrics,
+            tokens,
         };
         Ok(Self { listener, state })
     }

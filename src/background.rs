@@ -1,11 +1,65 @@
 //! Background loops: each runs on every instance, is safe to run
 //! concurrently (the Lua scripts are atomic and idempotent), and stops at a
 //! safe point (between iterations) when shutdown is requested.
+//!
+//! Nothing correct depends on them: holds expire lazily inside every script
+//! and idle entries are dropped by the status script too. The admission
+//! loop is the only one that makes progress happen (it admits users).
+
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
+use crate::{app::AppState, catalog, ids::EventId, queue};
 
 /// Starts every loop; they end when `shutdown` is cancelled.
-pub fn spawn_all(_state: &AppState, _shutdown: &CancellationToken, _set: &mut JoinSet<()>) {}
+pub fn spawn_all(state: &AppState, shutdown: &CancellationToken, set: &mut JoinSet<()>) {
+    set.spawn(admission_loop(state.clone(), shutdown.clone()));
+}
+
+/// How often the list of events to tick is re-read from Redis.
+const EVENTS_REFRESH: Duration = Duration::from_millis(500);
+
+async fn admission_loop(state: AppState, shutdown: CancellationToken) {
+    let every = state.config.tick_interval;
+    // Instances tick independently; the script skips a tick that comes
+    // sooner than half an interval after another instance's.
+    let min_interval_ms = (every.as_millis() as u64 / 2).max(5);
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut events: Vec<EventId> = Vec::new();
+    let mut refreshed: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        if refreshed.is_none_or(|t| t.elapsed() >= EVENTS_REFRESH)
+            && let Ok(list) = catalog::known_events(&state.redis).await
+        {
+            events = list;
+            refreshed = Some(Instant::now());
+        }
+        for event in &events {
+            match queue::tick(&state.redis, event, min_interval_ms).await {
+                Ok(t) if t.status == "ticked" => record_tick(event, &t),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%event, error = %e, "admission tick failed"),
+            }
+        }
+    }
+    tracing::debug!("admission loop stopped");
+}
+
+fn record_tick(event: &EventId, t: &queue::Tick) {
+    let ev = event.to_string();
+    metrics::counter!("boxoffice_queue_admissions_total", "event" => ev.clone())
+        .increment(t.admitted);
+    metrics::counter!("boxoffice_queue_evictions_total", "event" => ev.clone(), "reason" => "idle")
+        .increment(t.evicted);
+    metrics::counter!("boxoffice_queue_evictions_total", "event" => ev.clone(), "reason" => "window_over").increment(t.expired);
+    metrics::gauge!("boxoffice_queue_waiting", "event" => ev.clone()).set(t.waiting as f64);
+    metrics::gauge!("boxoffice_queue_admitted", "event" => ev.clone()).set(t.active as f64);
+    metrics::gauge!("boxoffice_queue_admission_rate", "event" => ev).set(t.rate);
+}

@@ -9,11 +9,13 @@
 
 pub mod app;
 pub mod background;
+pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod http;
 pub mod ids;
 pub mod money;
+pub mod queue;
 pub mod store;
 pub mod telemetry;
 pub mod token;

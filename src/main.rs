@@ -44,11 +44,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if demo {
-        if let Err(e) = boxoffice::demo::load(app.state()).await {
-            eprintln!("boxoffice: cannot load the demo event: {e:#}");
-            return ExitCode::FAILURE;
-        }
+    if demo && let Err(e) = boxoffice::demo::load(app.state()).await {
+        eprintln!("boxoffice: cannot load the demo event: {e:#}");
+        return ExitCode::FAILURE;
     }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

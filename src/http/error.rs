@@ -190,8 +190,8 @@ impl IntoResponse for ApiError {
             Self::Dependency(e @ StoreError::Unavailable { .. }) => {
                 tracing::warn!(error = %e, "dependency unavailable")
             }
-            Self::Dependency(e) => tracing::error!(error = ?e, "store error"),
-            Self::Internal(e) => tracing::error!(error = ?e, "internal error"),
+            Self::Dependency(e) => tracing::error!(error = %e, "store error"),
+            Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
             _ => {}
         }
         let mut body = self.extra();

@@ -1,11 +1,16 @@
 //! HTTP: translates requests into domain calls and results back into JSON
 //! or problem+json. No business rule lives here.
 
+pub mod admin;
+pub mod auth;
+pub mod catalog;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod ops;
+pub mod queue;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::{
     Router,
@@ -13,7 +18,7 @@ use axum::{
     http::{HeaderName, StatusCode},
     middleware::{self, Next},
     response::Response,
-    routing::get,
+    routing::{get, patch, post},
 };
 use tower::ServiceBuilder;
 use tower_http::{
@@ -32,6 +37,16 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/events", get(catalog::list_events))
+        .route("/v1/events/{event_id}/queue", post(queue::join))
+        .route("/v1/queue/status", get(queue::status))
+        .route("/v1/queue", axum::routing::delete(queue::leave))
+        .route("/v1/admin/events", post(admin::create_event))
+        .route("/v1/admin/events/{event_id}", get(admin::get_event))
+        .route(
+            "/v1/admin/events/{event_id}/queue",
+            patch(admin::patch_queue),
+        )
         .route_layer(middleware::from_fn(track_latency));
 
     api.fallback(not_found)
@@ -95,6 +110,3 @@ async fn method_not_allowed() -> Response {
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
-
-#[allow(dead_code)]
-const _: Duration = Duration::ZERO;

@@ -112,6 +112,23 @@ impl EventKeys {
     pub fn seats(&self, s: &ScheduleId) -> String {
         self.key(&format!("s:{s}:seats"))
     }
+    /// Bitmap: bit i set while seat i is held, being paid or sold (bit 0
+    /// always set); lets best-available search skip taken seats with BITPOS.
+    pub fn seat_map(&self, s: &ScheduleId) -> String {
+        self.key(&format!("s:{s}:map"))
+    }
+    /// The seven keys every schedule script takes first, in order.
+    pub fn schedule_keys(&self, s: &ScheduleId) -> Vec<String> {
+        vec![
+            self.schedule(s),
+            self.seats(s),
+            self.seat_map(s),
+            self.holds(s),
+            self.hold_deadlines(s),
+            self.user_held(s),
+            self.user_bought(s),
+        ]
+    }
     /// Hash: hold n → encoded hold record.
     pub fn holds(&self, s: &ScheduleId) -> String {
         self.key(&format!("s:{s}:holds"))

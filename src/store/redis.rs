@@ -14,7 +14,9 @@ use std::{sync::OnceLock, time::Duration};
 
 use fred::{
     clients::Pool,
-    interfaces::{ClientLike, KeysInterface, LuaInterface, StreamsInterface},
+    interfaces::{
+        ClientLike, HashesInterface, KeysInterface, LuaInterface, SetsInterface, StreamsInterface,
+    },
     prelude::{Builder, Config, ReconnectPolicy},
     types::{Expiration, SetOptions},
 };
@@ -62,6 +64,12 @@ macro_rules! scripts {
 
 scripts! {
     SERVER_TIME => "server_time",
+    LOAD_EVENT => "load_event",
+    JOIN_QUEUE => "join_queue",
+    QUEUE_STATUS => "queue_status",
+    LEAVE_QUEUE => "leave_queue",
+    ADMIT_TICK => "admit_tick",
+    QUEUE_FIGURES => "queue_figures",
 }
 
 #[derive(Clone)]
@@ -87,22 +95,15 @@ fn unavailable(reason: impl Into<String>) -> StoreError {
 }
 
 /// Errors that mean "Redis is not answering right now" rather than "Redis
-/// answered and said no".
+/// answered and said no". Anything not recognisably an answer counts as an
+/// outage: a fast 503 is the safe side of a misclassification.
 fn is_outage(e: &fred::error::Error) -> bool {
     use fred::error::ErrorKind as K;
-    matches!(
-        e.kind(),
-        K::IO | K::Timeout | K::Canceled | K::Routing | K::Cluster | K::Backpressure
-    ) || [
-        "LOADING",
-        "BUSY",
-        "MASTERDOWN",
-        "TRYAGAIN",
-        "CLUSTERDOWN",
-        "READONLY",
-    ]
-    .iter()
-    .any(|p| e.details().starts_with(p))
+    let answered = matches!(e.kind(), K::InvalidCommand | K::InvalidArgument | K::Parse)
+        || ["ERR", "WRONGTYPE", "NOSCRIPT", "NOPERM", "EXECABORT"]
+            .iter()
+            .any(|p| e.details().starts_with(p));
+    !answered
 }
 
 impl Redis {
@@ -313,6 +314,43 @@ impl Redis {
                 .xadd::<String, _, _, _, _>(key, false, cap, "*", fields),
         )
         .await
+    }
+
+    /// # Errors
+    /// On an outage.
+    pub async fn sadd(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        self.guard(self.pool.next().sadd::<i64, _, _>(key, member))
+            .await
+            .map(drop)
+    }
+
+    /// # Errors
+    /// On an outage.
+    pub async fn smembers(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        self.guard(self.pool.next().smembers::<Vec<String>, _>(key))
+            .await
+    }
+
+    /// # Errors
+    /// On an outage.
+    pub async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
+        self.guard(self.pool.next().hget::<Option<String>, _, _>(key, field))
+            .await
+    }
+
+    /// Reads Redis TIME (the clock every instance agrees on), in ms.
+    ///
+    /// # Errors
+    /// On an outage.
+    pub async fn now_ms(&self) -> Result<i64, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct T {
+            now_ms: i64,
+        }
+        let r = self.run(&SERVER_TIME, vec![], vec![]).await?;
+        serde_json::from_str::<T>(&r)
+            .map(|t| t.now_ms)
+            .map_err(|e| StoreError::internal(Dependency::Redis, e))
     }
 
     /// Closes the connections (graceful shutdown).

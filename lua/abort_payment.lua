@@ -1,0 +1,56 @@
+-- abort_payment: a payment failed (insufficient funds, database error):
+-- the paying hold goes back to held with its original hold deadline, or
+-- ends at once if that deadline has passed. Runs after lib/schedule.lua
+-- (prelude).
+--
+-- KEYS[1] cfg       hash: schedule config and the held/sold counters
+-- KEYS[2] seats     hash: seat -> "h:<hold>" | "s:<payment_id>"
+-- KEYS[3] map       bitmap: bit i = seat i taken
+-- KEYS[4] holds     hash: hold -> JSON record
+-- KEYS[5] dl        zset: hold -> deadline (ms)
+-- KEYS[6] uheld     hash: user -> seats held or paying
+-- KEYS[7] ubought   hash: user -> seats bought
+-- ARGV[1] hold number
+-- ARGV[2] user id (the hold's owner)
+--
+-- Returns (JSON), every reply but no_schedule with "expired":x,
+-- "expired_paying":y:
+--   {"status":"no_schedule"}
+--   {"status":"restored","deadline":ms}  held again until ms
+--   {"status":"expired"}     the original hold deadline had passed: the
+--                            hold is dropped and its seats freed now
+--   {"status":"gone"}        no such hold (the payment deadline passed
+--                            and it expired, or it was sold)
+--   {"status":"not_paying"}  the hold is held, not paying; untouched
+--   {"status":"forbidden"}   the hold belongs to another user; untouched
+--                            (a caller bug: the owner comes from the hold)
+
+local K = sched_keys(1)
+local n, user = hold_id(ARGV[1]), ARGV[2]
+if not n then return bad_arg('hold') end
+if not user or user == '' then return bad_arg('user') end
+if not load_cfg(K) then return json({ status = 'no_schedule' }) end
+
+local now = now_ms()
+local expired, expired_paying = expire_due(K, now)
+local function reply(t)
+  t.expired, t.expired_paying = expired, expired_paying
+  return json(t)
+end
+
+local rec = decode_hold(redis.call('HGET', K.holds, n))
+if not rec then return reply({ status = 'gone' }) end
+if rec.user ~= user then return reply({ status = 'forbidden' }) end
+if rec.state ~= 'paying' then return reply({ status = 'not_paying' }) end
+
+-- Same rule as expire_due: dead from the deadline on.
+if rec.held_deadline <= now then
+  drop_hold(K, n, rec)
+  return reply({ status = 'expired' })
+end
+
+rec.state = 'held'
+rec.deadline = rec.held_deadline
+redis.call('HSET', K.holds, n, encode_hold(rec))
+redis.call('ZADD', K.dl, rec.deadline, n)
+return reply({ status = 'restored', deadline = rec.deadline })

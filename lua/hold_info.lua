@@ -1,0 +1,46 @@
+-- hold_info: a user's view of one of their holds. Runs after
+-- lib/schedule.lua (prelude).
+--
+-- KEYS[1] cfg       hash: schedule config and the held/sold counters
+-- KEYS[2] seats     hash: seat -> "h:<hold>" | "s:<payment_id>"
+-- KEYS[3] map       bitmap: bit i = seat i taken
+-- KEYS[4] holds     hash: hold -> JSON record
+-- KEYS[5] dl        zset: hold -> deadline (ms)
+-- KEYS[6] uheld     hash: user -> seats held or paying
+-- KEYS[7] ubought   hash: user -> seats bought
+-- ARGV[1] hold number
+-- ARGV[2] user id (from the verified token)
+--
+-- Returns (JSON), every reply but no_schedule with "expired":x,
+-- "expired_paying":y:
+--   {"status":"no_schedule"}
+--   {"status":"gone"}        no such hold (never existed, expired, sold)
+--   {"status":"forbidden"}   the hold belongs to another user
+--   {"status":"ok","seats":[..],"deadline":ms,"state":"held"|"paying",
+--    "price":"..","adjacent":true|false,"created":ms}
+--       deadline: the hold deadline while held, the payment deadline
+--       while paying
+--
+-- A script (not a plain HGET) because the read must expire due holds
+-- first, or a dead hold would still be shown as alive.
+
+local K = sched_keys(1)
+local n, user = hold_id(ARGV[1]), ARGV[2]
+if not n then return bad_arg('hold') end
+if not user or user == '' then return bad_arg('user') end
+local cfg = load_cfg(K)
+if not cfg then return json({ status = 'no_schedule' }) end
+
+local expired, expired_paying = expire_due(K, now_ms())
+local function reply(t)
+  t.expired, t.expired_paying = expired, expired_paying
+  return json(t)
+end
+
+local rec = decode_hold(redis.call('HGET', K.holds, n))
+if not rec then return reply({ status = 'gone' }) end
+if rec.user ~= user then return reply({ status = 'forbidden' }) end
+
+return reply({ status = 'ok', seats = sorted(rec.seats), deadline = rec.deadline,
+               state = rec.state, price = cfg.price,
+               adjacent = is_adjacent(cfg, rec.seats), created = rec.created })

@@ -1,0 +1,180 @@
+-- lib/schedule: shared prelude of every schedule script. The Rust side
+-- puts this file in front of a schedule script's source before EVALSHA
+-- (Lua scripts cannot import), so it only defines locals: no top-level
+-- return, no writes, no KEYS read outside a function.
+--
+-- One schedule is 7 keys, always in this order (K below is the table
+-- sched_keys(i) builds from KEYS[i..i+6]):
+--   cfg      hash: starts_at, seats (N, numbered 1..N), row_size, price,
+--            hold_ms, max_per_user, held (seats held or paying),
+--            sold (seats sold)
+--   seats    hash: seat -> "h:<hold>" (held or paying) | "s:<payment_id>"
+--            (sold); absent = free
+--   map      bitmap: bit i = 1 when seat i is in `seats`; bit 0 is set
+--            by the loader and never read here
+--   holds    hash: hold -> JSON {"user","seats","deadline","state",
+--            "held_deadline","created"}
+--   dl       zset: hold -> current deadline (ms)
+--   uheld    hash: user -> seats held or paying by that user's holds
+--   ubought  hash: user -> seats bought
+--
+-- Invariants every script keeps, on every path:
+--   cfg.held == number of "h:" values in seats == sum of uheld
+--   cfg.sold == number of "s:" values in seats
+--   map bit i == (seat i present in seats), for i >= 1
+--   every hold in holds has a member in dl, and the other way round
+-- uheld[user] counts the seats that are still "h:<n>" for the user's
+-- holds, so whenever a hold ends only the seats it still owns are
+-- subtracted (confirm_sale can take a seat away from another hold).
+--
+-- Lazy expiry: a hold is dead from its deadline on. Every schedule script
+-- calls expire_due first, so no reply ever shows an expired hold and
+-- nothing depends on a background job, key TTLs or keyspace events.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function sched_keys(i)
+  return { cfg = KEYS[i], seats = KEYS[i + 1], map = KEYS[i + 2], holds = KEYS[i + 3],
+           dl = KEYS[i + 4], uheld = KEYS[i + 5], ubought = KEYS[i + 6] }
+end
+
+-- The schedule's config with numbers converted, or nil when the schedule
+-- is not loaded (no `seats` field).
+local function load_cfg(K)
+  local v = redis.call('HMGET', K.cfg, 'seats', 'row_size', 'price', 'hold_ms',
+                       'max_per_user', 'held', 'sold', 'starts_at')
+  if not v[1] then return nil end
+  local n = tonumber(v[1])
+  return { seats = n, row_size = tonumber(v[2]) or n, price = v[3],
+           hold_ms = tonumber(v[4]) or 0, max_per_user = tonumber(v[5]),
+           held = tonumber(v[6]) or 0, sold = tonumber(v[7]) or 0, starts_at = v[8] }
+end
+
+-- Errors for broken caller contracts (malformed ARGV). Only ever returned
+-- before the first write.
+local function bad_arg(what)
+  return redis.error_reply('ERR boxoffice script: bad argument: ' .. what)
+end
+
+-- cjson (Redis' build) encodes {} as an object; every empty table in a
+-- reply is a list, so it is swapped for a marker and written as [].
+local EMPTY_ARRAY = '__boxoffice_empty_array__'
+local function with_empty_arrays(v)
+  if type(v) ~= 'table' then return v end
+  if next(v) == nil then return EMPTY_ARRAY end
+  local out = {}
+  for k, x in pairs(v) do out[k] = with_empty_arrays(x) end
+  return out
+end
+local function json(t)
+  return (string.gsub(cjson.encode(with_empty_arrays(t)), '"' .. EMPTY_ARRAY .. '"', '[]'))
+end
+
+-- Hold numbers travel as decimal strings without leading zeros ("7"), the
+-- form INCR produced and every seat value "h:<n>" uses.
+local function hold_id(s)
+  if type(s) ~= 'string' or not string.match(s, '^%d+$') then return nil end
+  return (string.gsub(s, '^0+(%d)', '%1'))
+end
+local function hold_id_of(num)
+  return string.format('%d', num)
+end
+
+-- "3,1,2" -> {3,1,2}; nil when a token is not a positive integer.
+local function parse_seats(csv)
+  local out = {}
+  if type(csv) ~= 'string' then return nil end
+  for tok in string.gmatch(csv, '[^,]+') do
+    if not string.match(tok, '^%d+$') or tonumber(tok) < 1 then return nil end
+    out[#out + 1] = tonumber(tok)
+  end
+  if #out == 0 then return nil end
+  return out
+end
+
+local function sorted(list)
+  local out = {}
+  for i, v in ipairs(list) do out[i] = v end
+  table.sort(out)
+  return out
+end
+
+-- All in one row and consecutive; a single seat is adjacent.
+local function is_adjacent(cfg, seats)
+  local s = sorted(seats)
+  local r = cfg.row_size
+  if math.floor((s[1] - 1) / r) ~= math.floor((s[#s] - 1) / r) then return false end
+  return s[#s] - s[1] == #s - 1
+end
+
+local function decode_hold(raw)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+local function encode_hold(rec)
+  return cjson.encode(rec)
+end
+
+-- Seat writes. Each keeps `seats` and `map` in step; the callers adjust
+-- the held/sold counters, in one HINCRBY per script where possible.
+local function set_seat(K, seat, value)
+  redis.call('HSET', K.seats, seat, value)
+  redis.call('SETBIT', K.map, seat, 1)
+end
+-- Frees the seat only if it still has exactly `value`; true if freed.
+local function free_seat_if(K, seat, value)
+  if redis.call('HGET', K.seats, seat) ~= value then return false end
+  redis.call('HDEL', K.seats, seat)
+  redis.call('SETBIT', K.map, seat, 0)
+  return true
+end
+
+-- uheld[user] += delta; the field goes away at 0 (never stays negative).
+local function uheld_add(K, user, delta)
+  if delta == 0 then return end
+  if redis.call('HINCRBY', K.uheld, user, delta) <= 0 then
+    redis.call('HDEL', K.uheld, user)
+  end
+end
+
+-- Ends hold n: frees the seats still "h:<n>", subtracts exactly those
+-- from held and uheld, deletes the record and its deadline. Returns the
+-- freed seats (sorted).
+local function drop_hold(K, n, rec)
+  local mine = 'h:' .. n
+  local freed = {}
+  for _, seat in ipairs(rec.seats) do
+    if free_seat_if(K, seat, mine) then freed[#freed + 1] = seat end
+  end
+  if #freed > 0 then
+    redis.call('HINCRBY', K.cfg, 'held', -#freed)
+    uheld_add(K, rec.user, -#freed)
+  end
+  redis.call('HDEL', K.holds, n)
+  redis.call('ZREM', K.dl, n)
+  return sorted(freed)
+end
+
+-- Ends every hold whose deadline is <= now (held or paying). Returns
+-- (expired, expired_paying). Unbounded on purpose: a capped batch would
+-- leave dead holds blocking seats. The backlog is only what expired since
+-- the schedule's last script call (sweep_holds keeps it short), each hold
+-- at most max_per_user seats.
+local function expire_due(K, now)
+  local due = redis.call('ZRANGEBYSCORE', K.dl, '-inf', now)
+  local expired, paying = 0, 0
+  for _, n in ipairs(due) do
+    local rec = decode_hold(redis.call('HGET', K.holds, n))
+    if rec then
+      drop_hold(K, n, rec)
+      expired = expired + 1
+      if rec.state == 'paying' then paying = paying + 1 end
+    else
+      redis.call('ZREM', K.dl, n)
+    end
+  end
+  return expired, paying
+end

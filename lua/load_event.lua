@@ -1,0 +1,46 @@
+-- load_event: write an event's catalog into its Redis working copy.
+-- Used on create, on every admission-settings change, and by the
+-- reconciler after a Redis loss; idempotent, and it never touches the
+-- live counters (held, sold) or any queue or seat state.
+--
+-- KEYS[1]          cfg: event config hash
+-- KEYS[2 + 2i]     schedule i cfg hash       (i = 0 .. #schedules-1)
+-- KEYS[3 + 2i]     schedule i seat bitmap
+-- ARGV[1]          event JSON: {name, admit_per_second, max_active,
+--                  active_ttl_ms, idle_timeout_ms, paused (0|1),
+--                  schedules: "id,id,...", public: "<public JSON>"}
+-- ARGV[2 + i]      schedule i JSON: {starts_at, seats, row_size, price,
+--                  hold_ms, max_per_user}
+--
+-- Returns (JSON): {"status":"ok"} or {"status":"invalid","reason":...}
+-- (the key and argument counts do not match; nothing written).
+
+local n = #ARGV - 1
+if #KEYS ~= 1 + 2 * n then
+  return cjson.encode({ status = 'invalid', reason = 'keys and schedules do not match' })
+end
+local ev = cjson.decode(ARGV[1])
+local schedules = {}
+for i = 1, n do schedules[i] = cjson.decode(ARGV[1 + i]) end
+
+redis.call('HSET', KEYS[1],
+  'name', ev.name,
+  'admit_per_second', ev.admit_per_second,
+  'max_active', ev.max_active,
+  'active_ttl_ms', ev.active_ttl_ms,
+  'idle_timeout_ms', ev.idle_timeout_ms,
+  'paused', ev.paused,
+  'schedules', ev.schedules,
+  'public', ev.public)
+for i = 1, n do
+  local s = schedules[i]
+  local key = KEYS[2 * i]
+  redis.call('HSET', key,
+    'starts_at', s.starts_at, 'seats', s.seats, 'row_size', s.row_size,
+    'price', s.price, 'hold_ms', s.hold_ms, 'max_per_user', s.max_per_user)
+  redis.call('HSETNX', key, 'held', 0)
+  redis.call('HSETNX', key, 'sold', 0)
+  -- Bit 0 is never a seat; keeping it set lets BITPOS find real seats only.
+  redis.call('SETBIT', KEYS[2 * i + 1], 0, 1)
+end
+return cjson.encode({ status = 'ok' })

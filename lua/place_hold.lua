@@ -1,0 +1,234 @@
+-- place_hold: hold seats of one schedule for a user, chosen by number or
+-- best available. Runs after lib/schedule.lua (prelude).
+--
+-- KEYS[1] cfg       hash: schedule config and the held/sold counters
+-- KEYS[2] seats     hash: seat -> "h:<hold>" | "s:<payment_id>"
+-- KEYS[3] map       bitmap: bit i = seat i taken
+-- KEYS[4] holds     hash: hold -> JSON record
+-- KEYS[5] dl        zset: hold -> deadline (ms)
+-- KEYS[6] uheld     hash: user -> seats held or paying
+-- KEYS[7] ubought   hash: user -> seats bought
+-- KEYS[8] hold_seq  counter: hold numbers of the event
+-- ARGV[1] user id
+-- ARGV[2] mode: "seats" | "count"
+-- ARGV[3] mode seats: comma-separated seat numbers (non-empty, <= 100,
+--         no duplicates); mode count: number of seats (>= 1)
+--
+-- Returns (JSON):
+--   {"status":"no_schedule"}
+--   {"status":"invalid","reason":"seat_out_of_range","seats":[..]}
+--   {"status":"invalid","reason":"count_too_large"}
+--   {"status":"limit","max_per_user":m,"held":h,"bought":b,"requested":k,
+--    "expired":x,"expired_paying":y}
+--   {"status":"unavailable","seats":[..],"expired":x,"expired_paying":y}
+--       mode seats: exactly the requested seats that are taken (sorted);
+--       mode count: [] (fewer free seats than requested)
+--   {"status":"ok","hold":n,"seats":[..],"adjacent":true|false,
+--    "deadline":ms,"price":"..","expired":x,"expired_paying":y}
+--
+-- Why a script: "are these seats free and is the user under the limit"
+-- and "take them" must be one step, or two buyers both get a seat; with
+-- all or nothing over several seats, MULTI/WATCH would retry forever on a
+-- hot schedule. Expiry runs in the same step, so a seat is free again
+-- exactly from its hold's deadline on.
+
+local K = sched_keys(1)
+local user, mode, arg = ARGV[1], ARGV[2], ARGV[3]
+if not user or user == '' then return bad_arg('user') end
+
+local cfg = load_cfg(K)
+if not cfg then return json({ status = 'no_schedule' }) end
+local N, R = cfg.seats, cfg.row_size
+
+local wanted, count
+if mode == 'seats' then
+  wanted = parse_seats(arg)
+  if not wanted then return bad_arg('seats') end
+  local bad = {}
+  for _, s in ipairs(wanted) do
+    if s > N then bad[#bad + 1] = s end
+  end
+  if #bad > 0 then
+    return json({ status = 'invalid', reason = 'seat_out_of_range', seats = sorted(bad) })
+  end
+  count = #wanted
+elseif mode == 'count' then
+  count = tonumber(arg)
+  if not count or count < 1 or count ~= math.floor(count) then return bad_arg('count') end
+  if count > N then return json({ status = 'invalid', reason = 'count_too_large' }) end
+else
+  return bad_arg('mode')
+end
+
+local now = now_ms()
+local expired, expired_paying = expire_due(K, now)
+local function reply(t)
+  t.expired, t.expired_paying = expired, expired_paying
+  return json(t)
+end
+
+local h_user = tonumber(redis.call('HGET', K.uheld, user)) or 0
+local b_user = tonumber(redis.call('HGET', K.ubought, user)) or 0
+if cfg.max_per_user and h_user + b_user + count > cfg.max_per_user then
+  return reply({ status = 'limit', max_per_user = cfg.max_per_user, held = h_user,
+                 bought = b_user, requested = count })
+end
+
+-- Best available on the bitmap. The map string can be shorter than N+1
+-- bits (SETBIT grows it lazily): bits past its end are free. BITPOS with
+-- an explicit end clamps to the string, hence the two helpers.
+local maplen = redis.call('STRLEN', K.map) * 8
+
+-- Lowest free seat in [from, to], or nil.
+local function first_free(from, to)
+  if from > to then return nil end
+  if from >= maplen then return from end
+  local p = redis.call('BITPOS', K.map, 0, from, math.min(to, maplen - 1), 'BIT')
+  if p >= 0 then return p end
+  if to >= maplen then return maplen end
+  return nil
+end
+
+-- Lowest taken seat in [from, to], or nil.
+local function first_taken(from, to)
+  if from > to or from >= maplen then return nil end
+  local p = redis.call('BITPOS', K.map, 1, from, math.min(to, maplen - 1), 'BIT')
+  if p >= 0 then return p end
+  return nil
+end
+
+-- Per byte value b (8 seats), for runs of k: lead[b] free seats at its
+-- start, trail[b] free seats at its end, inner[b] offset of the first k
+-- free seats in a row inside it (or false). 256 entries, built only when
+-- scan_run runs. Bit i is the (i % 8)-th most significant bit of byte
+-- i // 8.
+local band, bor, rshift = bit.band, bit.bor, bit.rshift
+local function byte_tables(k)
+  local lead, trail, inner = {}, {}, {}
+  for b = 0, 255 do
+    local run, first, at = 0, nil, false
+    for i = 0, 7 do
+      if band(b, rshift(128, i)) == 0 then
+        run = run + 1
+        if run == k and not at then at = i - k + 1 end
+      else
+        if not first then first = i end
+        run = 0
+      end
+    end
+    lead[b], trail[b], inner[b] = first or 8, run, at
+  end
+  return lead, trail, inner
+end
+
+-- Lowest run of k free seats inside one row from seat `from` on (a free
+-- seat no earlier run can reach), reading the bitmap in Lua: one GETRANGE,
+-- then one table step per byte. A byte that `from`, a row start or seat N
+-- cuts is split into segments, the bits outside a segment masked as taken,
+-- so each segment lies in one row and the tables stay exact.
+local function scan_run(from, k)
+  local base = math.floor(from / 8)   -- byte index of the string's first byte
+  local bytes = redis.call('GETRANGE', K.map, base, math.floor(N / 8))
+  local lead, trail, inner = byte_tables(k)
+  local before, after = {}, {}        -- masks: bits < i, bits > i
+  for i = 0, 7 do
+    before[i] = 0xFF - rshift(0xFF, i)
+    after[i] = rshift(0xFF, i + 1)
+  end
+  local run, s = 0, from              -- run: free seats just before s, same row
+  local off = (s - 1) % R             -- s's place in its row
+  while s <= N do
+    local lo = s % 8
+    local b0 = s - lo                 -- seat of the byte's first bit
+    local hi = math.min(7, N - b0, lo + R - off - 1)  -- segment: bits lo..hi
+    local byte = string.byte(bytes, b0 / 8 - base + 1) or 0  -- past the end: free
+    local m = bor(byte, before[lo], after[hi])
+    if off == 0 then run = 0 end
+    -- lo > 0 only at `from` or a row start, where run is 0.
+    if run + lead[m] >= k then return s - run end
+    if inner[m] then return b0 + inner[m] end
+    if m == 0 then run = run + 8 else run = trail[m] end
+    off = off + hi - lo + 1
+    if off >= R then off = 0 end
+    s = b0 + hi + 1
+  end
+  return nil
+end
+
+-- Lowest run of k adjacent free seats inside one row. Each probe jumps
+-- with BITPOS (C speed) over a taken stretch, a free run too short, or
+-- the rest of a row the run cannot fit in, so cost grows with the number
+-- of free fragments, not with N: a sold-out-but-a-few map costs a few
+-- calls. A badly fragmented map would need one Redis call per fragment;
+-- after PROBES of them the rest is scanned in Lua, bounded by N/8 bytes.
+local PROBES = 64
+local function find_run(k)
+  local pos = first_free(1, N)
+  local probes = 0
+  while pos do
+    probes = probes + 1
+    if probes > PROBES then return scan_run(pos, k) end
+    local row_end = math.min(N, math.ceil(pos / R) * R)
+    if pos + k - 1 > row_end then
+      pos = first_free(row_end + 1, N)
+    else
+      local t = first_taken(pos, pos + k - 1)
+      if not t then return pos end
+      pos = first_free(t + 1, N)
+    end
+  end
+  return nil
+end
+
+local seats, adjacent
+if mode == 'seats' then
+  local vals = redis.call('HMGET', K.seats, unpack(wanted))
+  local taken = {}
+  for i, s in ipairs(wanted) do
+    if vals[i] then taken[#taken + 1] = s end
+  end
+  if #taken > 0 then return reply({ status = 'unavailable', seats = sorted(taken) }) end
+  seats = sorted(wanted)
+  adjacent = is_adjacent(cfg, seats)
+else
+  -- The counters are exact, so a sold-out schedule answers in O(1).
+  if N - cfg.held - cfg.sold < count then
+    return reply({ status = 'unavailable', seats = {} })
+  end
+  local start = count <= R and find_run(count) or nil
+  seats = {}
+  if start then
+    for i = 0, count - 1 do seats[#seats + 1] = start + i end
+    adjacent = true
+  else
+    -- No run in any row: the `count` lowest free seats. Not adjacent by
+    -- construction (a run in one row would have been found above).
+    local pos = 0
+    for _ = 1, count do
+      pos = first_free(pos + 1, N)
+      if not pos then return reply({ status = 'unavailable', seats = {} }) end
+      seats[#seats + 1] = pos
+    end
+    adjacent = false
+  end
+end
+
+-- All checks passed: the writes.
+local n = hold_id_of(redis.call('INCR', KEYS[8]))
+local value = 'h:' .. n
+local fields = {}
+for _, s in ipairs(seats) do
+  fields[#fields + 1] = s
+  fields[#fields + 1] = value
+  redis.call('SETBIT', K.map, s, 1)
+end
+redis.call('HSET', K.seats, unpack(fields))
+redis.call('HINCRBY', K.cfg, 'held', #seats)
+uheld_add(K, user, #seats)
+local deadline = now + cfg.hold_ms
+redis.call('HSET', K.holds, n, encode_hold({ user = user, seats = seats, deadline = deadline,
+  state = 'held', held_deadline = deadline, created = now }))
+redis.call('ZADD', K.dl, deadline, n)
+
+return reply({ status = 'ok', hold = tonumber(n), seats = seats, adjacent = adjacent,
+               deadline = deadline, price = cfg.price })

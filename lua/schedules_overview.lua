@@ -1,0 +1,35 @@
+-- schedules_overview: seat counts of every schedule of an event in one
+-- call. Runs after lib/schedule.lua (prelude).
+--
+-- KEYS[7i+1..7i+7] the 7 keys of schedule i (i = 0, 1, ...), each group
+--                  in schedule-key order: cfg, seats, map, holds, dl,
+--                  uheld, ubought (all of one event: one hash tag)
+--
+-- Returns (JSON):
+--   {"status":"ok","schedules":[{"seats_total":N,"held":h,"sold":s,
+--    "available":N-h-s,"price":"..","starts_at":".."} | {"missing":true},
+--    ... in KEYS order],"expired":x,"expired_paying":y}
+--       missing: no config loaded for that schedule
+--
+-- Counts come from the exact held/sold counters (O(1) per schedule after
+-- expiry), not from the seats hashes.
+
+if #KEYS % 7 ~= 0 then return bad_arg('KEYS must be groups of 7') end
+
+local now = now_ms()
+local schedules, expired, expired_paying = {}, 0, 0
+for i = 1, #KEYS, 7 do
+  local K = sched_keys(i)
+  if not load_cfg(K) then
+    schedules[#schedules + 1] = { missing = true }
+  else
+    local x, y = expire_due(K, now)
+    expired, expired_paying = expired + x, expired_paying + y
+    local cfg = load_cfg(K)   -- again: expiry moved the held counter
+    schedules[#schedules + 1] = { seats_total = cfg.seats, held = cfg.held, sold = cfg.sold,
+      available = cfg.seats - cfg.held - cfg.sold, price = cfg.price, starts_at = cfg.starts_at }
+  end
+end
+
+return json({ status = 'ok', schedules = schedules, expired = expired,
+              expired_paying = expired_paying })

@@ -1,0 +1,160 @@
+//! The catalog: events, their admission settings and their schedules
+//! (dates) with seat counts and prices.
+//!
+//! Defined in PostgreSQL (rarely written, by admins; survives a Redis loss)
+//! and copied into Redis under the event's hash tag, where every Lua script
+//! reads it. [`load_into_redis`] is idempotent, so create, live tuning and
+//! the reconciler's restore all use it.
+
+pub mod pg;
+pub mod request;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    ids::{EventId, ScheduleId},
+    money::format_amount,
+    store::{StoreError, redis::Redis},
+};
+
+/// Admission settings of one event; live-tunable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueSettings {
+    pub admit_per_second: u32,
+    pub max_active: u32,
+    pub active_ttl_seconds: u32,
+    pub idle_timeout_seconds: u32,
+    pub paused: bool,
+}
+
+/// One date of an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub schedule_id: ScheduleId,
+    pub starts_at: DateTime<Utc>,
+    pub seats: u32,
+    pub row_size: u32,
+    pub price: Decimal,
+    pub hold_seconds: u32,
+    pub max_per_user: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub event_id: EventId,
+    pub name: String,
+    pub queue: QueueSettings,
+    pub schedules: Vec<Schedule>,
+}
+
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl Event {
+    pub fn schedule(&self, id: &ScheduleId) -> Option<&Schedule> {
+        self.schedules.iter().find(|s| &s.schedule_id == id)
+    }
+
+    /// The public view: `{"event_id","name","schedules":[{"schedule_id","starts_at","price"}]}`.
+    pub fn public_json(&self) -> serde_json::Value {
+        json!({
+            "event_id": self.event_id,
+            "name": self.name,
+            "schedules": self.schedules.iter().map(|s| json!({
+                "schedule_id": s.schedule_id,
+                "starts_at": format_time(s.starts_at),
+                "price": format_amount(s.price),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Writes the event's working copy into Redis and lists it in the index.
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn load_into_redis(redis: &Redis, ev: &Event) -> Result<(), StoreError> {
+    let k = redis.keys().event(&ev.event_id);
+    let mut keys = vec![k.config()];
+    let mut args = vec![
+        json!({
+            "name": ev.name,
+            "admit_per_second": ev.queue.admit_per_second,
+            "max_active": ev.queue.max_active,
+            "active_ttl_ms": u64::from(ev.queue.active_ttl_seconds) * 1000,
+            "idle_timeout_ms": u64::from(ev.queue.idle_timeout_seconds) * 1000,
+            "paused": u8::from(ev.queue.paused),
+            "schedules": ev.schedules.iter().map(|s| s.schedule_id.as_str()).collect::<Vec<_>>().join(","),
+            "public": ev.public_json().to_string(),
+        })
+        .to_string(),
+    ];
+    for s in &ev.schedules {
+        keys.push(k.schedule(&s.schedule_id));
+        keys.push(k.seat_map(&s.schedule_id));
+        args.push(
+            json!({
+                "starts_at": format_time(s.starts_at),
+                "seats": s.seats,
+                "row_size": s.row_size,
+                "price": format_amount(s.price),
+                "hold_ms": u64::from(s.hold_seconds) * 1000,
+                "max_per_user": s.max_per_user,
+            })
+            .to_string(),
+        );
+    }
+    let reply = redis
+        .run(&crate::store::redis::LOAD_EVENT, keys, args)
+        .await?;
+    let v: serde_json::Value = serde_json::from_str(&reply)
+        .map_err(|e| StoreError::internal(crate::store::Dependency::Redis, e))?;
+    if v["status"] != "ok" {
+        return Err(StoreError::internal(
+            crate::store::Dependency::Redis,
+            anyhow::anyhow!("load_event refused: {v}"),
+        ));
+    }
+    redis
+        .sadd(&redis.keys().events_index(), ev.event_id.as_str())
+        .await
+}
+
+/// The public event list, read from Redis (no PostgreSQL on this path).
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn public_list(redis: &Redis) -> Result<Vec<serde_json::Value>, StoreError> {
+    let mut ids = redis.smembers(&redis.keys().events_index()).await?;
+    ids.sort();
+    let lookups = ids
+        .iter()
+        .filter_map(|id| EventId::parse(id).ok())
+        .map(|id| {
+            let key = redis.keys().event(&id).config();
+            async move { redis.hget(&key, "public").await }
+        });
+    let found = futures::future::try_join_all(lookups).await?;
+    Ok(found
+        .into_iter()
+        .flatten()
+        .filter_map(|s| serde_json::from_str(&s).ok())
+        .collect())
+}
+
+/// Event ids known to Redis (the admission loop ticks each of them).
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn known_events(redis: &Redis) -> Result<Vec<EventId>, StoreError> {
+    Ok(redis
+        .smembers(&redis.keys().events_index())
+        .await?
+        .iter()
+        .filter_map(|id| EventId::parse(id).ok())
+        .collect())
+}

@@ -1,0 +1,211 @@
+//! The catalog's definitions in PostgreSQL, the source of truth.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use super::{Event, QueueSettings, Schedule};
+use crate::{
+    ids::{EventId, ScheduleId},
+    store::{StoreError, pg::Pg},
+};
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    event_id: String,
+    name: String,
+    admit_per_second: i32,
+    max_active: i32,
+    active_ttl_seconds: i32,
+    idle_timeout_seconds: i32,
+    paused: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct ScheduleRow {
+    event_id: String,
+    schedule_id: String,
+    starts_at: DateTime<Utc>,
+    seats: i32,
+    row_size: i32,
+    price: Decimal,
+    hold_seconds: i32,
+    max_per_user: i32,
+}
+
+fn to_u32(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}
+
+fn assemble(events: Vec<EventRow>, schedules: Vec<ScheduleRow>) -> Vec<Event> {
+    events
+        .into_iter()
+        .filter_map(|e| {
+            let event_id = EventId::parse(&e.event_id).ok()?;
+            let schedules = schedules
+                .iter()
+                .filter(|s| s.event_id == e.event_id)
+                .filter_map(|s| {
+                    Some(Schedule {
+                        schedule_id: ScheduleId::parse(&s.schedule_id).ok()?,
+                        starts_at: s.starts_at,
+                        seats: to_u32(s.seats),
+                        row_size: to_u32(s.row_size),
+                        price: s.price.normalize(),
+                        hold_seconds: to_u32(s.hold_seconds),
+                        max_per_user: to_u32(s.max_per_user),
+                    })
+                })
+                .collect();
+            Some(Event {
+                event_id,
+                name: e.name,
+                queue: QueueSettings {
+                    admit_per_second: to_u32(e.admit_per_second),
+                    max_active: to_u32(e.max_active),
+                    active_ttl_seconds: to_u32(e.active_ttl_seconds),
+                    idle_timeout_seconds: to_u32(e.idle_timeout_seconds),
+                    paused: e.paused,
+                },
+                schedules,
+            })
+        })
+        .collect()
+}
+
+/// Inserts a new event with its schedules; `Ok(false)` if the id exists.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn insert(pg: &Pg, ev: &Event) -> Result<bool, StoreError> {
+    pg.guard(async {
+        let mut tx = pg.pool().begin().await?;
+        let inserted = sqlx::query(
+            r"insert into events (event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, paused)
+              values ($1, $2, $3, $4, $5, $6, $7)
+              on conflict (event_id) do nothing",
+        )
+        .bind(ev.event_id.as_str())
+        .bind(&ev.name)
+        .bind(ev.queue.admit_per_second as i32)
+        .bind(ev.queue.max_active as i32)
+        .bind(ev.queue.active_ttl_seconds as i32)
+        .bind(ev.queue.idle_timeout_seconds as i32)
+        .bind(ev.queue.paused)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            return Ok(false);
+        }
+        for s in &ev.schedules {
+            sqlx::query(
+                r"insert into schedules (event_id, schedule_id, starts_at, seats, row_size, price, hold_seconds, max_per_user)
+                  values ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(ev.event_id.as_str())
+            .bind(s.schedule_id.as_str())
+            .bind(s.starts_at)
+            .bind(s.seats as i32)
+            .bind(s.row_size as i32)
+            .bind(s.price)
+            .bind(s.hold_seconds as i32)
+            .bind(s.max_per_user as i32)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    })
+    .await
+}
+
+macro_rules! event_columns {
+    () => {
+        "event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, paused"
+    };
+}
+macro_rules! schedule_columns {
+    () => {
+        "event_id, schedule_id, starts_at, seats, row_size, price, hold_seconds, max_per_user"
+    };
+}
+
+/// Every event with its schedules.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn all(pg: &Pg) -> Result<Vec<Event>, StoreError> {
+    let (events, schedules) = pg
+        .guard(async {
+            let events: Vec<EventRow> = sqlx::query_as(concat!(
+                "select ",
+                event_columns!(),
+                " from events order by event_id"
+            ))
+            .fetch_all(pg.pool())
+            .await?;
+            let schedules: Vec<ScheduleRow> = sqlx::query_as(concat!(
+                "select ",
+                schedule_columns!(),
+                " from schedules order by event_id, starts_at, schedule_id"
+            ))
+            .fetch_all(pg.pool())
+            .await?;
+            Ok((events, schedules))
+        })
+        .await?;
+    Ok(assemble(events, schedules))
+}
+
+/// One event with its schedules.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn get(pg: &Pg, id: &EventId) -> Result<Option<Event>, StoreError> {
+    let (events, schedules) = pg
+        .guard(async {
+            let events: Vec<EventRow> = sqlx::query_as(concat!(
+                "select ",
+                event_columns!(),
+                " from events where event_id = $1"
+            ))
+            .bind(id.as_str())
+            .fetch_all(pg.pool())
+            .await?;
+            let schedules: Vec<ScheduleRow> = sqlx::query_as(concat!(
+                "select ",
+                schedule_columns!(),
+                " from schedules where event_id = $1 order by starts_at, schedule_id"
+            ))
+            .bind(id.as_str())
+            .fetch_all(pg.pool())
+            .await?;
+            Ok((events, schedules))
+        })
+        .await?;
+    Ok(assemble(events, schedules).into_iter().next())
+}
+
+/// Stores new admission settings.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn update_queue(pg: &Pg, id: &EventId, q: &QueueSettings) -> Result<bool, StoreError> {
+    pg.guard(
+        sqlx::query(
+            r"update events set admit_per_second = $2, max_active = $3, active_ttl_seconds = $4,
+                     idle_timeout_seconds = $5, paused = $6, updated_at = now()
+              where event_id = $1",
+        )
+        .bind(id.as_str())
+        .bind(q.admit_per_second as i32)
+        .bind(q.max_active as i32)
+        .bind(q.active_ttl_seconds as i32)
+        .bind(q.idle_timeout_seconds as i32)
+        .bind(q.paused)
+        .execute(pg.pool()),
+    )
+    .await
+    .map(|r| r.rows_affected() == 1)
+}

@@ -1,0 +1,282 @@
+//! Admin request bodies for the catalog, parsed into domain types.
+//! Every field error is collected so one 422 names all of them.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use super::{Event, QueueSettings, Schedule};
+use crate::{
+    ids::{EventId, ScheduleId},
+    money::{Currency, Money},
+};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewQueue {
+    /// Users admitted per second at most (1..100000).
+    pub admit_per_second: i64,
+    /// Admitted users at one time at most (1..10000000).
+    pub max_active: i64,
+    /// How long an admitted user may shop (1..86400 s).
+    pub active_ttl_seconds: i64,
+    /// A waiting entry not polled for this long is dropped (2..86400 s).
+    pub idle_timeout_seconds: i64,
+    /// Start with admission paused (joins still wait in line).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSchedule {
+    pub schedule_id: String,
+    /// RFC 3339 timestamp.
+    pub starts_at: String,
+    /// Seats numbered 1..seats (1..100000).
+    pub seats: i64,
+    /// Seats per row (rows A, B, ...).
+    pub row_size: i64,
+    /// Price per seat, a decimal string in the service currency.
+    pub price: String,
+    /// How long a hold lasts (1..3600 s).
+    pub hold_seconds: i64,
+    /// Seats one user may hold plus buy in this schedule (1..100).
+    pub max_per_user: i64,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvent {
+    pub event_id: String,
+    pub name: String,
+    pub queue: NewQueue,
+    pub schedules: Vec<NewSchedule>,
+}
+
+/// `PATCH /v1/admin/events/{id}/queue`: any subset of the settings.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePatch {
+    pub admit_per_second: Option<i64>,
+    pub max_active: Option<i64>,
+    pub active_ttl_seconds: Option<i64>,
+    pub idle_timeout_seconds: Option<i64>,
+    pub paused: Option<bool>,
+}
+
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn range(&mut self, field: &str, v: i64, lo: i64, hi: i64) -> u32 {
+        if (lo..=hi).contains(&v) {
+            v as u32
+        } else {
+            self.0
+                .push(format!("{field} must be between {lo} and {hi}"));
+            0
+        }
+    }
+}
+
+const MAX_SCHEDULES: usize = 50;
+
+fn queue_settings(q: &NewQueue, e: &mut Errors) -> QueueSettings {
+    QueueSettings {
+        admit_per_second: e.range("queue.admit_per_second", q.admit_per_second, 1, 100_000),
+        max_active: e.range("queue.max_active", q.max_active, 1, 10_000_000),
+        active_ttl_seconds: e.range("queue.active_ttl_seconds", q.active_ttl_seconds, 1, 86_400),
+        idle_timeout_seconds: e.range(
+            "queue.idle_timeout_seconds",
+            q.idle_timeout_seconds,
+            2,
+            86_400,
+        ),
+        paused: q.paused,
+    }
+}
+
+impl NewEvent {
+    /// # Errors
+    /// Every invalid field, described.
+    pub fn parse(self, currency: Currency) -> Result<Event, Vec<String>> {
+        let mut e = Errors(Vec::new());
+        let event_id = EventId::parse(&self.event_id)
+            .map_err(|err| e.0.push(err.to_string()))
+            .ok();
+        let name = self.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 200 {
+            e.0.push("name must be 1 to 200 characters".into());
+        }
+        let queue = queue_settings(&self.queue, &mut e);
+        if self.schedules.is_empty() || self.schedules.len() > MAX_SCHEDULES {
+            e.0.push(format!(
+                "schedules must list 1 to {MAX_SCHEDULES} schedules"
+            ));
+        }
+        let mut schedules = Vec::with_capacity(self.schedules.len());
+        for (i, s) in self.schedules.iter().enumerate() {
+            let f = |name: &str| format!("schedules[{i}].{name}");
+            let schedule_id = ScheduleId::parse(&s.schedule_id)
+                .map_err(|err| e.0.push(format!("schedules[{i}]: {err}")))
+                .ok();
+            if schedule_id.is_some()
+                && self.schedules[..i]
+                    .iter()
+                    .any(|o| o.schedule_id == s.schedule_id)
+            {
+                e.0.push(format!("{} is duplicated", f("schedule_id")));
+            }
+            let starts_at = DateTime::parse_from_rfc3339(&s.starts_at)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    e.0.push(format!("{} must be an RFC 3339 timestamp", f("starts_at")))
+                })
+                .ok();
+            let seats = e.range(&f("seats"), s.seats, 1, 100_000);
+            let row_size = e.range(&f("row_size"), s.row_size, 1, s.seats.clamp(1, 100_000));
+            let price = Money::parse_amount(&s.price, currency, Decimal::from(1_000_000_000_i64))
+                .map_err(|err| e.0.push(format!("{}: {err}", f("price"))))
+                .ok();
+            let hold_seconds = e.range(&f("hold_seconds"), s.hold_seconds, 1, 3_600);
+            let max_per_user = e.range(&f("max_per_user"), s.max_per_user, 1, 100);
+            if let (Some(schedule_id), Some(starts_at), Some(price)) =
+                (schedule_id, starts_at, price)
+            {
+                schedules.push(Schedule {
+                    schedule_id,
+                    starts_at,
+                    seats,
+                    row_size,
+                    price: price.amount(),
+                    hold_seconds,
+                    max_per_user,
+                });
+            }
+        }
+        match event_id {
+            Some(event_id) if e.0.is_empty() => Ok(Event {
+                event_id,
+                name,
+                queue,
+                schedules,
+            }),
+            _ => Err(e.0),
+        }
+    }
+}
+
+impl QueuePatch {
+    /// Applies the patch to the current settings.
+    ///
+    /// # Errors
+    /// An empty patch or an out-of-range value.
+    pub fn apply(&self, current: &QueueSettings) -> Result<QueueSettings, Vec<String>> {
+        let mut e = Errors(Vec::new());
+        if self.admit_per_second.is_none()
+            && self.max_active.is_none()
+            && self.active_ttl_seconds.is_none()
+            && self.idle_timeout_seconds.is_none()
+            && self.paused.is_none()
+        {
+            return Err(vec![
+                "the patch changes nothing; give at least one setting".into(),
+            ]);
+        }
+        let q = NewQueue {
+            admit_per_second: self
+                .admit_per_second
+                .unwrap_or(current.admit_per_second.into()),
+            max_active: self.max_active.unwrap_or(current.max_active.into()),
+            active_ttl_seconds: self
+                .active_ttl_seconds
+                .unwrap_or(current.active_ttl_seconds.into()),
+            idle_timeout_seconds: self
+                .idle_timeout_seconds
+                .unwrap_or(current.idle_timeout_seconds.into()),
+            paused: self.paused.unwrap_or(current.paused),
+        };
+        let s = queue_settings(&q, &mut e);
+        if e.0.is_empty() { Ok(s) } else { Err(e.0) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn krw() -> Currency {
+        Currency::from_code("KRW").unwrap()
+    }
+
+    fn good() -> NewEvent {
+        NewEvent {
+            event_id: "e1".into(),
+            name: "Concert".into(),
+            queue: NewQueue {
+                admit_per_second: 10,
+                max_active: 100,
+                active_ttl_seconds: 600,
+                idle_timeout_seconds: 30,
+                paused: false,
+            },
+            schedules: vec![NewSchedule {
+                schedule_id: "d1".into(),
+                starts_at: "2026-12-24T20:00:00+09:00".into(),
+                seats: 50,
+                row_size: 10,
+                price: "12000".into(),
+                hold_seconds: 300,
+                max_per_user: 4,
+            }],
+        }
+    }
+
+    #[test]
+    fn parses_a_good_event() {
+        let ev = good().parse(krw()).unwrap();
+        assert_eq!(ev.schedules[0].price, Decimal::from(12000));
+        assert_eq!(
+            ev.schedules[0].starts_at.to_rfc3339(),
+            "2026-12-24T11:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn names_every_bad_field() {
+        let mut ev = good();
+        ev.queue.max_active = 0;
+        ev.schedules[0].price = "12.5".into();
+        ev.schedules[0].row_size = 51;
+        ev.schedules.push(NewSchedule {
+            schedule_id: "d1".into(),
+            ..good().schedules.remove(0)
+        });
+        let errs = ev.parse(krw()).unwrap_err();
+        let all = errs.join("; ");
+        for needle in [
+            "queue.max_active",
+            "schedules[0].price",
+            "schedules[0].row_size",
+            "schedules[1].schedule_id is duplicated",
+        ] {
+            assert!(all.contains(needle), "{all} lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn patch_needs_a_change_and_checks_ranges() {
+        let cur = good().parse(krw()).unwrap().queue;
+        assert!(QueuePatch::default().apply(&cur).is_err());
+        let p = QueuePatch {
+            paused: Some(true),
+            ..Default::default()
+        };
+        assert!(p.apply(&cur).unwrap().paused);
+        let p = QueuePatch {
+            admit_per_second: Some(0),
+            ..Default::default()
+        };
+        assert!(p.apply(&cur).is_err());
+    }
+}

@@ -1,0 +1,123 @@
+//! Admin endpoints (service key): events, live tuning, figures.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+};
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, ApiResult,
+    extract::{ApiJson, ServiceKey},
+    queue::event_in_path,
+};
+use crate::{
+    app::AppState,
+    catalog::{
+        self, Event, format_time,
+        request::{NewEvent, QueuePatch},
+    },
+    money::format_amount,
+    queue,
+};
+
+pub fn event_config_json(ev: &Event) -> Value {
+    json!({
+        "event_id": ev.event_id,
+        "name": ev.name,
+        "queue": ev.queue,
+        "schedules": ev.schedules.iter().map(|s| json!({
+            "schedule_id": s.schedule_id,
+            "starts_at": format_time(s.starts_at),
+            "seats": s.seats,
+            "row_size": s.row_size,
+            "price": format_amount(s.price),
+            "hold_seconds": s.hold_seconds,
+            "max_per_user": s.max_per_user,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[utoipa::path(post, path = "/v1/admin/events", tag = "admin",
+    security(("service_key" = [])),
+    request_body = NewEvent,
+    responses(
+        (status = 201, description = "Created"),
+        (status = 401, description = "unauthorized", body = super::openapi::Problem),
+        (status = 409, description = "already_exists", body = super::openapi::Problem),
+        (status = 422, description = "invalid_request", body = super::openapi::Problem),
+    ))]
+pub async fn create_event(
+    State(state): State<AppState>,
+    _: ServiceKey,
+    ApiJson(body): ApiJson<NewEvent>,
+) -> ApiResult<impl IntoResponse> {
+    let ev = body
+        .parse(state.config.currency)
+        .map_err(|errs| ApiError::InvalidRequest(errs.join("; ")))?;
+    if !catalog::pg::insert(&state.pg, &ev).await? {
+        return Err(ApiError::AlreadyExists(format!(
+            "event {} already exists",
+            ev.event_id
+        )));
+    }
+    // PostgreSQL is the source of truth; if Redis is down now, the
+    // reconciler loads the event as soon as it is back.
+    catalog::load_into_redis(&state.redis, &ev).await?;
+    tracing::info!(event_id = %ev.event_id, "event created");
+    Ok((StatusCode::CREATED, axum::Json(event_config_json(&ev))))
+}
+
+async fn existing(state: &AppState, raw: &str) -> ApiResult<Event> {
+    let id = event_in_path(raw)?;
+    catalog::pg::get(&state.pg, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no event {id}")))
+}
+
+#[utoipa::path(get, path = "/v1/admin/events/{event_id}", tag = "admin",
+    security(("service_key" = [])),
+    params(("event_id" = String, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "Configuration and live figures"),
+        (status = 404, description = "not_found", body = super::openapi::Problem),
+    ))]
+pub async fn get_event(
+    State(state): State<AppState>,
+    _: ServiceKey,
+    Path(event_id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    let ev = existing(&state, &event_id).await?;
+    let figures = queue::figures(&state.redis, &ev.event_id).await?;
+    let mut body = event_config_json(&ev);
+    body["live"] = serde_json::to_value(&figures).map_err(anyhow::Error::from)?;
+    Ok(axum::Json(body))
+}
+
+#[utoipa::path(patch, path = "/v1/admin/events/{event_id}/queue", tag = "admin",
+    security(("service_key" = [])),
+    params(("event_id" = String, Path, description = "Event id")),
+    request_body = QueuePatch,
+    responses(
+        (status = 200, description = "The new settings; they apply from the next tick"),
+        (status = 404, description = "not_found", body = super::openapi::Problem),
+        (status = 422, description = "invalid_request", body = super::openapi::Problem),
+    ))]
+pub async fn patch_queue(
+    State(state): State<AppState>,
+    _: ServiceKey,
+    Path(event_id): Path<String>,
+    ApiJson(patch): ApiJson<QueuePatch>,
+) -> ApiResult<axum::Json<Value>> {
+    let mut ev = existing(&state, &event_id).await?;
+    ev.queue = patch
+        .apply(&ev.queue)
+        .map_err(|errs| ApiError::InvalidRequest(errs.join("; ")))?;
+    catalog::pg::update_queue(&state.pg, &ev.event_id, &ev.queue).await?;
+    catalog::load_into_redis(&state.redis, &ev).await?;
+    tracing::info!(event_id = %ev.event_id, settings = ?ev.queue, "admission settings changed");
+    Ok(axum::Json(
+        json!({ "event_id": ev.event_id, "queue": ev.queue }),
+    ))
+}

@@ -1,0 +1,141 @@
+//! `POST /v1/events/{event_id}/queue`, `GET /v1/queue/status`, `DELETE /v1/queue`.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiResult, auth::QueueToken, extract::ApiJson};
+use crate::{
+    app::AppState,
+    ids::{EventId, UserId},
+    queue::{self, EntryState, EntryView},
+    token::QueueClaims,
+};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The platform's user id.
+    pub user_id: String,
+}
+
+/// A queue entry as the client sees it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct QueueEntry {
+    /// Signed queue token (join only); send it as `Authorization: Bearer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub event_id: String,
+    pub user_id: String,
+    /// `waiting` or `admitted`.
+    pub status: &'static str,
+    /// 1 at the head of the queue; null once admitted.
+    pub position: Option<u64>,
+    /// Estimated seconds until admission (null while admission is paused).
+    pub eta_seconds: Option<u64>,
+    /// When to poll next.
+    pub poll_after_ms: u64,
+    /// End of the shopping window (RFC 3339) once admitted.
+    pub admitted_until: Option<String>,
+}
+
+pub fn format_ms(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+fn entry(claims: &QueueClaims, view: &EntryView, token: Option<String>) -> QueueEntry {
+    let (status, position, admitted_until) = match view.state {
+        EntryState::Waiting { position } => ("waiting", Some(position), None),
+        EntryState::Admitted { until_ms } => ("admitted", None, format_ms(until_ms)),
+    };
+    QueueEntry {
+        token,
+        event_id: claims.event.to_string(),
+        user_id: claims.user.to_string(),
+        status,
+        position,
+        eta_seconds: view.pacing.eta_seconds,
+        poll_after_ms: view.pacing.poll_after_ms,
+        admitted_until,
+    }
+}
+
+/// Parses an event id from the path; a malformed one cannot exist.
+pub fn event_in_path(raw: &str) -> ApiResult<EventId> {
+    EventId::parse(raw).map_err(|_| ApiError::NotFound("no such event".into()))
+}
+
+#[utoipa::path(post, path = "/v1/events/{event_id}/queue", tag = "queue",
+    params(("event_id" = String, Path, description = "Event id")),
+    request_body = JoinRequest,
+    responses(
+        (status = 201, description = "New entry", body = QueueEntry),
+        (status = 200, description = "This user's live entry: same place, fresh token", body = QueueEntry),
+        (status = 404, description = "not_found", body = super::openapi::Problem),
+        (status = 422, description = "invalid_request", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable", body = super::openapi::Problem),
+    ))]
+pub async fn join(
+    State(state): State<AppState>,
+    Path(event_id): Path<String>,
+    ApiJson(body): ApiJson<JoinRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let event = event_in_path(&event_id)?;
+    let user = UserId::parse(&body.user_id).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let joined = queue::join(&state.redis, &event, &user).await?;
+    let claims = QueueClaims {
+        event,
+        user,
+        entry: joined.view.entry,
+        issued_at: chrono::Utc::now().timestamp(),
+    };
+    let token = state.tokens.sign(&claims);
+    let status = if joined.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    metrics::counter!("boxoffice_queue_joins_total", "outcome" => if joined.created { "created" } else { "existing" }).increment(1);
+    Ok((
+        status,
+        axum::Json(entry(&claims, &joined.view, Some(token))),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/queue/status", tag = "queue",
+    security(("queue_token" = [])),
+    responses(
+        (status = 200, description = "The entry; each call is a heartbeat", body = QueueEntry),
+        (status = 401, description = "unauthorized", body = super::openapi::Problem),
+        (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable", body = super::openapi::Problem),
+    ))]
+pub async fn status(
+    State(state): State<AppState>,
+    QueueToken(claims): QueueToken,
+) -> ApiResult<axum::Json<QueueEntry>> {
+    let view = queue::status(&state.redis, &claims).await?;
+    Ok(axum::Json(entry(&claims, &view, None)))
+}
+
+#[utoipa::path(delete, path = "/v1/queue", tag = "queue",
+    security(("queue_token" = [])),
+    responses(
+        (status = 204, description = "Left; the place is freed"),
+        (status = 401, description = "unauthorized", body = super::openapi::Problem),
+        (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
+    ))]
+pub async fn leave(
+    State(state): State<AppState>,
+    QueueToken(claims): QueueToken,
+) -> ApiResult<StatusCode> {
+    if queue::leave(&state.redis, &claims).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::QueueTokenExpired)
+    }
+}

@@ -1,0 +1,295 @@
+//! The virtual waiting room.
+//!
+//! State lives in Redis sorted sets changed only by the scripts in `lua/`
+//! (`join_queue`, `queue_status`, `leave_queue`, `admit_tick`); this module
+//! holds their typed wrappers and the pure pacing rules (ETA, poll
+//! interval). See `docs/QUEUE.md` for the data structures and why each
+//! transition is one script.
+
+pub mod pacing;
+
+use serde::Deserialize;
+
+use crate::{
+    ids::{EventId, UserId},
+    store::{Dependency, StoreError, keys::EventKeys, redis, redis::Redis},
+    token::QueueClaims,
+};
+
+/// Where an entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryState {
+    Waiting { position: u64 },
+    Admitted { until_ms: i64 },
+}
+
+/// An entry's state plus what is needed to pace the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryView {
+    pub entry: u64,
+    pub state: EntryState,
+    pub pacing: pacing::Pacing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("no such event")]
+    NoEvent,
+    #[error("the queue entry is gone")]
+    Gone,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The scripts' common reply shape.
+#[derive(Debug, Deserialize)]
+struct Reply {
+    status: String,
+    entry: Option<u64>,
+    state: Option<String>,
+    position: Option<u64>,
+    admitted_until: Option<i64>,
+    #[serde(default)]
+    rate: f64,
+    #[serde(default)]
+    admit_per_second: u32,
+    #[serde(default)]
+    paused: u8,
+    #[serde(default)]
+    idle_timeout_ms: u64,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(script: &str, raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| {
+        StoreError::internal(
+            Dependency::Redis,
+            anyhow::anyhow!("{script}: bad reply {raw:?}: {e}"),
+        )
+    })
+}
+
+impl Reply {
+    fn view(&self, entry: u64) -> Result<EntryView, StoreError> {
+        let state = match (self.state.as_deref(), self.position, self.admitted_until) {
+            (Some("waiting"), Some(position), _) => EntryState::Waiting { position },
+            (Some("admitted"), _, Some(until_ms)) => EntryState::Admitted { until_ms },
+            _ => {
+                return Err(StoreError::internal(
+                    Dependency::Redis,
+                    anyhow::anyhow!("queue reply without a state: {self:?}"),
+                ));
+            }
+        };
+        let position = match state {
+            EntryState::Waiting { position } => Some(position),
+            EntryState::Admitted { .. } => None,
+        };
+        Ok(EntryView {
+            entry,
+            state,
+            pacing: pacing::pace(pacing::Inputs {
+                position,
+                observed_rate: self.rate,
+                admit_per_second: self.admit_per_second,
+                paused: self.paused == 1,
+                idle_timeout_ms: self.idle_timeout_ms,
+            }),
+        })
+    }
+}
+
+/// Outcome of a join.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    /// False when the user already had a live entry (same place).
+    pub created: bool,
+    pub view: EntryView,
+}
+
+/// Joins the event's queue, or returns the user's live entry.
+///
+/// # Errors
+/// Unknown event, or Redis unavailable.
+pub async fn join(redis: &Redis, event: &EventId, user: &UserId) -> Result<Joined, QueueError> {
+    let k = redis.keys().event(event);
+    let keys = vec![
+        k.config(),
+        k.queue_seq(),
+        k.queue_waiting(),
+        k.queue_seen(),
+        k.queue_admitted(),
+        k.queue_users(),
+        k.queue_entries(),
+        k.queue_rate_window(),
+        k.queue_stats(),
+    ];
+    let raw = redis
+        .run(&redis::JOIN_QUEUE, keys, vec![user.to_string()])
+        .await?;
+    let r: Reply = decode("join_queue", &raw)?;
+    match r.status.as_str() {
+        "no_event" => Err(QueueError::NoEvent),
+        "created" | "existing" => {
+            let entry = r.entry.ok_or_else(|| {
+                StoreError::internal(Dependency::Redis, anyhow::anyhow!("join without entry"))
+            })?;
+            Ok(Joined {
+                created: r.status == "created",
+                view: r.view(entry)?,
+            })
+        }
+        other => Err(StoreError::internal(
+            Dependency::Redis,
+            anyhow::anyhow!("join_queue: status {other}"),
+        )
+        .into()),
+    }
+}
+
+/// The entry's current state; also the heartbeat that keeps it alive.
+///
+/// # Errors
+/// Unknown event, gone entry, or Redis unavailable.
+pub async fn status(redis: &Redis, claims: &QueueClaims) -> Result<EntryView, QueueError> {
+    let k = redis.keys().event(&claims.event);
+    let keys = vec![
+        k.config(),
+        k.queue_waiting(),
+        k.queue_seen(),
+        k.queue_admitted(),
+        k.queue_users(),
+        k.queue_entries(),
+        k.queue_stats(),
+    ];
+    let raw = redis
+        .run(
+            &redis::QUEUE_STATUS,
+            keys,
+            vec![claims.entry.to_string(), claims.user.to_string()],
+        )
+        .await?;
+    let r: Reply = decode("queue_status", &raw)?;
+    match r.status.as_str() {
+        "no_event" => Err(QueueError::NoEvent),
+        "gone" => Err(QueueError::Gone),
+        "ok" => Ok(r.view(claims.entry)?),
+        other => Err(StoreError::internal(
+            Dependency::Redis,
+            anyhow::anyhow!("queue_status: status {other}"),
+        )
+        .into()),
+    }
+}
+
+/// Leaves the queue; `Ok(false)` when the entry was already gone.
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn leave(redis: &Redis, claims: &QueueClaims) -> Result<bool, QueueError> {
+    let k = redis.keys().event(&claims.event);
+    let keys = vec![
+        k.queue_waiting(),
+        k.queue_seen(),
+        k.queue_admitted(),
+        k.queue_users(),
+        k.queue_entries(),
+        k.queue_stats(),
+    ];
+    let raw = redis
+        .run(
+            &redis::LEAVE_QUEUE,
+            keys,
+            vec![claims.entry.to_string(), claims.user.to_string()],
+        )
+        .await?;
+    let r: Reply = decode("leave_queue", &raw)?;
+    Ok(r.status == "left")
+}
+
+/// What one admission step did.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Tick {
+    pub status: String,
+    #[serde(default)]
+    pub admitted: u64,
+    #[serde(default)]
+    pub evicted: u64,
+    #[serde(default)]
+    pub expired: u64,
+    #[serde(default)]
+    pub waiting: u64,
+    #[serde(default)]
+    pub active: u64,
+    #[serde(default)]
+    pub rate: f64,
+}
+
+/// Entries evicted, expired or admitted per step at most.
+const TICK_BATCH: u32 = 1_000;
+
+/// Runs one admission step. Safe from every instance at once: the script
+/// skips if another instance ticked less than `min_interval_ms` ago.
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn tick(
+    redis: &Redis,
+    event: &EventId,
+    min_interval_ms: u64,
+) -> Result<Tick, StoreError> {
+    let k: EventKeys = redis.keys().event(event);
+    let keys = vec![
+        k.config(),
+        k.queue_waiting(),
+        k.queue_seen(),
+        k.queue_admitted(),
+        k.queue_users(),
+        k.queue_entries(),
+        k.queue_rate_window(),
+        k.queue_stats(),
+    ];
+    let raw = redis
+        .run(
+            &redis::ADMIT_TICK,
+            keys,
+            vec![min_interval_ms.to_string(), TICK_BATCH.to_string()],
+        )
+        .await?;
+    decode("admit_tick", &raw)
+}
+
+/// Live figures of one event's waiting room.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct Figures {
+    #[serde(skip_serializing)]
+    #[allow(dead_code)]
+    status: String,
+    pub waiting: u64,
+    pub admitted_now: u64,
+    pub admitted_total: u64,
+    pub joined_total: u64,
+    pub evicted_total: u64,
+    pub expired_total: u64,
+    pub left_total: u64,
+    /// Observed admissions per second (moving average over ~10 s).
+    #[serde(rename(serialize = "admission_rate"))]
+    pub rate: f64,
+}
+
+/// # Errors
+/// Unknown event, or Redis unavailable.
+pub async fn figures(redis: &Redis, event: &EventId) -> Result<Figures, QueueError> {
+    let k = redis.keys().event(event);
+    let keys = vec![
+        k.config(),
+        k.queue_waiting(),
+        k.queue_admitted(),
+        k.queue_stats(),
+    ];
+    let raw = redis.run(&redis::QUEUE_FIGURES, keys, vec![]).await?;
+    let f: Figures = decode("queue_figures", &raw)?;
+    if f.status == "no_event" {
+        return Err(QueueError::NoEvent);
+    }
+    Ok(f)
+}

@@ -1,0 +1,552 @@
+//! Test harness: spawn the app, talk to it, break its dependencies.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use boxoffice::{app::Application, config::Config};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::OnceCell,
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+pub const SERVICE_KEY: &str = "test-service-key";
+
+fn base_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// `postgres://.../<db>` with the database name replaced.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let cut = base
+        .rfind('/')
+        .filter(|&i| i > "postgres://".len())
+        .unwrap_or(base.len());
+    format!("{}/{db}{query}", &base[..cut])
+}
+
+/// Drops test databases older than an hour (left by earlier runs).
+async fn clean_old_databases() {
+    let Ok(mut conn) =
+        PgConnection::connect(&with_database(&base_database_url(), "postgres")).await
+    else {
+        return;
+    };
+    let cutoff = chrono::Utc::now().timestamp() - 3600;
+    let names: Vec<String> =
+        sqlx::query_scalar("select datname from pg_database where datname like 'bx_test_%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let ts = name
+            .split('_')
+            .nth(2)
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap_or(i64::MAX);
+        if ts < cutoff {
+            let _ = conn
+                .execute(sqlx::AssertSqlSafe(format!(
+                    r#"drop database if exists "{name}" with (force)"#
+                )))
+                .await;
+        }
+    }
+}
+
+/// Creates an empty database for one test.
+pub async fn create_database() -> String {
+    static CLEANED: OnceCell<()> = OnceCell::const_new();
+    CLEANED.get_or_init(clean_old_databases).await;
+    let name = format!(
+        "bx_test_{}_{}",
+        chrono::Utc::now().timestamp(),
+        uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap()
+    );
+    let mut conn = PgConnection::connect(&with_database(&base_database_url(), "postgres"))
+        .await
+        .expect("PostgreSQL answers at DATABASE_URL (run `make test`, which starts it)");
+    conn.execute(sqlx::AssertSqlSafe(format!(r#"create database "{name}""#)))
+        .await
+        .expect("create test database");
+    with_database(&base_database_url(), &name)
+}
+
+/// What a test may change about the app's configuration.
+#[derive(Clone)]
+pub struct Settings {
+    pub env: HashMap<String, String>,
+}
+
+impl Settings {
+    pub fn new() -> Self {
+        let mut env = HashMap::new();
+        for (k, v) in [
+            ("BOXOFFICE_ADDR", "127.0.0.1:0"),
+            ("BOXOFFICE_SERVICE_KEY", SERVICE_KEY),
+            ("BOXOFFICE_TOKEN_SECRET", "test-token-secret-0123456789"),
+            ("BOXOFFICE_RATE_PER_IP", "0"),
+            ("BOXOFFICE_RATE_PER_TOKEN", "0"),
+            ("BOXOFFICE_TICK_MS", "50"),
+            ("BOXOFFICE_RECONCILE_MS", "300"),
+        ] {
+            env.insert(k.to_owned(), v.to_owned());
+        }
+        env.insert("REDIS_URL".into(), redis_url());
+        env.insert(
+            "BOXOFFICE_REDIS_PREFIX".into(),
+            format!("t-{}:", uuid::Uuid::new_v4().simple()),
+        );
+        Self { env }
+    }
+
+    pub fn set(mut self, k: &str, v: &str) -> Self {
+        self.env.insert(k.to_owned(), v.to_owned());
+        self
+    }
+
+    /// Background loops off: proves correctness does not depend on them.
+    pub fn without_background(self) -> Self {
+        self.set("BOXOFFICE_BACKGROUND", "off")
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    pub state: boxoffice::app::AppState,
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(Settings::new()).await
+}
+
+pub async fn spawn_with(mut settings: Settings) -> TestApp {
+    if !settings.env.contains_key("DATABASE_URL") {
+        let db = create_database().await;
+        settings.env.insert("DATABASE_URL".into(), db);
+    }
+    start(settings).await
+}
+
+/// Another instance sharing this one's database and Redis prefix.
+pub async fn spawn_sibling(of: &TestApp) -> TestApp {
+    start(of.settings.clone()).await
+}
+
+async fn start(settings: Settings) -> TestApp {
+    boxoffice::telemetry::init_logging(boxoffice::config::LogFormat::Pretty);
+    let config = Config::from_map(&settings.env).expect("test config is valid");
+    let app = Application::build(config).await.expect("app builds");
+    let addr = app.local_addr();
+    let state = app.state().clone();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run(stop.clone()));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client,
+        settings,
+        state,
+        stop,
+        handle: Some(handle),
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    /// Asserts a problem+json with the given status and code.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
+        assert_eq!(
+            self.content_type(),
+            "application/problem+json",
+            "body: {}",
+            self.text
+        );
+        assert_eq!(self.code(), code, "body: {}", self.text);
+        for field in ["type", "title", "status", "detail", "code"] {
+            assert!(
+                self.body.get(field).is_some(),
+                "problem lacks {field}: {}",
+                self.text
+            );
+        }
+    }
+}
+
+/// One request's parts.
+pub struct Req<'a> {
+    pub method: Method,
+    pub path: &'a str,
+    pub body: Option<Value>,
+    pub raw: Option<(&'a str, &'a str)>,
+    pub headers: Vec<(&'a str, String)>,
+}
+
+impl TestApp {
+    pub async fn send(&self, r: Req<'_>) -> Resp {
+        let mut b = self
+            .client
+            .request(r.method, format!("{}{}", self.base, r.path));
+        for (k, v) in r.headers {
+            b = b.header(k, v);
+        }
+        if let Some(body) = r.body {
+            b = b.json(&body);
+        }
+        if let Some((ct, raw)) = r.raw {
+            b = b.header("content-type", ct).body(raw.to_owned());
+        }
+        let resp = b.send().await.expect("request reaches the app");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(Req {
+            method: Method::GET,
+            path,
+            body: None,
+            raw: None,
+            headers: vec![],
+        })
+        .await
+    }
+
+    pub async fn get_with_token(&self, path: &str, token: &str) -> Resp {
+        self.send(Req {
+            method: Method::GET,
+            path,
+            body: None,
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {token}"))],
+        })
+        .await
+    }
+
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        self.send(Req {
+            method,
+            path,
+            body,
+            raw: None,
+            headers: vec![("x-api-key", SERVICE_KEY.into())],
+        })
+        .await
+    }
+
+    /// Creates an event; `queue` and `schedules` override the defaults.
+    pub async fn create_event(&self, event_id: &str, queue: Value, schedules: Value) -> Resp {
+        self.admin(
+            Method::POST,
+            "/v1/admin/events",
+            Some(json!({"event_id": event_id, "name": format!("Event {event_id}"), "queue": queue, "schedules": schedules})),
+        )
+        .await
+    }
+
+    /// An event with one schedule `d1` of `seats` seats in rows of 10.
+    pub async fn simple_event(
+        &self,
+        event_id: &str,
+        queue: Value,
+        seats: u32,
+        hold_seconds: u32,
+        max_per_user: u32,
+    ) {
+        let r = self
+            .create_event(
+                event_id,
+                queue,
+                json!([{"schedule_id": "d1", "starts_at": "2026-12-24T20:00:00Z", "seats": seats,
+                        "row_size": 10, "price": "1000", "hold_seconds": hold_seconds, "max_per_user": max_per_user}]),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+
+    pub async fn join(&self, event_id: &str, user: &str) -> Resp {
+        self.send(Req {
+            method: Method::POST,
+            path: &format!("/v1/events/{event_id}/queue"),
+            body: Some(json!({ "user_id": user })),
+            raw: None,
+            headers: vec![],
+        })
+        .await
+    }
+
+    pub async fn status(&self, token: &str) -> Resp {
+        self.get_with_token("/v1/queue/status", token).await
+    }
+
+    pub async fn leave(&self, token: &str) -> Resp {
+        self.send(Req {
+            method: Method::DELETE,
+            path: "/v1/queue",
+            body: None,
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {token}"))],
+        })
+        .await
+    }
+
+    pub async fn patch_queue(&self, event_id: &str, patch: Value) -> Resp {
+        self.admin(
+            Method::PATCH,
+            &format!("/v1/admin/events/{event_id}/queue"),
+            Some(patch),
+        )
+        .await
+    }
+
+    /// Joins and waits until admitted; returns the token.
+    pub async fn admitted_token(&self, event_id: &str, user: &str) -> String {
+        let r = self.join(event_id, user).await;
+        assert!(r.status.is_success(), "{}", r.text);
+        let token = r.body["token"].as_str().unwrap().to_owned();
+        if r.body["status"] == "admitted" {
+            return token;
+        }
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.status(&token).await.body["status"] == "admitted" {
+                return token;
+            }
+        }
+        panic!("{user} was not admitted within 10 s");
+    }
+
+    /// Stops the app (graceful shutdown) and waits for it.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A TCP proxy that can be cut and restored, to simulate a dependency
+/// going away and coming back without touching the shared servers.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (c, cs) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                cs.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            cut,
+            conns,
+            accept,
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// host:port of a redis:// or postgres:// URL.
+pub async fn resolve(url: &str) -> SocketAddr {
+    let rest = url.split("://").nth(1).unwrap();
+    let hostport = rest
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .split(['/', '?'])
+        .next()
+        .unwrap();
+    tokio::net::lookup_host(hostport)
+        .await
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+/// Replaces host:port of a URL with `addr`.
+pub fn via(url: &str, addr: SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (creds, after) = match rest.rsplit_once('@') {
+        Some((c, a)) => (format!("{c}@"), a),
+        None => (String::new(), rest),
+    };
+    let tail = after.find(['/', '?']).map_or("", |i| &after[i..]);
+    format!("{scheme}://{creds}{addr}{tail}")
+}
+
+/// Polls `f` until it returns true or the timeout passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+pub fn queue_defaults() -> Value {
+    json!({"admit_per_second": 1000, "max_active": 10000, "active_ttl_seconds": 600, "idle_timeout_seconds": 60})
+}
+
+/// A redis-server of our own on a free port, for tests that must do
+/// server-wide things (SCRIPT FLUSH, shutdown) without touching the shared one.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: tokio::process::Child,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Option<Self> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            l.local_addr().ok()?.port()
+        };
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        let me = Self { port, child };
+        let ok = eventually(Duration::from_secs(5), || async {
+            TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        ok.then_some(me)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .await
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}

@@ -1,0 +1,321 @@
+//! The waiting room: FIFO, admission limits across instances, idle
+//! eviction, leaving, tokens, bad input.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use futures::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn thousand_joins_are_fifo_and_admission_respects_limits_across_three_instances() {
+    let a = spawn_app().await;
+    let b = spawn_sibling(&a).await;
+    let c = spawn_sibling(&a).await;
+    let apps = [&a, &b, &c];
+    a.simple_event(
+        "flash",
+        json!({"admit_per_second": 10, "max_active": 40, "active_ttl_seconds": 600,
+               "idle_timeout_seconds": 120, "paused": true}),
+        100,
+        60,
+        4,
+    )
+    .await;
+
+    // 1,000 concurrent joins spread over the three instances.
+    let joins = (0..1000).map(|i| {
+        let app = apps[i % 3];
+        async move { (i, app.join("flash", &format!("user-{i}")).await) }
+    });
+    let results = join_all(joins).await;
+    let mut positions: Vec<u64> = Vec::new();
+    let mut by_position: HashMap<u64, (String, u64)> = HashMap::new();
+    for (i, r) in &results {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.body["status"], "waiting");
+        assert_eq!(r.body["eta_seconds"], Value::Null, "no ETA while paused");
+        let p = r.body["position"].as_u64().unwrap();
+        positions.push(p);
+        by_position.insert(p, (r.body["token"].as_str().unwrap().to_owned(), *i as u64));
+    }
+    positions.sort_unstable();
+    assert_eq!(
+        positions,
+        (1..=1000).collect::<Vec<_>>(),
+        "positions are a permutation of 1..1000"
+    );
+
+    // Resume at 10/s with max_active 40, and watch from outside.
+    let t0 = Instant::now();
+    assert_eq!(
+        a.patch_queue("flash", json!({"paused": false}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let mut reached = false;
+    while t0.elapsed() < Duration::from_secs(9) {
+        let r = b.admin(Method::GET, "/v1/admin/events/flash", None).await;
+        let now = r.body["live"]["admitted_now"].as_u64().unwrap();
+        let total = r.body["live"]["admitted_total"].as_u64().unwrap();
+        let elapsed = t0.elapsed().as_secs_f64();
+        assert!(now <= 40, "admitted {now} > max_active 40");
+        // Sliding one-second window: at most 10 per started second.
+        let allowed = 10 * (elapsed.floor() as u64 + 1);
+        assert!(
+            total <= allowed,
+            "admitted {total} after {elapsed:.2}s > {allowed}"
+        );
+        if total >= 40 {
+            reached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reached, "40 users admitted within 9 s at 10/s");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "40 at 10/s cannot take under 3 s"
+    );
+
+    // Let more ticks pass: capacity is full, nobody else gets in.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for p in 1..=60u64 {
+        let (token, _) = &by_position[&p];
+        let r = apps[p as usize % 3].status(token).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if p <= 40 {
+            assert_eq!(r.body["status"], "admitted", "position {p}: {}", r.text);
+            assert!(r.body["admitted_until"].is_string());
+        } else {
+            assert_eq!(r.body["status"], "waiting", "position {p}");
+            assert_eq!(r.body["position"], p - 40, "everyone moved up by 40");
+            assert!(r.body["eta_seconds"].is_u64());
+        }
+    }
+    let r = a.admin(Method::GET, "/v1/admin/events/flash", None).await;
+    assert_eq!(r.body["live"]["admitted_now"], 40);
+    assert_eq!(r.body["live"]["waiting"], 960);
+}
+
+#[tokio::test]
+async fn poll_interval_grows_with_position() {
+    let app = spawn_app().await;
+    app.simple_event(
+        "e1",
+        json!({"admit_per_second": 2, "max_active": 1, "active_ttl_seconds": 600, "idle_timeout_seconds": 600, "paused": true}),
+        10,
+        60,
+        4,
+    )
+    .await;
+    for i in 0..300 {
+        assert!(app.join("e1", &format!("u{i}")).await.status.is_success());
+    }
+    app.patch_queue("e1", json!({"paused": false, "max_active": 1}))
+        .await;
+    let near = app.join("e1", "u1").await;
+    let far = app.join("e1", "u299").await;
+    let (n, f) = (
+        near.body["poll_after_ms"].as_u64().unwrap(),
+        far.body["poll_after_ms"].as_u64().unwrap(),
+    );
+    assert!(
+        (1000..=2000).contains(&n),
+        "near the head polls about every second: {n}"
+    );
+    assert!(f > n && f <= 15_000, "far back polls less often: {f}");
+    assert!(far.body["eta_seconds"].as_u64().unwrap() > near.body["eta_seconds"].as_u64().unwrap());
+}
+
+#[tokio::test]
+async fn join_is_idempotent_per_user() {
+    let app = spawn_app().await;
+    app.simple_event("e1", json!({"admit_per_second": 5, "max_active": 5, "active_ttl_seconds": 60, "idle_timeout_seconds": 60, "paused": true}), 10, 60, 4).await;
+    app.join("e1", "first").await;
+    let one = app.join("e1", "alice").await;
+    let two = app.join("e1", "alice").await;
+    assert_eq!(one.status, StatusCode::CREATED);
+    assert_eq!(two.status, StatusCode::OK, "{}", two.text);
+    assert_eq!(one.body["position"], 2);
+    assert_eq!(two.body["position"], 2, "same place");
+    for t in [&one, &two] {
+        assert_eq!(
+            app.status(t.body["token"].as_str().unwrap()).await.body["position"],
+            2
+        );
+    }
+}
+
+#[tokio::test]
+async fn idle_entries_are_dropped_and_leaving_frees_a_slot() {
+    let app = spawn_app().await;
+    app.simple_event(
+        "e1",
+        json!({"admit_per_second": 100, "max_active": 1, "active_ttl_seconds": 600, "idle_timeout_seconds": 2}),
+        10,
+        60,
+        4,
+    )
+    .await;
+    let first = app.join("e1", "a").await;
+    assert_eq!(
+        first.body["status"], "admitted",
+        "empty queue with capacity admits at once"
+    );
+    let tok = |r: &Resp| r.body["token"].as_str().unwrap().to_owned();
+    let (ta, tb, tc, td) = (
+        tok(&first),
+        tok(&app.join("e1", "b").await),
+        tok(&app.join("e1", "c").await),
+        tok(&app.join("e1", "d").await),
+    );
+    assert_eq!(app.status(&tc).await.body["position"], 2);
+
+    // c and d keep polling; b goes quiet.
+    let deadline = Instant::now() + Duration::from_millis(3_000);
+    while Instant::now() < deadline {
+        assert_eq!(app.status(&tc).await.status, StatusCode::OK);
+        assert_eq!(app.status(&td).await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    app.status(&tb)
+        .await
+        .assert_problem(410, "queue_token_expired");
+    assert_eq!(
+        app.status(&tc).await.body["position"],
+        1,
+        "everyone behind b moved up"
+    );
+    assert_eq!(app.status(&td).await.body["position"], 2);
+
+    // a leaves: c gets the slot on the next tick.
+    assert_eq!(app.leave(&ta).await.status, StatusCode::NO_CONTENT);
+    app.status(&ta)
+        .await
+        .assert_problem(410, "queue_token_expired");
+    app.leave(&ta)
+        .await
+        .assert_problem(410, "queue_token_expired");
+    let admitted = eventually(Duration::from_secs(2), || async {
+        app.status(&tc).await.body["status"] == "admitted"
+    })
+    .await;
+    assert!(admitted);
+    assert_eq!(app.status(&td).await.body["position"], 1);
+}
+
+#[tokio::test]
+async fn idle_timeout_holds_without_any_background_loop() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event(
+        "e1",
+        json!({"admit_per_second": 100, "max_active": 1, "active_ttl_seconds": 600, "idle_timeout_seconds": 2}),
+        10,
+        60,
+        4,
+    )
+    .await;
+    app.join("e1", "a").await;
+    let b = app.join("e1", "b").await;
+    let tb = b.body["token"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    app.status(tb)
+        .await
+        .assert_problem(410, "queue_token_expired");
+}
+
+#[tokio::test]
+async fn forged_and_foreign_tokens_are_refused() {
+    let app = spawn_app().await;
+    app.simple_event("e1", queue_defaults(), 10, 60, 4).await;
+    let r = app.join("e1", "alice").await;
+    let token = r.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(app.status(&token).await.status, StatusCode::OK);
+
+    // Flip one character of the payload.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut payload = parts[2].clone().into_bytes();
+    payload[3] = if payload[3] == b'A' { b'B' } else { b'A' };
+    parts[2] = String::from_utf8(payload).unwrap();
+    app.status(&parts.join("."))
+        .await
+        .assert_problem(401, "unauthorized");
+
+    // A token signed by another deployment's secret.
+    let other =
+        spawn_with(Settings::new().set("BOXOFFICE_TOKEN_SECRET", "a-different-secret-987654"))
+            .await;
+    other.simple_event("e1", queue_defaults(), 10, 60, 4).await;
+    let foreign = other.join("e1", "alice").await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.status(&foreign)
+        .await
+        .assert_problem(401, "unauthorized");
+
+    for bad in ["", "Bearer", "garbage", "v1.a.b.c"] {
+        app.status(bad).await.assert_problem(401, "unauthorized");
+    }
+    let r = app
+        .send(Req {
+            method: Method::GET,
+            path: "/v1/queue/status",
+            body: None,
+            raw: None,
+            headers: vec![],
+        })
+        .await;
+    r.assert_problem(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn bad_join_input_is_refused_and_writes_nothing() {
+    let app = spawn_app().await;
+    app.simple_event("e1", queue_defaults(), 10, 60, 4).await;
+    for body in [
+        json!({}),
+        json!({"user_id": ""}),
+        json!({"user_id": "a b"}),
+        json!({"user_id": "x".repeat(129)}),
+        json!({"user_id": 7}),
+        json!({"user_id": "ok", "extra": 1}),
+        json!([1]),
+    ] {
+        let r = app
+            .send(Req {
+                method: Method::POST,
+                path: "/v1/events/e1/queue",
+                body: Some(body.clone()),
+                raw: None,
+                headers: vec![],
+            })
+            .await;
+        assert!(
+            r.status == StatusCode::UNPROCESSABLE_ENTITY || r.status == StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            r.text
+        );
+        assert_eq!(r.code(), "invalid_request");
+    }
+    app.join("nope", "u1")
+        .await
+        .assert_problem(404, "not_found");
+    app.join("bad%20id", "u1")
+        .await
+        .assert_problem(404, "not_found");
+    let r = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(
+        r.body["live"]["joined_total"], 0,
+        "nothing written: {}",
+        r.text
+    );
+    assert_eq!(r.body["live"]["waiting"], 0);
+}
