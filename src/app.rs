@@ -1,7 +1,11 @@
 //! Wiring: connects the stores, builds the state and router, runs the
 //! server and the background loops until shutdown.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -10,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
+    ids::{EventId, ScheduleId},
     store::{keys::Keys, pg::Pg, redis::Redis},
     token::TokenSigner,
 };
@@ -22,6 +27,8 @@ pub struct AppState {
     pub pg: Pg,
     pub metrics: PrometheusHandle,
     pub tokens: Arc<TokenSigner>,
+    /// Schedule ids per event (immutable after creation), cached.
+    pub schedule_ids: Arc<RwLock<HashMap<EventId, Arc<Vec<ScheduleId>>>>>,
 }
 
 /// A built, bound, not yet running service.
@@ -56,6 +63,7 @@ impl Application {
             pg,
             metrics,
             tokens,
+            schedule_ids: Arc::default(),
         };
         Ok(Self { listener, state })
     }

@@ -92,6 +92,7 @@ pub async fn get_event(
     let figures = queue::figures(&state.redis, &ev.event_id).await?;
     let mut body = event_config_json(&ev);
     body["live"] = serde_json::to_value(&figures).map_err(anyhow::Error::from)?;
+    crate::holds::admin::add_schedule_figures(&state, &ev, &mut body).await?;
     Ok(axum::Json(body))
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod extract;
+pub mod holds;
 pub mod openapi;
 pub mod ops;
 pub mod queue;
@@ -41,6 +42,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/{event_id}/queue", post(queue::join))
         .route("/v1/queue/status", get(queue::status))
         .route("/v1/queue", axum::routing::delete(queue::leave))
+        .route(
+            "/v1/events/{event_id}/schedules",
+            get(holds::list_schedules),
+        )
+        .route(
+            "/v1/events/{event_id}/schedules/{schedule_id}/seats",
+            get(holds::seats),
+        )
+        .route("/v1/holds", post(holds::place))
+        .route(
+            "/v1/holds/{hold_id}",
+            get(holds::get).delete(holds::release),
+        )
+        .route(
+            "/v1/admin/events/{event_id}/schedules/{schedule_id}/seats",
+            get(holds::admin_seats),
+        )
         .route("/v1/admin/events", post(admin::create_event))
         .route("/v1/admin/events/{event_id}", get(admin::get_event))
         .route(

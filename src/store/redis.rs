@@ -53,23 +53,42 @@ impl Script {
     }
 }
 
-/// Declares every script once, from `lua/<name>.lua`.
+/// Declares every script once, from `lua/<name>.lua`. Schedule scripts get
+/// `lua/lib/schedule.lua` (lazy hold expiry and seat helpers) prepended, so
+/// that shared logic is written once and still runs inside each script.
 macro_rules! scripts {
-    ($($ident:ident => $file:literal),* $(,)?) => {
+    (plain: [$($ident:ident => $file:literal),* $(,)?], schedule: [$($sident:ident => $sfile:literal),* $(,)?] $(,)?) => {
         $(pub static $ident: Script = Script::new($file, include_str!(concat!("../../lua/", $file, ".lua")));)*
+        $(pub static $sident: Script = Script::new(
+            $sfile,
+            concat!(include_str!("../../lua/lib/schedule.lua"), "\n", include_str!(concat!("../../lua/", $sfile, ".lua"))),
+        );)*
         /// Every script, for loading at start-up.
-        pub static ALL_SCRIPTS: &[&Script] = &[$(&$ident),*];
+        pub static ALL_SCRIPTS: &[&Script] = &[$(&$ident,)* $(&$sident,)*];
     };
 }
 
 scripts! {
-    SERVER_TIME => "server_time",
-    LOAD_EVENT => "load_event",
-    JOIN_QUEUE => "join_queue",
-    QUEUE_STATUS => "queue_status",
-    LEAVE_QUEUE => "leave_queue",
-    ADMIT_TICK => "admit_tick",
-    QUEUE_FIGURES => "queue_figures",
+    plain: [
+        SERVER_TIME => "server_time",
+        LOAD_EVENT => "load_event",
+        JOIN_QUEUE => "join_queue",
+        QUEUE_STATUS => "queue_status",
+        LEAVE_QUEUE => "leave_queue",
+        ADMIT_TICK => "admit_tick",
+        QUEUE_FIGURES => "queue_figures",
+    ],
+    schedule: [
+        PLACE_HOLD => "place_hold",
+        RELEASE_HOLD => "release_hold",
+        HOLD_INFO => "hold_info",
+        SEAT_MAP => "seat_map",
+        SCHEDULES_OVERVIEW => "schedules_overview",
+        SWEEP_HOLDS => "sweep_holds",
+        BEGIN_PAYMENT => "begin_payment",
+        ABORT_PAYMENT => "abort_payment",
+        CONFIRM_SALE => "confirm_sale",
+    ],
 }
 
 #[derive(Clone)]

@@ -159,7 +159,9 @@ pub async fn spawn_sibling(of: &TestApp) -> TestApp {
 }
 
 async fn start(settings: Settings) -> TestApp {
-    boxoffice::telemetry::init_logging(boxoffice::config::LogFormat::Pretty);
+    if std::env::var_os("TEST_LOG").is_some() {
+        boxoffice::telemetry::init_logging(boxoffice::config::LogFormat::Pretty);
+    }
     let config = Config::from_map(&settings.env).expect("test config is valid");
     let app = Application::build(config).await.expect("app builds");
     let addr = app.local_addr();

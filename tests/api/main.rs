@@ -7,5 +7,6 @@ mod helpers;
 
 mod admin;
 mod foundation;
+mod holds;
 mod outage;
 mod queue;

@@ -1,0 +1,47 @@
+//! Per-schedule figures for the admin view: live counts from Redis,
+//! revenue and payments from PostgreSQL.
+
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use crate::{app::AppState, catalog::Event, http::ApiError, money::format_amount};
+
+/// Adds `held`, `sold`, `available`, `revenue` and `payments` to each
+/// schedule of an admin event body.
+///
+/// # Errors
+/// A store is unavailable.
+pub async fn add_schedule_figures(
+    state: &AppState,
+    ev: &Event,
+    body: &mut Value,
+) -> Result<(), ApiError> {
+    let ids: Vec<_> = ev.schedules.iter().map(|s| s.schedule_id.clone()).collect();
+    let live = super::overview(&state.redis, &ev.event_id, &ids).await?;
+    let sales: Vec<(String, Decimal, i64)> = state
+        .pg
+        .guard(
+            sqlx::query_as(
+                r"select schedule_id, coalesce(sum(amount), 0), count(*)
+                  from payments where event_id = $1 group by schedule_id",
+            )
+            .bind(ev.event_id.as_str())
+            .fetch_all(state.pg.pool()),
+        )
+        .await?;
+    if let Some(list) = body["schedules"].as_array_mut() {
+        for (i, s) in list.iter_mut().enumerate() {
+            let f = &live[i];
+            let (revenue, payments) = sales
+                .iter()
+                .find(|(id, _, _)| Some(id.as_str()) == s["schedule_id"].as_str())
+                .map_or((Decimal::ZERO, 0), |(_, r, n)| (*r, *n));
+            s["held"] = json!(f.held);
+            s["sold"] = json!(f.sold);
+            s["available"] = json!(f.available);
+            s["revenue"] = json!(format_amount(revenue));
+            s["payments"] = json!(payments);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,512 @@
+//! Seat holds: all-or-nothing, per-user limits, best available, exact
+//! expiry with no background job.
+//!
+//! Where a hold is decided: `lua/place_hold.lua`, one atomic script per
+//! hold over the schedule's keys (all under the event's hash tag, so it
+//! works on Redis Cluster unchanged). No lock is needed: Redis runs one
+//! script at a time per shard, so check-then-write inside a script cannot
+//! interleave with another. Every schedule script first expires holds whose
+//! deadline (Redis TIME) has passed (`lua/lib/schedule.lua`), so an expired
+//! hold is free from its deadline on, whatever runs or doesn't in the
+//! background. This module holds the typed wrappers; see `docs/HOLDS.md`.
+
+pub mod admin;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::{
+    ids::{EventId, HoldId, ScheduleId, SeatNo, UserId},
+    store::{Dependency, StoreError, redis, redis::Redis},
+};
+
+/// What a client asks to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldRequest {
+    /// These exact seats (non-empty, distinct).
+    Seats(Vec<SeatNo>),
+    /// Best available: this many seats, adjacent in one row when possible.
+    Count(u32),
+}
+
+/// Most seats one request may name or count.
+pub const MAX_SEATS_PER_REQUEST: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("no such schedule")]
+    NoSchedule,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("hold limit exceeded")]
+    Limit {
+        max_per_user: u32,
+        held: u32,
+        bought: u32,
+        requested: u32,
+    },
+    #[error("seats unavailable")]
+    Unavailable(Vec<u32>),
+    #[error("the hold is gone (expired, released or paid)")]
+    Gone,
+    #[error("the hold belongs to someone else")]
+    Forbidden,
+    #[error("the hold is being paid")]
+    Paying,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A live hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub id: HoldId,
+    pub seats: Vec<u32>,
+    pub adjacent: bool,
+    /// price × seats, from the catalog.
+    pub amount: Decimal,
+    pub expires_at_ms: i64,
+    /// `held` or `paying`.
+    pub state: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Reply {
+    status: String,
+    #[serde(default)]
+    hold: Option<u64>,
+    #[serde(default)]
+    seats: Vec<u32>,
+    #[serde(default)]
+    adjacent: Option<bool>,
+    #[serde(default)]
+    deadline: Option<i64>,
+    #[serde(default)]
+    price: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    max_per_user: u32,
+    #[serde(default)]
+    held: u32,
+    #[serde(default)]
+    bought: u32,
+    #[serde(default)]
+    requested: u32,
+    #[serde(default)]
+    expired: u64,
+    #[serde(default)]
+    expired_paying: u64,
+    #[serde(default)]
+    held_deadline: Option<i64>,
+    #[serde(default)]
+    paying_deadline: Option<i64>,
+}
+
+fn bad_reply(script: &str, raw: &str, why: impl std::fmt::Display) -> StoreError {
+    StoreError::internal(Dependency::Redis, anyhow::anyhow!("{script}: {why}: {raw}"))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(script: &str, raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| bad_reply(script, raw, e))
+}
+
+/// Counts holds that expired lazily (for `boxoffice_holds_expired_total`).
+fn count_expired(r: &Reply) {
+    if r.expired > 0 {
+        metrics::counter!("boxoffice_holds_expired_total", "state" => "held")
+            .increment(r.expired - r.expired_paying.min(r.expired));
+    }
+    if r.expired_paying > 0 {
+        metrics::counter!("boxoffice_holds_expired_total", "state" => "paying")
+            .increment(r.expired_paying);
+    }
+}
+
+fn amount(
+    script: &str,
+    raw: &str,
+    price: Option<&str>,
+    seats: usize,
+) -> Result<Decimal, StoreError> {
+    let price: Decimal = price
+        .ok_or_else(|| bad_reply(script, raw, "no price"))?
+        .parse()
+        .map_err(|e| bad_reply(script, raw, e))?;
+    Ok((price * Decimal::from(seats)).normalize())
+}
+
+fn common_errors(script: &str, raw: &str, r: &Reply) -> HoldError {
+    match r.status.as_str() {
+        "no_schedule" => HoldError::NoSchedule,
+        "gone" => HoldError::Gone,
+        "forbidden" => HoldError::Forbidden,
+        "paying" => HoldError::Paying,
+        other => HoldError::Store(bad_reply(script, raw, format!("status {other}"))),
+    }
+}
+
+/// Places a hold: all seats or none.
+///
+/// # Errors
+/// Unknown schedule, a seat out of range, the per-user limit, unavailable
+/// seats (named exactly), or Redis unavailable.
+pub async fn place(
+    redis: &Redis,
+    event: &EventId,
+    schedule: &ScheduleId,
+    user: &UserId,
+    req: &HoldRequest,
+) -> Result<Hold, HoldError> {
+    let k = redis.keys().event(event);
+    let mut keys = k.schedule_keys(schedule);
+    keys.push(k.hold_seq());
+    let (mode, arg) = match req {
+        HoldRequest::Seats(seats) => (
+            "seats",
+            seats
+                .iter()
+                .map(|s| s.get().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        HoldRequest::Count(n) => ("count", n.to_string()),
+    };
+    let raw = redis
+        .run(
+            &redis::PLACE_HOLD,
+            keys,
+            vec![user.to_string(), mode.into(), arg],
+        )
+        .await?;
+    let r: Reply = decode("place_hold", &raw)?;
+    count_expired(&r);
+    let outcome = match r.status.as_str() {
+        "ok" => {
+            let n = r
+                .hold
+                .ok_or_else(|| bad_reply("place_hold", &raw, "no hold"))?;
+            Ok(Hold {
+                id: HoldId {
+                    event: event.clone(),
+                    schedule: schedule.clone(),
+                    n,
+                },
+                amount: amount("place_hold", &raw, r.price.as_deref(), r.seats.len())?,
+                adjacent: r.adjacent.unwrap_or(false),
+                expires_at_ms: r
+                    .deadline
+                    .ok_or_else(|| bad_reply("place_hold", &raw, "no deadline"))?,
+                seats: r.seats,
+                state: "held".into(),
+            })
+        }
+        "invalid" => Err(HoldError::Invalid(match r.reason.as_deref() {
+            Some("seat_out_of_range") => {
+                format!("seats out of range for this schedule: {:?}", r.seats)
+            }
+            Some("count_too_large") => "count is larger than the schedule".into(),
+            other => format!("invalid hold request ({})", other.unwrap_or("unknown")),
+        })),
+        "limit" => Err(HoldError::Limit {
+            max_per_user: r.max_per_user,
+            held: r.held,
+            bought: r.bought,
+            requested: r.requested,
+        }),
+        "unavailable" => Err(HoldError::Unavailable(r.seats)),
+        _ => Err(common_errors("place_hold", &raw, &r)),
+    };
+    let label = match &outcome {
+        Ok(_) => "placed",
+        Err(HoldError::Unavailable(_)) => "conflict",
+        Err(HoldError::Limit { .. }) => "limit",
+        Err(HoldError::Store(_)) => "error",
+        Err(_) => "invalid",
+    };
+    metrics::counter!("boxoffice_holds_total", "outcome" => label).increment(1);
+    outcome
+}
+
+/// The hold, if it is still live and `user` owns it.
+///
+/// # Errors
+/// Gone, someone else's, or Redis unavailable.
+pub async fn get(redis: &Redis, id: &HoldId, user: &UserId) -> Result<Hold, HoldError> {
+    let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
+    let raw = redis
+        .run(
+            &redis::HOLD_INFO,
+            keys,
+            vec![id.n.to_string(), user.to_string()],
+        )
+        .await?;
+    let r: Reply = decode("hold_info", &raw)?;
+    count_expired(&r);
+    if r.status != "ok" {
+        return Err(common_errors("hold_info", &raw, &r));
+    }
+    Ok(Hold {
+        id: id.clone(),
+        amount: amount("hold_info", &raw, r.price.as_deref(), r.seats.len())?,
+        adjacent: r.adjacent.unwrap_or(false),
+        expires_at_ms: r.deadline.unwrap_or_default(),
+        state: r.state.unwrap_or_else(|| "held".into()),
+        seats: r.seats,
+    })
+}
+
+/// Releases the owner's hold; its seats are free at once.
+///
+/// # Errors
+/// Gone, someone else's, being paid, or Redis unavailable.
+pub async fn release(redis: &Redis, id: &HoldId, user: &UserId) -> Result<Vec<u32>, HoldError> {
+    let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
+    let raw = redis
+        .run(
+            &redis::RELEASE_HOLD,
+            keys,
+            vec![id.n.to_string(), user.to_string()],
+        )
+        .await?;
+    let r: Reply = decode("release_hold", &raw)?;
+    count_expired(&r);
+    if r.status == "released" {
+        metrics::counter!("boxoffice_holds_released_total").increment(1);
+        Ok(r.seats)
+    } else {
+        Err(common_errors("release_hold", &raw, &r))
+    }
+}
+
+/// One schedule's seats: which are held (or being paid) and sold.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SeatMap {
+    pub seats_total: u32,
+    pub row_size: u32,
+    pub held: Vec<u32>,
+    pub sold: Vec<u32>,
+    pub available: u32,
+}
+
+/// # Errors
+/// Unknown schedule, or Redis unavailable.
+pub async fn seat_map(
+    redis: &Redis,
+    event: &EventId,
+    schedule: &ScheduleId,
+) -> Result<SeatMap, HoldError> {
+    let keys = redis.keys().event(event).schedule_keys(schedule);
+    let raw = redis.run(&redis::SEAT_MAP, keys, vec![]).await?;
+    let r: serde_json::Value = decode("seat_map", &raw)?;
+    match r["status"].as_str() {
+        Some("ok") => Ok(decode("seat_map", &raw)?),
+        Some("no_schedule") => Err(HoldError::NoSchedule),
+        _ => Err(HoldError::Store(bad_reply(
+            "seat_map",
+            &raw,
+            "unexpected status",
+        ))),
+    }
+}
+
+/// Row label of a seat: A, B, ..., Z, AA, AB, ...
+pub fn row_label(seat: u32, row_size: u32) -> String {
+    let mut n = (seat.saturating_sub(1)) / row_size.max(1);
+    let mut label = Vec::new();
+    loop {
+        label.push(b'A' + (n % 26) as u8);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    label.reverse();
+    String::from_utf8(label).expect("ASCII")
+}
+
+/// Counts of one schedule, maintained by the scripts (not recounted).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScheduleFigures {
+    #[serde(default)]
+    pub missing: bool,
+    #[serde(default)]
+    pub seats_total: u32,
+    #[serde(default)]
+    pub held: u32,
+    #[serde(default)]
+    pub sold: u32,
+    #[serde(default)]
+    pub available: u32,
+    #[serde(default)]
+    pub price: String,
+    #[serde(default)]
+    pub starts_at: String,
+}
+
+/// Figures of several schedules in one round trip.
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn overview(
+    redis: &Redis,
+    event: &EventId,
+    schedules: &[ScheduleId],
+) -> Result<Vec<ScheduleFigures>, StoreError> {
+    let k = redis.keys().event(event);
+    let keys = schedules.iter().flat_map(|s| k.schedule_keys(s)).collect();
+    let raw = redis.run(&redis::SCHEDULES_OVERVIEW, keys, vec![]).await?;
+    #[derive(Deserialize)]
+    struct Overview {
+        schedules: Vec<ScheduleFigures>,
+    }
+    Ok(decode::<Overview>("schedules_overview", &raw)?.schedules)
+}
+
+/// Expires due holds of one schedule (tidy-up; nothing depends on it).
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn sweep(
+    redis: &Redis,
+    event: &EventId,
+    schedule: &ScheduleId,
+) -> Result<u64, StoreError> {
+    let keys = redis.keys().event(event).schedule_keys(schedule);
+    let raw = redis.run(&redis::SWEEP_HOLDS, keys, vec![]).await?;
+    let r: Reply = decode("sweep_holds", &raw)?;
+    count_expired(&r);
+    Ok(r.expired)
+}
+
+/// A hold moved to *paying*.
+#[derive(Debug, Clone)]
+pub struct Paying {
+    pub seats: Vec<u32>,
+    pub held_deadline_ms: i64,
+    pub paying_deadline_ms: i64,
+}
+
+/// Moves a held hold to *paying* (it can no longer expire or be released
+/// until `paying_ms` from now).
+///
+/// # Errors
+/// Gone (expired), someone else's, already paying, or Redis unavailable.
+pub async fn begin_payment(
+    redis: &Redis,
+    id: &HoldId,
+    user: &UserId,
+    paying_ms: u64,
+) -> Result<Paying, HoldError> {
+    let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
+    let raw = redis
+        .run(
+            &redis::BEGIN_PAYMENT,
+            keys,
+            vec![id.n.to_string(), user.to_string(), paying_ms.to_string()],
+        )
+        .await?;
+    let r: Reply = decode("begin_payment", &raw)?;
+    count_expired(&r);
+    if r.status != "ok" {
+        return Err(common_errors("begin_payment", &raw, &r));
+    }
+    Ok(Paying {
+        seats: r.seats,
+        held_deadline_ms: r.held_deadline.unwrap_or_default(),
+        paying_deadline_ms: r.paying_deadline.unwrap_or_default(),
+    })
+}
+
+/// Gives a *paying* hold back to *held* with its original deadline (or
+/// frees it if that deadline has passed).
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn abort_payment(
+    redis: &Redis,
+    id: &HoldId,
+    user: &UserId,
+) -> Result<String, StoreError> {
+    let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
+    let raw = redis
+        .run(
+            &redis::ABORT_PAYMENT,
+            keys,
+            vec![id.n.to_string(), user.to_string()],
+        )
+        .await?;
+    let r: Reply = decode("abort_payment", &raw)?;
+    count_expired(&r);
+    Ok(r.status)
+}
+
+/// Result of marking a payment's seats sold.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Confirmed {
+    pub newly_sold: u32,
+    #[serde(default)]
+    pub conflicts: Vec<u32>,
+    #[serde(default)]
+    pub overrode: Vec<u32>,
+}
+
+/// Marks seats sold for a confirmed payment; idempotent, also when the hold
+/// is gone (the reconciler replays PostgreSQL's payments with it).
+///
+/// # Errors
+/// Redis unavailable.
+#[allow(clippy::too_many_arguments)]
+pub async fn confirm_sale(
+    redis: &Redis,
+    event: &EventId,
+    schedule: &ScheduleId,
+    hold_n: u64,
+    user: &str,
+    payment_id: &str,
+    seats: &[i32],
+    end_queue: bool,
+) -> Result<Confirmed, StoreError> {
+    let k = redis.keys().event(event);
+    let mut keys = k.schedule_keys(schedule);
+    keys.extend([
+        k.queue_admitted(),
+        k.queue_waiting(),
+        k.queue_seen(),
+        k.queue_users(),
+        k.queue_entries(),
+    ]);
+    let args = vec![
+        hold_n.to_string(),
+        user.to_owned(),
+        payment_id.to_owned(),
+        seats
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        if end_queue { "1" } else { "0" }.to_owned(),
+    ];
+    let raw = redis.run(&redis::CONFIRM_SALE, keys, args).await?;
+    let v: serde_json::Value = decode("confirm_sale", &raw)?;
+    if v["status"] != "ok" {
+        return Err(bad_reply("confirm_sale", &raw, "unexpected status"));
+    }
+    decode("confirm_sale", &raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_label;
+
+    #[test]
+    fn rows_are_lettered() {
+        assert_eq!(row_label(1, 10), "A");
+        assert_eq!(row_label(10, 10), "A");
+        assert_eq!(row_label(11, 10), "B");
+        assert_eq!(row_label(261, 10), "AA");
+        assert_eq!(row_label(271, 10), "AB");
+    }
+}

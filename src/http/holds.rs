@@ -1,0 +1,358 @@
+//! Seat maps and holds: `GET /v1/events/{e}/schedules`,
+//! `GET /v1/events/{e}/schedules/{s}/seats`, `POST /v1/holds`,
+//! `GET|DELETE /v1/holds/{hold_id}`.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, ApiResult,
+    auth::{AdmittedUser, QueueToken},
+    extract::{ApiJson, ServiceKey},
+    queue::{event_in_path, format_ms},
+};
+use crate::{
+    app::AppState,
+    holds::{self, Hold, HoldError, HoldRequest, MAX_SEATS_PER_REQUEST},
+    ids::{EventId, HoldId, ScheduleId, SeatNo},
+    money::format_amount,
+};
+
+impl From<HoldError> for ApiError {
+    fn from(e: HoldError) -> Self {
+        match e {
+            HoldError::NoSchedule => ApiError::NotFound("no such schedule".into()),
+            HoldError::Invalid(m) => ApiError::InvalidRequest(m),
+            HoldError::Limit {
+                max_per_user,
+                held,
+                bought,
+                requested,
+            } => ApiError::HoldLimitExceeded {
+                max_per_user,
+                held,
+                bought,
+                requested,
+            },
+            HoldError::Unavailable(seats) => ApiError::SeatsUnavailable { seats },
+            HoldError::Gone => ApiError::HoldExpired,
+            HoldError::Forbidden => ApiError::Forbidden("this hold belongs to another user".into()),
+            HoldError::Paying => ApiError::HoldBeingPaid,
+            HoldError::Store(e) => ApiError::Dependency(e),
+        }
+    }
+}
+
+/// The schedule ids of an event; they never change after creation, so
+/// each instance caches them and availability stays one round trip.
+pub async fn schedules_of(state: &AppState, event: &EventId) -> ApiResult<Arc<Vec<ScheduleId>>> {
+    if let Some(list) = state.schedule_ids.read().expect("lock").get(event) {
+        return Ok(list.clone());
+    }
+    let raw = state
+        .redis
+        .hget(&state.redis.keys().event(event).config(), "schedules")
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such event".into()))?;
+    let list: Arc<Vec<ScheduleId>> = Arc::new(
+        raw.split(',')
+            .filter_map(|s| ScheduleId::parse(s).ok())
+            .collect(),
+    );
+    state
+        .schedule_ids
+        .write()
+        .expect("lock")
+        .insert(event.clone(), list.clone());
+    Ok(list)
+}
+
+fn same_event(user: &AdmittedUser, event: &EventId) -> ApiResult<()> {
+    if &user.claims.event == event {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "the queue token is for another event".into(),
+        ))
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ScheduleAvailability {
+    pub schedule_id: String,
+    pub starts_at: String,
+    #[schema(example = "50000")]
+    pub price: String,
+    pub seats_total: u32,
+    pub seats_available: u32,
+}
+
+#[utoipa::path(get, path = "/v1/events/{event_id}/schedules", tag = "seats",
+    security(("queue_token" = [])),
+    params(("event_id" = String, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "Schedules with live availability"),
+        (status = 403, description = "not_admitted or forbidden", body = super::openapi::Problem),
+        (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
+    ))]
+pub async fn list_schedules(
+    State(state): State<AppState>,
+    user: AdmittedUser,
+    Path(event_id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    let event = event_in_path(&event_id)?;
+    same_event(&user, &event)?;
+    let ids = schedules_of(&state, &event).await?;
+    let figures = holds::overview(&state.redis, &event, &ids).await?;
+    let schedules: Vec<ScheduleAvailability> = ids
+        .iter()
+        .zip(figures)
+        .filter(|(_, f)| !f.missing)
+        .map(|(id, f)| ScheduleAvailability {
+            schedule_id: id.to_string(),
+            starts_at: f.starts_at,
+            price: f.price,
+            seats_total: f.seats_total,
+            seats_available: f.available,
+        })
+        .collect();
+    Ok(axum::Json(json!({ "schedules": schedules })))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Seat {
+    pub seat_no: u32,
+    pub row: String,
+    /// `available`, `held` or `sold`.
+    pub status: &'static str,
+}
+
+async fn seat_map_json(state: &AppState, event: &EventId, schedule_raw: &str) -> ApiResult<Value> {
+    let schedule = ScheduleId::parse(schedule_raw)
+        .map_err(|_| ApiError::NotFound("no such schedule".into()))?;
+    let map = holds::seat_map(&state.redis, event, &schedule).await?;
+    let mut status = vec!["available"; map.seats_total as usize + 1];
+    for s in &map.held {
+        if let Some(x) = status.get_mut(*s as usize) {
+            *x = "held";
+        }
+    }
+    for s in &map.sold {
+        if let Some(x) = status.get_mut(*s as usize) {
+            *x = "sold";
+        }
+    }
+    let seats: Vec<Seat> = (1..=map.seats_total)
+        .map(|n| Seat {
+            seat_no: n,
+            row: holds::row_label(n, map.row_size),
+            status: status[n as usize],
+        })
+        .collect();
+    Ok(json!({ "seats": seats, "available": map.available }))
+}
+
+#[utoipa::path(get, path = "/v1/events/{event_id}/schedules/{schedule_id}/seats", tag = "seats",
+    security(("queue_token" = [])),
+    params(("event_id" = String, Path, description = "Event id"), ("schedule_id" = String, Path, description = "Schedule id")),
+    responses(
+        (status = 200, description = "Every seat with its status"),
+        (status = 404, description = "not_found", body = super::openapi::Problem),
+        (status = 403, description = "not_admitted", body = super::openapi::Problem),
+    ))]
+pub async fn seats(
+    State(state): State<AppState>,
+    user: AdmittedUser,
+    Path((event_id, schedule_id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<Value>> {
+    let event = event_in_path(&event_id)?;
+    same_event(&user, &event)?;
+    Ok(axum::Json(
+        seat_map_json(&state, &event, &schedule_id).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/admin/events/{event_id}/schedules/{schedule_id}/seats", tag = "admin",
+    security(("service_key" = [])),
+    params(("event_id" = String, Path, description = "Event id"), ("schedule_id" = String, Path, description = "Schedule id")),
+    responses((status = 200, description = "Every seat with its status (for the dashboard)")))]
+pub async fn admin_seats(
+    State(state): State<AppState>,
+    _: ServiceKey,
+    Path((event_id, schedule_id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<Value>> {
+    let event = event_in_path(&event_id)?;
+    Ok(axum::Json(
+        seat_map_json(&state, &event, &schedule_id).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldBody {
+    pub schedule_id: String,
+    /// Exact seats (1..N, distinct, at most 100). Give this or `count`.
+    #[schema(value_type = Option<Vec<u32>>)]
+    pub seats: Option<Vec<Value>>,
+    /// Best available: this many seats, adjacent in one row when possible.
+    #[schema(value_type = Option<u32>)]
+    pub count: Option<Value>,
+}
+
+impl HoldBody {
+    fn parse(&self) -> ApiResult<(ScheduleId, HoldRequest)> {
+        let bad = |m: &str| ApiError::InvalidRequest(m.to_owned());
+        let schedule = ScheduleId::parse(&self.schedule_id)
+            .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        let req = match (&self.seats, &self.count) {
+            (Some(_), Some(_)) => return Err(bad("give either seats or count, not both")),
+            (None, None) => return Err(bad("give seats (a list of seat numbers) or count")),
+            (Some(list), None) => {
+                if list.is_empty() {
+                    return Err(bad("seats must not be empty"));
+                }
+                if list.len() > MAX_SEATS_PER_REQUEST {
+                    return Err(bad("at most 100 seats per hold"));
+                }
+                let mut seats = Vec::with_capacity(list.len());
+                for v in list {
+                    let n = v
+                        .as_i64()
+                        .filter(|_| v.is_i64() || v.is_u64())
+                        .ok_or_else(|| bad("seats must be positive integers"))?;
+                    let seat =
+                        SeatNo::new(n).map_err(|_| bad("seats must be positive integers"))?;
+                    if seats.contains(&seat) {
+                        return Err(ApiError::InvalidRequest(format!(
+                            "seat {n} is listed twice"
+                        )));
+                    }
+                    seats.push(seat);
+                }
+                HoldRequest::Seats(seats)
+            }
+            (None, Some(v)) => {
+                let n = v
+                    .as_i64()
+                    .filter(|n| v.is_i64() && (1..=MAX_SEATS_PER_REQUEST as i64).contains(n))
+                    .ok_or_else(|| bad("count must be an integer from 1 to 100"))?;
+                HoldRequest::Count(n as u32)
+            }
+        };
+        Ok((schedule, req))
+    }
+}
+
+/// A hold as the client sees it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HoldResponse {
+    #[schema(example = "demo-concert.day-1.17")]
+    pub hold_id: String,
+    pub event_id: String,
+    pub schedule_id: String,
+    pub seats: Vec<u32>,
+    pub adjacent: bool,
+    #[schema(example = "100000")]
+    pub amount: String,
+    pub expires_at: Option<String>,
+    /// `held` or `paying`.
+    pub status: String,
+}
+
+impl From<Hold> for HoldResponse {
+    fn from(h: Hold) -> Self {
+        Self {
+            hold_id: h.id.to_string(),
+            event_id: h.id.event.to_string(),
+            schedule_id: h.id.schedule.to_string(),
+            seats: h.seats,
+            adjacent: h.adjacent,
+            amount: format_amount(h.amount),
+            expires_at: format_ms(h.expires_at_ms),
+            status: h.state,
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/holds", tag = "holds",
+    security(("queue_token" = [])),
+    request_body = HoldBody,
+    responses(
+        (status = 201, description = "All requested seats are held", body = HoldResponse),
+        (status = 409, description = "seats_unavailable (with unavailable_seats) or hold_limit_exceeded", body = super::openapi::Problem),
+        (status = 404, description = "not_found: unknown schedule", body = super::openapi::Problem),
+        (status = 422, description = "invalid_request", body = super::openapi::Problem),
+        (status = 403, description = "not_admitted", body = super::openapi::Problem),
+        (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
+    ))]
+pub async fn place(
+    State(state): State<AppState>,
+    user: AdmittedUser,
+    ApiJson(body): ApiJson<HoldBody>,
+) -> ApiResult<impl IntoResponse> {
+    let (schedule, req) = body.parse()?;
+    let hold = holds::place(
+        &state.redis,
+        &user.claims.event,
+        &schedule,
+        &user.claims.user,
+        &req,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(HoldResponse::from(hold))))
+}
+
+fn hold_in_path(raw: &str, token: &QueueToken) -> ApiResult<HoldId> {
+    let id = HoldId::parse(raw).map_err(|_| ApiError::NotFound("no such hold".into()))?;
+    if id.event != token.0.event {
+        return Err(ApiError::Forbidden(
+            "this hold belongs to another event".into(),
+        ));
+    }
+    Ok(id)
+}
+
+#[utoipa::path(get, path = "/v1/holds/{hold_id}", tag = "holds",
+    security(("queue_token" = [])),
+    params(("hold_id" = String, Path, description = "Hold id")),
+    responses(
+        (status = 200, description = "The live hold", body = HoldResponse),
+        (status = 403, description = "forbidden: another user's hold", body = super::openapi::Problem),
+        (status = 410, description = "hold_expired", body = super::openapi::Problem),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    token: QueueToken,
+    Path(hold_id): Path<String>,
+) -> ApiResult<axum::Json<HoldResponse>> {
+    let id = hold_in_path(&hold_id, &token)?;
+    Ok(axum::Json(
+        holds::get(&state.redis, &id, &token.0.user).await?.into(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/holds/{hold_id}", tag = "holds",
+    security(("queue_token" = [])),
+    params(("hold_id" = String, Path, description = "Hold id")),
+    responses(
+        (status = 204, description = "Released; the seats are free at once"),
+        (status = 403, description = "forbidden: another user's hold", body = super::openapi::Problem),
+        (status = 409, description = "request_in_progress: the hold is being paid", body = super::openapi::Problem),
+        (status = 410, description = "hold_expired", body = super::openapi::Problem),
+    ))]
+pub async fn release(
+    State(state): State<AppState>,
+    token: QueueToken,
+    Path(hold_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = hold_in_path(&hold_id, &token)?;
+    holds::release(&state.redis, &id, &token.0.user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

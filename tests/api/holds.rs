@@ -1,0 +1,382 @@
+//! Seat holds: invariants 1, 7, 8 under concurrency.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::Duration,
+};
+
+use futures::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn open_queue() -> Value {
+    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
+}
+
+impl TestApp {
+    pub async fn hold(&self, token: &str, body: Value) -> Resp {
+        self.send(Req {
+            method: Method::POST,
+            path: "/v1/holds",
+            body: Some(body),
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {token}"))],
+        })
+        .await
+    }
+
+    pub async fn seat_statuses(&self, token: &str, event: &str) -> Vec<(u64, String)> {
+        let r = self
+            .get_with_token(&format!("/v1/events/{event}/schedules/d1/seats"), token)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body["seats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["seat_no"].as_u64().unwrap(),
+                    s["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// `n` users admitted at once (open queue), their tokens.
+    pub async fn admitted_users(&self, event: &str, n: usize) -> Vec<String> {
+        let joins =
+            (0..n).map(|i| async move { self.admitted_token(event, &format!("buyer-{i}")).await });
+        join_all(joins).await
+    }
+}
+
+fn seats_of(r: &Resp) -> Vec<u64> {
+    r.body["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn five_hundred_users_race_for_one_seat_and_exactly_one_wins() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 100, 300, 4).await;
+    let tokens = app.admitted_users("e1", 500).await;
+    let results = join_all(
+        tokens
+            .iter()
+            .map(|t| app.hold(t, json!({"schedule_id": "d1", "seats": [1]}))),
+    )
+    .await;
+    let won: Vec<_> = results
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one winner");
+    for r in results.iter().filter(|r| r.status != StatusCode::CREATED) {
+        r.assert_problem(409, "seats_unavailable");
+        assert_eq!(r.body["unavailable_seats"], json!([1]));
+    }
+    let map = app.seat_statuses(&tokens[0], "e1").await;
+    assert_eq!(map[0], (1, "held".to_owned()));
+    assert!(map[1..].iter().all(|(_, s)| s == "available"));
+}
+
+#[tokio::test]
+async fn overlapping_pairs_never_share_a_seat_and_conflicts_are_named() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 200, 300, 4).await;
+    let tokens = app.admitted_users("e1", 90).await;
+    let results = join_all(
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| app.hold(t, json!({"schedule_id": "d1", "seats": [i + 2, i + 3]}))),
+    )
+    .await;
+    let mut granted: BTreeSet<u64> = BTreeSet::new();
+    for r in results.iter().filter(|r| r.status == StatusCode::CREATED) {
+        for s in seats_of(r) {
+            assert!(granted.insert(s), "seat {s} is in two holds");
+        }
+    }
+    assert!(!granted.is_empty());
+    for (i, r) in results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.status != StatusCode::CREATED)
+    {
+        r.assert_problem(409, "seats_unavailable");
+        let named: Vec<u64> = r.body["unavailable_seats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap())
+            .collect();
+        assert!(!named.is_empty());
+        let asked = [i as u64 + 2, i as u64 + 3];
+        for s in &named {
+            assert!(asked.contains(s), "names only seats it asked for");
+            assert!(
+                granted.contains(s),
+                "a named seat is held by a granted hold"
+            );
+        }
+    }
+    let held: BTreeSet<u64> = app
+        .seat_statuses(&tokens[0], "e1")
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "held")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        held, granted,
+        "the seat map is the union of the granted holds"
+    );
+}
+
+#[tokio::test]
+async fn best_available_fills_exactly_the_schedule() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 100, 300, 4).await;
+    let tokens = app.admitted_users("e1", 150).await;
+    let results = join_all(
+        tokens
+            .iter()
+            .map(|t| app.hold(t, json!({"schedule_id": "d1", "count": 1}))),
+    )
+    .await;
+    let won: Vec<&Resp> = results
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(won.len(), 100);
+    let seats: HashSet<u64> = won.iter().flat_map(|r| seats_of(r)).collect();
+    assert_eq!(seats.len(), 100, "100 distinct seats");
+    for r in results.iter().filter(|r| r.status != StatusCode::CREATED) {
+        r.assert_problem(409, "seats_unavailable");
+    }
+    let r = app
+        .get_with_token("/v1/events/e1/schedules", &tokens[0])
+        .await;
+    assert_eq!(r.body["schedules"][0]["seats_available"], 0, "{}", r.text);
+}
+
+#[tokio::test]
+async fn best_available_prefers_adjacent_seats_in_one_row() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 30, 300, 10).await;
+    let t = app.admitted_users("e1", 3).await;
+    // Row A: take seats 1, 2 and 9: the first run of 3 is 3-4-5.
+    assert_eq!(
+        app.hold(&t[0], json!({"schedule_id": "d1", "seats": [1, 2, 9]}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let r = app
+        .hold(&t[1], json!({"schedule_id": "d1", "count": 3}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(seats_of(&r), vec![3, 4, 5]);
+    assert_eq!(r.body["adjacent"], true);
+    assert_eq!(r.body["amount"], "3000", "price 1000 x 3 from the catalog");
+    // 8 seats adjacent: row A has 6,7,8,10 left; row B is empty.
+    let r = app
+        .hold(&t[2], json!({"schedule_id": "d1", "count": 8}))
+        .await;
+    assert_eq!(seats_of(&r), (11..=18).collect::<Vec<_>>(), "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_hold_is_free_right_after_its_deadline_without_any_background_task() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 1, 4).await;
+    let t = app.admitted_users("e1", 2).await;
+    let r = app
+        .hold(&t[0], json!({"schedule_id": "d1", "seats": [5, 6]}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let hold_id = r.body["hold_id"].as_str().unwrap().to_owned();
+    app.hold(&t[1], json!({"schedule_id": "d1", "seats": [6]}))
+        .await
+        .assert_problem(409, "seats_unavailable");
+
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(r.body["expires_at"].as_str().unwrap()).unwrap();
+    let wait =
+        (expires.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0) as u64 + 50;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+
+    let map = app.seat_statuses(&t[1], "e1").await;
+    assert_eq!(map[4].1, "available");
+    assert_eq!(map[5].1, "available");
+    let r = app
+        .hold(&t[1], json!({"schedule_id": "d1", "seats": [6]}))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "a new hold agrees: {}",
+        r.text
+    );
+    app.get_with_token(&format!("/v1/holds/{hold_id}"), &t[0])
+        .await
+        .assert_problem(410, "hold_expired");
+}
+
+#[tokio::test]
+async fn per_user_limit_counts_every_live_hold() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 50, 300, 4).await;
+    let t = app.admitted_users("e1", 1).await.remove(0);
+    let r = app
+        .hold(&t, json!({"schedule_id": "d1", "seats": [1, 2, 3, 4, 5]}))
+        .await;
+    r.assert_problem(409, "hold_limit_exceeded");
+    assert_eq!(r.body["max_per_user"], 4);
+    assert_eq!(
+        app.hold(&t, json!({"schedule_id": "d1", "count": 4}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let r = app
+        .hold(&t, json!({"schedule_id": "d1", "seats": [20]}))
+        .await;
+    r.assert_problem(409, "hold_limit_exceeded");
+    assert_eq!(r.body["held"], 4);
+    let held = app
+        .seat_statuses(&t, "e1")
+        .await
+        .iter()
+        .filter(|(_, s)| s == "held")
+        .count();
+    assert_eq!(held, 4);
+}
+
+#[tokio::test]
+async fn bad_hold_requests_are_refused_and_write_nothing() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 50, 300, 4).await;
+    let t = app.admitted_users("e1", 1).await.remove(0);
+    for body in [
+        json!({"schedule_id": "d1", "seats": []}),
+        json!({"schedule_id": "d1", "seats": [3, 3]}),
+        json!({"schedule_id": "d1", "seats": [0]}),
+        json!({"schedule_id": "d1", "seats": [-1]}),
+        json!({"schedule_id": "d1", "seats": [51]}),
+        json!({"schedule_id": "d1", "seats": [1.5]}),
+        json!({"schedule_id": "d1", "seats": ["2"]}),
+        json!({"schedule_id": "d1", "seats": [1], "count": 1}),
+        json!({"schedule_id": "d1"}),
+        json!({"schedule_id": "d1", "count": 0}),
+        json!({"schedule_id": "d1", "count": -2}),
+        json!({"schedule_id": "d1", "count": 1.5}),
+        json!({"schedule_id": "d1", "count": 101}),
+        json!({"schedule_id": "d1", "count": 51}),
+        json!({"schedule_id": "d1", "seats": [1], "extra": true}),
+        json!({"seats": [1]}),
+    ] {
+        let r = app.hold(&t, body.clone()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.text
+        );
+        assert_eq!(r.code(), "invalid_request");
+    }
+    app.hold(&t, json!({"schedule_id": "nope", "seats": [1]}))
+        .await
+        .assert_problem(404, "not_found");
+    let map = app.seat_statuses(&t, "e1").await;
+    assert!(map.iter().all(|(_, s)| s == "available"), "nothing written");
+    app.get_with_token("/v1/events/e1/schedules/nope/seats", &t)
+        .await
+        .assert_problem(404, "not_found");
+}
+
+#[tokio::test]
+async fn release_is_owner_only() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 50, 300, 4).await;
+    let t = app.admitted_users("e1", 2).await;
+    let r = app
+        .hold(&t[0], json!({"schedule_id": "d1", "seats": [7]}))
+        .await;
+    let id = r.body["hold_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/holds/{id}");
+    let del = |token: &str| {
+        let path = path.clone();
+        let token = token.to_owned();
+        let app = &app;
+        async move {
+            app.send(Req {
+                method: Method::DELETE,
+                path: &path,
+                body: None,
+                raw: None,
+                headers: vec![("authorization", format!("Bearer {token}"))],
+            })
+            .await
+        }
+    };
+    del(&t[1]).await.assert_problem(403, "forbidden");
+    app.get_with_token(&path, &t[1])
+        .await
+        .assert_problem(403, "forbidden");
+    assert_eq!(
+        app.seat_statuses(&t[0], "e1").await[6].1,
+        "held",
+        "another user's release changes nothing"
+    );
+    let r = app.get_with_token(&path, &t[0]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["seats"], json!([7]));
+    assert_eq!(del(&t[0]).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.seat_statuses(&t[0], "e1").await[6].1,
+        "available",
+        "free at once"
+    );
+    del(&t[0]).await.assert_problem(410, "hold_expired");
+    app.get_with_token("/v1/holds/not-a-hold", &t[0])
+        .await
+        .assert_problem(404, "not_found");
+}
+
+#[tokio::test]
+async fn waiting_and_foreign_tokens_cannot_hold() {
+    let app = spawn_app().await;
+    app.simple_event("e1", json!({"admit_per_second": 1, "max_active": 1, "active_ttl_seconds": 600, "idle_timeout_seconds": 600}), 10, 300, 4).await;
+    app.simple_event("e2", open_queue(), 10, 300, 4).await;
+    let first = app.admitted_token("e1", "first").await;
+    let waiting = app.join("e1", "second").await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .hold(&waiting, json!({"schedule_id": "d1", "seats": [1]}))
+        .await;
+    r.assert_problem(403, "not_admitted");
+    assert_eq!(r.body["position"], 1);
+    app.get_with_token("/v1/events/e1/schedules", &waiting)
+        .await
+        .assert_problem(403, "not_admitted");
+    let other = app.admitted_token("e2", "x").await;
+    app.get_with_token("/v1/events/e1/schedules", &other)
+        .await
+        .assert_problem(403, "forbidden");
+    // Gone: leave, then try.
+    app.leave(&first).await;
+    app.hold(&first, json!({"schedule_id": "d1", "seats": [1]}))
+        .await
+        .assert_problem(410, "queue_token_expired");
+}
