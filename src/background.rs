@@ -11,11 +11,91 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::AppState, catalog, ids::EventId, queue};
+use crate::{
+    app::AppState,
+    catalog, holds, idempotency,
+    ids::{EventId, ScheduleId},
+    payments::{reconcile, relay},
+    queue,
+};
 
 /// Starts every loop; they end when `shutdown` is cancelled.
 pub fn spawn_all(state: &AppState, shutdown: &CancellationToken, set: &mut JoinSet<()>) {
     set.spawn(admission_loop(state.clone(), shutdown.clone()));
+    set.spawn(reconcile_loop(state.clone(), shutdown.clone()));
+    set.spawn(relay_loop(state.clone(), shutdown.clone()));
+    set.spawn(sweep_loop(state.clone(), shutdown.clone()));
+}
+
+/// Waits `every` or until shutdown; false means stop.
+async fn pause(shutdown: &CancellationToken, every: Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(every) => true,
+    }
+}
+
+/// Restores an emptied Redis and finishes interrupted payments; runs at
+/// start and then every `BOXOFFICE_RECONCILE_MS`.
+async fn reconcile_loop(state: AppState, shutdown: CancellationToken) {
+    let mut rounds: u64 = 0;
+    loop {
+        if let Err(e) = reconcile::restore_if_empty(&state).await {
+            tracing::debug!(error = %e, "restore check failed");
+        }
+        if let Err(e) = reconcile::finish_unconfirmed(&state).await {
+            tracing::debug!(error = %e, "finishing payments failed");
+        }
+        if rounds.is_multiple_of(1800)
+            && let Err(e) = idempotency::purge_old(&state.pg).await
+        {
+            tracing::debug!(error = %e, "idempotency purge failed");
+        }
+        rounds += 1;
+        if !pause(&shutdown, state.config.reconcile_interval).await {
+            break;
+        }
+    }
+}
+
+async fn relay_loop(state: AppState, shutdown: CancellationToken) {
+    loop {
+        let busy = match relay::publish_batch(&state).await {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::debug!(error = %e, "outbox relay failed");
+                false
+            }
+        };
+        // Drain quickly while there is a backlog.
+        let every = if busy {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(500)
+        };
+        if !pause(&shutdown, every).await {
+            break;
+        }
+    }
+}
+
+/// Expires due holds for the metrics; correctness never depends on it
+/// (every script expires due holds itself first).
+async fn sweep_loop(state: AppState, shutdown: CancellationToken) {
+    while pause(&shutdown, Duration::from_secs(5)).await {
+        let Ok(events) = catalog::known_events(&state.redis).await else {
+            continue;
+        };
+        for event in events {
+            let key = state.redis.keys().event(&event).config();
+            let Ok(Some(list)) = state.redis.hget(&key, "schedules").await else {
+                continue;
+            };
+            for s in list.split(',').filter_map(|s| ScheduleId::parse(s).ok()) {
+                let _ = holds::sweep(&state.redis, &event, &s).await;
+            }
+        }
+    }
 }
 
 /// How often the list of events to tick is re-read from Redis.

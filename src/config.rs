@@ -105,6 +105,9 @@ pub struct Config {
     pub max_charge: rust_decimal::Decimal,
     /// How long a hold stays in *paying* before it is given back.
     pub paying_timeout: Duration,
+    /// Test-only crash point (`crash_after_commit`): the payment path stops
+    /// right after the PostgreSQL commit, as a dying process would.
+    pub failpoint: Option<String>,
 }
 
 /// A setting that could not be used; the message names the variable.
@@ -284,6 +287,7 @@ impl Config {
             reconcile_interval: Duration::from_millis(reconcile_ms),
             max_charge,
             paying_timeout: Duration::from_secs(paying_s),
+            failpoint: get("BOXOFFICE_FAILPOINT"),
         })
     }
 

@@ -17,6 +17,7 @@ pub mod http;
 pub mod idempotency;
 pub mod ids;
 pub mod money;
+pub mod payments;
 pub mod queue;
 pub mod store;
 pub mod telemetry;

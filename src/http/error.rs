@@ -183,6 +183,22 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The problem+json body.
+    pub fn body(&self) -> Value {
+        let mut body = self.extra();
+        body.insert(
+            "type".into(),
+            json!(format!("urn:boxoffice:problem:{}", self.code())),
+        );
+        body.insert("title".into(), json!(self.title()));
+        body.insert("status".into(), json!(self.status().as_u16()));
+        body.insert("detail".into(), json!(self.detail()));
+        body.insert("code".into(), json!(self.code()));
+        Value::Object(body)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

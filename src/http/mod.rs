@@ -9,7 +9,9 @@ pub mod extract;
 pub mod holds;
 pub mod openapi;
 pub mod ops;
+pub mod payments;
 pub mod queue;
+pub mod wallet;
 
 use std::time::Instant;
 
@@ -38,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/dashboard", get(ops::dashboard))
+        .route("/openapi.json", get(ops::openapi_json))
         .route("/v1/events", get(catalog::list_events))
         .route("/v1/events/{event_id}/queue", post(queue::join))
         .route("/v1/queue/status", get(queue::status))
@@ -59,6 +63,17 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/events/{event_id}/schedules/{schedule_id}/seats",
             get(holds::admin_seats),
         )
+        .route("/v1/users/{user_id}/wallet", get(wallet::balance))
+        .route("/v1/users/{user_id}/wallet/charges", post(wallet::charge))
+        .route(
+            "/v1/users/{user_id}/wallet/transactions",
+            get(wallet::transactions),
+        )
+        .route("/v1/payments", post(payments::pay))
+        .route("/v1/payments/{payment_id}", get(payments::get_payment))
+        .route("/v1/users/{user_id}/payments", get(payments::user_payments))
+        .route("/v1/admin/events/{event_id}/sales", get(payments::sales))
+        .route("/v1/admin/reconcile", post(payments::reconcile_now))
         .route("/v1/admin/events", post(admin::create_event))
         .route("/v1/admin/events/{event_id}", get(admin::get_event))
         .route(

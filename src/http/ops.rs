@@ -45,3 +45,14 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.render(),
     )
 }
+
+/// The operator dashboard: one self-contained page, no build step.
+pub async fn dashboard() -> impl IntoResponse {
+    axum::response::Html(include_str!("../../static/dashboard.html"))
+}
+
+/// The OpenAPI 3.1 document.
+pub async fn openapi_json() -> impl IntoResponse {
+    use utoipa::OpenApi;
+    axum::Json(super::openapi::ApiDoc::openapi())
+}

@@ -9,4 +9,5 @@ mod admin;
 mod foundation;
 mod holds;
 mod outage;
+mod payments;
 mod queue;

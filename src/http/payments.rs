@@ -1,0 +1,325 @@
+//! `POST /v1/payments` and payment reads; admin sales and reconcile.
+
+use axum::{
+    extract::{Path, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{
+    ApiError, ApiResult,
+    auth::QueueToken,
+    extract::{ApiJson, OptionalIdempotencyKey, ServiceKey},
+    queue::event_in_path,
+    wallet::{Caller, claim_or_answer, user_in_path},
+};
+use crate::{
+    app::AppState,
+    holds::{self, HoldError},
+    idempotency,
+    ids::HoldId,
+    money::format_amount,
+    payments::{self, Recorded, reconcile},
+    queue::{self, EntryState},
+    token::QueueClaims,
+};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayBody {
+    #[schema(example = "demo-concert.day-1.17")]
+    pub hold_id: String,
+}
+
+/// Whether a failed attempt's answer is *the* answer to this payment (kept
+/// for replay) or a passing condition (the claim is released so a retry
+/// runs again).
+fn is_final(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::InsufficientFunds { .. }
+            | ApiError::HoldExpired
+            | ApiError::HoldAlreadyPaid { .. }
+            | ApiError::SeatsUnavailable { .. }
+            | ApiError::Forbidden(_)
+            | ApiError::NotFound(_)
+    )
+}
+
+fn outcome(label: &'static str) {
+    metrics::counter!("boxoffice_payments_total", "outcome" => label).increment(1);
+}
+
+async fn pay_once(
+    state: &AppState,
+    claims: &QueueClaims,
+    hold: &HoldId,
+    key: Option<&crate::ids::IdempotencyKey>,
+) -> Result<String, ApiError> {
+    // The buyer must still be admitted.
+    match queue::status(&state.redis, claims).await?.state {
+        EntryState::Admitted { .. } => {}
+        EntryState::Waiting { position } => {
+            return Err(ApiError::NotAdmitted {
+                position: Some(position),
+            });
+        }
+    }
+    // Step 1: held -> paying (checks owner and deadline atomically).
+    let paying_ms = state.config.paying_timeout.as_millis() as u64;
+    let paying = match holds::begin_payment(&state.redis, hold, &claims.user, paying_ms).await {
+        Ok(p) => p,
+        Err(HoldError::Gone) => {
+            return Err(match payments::payment_of_hold(&state.pg, hold).await? {
+                Some(id) => ApiError::HoldAlreadyPaid {
+                    payment_id: id.to_string(),
+                },
+                None => ApiError::HoldExpired,
+            });
+        }
+        Err(HoldError::NoSchedule) => return Err(ApiError::NotFound("no such hold".into())),
+        Err(e) => return Err(e.into()),
+    };
+    // Step 2: the PostgreSQL transaction.
+    let recorded = payments::record(&state.pg, &claims.user, hold, &paying.seats, key).await;
+    let give_back = || async {
+        if let Err(e) = holds::abort_payment(&state.redis, hold, &claims.user).await {
+            tracing::warn!(%hold, error = %e, "could not return the hold to held; it frees at its paying deadline");
+        }
+    };
+    match recorded {
+        Ok(Recorded::Paid { payment, body }) => {
+            if state.config.failpoint.as_deref() == Some("crash_after_commit") {
+                // Test-only: behave as a process that died right here.
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "failpoint crash_after_commit"
+                )));
+            }
+            // Step 3: seats sold, hold dropped, queue entry ended. If Redis
+            // fails now the money has moved and the seats are sold in
+            // PostgreSQL; the reconciler finishes this step.
+            let seats = payment.seats.clone();
+            match holds::confirm_sale(
+                &state.redis,
+                &hold.event,
+                &hold.schedule,
+                hold.n,
+                claims.user.as_str(),
+                &payment.payment_id.to_string(),
+                &seats,
+                true,
+            )
+            .await
+            {
+                Ok(_) => payments::mark_confirmed(&state.pg, payment.payment_id).await,
+                Err(e) => {
+                    tracing::warn!(%hold, error = %e, "confirm_sale failed; the reconciler will finish it")
+                }
+            }
+            Ok(body)
+        }
+        Ok(Recorded::InsufficientFunds { balance, amount }) => {
+            give_back().await;
+            Err(ApiError::InsufficientFunds {
+                balance: format_amount(balance),
+                amount: format_amount(amount),
+            })
+        }
+        Ok(Recorded::AlreadyPaid { payment_id }) => Err(ApiError::HoldAlreadyPaid {
+            payment_id: payment_id.to_string(),
+        }),
+        Ok(Recorded::SeatTaken) => {
+            give_back().await;
+            Err(ApiError::SeatsUnavailable {
+                seats: paying.seats,
+            })
+        }
+        Err(e) => {
+            give_back().await;
+            Err(e.into())
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/payments", tag = "payments",
+    security(("queue_token" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for 24 h")),
+    request_body = PayBody,
+    responses(
+        (status = 201, description = "Paid: seats sold, queue token gone", body = payments::Payment),
+        (status = 402, description = "insufficient_funds (the hold stays until its deadline)", body = super::openapi::Problem),
+        (status = 403, description = "forbidden (someone else's hold) or not_admitted", body = super::openapi::Problem),
+        (status = 404, description = "not_found", body = super::openapi::Problem),
+        (status = 409, description = "hold_already_paid (with payment_id) or request_in_progress", body = super::openapi::Problem),
+        (status = 410, description = "hold_expired or queue_token_expired", body = super::openapi::Problem),
+        (status = 422, description = "invalid_request or idempotency_key_reused", body = super::openapi::Problem),
+    ))]
+pub async fn pay(
+    State(state): State<AppState>,
+    QueueToken(claims): QueueToken,
+    OptionalIdempotencyKey(key): OptionalIdempotencyKey,
+    ApiJson(body): ApiJson<PayBody>,
+) -> Response {
+    let hold = match HoldId::parse(&body.hold_id) {
+        Ok(h) if h.event == claims.event => h,
+        Ok(_) => return ApiError::NotFound("no such hold for this event".into()).into_response(),
+        Err(e) => return ApiError::InvalidRequest(e.to_string()).into_response(),
+    };
+    // A replay must work even after the queue token is gone, so the key is
+    // looked up before anything else is checked.
+    if let Some(key) = &key {
+        let fp = idempotency::fingerprint(&["payment", &hold.to_string()]);
+        if let Err(answer) = claim_or_answer(&state, &claims.user, key, &fp).await {
+            return answer;
+        }
+    }
+    match pay_once(&state, &claims, &hold, key.as_ref()).await {
+        Ok(body) => {
+            outcome("paid");
+            let mut resp = (StatusCode::CREATED, body).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => {
+            outcome(e.code());
+            if let Some(key) = &key {
+                if is_final(&e) {
+                    let stored = idempotency::complete_now(
+                        &state.pg,
+                        &claims.user,
+                        key,
+                        e.status().as_u16(),
+                        &e.body().to_string(),
+                    )
+                    .await;
+                    if stored.is_err() {
+                        idempotency::release(&state.pg, &claims.user, key).await;
+                    }
+                } else if !matches!(&e, ApiError::Internal(m) if m.to_string().contains("failpoint"))
+                {
+                    idempotency::release(&state.pg, &claims.user, key).await;
+                }
+            }
+            e.into_response()
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/payments/{payment_id}", tag = "payments",
+    security(("queue_token" = []), ("service_key" = [])),
+    params(("payment_id" = String, Path, description = "Payment id")),
+    responses((status = 200, description = "The payment", body = payments::Payment),
+              (status = 404, description = "not_found", body = super::openapi::Problem)))]
+pub async fn get_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<payments::Payment>> {
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::NotFound("no such payment".into()))?;
+    let (owner, payment) = payments::get(&state.pg, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such payment".into()))?;
+    match &caller {
+        Caller::Service => {}
+        Caller::User(u) if u.as_str() == owner => {}
+        Caller::User(_) => {
+            return Err(ApiError::Forbidden(
+                "this payment belongs to another user".into(),
+            ));
+        }
+    }
+    Ok(axum::Json(payment))
+}
+
+#[utoipa::path(get, path = "/v1/users/{user_id}/payments", tag = "payments",
+    security(("queue_token" = []), ("service_key" = [])),
+    params(("user_id" = String, Path, description = "User id")),
+    responses((status = 200, description = "The user's payments, newest first")))]
+pub async fn user_payments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    let user = user_in_path(&user)?;
+    caller.may_act_for(&user)?;
+    Ok(axum::Json(
+        json!({ "payments": payments::of_user(&state.pg, &user).await? }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/admin/events/{event_id}/sales", tag = "admin",
+    security(("service_key" = [])),
+    params(("event_id" = String, Path, description = "Event id")),
+    responses((status = 200, description = "Seats sold, revenue and payments per schedule and per hour (from PostgreSQL)")))]
+pub async fn sales(
+    State(state): State<AppState>,
+    _: ServiceKey,
+    Path(event_id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    let event = event_in_path(&event_id)?;
+    type Row = (String, i64, i64, Decimal);
+    type HourRow = (chrono::DateTime<chrono::Utc>, i64, i64, Decimal);
+    let (per_schedule, per_hour): (Vec<Row>, Vec<HourRow>) = state
+        .pg
+        .guard(async {
+            let s = sqlx::query_as(
+                r"select s.schedule_id, count(p.payment_id), coalesce(sum(cardinality(p.seats)), 0)::int8,
+                         coalesce(sum(p.amount), 0)
+                  from schedules s left join payments p on p.event_id = s.event_id and p.schedule_id = s.schedule_id
+                  where s.event_id = $1
+                  group by s.schedule_id order by s.schedule_id",
+            )
+            .bind(event.as_str())
+            .fetch_all(state.pg.pool())
+            .await?;
+            let h = sqlx::query_as(
+                r"select date_trunc('hour', paid_at), count(*), sum(cardinality(seats))::int8, sum(amount)
+                  from payments where event_id = $1 group by 1 order by 1",
+            )
+            .bind(event.as_str())
+            .fetch_all(state.pg.pool())
+            .await?;
+            Ok((s, h))
+        })
+        .await?;
+    if per_schedule.is_empty() {
+        return Err(ApiError::NotFound(format!("no event {event}")));
+    }
+    let row = |payments: i64, seats: i64, revenue: Decimal| json!({"payments": payments, "seats_sold": seats, "revenue": format_amount(revenue)});
+    Ok(axum::Json(json!({
+        "event_id": event,
+        "currency": state.config.currency.code(),
+        "schedules": per_schedule.into_iter().map(|(id, p, s, r)| {
+            let mut v = row(p, s, r);
+            v["schedule_id"] = json!(id);
+            v
+        }).collect::<Vec<_>>(),
+        "hourly": per_hour.into_iter().map(|(h, p, s, r)| {
+            let mut v = row(p, s, r);
+            v["hour"] = json!(h.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            v
+        }).collect::<Vec<_>>(),
+    })))
+}
+
+#[utoipa::path(post, path = "/v1/admin/reconcile", tag = "admin",
+    security(("service_key" = [])),
+    responses((status = 200, description = "What was restored from PostgreSQL", body = reconcile::Report)))]
+pub async fn reconcile_now(
+    State(state): State<AppState>,
+    _: ServiceKey,
+) -> ApiResult<axum::Json<reconcile::Report>> {
+    let report = reconcile::rebuild(&state).await?;
+    state.schedule_ids.write().expect("lock").clear();
+    tracing::info!(?report, "reconcile on demand");
+    Ok(axum::Json(report))
+}

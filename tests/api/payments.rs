@@ -1,0 +1,515 @@
+//! Wallet and payments: invariants 2-5 under concurrency, crash recovery,
+//! Redis loss.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn open_queue() -> Value {
+    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
+}
+
+impl TestApp {
+    pub async fn charge(&self, user: &str, amount: &str, key: Option<&str>) -> Resp {
+        let mut headers = vec![("x-api-key", SERVICE_KEY.to_owned())];
+        if let Some(k) = key {
+            headers.push(("idempotency-key", k.to_owned()));
+        }
+        self.send(Req {
+            method: Method::POST,
+            path: &format!("/v1/users/{user}/wallet/charges"),
+            body: Some(json!({"amount": amount})),
+            raw: None,
+            headers,
+        })
+        .await
+    }
+
+    pub async fn balance(&self, user: &str) -> String {
+        let r = self
+            .admin(Method::GET, &format!("/v1/users/{user}/wallet"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body["balance"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn pay(&self, token: &str, hold_id: &str, key: Option<&str>) -> Resp {
+        let mut headers = vec![("authorization", format!("Bearer {token}"))];
+        if let Some(k) = key {
+            headers.push(("idempotency-key", k.to_owned()));
+        }
+        self.send(Req {
+            method: Method::POST,
+            path: "/v1/payments",
+            body: Some(json!({"hold_id": hold_id})),
+            raw: None,
+            headers,
+        })
+        .await
+    }
+
+    pub async fn hold_seats(&self, token: &str, seats: Value) -> String {
+        let r = self
+            .send(Req {
+                method: Method::POST,
+                path: "/v1/holds",
+                body: Some(json!({"schedule_id": "d1", "seats": seats})),
+                raw: None,
+                headers: vec![("authorization", format!("Bearer {token}"))],
+            })
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.body["hold_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn admin_seat(&self, event: &str, seat: usize) -> String {
+        let r = self
+            .admin(
+                Method::GET,
+                &format!("/v1/admin/events/{event}/schedules/d1/seats"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body["seats"][seat - 1]["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Ledger sum and row count straight from PostgreSQL.
+    pub async fn ledger(&self, user: &str) -> (rust_decimal::Decimal, i64) {
+        sqlx::query_as("select coalesce(sum(amount), 0), count(*) from ledger where user_id = $1")
+            .bind(user)
+            .fetch_one(self.state.pg.pool())
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn concurrent_charges_are_all_applied() {
+    let app = spawn_app().await;
+    let results = join_all((0..200).map(|_| app.charge("alice", "7", None))).await;
+    assert!(results.iter().all(|r| r.status == StatusCode::CREATED));
+    assert_eq!(app.balance("alice").await, "1400");
+    let (sum, rows) = app.ledger("alice").await;
+    assert_eq!(sum, rust_decimal::Decimal::from(1400));
+    assert_eq!(rows, 200);
+    assert_eq!(app.balance("nobody").await, "0", "a user never seen has 0");
+}
+
+#[tokio::test]
+async fn bad_amounts_and_foreign_callers_are_refused() {
+    let app = spawn_app().await;
+    for bad in ["0", "-5", "1.5", "abc", "", "1e3", "99999999999"] {
+        app.charge("bob", bad, None)
+            .await
+            .assert_problem(422, "invalid_request");
+    }
+    assert_eq!(app.ledger("bob").await.1, 0, "nothing written");
+    app.simple_event("e1", open_queue(), 10, 60, 4).await;
+    let token = app.admitted_token("e1", "carol").await;
+    let r = app
+        .send(Req {
+            method: Method::GET,
+            path: "/v1/users/dave/wallet",
+            body: None,
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {token}"))],
+        })
+        .await;
+    r.assert_problem(403, "forbidden");
+    let r = app
+        .send(Req {
+            method: Method::GET,
+            path: "/v1/users/carol/wallet",
+            body: None,
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {token}"))],
+        })
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = app
+        .send(Req {
+            method: Method::GET,
+            path: "/v1/users/carol/wallet",
+            body: None,
+            raw: None,
+            headers: vec![],
+        })
+        .await;
+    r.assert_problem(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn charge_replays_with_the_same_key_and_refuses_another_body() {
+    let app = spawn_app().await;
+    let a = app.charge("erin", "500", Some("k-1")).await;
+    let b = app.charge("erin", "500", Some("k-1")).await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    assert_eq!(b.status, StatusCode::CREATED);
+    assert_eq!(a.text, b.text, "byte-identical replay");
+    assert_eq!(app.balance("erin").await, "500");
+    app.charge("erin", "600", Some("k-1"))
+        .await
+        .assert_problem(422, "idempotency_key_reused");
+}
+
+#[tokio::test]
+async fn ledger_pages_newest_first() {
+    let app = spawn_app().await;
+    for i in 1..=5 {
+        app.charge("fay", &i.to_string(), None).await;
+    }
+    let r = app
+        .admin(
+            Method::GET,
+            "/v1/users/fay/wallet/transactions?limit=2",
+            None,
+        )
+        .await;
+    let amounts: Vec<&str> = r.body["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["amount"].as_str().unwrap())
+        .collect();
+    assert_eq!(amounts, ["5", "4"]);
+    let cursor = r.body["next_cursor"].as_str().unwrap().to_owned();
+    let r = app
+        .admin(
+            Method::GET,
+            &format!("/v1/users/fay/wallet/transactions?limit=10&cursor={cursor}"),
+            None,
+        )
+        .await;
+    let amounts: Vec<&str> = r.body["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["amount"].as_str().unwrap())
+        .collect();
+    assert_eq!(amounts, ["3", "2", "1"]);
+    assert_eq!(r.body["next_cursor"], Value::Null);
+    app.admin(
+        Method::GET,
+        "/v1/users/fay/wallet/transactions?limit=0",
+        None,
+    )
+    .await
+    .assert_problem(422, "invalid_request");
+}
+
+#[tokio::test]
+async fn a_buyer_racing_five_payments_never_goes_negative() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 20, 300, 5).await;
+    let token = app.admitted_token("e1", "gus").await;
+    app.charge("gus", "2500", None).await;
+    let mut holds = Vec::new();
+    for s in 1..=5 {
+        holds.push(app.hold_seats(&token, json!([s])).await);
+    }
+    let results = join_all(holds.iter().map(|h| app.pay(&token, h, None))).await;
+    let paid: Vec<&Resp> = results
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(
+        paid.len(),
+        2,
+        "2500 buys two 1000 seats: {:?}",
+        results.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for r in results.iter().filter(|r| r.status != StatusCode::CREATED) {
+        assert!(
+            matches!(
+                r.code(),
+                "insufficient_funds" | "hold_expired" | "queue_token_expired"
+            ),
+            "{}",
+            r.text
+        );
+    }
+    assert_eq!(app.balance("gus").await, "500");
+    let (sum, _) = app.ledger("gus").await;
+    assert_eq!(
+        sum,
+        rust_decimal::Decimal::from(500),
+        "balance = charges - payments"
+    );
+    for r in &paid {
+        let seat = r.body["seats"][0].as_u64().unwrap() as usize;
+        assert_eq!(app.admin_seat("e1", seat).await, "sold");
+    }
+    let sold: i64 = sqlx::query_scalar("select count(*) from sold_seats")
+        .fetch_one(app.state.pg.pool())
+        .await
+        .unwrap();
+    assert_eq!(sold, 2);
+}
+
+#[tokio::test]
+async fn one_idempotency_key_debits_once() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "hal").await;
+    app.charge("hal", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([3, 4])).await;
+    let results = join_all((0..20).map(|_| app.pay(&token, &hold, Some("pay-1")))).await;
+    let created: Vec<&Resp> = results
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    assert!(!created.is_empty());
+    assert!(
+        created.iter().all(|r| r.text == created[0].text),
+        "every 201 body identical"
+    );
+    for r in results.iter().filter(|r| r.status != StatusCode::CREATED) {
+        r.assert_problem(409, "request_in_progress");
+    }
+    assert_eq!(app.balance("hal").await, "3000", "one debit");
+    // After completion, and with the queue token gone: the stored response.
+    let again = app.pay(&token, &hold, Some("pay-1")).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.text, created[0].text);
+    app.status(&token)
+        .await
+        .assert_problem(410, "queue_token_expired");
+    assert_eq!(app.balance("hal").await, "3000");
+    // The payment is readable by its owner.
+    let id = created[0].body["payment_id"].as_str().unwrap();
+    let r = app
+        .admin(Method::GET, &format!("/v1/payments/{id}"), None)
+        .await;
+    assert_eq!(r.body["seats"], json!([3, 4]));
+    assert_eq!(r.body["amount"], "2000");
+    let r = app.admin(Method::GET, "/v1/users/hal/payments", None).await;
+    assert_eq!(r.body["payments"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn expired_and_in_flight_holds_cannot_be_paid() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 1, 4).await;
+    let token = app.admitted_token("e1", "ivy").await;
+    app.charge("ivy", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([1])).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    app.pay(&token, &hold, None)
+        .await
+        .assert_problem(410, "hold_expired");
+    assert_eq!(app.balance("ivy").await, "5000", "no money moved");
+
+    // A hold being paid by another request.
+    let hold = app.hold_seats(&token, json!([2])).await;
+    let id = boxoffice::ids::HoldId::parse(&hold).unwrap();
+    let user = boxoffice::ids::UserId::parse("ivy").unwrap();
+    boxoffice::holds::begin_payment(&app.state.redis, &id, &user, 30_000)
+        .await
+        .unwrap();
+    app.pay(&token, &hold, None)
+        .await
+        .assert_problem(409, "request_in_progress");
+    assert_eq!(app.balance("ivy").await, "5000");
+}
+
+#[tokio::test]
+async fn insufficient_funds_keeps_the_hold_and_someone_elses_hold_is_forbidden() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let poor = app.admitted_token("e1", "poor").await;
+    let other = app.admitted_token("e1", "other").await;
+    let hold = app.hold_seats(&poor, json!([8])).await;
+    let r = app.pay(&poor, &hold, None).await;
+    r.assert_problem(402, "insufficient_funds");
+    assert_eq!(r.body["amount"], "1000");
+    assert_eq!(app.admin_seat("e1", 8).await, "held", "the hold stays");
+    app.pay(&other, &hold, None)
+        .await
+        .assert_problem(403, "forbidden");
+    app.charge("poor", "1000", None).await;
+    assert_eq!(
+        app.pay(&poor, &hold, None).await.status,
+        StatusCode::CREATED
+    );
+    let r = app.pay(&poor, &hold, None).await;
+    assert!(
+        r.code() == "hold_already_paid" || r.code() == "queue_token_expired",
+        "{}",
+        r.text
+    );
+}
+
+#[tokio::test]
+async fn a_crash_between_commit_and_confirm_is_finished_by_the_reconciler() {
+    let crashing =
+        spawn_with(Settings::new().set("BOXOFFICE_FAILPOINT", "crash_after_commit")).await;
+    crashing.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = crashing.admitted_token("e1", "jay").await;
+    crashing.charge("jay", "5000", None).await;
+    let hold = crashing.hold_seats(&token, json!([5, 6])).await;
+    let r = crashing.pay(&token, &hold, None).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text);
+    assert_eq!(
+        crashing.balance("jay").await,
+        "3000",
+        "committed in PostgreSQL"
+    );
+    // Not holdable meanwhile: the hold is *paying*.
+    let other = crashing.admitted_token("e1", "kim").await;
+    let r = crashing
+        .send(Req {
+            method: Method::POST,
+            path: "/v1/holds",
+            body: Some(json!({"schedule_id": "d1", "seats": [5]})),
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {other}"))],
+        })
+        .await;
+    r.assert_problem(409, "seats_unavailable");
+
+    // The process dies; a new one starts on the same stores.
+    let settings = crashing.settings.clone().set("BOXOFFICE_FAILPOINT", "");
+    crashing.stop().await;
+    let restarted = spawn_with(settings).await;
+    let sold = eventually(Duration::from_secs(5), || async {
+        restarted.admin_seat("e1", 5).await == "sold"
+            && restarted.admin_seat("e1", 6).await == "sold"
+    })
+    .await;
+    assert!(sold, "the reconciler marked the seats sold");
+    let confirmed: bool = sqlx::query_scalar("select bool_and(redis_confirmed) from payments")
+        .fetch_one(restarted.state.pg.pool())
+        .await
+        .unwrap();
+    assert!(confirmed);
+    restarted
+        .status(&token)
+        .await
+        .assert_problem(410, "queue_token_expired");
+}
+
+async fn wipe_prefix(prefix: &str) {
+    let script = format!(
+        "redis-cli -u '{}' --scan --pattern '{}*' | xargs -r redis-cli -u '{}' del > /dev/null",
+        redis_url(),
+        prefix,
+        redis_url()
+    );
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn an_emptied_redis_is_restored_from_postgres() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "lee").await;
+    app.charge("lee", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([9, 10])).await;
+    assert_eq!(
+        app.pay(&token, &hold, None).await.status,
+        StatusCode::CREATED
+    );
+
+    let prefix = app.settings.env["BOXOFFICE_REDIS_PREFIX"].clone();
+    wipe_prefix(&prefix).await;
+    let back = eventually(Duration::from_secs(5), || async {
+        app.get("/v1/events").await.body["events"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1)
+            && app.admin_seat("e1", 9).await == "sold"
+    })
+    .await;
+    assert!(
+        back,
+        "catalog and sold seats back within seconds, with no call"
+    );
+    let buyer = app.admitted_token("e1", "mo").await;
+    let r = app
+        .send(Req {
+            method: Method::POST,
+            path: "/v1/holds",
+            body: Some(json!({"schedule_id": "d1", "seats": [10]})),
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {buyer}"))],
+        })
+        .await;
+    r.assert_problem(409, "seats_unavailable");
+
+    // On demand, with a report of what changed.
+    let admin_token_free = app.admin(Method::POST, "/v1/admin/reconcile", None).await;
+    assert_eq!(admin_token_free.status, StatusCode::OK);
+    assert_eq!(
+        admin_token_free.body["seats_fixed"], 0,
+        "nothing to fix now: {}",
+        admin_token_free.text
+    );
+    wipe_prefix(&prefix).await;
+    let r = app.admin(Method::POST, "/v1/admin/reconcile", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["events_loaded"].as_u64().unwrap() >= 1);
+    let fixed = r.body["seats_fixed"].as_u64().unwrap();
+    assert!(
+        fixed == 2 || fixed == 0,
+        "the loop may have won the race: {}",
+        r.text
+    );
+    assert_eq!(app.admin_seat("e1", 10).await, "sold");
+}
+
+#[tokio::test]
+async fn sales_report_and_outbox_stream() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "ned").await;
+    app.charge("ned", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([1, 2, 3])).await;
+    assert_eq!(
+        app.pay(&token, &hold, None).await.status,
+        StatusCode::CREATED
+    );
+    let r = app
+        .admin(Method::GET, "/v1/admin/events/e1/sales", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["schedules"][0]["seats_sold"], 3);
+    assert_eq!(r.body["schedules"][0]["revenue"], "3000");
+    assert_eq!(r.body["hourly"][0]["payments"], 1);
+    let r = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(r.body["schedules"][0]["sold"], 3);
+    assert_eq!(r.body["schedules"][0]["revenue"], "3000");
+
+    let published = eventually(Duration::from_secs(5), || async {
+        let n: i64 =
+            sqlx::query_scalar("select count(*) from outbox where published_at is not null")
+                .fetch_one(app.state.pg.pool())
+                .await
+                .unwrap();
+        n == 2
+    })
+    .await;
+    assert!(published, "charge and payment relayed");
+    let stream = format!(
+        "{}boxoffice:events",
+        app.settings.env["BOXOFFICE_REDIS_PREFIX"]
+    );
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["-u", &redis_url(), "XLEN", &stream])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+}
