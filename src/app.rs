@@ -27,6 +27,7 @@ pub struct AppState {
     pub pg: Pg,
     pub metrics: PrometheusHandle,
     pub tokens: Arc<TokenSigner>,
+    pub limits: Arc<crate::http::limit::RateLimits>,
     /// Schedule ids per event (immutable after creation), cached.
     pub schedule_ids: Arc<RwLock<HashMap<EventId, Arc<Vec<ScheduleId>>>>>,
 }
@@ -57,6 +58,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
         let tokens = Arc::new(TokenSigner::new(config.token_secret.expose()));
+        let limits = Arc::new(crate::http::limit::RateLimits::new(&config));
         let state = AppState {
             config: Arc::new(config),
             redis,
@@ -64,6 +66,7 @@ impl Application {
             metrics,
             tokens,
             schedule_ids: Arc::default(),
+            limits,
         };
         Ok(Self { listener, state })
     }

@@ -25,6 +25,13 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken, set: &mut JoinS
     set.spawn(reconcile_loop(state.clone(), shutdown.clone()));
     set.spawn(relay_loop(state.clone(), shutdown.clone()));
     set.spawn(sweep_loop(state.clone(), shutdown.clone()));
+    let limits = state.limits.clone();
+    let stop = shutdown.clone();
+    set.spawn(async move {
+        while pause(&stop, Duration::from_secs(30)).await {
+            limits.retain_recent();
+        }
+    });
 }
 
 /// Waits `every` or until shutdown; false means stop.

@@ -38,7 +38,98 @@ pub fn metrics_handle() -> PrometheusHandle {
                 )
                 .expect("static bucket list is not empty")
                 .install_recorder()
+                .inspect(|_| register_metrics())
                 .expect("no other metrics recorder is installed")
         })
         .clone()
+}
+
+/// Describes every metric family and registers it at zero, so dashboards
+/// and alerts see each family from the first scrape.
+pub fn register_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        "boxoffice_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP latency by matched route and status"
+    );
+    describe_gauge!("boxoffice_queue_waiting", "Entries waiting, per event");
+    describe_gauge!(
+        "boxoffice_queue_admitted",
+        "Entries admitted now, per event"
+    );
+    describe_gauge!(
+        "boxoffice_queue_admission_rate",
+        "Observed admissions per second (10 s moving average), per event"
+    );
+    describe_counter!(
+        "boxoffice_queue_admissions_total",
+        "Entries admitted by admission ticks, per event"
+    );
+    describe_counter!(
+        "boxoffice_queue_evictions_total",
+        "Entries dropped: idle while waiting, or admission window over"
+    );
+    describe_counter!(
+        "boxoffice_queue_joins_total",
+        "Queue joins by outcome (created, existing)"
+    );
+    describe_counter!(
+        "boxoffice_holds_total",
+        "Hold requests by outcome (placed, conflict, limit, invalid, error)"
+    );
+    describe_counter!(
+        "boxoffice_holds_released_total",
+        "Holds released by their owner"
+    );
+    describe_counter!(
+        "boxoffice_holds_expired_total",
+        "Holds that expired (state held or paying)"
+    );
+    describe_counter!("boxoffice_payments_total", "Payment attempts by outcome");
+    describe_counter!(
+        "boxoffice_wallet_charges_total",
+        "Wallet charges by outcome"
+    );
+    describe_counter!(
+        "boxoffice_reconciler_fixes_total",
+        "Repairs made by the reconciler"
+    );
+    describe_gauge!(
+        "boxoffice_outbox_lag_seconds",
+        "Age of the oldest unpublished outbox message"
+    );
+    describe_counter!(
+        "boxoffice_outbox_published_total",
+        "Outbox messages published to the stream"
+    );
+    describe_counter!(
+        "boxoffice_dependency_errors_total",
+        "Failed calls to Redis or PostgreSQL by kind (error, timeout, circuit_open)"
+    );
+    describe_counter!(
+        "boxoffice_circuit_opened_total",
+        "Times a dependency circuit breaker opened"
+    );
+    describe_counter!(
+        "boxoffice_rate_limited_total",
+        "Requests refused by the per-address or per-token limit"
+    );
+    for dep in ["redis", "postgres"] {
+        for kind in ["error", "timeout", "circuit_open"] {
+            metrics::counter!("boxoffice_dependency_errors_total", "dependency" => dep, "kind" => kind).increment(0);
+        }
+    }
+    for outcome in ["placed", "conflict", "limit", "invalid"] {
+        metrics::counter!("boxoffice_holds_total", "outcome" => outcome).increment(0);
+    }
+    metrics::counter!("boxoffice_holds_released_total").increment(0);
+    metrics::counter!("boxoffice_holds_expired_total", "state" => "held").increment(0);
+    metrics::counter!("boxoffice_payments_total", "outcome" => "paid").increment(0);
+    metrics::counter!("boxoffice_wallet_charges_total", "outcome" => "ok").increment(0);
+    metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "payment_finished")
+        .increment(0);
+    metrics::counter!("boxoffice_outbox_published_total").increment(0);
+    metrics::gauge!("boxoffice_outbox_lag_seconds").set(0.0);
+    metrics::counter!("boxoffice_rate_limited_total", "by" => "ip").increment(0);
 }

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod error;
 pub mod extract;
 pub mod holds;
+pub mod limit;
 pub mod openapi;
 pub mod ops;
 pub mod payments;
@@ -41,7 +42,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/dashboard", get(ops::dashboard))
-        .route("/openapi.json", get(ops::openapi_json))
         .route("/v1/events", get(catalog::list_events))
         .route("/v1/events/{event_id}/queue", post(queue::join))
         .route("/v1/queue/status", get(queue::status))
@@ -82,7 +82,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(middleware::from_fn(track_latency));
 
-    api.fallback(not_found)
+    let docs: Router<AppState> = utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .url(
+            "/openapi.json",
+            <openapi::ApiDoc as utoipa::OpenApi>::openapi(),
+        )
+        .into();
+
+    api.merge(docs)
+        .layer(middleware::from_fn_with_state(state.clone(), limit::limit))
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()

@@ -52,6 +52,10 @@ impl Modify for Security {
 #[openapi(
     info(title = "boxoffice", description = "Flash-sale engine: waiting room, atomic seat holds, wallet payments."),
     paths(
+        super::ops::healthz,
+        super::ops::readyz,
+        super::ops::metrics,
+        super::ops::dashboard,
         super::queue::join,
         super::queue::status,
         super::queue::leave,

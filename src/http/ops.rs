@@ -6,11 +6,15 @@ use serde_json::json;
 use crate::app::AppState;
 
 /// The process is up (no dependency is consulted).
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")))]
 pub async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
 /// Redis and PostgreSQL answer and every migration is applied.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "A dependency is unavailable or migrations are pending")))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (redis, pg) = tokio::join!(state.redis.ping(), state.pg.migrations_applied());
     let redis_ok = redis.is_ok();
@@ -36,6 +40,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -47,12 +52,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// The operator dashboard: one self-contained page, no build step.
+#[utoipa::path(get, path = "/dashboard", tag = "operations", responses((status = 200, description = "HTML page; paste the service key")))]
 pub async fn dashboard() -> impl IntoResponse {
     axum::response::Html(include_str!("../../static/dashboard.html"))
-}
-
-/// The OpenAPI 3.1 document.
-pub async fn openapi_json() -> impl IntoResponse {
-    use utoipa::OpenApi;
-    axum::Json(super::openapi::ApiDoc::openapi())
 }

@@ -8,6 +8,7 @@ mod helpers;
 mod admin;
 mod foundation;
 mod holds;
+mod ops;
 mod outage;
 mod payments;
 mod queue;
