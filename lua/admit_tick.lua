@@ -11,7 +11,7 @@
 -- KEYS[6] entries  hash: entry -> user
 -- KEYS[7] win      zset: entry -> admission time (ms), last second
 -- KEYS[8] stats    hash: last_tick_ms, rate_ema, admitted_total,
---                  evicted_total, expired_total
+--                  evicted_total, expired_total, peak_active
 -- ARGV[1] minimum interval between two ticks (ms)
 -- ARGV[2] maximum entries evicted, expired or admitted per step
 --
@@ -109,6 +109,12 @@ if last > 0 and dt > 0 and dt < 60000 then
 end
 redis.call('HSET', KEYS[8], 'rate_ema', tostring(rate), 'rate_total_seen', total)
 
+-- The highest admitted count ever seen, so an audit can prove after the
+-- fact that max_active was never exceeded.
+local active = redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
+if active > tonumber(redis.call('HGET', KEYS[8], 'peak_active') or '0') then
+  redis.call('HSET', KEYS[8], 'peak_active', active)
+end
+
 return cjson.encode({ status = 'ticked', admitted = admitted, evicted = #idle, expired = #expired,
-                      waiting = redis.call('ZCARD', KEYS[2]),
-                      active = redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf'), rate = rate })
+                      waiting = redis.call('ZCARD', KEYS[2]), active = active, rate = rate })

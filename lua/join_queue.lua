@@ -9,7 +9,7 @@
 -- KEYS[6] users     hash: user -> entry
 -- KEYS[7] entries   hash: entry -> user
 -- KEYS[8] win       zset: entry -> admission time (ms), the last second only
--- KEYS[9] stats     hash: rate_ema, admitted_total, joined_total, ...
+-- KEYS[9] stats     hash: rate_ema, admitted_total, joined_total, peak_active, ...
 -- ARGV[1] user id
 --
 -- Returns (JSON):
@@ -90,6 +90,9 @@ if not paused and redis.call('ZCARD', KEYS[3]) == 0 then
     redis.call('ZADD', KEYS[5], deadline, entry)
     redis.call('ZADD', KEYS[8], now, entry)
     redis.call('HINCRBY', KEYS[9], 'admitted_total', 1)
+    if active + 1 > tonumber(redis.call('HGET', KEYS[9], 'peak_active') or '0') then
+      redis.call('HSET', KEYS[9], 'peak_active', active + 1)
+    end
     return reply('created', entry, 'admitted', { admitted_until = deadline })
   end
 end

@@ -8,7 +8,7 @@
 --
 -- Returns (JSON): {"status":"no_event"} or {"status":"ok","waiting":w,
 --   "admitted_now":a,"admitted_total":t,"joined_total":j,"evicted_total":e,
---   "expired_total":x,"left_total":l,"rate":r}
+--   "expired_total":x,"left_total":l,"rate":r,"peak_active":p}
 -- Read-only.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -16,7 +16,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local s = redis.call('HMGET', KEYS[4], 'admitted_total', 'joined_total', 'evicted_total', 'expired_total', 'left_total', 'rate_ema')
+local s = redis.call('HMGET', KEYS[4], 'admitted_total', 'joined_total', 'evicted_total', 'expired_total', 'left_total', 'rate_ema', 'peak_active')
 return cjson.encode({
   status = 'ok',
   waiting = redis.call('ZCARD', KEYS[2]),
@@ -27,4 +27,5 @@ return cjson.encode({
   expired_total = tonumber(s[4] or '0'),
   left_total = tonumber(s[5] or '0'),
   rate = tonumber(s[6] or '0'),
+  peak_active = tonumber(s[7] or '0'),
 })

@@ -8,6 +8,7 @@
 //! - [`http`]: the HTTP API, translating requests to domain calls.
 
 pub mod app;
+pub mod audit;
 pub mod background;
 pub mod catalog;
 pub mod config;

@@ -6,13 +6,60 @@ use std::process::ExitCode;
 use boxoffice::{app::Application, config::Config, telemetry};
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: boxoffice [serve [--demo]]\n\n  serve     run the HTTP service (default)\n  --demo    also load the demo event if it does not exist\n";
+const USAGE: &str = "usage: boxoffice [serve [--demo] | audit]\n\n  serve     run the HTTP service (default)\n  --demo    also load the demo event if it does not exist\n  audit     check the invariants in Redis and PostgreSQL; exit 1 on a violation\n";
+
+/// `boxoffice audit`: connects to both stores and checks the invariants.
+async fn audit(config: &Config) -> ExitCode {
+    let keys = boxoffice::store::keys::Keys::new(config.redis_prefix.clone());
+    let stores = async {
+        let redis = boxoffice::store::redis::Redis::connect(&config.redis_url, keys).await?;
+        let pg = boxoffice::store::pg::Pg::connect(&config.database_url).await?;
+        anyhow::Ok((redis, pg))
+    };
+    let report = match stores.await {
+        Ok((redis, pg)) => boxoffice::audit::run(&pg, &redis).await,
+        Err(e) => Err(e),
+    };
+    match report {
+        Ok(a) => {
+            for c in &a.checked {
+                println!("checked: {c}");
+            }
+            for v in &a.violations {
+                println!("VIOLATION: {v}");
+            }
+            println!("audit: {} violations", a.violations.len());
+            if a.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("boxoffice audit: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let demo = match args.as_slice() {
+        ["audit"] => {
+            return match Config::from_env() {
+                Ok(c) => audit(&c).await,
+                Err(e) => {
+                    eprintln!("boxoffice: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        ["audit", "--help" | "-h"] => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         [] | ["serve"] => false,
         ["serve", "--demo"] | ["--demo"] => true,
         ["-h" | "--help" | "help"] => {

@@ -274,6 +274,9 @@ pub struct Figures {
     /// Observed admissions per second (moving average over ~10 s).
     #[serde(rename(serialize = "admission_rate"))]
     pub rate: f64,
+    /// Highest number of admitted entries ever seen at once.
+    #[serde(default)]
+    pub peak_active: u64,
 }
 
 /// # Errors

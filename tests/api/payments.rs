@@ -513,3 +513,48 @@ async fn sales_report_and_outbox_stream() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
 }
+
+#[tokio::test]
+async fn the_audit_passes_after_sales_and_catches_corruption() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "olga").await;
+    app.charge("olga", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([4, 5])).await;
+    assert_eq!(
+        app.pay(&token, &hold, None).await.status,
+        StatusCode::CREATED
+    );
+
+    let a = boxoffice::audit::run(&app.state.pg, &app.state.redis)
+        .await
+        .unwrap();
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
+    assert_eq!(a.checked.len(), 5);
+
+    // Redis forgets a sold seat; a wallet drifts from its ledger.
+    let seats_key = format!(
+        "{}{{ev:e1}}:s:d1:seats",
+        app.settings.env["BOXOFFICE_REDIS_PREFIX"]
+    );
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["-u", &redis_url(), "HDEL", &seats_key, "4"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    sqlx::query("update wallets set balance = balance + 1 where user_id = 'olga'")
+        .execute(app.state.pg.pool())
+        .await
+        .unwrap();
+    let a = boxoffice::audit::run(&app.state.pg, &app.state.redis)
+        .await
+        .unwrap();
+    assert_eq!(a.violations.len(), 2, "{:?}", a.violations);
+    assert!(
+        a.violations
+            .iter()
+            .any(|v| v.contains("sold in PostgreSQL but not in Redis: [4]"))
+    );
+    assert!(a.violations.iter().any(|v| v.contains("wallet olga")));
+}
