@@ -20,7 +20,8 @@ deps: ## make sure Redis and PostgreSQL answer, create the database, write .deps
 run: deps ## serve on 127.0.0.1:8080 with a demo event loaded
 	. .deps/env && $(CARGO) run --bin boxoffice -- serve --demo
 
-test: deps ## run all tests against the services from `make deps`
+test: ## run all tests against real Redis and PostgreSQL (started if needed)
+	scripts/deps.sh --with-chromium
 	. .deps/env && $(CARGO) test --workspace $(CARGO_TEST_ARGS)
 
 lint: ## rustfmt check and clippy with warnings as errors

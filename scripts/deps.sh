@@ -350,6 +350,25 @@ else
     rm -f "$err"
 fi
 
+# ------------------------------------------------ Chromium (make test only)
+# The dashboard test renders the page in headless Chromium. `--with-chromium`
+# installs Debian's package when missing; without root the test skips with
+# a message instead of failing.
+if [[ ${1:-} == --with-chromium ]]; then
+    if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+        say "chromium: found ($(command -v chromium || command -v chromium-browser))"
+    elif can_apt; then
+        # Not fatal: without it only the dashboard test is skipped.
+        if (apt_install chromium); then
+            say "chromium: installed Debian's chromium for the dashboard test"
+        else
+            say "chromium: apt-get install chromium failed: the dashboard test will be skipped"
+        fi
+    else
+        say "chromium: not installed and no root/apt: the dashboard test will be skipped (apt-get install chromium)"
+    fi
+fi
+
 # ---------------------------------------------------------------- .deps/env
 {
     printf '# written by scripts/deps.sh; source it: . .deps/env\n'
