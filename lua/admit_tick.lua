@@ -17,7 +17,8 @@
 --
 -- Returns (JSON):
 --   {"status":"no_event"}
---   {"status":"skipped"}   another instance ticked less than ARGV[1] ago
+--   {"status":"skipped","waiting":w,"active":n,"rate":r}
+--                          another instance ticked less than ARGV[1] ago
 --   {"status":"ticked","admitted":a,"evicted":e,"expired":x,
 --    "waiting":w,"active":n,"rate":r}
 --
@@ -39,7 +40,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local last = tonumber(redis.call('HGET', KEYS[8], 'last_tick_ms') or '0')
 if now - last < min_interval then
-  return cjson.encode({ status = 'skipped' })
+  -- Still report the figures so every instance's gauges stay fresh.
+  return cjson.encode({ status = 'skipped', waiting = redis.call('ZCARD', KEYS[2]),
+                        active = redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf'),
+                        rate = tonumber(redis.call('HGET', KEYS[8], 'rate_ema') or '0') })
 end
 redis.call('HSET', KEYS[8], 'last_tick_ms', now)
 
@@ -98,12 +102,15 @@ end
 -- Observed admission rate: exponential moving average over ~10 s, in
 -- admissions per second, for ETAs. It counts every admission since the
 -- last tick (admitted_total), including joins admitted at once.
+-- The average starts from the configured rate (a prior that adapts down
+-- when capacity, not the rate, is the bottleneck) and is frozen while
+-- paused, so ETAs are sensible from the first second of a sale.
 local stats = redis.call('HMGET', KEYS[8], 'rate_ema', 'admitted_total', 'rate_total_seen')
-local rate = tonumber(stats[1] or '0')
+local rate = tonumber(stats[1] or admit_per_second)
 local total = tonumber(stats[2] or '0')
 local delta = total - tonumber(stats[3] or total)
 local dt = now - last
-if last > 0 and dt > 0 and dt < 60000 then
+if not paused and last > 0 and dt > 0 and dt < 60000 then
   local alpha = 1 - math.exp(-dt / 10000)
   rate = rate + alpha * (delta * 1000 / dt - rate)
 end

@@ -1,5 +1,7 @@
 //! `boxoffice audit`: checks the invariants against the live stores after
-//! a load test (or any time). Read-only; exits non-zero on any violation.
+//! a load test (or any time); exits non-zero on any violation. It changes
+//! nothing of substance: like `serve` it applies pending migrations, and
+//! reading a seat map expires due holds, as every read does.
 //!
 //! - no seat is sold twice (PostgreSQL payments);
 //! - every seat sold in PostgreSQL is `sold` in Redis, and Redis sells
@@ -7,7 +9,8 @@
 //! - every wallet's balance equals its ledger sum and is not negative;
 //! - seats sold never exceed seats offered;
 //! - the admitted count never exceeded `max_active` (peak kept by the
-//!   admission scripts).
+//!   admission scripts; compared with the current setting, so lowering
+//!   `max_active` after a sale can report a violation that was none).
 
 use std::collections::BTreeSet;
 

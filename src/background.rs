@@ -130,8 +130,7 @@ async fn admission_loop(state: AppState, shutdown: CancellationToken) {
         }
         for event in &events {
             match queue::tick(&state.redis, event, min_interval_ms).await {
-                Ok(t) if t.status == "ticked" => record_tick(event, &t),
-                Ok(_) => {}
+                Ok(t) => record_tick(event, &t),
                 Err(e) => tracing::debug!(%event, error = %e, "admission tick failed"),
             }
         }
@@ -140,6 +139,9 @@ async fn admission_loop(state: AppState, shutdown: CancellationToken) {
 }
 
 fn record_tick(event: &EventId, t: &queue::Tick) {
+    if t.status == "no_event" {
+        return;
+    }
     let ev = event.to_string();
     metrics::counter!("boxoffice_queue_admissions_total", "event" => ev.clone())
         .increment(t.admitted);

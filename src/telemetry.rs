@@ -125,7 +125,21 @@ pub fn register_metrics() {
     }
     metrics::counter!("boxoffice_holds_released_total").increment(0);
     metrics::counter!("boxoffice_holds_expired_total", "state" => "held").increment(0);
-    metrics::counter!("boxoffice_payments_total", "outcome" => "paid").increment(0);
+    for outcome in [
+        "paid",
+        "insufficient_funds",
+        "hold_expired",
+        "hold_already_paid",
+        "request_in_progress",
+        "dependency_unavailable",
+        "internal_error",
+    ] {
+        metrics::counter!("boxoffice_payments_total", "outcome" => outcome).increment(0);
+    }
+    for dep in ["redis", "postgres"] {
+        metrics::counter!("boxoffice_circuit_opened_total", "dependency" => dep).increment(0);
+    }
+    metrics::counter!("boxoffice_holds_total", "outcome" => "error").increment(0);
     metrics::counter!("boxoffice_wallet_charges_total", "outcome" => "ok").increment(0);
     metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "payment_finished")
         .increment(0);

@@ -174,13 +174,20 @@ pub async fn place(
         ),
         HoldRequest::Count(n) => ("count", n.to_string()),
     };
-    let raw = redis
+    let raw = match redis
         .run(
             &redis::PLACE_HOLD,
             keys,
             vec![user.to_string(), mode.into(), arg],
         )
-        .await?;
+        .await
+    {
+        Ok(raw) => raw,
+        Err(e) => {
+            metrics::counter!("boxoffice_holds_total", "outcome" => "error").increment(1);
+            return Err(e.into());
+        }
+    };
     let r: Reply = decode("place_hold", &raw)?;
     count_expired(&r);
     let outcome = match r.status.as_str() {

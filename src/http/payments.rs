@@ -2,7 +2,6 @@
 
 use axum::{
     extract::{Path, State},
-    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use rust_decimal::Decimal;
@@ -15,7 +14,7 @@ use super::{
     auth::QueueToken,
     extract::{ApiJson, OptionalIdempotencyKey, ServiceKey},
     queue::event_in_path,
-    wallet::{Caller, claim_or_answer, user_in_path},
+    wallet::{Caller, claim_or_answer, replay, user_in_path},
 };
 use crate::{
     app::AppState,
@@ -180,12 +179,7 @@ pub async fn pay(
     match pay_once(&state, &claims, &hold, key.as_ref()).await {
         Ok(body) => {
             outcome("paid");
-            let mut resp = (StatusCode::CREATED, body).into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
+            replay(201, body)
         }
         Err(e) => {
             outcome(e.code());

@@ -66,7 +66,8 @@ pub fn user_in_path(raw: &str) -> ApiResult<UserId> {
     UserId::parse(raw).map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
-/// A stored response, replayed as it was first sent.
+/// A response whose JSON body is already rendered (and stored for replay):
+/// the first answer and every replay go through here, so they match.
 pub fn replay(status: u16, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     let ct = if status.is_success() {
@@ -91,7 +92,12 @@ pub async fn claim_or_answer(
 ) -> Result<(), Response> {
     match idempotency::claim(&state.pg, user, key, fp).await {
         Ok(Claim::Fresh) => Ok(()),
-        Ok(Claim::Replay { status, body }) => Err(replay(status, body)),
+        Ok(Claim::Replay { status, body }) => {
+            let mut resp = replay(status, body);
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Err(resp)
+        }
         Ok(Claim::InFlight) => Err(ApiError::RequestInProgress.into_response()),
         Ok(Claim::Mismatch) => Err(ApiError::IdempotencyKeyReused.into_response()),
         Err(e) => Err(ApiError::Dependency(e).into_response()),
@@ -161,12 +167,7 @@ pub async fn charge(
     match wallet::charge(&state.pg, &user, amount, key.as_ref()).await {
         Ok((_, body)) => {
             metrics::counter!("boxoffice_wallet_charges_total", "outcome" => "ok").increment(1);
-            let mut resp = (StatusCode::CREATED, body).into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
+            replay(201, body)
         }
         Err(e) => {
             metrics::counter!("boxoffice_wallet_charges_total", "outcome" => "error").increment(1);

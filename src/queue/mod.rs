@@ -146,27 +146,32 @@ pub async fn join(redis: &Redis, event: &EventId, user: &UserId) -> Result<Joine
     }
 }
 
-/// The entry's current state; also the heartbeat that keeps it alive.
-///
-/// # Errors
-/// Unknown event, gone entry, or Redis unavailable.
-pub async fn status(redis: &Redis, claims: &QueueClaims) -> Result<EntryView, QueueError> {
-    let k = redis.keys().event(&claims.event);
-    let keys = vec![
-        k.config(),
+/// The keys `queue_status` (after `cfg`) and `leave_queue` take, in order.
+fn entry_keys(k: &EventKeys) -> Vec<String> {
+    vec![
         k.queue_waiting(),
         k.queue_seen(),
         k.queue_admitted(),
         k.queue_users(),
         k.queue_entries(),
         k.queue_stats(),
-    ];
+    ]
+}
+
+fn entry_args(claims: &QueueClaims) -> Vec<String> {
+    vec![claims.entry.to_string(), claims.user.to_string()]
+}
+
+/// The entry's current state; also the heartbeat that keeps it alive.
+///
+/// # Errors
+/// Unknown event, gone entry, or Redis unavailable.
+pub async fn status(redis: &Redis, claims: &QueueClaims) -> Result<EntryView, QueueError> {
+    let k = redis.keys().event(&claims.event);
+    let mut keys = vec![k.config()];
+    keys.extend(entry_keys(&k));
     let raw = redis
-        .run(
-            &redis::QUEUE_STATUS,
-            keys,
-            vec![claims.entry.to_string(), claims.user.to_string()],
-        )
+        .run(&redis::QUEUE_STATUS, keys, entry_args(claims))
         .await?;
     let r: Reply = decode("queue_status", &raw)?;
     match r.status.as_str() {
@@ -186,21 +191,9 @@ pub async fn status(redis: &Redis, claims: &QueueClaims) -> Result<EntryView, Qu
 /// # Errors
 /// Redis unavailable.
 pub async fn leave(redis: &Redis, claims: &QueueClaims) -> Result<bool, QueueError> {
-    let k = redis.keys().event(&claims.event);
-    let keys = vec![
-        k.queue_waiting(),
-        k.queue_seen(),
-        k.queue_admitted(),
-        k.queue_users(),
-        k.queue_entries(),
-        k.queue_stats(),
-    ];
+    let keys = entry_keys(&redis.keys().event(&claims.event));
     let raw = redis
-        .run(
-            &redis::LEAVE_QUEUE,
-            keys,
-            vec![claims.entry.to_string(), claims.user.to_string()],
-        )
+        .run(&redis::LEAVE_QUEUE, keys, entry_args(claims))
         .await?;
     let r: Reply = decode("leave_queue", &raw)?;
     Ok(r.status == "left")

@@ -13,7 +13,7 @@ use std::{
 
 use super::Dependency;
 
-pub const FAILURES_TO_OPEN: u32 = 3;
+pub const FAILURES_TO_OPEN: u32 = 5;
 pub const COOL_DOWN: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]

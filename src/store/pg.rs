@@ -63,7 +63,7 @@ impl Pg {
         let pool = PgPoolOptions::new()
             .max_connections(24)
             .min_connections(1)
-            .acquire_timeout(Duration::from_millis(1_000))
+            .acquire_timeout(Duration::from_millis(2_000))
             .connect_with(opts)
             .await
             .map_err(|e| unavailable(e.to_string()))?;

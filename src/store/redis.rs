@@ -25,7 +25,7 @@ use super::{Dependency, StoreError, breaker::Breaker, keys::Keys};
 use std::sync::Arc;
 
 /// Upper bound of one Redis call, on top of fred's own command timeout.
-const CALL_TIMEOUT: Duration = Duration::from_millis(800);
+const CALL_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// Pool size: 2–4 multiplexed connections was the measured sweet spot.
 const POOL_SIZE: usize = 4;
 
@@ -140,7 +140,7 @@ impl Redis {
                 c.max_command_attempts = 1;
                 c.tcp.nodelay = Some(true);
             })
-            .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(500))
+            .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(900))
             // Reconnect forever, 50 ms doubling to 1 s: a returning Redis is
             // picked up within about a second.
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))

@@ -84,6 +84,27 @@ async fn postgres_outage_is_a_fast_503_while_the_queue_keeps_working() {
     let token = r.body["token"].as_str().unwrap().to_owned();
     assert_eq!(app.status(&token).await.status, StatusCode::OK);
     assert_eq!(app.get("/v1/events").await.status, StatusCode::OK);
+    // Holds don't either; the wallet does, and answers 503.
+    let r = app
+        .send(Req {
+            method: reqwest::Method::POST,
+            path: "/v1/holds",
+            body: Some(serde_json::json!({"schedule_id": "d1", "count": 2})),
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {token}"))],
+        })
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .send(Req {
+            method: reqwest::Method::GET,
+            path: "/v1/users/u1/wallet",
+            body: None,
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {token}"))],
+        })
+        .await;
+    r.assert_problem(503, "dependency_unavailable");
 
     proxy.restore();
     let back = eventually(Duration::from_secs(10), || async {

@@ -109,7 +109,7 @@ async fn poll_interval_grows_with_position() {
     let app = spawn_app().await;
     app.simple_event(
         "e1",
-        json!({"admit_per_second": 2, "max_active": 1, "active_ttl_seconds": 600, "idle_timeout_seconds": 600, "paused": true}),
+        json!({"admit_per_second": 2, "max_active": 10000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600}),
         10,
         60,
         4,
@@ -118,9 +118,18 @@ async fn poll_interval_grows_with_position() {
     for i in 0..300 {
         assert!(app.join("e1", &format!("u{i}")).await.status.is_success());
     }
-    app.patch_queue("e1", json!({"paused": false, "max_active": 1}))
-        .await;
-    let near = app.join("e1", "u1").await;
+    // Rejoining returns each user's place with fresh pacing; the head of
+    // the line is the first user still waiting.
+    let mut near = None;
+    for i in 0..300 {
+        let r = app.join("e1", &format!("u{i}")).await;
+        if r.body["status"] == "waiting" {
+            near = Some(r);
+            break;
+        }
+    }
+    let near = near.expect("someone is still waiting");
+    assert_eq!(near.body["position"], 1, "{}", near.text);
     let far = app.join("e1", "u299").await;
     let (n, f) = (
         near.body["poll_after_ms"].as_u64().unwrap(),
@@ -128,10 +137,16 @@ async fn poll_interval_grows_with_position() {
     );
     assert!(
         (1000..=2000).contains(&n),
-        "near the head polls about every second: {n}"
+        "near the head polls about every second: {n} ({})",
+        near.text
     );
     assert!(f > n && f <= 15_000, "far back polls less often: {f}");
-    assert!(far.body["eta_seconds"].as_u64().unwrap() > near.body["eta_seconds"].as_u64().unwrap());
+    let (ne, fe) = (
+        near.body["eta_seconds"].as_u64().unwrap(),
+        far.body["eta_seconds"].as_u64().unwrap(),
+    );
+    assert!(ne <= 2, "about position / 2 per second: {ne}");
+    assert!(fe >= 60, "far back waits minutes at 2 per second: {fe}");
 }
 
 #[tokio::test]
