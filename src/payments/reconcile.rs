@@ -118,6 +118,7 @@ pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
         report.events_loaded += 1;
     }
     let mut after: Option<Uuid> = None;
+    let mut replayed: Vec<Uuid> = Vec::new();
     loop {
         let rows: Vec<Sold> = state
             .pg
@@ -136,12 +137,17 @@ pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
         for p in &rows {
             replay(state, p, false, &mut report).await?;
             report.payments_replayed += 1;
+            replayed.push(p.payment_id);
         }
     }
+    // Only the payments replayed above: one committed during the rebuild
+    // must keep `redis_confirmed = false` until its own step 3 (or the
+    // reconciler) has run.
     state
         .pg
         .guard(
-            sqlx::query(r"update payments set redis_confirmed = true where not redis_confirmed")
+            sqlx::query(r"update payments set redis_confirmed = true where payment_id = any($1) and not redis_confirmed")
+                .bind(&replayed)
                 .execute(state.pg.pool()),
         )
         .await?;

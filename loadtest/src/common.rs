@@ -1,0 +1,275 @@
+//! What every scenario shares: the run's context (set up once, read by all
+//! Goose users), unique ids, and one request helper.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use goose::prelude::*;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Ceiling,
+    Join,
+    Status,
+    Holds,
+    HotSeat,
+    Payment,
+    FlashSale,
+    PollStorm,
+}
+
+impl Scenario {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ceiling" => Self::Ceiling,
+            "join" => Self::Join,
+            "status" => Self::Status,
+            "holds" => Self::Holds,
+            "hot-seat" => Self::HotSeat,
+            "payment" => Self::Payment,
+            "flash-sale" => Self::FlashSale,
+            "poll-storm" => Self::PollStorm,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ceiling => "ceiling",
+            Self::Join => "join",
+            Self::Status => "status",
+            Self::Holds => "holds",
+            Self::HotSeat => "hot-seat",
+            Self::Payment => "payment",
+            Self::FlashSale => "flash-sale",
+            Self::PollStorm => "poll-storm",
+        }
+    }
+
+    pub fn default_host(self) -> &'static str {
+        match self {
+            Self::Ceiling => "http://127.0.0.1:18081",
+            _ => "http://127.0.0.1:18080",
+        }
+    }
+}
+
+/// Everything set up before the Goose users start.
+#[derive(Debug)]
+pub struct Ctx {
+    pub scenario: Scenario,
+    pub host: String,
+    /// Unique per run: prefixes event and user ids.
+    pub run: String,
+    pub service_key: String,
+    pub event: String,
+    pub schedules: Vec<String>,
+    /// Price of one seat, as the API writes it.
+    pub price: u64,
+    /// Seats of each schedule.
+    pub seats: u64,
+    /// poll-storm: signed tokens of entries deep in the queue.
+    pub tokens: Vec<String>,
+    /// flash-sale: buyers expected (Goose users).
+    pub buyers: u64,
+}
+
+impl Ctx {
+    pub fn new(scenario: Scenario, host: &str, service: &boxoffice::config::Config) -> Self {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let short = match scenario {
+            Scenario::Ceiling => "ce",
+            Scenario::Join => "jn",
+            Scenario::Status => "st",
+            Scenario::Holds => "ho",
+            Scenario::HotSeat => "hs",
+            Scenario::Payment => "pa",
+            Scenario::FlashSale => "fs",
+            Scenario::PollStorm => "ps",
+        };
+        let run = format!("lt{short}{ms}");
+        Self {
+            scenario,
+            host: host.trim_end_matches('/').to_owned(),
+            event: run.clone(),
+            run,
+            service_key: service.service_key.expose().to_owned(),
+            schedules: Vec::new(),
+            price: 1000,
+            seats: 0,
+            tokens: Vec::new(),
+            buyers: 0,
+        }
+    }
+}
+
+static CTX: OnceLock<Ctx> = OnceLock::new();
+
+pub fn install(ctx: Ctx) {
+    CTX.set(ctx).expect("context installed once");
+}
+
+pub fn ctx() -> &'static Ctx {
+    CTX.get().expect("context installed before the users start")
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A user id never used before in this run.
+pub fn fresh_user(kind: &str) -> String {
+    format!(
+        "{}-{kind}{}",
+        ctx().run,
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn report_dir() -> PathBuf {
+    std::env::var_os("LOADTEST_REPORT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/reports")))
+}
+
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// Credentials of one request.
+#[derive(Debug, Clone, Copy)]
+pub enum Auth<'a> {
+    None,
+    Bearer(&'a str),
+    ServiceKey,
+}
+
+/// Status and JSON body (`Null` when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    /// `Retry-After` (seconds) of a 429 or 503, in ms.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Reply {
+    pub fn str(&self, field: &str) -> Option<&str> {
+        self.body.get(field).and_then(Value::as_str)
+    }
+    pub fn u64(&self, field: &str) -> Option<u64> {
+        self.body.get(field).and_then(Value::as_u64)
+    }
+}
+
+pub fn fail(msg: impl Into<String>) -> Box<TransactionError> {
+    Box::new(TransactionError::Custom(msg.into()))
+}
+
+/// Sends one request through Goose (so it is measured under `name`) and
+/// reads the whole body. `expected` lists the statuses that count as a
+/// success: a non-2xx listed there is marked as a success, a 2xx not listed
+/// as a failure, so Goose's failure column means "not what the scenario
+/// expects".
+pub async fn call(
+    user: &mut GooseUser,
+    method: GooseMethod,
+    path: &str,
+    name: &str,
+    auth: Auth<'_>,
+    body: Option<&Value>,
+    expected: &[u16],
+) -> Result<Reply, Box<TransactionError>> {
+    let mut rb = user.get_request_builder(&method, path)?;
+    match auth {
+        Auth::None => {}
+        Auth::Bearer(t) => rb = rb.bearer_auth(t),
+        Auth::ServiceKey => rb = rb.header("x-api-key", ctx().service_key.as_str()),
+    }
+    if let Some(b) = body {
+        rb = rb.json(b);
+    }
+    let req = GooseRequest::builder()
+        .method(method)
+        .path(path)
+        .name(name)
+        .set_request_builder(rb)
+        .build();
+    let mut goose = user.request(req).await?;
+    let resp = match goose.response {
+        Ok(r) => r,
+        Err(e) => return Err(fail(format!("{name}: {e}"))),
+    };
+    let status = resp.status().as_u16();
+    let retry_after_ms = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| (s * 1000.0) as u64);
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| fail(format!("{name}: reading the body: {e}")))?;
+    let ok = expected.contains(&status);
+    if ok && !(200..300).contains(&status) {
+        user.set_success(&mut goose.request)?;
+    } else if !ok && (200..300).contains(&status) {
+        user.set_failure(
+            &format!("{name}: unexpected {status}"),
+            &mut goose.request,
+            None,
+            None,
+        )?;
+    }
+    Ok(Reply {
+        status,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        retry_after_ms,
+    })
+}
+
+pub async fn join(
+    user: &mut GooseUser,
+    user_id: &str,
+    name: &str,
+) -> Result<Reply, Box<TransactionError>> {
+    let path = format!("/v1/events/{}/queue", ctx().event);
+    let body = serde_json::json!({ "user_id": user_id });
+    call(
+        user,
+        GooseMethod::Post,
+        &path,
+        name,
+        Auth::None,
+        Some(&body),
+        &[200, 201],
+    )
+    .await
+}
+
+/// Joins and requires the entry to be admitted at once (open queues).
+pub async fn join_admitted(
+    user: &mut GooseUser,
+    user_id: &str,
+    name: &str,
+) -> Result<String, Box<TransactionError>> {
+    let r = join(user, user_id, name).await?;
+    match (r.str("status"), r.str("token")) {
+        (Some("admitted"), Some(t)) => Ok(t.to_owned()),
+        _ => Err(fail(format!(
+            "{name}: expected an admitted entry, got {} {}",
+            r.status, r.body
+        ))),
+    }
+}

@@ -1,0 +1,401 @@
+//! flash-sale: every Goose user is one buyer and runs one iteration.
+//!
+//! A buyer joins, polls `GET /v1/queue/status` honouring `poll_after_ms`
+//! until admitted, reads the schedules and (every other buyer) the seat map,
+//! holds 1 or 2 seats (explicit seats from the map, or `count`), charges
+//! their wallet with the hold's amount and pays. A buyer whose hold gets a
+//! 409 tries again with other seats at most 3 more times, then gives up and
+//! leaves the queue; so does a buyer admitted after the sell-out.
+//!
+//! Sold-out time runs from the first join to the payment that sold the last
+//! seat.
+
+use std::{
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use goose::prelude::*;
+use serde_json::{Map, Value, json};
+
+use crate::common::{Auth, Ctx, Reply, call, ctx, fresh_user};
+
+/// Retries after a lost hold, then the buyer gives up.
+const RETRIES: u32 = 3;
+/// No buyer waits longer than this in the queue (bounds the whole run).
+const MAX_WAIT: Duration = Duration::from_secs(180);
+
+static T0: OnceLock<Instant> = OnceLock::new();
+static SEATS_SOLD: AtomicU64 = AtomicU64::new(0);
+static BUYERS: AtomicU64 = AtomicU64::new(0);
+static ADMITTED: AtomicU64 = AtomicU64::new(0);
+static PAID: AtomicU64 = AtomicU64::new(0);
+static SOLD_OUT_MS: AtomicU64 = AtomicU64::new(0);
+static LAST_PAYMENT_MS: AtomicU64 = AtomicU64::new(0);
+static LAST_DONE_MS: AtomicU64 = AtomicU64::new(0);
+static HOLD_CONFLICTS: AtomicU64 = AtomicU64::new(0);
+static RETRIED_AND_BOUGHT: AtomicU64 = AtomicU64::new(0);
+static GAVE_UP_SOLD_OUT: AtomicU64 = AtomicU64::new(0);
+static GAVE_UP_RETRIES: AtomicU64 = AtomicU64::new(0);
+static EVICTED: AtomicU64 = AtomicU64::new(0);
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+static WAITS_MS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Like a real client: a 429 or 503 is tried again after its
+/// `Retry-After` (clamped to 0.2..2 s), at most this many times.
+const BUSY_RETRIES: u32 = 5;
+static BUSY_RETRIED: AtomicU64 = AtomicU64::new(0);
+
+/// [`call`] that waits out 429/503 answers and tries again.
+async fn send(
+    user: &mut GooseUser,
+    method: GooseMethod,
+    path: &str,
+    name: &str,
+    auth: Auth<'_>,
+    body: Option<&Value>,
+    expected: &[u16],
+) -> Result<Reply, Box<TransactionError>> {
+    let mut tries = 0;
+    loop {
+        let r = call(user, method, path, name, auth, body, expected).await?;
+        if !matches!(r.status, 429 | 503) || tries >= BUSY_RETRIES {
+            return Ok(r);
+        }
+        tries += 1;
+        bump(&BUSY_RETRIED);
+        let wait = r.retry_after_ms.unwrap_or(500).clamp(200, 2_000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+fn since_t0_ms() -> u64 {
+    T0.get().map_or(0, |t| t.elapsed().as_millis() as u64)
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+enum Outcome {
+    Bought { retried: bool },
+    SoldOut,
+    Retries,
+    Evicted,
+    Error,
+}
+
+pub async fn buyer(user: &mut GooseUser) -> TransactionResult {
+    T0.get_or_init(Instant::now);
+    bump(&BUYERS);
+    let outcome = buy(user).await;
+    match &outcome {
+        Ok(Outcome::Bought { retried }) => {
+            bump(&PAID);
+            if *retried {
+                bump(&RETRIED_AND_BOUGHT);
+            }
+        }
+        Ok(Outcome::SoldOut) => bump(&GAVE_UP_SOLD_OUT),
+        Ok(Outcome::Retries) => bump(&GAVE_UP_RETRIES),
+        Ok(Outcome::Evicted) => bump(&EVICTED),
+        Ok(Outcome::Error) | Err(_) => bump(&ERRORS),
+    }
+    LAST_DONE_MS.fetch_max(since_t0_ms(), Ordering::Relaxed);
+    outcome.map(|_| ())
+}
+
+async fn leave(user: &mut GooseUser, token: &str) -> Result<(), Box<TransactionError>> {
+    send(
+        user,
+        GooseMethod::Delete,
+        "/v1/queue",
+        "leave",
+        Auth::Bearer(token),
+        None,
+        &[204, 410],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
+    let c = ctx();
+    let idx = user.weighted_users_index as u64;
+    let id = fresh_user("f");
+    let mut want: u64 = if idx.is_multiple_of(3) { 2 } else { 1 };
+    let explicit = idx.is_multiple_of(2);
+    let schedule = c.schedules[0].as_str();
+
+    // Queue.
+    let joined = Instant::now();
+    let join_path = format!("/v1/events/{}/queue", c.event);
+    let join_body = json!({ "user_id": id });
+    let r = send(
+        user,
+        GooseMethod::Post,
+        &join_path,
+        "join",
+        Auth::None,
+        Some(&join_body),
+        &[200, 201],
+    )
+    .await?;
+    let Some(token) = r.str("token").map(str::to_owned) else {
+        return Ok(Outcome::Error);
+    };
+    let mut last = r;
+    while last.str("status") == Some("waiting") {
+        if joined.elapsed() > MAX_WAIT {
+            leave(user, &token).await?;
+            return Ok(Outcome::Error);
+        }
+        let wait = last
+            .u64("poll_after_ms")
+            .unwrap_or(1_000)
+            .clamp(100, 15_000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let r = send(
+            user,
+            GooseMethod::Get,
+            "/v1/queue/status",
+            "status",
+            Auth::Bearer(&token),
+            None,
+            &[200],
+        )
+        .await?;
+        match r.status {
+            200 => last = r,
+            410 => return Ok(Outcome::Evicted),
+            _ => {} // 429/503: poll again after the same pause
+        }
+    }
+    if last.str("status") != Some("admitted") {
+        return Ok(Outcome::Error);
+    }
+    bump(&ADMITTED);
+    WAITS_MS
+        .lock()
+        .expect("lock")
+        .push(joined.elapsed().as_millis() as u64);
+
+    // Shop.
+    let path = format!("/v1/events/{}/schedules", c.event);
+    let r = send(
+        user,
+        GooseMethod::Get,
+        &path,
+        "schedules",
+        Auth::Bearer(&token),
+        None,
+        &[200],
+    )
+    .await?;
+    let available = r.body["schedules"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["schedule_id"] == schedule))
+        .and_then(|s| s["seats_available"].as_u64())
+        .unwrap_or(0);
+    if r.status != 200 {
+        return Ok(Outcome::Error);
+    }
+    if available == 0 {
+        leave(user, &token).await?;
+        return Ok(Outcome::SoldOut);
+    }
+
+    let mut attempt = 0;
+    let hold = loop {
+        let body = if explicit || attempt > 0 {
+            // Read the map (again, after a lost race) and pick free seats.
+            let path = format!("/v1/events/{}/schedules/{schedule}/seats", c.event);
+            let r = send(
+                user,
+                GooseMethod::Get,
+                &path,
+                "seat-map",
+                Auth::Bearer(&token),
+                None,
+                &[200],
+            )
+            .await?;
+            if r.status != 200 {
+                return Ok(Outcome::Error);
+            }
+            let free = free_seats(&r);
+            if free.is_empty() {
+                leave(user, &token).await?;
+                return Ok(Outcome::SoldOut);
+            }
+            want = want.min(free.len() as u64);
+            json!({ "schedule_id": schedule, "seats": pick(&free, want as usize) })
+        } else {
+            json!({ "schedule_id": schedule, "count": want })
+        };
+        let r = send(
+            user,
+            GooseMethod::Post,
+            "/v1/holds",
+            "hold",
+            Auth::Bearer(&token),
+            Some(&body),
+            &[201, 409],
+        )
+        .await?;
+        match r.status {
+            201 => break r,
+            409 => {
+                bump(&HOLD_CONFLICTS);
+                attempt += 1;
+                if attempt > RETRIES {
+                    leave(user, &token).await?;
+                    return Ok(Outcome::Retries);
+                }
+            }
+            _ => {
+                leave(user, &token).await?;
+                return Ok(Outcome::Error);
+            }
+        }
+    };
+    let hold_id = hold.str("hold_id").unwrap_or_default().to_owned();
+    let amount = hold.str("amount").unwrap_or("0").to_owned();
+    let seats = hold.body["seats"].as_array().map_or(0, Vec::len) as u64;
+
+    // Pay.
+    let path = format!("/v1/users/{id}/wallet/charges");
+    let r = send(
+        user,
+        GooseMethod::Post,
+        &path,
+        "charge",
+        Auth::ServiceKey,
+        Some(&json!({ "amount": amount })),
+        &[201],
+    )
+    .await?;
+    if r.status != 201 {
+        return Ok(Outcome::Error);
+    }
+    let r = send(
+        user,
+        GooseMethod::Post,
+        "/v1/payments",
+        "pay",
+        Auth::Bearer(&token),
+        Some(&json!({ "hold_id": hold_id })),
+        &[201, 409],
+    )
+    .await?;
+    // 409 hold_already_paid: an earlier attempt was committed but its
+    // answer was lost (a 503 after the commit); the seats are this buyer's.
+    let paid = r.status == 201 || r.str("code") == Some("hold_already_paid");
+    if !paid {
+        if r.status == 409 {
+            user_failure_note(&r);
+        }
+        return Ok(Outcome::Error);
+    }
+    let now = since_t0_ms();
+    LAST_PAYMENT_MS.fetch_max(now, Ordering::Relaxed);
+    let sold = SEATS_SOLD.fetch_add(seats, Ordering::Relaxed) + seats;
+    if sold >= c.seats {
+        let _ = SOLD_OUT_MS.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    Ok(Outcome::Bought {
+        retried: attempt > 0,
+    })
+}
+
+/// A 409 other than hold_already_paid on a payment is unexpected.
+fn user_failure_note(r: &Reply) {
+    eprintln!("flash-sale: payment answered {} {}", r.status, r.body);
+}
+
+fn free_seats(map: &Reply) -> Vec<u64> {
+    map.body["seats"]
+        .as_array()
+        .map(|seats| {
+            seats
+                .iter()
+                .filter(|s| s["status"] == "available")
+                .filter_map(|s| s["seat_no"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `n` seats side by side from a random free seat on (adjacent when the
+/// map allows; a real client picks near the best ones, so races happen).
+fn pick(free: &[u64], n: usize) -> Vec<u64> {
+    // Buyers crowd the front: pick among the first quarter of free seats.
+    let n = n.min(free.len());
+    let span = (free.len() / 4).max(1);
+    let start = rand::random_range(0..span).min(free.len() - n);
+    free[start..start + n].to_vec()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+pub async fn finish(c: &Ctx, extra: &mut Map<String, Value>) {
+    let mut waits = WAITS_MS.lock().expect("lock").clone();
+    waits.sort_unstable();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let sold_out = load(&SOLD_OUT_MS);
+    let figures = [
+        ("buyers", c.buyers.max(load(&BUYERS))),
+        ("buyers_started", load(&BUYERS)),
+        ("seats", c.seats),
+        ("seats_sold", load(&SEATS_SOLD)),
+        ("admitted", load(&ADMITTED)),
+        ("payments", load(&PAID)),
+        ("bought_after_retry", load(&RETRIED_AND_BOUGHT)),
+        ("hold_conflicts", load(&HOLD_CONFLICTS)),
+        ("gave_up_sold_out", load(&GAVE_UP_SOLD_OUT)),
+        ("gave_up_after_retries", load(&GAVE_UP_RETRIES)),
+        ("evicted", load(&EVICTED)),
+        ("errors", load(&ERRORS)),
+        ("busy_retries", load(&BUSY_RETRIED)),
+        ("last_payment_ms", load(&LAST_PAYMENT_MS)),
+        ("all_done_ms", load(&LAST_DONE_MS)),
+        ("queue_wait_p50_ms", percentile(&waits, 0.50)),
+        ("queue_wait_p99_ms", percentile(&waits, 0.99)),
+        ("queue_wait_max_ms", waits.last().copied().unwrap_or(0)),
+    ];
+    for (k, v) in figures {
+        extra.insert(k.into(), v.into());
+    }
+    extra.insert(
+        "sold_out_ms".into(),
+        if sold_out > 0 {
+            sold_out.into()
+        } else {
+            Value::Null
+        },
+    );
+    // The service's own view, to cross-check seats sold and revenue.
+    match crate::setup::admin(
+        c,
+        reqwest::Method::GET,
+        &format!("/v1/admin/events/{}", c.event),
+        None,
+    )
+    .await
+    {
+        Ok(v) => {
+            extra.insert("admin_live".into(), v["live"].clone());
+            extra.insert("admin_schedules".into(), v["schedules"].clone());
+        }
+        Err(e) => eprintln!("flash-sale: admin figures: {e:#}"),
+    }
+}

@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# The whole benchmark in one run (`make bench`), then docs/BENCHMARKS.md.
+#
+# 1. builds the release binaries (service, load test, ceiling server);
+# 2. creates a fresh database and a fresh Redis key prefix, starts the
+#    service (rate limits off) and the `ceiling` server (axum + one EVALSHA);
+# 3. runs every Goose scenario at a fixed size (BENCH_USERS users,
+#    BENCH_SECONDS each), the flash sale (BENCH_BUYERS buyers for
+#    BENCH_SEATS seats), then `redis-benchmark` on the real place_hold script
+#    and on ZRANK, and `pgbench` on the payment transaction;
+# 4. runs `boxoffice audit` after the flash sale when the binary has it;
+# 5. writes docs/BENCHMARKS.md and docs/bench/throughput.svg
+#    (scripts/bench_report.py), raw results in loadtest/reports/bench-<ts>/;
+# 6. stops what it started, drops its database and deletes its Redis keys
+#    (SCAN + DEL by prefix), also on failure or Ctrl-C.
+#
+# Only 127.0.0.1 is targeted, every step is bounded in time. Never FLUSHes.
+#
+# Inputs (all optional): REDIS_URL (redis://127.0.0.1:6379), DATABASE_URL
+# (its server is used; the database name is replaced by a fresh one),
+# BENCH_USERS (64), BENCH_SECONDS (15), BENCH_BUYERS (5000), BENCH_SEATS
+# (1500), BENCH_ADMIT (1000 per second), BENCH_MAX_ACTIVE (1000),
+# BENCH_WAITING (100000), BENCH_PORT (18080), CEILING_PORT (18081),
+# BENCH_SKIP_BUILD=1 (use the binaries in target/release as they are).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
+USERS="${BENCH_USERS:-64}"
+SECS="${BENCH_SECONDS:-15}"
+BUYERS="${BENCH_BUYERS:-5000}"
+SEATS="${BENCH_SEATS:-1500}"
+ADMIT="${BENCH_ADMIT:-1000}"
+MAX_ACTIVE="${BENCH_MAX_ACTIVE:-1000}"
+WAITING="${BENCH_WAITING:-100000}"
+PORT="${BENCH_PORT:-18080}"
+CPORT="${CEILING_PORT:-18081}"
+
+TS="$(date +%s)"
+STARTED="$(date +%s.%N)"
+DB="bx_bench_$TS"
+PREFIX="bench-$TS:"
+OUT="$ROOT/loadtest/reports/bench-$TS"
+SERVICE_KEY="bench-key"
+TOKEN_SECRET="bench-token-secret-$TS"
+HOST="http://127.0.0.1:$PORT"
+CHOST="http://127.0.0.1:$CPORT"
+
+case "$REDIS_URL" in
+    redis://127.0.0.1* | redis://localhost* | redis://\[::1\]*) ;;
+    *) echo "bench: REDIS_URL must point at this machine (127.0.0.1), got $REDIS_URL" >&2; exit 2 ;;
+esac
+case "$DATABASE_URL" in
+    postgres*://*@127.0.0.1* | postgres*://*@localhost* | postgres*://127.0.0.1* | postgres*://localhost*) ;;
+    *) echo "bench: DATABASE_URL must point at this machine (127.0.0.1)" >&2; exit 2 ;;
+esac
+PG_BASE="${DATABASE_URL%%\?*}"
+PG_BASE="${PG_BASE%/*}"
+ADMIN_URL="$PG_BASE/postgres"
+BENCH_DB_URL="$PG_BASE/$DB"
+
+mkdir -p "$OUT"
+say() { printf '[bench %4ds] %s\n' "$(($(date +%s) - TS))" "$*"; }
+rcli() { redis-cli -u "$REDIS_URL" "$@"; }
+# Every command that produces a figure is logged verbatim for the report.
+note() { printf '%s\n' "$*" >>"$OUT/commands.txt"; }
+
+SERVICE_PID=""
+CEILING_PID=""
+DB_CREATED=0
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "$SERVICE_PID" "$CEILING_PID"; do
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    local n
+    n="$(rcli --scan --pattern "${PREFIX}*" 2>/dev/null | tee "$OUT/.keys" | wc -l)" || n=0
+    if [[ $n -gt 0 ]]; then
+        xargs -r -d '\n' -n 500 redis-cli -u "$REDIS_URL" unlink <"$OUT/.keys" >/dev/null || true
+    fi
+    rm -f "$OUT/.keys"
+    if [[ $DB_CREATED -eq 1 ]]; then
+        psql -X -q "$ADMIN_URL" -c "drop database if exists \"$DB\" with (force)" >/dev/null 2>&1 ||
+            echo "bench: could not drop database $DB" >&2
+    fi
+    say "cleaned up: stopped service and ceiling server, deleted $n Redis keys under '$PREFIX', dropped $DB"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_http() { # URL SECONDS
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do
+        curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# ------------------------------------------------------------------ build
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+    say "building release binaries (cargo build --release -p boxoffice -p loadtest)"
+    cargo build --release -p boxoffice -p loadtest
+fi
+BUILT="$(date +%s.%N)"
+BX="$ROOT/target/release/boxoffice"
+LT="$ROOT/target/release/loadtest"
+CEIL="$ROOT/target/release/ceiling"
+for b in "$BX" "$LT" "$CEIL"; do [[ -x $b ]] || { echo "bench: $b missing" >&2; exit 1; }; done
+command -v pgbench >/dev/null || {
+    say "pgbench missing: apt-get install -y postgresql-contrib"
+    apt-get install -y postgresql-contrib >/dev/null
+}
+for tool in redis-cli redis-benchmark psql curl python3; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
+done
+port_free "$PORT" || { echo "bench: port $PORT is in use (set BENCH_PORT)" >&2; exit 1; }
+port_free "$CPORT" || { echo "bench: port $CPORT is in use (set CEILING_PORT)" >&2; exit 1; }
+
+# ------------------------------------------------------------- machine
+{
+    echo "nproc=$(nproc)"
+    echo "cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)"
+    echo "mem_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
+    echo "kernel=$(uname -sr)"
+    echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "redis=$(rcli info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p')"
+    echo "postgres=$(psql -X -tA "$ADMIN_URL" -c 'show server_version')"
+    echo "rustc=$(rustc --version)"
+    echo "git=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+dirty')"
+    echo "users=$USERS"
+    echo "seconds=$SECS"
+    echo "buyers=$BUYERS"
+    echo "seats=$SEATS"
+    echo "waiting=$WAITING"
+    echo "ts=$TS"
+} >"$OUT/machine.txt"
+
+# ------------------------------------------------------------- services
+psql -X -q -v ON_ERROR_STOP=1 "$ADMIN_URL" -c "create database \"$DB\""
+DB_CREATED=1
+say "database $DB, Redis prefix '$PREFIX', raw results in ${OUT#"$ROOT"/}"
+
+export REDIS_URL BOXOFFICE_REDIS_PREFIX="$PREFIX" BOXOFFICE_SERVICE_KEY="$SERVICE_KEY" BOXOFFICE_TOKEN_SECRET="$TOKEN_SECRET"
+export LOADTEST_REPORT_DIR="$OUT"
+note "export REDIS_URL=$REDIS_URL BOXOFFICE_REDIS_PREFIX=$PREFIX BOXOFFICE_SERVICE_KEY=$SERVICE_KEY BOXOFFICE_TOKEN_SECRET=$TOKEN_SECRET LOADTEST_REPORT_DIR=${OUT#"$ROOT"/}"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+SERVICE_ENV=(BOXOFFICE_ADDR="127.0.0.1:$PORT" DATABASE_URL="$BENCH_DB_URL" REDIS_URL="$REDIS_URL"
+    BOXOFFICE_REDIS_PREFIX="$PREFIX" BOXOFFICE_RATE_PER_IP=0 BOXOFFICE_RATE_PER_TOKEN=0 RUST_LOG=warn
+    BOXOFFICE_SERVICE_KEY="$SERVICE_KEY" BOXOFFICE_TOKEN_SECRET="$TOKEN_SECRET")
+note "env ${SERVICE_ENV[*]} ./target/release/boxoffice serve"
+env "${SERVICE_ENV[@]}" "$BX" serve >"$OUT/service.log" 2>&1 &
+SERVICE_PID=$!
+note "CEILING_ADDR=127.0.0.1:$CPORT REDIS_URL=$REDIS_URL BOXOFFICE_REDIS_PREFIX=$PREFIX ./target/release/ceiling"
+CEILING_ADDR="127.0.0.1:$CPORT" "$CEIL" >"$OUT/ceiling.log" 2>&1 &
+CEILING_PID=$!
+wait_http "$HOST/readyz" 60 || { tail -n 30 "$OUT/service.log" >&2; echo "bench: service not ready" >&2; exit 1; }
+wait_http "$CHOST/ceiling" 20 || { tail -n 30 "$OUT/ceiling.log" >&2; echo "bench: ceiling not ready" >&2; exit 1; }
+say "service (pid $SERVICE_PID) on $HOST, ceiling (pid $CEILING_PID) on $CHOST"
+
+# ------------------------------------------------------------ scenarios
+lt() { # SCENARIO GOOSE-ARGS...
+    local name=$1
+    shift
+    note "${LT_ENV:-}./target/release/loadtest $name $*"
+    say "goose: $name $*"
+    if ! timeout 400 "$LT" "$name" "$@" >"$OUT/$name.log" 2>&1; then
+        tail -n 40 "$OUT/$name.log" >&2
+        echo "bench: scenario $name failed (log: $OUT/$name.log)" >&2
+        return 1
+    fi
+    sed -n '/^== /,/^loadtest: wrote/p' "$OUT/$name.log" | grep -v '^loadtest: wrote' | head -n 30 || true
+}
+STEADY=(-u "$USERS" -r "$USERS" -t "${SECS}s")
+lt ceiling --host "$CHOST" "${STEADY[@]}"
+lt status --host "$HOST" "${STEADY[@]}"
+lt join --host "$HOST" "${STEADY[@]}"
+lt holds --host "$HOST" "${STEADY[@]}"
+lt hot-seat --host "$HOST" "${STEADY[@]}"
+lt payment --host "$HOST" "${STEADY[@]}"
+LT_ENV="LOADTEST_WAITING=$WAITING " LOADTEST_WAITING="$WAITING" lt poll-storm --host "$HOST" "${STEADY[@]}"
+LT_ENV="LOADTEST_SEATS=$SEATS LOADTEST_ADMIT_PER_SECOND=$ADMIT LOADTEST_MAX_ACTIVE=$MAX_ACTIVE " \
+    LOADTEST_SEATS="$SEATS" LOADTEST_ADMIT_PER_SECOND="$ADMIT" LOADTEST_MAX_ACTIVE="$MAX_ACTIVE" \
+    lt flash-sale --host "$HOST" -u "$BUYERS" -r 2000
+
+# ---------------------------------------------------------------- audit
+if "$BX" audit --help >/dev/null 2>&1; then
+    say "boxoffice audit (after the flash sale)"
+    note "env ${SERVICE_ENV[*]} ./target/release/boxoffice audit"
+    set +e
+    env "${SERVICE_ENV[@]}" timeout 120 "$BX" audit >"$OUT/audit.log" 2>&1
+    echo "$?" >"$OUT/audit.rc"
+    set -e
+    say "audit exit code $(cat "$OUT/audit.rc")"
+else
+    say "audit: skipped: '$BX audit --help' fails (the service has no audit subcommand yet)"
+    echo "skipped" >"$OUT/audit.rc"
+fi
+
+# ------------------------------------------------------ redis-benchmark
+# place_hold exactly as the service sends it: lua/lib/schedule.lua, a
+# newline, lua/place_hold.lua (src/store/redis.rs), on a schedule created
+# through the admin API (so its keys are the real ones), one seat per call.
+RB_EVENT="rb$TS"
+curl -fsS -o /dev/null -H "x-api-key: $SERVICE_KEY" -H 'content-type: application/json' "$HOST/v1/admin/events" -d "{
+  \"event_id\":\"$RB_EVENT\",\"name\":\"redis-benchmark\",
+  \"queue\":{\"admit_per_second\":1000,\"max_active\":1000,\"active_ttl_seconds\":600,\"idle_timeout_seconds\":600,\"paused\":true},
+  \"schedules\":[
+    {\"schedule_id\":\"p1\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100},
+    {\"schedule_id\":\"p16\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}]}"
+{ cat lua/lib/schedule.lua; printf '\n'; cat lua/place_hold.lua; } >"$OUT/place_hold.full.lua"
+SHA="$(rcli -x script load <"$OUT/place_hold.full.lua")"
+note "{ cat lua/lib/schedule.lua; printf '\\n'; cat lua/place_hold.lua; } | redis-cli -u $REDIS_URL -x script load   # -> $SHA; schedules p1, p16 of event $RB_EVENT created through POST /v1/admin/events (100000 seats, max_per_user 100)"
+rb_keys() { # SCHEDULE -> the 8 KEYS of place_hold
+    local k="${PREFIX}{ev:$RB_EVENT}"
+    printf '%s ' "$k:s:$1:cfg" "$k:s:$1:seats" "$k:s:$1:map" "$k:s:$1:holds" "$k:s:$1:dl" "$k:s:$1:uheld" "$k:s:$1:ubought" "$k:hold:seq"
+}
+rb() { # NAME REDIS-BENCHMARK-ARGS...
+    local name=$1
+    shift
+    note "redis-benchmark -u $REDIS_URL $*"
+    say "redis-benchmark: $name"
+    timeout 120 redis-benchmark -u "$REDIS_URL" --csv "$@" >"$OUT/rb-$name.csv" 2>"$OUT/rb-$name.err"
+    tail -n 1 "$OUT/rb-$name.csv"
+}
+# shellcheck disable=SC2046 # the keys are words on purpose
+rb place_hold -c "$USERS" -n 60000 -r 1000000 EVALSHA "$SHA" 8 $(rb_keys p1) u__rand_int__ count 1
+# shellcheck disable=SC2046
+rb place_hold_p16 -c "$USERS" -P 16 -n 60000 -r 1000000 EVALSHA "$SHA" 8 $(rb_keys p16) u__rand_int__ count 1
+for s in p1 p16; do
+    printf '%s ' "$s" >>"$OUT/rb-place_hold.check"
+    rcli hget "${PREFIX}{ev:$RB_EVENT}:s:$s:cfg" held >>"$OUT/rb-place_hold.check"
+done
+# ZRANK in a 100k-member sorted set (the waiting room's position lookup);
+# members are the 12-digit numbers redis-benchmark's __rand_int__ makes.
+ZKEY="${PREFIX}zrank-bench"
+rcli eval "for i = 0, 99999 do redis.call('ZADD', KEYS[1], i, string.format('%012d', i)) end return 1" 1 "$ZKEY" >/dev/null
+note "redis-cli -u $REDIS_URL eval \"for i = 0, 99999 do redis.call('ZADD', KEYS[1], i, string.format('%012d', i)) end return 1\" 1 $ZKEY"
+rb zrank -c "$USERS" -n 300000 -r 100000 ZRANK "$ZKEY" __rand_int__
+
+# ---------------------------------------------------------------- pgbench
+# The payment transaction of src/payments/mod.rs `record`, statement for
+# statement, on the service's own schema (same database, migrated by it).
+PG_CLIENTS=24 # the service's PostgreSQL pool (max_connections in src/store/pg.rs)
+psql -X -q -v ON_ERROR_STOP=1 "$BENCH_DB_URL" <<'SQL'
+insert into events (event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds)
+values ('pgb', 'pgbench', 1000, 1000, 600, 600);
+insert into schedules (event_id, schedule_id, starts_at, seats, row_size, price, hold_seconds, max_per_user)
+values ('pgb', 's1', '2030-01-01T19:00:00Z', 100000, 50, 1000, 600, 100);
+insert into wallets (user_id, balance) select 'pgb-' || i, 1000000000000 from generate_series(0, 200) i;
+create sequence pgb_hold;
+SQL
+cat >"$OUT/payment.pgbench.sql" <<'SQL'
+-- One payment as src/payments/mod.rs `record` makes it: price, already-paid
+-- check, conditional debit, payment, sold seat, ledger row, outbox message.
+-- Each transaction gets its own hold id and seat from a sequence.
+begin;
+select price from schedules where event_id = 'pgb' and schedule_id = 's1';
+select payment_id from payments where hold_id = (select 'pgb.s1.' || nextval('pgb_hold'));
+update wallets set balance = balance - 1000, updated_at = now() where user_id = 'pgb-' || :client_id and balance >= 1000 returning balance \gset
+insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at) values (gen_random_uuid(), 'pgb-' || :client_id, 'pgb', 's1', (select 'pgb.s1.' || currval('pgb_hold')), 1000, (select array[currval('pgb_hold')::int]), now()) returning payment_id \gset
+insert into sold_seats (event_id, schedule_id, seat_no, payment_id) select 'pgb', 's1', unnest((select array[currval('pgb_hold')::int])), cast(:payment_id as uuid);
+insert into ledger (transaction_id, user_id, kind, amount, balance_after, payment_id) values (gen_random_uuid(), 'pgb-' || :client_id, 'payment', -1000, cast(:balance as numeric), cast(:payment_id as uuid));
+insert into outbox (topic, user_id, payload) values ('payment.confirmed', 'pgb-' || :client_id, jsonb_build_object('payment_id', cast(:payment_id as text), 'hold_id', 'pgb.s1.' || currval('pgb_hold'), 'event_id', 'pgb', 'schedule_id', 's1', 'seats', jsonb_build_array(currval('pgb_hold')), 'amount', '1000', 'balance_after', cast(:balance as text), 'paid_at', now()));
+commit;
+SQL
+note "pgbench -n -M prepared -c $PG_CLIENTS -j 2 -T $SECS -l -f payment.pgbench.sql postgres://…/$DB"
+say "pgbench: payment transaction, $PG_CLIENTS clients, ${SECS}s"
+(cd "$OUT" && timeout $((SECS + 60)) pgbench -n -M prepared -c "$PG_CLIENTS" -j 2 -T "$SECS" -l --log-prefix=pgbench_log \
+    -f payment.pgbench.sql "$BENCH_DB_URL" >pgbench.out 2>pgbench.err) || { cat "$OUT/pgbench.err" >&2; exit 1; }
+grep -E '^(tps|latency|number of (transactions|failed))' "$OUT/pgbench.out" || true
+
+# ----------------------------------------------------------------- report
+ENDED="$(date +%s.%N)"
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+python3 - "$STARTED" "$BUILT" "$ENDED" >"$OUT/elapsed.txt" <<'PY'
+import sys
+start, built, end = map(float, sys.argv[1:4])
+print(f"{end - built:.0f} {built - start:.0f}")
+PY
+say "writing docs/BENCHMARKS.md"
+python3 scripts/bench_report.py "$OUT" docs/BENCHMARKS.md docs/bench/throughput.svg
+read -r BENCH_S BUILD_S <"$OUT/elapsed.txt"
+say "benchmark took ${BENCH_S} s after a ${BUILD_S} s build"
+if [[ $(cat "$OUT/audit.rc") != 0 && $(cat "$OUT/audit.rc") != skipped ]]; then
+    echo "bench: boxoffice audit reported violations (log: $OUT/audit.log)" >&2
+    exit 1
+fi

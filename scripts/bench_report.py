@@ -1,0 +1,638 @@
+#!/usr/bin/env python3
+"""Turns one run of scripts/bench.sh into docs/BENCHMARKS.md and an SVG chart.
+
+usage: bench_report.py RESULTS_DIR BENCHMARKS.md CHART.svg
+
+RESULTS_DIR is loadtest/reports/bench-<ts>/ as bench.sh leaves it: the
+load test's <scenario>-summary.json files, redis-benchmark CSVs, pgbench
+output and per-transaction logs, machine.txt, commands.txt, audit.rc.
+Only the standard library is used.
+"""
+
+import csv
+import glob
+import html
+import json
+import os
+import sys
+from datetime import datetime, timezone
+
+TARGETS = {  # endpoint -> (reference, minimum ratio)
+    "status": ("ceiling", 0.70),
+    "join": ("ceiling", 0.50),
+    "hold": ("ceiling", 0.60),
+    "pay": ("pgbench", 0.50),
+}
+P99_TARGET_MS = 10.0
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read_kv(path):
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                if "=" in line:
+                    k, v = line.rstrip("\n").split("=", 1)
+                    out[k] = v
+    except OSError:
+        pass
+    return out
+
+
+def read_text(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def request(summary, name):
+    if not summary:
+        return None
+    for r in summary.get("requests", []):
+        if r["name"] == name:
+            return r
+    return None
+
+
+def redis_benchmark(path):
+    """The last data row of redis-benchmark --csv as a dict of floats."""
+    try:
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return None
+    if not rows:
+        return None
+    row = rows[-1]
+    out = {"test": row.get("test", "")}
+    for k, v in row.items():
+        if k != "test":
+            try:
+                out[k] = float(v)
+            except (TypeError, ValueError):
+                pass
+    return out if "rps" in out else None
+
+
+def pgbench(dirpath):
+    text = read_text(os.path.join(dirpath, "pgbench.out"))
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("tps ="):
+            out["tps"] = float(line.split("=")[1].split()[0])
+        elif line.startswith("latency average"):
+            out["avg_ms"] = float(line.split("=")[1].split()[0])
+        elif line.startswith("number of transactions actually processed"):
+            out["count"] = int(line.split(":")[1].split("/")[0])
+        elif line.startswith("number of failed transactions"):
+            out["failed"] = int(line.split(":")[1].split()[0])
+    lat = []
+    for path in glob.glob(os.path.join(dirpath, "pgbench_log.*")):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2].isdigit():
+                    lat.append(int(parts[2]))
+    if lat:
+        lat.sort()
+        out["p50_ms"] = pct(lat, 0.50) / 1000
+        out["p99_ms"] = pct(lat, 0.99) / 1000
+    return out or None
+
+
+def service_log(dirpath):
+    """Counts of dependency errors and reconciler work in the service's log."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", read_text(os.path.join(dirpath, "service.log")))
+    errors = {}
+    for m in re.finditer(r"error=(\w+) unavailable: ([^=\n]*?)(?:\s+\w+=|$)", text, re.M):
+        key = f"{m.group(1)}: {m.group(2).strip()}"
+        errors[key] = errors.get(key, 0) + 1
+    finished = sum(int(x) for x in re.findall(r"payments_finished: (\d+)", text))
+    fixed = sum(int(x) for x in re.findall(r"seats_fixed: (\d+)", text))
+    return errors, finished, fixed
+
+
+def pct(sorted_values, p):
+    if not sorted_values:
+        return 0
+    i = min(len(sorted_values), max(1, int(-(-len(sorted_values) * p // 1)))) - 1
+    return sorted_values[i]
+
+
+def fmt_rate(x):
+    if x is None:
+        return "–"
+    return f"{x:,.0f}"
+
+
+def fmt_ms(x):
+    if x is None:
+        return "–"
+    return f"{x:.2f}"
+
+
+def fmt_ratio(x):
+    if x is None:
+        return "–"
+    return f"{100 * x:.0f} %"
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+def chart(path, bars):
+    """bars: [(label, rps, p99_ms)]. Throughput as bars (left axis), p99 as
+    dots joined by a line (right axis)."""
+    w, h = 960, 440
+    left, right, top, bottom = 80, 80, 50, 110
+    pw, ph = w - left - right, h - top - bottom
+    max_rps = max([b[1] for b in bars] + [1]) * 1.1
+    max_p99 = max([b[2] for b in bars] + [1]) * 1.2
+    n = max(len(bars), 1)
+    slot = pw / n
+    bw = slot * 0.55
+    e = html.escape
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+        'font-family="Helvetica, Arial, sans-serif" font-size="12">',
+        f'<rect width="{w}" height="{h}" fill="#ffffff"/>',
+        f'<text x="{w / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">'
+        "boxoffice: throughput (bars, left) and p99 latency (dots, right) per scenario</text>",
+    ]
+    for i in range(6):  # grid and left axis
+        y = top + ph - ph * i / 5
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e5e5e5"/>')
+        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{max_rps * i / 5:,.0f}</text>')
+        out.append(
+            f'<text x="{left + pw + 8}" y="{y + 4:.1f}" fill="#c0392b">{max_p99 * i / 5:.1f}</text>'
+        )
+    out.append(
+        f'<text transform="translate(22 {top + ph / 2}) rotate(-90)" text-anchor="middle">requests / s</text>'
+    )
+    out.append(
+        f'<text transform="translate({w - 20} {top + ph / 2}) rotate(90)" text-anchor="middle" '
+        'fill="#c0392b">p99 (ms)</text>'
+    )
+    points = []
+    for i, (label, rps, p99) in enumerate(bars):
+        x = left + slot * i + (slot - bw) / 2
+        bh = ph * rps / max_rps
+        out.append(
+            f'<rect x="{x:.1f}" y="{top + ph - bh:.1f}" width="{bw:.1f}" height="{bh:.1f}" fill="#2e86de">'
+            f"<title>{e(label)}: {rps:,.0f} req/s, p99 {p99:.2f} ms</title></rect>"
+        )
+        out.append(
+            f'<text x="{x + bw / 2:.1f}" y="{top + ph - bh - 6:.1f}" text-anchor="middle" font-size="11">'
+            f"{rps:,.0f}</text>"
+        )
+        cx = left + slot * i + slot / 2
+        cy = top + ph - ph * p99 / max_p99
+        points.append((cx, cy, p99))
+        out.append(
+            f'<text transform="translate({cx:.1f} {top + ph + 14}) rotate(30)" font-size="11">{e(label)}</text>'
+        )
+    if points:
+        out.append(
+            '<polyline fill="none" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="4 3" points="'
+            + " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in points)
+            + '"/>'
+        )
+        for x, y, v in points:
+            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="#c0392b"><title>p99 {v:.2f} ms</title></circle>')
+    ty = top + ph / 5 * 0 + 0  # p99 target line, if on scale
+    if P99_TARGET_MS < max_p99:
+        ty = top + ph - ph * P99_TARGET_MS / max_p99
+        out.append(
+            f'<line x1="{left}" y1="{ty:.1f}" x2="{left + pw}" y2="{ty:.1f}" stroke="#c0392b" '
+            'stroke-width="0.8" stroke-dasharray="1 3"/>'
+        )
+        out.append(
+            f'<text x="{left + pw - 4}" y="{ty - 4:.1f}" text-anchor="end" fill="#c0392b" font-size="11">'
+            f"p99 target {P99_TARGET_MS:.0f} ms</text>"
+        )
+    out.append("</svg>")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    d, md_path, svg_path = sys.argv[1:4]
+    m = read_kv(os.path.join(d, "machine.txt"))
+    s = {
+        name: load_json(os.path.join(d, f"{name}-summary.json"))
+        for name in ["ceiling", "status", "join", "holds", "hot-seat", "payment", "poll-storm", "flash-sale"]
+    }
+    rb_hold = redis_benchmark(os.path.join(d, "rb-place_hold.csv"))
+    rb_hold16 = redis_benchmark(os.path.join(d, "rb-place_hold_p16.csv"))
+    rb_zrank = redis_benchmark(os.path.join(d, "rb-zrank.csv"))
+    pg = pgbench(d)
+    audit_rc = read_text(os.path.join(d, "audit.rc"), "not run").strip()
+    elapsed = read_text(os.path.join(d, "elapsed.txt")).split()
+    bench_s = elapsed[0] if elapsed else "?"
+    build_s = elapsed[1] if len(elapsed) > 1 else "?"
+
+    ceiling = request(s["ceiling"], "ceiling")
+    ceil_rps = ceiling["rps"] if ceiling else None
+
+    def row(label, scenario, name, ref_label=None, ref_rps=None, target=None, note=""):
+        r = request(s[scenario], name)
+        if not r:
+            return None
+        ratio = r["rps"] / ref_rps if ref_rps else None
+        return {
+            "label": label,
+            "scenario": scenario,
+            "r": r,
+            "ref_label": ref_label,
+            "ref_rps": ref_rps,
+            "ratio": ratio,
+            "target": target,
+            "note": note,
+        }
+
+    rows = [
+        row("GET /ceiling (axum + 1 EVALSHA)", "ceiling", "ceiling"),
+        row("GET /v1/queue/status (admitted)", "status", "status", "ceiling", ceil_rps, TARGETS["status"][1]),
+        row("POST /v1/events/{e}/queue (join)", "join", "join", "ceiling", ceil_rps, TARGETS["join"][1]),
+        row("POST /v1/holds `count:1`", "holds", "hold", "ceiling", ceil_rps, TARGETS["hold"][1]),
+        row("POST /v1/holds hot seat (mostly 409)", "hot-seat", "hold(hot)", "ceiling", ceil_rps, None),
+        row("POST /v1/payments", "payment", "pay", "pgbench", pg.get("tps") if pg else None, TARGETS["pay"][1]),
+        row("GET /v1/queue/status (waiting, 100k queue)", "poll-storm", "status(waiting)", "ceiling", ceil_rps, None),
+    ]
+    rows = [r for r in rows if r]
+
+    L = []
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    L += [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` (`scripts/bench.sh`, then `scripts/bench_report.py`) on {now}; "
+        f"commit `{m.get('git', '?')}`. Do not edit by hand: rerun the bench.",
+        "",
+        f"The whole run took **{bench_s} s**, after {build_s} s of `cargo build --release -p boxoffice -p loadtest`"
+        + (" (already up to date; from scratch the release build takes tens of minutes on these 2 cores). "
+           if build_s.isdigit() and int(build_s) < 60 else ". ")
+        + "Every figure below comes from that one run; each endpoint is compared with a reference "
+        "measured in the same run, on the same machine, by the same client.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| CPU | {m.get('cpu', '?')}, `nproc` = {m.get('nproc', '?')} |",
+        f"| memory | {int(m.get('mem_kb', '0')) / 1024 / 1024:.1f} GiB |",
+        f"| kernel | {m.get('kernel', '?')} |",
+        f"| Redis / PostgreSQL | {m.get('redis', '?')} / {m.get('postgres', '?')} (local, shared with other work) |",
+        f"| toolchain | {m.get('rustc', '?')}, release profile |",
+        f"| load average (1, 5, 15 min) | {m.get('loadavg_start', '?')} at start, {m.get('loadavg_end', '?')} at end |",
+        "",
+        "The load generator (Goose), the service, Redis and PostgreSQL all run on these "
+        f"{m.get('nproc', '?')} cores, so every figure is a *shared-machine* figure: the client's own CPU "
+        "is taken from the server's. That is why each endpoint is given as a ratio to a reference "
+        "measured under the same conditions rather than as an absolute number.",
+        "",
+        "## Summary",
+        "",
+        f"{m.get('users', '?')} concurrent Goose users, {m.get('seconds', '?')} s "
+        "per scenario after a 1 s ramp, no think time (closed loop). Latency is Goose's, per request, in ms.",
+        "",
+        "| endpoint | req/s | p50 | p99 | reference | ratio | target | p99 < 10 ms |",
+        "|---|---:|---:|---:|---|---:|---|---|",
+    ]
+    for x in rows:
+        r = x["r"]
+        ref = f"{x['ref_label']} {fmt_rate(x['ref_rps'])}/s" if x["ref_label"] else "–"
+        target = (
+            f"≥ {100 * x['target']:.0f} %: {verdict(x['ratio'] is not None and x['ratio'] >= x['target'])}"
+            if x["target"]
+            else "–"
+        )
+        p99ok = verdict(r["p99_ms"] < P99_TARGET_MS)
+        L.append(
+            f"| {x['label']} | {fmt_rate(r['rps'])} | {fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} | "
+            f"{ref} | {fmt_ratio(x['ratio'])} | {target} | {p99ok} |"
+        )
+    if rb_hold or rb_hold16:
+        hold = request(s["holds"], "hold")
+        L += ["", "Holds against Redis alone running the same script (`redis-benchmark`, below):", ""]
+        for label, rb in [("1 command in flight per connection", rb_hold), ("pipelined 16 deep", rb_hold16)]:
+            if rb and hold:
+                L.append(
+                    f"- place_hold in redis-benchmark, {label}: {fmt_rate(rb['rps'])}/s; "
+                    f"the HTTP endpoint reaches **{fmt_ratio(hold['rps'] / rb['rps'])}** of it."
+                )
+    L += ["", "![throughput and p99 per scenario](bench/throughput.svg)", ""]
+
+    # Flash sale.
+    fs = s["flash-sale"]
+    if fs:
+        x = fs.get("extra", {})
+        total = fs["total"]["count"]
+        paid = x.get("payments") or 0
+        sold = x.get("seats_sold") or 0
+        sold_out = x.get("sold_out_ms")
+        L += [
+            "## Flash sale",
+            "",
+            f"{x.get('buyers', '?')} buyers (one Goose user each, launched at 2000 per second) for "
+            f"{x.get('seats', '?')} seats in one schedule; admission {x.get('admit_per_second', '?')} per second, "
+            f"at most {x.get('max_active', '?')} admitted at once. Each buyer joins, polls status honouring "
+            "`poll_after_ms`, reads the schedules and (every other buyer) the seat map, holds 1 or 2 seats "
+            "(explicit seats picked from the map, or `count`), charges its wallet and pays; after a 409 it "
+            "retries other seats at most 3 times, then gives up and leaves the queue; a 429 or 503 is "
+            "waited out (`Retry-After`) and tried again, at most 5 times per request.",
+            "",
+        ]
+        if (x.get("buyers") or 0) < 20000:
+            L += [
+                f"**Smaller than the 20,000-buyer / 5,000-seat target**: {x.get('buyers')} buyers and "
+                f"{x.get('seats')} seats keep the whole bench within about 5 minutes on this shared 2-core "
+                "machine, where Goose's buyers compete with the service for the same cores. The full size "
+                "runs with `BENCH_BUYERS=20000 BENCH_SEATS=5000 make bench`.",
+                "",
+            ]
+        L += [
+            "| | |",
+            "|---|---|",
+            f"| sold out after | {'%.1f s' % (sold_out / 1000) if sold_out else '**not sold out**'} (first join to the payment of the last seat) |",
+            f"| seats sold / seats | {sold} / {x.get('seats', '?')} |",
+            f"| payments (buyers who bought) | {paid} ({x.get('bought_after_retry', 0)} of them after a lost hold) |",
+            f"| buyers who gave up | {x.get('gave_up_sold_out', 0)} sold out when admitted, {x.get('gave_up_after_retries', 0)} after 3 retries |",
+            f"| hold conflicts (409) | {x.get('hold_conflicts', 0)} |",
+            f"| 429/503 answers waited out and retried | {x.get('busy_retries', 0)} (Retry-After, at most 5 per request) |",
+            f"| evicted / gave up on errors | {x.get('evicted', 0)} / {x.get('errors', 0)} |",
+            f"| queue wait (join to admitted) | p50 {x.get('queue_wait_p50_ms', 0) / 1000:.1f} s, p99 {x.get('queue_wait_p99_ms', 0) / 1000:.1f} s |",
+            f"| every buyer done after | {x.get('all_done_ms', 0) / 1000:.1f} s |",
+            f"| requests | {total:,} in {fs['seconds']:.1f} s ({fs['total']['rps']:,.0f}/s), "
+            f"{fs['total']['fail']} unexpected statuses |",
+            f"| requests per sale | **{total / paid:.1f}** per payment, {total / sold:.1f} per seat sold |"
+            if paid and sold
+            else "| requests per sale | – |",
+        ]
+        adm = x.get("admin_schedules") or []
+        if adm:
+            a = adm[0]
+            L.append(
+                f"| service's own figures | sold {a.get('sold', '?')}, held {a.get('held', '?')}, "
+                f"payments {a.get('payments', '?')}, revenue {a.get('revenue', '?')} |"
+            )
+        L.append(
+            f"| `boxoffice audit` after the sale | "
+            + (
+                "skipped: the binary has no `audit` subcommand yet"
+                if audit_rc == "skipped"
+                else ("passed (exit 0)" if audit_rc == "0" else f"**failed (exit {audit_rc})**")
+            )
+            + " |"
+        )
+        L += ["", "Requests of the flash sale by kind:", ""]
+        L += per_request_table(fs)
+
+    # Memory.
+    L += ["## Redis memory", ""]
+    ps = s["poll-storm"]
+    if ps and ps.get("extra", {}).get("redis_bytes_per_waiting_user") is not None:
+        x = ps["extra"]
+        L.append(
+            f"- **{x['redis_bytes_per_waiting_user']:.0f} bytes per waiting user**: `INFO memory` "
+            f"`used_memory` before and after seeding {x['waiting_seeded']:,} waiting entries "
+            f"({x['seed_used_memory_before']:,} → {x['seed_used_memory_after']:,} bytes; seeded in "
+            f"{x['seed_seconds']:.1f} s). An entry lives in four structures: the waiting and last-seen "
+            "sorted sets and the user↔entry hashes."
+        )
+    ho = s["holds"]
+    if ho:
+        x = ho.get("extra", {})
+        placed = x.get("holds_placed")
+        b, a = x.get("redis_used_memory_before"), x.get("redis_used_memory_after")
+        if placed and b is not None and a is not None:
+            L.append(
+                f"- **{(a - b) / placed:.0f} bytes per held seat**: `used_memory` before and after the holds "
+                f"scenario ({b:,} → {a:,} bytes) over the {placed:,} one-seat holds it placed. A held seat "
+                "is a seat-hash field, a bitmap bit, a hold record, a deadline and a per-user counter; "
+                "the figure also carries the few queue entries of the users (one per 1000 holds)."
+            )
+    L += [
+        "",
+        "Redis is shared with other work on this machine, so both figures carry some noise from "
+        "allocations elsewhere during the measurement.",
+        "",
+    ]
+
+    # References.
+    L += ["## References measured in the same run", ""]
+    if ceiling:
+        L.append(
+            f"- **ceiling** (`target/release/ceiling`): axum 0.8, one route running ONE `EVALSHA` of a "
+            f"trivial script (`return redis.call('GET', KEYS[1]) or ARGV[1]`) through a fred 10.1 pool of 4, "
+            f"the same client set-up as the service: {fmt_rate(ceiling['rps'])} req/s, p50 "
+            f"{fmt_ms(ceiling['p50_ms'])} ms, p99 {fmt_ms(ceiling['p99_ms'])} ms."
+        )
+    for label, rb, what in [
+        ("place_hold, -c 64, no pipelining", rb_hold, "the real script (lua/lib/schedule.lua + lua/place_hold.lua), one seat by `count`, random users"),
+        ("place_hold, -c 64 -P 16", rb_hold16, "the same, pipelined 16 deep (what a multiplexing client can reach)"),
+        ("ZRANK, -c 64", rb_zrank, "ZRANK of random members in a 100k-member sorted set"),
+    ]:
+        if rb:
+            L.append(
+                f"- **redis-benchmark {label}**: {what}: {fmt_rate(rb['rps'])}/s, p50 "
+                f"{fmt_ms(rb.get('p50_latency_ms'))} ms, p99 {fmt_ms(rb.get('p99_latency_ms'))} ms."
+            )
+    check = read_text(os.path.join(d, "rb-place_hold.check")).split()
+    if check:
+        L.append(
+            "  Seats held afterwards (the script really placed holds): "
+            + ", ".join(f"{check[i]}: {check[i + 1]}" for i in range(0, len(check) - 1, 2))
+            + "."
+        )
+    if pg:
+        L.append(
+            f"- **pgbench** of the payment transaction (`payment.pgbench.sql`: the statements of "
+            f"`src/payments/mod.rs` `record` in one transaction: price, already-paid check, conditional "
+            f"debit, payment, sold seat, ledger row, outbox message), 24 clients (the service's pool size), "
+            f"prepared statements: {pg.get('tps', 0):,.0f} tps, average {fmt_ms(pg.get('avg_ms'))} ms, "
+            f"p50 {fmt_ms(pg.get('p50_ms'))} ms, p99 {fmt_ms(pg.get('p99_ms'))} ms"
+            + (f", {pg['failed']} failed" if pg.get("failed") else "")
+            + "."
+        )
+    L.append("")
+
+    # Per scenario.
+    L += [
+        "## Scenarios",
+        "",
+        "Source: `loadtest/src/` (`cargo run -p loadtest --release -- <scenario> [goose options]`). "
+        "Each run creates its own event through the admin API, so runs never share state.",
+        "",
+        "- **ceiling**: `GET /ceiling` on the ceiling server.",
+        "- **status**: each user joins an open queue once (admitted at once), then polls "
+        "`GET /v1/queue/status` in a loop, ignoring `poll_after_ms`.",
+        "- **join**: every request joins with a fresh user id; the queue is open "
+        "(`admit_per_second` 100000, `max_active` 10000000), so each join is admitted at once.",
+        "- **holds**: admitted users hold `count: 1` seats on 10 schedules of 100,000 seats "
+        "(`max_per_user` 100, holds last an hour). A user fills its 100 seats in one schedule, moves "
+        "to the next, and after the tenth joins again as a new user (`join(rotate)`); one schedule "
+        "alone would run out of seats within the run.",
+        "- **hot-seat**: admitted users hold one of seats 1..3 of one schedule; after the first three "
+        "wins every hold is a 409 `seats_unavailable`, counted as a success.",
+        "- **payment**: wallets are charged once (`charge(setup)`); each iteration then joins "
+        "(a paid entry is gone, so every purchase needs a new one), holds `count: 1` and pays.",
+        "- **poll-storm**: the waiting room is seeded straight into Redis (same keys and members as "
+        "`lua/join_queue.lua`, tokens signed with `boxoffice::token::TokenSigner`), admission paused; "
+        "users poll status with random tokens from the back half of the queue.",
+        "- **flash-sale**: see above.",
+        "",
+        "## Every request, per scenario",
+        "",
+    ]
+    for name in ["ceiling", "status", "join", "holds", "hot-seat", "payment", "poll-storm"]:
+        sm = s[name]
+        if not sm:
+            L += [f"### {name}", "", "_not run or failed; see its log in the results directory._", ""]
+            continue
+        L += [f"### {name}", "", f"{sm['users']} users, {sm['seconds']:.1f} s measured.", ""]
+        L += per_request_table(sm)
+        x = sm.get("extra", {})
+        if name == "hot-seat" and "hot_won" in x:
+            L += [f"Holds won: {x['hot_won']:,}; 409 `seats_unavailable`: {x['hot_conflicts']:,} (counted as successes).", ""]
+        if name == "payment" and "payments" in x:
+            L += [
+                "Each iteration joins (a paid entry is gone), holds one seat and pays: "
+                f"{x['payments']:,} payments in all (launch included).",
+                "",
+            ]
+
+    L += interpretation(rows, rb_hold, rb_hold16, pg, s)
+    errors, finished, fixed = service_log(d)
+    if errors or finished or fixed:
+        L += ["## What the service logged", ""]
+        if errors:
+            L.append("Dependency errors answered as 503 `dependency_unavailable` during the whole run:")
+            L.append("")
+            for k, v in sorted(errors.items(), key=lambda kv: -kv[1]):
+                L.append(f"- {v:,} × {k}")
+            L.append("")
+        if finished or fixed:
+            L += [
+                f"The reconciler finished {finished:,} committed payments left with `redis_confirmed = false` "
+                "(the Redis step or the confirming UPDATE did not complete, or the answer was lost after the "
+                f"commit) and fixed {fixed:,} seats: invariant 4 at work under overload.",
+                "",
+            ]
+
+    L += ["## Exact commands", "", "```sh", "make bench   # = scripts/deps.sh && . .deps/env && scripts/bench.sh", ""]
+    L += [c for c in read_text(os.path.join(d, "commands.txt")).splitlines()]
+    L += ["```", ""]
+    sql = read_text(os.path.join(d, "payment.pgbench.sql")).strip()
+    if sql:
+        L += ["The pgbench script (`payment.pgbench.sql`), run on the bench database after its service "
+              "migrated it, with one event, one schedule and 201 well-filled wallets added:", "", "```sql", sql, "```", ""]
+    L += [
+        f"Raw results of this run (Goose HTML/JSON reports, logs, CSVs) were in `loadtest/reports/bench-{m.get('ts', '?')}/` "
+        "(git-ignored). Sizes can be changed with `BENCH_USERS`, `BENCH_SECONDS`, `BENCH_BUYERS`, "
+        "`BENCH_SEATS`, `BENCH_ADMIT`, `BENCH_MAX_ACTIVE`, `BENCH_WAITING` (see the header of `scripts/bench.sh`).",
+        "",
+    ]
+    os.makedirs(os.path.dirname(md_path) or ".", exist_ok=True)
+    with open(md_path, "w") as f:
+        f.write("\n".join(L))
+
+    bars = []
+    for label, scenario, name in [
+        ("ceiling", "ceiling", "ceiling"),
+        ("status", "status", "status"),
+        ("join", "join", "join"),
+        ("hold", "holds", "hold"),
+        ("hot-seat", "hot-seat", "hold(hot)"),
+        ("pay", "payment", "pay"),
+        ("poll-storm", "poll-storm", "status(waiting)"),
+    ]:
+        r = request(s[scenario], name)
+        if r:
+            bars.append((label, r["rps"], r["p99_ms"]))
+    if fs:
+        bars.append(("flash-sale (all)", fs["total"]["rps"], max((r["p99_ms"] for r in fs["requests"]), default=0)))
+    chart(svg_path, bars)
+
+
+def per_request_table(sm):
+    out = [
+        "| request | count | unexpected | req/s | p50 ms | p90 ms | p99 ms | max ms | statuses |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in sm["requests"]:
+        st = ", ".join(f"{k}: {v:,}" for k, v in r["status"].items())
+        out.append(
+            f"| {r['method']} {r['name']} | {r['count']:,} | {r['fail']:,} | {fmt_rate(r['rps'])} | "
+            f"{fmt_ms(r['p50_ms'])} | {fmt_ms(r['p90_ms'])} | {fmt_ms(r['p99_ms'])} | {fmt_ms(r['max_ms'])} | {st} |"
+        )
+    out.append("")
+    return out
+
+
+def interpretation(rows, rb_hold, rb_hold16, pg, s):
+    """Plain statements of what met its target and what did not."""
+    out = ["## Targets", ""]
+    for x in rows:
+        if not x["target"]:
+            continue
+        r = x["r"]
+        ok = x["ratio"] is not None and x["ratio"] >= x["target"]
+        out.append(
+            f"- {x['label']}: {fmt_ratio(x['ratio'])} of {x['ref_label']} (target ≥ {100 * x['target']:.0f} %): "
+            + ("met." if ok else "**missed**.")
+        )
+    slow = [x for x in rows if x["r"]["p99_ms"] >= P99_TARGET_MS]
+    if slow:
+        out.append(
+            "- p99 < 10 ms at 64 connections: **missed** by "
+            + ", ".join(f"{x['label']} ({fmt_ms(x['r']['p99_ms'])} ms)" for x in slow)
+            + "."
+        )
+    else:
+        out.append("- p99 < 10 ms at 64 connections: met by every endpoint.")
+    out += [
+        "",
+        "Round trips per request, as the service's code stands (src/http/auth.rs, holds.rs, "
+        "payments.rs), which bound what each endpoint can reach against a one-round-trip ceiling:",
+        "",
+        "| endpoint | Redis scripts | PostgreSQL |",
+        "|---|---|---|",
+        "| ceiling | 1 (trivial) | – |",
+        "| status | 1 (`queue_status`) | – |",
+        "| join | 1 (`join_queue`, plus an HMAC signature) | – |",
+        "| hold | 2: `queue_status` (the admitted check of the `AdmittedUser` extractor) + `place_hold` | – |",
+        "| pay | 3: `queue_status`, `begin_payment`, `confirm_sale` | 2 commits: the payment transaction, then `mark_confirmed` |",
+        "",
+        "How to read the ratios: the ceiling is the cheapest possible request that still makes one "
+        "Redis round trip through the same HTTP stack and Redis client; a service endpoint adds "
+        "routing, middleware (request id, tracing span, latency histogram), token verification, "
+        "JSON parsing and a heavier script. pgbench runs the payment's SQL without HTTP, Redis or the "
+        "service; a service payment also checks the queue entry, moves the hold to *paying* and back "
+        "to *sold* in Redis (two more scripts) and marks the payment confirmed (a second SQL "
+        "statement), and the payment scenario spends two thirds of its requests on the join and the "
+        "hold of each purchase.",
+        "",
+    ]
+    return out
+
+
+if __name__ == "__main__":
+    main()
