@@ -25,22 +25,9 @@
 --   {"status":"forbidden"}   the hold belongs to another user; untouched
 --                            (a caller bug: the owner comes from the hold)
 
-local K = sched_keys(1)
-local n, user = hold_id(ARGV[1]), ARGV[2]
-if not n then return bad_arg('hold') end
-if not user or user == '' then return bad_arg('user') end
-if not load_cfg(K) then return json({ status = 'no_schedule' }) end
-
-local now = now_ms()
-local expired, expired_paying = expire_due(K, now)
-local function reply(t)
-  t.expired, t.expired_paying = expired, expired_paying
-  return json(t)
-end
-
-local rec = decode_hold(redis.call('HGET', K.holds, n))
-if not rec then return reply({ status = 'gone' }) end
-if rec.user ~= user then return reply({ status = 'forbidden' }) end
+local h, stop = open_hold()
+if not h then return stop end
+local K, n, now, rec, reply = h.K, h.n, h.now, h.rec, h.reply
 if rec.state ~= 'paying' then return reply({ status = 'not_paying' }) end
 
 -- Same rule as expire_due: dead from the deadline on.

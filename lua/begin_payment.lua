@@ -9,13 +9,20 @@
 -- KEYS[5] dl        zset: hold -> deadline (ms)
 -- KEYS[6] uheld     hash: user -> seats held or paying
 -- KEYS[7] ubought   hash: user -> seats bought
+-- KEYS[8] adm       zset: admitted queue entry -> deadline (ms)
+-- KEYS[9] wait      zset: waiting queue entry -> join sequence
+-- KEYS[10] entries  hash: queue entry -> user
 -- ARGV[1] hold number
 -- ARGV[2] user id (from the verified token)
 -- ARGV[3] payment timeout (ms): the paying deadline is now + this
+-- ARGV[4] the buyer's queue entry (from the verified token)
 --
 -- Returns (JSON), every reply but no_schedule with "expired":x,
 -- "expired_paying":y:
 --   {"status":"no_schedule"}
+--   {"status":"not_admitted","position":p}  the buyer is still waiting
+--   {"status":"queue_gone"}  the buyer's queue entry is gone (left,
+--                            window over, or completed); nothing changed
 --   {"status":"gone"}        no such hold, expired (a hold at or past its
 --                            deadline can never be paid), or one of its
 --                            seats was taken by a replayed sale (the
@@ -29,25 +36,15 @@
 -- or a hold could expire (and its seats be re-held) between "still held?"
 -- and "now paying", and be sold twice.
 
-local K = sched_keys(1)
-local n, user = hold_id(ARGV[1]), ARGV[2]
-local timeout = tonumber(ARGV[3])
-if not n then return bad_arg('hold') end
-if not user or user == '' then return bad_arg('user') end
+local timeout, entry = tonumber(ARGV[3]), ARGV[4]
 if not timeout or timeout < 1 or timeout ~= math.floor(timeout) then return bad_arg('timeout') end
-local cfg = load_cfg(K)
-if not cfg then return json({ status = 'no_schedule' }) end
-
-local now = now_ms()
-local expired, expired_paying = expire_due(K, now)
-local function reply(t)
-  t.expired, t.expired_paying = expired, expired_paying
-  return json(t)
-end
-
-local rec = decode_hold(redis.call('HGET', K.holds, n))
-if not rec then return reply({ status = 'gone' }) end
-if rec.user ~= user then return reply({ status = 'forbidden' }) end
+if not entry or entry == '' then return bad_arg('entry') end
+local h, stop = open_hold(function(_, _, user, now)
+  local refused = admission(KEYS[8], KEYS[9], KEYS[10], entry, user, now)
+  return refused and json(refused)
+end)
+if not h then return stop end
+local K, cfg, n, now, rec, reply = h.K, h.cfg, h.n, h.now, h.rec, h.reply
 if rec.state == 'paying' then return reply({ status = 'paying' }) end
 
 local vals = redis.call('HMGET', K.seats, unpack(rec.seats))

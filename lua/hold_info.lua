@@ -24,22 +24,9 @@
 -- A script (not a plain HGET) because the read must expire due holds
 -- first, or a dead hold would still be shown as alive.
 
-local K = sched_keys(1)
-local n, user = hold_id(ARGV[1]), ARGV[2]
-if not n then return bad_arg('hold') end
-if not user or user == '' then return bad_arg('user') end
-local cfg = load_cfg(K)
-if not cfg then return json({ status = 'no_schedule' }) end
-
-local expired, expired_paying = expire_due(K, now_ms())
-local function reply(t)
-  t.expired, t.expired_paying = expired, expired_paying
-  return json(t)
-end
-
-local rec = decode_hold(redis.call('HGET', K.holds, n))
-if not rec then return reply({ status = 'gone' }) end
-if rec.user ~= user then return reply({ status = 'forbidden' }) end
+local h, stop = open_hold()
+if not h then return stop end
+local K, cfg, rec, reply = h.K, h.cfg, h.rec, h.reply
 
 return reply({ status = 'ok', seats = sorted(rec.seats), deadline = rec.deadline,
                state = rec.state, price = cfg.price,

@@ -20,21 +20,8 @@
 --                            confirm_sale ends it, not the user
 --   {"status":"released","seats":[..]}  the seats freed by this call
 
-local K = sched_keys(1)
-local n, user = hold_id(ARGV[1]), ARGV[2]
-if not n then return bad_arg('hold') end
-if not user or user == '' then return bad_arg('user') end
-if not load_cfg(K) then return json({ status = 'no_schedule' }) end
+local h, stop = open_hold()
+if not h then return stop end
+if h.rec.state == 'paying' then return h.reply({ status = 'paying' }) end
 
-local expired, expired_paying = expire_due(K, now_ms())
-local function reply(t)
-  t.expired, t.expired_paying = expired, expired_paying
-  return json(t)
-end
-
-local rec = decode_hold(redis.call('HGET', K.holds, n))
-if not rec then return reply({ status = 'gone' }) end
-if rec.user ~= user then return reply({ status = 'forbidden' }) end
-if rec.state == 'paying' then return reply({ status = 'paying' }) end
-
-return reply({ status = 'released', seats = drop_hold(K, n, rec) })
+return h.reply({ status = 'released', seats = drop_hold(h.K, h.n, h.rec) })

@@ -178,3 +178,51 @@ local function expire_due(K, now)
   end
   return expired, paying
 end
+
+-- The caller's queue entry must be admitted right now. Read-only. The
+-- queue keys share the event's hash tag, so the scripts that need an
+-- admitted buyer (place_hold, begin_payment) check it themselves instead
+-- of costing the request a second round trip. Returns nil when admitted,
+-- else a reply table: {status="not_admitted", position=p} while waiting,
+-- {status="queue_gone"} when the entry left, expired or is someone else's.
+local function admission(adm, wait, entries, entry, user, now)
+  if redis.call('HGET', entries, entry) ~= user then return { status = 'queue_gone' } end
+  local deadline = redis.call('ZSCORE', adm, entry)
+  if deadline then
+    if tonumber(deadline) > now then return nil end
+    return { status = 'queue_gone' }
+  end
+  local rank = redis.call('ZRANK', wait, entry)
+  if rank then return { status = 'not_admitted', position = rank + 1 } end
+  return { status = 'queue_gone' }
+end
+
+-- The common opening of the scripts that act on one existing hold
+-- (hold_info, release_hold, begin_payment, abort_payment): KEYS[1..7] are
+-- the schedule, ARGV[1] the hold number, ARGV[2] the user. Validates both,
+-- runs `before(K, n, user, now)` (checks that must come before the first
+-- write; it returns a reply to stop, or nil), expires due holds, and finds
+-- the hold, owned by the user. Returns h = {K, cfg, n, user, now, rec,
+-- reply} or nil plus the reply to return at once.
+local function open_hold(before)
+  local K = sched_keys(1)
+  local n, user = hold_id(ARGV[1]), ARGV[2]
+  if not n then return nil, bad_arg('hold') end
+  if not user or user == '' then return nil, bad_arg('user') end
+  local cfg = load_cfg(K)
+  if not cfg then return nil, json({ status = 'no_schedule' }) end
+  local now = now_ms()
+  if before then
+    local stop = before(K, n, user, now)
+    if stop then return nil, stop end
+  end
+  local expired, expired_paying = expire_due(K, now)
+  local function reply(t)
+    t.expired, t.expired_paying = expired, expired_paying
+    return json(t)
+  end
+  local rec = decode_hold(redis.call('HGET', K.holds, n))
+  if not rec then return nil, reply({ status = 'gone' }) end
+  if rec.user ~= user then return nil, reply({ status = 'forbidden' }) end
+  return { K = K, cfg = cfg, n = n, user = user, now = now, rec = rec, reply = reply }
+end

@@ -17,7 +17,8 @@ use serde::Deserialize;
 
 use crate::{
     ids::{EventId, HoldId, ScheduleId, SeatNo, UserId},
-    store::{Dependency, StoreError, redis, redis::Redis},
+    store::{Dependency, StoreError, keys::EventKeys, redis, redis::Redis},
+    token::QueueClaims,
 };
 
 /// What a client asks to hold.
@@ -53,6 +54,12 @@ pub enum HoldError {
     Forbidden,
     #[error("the hold is being paid")]
     Paying,
+    /// The buyer's queue entry is still waiting (checked inside the script).
+    #[error("not admitted yet")]
+    NotAdmitted { position: Option<u64> },
+    /// The buyer's queue entry is gone.
+    #[error("the queue entry is gone")]
+    QueueGone,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -103,6 +110,8 @@ struct Reply {
     held_deadline: Option<i64>,
     #[serde(default)]
     paying_deadline: Option<i64>,
+    #[serde(default)]
+    position: Option<u64>,
 }
 
 fn bad_reply(script: &str, raw: &str, why: impl std::fmt::Display) -> StoreError {
@@ -144,6 +153,10 @@ fn common_errors(script: &str, raw: &str, r: &Reply) -> HoldError {
         "gone" => HoldError::Gone,
         "forbidden" => HoldError::Forbidden,
         "paying" => HoldError::Paying,
+        "not_admitted" => HoldError::NotAdmitted {
+            position: r.position,
+        },
+        "queue_gone" => HoldError::QueueGone,
         other => HoldError::Store(bad_reply(script, raw, format!("status {other}"))),
     }
 }
@@ -155,14 +168,15 @@ fn common_errors(script: &str, raw: &str, r: &Reply) -> HoldError {
 /// seats (named exactly), or Redis unavailable.
 pub async fn place(
     redis: &Redis,
-    event: &EventId,
+    buyer: &QueueClaims,
     schedule: &ScheduleId,
-    user: &UserId,
     req: &HoldRequest,
 ) -> Result<Hold, HoldError> {
+    let (event, user) = (&buyer.event, &buyer.user);
     let k = redis.keys().event(event);
     let mut keys = k.schedule_keys(schedule);
     keys.push(k.hold_seq());
+    keys.extend(admission_keys(&k));
     let (mode, arg) = match req {
         HoldRequest::Seats(seats) => (
             "seats",
@@ -178,7 +192,7 @@ pub async fn place(
         .run(
             &redis::PLACE_HOLD,
             keys,
-            vec![user.to_string(), mode.into(), arg],
+            vec![user.to_string(), mode.into(), arg, buyer.entry.to_string()],
         )
         .await
     {
@@ -388,6 +402,11 @@ pub async fn sweep(
     Ok(r.expired)
 }
 
+/// The queue keys a script needs to check that the buyer is admitted.
+fn admission_keys(k: &EventKeys) -> [String; 3] {
+    [k.queue_admitted(), k.queue_waiting(), k.queue_entries()]
+}
+
 /// A hold moved to *paying*.
 #[derive(Debug, Clone)]
 pub struct Paying {
@@ -397,22 +416,30 @@ pub struct Paying {
 }
 
 /// Moves a held hold to *paying* (it can no longer expire or be released
-/// until `paying_ms` from now).
+/// until `paying_ms` from now), if the buyer is still admitted.
 ///
 /// # Errors
 /// Gone (expired), someone else's, already paying, or Redis unavailable.
 pub async fn begin_payment(
     redis: &Redis,
     id: &HoldId,
-    user: &UserId,
+    buyer: &QueueClaims,
     paying_ms: u64,
 ) -> Result<Paying, HoldError> {
-    let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
+    let user = &buyer.user;
+    let k = redis.keys().event(&id.event);
+    let mut keys = k.schedule_keys(&id.schedule);
+    keys.extend(admission_keys(&k));
     let raw = redis
         .run(
             &redis::BEGIN_PAYMENT,
             keys,
-            vec![id.n.to_string(), user.to_string(), paying_ms.to_string()],
+            vec![
+                id.n.to_string(),
+                user.to_string(),
+                paying_ms.to_string(),
+                buyer.entry.to_string(),
+            ],
         )
         .await?;
     let r: Reply = decode("begin_payment", &raw)?;

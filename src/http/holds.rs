@@ -45,6 +45,8 @@ impl From<HoldError> for ApiError {
             HoldError::Gone => ApiError::HoldExpired,
             HoldError::Forbidden => ApiError::Forbidden("this hold belongs to another user".into()),
             HoldError::Paying => ApiError::HoldBeingPaid,
+            HoldError::NotAdmitted { position } => ApiError::NotAdmitted { position },
+            HoldError::QueueGone => ApiError::QueueTokenExpired,
             HoldError::Store(e) => ApiError::Dependency(e),
         }
     }
@@ -294,18 +296,11 @@ impl From<Hold> for HoldResponse {
     ))]
 pub async fn place(
     State(state): State<AppState>,
-    user: AdmittedUser,
+    QueueToken(buyer): QueueToken,
     ApiJson(body): ApiJson<HoldBody>,
 ) -> ApiResult<impl IntoResponse> {
     let (schedule, req) = body.parse()?;
-    let hold = holds::place(
-        &state.redis,
-        &user.claims.event,
-        &schedule,
-        &user.claims.user,
-        &req,
-    )
-    .await?;
+    let hold = holds::place(&state.redis, &buyer, &schedule, &req).await?;
     Ok((StatusCode::CREATED, axum::Json(HoldResponse::from(hold))))
 }
 

@@ -23,7 +23,6 @@ use crate::{
     ids::HoldId,
     money::format_amount,
     payments::{self, Recorded, reconcile},
-    queue::{self, EntryState},
     token::QueueClaims,
 };
 
@@ -59,18 +58,10 @@ async fn pay_once(
     hold: &HoldId,
     key: Option<&crate::ids::IdempotencyKey>,
 ) -> Result<String, ApiError> {
-    // The buyer must still be admitted.
-    match queue::status(&state.redis, claims).await?.state {
-        EntryState::Admitted { .. } => {}
-        EntryState::Waiting { position } => {
-            return Err(ApiError::NotAdmitted {
-                position: Some(position),
-            });
-        }
-    }
-    // Step 1: held -> paying (checks owner and deadline atomically).
+    // Step 1: held -> paying; the script checks that the buyer is still
+    // admitted, the owner and the deadline, atomically.
     let paying_ms = state.config.paying_timeout.as_millis() as u64;
-    let paying = match holds::begin_payment(&state.redis, hold, &claims.user, paying_ms).await {
+    let paying = match holds::begin_payment(&state.redis, hold, claims, paying_ms).await {
         Ok(p) => p,
         Err(HoldError::Gone) => {
             return Err(match payments::payment_of_hold(&state.pg, hold).await? {

@@ -310,8 +310,8 @@ async fn expired_and_in_flight_holds_cannot_be_paid() {
     // A hold being paid by another request.
     let hold = app.hold_seats(&token, json!([2])).await;
     let id = boxoffice::ids::HoldId::parse(&hold).unwrap();
-    let user = boxoffice::ids::UserId::parse("ivy").unwrap();
-    boxoffice::holds::begin_payment(&app.state.redis, &id, &user, 30_000)
+    let buyer = app.state.tokens.verify(&token).unwrap();
+    boxoffice::holds::begin_payment(&app.state.redis, &id, &buyer, 30_000)
         .await
         .unwrap();
     app.pay(&token, &hold, None)
