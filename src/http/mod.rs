@@ -26,6 +26,7 @@ use axum::{
 };
 use tower::ServiceBuilder;
 use tower_http::{
+    catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -111,7 +112,8 @@ pub fn router(state: AppState) -> Router {
                             tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
                         ),
                 )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone())),
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+                .layer(CatchPanicLayer::custom(panic_response)),
         )
         .with_state(state)
 }
@@ -134,6 +136,19 @@ async fn track_latency(req: Request, next: Next) -> Response {
     )
     .record(start.elapsed().as_secs_f64());
     resp
+}
+
+/// A handler that panicked answers a problem+json 500 (logged once), and
+/// the process keeps serving.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    axum::response::IntoResponse::into_response(ApiError::Internal(anyhow::anyhow!(
+        "handler panicked: {what}"
+    )))
 }
 
 async fn not_found() -> ApiError {

@@ -110,13 +110,8 @@ pub async fn record(
                 .fetch_one(&mut *tx)
                 .await?;
             let amount = price * Decimal::from(seats.len());
-            if let Some(payment_id) = sqlx::query_scalar(r"select payment_id from payments where hold_id = $1")
-                .bind(hold.to_string())
-                .fetch_optional(&mut *tx)
-                .await?
-            {
-                return Ok(Recorded::AlreadyPaid { payment_id });
-            }
+            // A hold paid before is refused by `payments_hold_once` below,
+            // mapped to `AlreadyPaid` after the rollback.
             // Conditional debit: no read-modify-write, no negative balance.
             let Some(balance_after): Option<Decimal> = sqlx::query_scalar(
                 r"update wallets set balance = balance - $2, updated_at = now()
