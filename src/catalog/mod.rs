@@ -55,10 +55,6 @@ pub fn format_time(t: DateTime<Utc>) -> String {
 }
 
 impl Event {
-    pub fn schedule(&self, id: &ScheduleId) -> Option<&Schedule> {
-        self.schedules.iter().find(|s| &s.schedule_id == id)
-    }
-
     /// The public view: `{"event_id","name","schedules":[{"schedule_id","starts_at","price"}]}`.
     pub fn public_json(&self) -> serde_json::Value {
         json!({

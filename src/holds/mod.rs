@@ -107,10 +107,6 @@ struct Reply {
     #[serde(default)]
     expired_paying: u64,
     #[serde(default)]
-    held_deadline: Option<i64>,
-    #[serde(default)]
-    paying_deadline: Option<i64>,
-    #[serde(default)]
     position: Option<u64>,
 }
 
@@ -411,8 +407,6 @@ fn admission_keys(k: &EventKeys) -> [String; 3] {
 #[derive(Debug, Clone)]
 pub struct Paying {
     pub seats: Vec<u32>,
-    pub held_deadline_ms: i64,
-    pub paying_deadline_ms: i64,
 }
 
 /// Moves a held hold to *paying* (it can no longer expire or be released
@@ -447,11 +441,7 @@ pub async fn begin_payment(
     if r.status != "ok" {
         return Err(common_errors("begin_payment", &raw, &r));
     }
-    Ok(Paying {
-        seats: r.seats,
-        held_deadline_ms: r.held_deadline.unwrap_or_default(),
-        paying_deadline_ms: r.paying_deadline.unwrap_or_default(),
-    })
+    Ok(Paying { seats: r.seats })
 }
 
 /// Gives a *paying* hold back to *held* with its original deadline (or

@@ -59,8 +59,6 @@ pub enum ApiError {
     RequestInProgress,
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
-    #[error("admission to this event is paused")]
-    QueuePaused,
     #[error("{0}")]
     Dependency(#[from] StoreError),
     #[error("internal error")]
@@ -81,8 +79,7 @@ impl ApiError {
             | E::HoldLimitExceeded { .. }
             | E::HoldAlreadyPaid { .. }
             | E::HoldBeingPaid
-            | E::RequestInProgress
-            | E::QueuePaused => StatusCode::CONFLICT,
+            | E::RequestInProgress => StatusCode::CONFLICT,
             E::QueueTokenExpired | E::HoldExpired => StatusCode::GONE,
             E::InsufficientFunds { .. } => StatusCode::PAYMENT_REQUIRED,
             E::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -113,7 +110,6 @@ impl ApiError {
             E::IdempotencyKeyReused => "idempotency_key_reused",
             E::RequestInProgress => "request_in_progress",
             E::RateLimited { .. } => "rate_limited",
-            E::QueuePaused => "queue_paused",
             E::Dependency(StoreError::Unavailable { .. }) => "dependency_unavailable",
             E::Dependency(StoreError::Internal { .. }) | E::Internal(_) => "internal_error",
         }

@@ -22,7 +22,7 @@ pub struct Problem {
     /// queue_token_expired, seats_unavailable, hold_limit_exceeded,
     /// hold_expired, hold_already_paid, insufficient_funds,
     /// idempotency_key_reused, request_in_progress, rate_limited,
-    /// queue_paused, dependency_unavailable, internal_error.
+    /// dependency_unavailable, internal_error.
     #[schema(example = "seats_unavailable")]
     code: String,
 }

@@ -48,11 +48,6 @@ impl Keys {
     pub fn outbox_stream(&self) -> String {
         format!("{}boxoffice:events", self.prefix)
     }
-
-    /// Lease key for background loops that should run on one instance.
-    pub fn lease(&self, name: &str) -> String {
-        format!("{}{{bo}}:lease:{name}", self.prefix)
-    }
 }
 
 /// Keys of one event; all share the event's hash tag.

@@ -84,10 +84,6 @@ impl Pg {
         &self.pool
     }
 
-    pub fn breaker_open(&self) -> bool {
-        self.breaker.is_open()
-    }
-
     /// Runs one query or transaction with the timeout and breaker.
     ///
     /// # Errors

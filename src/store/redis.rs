@@ -18,7 +18,6 @@ use fred::{
         ClientLike, HashesInterface, KeysInterface, LuaInterface, SetsInterface, StreamsInterface,
     },
     prelude::{Builder, Config, ReconnectPolicy},
-    types::{Expiration, SetOptions},
 };
 
 use super::{Dependency, StoreError, breaker::Breaker, keys::Keys};
@@ -164,10 +163,6 @@ impl Redis {
         &self.keys
     }
 
-    pub fn breaker_open(&self) -> bool {
-        self.breaker.is_open()
-    }
-
     /// `SCRIPT LOAD`s every script so the first calls skip the NOSCRIPT round trip.
     async fn load_scripts(&self) -> Result<(), StoreError> {
         for script in ALL_SCRIPTS {
@@ -287,28 +282,6 @@ impl Redis {
                 .set::<(), _, _>(key, value, None, None, false),
         )
         .await
-    }
-
-    /// `SET key value NX PX ttl`: true when this call created the key.
-    ///
-    /// # Errors
-    /// On an outage.
-    pub async fn set_nx_px(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let r: Option<String> = self
-            .guard(self.pool.next().set(
-                key,
-                value,
-                Some(Expiration::PX(ttl.as_millis() as i64)),
-                Some(SetOptions::NX),
-                false,
-            ))
-            .await?;
-        Ok(r.is_some())
     }
 
     /// Appends fields to a stream with an automatic id, capped near `maxlen`.
