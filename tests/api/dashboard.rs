@@ -78,14 +78,8 @@ async fn dashboard_renders_seat_maps_and_figures_in_chromium() {
     let hold = |token: String, seats: serde_json::Value| {
         let app = &app;
         async move {
-            app.send(Req {
-                method: reqwest::Method::POST,
-                path: "/v1/holds",
-                body: Some(json!({"schedule_id": "day-1", "seats": seats})),
-                raw: None,
-                headers: vec![("authorization", format!("Bearer {token}"))],
-            })
-            .await
+            app.hold(&token, json!({"schedule_id": "day-1", "seats": seats}))
+                .await
         }
     };
     assert_eq!(

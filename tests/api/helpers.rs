@@ -349,6 +349,21 @@ impl TestApp {
         .await
     }
 
+    pub async fn post_with_token(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.send(Req {
+            method: Method::POST,
+            path,
+            body: Some(body),
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {token}"))],
+        })
+        .await
+    }
+
+    pub async fn hold(&self, token: &str, body: Value) -> Resp {
+        self.post_with_token("/v1/holds", token, body).await
+    }
+
     pub async fn patch_queue(&self, event_id: &str, patch: Value) -> Resp {
         self.admin(
             Method::PATCH,

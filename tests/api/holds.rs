@@ -16,17 +16,6 @@ fn open_queue() -> Value {
 }
 
 impl TestApp {
-    pub async fn hold(&self, token: &str, body: Value) -> Resp {
-        self.send(Req {
-            method: Method::POST,
-            path: "/v1/holds",
-            body: Some(body),
-            raw: None,
-            headers: vec![("authorization", format!("Bearer {token}"))],
-        })
-        .await
-    }
-
     pub async fn seat_statuses(&self, token: &str, event: &str) -> Vec<(u64, String)> {
         let r = self
             .get_with_token(&format!("/v1/events/{event}/schedules/d1/seats"), token)

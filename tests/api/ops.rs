@@ -114,13 +114,7 @@ async fn metrics_have_every_family_after_a_short_flow() {
     app.simple_event("e1", json!({"admit_per_second": 100, "max_active": 100, "active_ttl_seconds": 60, "idle_timeout_seconds": 60}), 10, 60, 4).await;
     let token = app.admitted_token("e1", "m1").await;
     let hold = app
-        .send(Req {
-            method: Method::POST,
-            path: "/v1/holds",
-            body: Some(json!({"schedule_id": "d1", "count": 1})),
-            raw: None,
-            headers: vec![("authorization", format!("Bearer {token}"))],
-        })
+        .hold(&token, json!({"schedule_id": "d1", "count": 1}))
         .await;
     assert_eq!(hold.status, StatusCode::CREATED);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

@@ -86,13 +86,7 @@ async fn postgres_outage_is_a_fast_503_while_the_queue_keeps_working() {
     assert_eq!(app.get("/v1/events").await.status, StatusCode::OK);
     // Holds don't either; the wallet does, and answers 503.
     let r = app
-        .send(Req {
-            method: reqwest::Method::POST,
-            path: "/v1/holds",
-            body: Some(serde_json::json!({"schedule_id": "d1", "count": 2})),
-            raw: None,
-            headers: vec![("authorization", format!("Bearer {token}"))],
-        })
+        .hold(&token, serde_json::json!({"schedule_id": "d1", "count": 2}))
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let r = app

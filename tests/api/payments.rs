@@ -54,13 +54,7 @@ impl TestApp {
 
     pub async fn hold_seats(&self, token: &str, seats: Value) -> String {
         let r = self
-            .send(Req {
-                method: Method::POST,
-                path: "/v1/holds",
-                body: Some(json!({"schedule_id": "d1", "seats": seats})),
-                raw: None,
-                headers: vec![("authorization", format!("Bearer {token}"))],
-            })
+            .hold(token, json!({"schedule_id": "d1", "seats": seats}))
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         r.body["hold_id"].as_str().unwrap().to_owned()
@@ -81,6 +75,17 @@ impl TestApp {
             .to_owned()
     }
 
+    /// An admitted buyer with `funds` pays for `seats` of schedule d1;
+    /// returns the buyer's token and the payment response.
+    pub async fn buy(&self, event: &str, user: &str, funds: &str, seats: Value) -> (String, Resp) {
+        let token = self.admitted_token(event, user).await;
+        self.charge(user, funds, None).await;
+        let hold = self.hold_seats(&token, seats).await;
+        let paid = self.pay(&token, &hold, None).await;
+        assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+        (token, paid)
+    }
+
     /// Ledger sum and row count straight from PostgreSQL.
     pub async fn ledger(&self, user: &str) -> (rust_decimal::Decimal, i64) {
         sqlx::query_as("select coalesce(sum(amount), 0), count(*) from ledger where user_id = $1")
@@ -89,6 +94,24 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// Concurrent requests with one `Idempotency-Key`: every 201 carries the
+/// same body, every other answer is `409 request_in_progress`. Returns a 201.
+fn one_answer_per_key(results: &[Resp]) -> &Resp {
+    let created: Vec<&Resp> = results
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    assert!(!created.is_empty());
+    assert!(
+        created.iter().all(|r| r.text == created[0].text),
+        "every 201 body identical"
+    );
+    for r in results.iter().filter(|r| r.status != StatusCode::CREATED) {
+        r.assert_problem(409, "request_in_progress");
+    }
+    created[0]
 }
 
 #[tokio::test]
@@ -262,29 +285,18 @@ async fn one_idempotency_key_debits_once() {
     app.charge("hal", "5000", None).await;
     let hold = app.hold_seats(&token, json!([3, 4])).await;
     let results = join_all((0..20).map(|_| app.pay(&token, &hold, Some("pay-1")))).await;
-    let created: Vec<&Resp> = results
-        .iter()
-        .filter(|r| r.status == StatusCode::CREATED)
-        .collect();
-    assert!(!created.is_empty());
-    assert!(
-        created.iter().all(|r| r.text == created[0].text),
-        "every 201 body identical"
-    );
-    for r in results.iter().filter(|r| r.status != StatusCode::CREATED) {
-        r.assert_problem(409, "request_in_progress");
-    }
+    let first = one_answer_per_key(&results);
     assert_eq!(app.balance("hal").await, "3000", "one debit");
     // After completion, and with the queue token gone: the stored response.
     let again = app.pay(&token, &hold, Some("pay-1")).await;
     assert_eq!(again.status, StatusCode::CREATED);
-    assert_eq!(again.text, created[0].text);
+    assert_eq!(again.text, first.text);
     app.status(&token)
         .await
         .assert_problem(410, "queue_token_expired");
     assert_eq!(app.balance("hal").await, "3000");
     // The payment is readable by its owner.
-    let id = created[0].body["payment_id"].as_str().unwrap();
+    let id = first.body["payment_id"].as_str().unwrap();
     let r = app
         .admin(Method::GET, &format!("/v1/payments/{id}"), None)
         .await;
@@ -365,13 +377,7 @@ async fn a_crash_between_commit_and_confirm_is_finished_by_the_reconciler() {
     // Not holdable meanwhile: the hold is *paying*.
     let other = crashing.admitted_token("e1", "kim").await;
     let r = crashing
-        .send(Req {
-            method: Method::POST,
-            path: "/v1/holds",
-            body: Some(json!({"schedule_id": "d1", "seats": [5]})),
-            raw: None,
-            headers: vec![("authorization", format!("Bearer {other}"))],
-        })
+        .hold(&other, json!({"schedule_id": "d1", "seats": [5]}))
         .await;
     r.assert_problem(409, "seats_unavailable");
 
@@ -416,13 +422,7 @@ async fn wipe_prefix(prefix: &str) {
 async fn an_emptied_redis_is_restored_from_postgres() {
     let app = spawn_app().await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
-    let token = app.admitted_token("e1", "lee").await;
-    app.charge("lee", "5000", None).await;
-    let hold = app.hold_seats(&token, json!([9, 10])).await;
-    assert_eq!(
-        app.pay(&token, &hold, None).await.status,
-        StatusCode::CREATED
-    );
+    app.buy("e1", "lee", "5000", json!([9, 10])).await;
 
     let prefix = app.settings.env["BOXOFFICE_REDIS_PREFIX"].clone();
     wipe_prefix(&prefix).await;
@@ -439,13 +439,7 @@ async fn an_emptied_redis_is_restored_from_postgres() {
     );
     let buyer = app.admitted_token("e1", "mo").await;
     let r = app
-        .send(Req {
-            method: Method::POST,
-            path: "/v1/holds",
-            body: Some(json!({"schedule_id": "d1", "seats": [10]})),
-            raw: None,
-            headers: vec![("authorization", format!("Bearer {buyer}"))],
-        })
+        .hold(&buyer, json!({"schedule_id": "d1", "seats": [10]}))
         .await;
     r.assert_problem(409, "seats_unavailable");
 
@@ -474,13 +468,7 @@ async fn an_emptied_redis_is_restored_from_postgres() {
 async fn sales_report_and_outbox_stream() {
     let app = spawn_app().await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
-    let token = app.admitted_token("e1", "ned").await;
-    app.charge("ned", "5000", None).await;
-    let hold = app.hold_seats(&token, json!([1, 2, 3])).await;
-    assert_eq!(
-        app.pay(&token, &hold, None).await.status,
-        StatusCode::CREATED
-    );
+    app.buy("e1", "ned", "5000", json!([1, 2, 3])).await;
     let r = app
         .admin(Method::GET, "/v1/admin/events/e1/sales", None)
         .await;
@@ -518,13 +506,7 @@ async fn sales_report_and_outbox_stream() {
 async fn the_audit_passes_after_sales_and_catches_corruption() {
     let app = spawn_with(Settings::new().without_background()).await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
-    let token = app.admitted_token("e1", "olga").await;
-    app.charge("olga", "5000", None).await;
-    let hold = app.hold_seats(&token, json!([4, 5])).await;
-    assert_eq!(
-        app.pay(&token, &hold, None).await.status,
-        StatusCode::CREATED
-    );
+    app.buy("e1", "olga", "5000", json!([4, 5])).await;
 
     let a = boxoffice::audit::run(&app.state.pg, &app.state.redis)
         .await
@@ -557,4 +539,98 @@ async fn the_audit_passes_after_sales_and_catches_corruption() {
             .any(|v| v.contains("sold in PostgreSQL but not in Redis: [4]"))
     );
     assert!(a.violations.iter().any(|v| v.contains("wallet olga")));
+}
+
+#[tokio::test]
+async fn concurrent_charges_with_one_key_credit_once() {
+    let app = spawn_app().await;
+    let results = join_all((0..20).map(|_| app.charge("pia", "700", Some("top-up-1")))).await;
+    let first = one_answer_per_key(&results);
+    assert_eq!(app.balance("pia").await, "700", "credited once");
+    assert_eq!(app.ledger("pia").await.1, 1);
+    let again = app.charge("pia", "700", Some("top-up-1")).await;
+    assert_eq!(again.text, first.text);
+}
+
+#[tokio::test]
+async fn charges_and_payments_racing_on_one_wallet_lose_nothing() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 40, 300, 20).await;
+    let token = app.admitted_token("e1", "quinn").await;
+    app.charge("quinn", "3000", None).await;
+    let mut holds = Vec::new();
+    for s in 1..=10 {
+        holds.push(app.hold_seats(&token, json!([s])).await);
+    }
+    // 10 payments of 1000 race 100 charges of 10 on the same wallet.
+    let pays = join_all(holds.iter().map(|h| app.pay(&token, h, None)));
+    let charges = join_all((0..100).map(|_| app.charge("quinn", "10", None)));
+    let (pays, charges) = tokio::join!(pays, charges);
+    assert!(charges.iter().all(|r| r.status == StatusCode::CREATED));
+    let paid = pays
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count() as i64;
+    for r in pays.iter().filter(|r| r.status != StatusCode::CREATED) {
+        assert!(
+            matches!(r.code(), "insufficient_funds" | "queue_token_expired"),
+            "{}",
+            r.text
+        );
+    }
+    assert!(paid >= 3, "3000 up front buys at least three seats: {paid}");
+    let expected = rust_decimal::Decimal::from(3000 + 100 * 10 - 1000 * paid);
+    assert_eq!(app.balance("quinn").await, expected.to_string());
+    let (sum, rows) = app.ledger("quinn").await;
+    assert_eq!(sum, expected, "balance = ledger sum");
+    assert_eq!(rows, 1 + 100 + paid);
+    let a = boxoffice::audit::run(&app.state.pg, &app.state.redis)
+        .await
+        .unwrap();
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
+}
+
+#[tokio::test]
+async fn a_payment_racing_its_holds_expiry_never_sells_a_seat_twice() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 10, 1, 4).await;
+    let owner = app.admitted_token("e1", "rae").await;
+    app.charge("rae", "5000", None).await;
+    let others = app.admitted_users("e1", 40).await;
+    let hold = app.hold_seats(&owner, json!([1])).await;
+    let r = app
+        .get_with_token(&format!("/v1/holds/{hold}"), &owner)
+        .await;
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(r.body["expires_at"].as_str().unwrap()).unwrap();
+    let wait = expires.timestamp_millis() - chrono::Utc::now().timestamp_millis() - 20;
+    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+
+    // At the deadline: the owner pays while 40 others grab the seat.
+    let grabs = join_all(
+        others
+            .iter()
+            .map(|t| app.hold(t, json!({"schedule_id": "d1", "seats": [1]}))),
+    );
+    let (pay, grabs) = tokio::join!(app.pay(&owner, &hold, None), grabs);
+    let grabbed = grabs
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    let paid = pay.status == StatusCode::CREATED;
+    assert!(
+        usize::from(paid) + grabbed <= 1,
+        "paid {paid} and {grabbed} new holds on one seat"
+    );
+    if paid {
+        assert_eq!(app.balance("rae").await, "4000");
+        assert_eq!(app.admin_seat("e1", 1).await, "sold");
+    } else {
+        pay.assert_problem(410, "hold_expired");
+        assert_eq!(app.balance("rae").await, "5000", "no money moved");
+    }
+    let a = boxoffice::audit::run(&app.state.pg, &app.state.redis)
+        .await
+        .unwrap();
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
 }
