@@ -11,17 +11,16 @@
 -- KEYS[7] ubought   hash: user -> seats bought
 -- KEYS[8] adm       zset: admitted queue entry -> deadline (ms)
 -- KEYS[9] wait      zset: waiting queue entry -> join sequence
--- KEYS[10] entries  hash: queue entry -> user
+-- KEYS[10] users    hash: user -> live queue entry
 -- ARGV[1] hold number
 -- ARGV[2] user id (from the verified token)
 -- ARGV[3] payment timeout (ms): the paying deadline is now + this
--- ARGV[4] the buyer's queue entry (from the verified token)
 --
 -- Returns (JSON), every reply but no_schedule with "expired":x,
 -- "expired_paying":y:
 --   {"status":"no_schedule"}
 --   {"status":"not_admitted","position":p}  the buyer is still waiting
---   {"status":"queue_gone"}  the buyer's queue entry is gone (left,
+--   {"status":"queue_gone"}  the buyer has no live queue entry (left,
 --                            window over, or completed); nothing changed
 --   {"status":"gone"}        no such hold, expired (a hold at or past its
 --                            deadline can never be paid), or one of its
@@ -36,11 +35,10 @@
 -- or a hold could expire (and its seats be re-held) between "still held?"
 -- and "now paying", and be sold twice.
 
-local timeout, entry = tonumber(ARGV[3]), ARGV[4]
+local timeout = tonumber(ARGV[3])
 if not timeout or timeout < 1 or timeout ~= math.floor(timeout) then return bad_arg('timeout') end
-if not entry or entry == '' then return bad_arg('entry') end
 local h, stop = open_hold(function(_, _, user, now)
-  local refused = admission(KEYS[8], KEYS[9], KEYS[10], entry, user, now)
+  local refused = admission(KEYS[8], KEYS[9], KEYS[10], user, now)
   return refused and json(refused)
 end)
 if not h then return stop end

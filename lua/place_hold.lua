@@ -11,18 +11,16 @@
 -- KEYS[8] hold_seq  counter: hold numbers of the event
 -- KEYS[9] adm       zset: admitted queue entry -> deadline (ms)
 -- KEYS[10] wait     zset: waiting queue entry -> join sequence
--- KEYS[11] entries  hash: queue entry -> user
+-- KEYS[11] users    hash: user -> live queue entry
 -- ARGV[1] user id
 -- ARGV[2] mode: "seats" | "count"
 -- ARGV[3] mode seats: comma-separated seat numbers (non-empty, <= 100,
 --         no duplicates); mode count: number of seats (>= 1)
--- ARGV[4] the user's queue entry (from the verified token): it must be
---         admitted, checked here rather than in a second round trip
 --
 -- Returns (JSON):
 --   {"status":"no_schedule"}
 --   {"status":"not_admitted","position":p}  still waiting in the queue
---   {"status":"queue_gone"}  the queue entry left, expired or completed
+--   {"status":"queue_gone"}  the user has no live queue entry
 --   {"status":"invalid","reason":"seat_out_of_range","seats":[..]}
 --   {"status":"invalid","reason":"count_too_large"}
 --   {"status":"limit","max_per_user":m,"held":h,"bought":b,"requested":k,
@@ -40,9 +38,8 @@
 -- exactly from its hold's deadline on.
 
 local K = sched_keys(1)
-local user, mode, arg, entry = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local user, mode, arg = ARGV[1], ARGV[2], ARGV[3]
 if not user or user == '' then return bad_arg('user') end
-if not entry or entry == '' then return bad_arg('entry') end
 
 local cfg = load_cfg(K)
 if not cfg then return json({ status = 'no_schedule' }) end
@@ -69,7 +66,8 @@ else
 end
 
 local now = now_ms()
-local refused = admission(KEYS[9], KEYS[10], KEYS[11], entry, user, now)
+-- The user must be admitted (checked here rather than in a second round trip).
+local refused = admission(KEYS[9], KEYS[10], KEYS[11], user, now)
 if refused then return json(refused) end
 local expired, expired_paying = expire_due(K, now)
 local function reply(t)

@@ -179,14 +179,16 @@ local function expire_due(K, now)
   return expired, paying
 end
 
--- The caller's queue entry must be admitted right now. Read-only. The
+-- The user's live queue entry must be admitted right now. Read-only. The
 -- queue keys share the event's hash tag, so the scripts that need an
 -- admitted buyer (place_hold, begin_payment) check it themselves instead
 -- of costing the request a second round trip. Returns nil when admitted,
 -- else a reply table: {status="not_admitted", position=p} while waiting,
--- {status="queue_gone"} when the entry left, expired or is someone else's.
-local function admission(adm, wait, entries, entry, user, now)
-  if redis.call('HGET', entries, entry) ~= user then return { status = 'queue_gone' } end
+-- {status="queue_gone"} when the user has no live entry (left, window
+-- over, or completed by a payment).
+local function admission(adm, wait, users, user, now)
+  local entry = redis.call('HGET', users, user)
+  if not entry then return { status = 'queue_gone' } end
   local deadline = redis.call('ZSCORE', adm, entry)
   if deadline then
     if tonumber(deadline) > now then return nil end

@@ -188,7 +188,7 @@ pub async fn place(
         .run(
             &redis::PLACE_HOLD,
             keys,
-            vec![user.to_string(), mode.into(), arg, buyer.entry.to_string()],
+            vec![user.to_string(), mode.into(), arg],
         )
         .await
     {
@@ -400,7 +400,7 @@ pub async fn sweep(
 
 /// The queue keys a script needs to check that the buyer is admitted.
 fn admission_keys(k: &EventKeys) -> [String; 3] {
-    [k.queue_admitted(), k.queue_waiting(), k.queue_entries()]
+    [k.queue_admitted(), k.queue_waiting(), k.queue_users()]
 }
 
 /// A hold moved to *paying*.
@@ -432,7 +432,6 @@ pub async fn begin_payment(
                 id.n.to_string(),
                 user.to_string(),
                 paying_ms.to_string(),
-                buyer.entry.to_string(),
             ],
         )
         .await?;
