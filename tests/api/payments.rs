@@ -634,3 +634,45 @@ async fn a_payment_racing_its_holds_expiry_never_sells_a_seat_twice() {
         .unwrap();
     assert!(a.violations.is_empty(), "{:?}", a.violations);
 }
+
+#[tokio::test]
+async fn postgres_refuses_a_double_sale_that_redis_no_longer_sees() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    app.buy("e1", "sam", "5000", json!([7])).await;
+
+    // Redis forgets the sale (a lost write after a failover, say).
+    let seats_key = format!(
+        "{}{{ev:e1}}:s:d1:seats",
+        app.settings.env["BOXOFFICE_REDIS_PREFIX"]
+    );
+    let map_key = format!(
+        "{}{{ev:e1}}:s:d1:map",
+        app.settings.env["BOXOFFICE_REDIS_PREFIX"]
+    );
+    for args in [
+        vec!["HDEL", seats_key.as_str(), "7"],
+        vec!["SETBIT", map_key.as_str(), "7", "0"],
+    ] {
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["-u", &redis_url()])
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
+    }
+    // Racing buyers can now hold seat 7 one after another, but none can pay.
+    let token = app.admitted_token("e1", "tia").await;
+    app.charge("tia", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([7])).await;
+    let r = app.pay(&token, &hold, None).await;
+    r.assert_problem(409, "seats_unavailable");
+    assert_eq!(r.body["unavailable_seats"], json!([7]));
+    assert_eq!(app.balance("tia").await, "5000", "no money moved");
+    let sold: i64 = sqlx::query_scalar("select count(*) from sold_seats where seat_no = 7")
+        .fetch_one(app.state.pg.pool())
+        .await
+        .unwrap();
+    assert_eq!(sold, 1);
+}
