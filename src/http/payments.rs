@@ -298,7 +298,7 @@ pub async fn sales(
         }).collect::<Vec<_>>(),
         "hourly": per_hour.into_iter().map(|(h, p, s, r)| {
             let mut v = row(p, s, r);
-            v["hour"] = json!(h.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            v["hour"] = json!(crate::catalog::format_time(h));
             v
         }).collect::<Vec<_>>(),
     })))
