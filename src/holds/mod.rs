@@ -428,11 +428,7 @@ pub async fn begin_payment(
         .run(
             &redis::BEGIN_PAYMENT,
             keys,
-            vec![
-                id.n.to_string(),
-                user.to_string(),
-                paying_ms.to_string(),
-            ],
+            vec![id.n.to_string(), user.to_string(), paying_ms.to_string()],
         )
         .await?;
     let r: Reply = decode("begin_payment", &raw)?;
