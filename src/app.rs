@@ -28,6 +28,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub tokens: Arc<TokenSigner>,
     pub limits: Arc<crate::http::limit::RateLimits>,
+    pub confirmations: crate::payments::Confirmations,
     /// Schedule ids per event (immutable after creation), cached.
     pub schedule_ids: Arc<RwLock<HashMap<EventId, Arc<Vec<ScheduleId>>>>>,
 }
@@ -59,10 +60,12 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", config.addr))?;
         let tokens = Arc::new(TokenSigner::new(config.token_secret.expose()));
         let limits = Arc::new(crate::http::limit::RateLimits::new(&config));
+        let confirmations = crate::payments::Confirmations::start(pg.clone());
         let state = AppState {
             config: Arc::new(config),
             redis,
             pg,
+            confirmations,
             metrics,
             tokens,
             schedule_ids: Arc::default(),

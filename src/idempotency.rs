@@ -56,8 +56,12 @@ pub async fn claim(
     fp: &str,
 ) -> Result<Claim, StoreError> {
     pg.guard(async {
+        // The claim's commit does not wait for its WAL flush: the effect's
+        // commit, which does, flushes everything before it, claim included;
+        // a claim lost in a crash guarded no effect.
         let inserted = sqlx::query(
-            r"insert into idempotency (user_id, key, fingerprint) values ($1, $2, $3)
+            r"with relaxed as (select set_config('synchronous_commit', 'off', true))
+              insert into idempotency (user_id, key, fingerprint) select $1, $2, $3 from relaxed
               on conflict (user_id, key) do nothing",
         )
         .bind(user.as_str())

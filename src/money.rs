@@ -147,6 +147,36 @@ pub fn format_amount(d: Decimal) -> String {
     d.normalize().to_string()
 }
 
+/// A value no amount takes: rendered in a field whose value only the
+/// statement that writes the body can know (a balance after a conditional
+/// debit), then cut out by [`cut_slots`].
+pub const SLOT: Decimal = Decimal::MAX;
+
+/// Cuts a JSON body rendered with [`SLOT`] in each of `fields` (in the
+/// order they appear) into the `fields.len() + 1` pieces around the values,
+/// so that one SQL statement can join them with `trim_scale(value)::text`
+/// (PostgreSQL's text of a `numeric` in the form of [`format_amount`]) and store
+/// the exact bytes the client gets, in the transaction that decides them.
+///
+/// # Panics
+/// When a field does not hold [`SLOT`] in order: a bug in the caller.
+pub fn cut_slots(body: &str, fields: &[&str]) -> Vec<String> {
+    let slot = SLOT.to_string();
+    let mut pieces = Vec::with_capacity(fields.len() + 1);
+    let mut rest = body;
+    for field in fields {
+        let key = format!("\"{field}\":\"");
+        let at = rest
+            .find(&format!("{key}{slot}\""))
+            .unwrap_or_else(|| panic!("{field} holds no slot in {body}"));
+        let value = at + key.len();
+        pieces.push(rest[..value].to_owned());
+        rest = &rest[value + slot.len()..];
+    }
+    pieces.push(rest.to_owned());
+    pieces
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +190,41 @@ mod tests {
         code: "EUR",
         scale: 2,
     };
+
+    #[test]
+    fn slots_join_back_to_the_rendered_body() {
+        #[derive(Serialize)]
+        struct Body {
+            id: &'static str,
+            #[serde(serialize_with = "as_amount")]
+            amount: Decimal,
+            #[serde(serialize_with = "as_amount")]
+            balance: Decimal,
+        }
+        fn as_amount<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&format_amount(*d))
+        }
+        let render = |amount, balance| {
+            serde_json::to_string(&Body {
+                id: "amount",
+                amount,
+                balance,
+            })
+            .unwrap()
+        };
+        let pieces = cut_slots(&render(SLOT, SLOT), &["amount", "balance"]);
+        assert_eq!(pieces.len(), 3);
+        let (amount, balance) = (dec!(1500.0000), dec!(0.5000));
+        let joined = format!(
+            "{}{}{}{}{}",
+            pieces[0],
+            format_amount(amount),
+            pieces[1],
+            format_amount(balance),
+            pieces[2]
+        );
+        assert_eq!(joined, render(amount, balance));
+    }
 
     #[test]
     fn accepts_plain_amounts() {

@@ -107,14 +107,9 @@ async fn pay_once(
             )
             .await
             {
-                // The answer does not wait for this bookkeeping commit; if
-                // it is lost the reconciler replays the (idempotent) step.
-                Ok(_) => {
-                    let pg = state.pg.clone();
-                    tokio::spawn(
-                        async move { payments::mark_confirmed(&pg, payment.payment_id).await },
-                    );
-                }
+                // The answer does not wait for this bookkeeping; if it is
+                // lost the reconciler replays the (idempotent) step.
+                Ok(_) => state.confirmations.push(payment.payment_id),
                 Err(e) => {
                     tracing::warn!(%hold, error = %e, "confirm_sale failed; the reconciler will finish it")
                 }

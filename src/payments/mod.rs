@@ -20,12 +20,12 @@ pub mod relay;
 use chrono::{DateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::{
-    idempotency,
     ids::{HoldId, IdempotencyKey, UserId},
-    money::format_amount,
+    money::{SLOT, cut_slots, format_amount},
     store::{StoreError, pg::Pg, pg::constraint_of},
 };
 
@@ -88,7 +88,45 @@ pub async fn payment_of_hold(pg: &Pg, hold: &HoldId) -> Result<Option<Uuid>, Sto
     .await
 }
 
-/// Step 2: the one PostgreSQL transaction of a payment.
+/// Step 2 as one statement, so one round trip and one commit: price from
+/// the catalog, conditional debit, payment, sold seats (unique per seat),
+/// ledger row, outbox message and the idempotent response, all or nothing.
+/// Data-modifying CTEs run exactly once each on one snapshot; a constraint
+/// violation anywhere undoes the whole statement.
+const RECORD: &str = r"
+with price as (
+    select price * cardinality($6::int[]) as amount
+    from schedules where event_id = $3 and schedule_id = $4
+), debit as (
+    update wallets w set balance = w.balance - p.amount, updated_at = now()
+    from price p
+    where w.user_id = $2 and w.balance >= p.amount
+    returning w.balance, p.amount
+), paid as (
+    insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at)
+    select $1, $2, $3, $4, $5, d.amount, $6, $7 from debit d
+    returning payment_id
+), sold as (
+    insert into sold_seats (event_id, schedule_id, seat_no, payment_id)
+    select $3, $4, unnest($6::int[]), p.payment_id from paid p
+), entry as (
+    insert into ledger (transaction_id, user_id, kind, amount, balance_after, payment_id)
+    select $8, $2, 'payment', -d.amount, d.balance, $1 from debit d
+), body as (
+    select $9 || trim_scale(d.amount)::text || $10 || trim_scale(d.balance)::text || $11 as text
+    from debit d
+), message as (
+    insert into outbox (topic, user_id, payload)
+    select 'payment.confirmed', $2, b.text::jsonb from body b
+), answer as (
+    update idempotency i set status = 201, response = b.text
+    from body b where i.user_id = $2 and i.key = $12
+)
+select p.amount, d.balance, b.text,
+       (select balance from wallets where user_id = $2) as balance_before
+from price p left join debit d on true left join body b on true";
+
+/// Step 2: the one PostgreSQL transaction of a payment ([`RECORD`]).
 ///
 /// # Errors
 /// PostgreSQL unavailable (nothing was written).
@@ -100,118 +138,109 @@ pub async fn record(
     key: Option<&IdempotencyKey>,
 ) -> Result<Recorded, StoreError> {
     let seats: Vec<i32> = seats.iter().map(|&s| s as i32).collect();
-    let payment_id = Uuid::now_v7();
+    let mut payment = Payment {
+        payment_id: Uuid::now_v7(),
+        hold_id: hold.to_string(),
+        event_id: hold.event.to_string(),
+        schedule_id: hold.schedule.to_string(),
+        seats,
+        amount: SLOT,
+        balance_after: SLOT,
+        paid_at: Utc::now().trunc_subsecs(6),
+    };
+    let template = serde_json::to_string(&payment).expect("serializes");
+    let pieces = cut_slots(&template, &["amount", "balance_after"]);
     let result = pg
-        .guard(async {
-            let mut tx = pg.pool().begin().await?;
-            let price: Decimal = sqlx::query_scalar(r"select price from schedules where event_id = $1 and schedule_id = $2")
-                .bind(hold.event.as_str())
-                .bind(hold.schedule.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-            let amount = price * Decimal::from(seats.len());
-            // A hold paid before is refused by `payments_hold_once` below,
-            // mapped to `AlreadyPaid` after the rollback.
-            // Conditional debit: no read-modify-write, no negative balance.
-            let Some(balance_after): Option<Decimal> = sqlx::query_scalar(
-                r"update wallets set balance = balance - $2, updated_at = now()
-                  where user_id = $1 and balance >= $2
-                  returning balance",
+        .guard(
+            sqlx::query_as::<_, (Decimal, Option<Decimal>, Option<String>, Option<Decimal>)>(
+                RECORD,
             )
-            .bind(user.as_str())
-            .bind(amount)
-            .fetch_optional(&mut *tx)
-            .await?
-            else {
-                let balance: Option<Decimal> = sqlx::query_scalar(r"select balance from wallets where user_id = $1")
-                    .bind(user.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                return Ok(Recorded::InsufficientFunds { balance: balance.unwrap_or_default().normalize(), amount: amount.normalize() });
-            };
-            let paid_at = Utc::now().trunc_subsecs(6);
-            sqlx::query(
-                r"insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at)
-                  values ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(payment_id)
+            .bind(payment.payment_id)
             .bind(user.as_str())
             .bind(hold.event.as_str())
             .bind(hold.schedule.as_str())
-            .bind(hold.to_string())
-            .bind(amount)
-            .bind(&seats)
-            .bind(paid_at)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                r"insert into sold_seats (event_id, schedule_id, seat_no, payment_id)
-                  select $1, $2, unnest($3::int[]), $4",
-            )
-            .bind(hold.event.as_str())
-            .bind(hold.schedule.as_str())
-            .bind(&seats)
-            .bind(payment_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                r"insert into ledger (transaction_id, user_id, kind, amount, balance_after, payment_id)
-                  values ($1, $2, 'payment', $3, $4, $5)",
-            )
+            .bind(&payment.hold_id)
+            .bind(&payment.seats)
+            .bind(payment.paid_at)
             .bind(Uuid::now_v7())
-            .bind(user.as_str())
-            .bind(-amount)
-            .bind(balance_after)
-            .bind(payment_id)
-            .execute(&mut *tx)
-            .await?;
-            let payment = Payment {
-                payment_id,
-                hold_id: hold.to_string(),
-                event_id: hold.event.to_string(),
-                schedule_id: hold.schedule.to_string(),
-                seats: seats.clone(),
-                amount: amount.normalize(),
-                balance_after: balance_after.normalize(),
-                paid_at,
-            };
-            let body = serde_json::to_string(&payment).expect("serializes");
-            sqlx::query(r"insert into outbox (topic, user_id, payload) values ('payment.confirmed', $1, $2::jsonb)")
-                .bind(user.as_str())
-                .bind(&body)
-                .execute(&mut *tx)
-                .await?;
-            if let Some(key) = key {
-                idempotency::complete(&mut tx, user, key, 201, &body).await?;
-            }
-            tx.commit().await?;
-            Ok(Recorded::Paid { payment, body })
-        })
+            .bind(&pieces[0])
+            .bind(&pieces[1])
+            .bind(&pieces[2])
+            .bind(key.map(IdempotencyKey::as_str))
+            .fetch_one(pg.pool()),
+        )
         .await;
     match result {
+        Ok((amount, Some(balance_after), Some(body), _)) => {
+            payment.amount = amount.normalize();
+            payment.balance_after = balance_after.normalize();
+            debug_assert_eq!(body, serde_json::to_string(&payment).expect("serializes"));
+            Ok(Recorded::Paid { payment, body })
+        }
+        Ok((amount, _, _, balance)) => Ok(Recorded::InsufficientFunds {
+            balance: balance.unwrap_or_default().normalize(),
+            amount: amount.normalize(),
+        }),
         Err(e) => match constraint_of(&e).as_deref() {
             Some("sold_seats_once") => Ok(Recorded::SeatTaken),
+            // A hold paid before.
             Some("payments_hold_once") => match payment_of_hold(pg, hold).await? {
                 Some(payment_id) => Ok(Recorded::AlreadyPaid { payment_id }),
                 None => Err(e),
             },
             _ => Err(e),
         },
-        ok => ok,
     }
 }
 
-/// Marks the payment's Redis side done.
-pub async fn mark_confirmed(pg: &Pg, payment_id: Uuid) {
+/// Marks payments' Redis side done. The commit does not wait for its WAL
+/// flush (`synchronous_commit` off for this transaction only): losing a
+/// mark in a crash is harmless, the reconciler replays the idempotent step
+/// for rows still unconfirmed after a second.
+pub async fn mark_confirmed(pg: &Pg, payment_ids: &[Uuid]) {
     let r = pg
         .guard(
-            sqlx::query(r"update payments set redis_confirmed = true where payment_id = $1")
-                .bind(payment_id)
-                .execute(pg.pool()),
+            sqlx::query(
+                r"with relaxed as (select set_config('synchronous_commit', 'off', true))
+                  update payments set redis_confirmed = true
+                  from relaxed where payment_id = any($1)",
+            )
+            .bind(payment_ids)
+            .execute(pg.pool()),
         )
         .await;
     if let Err(e) = r {
-        tracing::warn!(%payment_id, error = %e, "could not mark payment confirmed; the reconciler will");
+        tracing::warn!(payments = payment_ids.len(), error = %e, "could not mark payments confirmed; the reconciler will");
+    }
+}
+
+/// Confirmation marks, written off the answer's path in batches: one
+/// statement for every payment confirmed while the previous one ran.
+#[derive(Clone, Debug)]
+pub struct Confirmations(mpsc::Sender<Uuid>);
+
+impl Confirmations {
+    /// Starts the writer; it ends when the last handle is dropped.
+    pub fn start(pg: Pg) -> Self {
+        const PENDING: usize = 10_000;
+        const BATCH: usize = 500;
+        let (tx, mut rx) = mpsc::channel(PENDING);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            while rx.recv_many(&mut batch, BATCH).await > 0 {
+                mark_confirmed(&pg, &batch).await;
+                batch.clear();
+            }
+        });
+        Self(tx)
+    }
+
+    /// Queues a mark; when the writer is far behind the mark is dropped and
+    /// left to the reconciler.
+    pub fn push(&self, payment_id: Uuid) {
+        if self.0.try_send(payment_id).is_err() {
+            tracing::debug!(%payment_id, "confirmation queue full; the reconciler will mark it");
+        }
     }
 }
 

@@ -96,7 +96,7 @@ pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> 
     let mut report = Report::default();
     for p in &rows {
         replay(state, p, true, &mut report).await?;
-        super::mark_confirmed(&state.pg, p.payment_id).await;
+        super::mark_confirmed(&state.pg, &[p.payment_id]).await;
         report.payments_finished += 1;
         metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "payment_finished")
             .increment(1);

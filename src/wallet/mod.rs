@@ -13,9 +13,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
-    idempotency,
     ids::{IdempotencyKey, UserId},
-    money::{Money, format_amount},
+    money::{Money, SLOT, cut_slots, format_amount},
     store::{StoreError, pg::Pg},
 };
 
@@ -50,9 +49,32 @@ pub struct Charged {
     pub balance: Decimal,
 }
 
-/// Credits the wallet (creating it on first use), appends the ledger row
-/// and the outbox message, and stores the idempotent response, in one
-/// transaction. Returns the response body as stored.
+/// A charge as one statement (one round trip, one commit): credit the
+/// wallet (created on first use), ledger row, outbox message and the
+/// idempotent response, all or nothing.
+const CHARGE: &str = r"
+with wallet as (
+    insert into wallets (user_id, balance) values ($1, $2)
+    on conflict (user_id) do update set balance = wallets.balance + excluded.balance, updated_at = now()
+    returning balance
+), entry as (
+    insert into ledger (transaction_id, user_id, kind, amount, balance_after)
+    select $3, $1, 'charge', $2, w.balance from wallet w
+), body as (
+    select $4 || trim_scale(w.balance)::text || $5 as text from wallet w
+), message as (
+    insert into outbox (topic, user_id, payload)
+    select 'wallet.charged', $1,
+           jsonb_build_object('user_id', $1::text, 'transaction_id', $3::uuid,
+                              'amount', trim_scale($2)::text, 'balance', trim_scale(w.balance)::text)
+    from wallet w
+), answer as (
+    update idempotency i set status = 201, response = b.text
+    from body b where i.user_id = $1 and i.key = $6
+)
+select w.balance, b.text from wallet w, body b";
+
+/// Credits the wallet ([`CHARGE`]). Returns the response body as stored.
 ///
 /// # Errors
 /// PostgreSQL unavailable.
@@ -62,44 +84,28 @@ pub async fn charge(
     amount: Money,
     key: Option<&IdempotencyKey>,
 ) -> Result<(Charged, String), StoreError> {
-    let transaction_id = Uuid::now_v7();
-    let amount = amount.amount();
-    pg.guard(async {
-        let mut tx = pg.pool().begin().await?;
-        let balance: Decimal = sqlx::query_scalar(
-            r"insert into wallets (user_id, balance) values ($1, $2)
-              on conflict (user_id) do update set balance = wallets.balance + excluded.balance, updated_at = now()
-              returning balance",
+    let mut charged = Charged {
+        transaction_id: Uuid::now_v7(),
+        amount: amount.amount().normalize(),
+        balance: SLOT,
+    };
+    let template = serde_json::to_string(&charged).expect("serializes");
+    let pieces = cut_slots(&template, &["balance"]);
+    let (balance, body): (Decimal, String) = pg
+        .guard(
+            sqlx::query_as(CHARGE)
+                .bind(user.as_str())
+                .bind(amount.amount())
+                .bind(charged.transaction_id)
+                .bind(&pieces[0])
+                .bind(&pieces[1])
+                .bind(key.map(IdempotencyKey::as_str))
+                .fetch_one(pg.pool()),
         )
-        .bind(user.as_str())
-        .bind(amount)
-        .fetch_one(&mut *tx)
         .await?;
-        sqlx::query(
-            r"insert into ledger (transaction_id, user_id, kind, amount, balance_after)
-              values ($1, $2, 'charge', $3, $4)",
-        )
-        .bind(transaction_id)
-        .bind(user.as_str())
-        .bind(amount)
-        .bind(balance)
-        .execute(&mut *tx)
-        .await?;
-        let charged = Charged { transaction_id, amount, balance: balance.normalize() };
-        let body = serde_json::to_string(&charged).expect("serializes");
-        sqlx::query(r"insert into outbox (topic, user_id, payload) values ('wallet.charged', $1, $2)")
-            .bind(user.as_str())
-            .bind(serde_json::json!({"user_id": user, "transaction_id": transaction_id,
-                                     "amount": format_amount(amount), "balance": format_amount(balance)}))
-            .execute(&mut *tx)
-            .await?;
-        if let Some(key) = key {
-            idempotency::complete(&mut tx, user, key, 201, &body).await?;
-        }
-        tx.commit().await?;
-        Ok((charged, body))
-    })
-    .await
+    charged.balance = balance.normalize();
+    debug_assert_eq!(body, serde_json::to_string(&charged).expect("serializes"));
+    Ok((charged, body))
 }
 
 /// One ledger entry; `amount` is signed (+ charge, − payment).
