@@ -9,9 +9,8 @@
 -- KEYS[5] dl        zset: hold -> deadline (ms)
 -- KEYS[6] uheld     hash: user -> seats held or paying
 -- KEYS[7] ubought   hash: user -> seats bought
--- KEYS[8] adm       zset: admitted queue entry -> deadline (ms)
--- KEYS[9] wait      zset: waiting queue entry -> join sequence
--- KEYS[10] users    hash: user -> live queue entry
+-- KEYS[8] adm       zset: queue, admitted user -> deadline (ms)
+-- KEYS[9] wait      zset: queue, waiting user -> entry
 -- ARGV[1] hold number
 -- ARGV[2] user id (from the verified token)
 -- ARGV[3] payment timeout (ms): the paying deadline is now + this
@@ -38,7 +37,7 @@
 local timeout = tonumber(ARGV[3])
 if not timeout or timeout < 1 or timeout ~= math.floor(timeout) then return bad_arg('timeout') end
 local h, stop = open_hold(function(_, _, user, now)
-  local refused = admission(KEYS[8], KEYS[9], KEYS[10], user, now)
+  local refused = admission(KEYS[8], KEYS[9], user, now)
   return refused and json(refused)
 end)
 if not h then return stop end

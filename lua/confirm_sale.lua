@@ -10,11 +10,10 @@
 -- KEYS[5] dl        zset: hold -> deadline (ms)
 -- KEYS[6] uheld     hash: user -> seats held or paying
 -- KEYS[7] ubought   hash: user -> seats bought
--- KEYS[8] adm       zset: queue, admitted entry -> deadline (ms)
--- KEYS[9] wait      zset: queue, waiting entry -> join sequence
--- KEYS[10] seen     zset: queue, waiting entry -> last poll (ms)
--- KEYS[11] users    hash: queue, user -> entry
--- KEYS[12] entries  hash: queue, entry -> user
+-- KEYS[8] adm       zset: queue, admitted user -> deadline (ms)
+-- KEYS[9] adm_entry hash: queue, admitted user -> entry
+-- KEYS[10] wait     zset: queue, waiting user -> entry
+-- KEYS[11] poll     hash: queue, waiting user -> last poll (ms)
 -- ARGV[1] hold number, "0" when unknown (replay)
 -- ARGV[2] user id (the buyer)
 -- ARGV[3] payment id
@@ -114,14 +113,10 @@ if #newly > 0 then
 end
 
 if end_queue == '1' then
-  local entry = redis.call('HGET', KEYS[11], user)
-  if entry then
-    redis.call('ZREM', KEYS[8], entry)
-    redis.call('ZREM', KEYS[9], entry)
-    redis.call('ZREM', KEYS[10], entry)
-    redis.call('HDEL', KEYS[12], entry)
-    redis.call('HDEL', KEYS[11], user)
-  end
+  redis.call('ZREM', KEYS[8], user)
+  redis.call('HDEL', KEYS[9], user)
+  redis.call('ZREM', KEYS[10], user)
+  redis.call('HDEL', KEYS[11], user)
 end
 
 return json({ status = 'ok', newly_sold = #newly, conflicts = sorted(conflicts),

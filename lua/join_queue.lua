@@ -3,13 +3,12 @@
 -- KEYS[1] cfg       hash: event config (admit_per_second, max_active,
 --                   active_ttl_ms, idle_timeout_ms, paused)
 -- KEYS[2] seq       counter: join order
--- KEYS[3] wait      zset: waiting entry -> join sequence
--- KEYS[4] seen      zset: waiting entry -> last poll (ms)
--- KEYS[5] adm       zset: admitted entry -> admission deadline (ms)
--- KEYS[6] users     hash: user -> entry
--- KEYS[7] entries   hash: entry -> user
--- KEYS[8] win       zset: entry -> admission time (ms), the last second only
--- KEYS[9] stats     hash: rate_ema, admitted_total, joined_total, peak_active, ...
+-- KEYS[3] wait      zset: waiting user -> entry (join sequence)
+-- KEYS[4] poll      hash: waiting user -> last poll (ms)
+-- KEYS[5] adm       zset: admitted user -> deadline (ms)
+-- KEYS[6] adm_entry hash: admitted user -> entry
+-- KEYS[7] win       zset: entry -> admission time (ms), the last second only
+-- KEYS[8] stats     hash: rate_ema, admitted_total, joined_total, peak_active, ...
 -- ARGV[1] user id
 --
 -- Returns (JSON):
@@ -26,6 +25,11 @@
 -- branch on what it reads; a lock would serialize every join through a
 -- network round trip. The order is an INCR here, never a client or server
 -- clock, so FIFO holds across any number of instances.
+--
+-- Layout: a waiting user costs one sorted-set member (user -> entry: the
+-- place by ZRANK and the entry by ZSCORE from one member) and one hash
+-- field (last poll); the admitted, at most max_active, carry their entry
+-- in a small hash beside their deadline.
 
 local cfg = redis.call('HMGET', KEYS[1], 'admit_per_second', 'max_active', 'active_ttl_ms', 'idle_timeout_ms', 'paused')
 if not cfg[1] then
@@ -40,7 +44,7 @@ local user = ARGV[1]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate = tonumber(redis.call('HGET', KEYS[9], 'rate_ema') or '0')
+local rate = tonumber(redis.call('HGET', KEYS[8], 'rate_ema') or '0')
 
 local function reply(status, entry, state, extra)
   local r = { status = status, entry = tonumber(entry), state = state, rate = rate,
@@ -50,53 +54,51 @@ local function reply(status, entry, state, extra)
   return cjson.encode(r)
 end
 
-local function forget(entry)
-  redis.call('ZREM', KEYS[3], entry)
-  redis.call('ZREM', KEYS[4], entry)
-  redis.call('ZREM', KEYS[5], entry)
-  redis.call('HDEL', KEYS[7], entry)
-end
-
 -- An existing live entry: same place, fresh token (the caller signs it).
-local existing = redis.call('HGET', KEYS[6], user)
-if existing then
-  local deadline = redis.call('ZSCORE', KEYS[5], existing)
-  if deadline and tonumber(deadline) > now then
-    return reply('existing', existing, 'admitted', { admitted_until = tonumber(deadline) })
+local deadline = redis.call('ZSCORE', KEYS[5], user)
+if deadline then
+  if tonumber(deadline) > now then
+    return reply('existing', redis.call('HGET', KEYS[6], user), 'admitted',
+                 { admitted_until = tonumber(deadline) })
   end
-  local rank = redis.call('ZRANK', KEYS[3], existing)
-  local seen = redis.call('ZSCORE', KEYS[4], existing)
-  if rank and seen and now - tonumber(seen) <= idle_timeout_ms then
-    redis.call('ZADD', KEYS[4], now, existing)
-    return reply('existing', existing, 'waiting', { position = rank + 1 })
-  end
-  -- Admission window over, or idle past the timeout: that entry is gone.
-  forget(existing)
+  -- Admission window over: that entry is gone.
+  redis.call('ZREM', KEYS[5], user)
   redis.call('HDEL', KEYS[6], user)
+end
+local existing = redis.call('ZSCORE', KEYS[3], user)
+if existing then
+  local seen = redis.call('HGET', KEYS[4], user)
+  if seen and now - tonumber(seen) <= idle_timeout_ms then
+    redis.call('HSET', KEYS[4], user, now)
+    return reply('existing', existing, 'waiting', { position = redis.call('ZRANK', KEYS[3], user) + 1 })
+  end
+  -- Idle past the timeout: that entry is gone.
+  redis.call('ZREM', KEYS[3], user)
+  redis.call('HDEL', KEYS[4], user)
+  redis.call('HINCRBY', KEYS[8], 'evicted_total', 1)
 end
 
 local entry = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[6], user, entry)
-redis.call('HSET', KEYS[7], entry, user)
-redis.call('HINCRBY', KEYS[9], 'joined_total', 1)
+redis.call('HINCRBY', KEYS[8], 'joined_total', 1)
 
 -- Admit at once only if nobody waits, capacity is free and this second's
 -- admission budget is not spent (the same sliding window admit_tick uses).
 if not paused and redis.call('ZCARD', KEYS[3]) == 0 then
   local active = redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf')
-  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now - 1000)
-  if active < max_active and redis.call('ZCARD', KEYS[8]) < admit_per_second then
-    local deadline = now + active_ttl_ms
-    redis.call('ZADD', KEYS[5], deadline, entry)
-    redis.call('ZADD', KEYS[8], now, entry)
-    redis.call('HINCRBY', KEYS[9], 'admitted_total', 1)
-    if active + 1 > tonumber(redis.call('HGET', KEYS[9], 'peak_active') or '0') then
-      redis.call('HSET', KEYS[9], 'peak_active', active + 1)
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - 1000)
+  if active < max_active and redis.call('ZCARD', KEYS[7]) < admit_per_second then
+    local until_ms = now + active_ttl_ms
+    redis.call('ZADD', KEYS[5], until_ms, user)
+    redis.call('HSET', KEYS[6], user, entry)
+    redis.call('ZADD', KEYS[7], now, entry)
+    redis.call('HINCRBY', KEYS[8], 'admitted_total', 1)
+    if active + 1 > tonumber(redis.call('HGET', KEYS[8], 'peak_active') or '0') then
+      redis.call('HSET', KEYS[8], 'peak_active', active + 1)
     end
-    return reply('created', entry, 'admitted', { admitted_until = deadline })
+    return reply('created', entry, 'admitted', { admitted_until = until_ms })
   end
 end
 
-redis.call('ZADD', KEYS[3], entry, entry)
-redis.call('ZADD', KEYS[4], now, entry)
-return reply('created', entry, 'waiting', { position = redis.call('ZRANK', KEYS[3], entry) + 1 })
+redis.call('ZADD', KEYS[3], entry, user)
+redis.call('HSET', KEYS[4], user, now)
+return reply('created', entry, 'waiting', { position = redis.call('ZRANK', KEYS[3], user) + 1 })

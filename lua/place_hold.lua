@@ -9,9 +9,8 @@
 -- KEYS[6] uheld     hash: user -> seats held or paying
 -- KEYS[7] ubought   hash: user -> seats bought
 -- KEYS[8] hold_seq  counter: hold numbers of the event
--- KEYS[9] adm       zset: admitted queue entry -> deadline (ms)
--- KEYS[10] wait     zset: waiting queue entry -> join sequence
--- KEYS[11] users    hash: user -> live queue entry
+-- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)
+-- KEYS[10] wait     zset: queue, waiting user -> entry
 -- ARGV[1] user id
 -- ARGV[2] mode: "seats" | "count"
 -- ARGV[3] mode seats: comma-separated seat numbers (non-empty, <= 100,
@@ -67,7 +66,7 @@ end
 
 local now = now_ms()
 -- The user must be admitted (checked here rather than in a second round trip).
-local refused = admission(KEYS[9], KEYS[10], KEYS[11], user, now)
+local refused = admission(KEYS[9], KEYS[10], user, now)
 if refused then return json(refused) end
 local expired, expired_paying = expire_due(K, now)
 local function reply(t)

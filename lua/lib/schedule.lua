@@ -186,15 +186,13 @@ end
 -- else a reply table: {status="not_admitted", position=p} while waiting,
 -- {status="queue_gone"} when the user has no live entry (left, window
 -- over, or completed by a payment).
-local function admission(adm, wait, users, user, now)
-  local entry = redis.call('HGET', users, user)
-  if not entry then return { status = 'queue_gone' } end
-  local deadline = redis.call('ZSCORE', adm, entry)
+local function admission(adm, wait, user, now)
+  local deadline = redis.call('ZSCORE', adm, user)
   if deadline then
     if tonumber(deadline) > now then return nil end
     return { status = 'queue_gone' }
   end
-  local rank = redis.call('ZRANK', wait, entry)
+  local rank = redis.call('ZRANK', wait, user)
   if rank then return { status = 'not_admitted', position = rank + 1 } end
   return { status = 'queue_gone' }
 end

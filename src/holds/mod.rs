@@ -399,8 +399,8 @@ pub async fn sweep(
 }
 
 /// The queue keys a script needs to check that the buyer is admitted.
-fn admission_keys(k: &EventKeys) -> [String; 3] {
-    [k.queue_admitted(), k.queue_waiting(), k.queue_users()]
+fn admission_keys(k: &EventKeys) -> [String; 2] {
+    [k.queue_admitted(), k.queue_waiting()]
 }
 
 /// A hold moved to *paying*.
@@ -492,10 +492,9 @@ pub async fn confirm_sale(
     let mut keys = k.schedule_keys(schedule);
     keys.extend([
         k.queue_admitted(),
+        k.queue_admitted_entries(),
         k.queue_waiting(),
-        k.queue_seen(),
-        k.queue_users(),
-        k.queue_entries(),
+        k.queue_polled(),
     ]);
     let args = vec![
         hold_n.to_string(),

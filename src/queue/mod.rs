@@ -116,10 +116,9 @@ pub async fn join(redis: &Redis, event: &EventId, user: &UserId) -> Result<Joine
         k.config(),
         k.queue_seq(),
         k.queue_waiting(),
-        k.queue_seen(),
+        k.queue_polled(),
         k.queue_admitted(),
-        k.queue_users(),
-        k.queue_entries(),
+        k.queue_admitted_entries(),
         k.queue_rate_window(),
         k.queue_stats(),
     ];
@@ -150,10 +149,9 @@ pub async fn join(redis: &Redis, event: &EventId, user: &UserId) -> Result<Joine
 fn entry_keys(k: &EventKeys) -> Vec<String> {
     vec![
         k.queue_waiting(),
-        k.queue_seen(),
+        k.queue_polled(),
         k.queue_admitted(),
-        k.queue_users(),
-        k.queue_entries(),
+        k.queue_admitted_entries(),
         k.queue_stats(),
     ]
 }
@@ -217,7 +215,7 @@ pub struct Tick {
     pub rate: f64,
 }
 
-/// Entries evicted, expired or admitted per step at most.
+/// Entries swept for idleness, expired or admitted per step at most.
 const TICK_BATCH: u32 = 1_000;
 
 /// Runs one admission step. Safe from every instance at once: the script
@@ -234,10 +232,9 @@ pub async fn tick(
     let keys = vec![
         k.config(),
         k.queue_waiting(),
-        k.queue_seen(),
+        k.queue_polled(),
         k.queue_admitted(),
-        k.queue_users(),
-        k.queue_entries(),
+        k.queue_admitted_entries(),
         k.queue_rate_window(),
         k.queue_stats(),
     ];

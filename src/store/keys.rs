@@ -69,25 +69,22 @@ impl EventKeys {
     pub fn queue_seq(&self) -> String {
         self.key("q:seq")
     }
-    /// Sorted set: waiting entry id → join sequence.
+    /// Sorted set: waiting user → entry id (the join sequence): the line's
+    /// order, a user's place (`ZRANK`) and entry (`ZSCORE`) in one member.
     pub fn queue_waiting(&self) -> String {
         self.key("q:wait")
     }
-    /// Sorted set: waiting entry id → last poll (Redis ms), for idle eviction.
-    pub fn queue_seen(&self) -> String {
-        self.key("q:seen")
+    /// Hash: waiting user → last poll (Redis ms), for idle eviction.
+    pub fn queue_polled(&self) -> String {
+        self.key("q:poll")
     }
-    /// Sorted set: admitted entry id → admission deadline (Redis ms).
+    /// Sorted set: admitted user → admission deadline (Redis ms).
     pub fn queue_admitted(&self) -> String {
         self.key("q:adm")
     }
-    /// Hash: user id → entry id (one live entry per user).
-    pub fn queue_users(&self) -> String {
-        self.key("q:users")
-    }
-    /// Hash: entry id → user id.
-    pub fn queue_entries(&self) -> String {
-        self.key("q:entries")
+    /// Hash: admitted user → entry id (at most `max_active` fields).
+    pub fn queue_admitted_entries(&self) -> String {
+        self.key("q:adm:entry")
     }
     /// Sorted set: entry id → admission time (Redis ms), last second only;
     /// the sliding window that caps the admission rate.

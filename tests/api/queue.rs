@@ -227,6 +227,44 @@ async fn idle_entries_are_dropped_and_leaving_frees_a_slot() {
 }
 
 #[tokio::test]
+async fn the_tick_sweeps_out_silent_entries_and_never_admits_them() {
+    let app = spawn_app().await;
+    app.simple_event(
+        "e1",
+        json!({"admit_per_second": 100, "max_active": 1, "active_ttl_seconds": 600, "idle_timeout_seconds": 2}),
+        10,
+        60,
+        4,
+    )
+    .await;
+    let tok = |r: &Resp| r.body["token"].as_str().unwrap().to_owned();
+    let ta = tok(&app.join("e1", "a").await);
+    // b is at the head of the line and never polls again; c polls.
+    let tb = tok(&app.join("e1", "b").await);
+    let tc = tok(&app.join("e1", "c").await);
+    assert_eq!(app.status(&tc).await.body["position"], 2);
+    let swept = eventually(Duration::from_secs(5), || async {
+        app.status(&tc).await.body["position"] == 1
+    })
+    .await;
+    assert!(swept, "b left the line without polling once");
+    let live = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(live.body["live"]["evicted_total"], 1, "{}", live.text);
+    assert_eq!(live.body["live"]["waiting"], 1, "{}", live.text);
+
+    // The slot a frees goes to c, never to the silent b.
+    assert_eq!(app.leave(&ta).await.status, StatusCode::NO_CONTENT);
+    let admitted = eventually(Duration::from_secs(2), || async {
+        app.status(&tc).await.body["status"] == "admitted"
+    })
+    .await;
+    assert!(admitted);
+    app.status(&tb)
+        .await
+        .assert_problem(410, "queue_token_expired");
+}
+
+#[tokio::test]
 async fn idle_timeout_holds_without_any_background_loop() {
     let app = spawn_with(Settings::new().without_background()).await;
     app.simple_event(
