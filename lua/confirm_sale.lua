@@ -14,6 +14,7 @@
 -- KEYS[9] adm_entry hash: queue, admitted user -> entry
 -- KEYS[10] wait     zset: queue, waiting user -> entry
 -- KEYS[11] poll     hash: queue, waiting user -> last poll (ms)
+-- KEYS[12] sold     bitmap: bit i = seat i sold (the seat map's view)
 -- ARGV[1] hold number, "0" when unknown (replay)
 -- ARGV[2] user id (the buyer)
 -- ARGV[3] payment id
@@ -74,7 +75,8 @@ for _, s in ipairs(paid) do
     done[s] = true
     local v = redis.call('HGET', K.seats, s)
     if v == sold_value then
-      redis.call('SETBIT', K.map, s, 1)   -- repairs a map restored apart
+      redis.call('SETBIT', K.map, s, 1)   -- repairs maps restored apart
+      redis.call('SETBIT', KEYS[12], s, 1)
     elseif v and string.sub(v, 1, 2) == 's:' then
       conflicts[#conflicts + 1] = s
     else
@@ -90,6 +92,7 @@ for _, s in ipairs(paid) do
         overrode[#overrode + 1] = s
       end
       set_seat(K, s, sold_value)
+      redis.call('SETBIT', KEYS[12], s, 1)
       newly[#newly + 1] = s
     end
   end

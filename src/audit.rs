@@ -84,12 +84,27 @@ pub async fn run(pg: &Pg, redis: &Redis) -> anyhow::Result<Audit> {
                 .into_iter()
                 .map(|n| n as u32)
                 .collect();
+            let sold: Vec<u32> = holds::sold_seats(redis, &ev.event_id, &s.schedule_id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}/{}: {e}", ev.event_id, s.schedule_id))?;
+            let sold_redis: BTreeSet<u32> = sold.iter().copied().collect();
+            let missing: Vec<_> = sold_pg.difference(&sold_redis).collect();
+            let extra: Vec<_> = sold_redis.difference(&sold_pg).collect();
+            // The seat map buyers see is kept beside the seats hash; it
+            // must show exactly the sold seats.
             let map = holds::seat_map(redis, &ev.event_id, &s.schedule_id)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}/{}: {e}", ev.event_id, s.schedule_id))?;
-            let sold_redis: BTreeSet<u32> = map.sold.iter().copied().collect();
-            let missing: Vec<_> = sold_pg.difference(&sold_redis).collect();
-            let extra: Vec<_> = sold_redis.difference(&sold_pg).collect();
+            let shown: BTreeSet<u32> = map.sold().collect();
+            if shown != sold_redis {
+                a.violations.push(format!(
+                    "{}/{}: the seat map shows sold {:?} but the seats hash has {:?}",
+                    ev.event_id,
+                    s.schedule_id,
+                    shown.difference(&sold_redis).collect::<Vec<_>>(),
+                    sold_redis.difference(&shown).collect::<Vec<_>>()
+                ));
+            }
             if !missing.is_empty() {
                 a.violations.push(format!(
                     "{}/{}: sold in PostgreSQL but not in Redis: {missing:?}",
@@ -102,7 +117,7 @@ pub async fn run(pg: &Pg, redis: &Redis) -> anyhow::Result<Audit> {
                     ev.event_id, s.schedule_id
                 ));
             }
-            if sold_pg.len() > s.seats as usize || map.sold.len() > s.seats as usize {
+            if sold_pg.len() > s.seats as usize || sold.len() > s.seats as usize {
                 a.violations.push(format!(
                     "{}/{}: more seats sold than offered",
                     ev.event_id, s.schedule_id

@@ -120,13 +120,17 @@ fn decode<T: serde::de::DeserializeOwned>(script: &str, raw: &str) -> Result<T, 
 
 /// Counts holds that expired lazily (for `boxoffice_holds_expired_total`).
 fn count_expired(r: &Reply) {
-    if r.expired > 0 {
+    count_expired_n(r.expired, r.expired_paying);
+}
+
+fn count_expired_n(expired: u64, expired_paying: u64) {
+    if expired > 0 {
         metrics::counter!("boxoffice_holds_expired_total", "state" => "held")
-            .increment(r.expired - r.expired_paying.min(r.expired));
+            .increment(expired - expired_paying.min(expired));
     }
-    if r.expired_paying > 0 {
+    if expired_paying > 0 {
         metrics::counter!("boxoffice_holds_expired_total", "state" => "paying")
-            .increment(r.expired_paying);
+            .increment(expired_paying);
     }
 }
 
@@ -298,14 +302,54 @@ pub async fn release(redis: &Redis, id: &HoldId, user: &UserId) -> Result<Vec<u3
     }
 }
 
-/// One schedule's seats: which are held (or being paid) and sold.
-#[derive(Debug, Clone, Deserialize)]
+/// One schedule's seats: which are taken (held, being paid or sold) and
+/// which sold, as the bitmaps Redis keeps (bit i is seat i, high bit of
+/// byte 0 first).
+#[derive(Debug, Clone)]
 pub struct SeatMap {
     pub seats_total: u32,
     pub row_size: u32,
-    pub held: Vec<u32>,
-    pub sold: Vec<u32>,
     pub available: u32,
+    taken: bytes::Bytes,
+    sold: bytes::Bytes,
+}
+
+#[derive(Deserialize)]
+struct SeatMapHead {
+    status: String,
+    #[serde(default)]
+    seats_total: u32,
+    #[serde(default)]
+    row_size: u32,
+    #[serde(default)]
+    available: u32,
+    #[serde(default)]
+    expired: u64,
+    #[serde(default)]
+    expired_paying: u64,
+}
+
+fn bit(map: &[u8], seat: u32) -> bool {
+    map.get(seat as usize / 8)
+        .is_some_and(|b| b & (0x80 >> (seat % 8)) != 0)
+}
+
+impl SeatMap {
+    /// `available`, `held` (also while being paid) or `sold`.
+    pub fn status(&self, seat: u32) -> &'static str {
+        if bit(&self.sold, seat) {
+            "sold"
+        } else if bit(&self.taken, seat) {
+            "held"
+        } else {
+            "available"
+        }
+    }
+
+    /// Seats sold, ascending.
+    pub fn sold(&self) -> impl Iterator<Item = u32> + '_ {
+        (1..=self.seats_total).filter(|&s| bit(&self.sold, s))
+    }
 }
 
 /// # Errors
@@ -315,14 +359,60 @@ pub async fn seat_map(
     event: &EventId,
     schedule: &ScheduleId,
 ) -> Result<SeatMap, HoldError> {
-    let keys = redis.keys().event(event).schedule_keys(schedule);
-    let raw = redis.run(&redis::SEAT_MAP, keys, vec![]).await?;
-    let r: serde_json::Value = decode("seat_map", &raw)?;
-    match r["status"].as_str() {
-        Some("ok") => Ok(decode("seat_map", &raw)?),
-        Some("no_schedule") => Err(HoldError::NoSchedule),
+    let k = redis.keys().event(event);
+    let mut keys = k.schedule_keys(schedule);
+    keys.push(k.sold_map(schedule));
+    let mut parts = redis
+        .run_bulk(&redis::SEAT_MAP, keys, vec![])
+        .await?
+        .into_iter();
+    let head = parts.next().unwrap_or_default();
+    let raw = String::from_utf8_lossy(&head);
+    let h: SeatMapHead = decode("seat_map", &raw)?;
+    match h.status.as_str() {
+        "ok" => {
+            count_expired_n(h.expired, h.expired_paying);
+            Ok(SeatMap {
+                seats_total: h.seats_total,
+                row_size: h.row_size,
+                available: h.available,
+                taken: parts.next().unwrap_or_default(),
+                sold: parts.next().unwrap_or_default(),
+            })
+        }
+        "no_schedule" => Err(HoldError::NoSchedule),
         _ => Err(HoldError::Store(bad_reply(
             "seat_map",
+            &raw,
+            "unexpected status",
+        ))),
+    }
+}
+
+/// The seats sold in Redis, read from the seats hash itself (for the
+/// audit; buyers read [`seat_map`]).
+///
+/// # Errors
+/// Unknown schedule, or Redis unavailable.
+pub async fn sold_seats(
+    redis: &Redis,
+    event: &EventId,
+    schedule: &ScheduleId,
+) -> Result<Vec<u32>, HoldError> {
+    #[derive(Deserialize)]
+    struct Sold {
+        status: String,
+        #[serde(default)]
+        sold: Vec<u32>,
+    }
+    let keys = redis.keys().event(event).schedule_keys(schedule);
+    let raw = redis.run(&redis::SOLD_SEATS, keys, vec![]).await?;
+    let r: Sold = decode("sold_seats", &raw)?;
+    match r.status.as_str() {
+        "ok" => Ok(r.sold),
+        "no_schedule" => Err(HoldError::NoSchedule),
+        _ => Err(HoldError::Store(bad_reply(
+            "sold_seats",
             &raw,
             "unexpected status",
         ))),
@@ -495,6 +585,7 @@ pub async fn confirm_sale(
         k.queue_admitted_entries(),
         k.queue_waiting(),
         k.queue_polled(),
+        k.sold_map(schedule),
     ]);
     let args = vec![
         hold_n.to_string(),
@@ -517,7 +608,26 @@ pub async fn confirm_sale(
 
 #[cfg(test)]
 mod tests {
-    use super::row_label;
+    use super::{SeatMap, row_label};
+
+    #[test]
+    fn seat_map_reads_bits_in_redis_order() {
+        // SETBIT 1, SETBIT 9 on both, SETBIT 9 on sold: bit 0 is the high
+        // bit of byte 0.
+        let map = SeatMap {
+            seats_total: 12,
+            row_size: 6,
+            available: 10,
+            taken: bytes::Bytes::from_static(&[0x40, 0x40]),
+            sold: bytes::Bytes::from_static(&[0x00, 0x40]),
+        };
+        assert_eq!(map.status(1), "held");
+        assert_eq!(map.status(9), "sold");
+        assert_eq!(map.status(2), "available");
+        assert_eq!(map.status(8), "available");
+        assert_eq!(map.status(12), "available", "past the bitmap's end");
+        assert_eq!(map.sold().collect::<Vec<_>>(), vec![9]);
+    }
 
     #[test]
     fn rows_are_lettered() {

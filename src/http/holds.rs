@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::{
     extract::{Path, State},
     http::StatusCode,
-    response::IntoResponse,
+    response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -129,36 +129,53 @@ pub async fn list_schedules(
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Seat {
+pub struct Seat<'a> {
     pub seat_no: u32,
-    pub row: String,
+    pub row: &'a str,
     /// `available`, `held` or `sold`.
     pub status: &'static str,
 }
 
-async fn seat_map_json(state: &AppState, event: &EventId, schedule_raw: &str) -> ApiResult<Value> {
+/// The seat map's body: every seat of the schedule, serialized straight
+/// from these borrowed structs (one row label per row, not per seat).
+#[derive(Debug, Serialize)]
+pub struct SeatMapBody<'a> {
+    seats: Vec<Seat<'a>>,
+    available: u32,
+}
+
+/// Row labels of a schedule, one per row.
+fn row_labels(map: &holds::SeatMap) -> Vec<String> {
+    let per_row = map.row_size.max(1);
+    (0..map.seats_total.div_ceil(per_row))
+        .map(|r| holds::row_label(r * per_row + 1, per_row))
+        .collect()
+}
+
+fn seat_map_body<'a>(map: &holds::SeatMap, rows: &'a [String]) -> SeatMapBody<'a> {
+    let per_row = map.row_size.max(1);
+    SeatMapBody {
+        seats: (1..=map.seats_total)
+            .map(|n| Seat {
+                seat_no: n,
+                row: &rows[((n - 1) / per_row) as usize],
+                status: map.status(n),
+            })
+            .collect(),
+        available: map.available,
+    }
+}
+
+async fn seat_map_json(
+    state: &AppState,
+    event: &EventId,
+    schedule_raw: &str,
+) -> ApiResult<Response> {
     let schedule = ScheduleId::parse(schedule_raw)
         .map_err(|_| ApiError::NotFound("no such schedule".into()))?;
     let map = holds::seat_map(&state.redis, event, &schedule).await?;
-    let mut status = vec!["available"; map.seats_total as usize + 1];
-    for s in &map.held {
-        if let Some(x) = status.get_mut(*s as usize) {
-            *x = "held";
-        }
-    }
-    for s in &map.sold {
-        if let Some(x) = status.get_mut(*s as usize) {
-            *x = "sold";
-        }
-    }
-    let seats: Vec<Seat> = (1..=map.seats_total)
-        .map(|n| Seat {
-            seat_no: n,
-            row: holds::row_label(n, map.row_size),
-            status: status[n as usize],
-        })
-        .collect();
-    Ok(json!({ "seats": seats, "available": map.available }))
+    let rows = row_labels(&map);
+    Ok(axum::Json(seat_map_body(&map, &rows)).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/events/{event_id}/schedules/{schedule_id}/seats", tag = "seats",
@@ -173,12 +190,10 @@ pub async fn seats(
     State(state): State<AppState>,
     user: AdmittedUser,
     Path((event_id, schedule_id)): Path<(String, String)>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<Response> {
     let event = event_in_path(&event_id)?;
     same_event(&user, &event)?;
-    Ok(axum::Json(
-        seat_map_json(&state, &event, &schedule_id).await?,
-    ))
+    seat_map_json(&state, &event, &schedule_id).await
 }
 
 #[utoipa::path(get, path = "/v1/admin/events/{event_id}/schedules/{schedule_id}/seats", tag = "admin",
@@ -189,11 +204,9 @@ pub async fn admin_seats(
     State(state): State<AppState>,
     _: ServiceKey,
     Path((event_id, schedule_id)): Path<(String, String)>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<Response> {
     let event = event_in_path(&event_id)?;
-    Ok(axum::Json(
-        seat_map_json(&state, &event, &schedule_id).await?,
-    ))
+    seat_map_json(&state, &event, &schedule_id).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

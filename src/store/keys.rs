@@ -109,6 +109,11 @@ impl EventKeys {
     pub fn seat_map(&self, s: &ScheduleId) -> String {
         self.key(&format!("s:{s}:map"))
     }
+    /// Bitmap: bit i set once seat i is sold; with the taken bitmap it is
+    /// the whole seat map in N/4 bytes.
+    pub fn sold_map(&self, s: &ScheduleId) -> String {
+        self.key(&format!("s:{s}:sold"))
+    }
     /// The seven keys every schedule script takes first, in order.
     pub fn schedule_keys(&self, s: &ScheduleId) -> Vec<String> {
         vec![

@@ -82,6 +82,7 @@ scripts! {
         RELEASE_HOLD => "release_hold",
         HOLD_INFO => "hold_info",
         SEAT_MAP => "seat_map",
+        SOLD_SEATS => "sold_seats",
         SCHEDULES_OVERVIEW => "schedules_overview",
         SWEEP_HOLDS => "sweep_holds",
         BEGIN_PAYMENT => "begin_payment",
@@ -225,10 +226,33 @@ impl Redis {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<String, StoreError> {
+        self.run_as(script, keys, args).await
+    }
+
+    /// [`Redis::run`] for a script whose reply is an array of binary
+    /// strings (a JSON head and raw bitmaps).
+    ///
+    /// # Errors
+    /// As [`Redis::run`].
+    pub async fn run_bulk(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<bytes::Bytes>, StoreError> {
+        self.run_as(script, keys, args).await
+    }
+
+    async fn run_as<R: fred::types::FromValue>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<R, StoreError> {
         let client = self.pool.next();
         self.guard(async {
             match client
-                .evalsha::<String, _, _, _>(script.sha(), keys.clone(), args.clone())
+                .evalsha::<R, _, _, _>(script.sha(), keys.clone(), args.clone())
                 .await
             {
                 Err(e) if e.details().starts_with("NOSCRIPT") => {
@@ -236,9 +260,7 @@ impl Redis {
                         script = script.name,
                         "script cache empty on server; sending source"
                     );
-                    client
-                        .eval::<String, _, _, _>(script.source(), keys, args)
-                        .await
+                    client.eval::<R, _, _, _>(script.source(), keys, args).await
                 }
                 other => other,
             }
