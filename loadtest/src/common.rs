@@ -158,17 +158,26 @@ pub enum Auth<'a> {
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
-    pub body: Value,
+    /// The body as received; parsed into [`Reply::body`] on first use only
+    /// (the client shares the service's cores, so it parses no more than
+    /// it reads).
+    pub raw: bytes::Bytes,
+    parsed: std::sync::OnceLock<Value>,
     /// `Retry-After` (seconds) of a 429 or 503, in ms.
     pub retry_after_ms: Option<u64>,
 }
 
 impl Reply {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn body(&self) -> &Value {
+        self.parsed
+            .get_or_init(|| serde_json::from_slice(&self.raw).unwrap_or(Value::Null))
+    }
     pub fn str(&self, field: &str) -> Option<&str> {
-        self.body.get(field).and_then(Value::as_str)
+        self.body().get(field).and_then(Value::as_str)
     }
     pub fn u64(&self, field: &str) -> Option<u64> {
-        self.body.get(field).and_then(Value::as_u64)
+        self.body().get(field).and_then(Value::as_u64)
     }
 }
 
@@ -234,7 +243,8 @@ pub async fn call(
     }
     Ok(Reply {
         status,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        raw: bytes,
+        parsed: std::sync::OnceLock::new(),
         retry_after_ms,
     })
 }
@@ -269,7 +279,8 @@ pub async fn join_admitted(
         (Some("admitted"), Some(t)) => Ok(t.to_owned()),
         _ => Err(fail(format!(
             "{name}: expected an admitted entry, got {} {}",
-            r.status, r.body
+            r.status,
+            r.body()
         ))),
     }
 }

@@ -195,7 +195,7 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
         &[200],
     )
     .await?;
-    let available = r.body["schedules"]
+    let available = r.body()["schedules"]
         .as_array()
         .and_then(|l| l.iter().find(|s| s["schedule_id"] == schedule))
         .and_then(|s| s["seats_available"].as_u64())
@@ -264,7 +264,7 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
     };
     let hold_id = hold.str("hold_id").unwrap_or_default().to_owned();
     let amount = hold.str("amount").unwrap_or("0").to_owned();
-    let seats = hold.body["seats"].as_array().map_or(0, Vec::len) as u64;
+    let seats = hold.body()["seats"].as_array().map_or(0, Vec::len) as u64;
 
     // Pay.
     let path = format!("/v1/users/{id}/wallet/charges");
@@ -313,20 +313,30 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
 
 /// A 409 other than hold_already_paid on a payment is unexpected.
 fn user_failure_note(r: &Reply) {
-    eprintln!("flash-sale: payment answered {} {}", r.status, r.body);
+    eprintln!("flash-sale: payment answered {} {}", r.status, r.body());
 }
 
 fn free_seats(map: &Reply) -> Vec<u64> {
-    map.body["seats"]
-        .as_array()
-        .map(|seats| {
-            seats
+    #[derive(serde::Deserialize)]
+    struct Map<'a> {
+        #[serde(borrow)]
+        seats: Vec<Seat<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Seat<'a> {
+        seat_no: u64,
+        status: &'a str,
+    }
+    serde_json::from_slice::<Map>(&map.raw).map_or_else(
+        |_| Vec::new(),
+        |m| {
+            m.seats
                 .iter()
-                .filter(|s| s["status"] == "available")
-                .filter_map(|s| s["seat_no"].as_u64())
+                .filter(|s| s.status == "available")
+                .map(|s| s.seat_no)
                 .collect()
-        })
-        .unwrap_or_default()
+        },
+    )
 }
 
 /// `n` seats side by side from a random free seat on (adjacent when the

@@ -63,6 +63,9 @@ environment:
   LOADTEST_WAITING           poll-storm queue length (default 100000)
 ";
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {

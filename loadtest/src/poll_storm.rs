@@ -127,7 +127,7 @@ pub async fn poll(user: &mut GooseUser) -> TransactionResult {
     if r.status == 200 && r.str("status") != Some("waiting") {
         return Err(fail(format!(
             "poll-storm: expected waiting, got {}",
-            r.body
+            r.body()
         )));
     }
     Ok(())

@@ -84,7 +84,7 @@ async fn join(user: &mut GooseUser) -> TransactionResult {
     if r.status == 201 && r.str("status") != Some("admitted") {
         return Err(fail(format!(
             "join: the open queue did not admit at once: {}",
-            r.body
+            r.body()
         )));
     }
     Ok(())
@@ -124,7 +124,7 @@ async fn status(user: &mut GooseUser) -> TransactionResult {
     )
     .await?;
     if r.status == 200 && r.str("status") != Some("admitted") {
-        return Err(fail(format!("status: expected admitted, got {}", r.body)));
+        return Err(fail(format!("status: expected admitted, got {}", r.body())));
     }
     Ok(())
 }
@@ -228,7 +228,7 @@ async fn charge(user: &mut GooseUser, id: &str, name: &str) -> TransactionResult
     )
     .await?;
     if r.status != 201 {
-        return Err(fail(format!("{name}: {} {}", r.status, r.body)));
+        return Err(fail(format!("{name}: {} {}", r.status, r.body())));
     }
     Ok(())
 }

@@ -47,6 +47,9 @@ async fn ceiling(State(app): State<Arc<App>>) -> Result<Json<Value>, StatusCode>
     Ok(Json(json!({ "status": v })))
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let addr = std::env::var("CEILING_ADDR").unwrap_or_else(|_| "127.0.0.1:18081".into());
