@@ -391,10 +391,14 @@ async fn a_crash_between_commit_and_confirm_is_finished_by_the_reconciler() {
     })
     .await;
     assert!(sold, "the reconciler marked the seats sold");
-    let confirmed: bool = sqlx::query_scalar("select bool_and(redis_confirmed) from payments")
-        .fetch_one(restarted.state.pg.pool())
-        .await
-        .unwrap();
+    // ... and then the payment confirmed (a write after the Redis step).
+    let confirmed = eventually(Duration::from_secs(5), || async {
+        sqlx::query_scalar::<_, bool>("select bool_and(redis_confirmed) from payments")
+            .fetch_one(restarted.state.pg.pool())
+            .await
+            .unwrap()
+    })
+    .await;
     assert!(confirmed);
     restarted
         .status(&token)
