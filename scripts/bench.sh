@@ -273,18 +273,41 @@ insert into wallets (user_id, balance) select 'pgb-' || i, 1000000000000 from ge
 create sequence pgb_hold;
 SQL
 cat >"$OUT/payment.pgbench.sql" <<'SQL'
--- One payment as src/payments/mod.rs `record` makes it: price, already-paid
--- check, conditional debit, payment, sold seat, ledger row, outbox message.
--- Each transaction gets its own hold id and seat from a sequence.
-begin;
-select price from schedules where event_id = 'pgb' and schedule_id = 's1';
-select payment_id from payments where hold_id = (select 'pgb.s1.' || nextval('pgb_hold'));
-update wallets set balance = balance - 1000, updated_at = now() where user_id = 'pgb-' || :client_id and balance >= 1000 returning balance \gset
-insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at) values (gen_random_uuid(), 'pgb-' || :client_id, 'pgb', 's1', (select 'pgb.s1.' || currval('pgb_hold')), 1000, (select array[currval('pgb_hold')::int]), now()) returning payment_id \gset
-insert into sold_seats (event_id, schedule_id, seat_no, payment_id) select 'pgb', 's1', unnest((select array[currval('pgb_hold')::int])), cast(:payment_id as uuid);
-insert into ledger (transaction_id, user_id, kind, amount, balance_after, payment_id) values (gen_random_uuid(), 'pgb-' || :client_id, 'payment', -1000, cast(:balance as numeric), cast(:payment_id as uuid));
-insert into outbox (topic, user_id, payload) values ('payment.confirmed', 'pgb-' || :client_id, jsonb_build_object('payment_id', cast(:payment_id as text), 'hold_id', 'pgb.s1.' || currval('pgb_hold'), 'event_id', 'pgb', 'schedule_id', 's1', 'seats', jsonb_build_array(currval('pgb_hold')), 'amount', '1000', 'balance_after', cast(:balance as text), 'paid_at', now()));
-commit;
+-- One payment as src/payments/mod.rs `RECORD` makes it: the same single
+-- statement (price, conditional debit, payment, sold seat, ledger row,
+-- response body, outbox message, idempotency answer), with pgbench's
+-- client id as the buyer and a sequence for the hold and seat.
+with n as (select nextval('pgb_hold')::int as n),
+price as (
+    select price * 1 as amount from schedules where event_id = 'pgb' and schedule_id = 's1'
+), debit as (
+    update wallets w set balance = w.balance - p.amount, updated_at = now()
+    from price p where w.user_id = 'pgb-' || :client_id and w.balance >= p.amount
+    returning w.balance, p.amount
+), paid as (
+    insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at)
+    select gen_random_uuid(), 'pgb-' || :client_id, 'pgb', 's1', 'pgb.s1.' || n.n, d.amount, array[n.n], now()
+    from debit d, n
+    returning payment_id, seats
+), sold as (
+    insert into sold_seats (event_id, schedule_id, seat_no, payment_id)
+    select 'pgb', 's1', unnest(p.seats), p.payment_id from paid p
+), entry as (
+    insert into ledger (transaction_id, user_id, kind, amount, balance_after, payment_id)
+    select gen_random_uuid(), 'pgb-' || :client_id, 'payment', -d.amount, d.balance, p.payment_id
+    from debit d, paid p
+), body as (
+    select '{"payment_id":"' || p.payment_id || '","amount":"' || trim_scale(d.amount)::text
+           || '","balance_after":"' || trim_scale(d.balance)::text || '"}' as text
+    from debit d, paid p
+), message as (
+    insert into outbox (topic, user_id, payload)
+    select 'payment.confirmed', 'pgb-' || :client_id, b.text::jsonb from body b
+), answer as (
+    update idempotency i set status = 201, response = b.text
+    from body b where i.user_id = 'pgb-' || :client_id and i.key = null::text
+)
+select p.amount, d.balance, b.text from price p left join debit d on true left join body b on true;
 SQL
 note "pgbench -n -M prepared -c $PG_CLIENTS -j 2 -T $SECS -l -f payment.pgbench.sql postgres://…/$DB"
 say "pgbench: payment transaction, $PG_CLIENTS clients, ${SECS}s"

@@ -414,8 +414,9 @@ def main():
             f"- **{x['redis_bytes_per_waiting_user']:.0f} bytes per waiting user**: `INFO memory` "
             f"`used_memory` before and after seeding {x['waiting_seeded']:,} waiting entries "
             f"({x['seed_used_memory_before']:,} → {x['seed_used_memory_after']:,} bytes; seeded in "
-            f"{x['seed_seconds']:.1f} s). An entry lives in four structures: the waiting and last-seen "
-            "sorted sets and the user↔entry hashes."
+            f"{x['seed_seconds']:.1f} s; user ids of 13 characters). A waiting user is one member of "
+            "the waiting sorted set (user → entry) and one field of the last-poll hash "
+            "(target: under 200 bytes; 372 with the first layout of two sorted sets and two hashes)."
         )
     ho = s["holds"]
     if ho:
@@ -464,8 +465,8 @@ def main():
         )
     if pg:
         L.append(
-            f"- **pgbench** of the payment transaction (`payment.pgbench.sql`: the statements of "
-            f"`src/payments/mod.rs` `record` in one transaction: price, already-paid check, conditional "
+            f"- **pgbench** of the payment transaction (`payment.pgbench.sql`: the one statement of "
+            f"`src/payments/mod.rs` `RECORD`: price, conditional "
             f"debit, payment, sold seat, ledger row, outbox message), 24 clients (the service's pool size), "
             f"prepared statements: {pg.get('tps', 0):,.0f} tps, average {fmt_ms(pg.get('avg_ms'))} ms, "
             f"p50 {fmt_ms(pg.get('p50_ms'))} ms, p99 {fmt_ms(pg.get('p99_ms'))} ms"
