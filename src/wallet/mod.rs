@@ -92,7 +92,7 @@ pub async fn charge(
     let template = serde_json::to_string(&charged).expect("serializes");
     let pieces = cut_slots(&template, &["balance"]);
     let (balance, body): (Decimal, String) = pg
-        .guard(
+        .on_lane(async |lane| {
             sqlx::query_as(CHARGE)
                 .bind(user.as_str())
                 .bind(amount.amount())
@@ -100,8 +100,9 @@ pub async fn charge(
                 .bind(&pieces[0])
                 .bind(&pieces[1])
                 .bind(key.map(IdempotencyKey::as_str))
-                .fetch_one(pg.pool()),
-        )
+                .fetch_one(lane.conn())
+                .await
+        })
         .await?;
     charged.balance = balance.normalize();
     debug_assert_eq!(body, serde_json::to_string(&charged).expect("serializes"));
