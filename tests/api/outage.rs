@@ -129,3 +129,44 @@ async fn startup_fails_fast_with_a_clear_message() {
     );
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn a_statement_cut_off_mid_flight_never_answers_the_next_one() {
+    // A lane (a dedicated connection for charges and payments) whose
+    // statement is abandoned must neither hand its late reply to the next
+    // statement nor make it wait for the abandoned one: the lane is closed
+    // and reconnects.
+    let pg = boxoffice::store::pg::Pg::connect(&create_database().await)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let cut = tokio::time::timeout(
+            Duration::from_millis(100),
+            pg.on_lane(async |lane| {
+                sqlx::query_scalar::<_, i32>("select 99 from pg_sleep(2)")
+                    .fetch_one(lane.conn())
+                    .await
+            }),
+        )
+        .await;
+        assert!(cut.is_err(), "the slow statement was cut off");
+    }
+    let start = Instant::now();
+    for n in 0..32 {
+        let got = pg
+            .on_lane(async |lane| {
+                sqlx::query_scalar::<_, i32>("select $1")
+                    .bind(n)
+                    .fetch_one(lane.conn())
+                    .await
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, n, "every lane answers its own statement");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "no statement waited for an abandoned one: {:?}",
+        start.elapsed()
+    );
+}
