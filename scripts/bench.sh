@@ -263,7 +263,7 @@ rb zrank -c "$USERS" -n 300000 -r 100000 ZRANK "$ZKEY" __rand_int__
 # ---------------------------------------------------------------- pgbench
 # The payment transaction of src/payments/mod.rs `record`, statement for
 # statement, on the service's own schema (same database, migrated by it).
-PG_CLIENTS=24 # the service's PostgreSQL connections per instance (src/store/pg.rs: 16 pooled + 8 lanes)
+PG_CLIENTS=24 # the service's PostgreSQL pool (max_connections in src/store/pg.rs)
 psql -X -q -v ON_ERROR_STOP=1 "$BENCH_DB_URL" <<'SQL'
 insert into events (event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds)
 values ('pgb', 'pgbench', 1000, 1000, 600, 600);

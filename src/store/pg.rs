@@ -30,7 +30,7 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(3_000);
 
 /// Dedicated connections for the one-statement money paths (charge,
 /// payment).
-const LANES: usize = 8;
+const LANES: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct Pg {
@@ -115,7 +115,7 @@ impl Pg {
             .map_err(|e| unavailable(format!("bad DATABASE_URL: {e}")))?
             .options([("statement_timeout", "2500"), ("lock_timeout", "2000")]);
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(24)
             .min_connections(1)
             .acquire_timeout(Duration::from_millis(2_000))
             .connect_with(opts)
