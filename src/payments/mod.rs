@@ -151,23 +151,24 @@ pub async fn record(
     let template = serde_json::to_string(&payment).expect("serializes");
     let pieces = cut_slots(&template, &["amount", "balance_after"]);
     let result = pg
-        .on_lane(async |lane| {
-            sqlx::query_as::<_, (Decimal, Option<Decimal>, Option<String>, Option<Decimal>)>(RECORD)
-                .bind(payment.payment_id)
-                .bind(user.as_str())
-                .bind(hold.event.as_str())
-                .bind(hold.schedule.as_str())
-                .bind(&payment.hold_id)
-                .bind(&payment.seats)
-                .bind(payment.paid_at)
-                .bind(Uuid::now_v7())
-                .bind(&pieces[0])
-                .bind(&pieces[1])
-                .bind(&pieces[2])
-                .bind(key.map(IdempotencyKey::as_str))
-                .fetch_one(lane.conn())
-                .await
-        })
+        .guard(
+            sqlx::query_as::<_, (Decimal, Option<Decimal>, Option<String>, Option<Decimal>)>(
+                RECORD,
+            )
+            .bind(payment.payment_id)
+            .bind(user.as_str())
+            .bind(hold.event.as_str())
+            .bind(hold.schedule.as_str())
+            .bind(&payment.hold_id)
+            .bind(&payment.seats)
+            .bind(payment.paid_at)
+            .bind(Uuid::now_v7())
+            .bind(&pieces[0])
+            .bind(&pieces[1])
+            .bind(&pieces[2])
+            .bind(key.map(IdempotencyKey::as_str))
+            .fetch_one(pg.pool()),
+        )
         .await;
     match result {
         Ok((amount, Some(balance_after), Some(body), _)) => {

@@ -5,21 +5,13 @@
 //! money, confirmed payments, idempotency records, the outbox. It is never
 //! touched on the queue or hold paths.
 
-use std::{
-    str::FromStr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
-    Connection, PgConnection, PgPool,
+    PgPool,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tokio::sync::{Mutex, MutexGuard};
 
 use super::{Dependency, StoreError, breaker::Breaker};
 
@@ -28,56 +20,10 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// Upper bound of one call (a query or a whole short transaction).
 const CALL_TIMEOUT: Duration = Duration::from_millis(3_000);
 
-/// Dedicated connections for the one-statement money paths (charge,
-/// payment).
-const LANES: usize = 16;
-
 #[derive(Clone, Debug)]
 pub struct Pg {
     pool: PgPool,
-    lanes: Arc<Lanes>,
     breaker: Arc<Breaker>,
-}
-
-/// A fixed set of connections, each behind a mutex, for statements that
-/// are a whole transaction. A pooled connection costs more than the
-/// statement: sqlx returns it through a spawned task that first pings the
-/// server (a second round trip), so under load a connection sits idle for
-/// two trips through a long run queue before the next request may use it
-/// (measured in the flash sale: PostgreSQL mostly idle, charges waiting
-/// half a second for a connection). A lane is released when its guard
-/// drops, at once; a lane whose statement did not finish (timeout,
-/// cancelled request) or whose connection failed is closed and reconnects
-/// on next use, so no half-read reply is ever seen by the next statement.
-#[derive(Debug)]
-struct Lanes {
-    opts: PgConnectOptions,
-    slots: Box<[Mutex<Option<PgConnection>>]>,
-    next: AtomicUsize,
-}
-
-/// One lane, held for one statement; see [`Pg::on_lane`].
-pub struct Lane<'a> {
-    slot: MutexGuard<'a, Option<PgConnection>>,
-    finished: bool,
-}
-
-impl Lane<'_> {
-    /// The connection.
-    pub fn conn(&mut self) -> &mut PgConnection {
-        self.slot
-            .as_mut()
-            .expect("a lane holds a connection once acquired")
-    }
-}
-
-impl Drop for Lane<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            // Dropped mid-statement: the reply may still be on the wire.
-            self.slot.take();
-        }
-    }
 }
 
 fn unavailable(reason: impl Into<String>) -> StoreError {
@@ -127,39 +73,10 @@ impl Pg {
                 anyhow::anyhow!("migrations failed: {e}"),
             )
         })?;
-        let lanes = Lanes {
-            opts: pool.connect_options().as_ref().clone(),
-            slots: (0..LANES).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
-        };
         Ok(Self {
             pool,
-            lanes: Arc::new(lanes),
             breaker: Arc::new(Breaker::new(Dependency::Postgres)),
         })
-    }
-
-    /// Runs one statement that is a whole transaction on a dedicated
-    /// connection ([`Lanes`]), with the timeout and breaker of
-    /// [`Pg::guard`]; `run` gets the lane and runs the statement on
-    /// [`Lane::conn`].
-    ///
-    /// # Errors
-    /// As [`Pg::guard`].
-    pub async fn on_lane<T>(
-        &self,
-        run: impl AsyncFnOnce(&mut Lane<'_>) -> Result<T, sqlx::Error>,
-    ) -> Result<T, StoreError> {
-        self.guard(async {
-            let mut lane = self.lanes.acquire().await;
-            if lane.slot.is_none() {
-                *lane.slot = Some(PgConnection::connect_with(&self.lanes.opts).await?);
-            }
-            let r = run(&mut lane).await;
-            lane.finished = !matches!(&r, Err(e) if is_outage(e));
-            r
-        })
-        .await
     }
 
     /// The pool, for use inside [`Pg::guard`].
@@ -218,32 +135,7 @@ impl Pg {
     }
 
     pub async fn close(&self) {
-        for slot in &self.lanes.slots {
-            if let Some(conn) = slot.lock().await.take() {
-                let _ = conn.close().await;
-            }
-        }
         self.pool.close().await;
-    }
-}
-
-impl Lanes {
-    /// A free lane if there is one, else the next in turn.
-    async fn acquire(&self) -> Lane<'_> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.slots.len();
-        for i in 0..n {
-            if let Ok(slot) = self.slots[(start + i) % n].try_lock() {
-                return Lane {
-                    slot,
-                    finished: false,
-                };
-            }
-        }
-        Lane {
-            slot: self.slots[start % n].lock().await,
-            finished: false,
-        }
     }
 }
 

@@ -92,7 +92,7 @@ pub async fn charge(
     let template = serde_json::to_string(&charged).expect("serializes");
     let pieces = cut_slots(&template, &["balance"]);
     let (balance, body): (Decimal, String) = pg
-        .on_lane(async |lane| {
+        .guard(
             sqlx::query_as(CHARGE)
                 .bind(user.as_str())
                 .bind(amount.amount())
@@ -100,9 +100,8 @@ pub async fn charge(
                 .bind(&pieces[0])
                 .bind(&pieces[1])
                 .bind(key.map(IdempotencyKey::as_str))
-                .fetch_one(lane.conn())
-                .await
-        })
+                .fetch_one(pg.pool()),
+        )
         .await?;
     charged.balance = balance.normalize();
     debug_assert_eq!(body, serde_json::to_string(&charged).expect("serializes"));
