@@ -91,29 +91,7 @@ async fn pay_once(
             if state.config.failpoint.as_deref() == Some("crash_after_commit") {
                 panic!("failpoint crash_after_commit");
             }
-            // Step 3: seats sold, hold dropped, queue entry ended. If Redis
-            // fails now the money has moved and the seats are sold in
-            // PostgreSQL; the reconciler finishes this step.
-            let seats = payment.seats.clone();
-            match holds::confirm_sale(
-                &state.redis,
-                &hold.event,
-                &hold.schedule,
-                hold.n,
-                claims.user.as_str(),
-                &payment.payment_id.to_string(),
-                &seats,
-                true,
-            )
-            .await
-            {
-                // The answer does not wait for this bookkeeping; if it is
-                // lost the reconciler replays the (idempotent) step.
-                Ok(_) => state.confirmations.push(payment.payment_id),
-                Err(e) => {
-                    tracing::warn!(%hold, error = %e, "confirm_sale failed; the reconciler will finish it")
-                }
-            }
+            confirm(state, claims, hold, &payment).await;
             Ok(body)
         }
         Ok(Recorded::InsufficientFunds { balance, amount }) => {
@@ -133,8 +111,57 @@ async fn pay_once(
             })
         }
         Err(e) => {
-            give_back().await;
-            Err(e.into())
+            // A timeout or a connection lost after the statement was sent
+            // leaves its outcome unknown: it may have committed. Ask before
+            // giving the hold back, so a buyer whose money moved is told
+            // so, and the seats are not offered again meanwhile.
+            match payments::payment_of_hold(&state.pg, hold).await {
+                Ok(Some(id)) => match payments::get(&state.pg, id).await {
+                    Ok(Some((_, payment))) => {
+                        confirm(state, claims, hold, &payment).await;
+                        Ok(serde_json::to_string(&payment).expect("serializes"))
+                    }
+                    _ => Err(e.into()),
+                },
+                Ok(None) => {
+                    give_back().await;
+                    Err(e.into())
+                }
+                // Still unknown: the hold stays *paying*; its paying
+                // deadline frees it, or the reconciler finishes a payment
+                // that did commit.
+                Err(_) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Step 3: seats sold, hold dropped, queue entry ended. If Redis fails now
+/// the money has moved and the seats are sold in PostgreSQL; the reconciler
+/// finishes this step.
+async fn confirm(
+    state: &AppState,
+    claims: &QueueClaims,
+    hold: &HoldId,
+    payment: &payments::Payment,
+) {
+    match holds::confirm_sale(
+        &state.redis,
+        &hold.event,
+        &hold.schedule,
+        hold.n,
+        claims.user.as_str(),
+        &payment.payment_id.to_string(),
+        &payment.seats,
+        true,
+    )
+    .await
+    {
+        // The answer does not wait for this bookkeeping; if it is lost the
+        // reconciler replays the (idempotent) step.
+        Ok(_) => state.confirmations.push(payment.payment_id),
+        Err(e) => {
+            tracing::warn!(%hold, error = %e, "confirm_sale failed; the reconciler will finish it");
         }
     }
 }

@@ -123,8 +123,20 @@ with price as (
     from body b where i.user_id = $2 and i.key = $12
 )
 select p.amount, d.balance, b.text,
-       (select balance from wallets where user_id = $2) as balance_before
+       (select balance from wallets where user_id = $2) as balance_before,
+       (select payment_id from payments where hold_id = $5) as paid_before
 from price p left join debit d on true left join body b on true";
+
+/// What [`RECORD`] returns: amount, balance after (when debited), the
+/// stored body (when debited), the balance before, and the payment of this
+/// hold if it was paid before.
+type RecordRow = (
+    Decimal,
+    Option<Decimal>,
+    Option<String>,
+    Option<Decimal>,
+    Option<Uuid>,
+);
 
 /// Step 2: the one PostgreSQL transaction of a payment ([`RECORD`]).
 ///
@@ -152,32 +164,33 @@ pub async fn record(
     let pieces = cut_slots(&template, &["amount", "balance_after"]);
     let result = pg
         .guard(
-            sqlx::query_as::<_, (Decimal, Option<Decimal>, Option<String>, Option<Decimal>)>(
-                RECORD,
-            )
-            .bind(payment.payment_id)
-            .bind(user.as_str())
-            .bind(hold.event.as_str())
-            .bind(hold.schedule.as_str())
-            .bind(&payment.hold_id)
-            .bind(&payment.seats)
-            .bind(payment.paid_at)
-            .bind(Uuid::now_v7())
-            .bind(&pieces[0])
-            .bind(&pieces[1])
-            .bind(&pieces[2])
-            .bind(key.map(IdempotencyKey::as_str))
-            .fetch_one(pg.pool()),
+            sqlx::query_as::<_, RecordRow>(RECORD)
+                .bind(payment.payment_id)
+                .bind(user.as_str())
+                .bind(hold.event.as_str())
+                .bind(hold.schedule.as_str())
+                .bind(&payment.hold_id)
+                .bind(&payment.seats)
+                .bind(payment.paid_at)
+                .bind(Uuid::now_v7())
+                .bind(&pieces[0])
+                .bind(&pieces[1])
+                .bind(&pieces[2])
+                .bind(key.map(IdempotencyKey::as_str))
+                .fetch_one(pg.pool()),
         )
         .await;
     match result {
-        Ok((amount, Some(balance_after), Some(body), _)) => {
+        Ok((amount, Some(balance_after), Some(body), _, _)) => {
             payment.amount = amount.normalize();
             payment.balance_after = balance_after.normalize();
             debug_assert_eq!(body, serde_json::to_string(&payment).expect("serializes"));
             Ok(Recorded::Paid { payment, body })
         }
-        Ok((amount, _, _, balance)) => Ok(Recorded::InsufficientFunds {
+        // Not debited because this hold was paid before (whatever the
+        // balance now), or because the balance is short.
+        Ok((_, _, _, _, Some(payment_id))) => Ok(Recorded::AlreadyPaid { payment_id }),
+        Ok((amount, _, _, balance, None)) => Ok(Recorded::InsufficientFunds {
             balance: balance.unwrap_or_default().normalize(),
             amount: amount.normalize(),
         }),

@@ -686,3 +686,29 @@ async fn postgres_refuses_a_double_sale_that_redis_no_longer_sees() {
         .unwrap();
     assert_eq!(sold, 1);
 }
+
+#[tokio::test]
+async fn a_hold_paid_before_is_already_paid_even_when_the_money_is_gone() {
+    // The payment statement itself tells a second attempt on a paid hold
+    // (possible when an attempt's outcome was unknown) from a short wallet.
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    app.charge("rhea", "1000", None).await;
+    let user = boxoffice::ids::UserId::parse("rhea").unwrap();
+    let hold = boxoffice::ids::HoldId::parse("e1.d1.7").unwrap();
+    let first = boxoffice::payments::record(&app.state.pg, &user, &hold, &[3], None)
+        .await
+        .unwrap();
+    let boxoffice::payments::Recorded::Paid { payment, .. } = first else {
+        panic!("first attempt pays: {first:?}");
+    };
+    assert_eq!(app.balance("rhea").await, "0");
+    let again = boxoffice::payments::record(&app.state.pg, &user, &hold, &[3], None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, boxoffice::payments::Recorded::AlreadyPaid { payment_id } if payment_id == payment.payment_id),
+        "{again:?}"
+    );
+    assert_eq!(app.balance("rhea").await, "0", "nothing moved twice");
+}
