@@ -110,28 +110,13 @@ async fn pay_once(
                 seats: paying.seats,
             })
         }
+        // The statement may have committed: the hold stays *paying*; its
+        // paying deadline frees it, or the reconciler finishes a payment
+        // that did commit.
+        Ok(Recorded::Unknown(e)) => Err(e.into()),
         Err(e) => {
-            // A timeout or a connection lost after the statement was sent
-            // leaves its outcome unknown: it may have committed. Ask before
-            // giving the hold back, so a buyer whose money moved is told
-            // so, and the seats are not offered again meanwhile.
-            match payments::payment_of_hold(&state.pg, hold).await {
-                Ok(Some(id)) => match payments::get(&state.pg, id).await {
-                    Ok(Some((_, payment))) => {
-                        confirm(state, claims, hold, &payment).await;
-                        Ok(serde_json::to_string(&payment).expect("serializes"))
-                    }
-                    _ => Err(e.into()),
-                },
-                Ok(None) => {
-                    give_back().await;
-                    Err(e.into())
-                }
-                // Still unknown: the hold stays *paying*; its paying
-                // deadline frees it, or the reconciler finishes a payment
-                // that did commit.
-                Err(_) => Err(e.into()),
-            }
+            give_back().await;
+            Err(e.into())
         }
     }
 }

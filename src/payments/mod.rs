@@ -73,6 +73,10 @@ pub enum Recorded {
     },
     /// A seat is already sold in PostgreSQL (Redis lost it): refused.
     SeatTaken,
+    /// The statement was sent but its answer was lost (a timeout, a
+    /// connection gone), and asking again failed too: it may have
+    /// committed. Nothing may be undone on this basis.
+    Unknown(StoreError),
 }
 
 /// The payment id of a hold, if it was paid.
@@ -138,10 +142,12 @@ type RecordRow = (
     Option<Uuid>,
 );
 
-/// Step 2: the one PostgreSQL transaction of a payment ([`RECORD`]).
+/// Step 2: the one PostgreSQL transaction of a payment ([`RECORD`]). When
+/// the statement's answer is lost, the outcome is settled by asking again:
+/// paid after all, not paid (an error), or [`Recorded::Unknown`].
 ///
 /// # Errors
-/// PostgreSQL unavailable (nothing was written).
+/// PostgreSQL unavailable and nothing was written.
 pub async fn record(
     pg: &Pg,
     user: &UserId,
@@ -194,6 +200,7 @@ pub async fn record(
             balance: balance.unwrap_or_default().normalize(),
             amount: amount.normalize(),
         }),
+        Err(e @ StoreError::Unavailable { .. }) => settle(pg, hold, e).await,
         Err(e) => match constraint_of(&e).as_deref() {
             Some("sold_seats_once") => Ok(Recorded::SeatTaken),
             // A hold paid before.
@@ -203,6 +210,26 @@ pub async fn record(
             },
             _ => Err(e),
         },
+    }
+}
+
+/// After an outage error the statement may still have committed (sent,
+/// then the answer lost): asks PostgreSQL whether this hold was paid.
+///
+/// # Errors
+/// `e` itself when the hold was not paid (nothing was written).
+pub async fn settle(pg: &Pg, hold: &HoldId, e: StoreError) -> Result<Recorded, StoreError> {
+    let paid = match payment_of_hold(pg, hold).await {
+        Ok(Some(id)) => get(pg, id).await,
+        Ok(None) => return Err(e),
+        Err(again) => Err(again),
+    };
+    match paid {
+        Ok(Some((_, payment))) => {
+            let body = serde_json::to_string(&payment).expect("serializes");
+            Ok(Recorded::Paid { payment, body })
+        }
+        _ => Ok(Recorded::Unknown(e)),
     }
 }
 

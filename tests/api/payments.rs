@@ -712,3 +712,49 @@ async fn a_hold_paid_before_is_already_paid_even_when_the_money_is_gone() {
     );
     assert_eq!(app.balance("rhea").await, "0", "nothing moved twice");
 }
+
+#[tokio::test]
+async fn a_payment_whose_answer_was_lost_is_settled_by_asking_again() {
+    use boxoffice::{
+        ids::{HoldId, UserId},
+        payments::{Recorded, record, settle},
+        store::{Dependency, StoreError},
+    };
+    let lost = || StoreError::Unavailable {
+        dep: Dependency::Postgres,
+        reason: "timed out".into(),
+    };
+    let db = create_database().await;
+    let proxy = Proxy::start(resolve(&db).await).await;
+    let app = spawn_with(
+        Settings::new()
+            .without_background()
+            .set("DATABASE_URL", &via(&db, proxy.addr)),
+    )
+    .await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    app.charge("sven", "5000", None).await;
+    let user = UserId::parse("sven").unwrap();
+    let paid = HoldId::parse("e1.d1.1").unwrap();
+    let Recorded::Paid { body, .. } = record(&app.state.pg, &user, &paid, &[1], None)
+        .await
+        .unwrap()
+    else {
+        panic!("paid");
+    };
+
+    // Committed, answer lost: paid after all, with the same body.
+    match settle(&app.state.pg, &paid, lost()).await.unwrap() {
+        Recorded::Paid { body: again, .. } => assert_eq!(again, body),
+        other => panic!("{other:?}"),
+    }
+    // Never committed: the error stands (the caller may undo).
+    let unpaid = HoldId::parse("e1.d1.2").unwrap();
+    assert!(settle(&app.state.pg, &unpaid, lost()).await.is_err());
+    // Cannot ask: unknown, so nothing may be undone.
+    proxy.cut();
+    assert!(matches!(
+        settle(&app.state.pg, &unpaid, lost()).await,
+        Ok(Recorded::Unknown(_))
+    ));
+}
