@@ -7,7 +7,7 @@
 //! while the first is still running, `409 request_in_progress`. The
 //! response is stored in the same transaction as the effect, so a replay
 //! can never disagree with what happened. A claim left behind by a crashed
-//! process is taken over after [`STALE_CLAIM`].
+//! process is taken over after [`STALE_CLAIM_SECONDS`].
 
 use sha2::{Digest, Sha256};
 
@@ -114,30 +114,10 @@ pub async fn claim(
     .await
 }
 
-/// Stores the response inside the transaction that made the effect.
-///
-/// # Errors
-/// The statement failed.
-pub async fn complete(
-    tx: &mut sqlx::PgConnection,
-    user: &UserId,
-    key: &IdempotencyKey,
-    status: u16,
-    body: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        r"update idempotency set status = $3, response = $4 where user_id = $1 and key = $2",
-    )
-    .bind(user.as_str())
-    .bind(key.as_str())
-    .bind(status as i16)
-    .bind(body)
-    .execute(tx)
-    .await
-    .map(drop)
-}
-
-/// Stores a response outside any other transaction (refusals such as 402).
+/// Stores a refusal as the key's answer (a 402, a 410...), outside any
+/// effect. A success is stored by the effect's own statement (the charge
+/// and payment SQL in `wallet` and `payments`), so it cannot disagree with
+/// what happened.
 ///
 /// # Errors
 /// PostgreSQL unavailable.
@@ -148,11 +128,18 @@ pub async fn complete_now(
     status: u16,
     body: &str,
 ) -> Result<(), StoreError> {
-    pg.guard(async {
-        let mut conn = pg.pool().acquire().await?;
-        complete(&mut conn, user, key, status, body).await
-    })
+    pg.guard(
+        sqlx::query(
+            r"update idempotency set status = $3, response = $4 where user_id = $1 and key = $2",
+        )
+        .bind(user.as_str())
+        .bind(key.as_str())
+        .bind(status as i16)
+        .bind(body)
+        .execute(pg.pool()),
+    )
     .await
+    .map(drop)
 }
 
 /// Gives a claim back after a failure that changed nothing, so a retry can
