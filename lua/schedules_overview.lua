@@ -4,8 +4,12 @@
 -- KEYS[7i+1..7i+7] the 7 keys of schedule i (i = 0, 1, ...), each group
 --                  in schedule-key order: cfg, seats, map, holds, dl,
 --                  uheld, ubought (all of one event: one hash tag)
+-- then, with a buyer only: the queue's adm and wait sorted sets
+-- ARGV[1] buyer's user id, or none (operators)
 --
 -- Returns (JSON):
+--   {"status":"not_admitted","position":p} | {"status":"queue_gone"}
+--       the buyer is not admitted right now (checked first)
 --   {"status":"ok","schedules":[{"seats_total":N,"held":h,"sold":s,
 --    "available":N-h-s,"price":"..","starts_at":".."} | {"missing":true},
 --    ... in KEYS order],"expired":x,"expired_paying":y}
@@ -14,11 +18,17 @@
 -- Counts come from the exact held/sold counters (O(1) per schedule after
 -- expiry), not from the seats hashes.
 
-if #KEYS % 7 ~= 0 then return bad_arg('KEYS must be groups of 7') end
-
 local now = now_ms()
+local groups = #KEYS
+if ARGV[1] then
+  groups = #KEYS - 2
+  local refused = admission(KEYS[#KEYS - 1], KEYS[#KEYS], ARGV[1], now)
+  if refused then return json(refused) end
+end
+if groups % 7 ~= 0 then return bad_arg('KEYS must be groups of 7') end
+
 local schedules, expired, expired_paying = {}, 0, 0
-for i = 1, #KEYS, 7 do
+for i = 1, groups, 7 do
   local K = sched_keys(i)
   if not load_cfg(K) then
     schedules[#schedules + 1] = { missing = true }

@@ -9,8 +9,14 @@
 -- KEYS[6] uheld     hash: user -> seats held or paying
 -- KEYS[7] ubought   hash: user -> seats bought
 -- KEYS[8] sold      bitmap: bit i = seat i sold
+-- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)  } with a
+-- KEYS[10] wait     zset: queue, waiting user -> entry           } buyer only
+-- ARGV[1] buyer's user id, or none (operators, the audit)
 --
 -- Returns an array:
+--   { '{"status":"not_admitted","position":p}' } or { '{"status":"queue_gone"}' }
+--       the buyer is not admitted right now (checked first, so a buyer's
+--       read costs one round trip)
 --   { '{"status":"no_schedule"}' }
 --   { '{"status":"ok","seats_total":N,"row_size":r,"available":a,
 --       "expired":x,"expired_paying":y}', <map bytes>, <sold bytes> }
@@ -21,6 +27,11 @@
 -- Cost: two GETs of N/8 bytes each (188 bytes for 1,500 seats), whatever
 -- the number of holds and sales; the caller renders the seats. A script so
 -- that due holds expire before the read.
+
+if ARGV[1] then
+  local refused = admission(KEYS[9], KEYS[10], ARGV[1], now_ms())
+  if refused then return { json(refused) } end
+end
 
 local K = sched_keys(1)
 local cfg = load_cfg(K)

@@ -92,7 +92,7 @@ pub async fn run(pg: &Pg, redis: &Redis) -> anyhow::Result<Audit> {
             let extra: Vec<_> = sold_redis.difference(&sold_pg).collect();
             // The seat map buyers see is kept beside the seats hash; it
             // must show exactly the sold seats.
-            let map = holds::seat_map(redis, &ev.event_id, &s.schedule_id)
+            let map = holds::seat_map(redis, &ev.event_id, &s.schedule_id, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}/{}: {e}", ev.event_id, s.schedule_id))?;
             let shown: BTreeSet<u32> = map.sold().collect();

@@ -17,7 +17,7 @@ pub async fn add_schedule_figures(
     body: &mut Value,
 ) -> Result<(), ApiError> {
     let ids: Vec<_> = ev.schedules.iter().map(|s| s.schedule_id.clone()).collect();
-    let live = super::overview(&state.redis, &ev.event_id, &ids).await?;
+    let live = super::overview(&state.redis, &ev.event_id, &ids, None).await?;
     let sales: Vec<(String, Decimal, i64)> = state
         .pg
         .guard(

@@ -358,34 +358,42 @@ pub async fn seat_map(
     redis: &Redis,
     event: &EventId,
     schedule: &ScheduleId,
+    buyer: Option<&UserId>,
 ) -> Result<SeatMap, HoldError> {
     let k = redis.keys().event(event);
     let mut keys = k.schedule_keys(schedule);
     keys.push(k.sold_map(schedule));
+    let args = buyer_args(&k, &mut keys, buyer);
     let mut parts = redis
-        .run_bulk(&redis::SEAT_MAP, keys, vec![])
+        .run_bulk(&redis::SEAT_MAP, keys, args)
         .await?
         .into_iter();
     let head = parts.next().unwrap_or_default();
     let raw = String::from_utf8_lossy(&head);
     let h: SeatMapHead = decode("seat_map", &raw)?;
-    match h.status.as_str() {
-        "ok" => {
-            count_expired_n(h.expired, h.expired_paying);
-            Ok(SeatMap {
-                seats_total: h.seats_total,
-                row_size: h.row_size,
-                available: h.available,
-                taken: parts.next().unwrap_or_default(),
-                sold: parts.next().unwrap_or_default(),
-            })
+    if h.status != "ok" {
+        return Err(common_errors("seat_map", &raw, &decode("seat_map", &raw)?));
+    }
+    count_expired_n(h.expired, h.expired_paying);
+    Ok(SeatMap {
+        seats_total: h.seats_total,
+        row_size: h.row_size,
+        available: h.available,
+        taken: parts.next().unwrap_or_default(),
+        sold: parts.next().unwrap_or_default(),
+    })
+}
+
+/// For a read a buyer makes: the queue keys and the user, so the script
+/// checks that the buyer is admitted in the same round trip. None for
+/// operators and the audit.
+fn buyer_args(k: &EventKeys, keys: &mut Vec<String>, buyer: Option<&UserId>) -> Vec<String> {
+    match buyer {
+        Some(user) => {
+            keys.extend(admission_keys(k));
+            vec![user.to_string()]
         }
-        "no_schedule" => Err(HoldError::NoSchedule),
-        _ => Err(HoldError::Store(bad_reply(
-            "seat_map",
-            &raw,
-            "unexpected status",
-        ))),
+        None => vec![],
     }
 }
 
@@ -461,15 +469,27 @@ pub async fn overview(
     redis: &Redis,
     event: &EventId,
     schedules: &[ScheduleId],
-) -> Result<Vec<ScheduleFigures>, StoreError> {
+    buyer: Option<&UserId>,
+) -> Result<Vec<ScheduleFigures>, HoldError> {
     let k = redis.keys().event(event);
-    let keys = schedules.iter().flat_map(|s| k.schedule_keys(s)).collect();
-    let raw = redis.run(&redis::SCHEDULES_OVERVIEW, keys, vec![]).await?;
+    let mut keys: Vec<String> = schedules.iter().flat_map(|s| k.schedule_keys(s)).collect();
+    let args = buyer_args(&k, &mut keys, buyer);
+    let raw = redis.run(&redis::SCHEDULES_OVERVIEW, keys, args).await?;
     #[derive(Deserialize)]
     struct Overview {
+        status: String,
+        #[serde(default)]
         schedules: Vec<ScheduleFigures>,
     }
-    Ok(decode::<Overview>("schedules_overview", &raw)?.schedules)
+    let o: Overview = decode("schedules_overview", &raw)?;
+    if o.status != "ok" {
+        return Err(common_errors(
+            "schedules_overview",
+            &raw,
+            &decode("schedules_overview", &raw)?,
+        ));
+    }
+    Ok(o.schedules)
 }
 
 /// Expires due holds of one schedule (tidy-up; nothing depends on it).

@@ -1,8 +1,8 @@
-//! Queue-token extractors.
+//! The queue-token extractor.
 //!
-//! [`QueueToken`] only checks the signature (no Redis); [`AdmittedUser`]
-//! also asks Redis whether the entry is admitted, which doubles as the
-//! entry's heartbeat.
+//! [`QueueToken`] only checks the signature (no Redis). Whether the entry is
+//! admitted is checked by the script that serves the request (place_hold,
+//! begin_payment, seat_map, schedules_overview), in the same round trip.
 
 use axum::{
     extract::{FromRef, FromRequestParts},
@@ -10,11 +10,7 @@ use axum::{
 };
 
 use super::error::ApiError;
-use crate::{
-    app::AppState,
-    queue::{self, EntryState, QueueError},
-    token::QueueClaims,
-};
+use crate::{app::AppState, queue::QueueError, token::QueueClaims};
 
 /// A queue token whose signature is valid.
 #[derive(Debug, Clone)]
@@ -59,39 +55,5 @@ where
             .verify(token)
             .map(Self)
             .map_err(|e| ApiError::Unauthorized(e.to_string()))
-    }
-}
-
-/// A user whose queue entry is admitted right now.
-#[derive(Debug, Clone)]
-pub struct AdmittedUser {
-    pub claims: QueueClaims,
-    pub admitted_until_ms: i64,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for AdmittedUser
-where
-    AppState: FromRef<S>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let QueueToken(claims) = QueueToken::from_request_parts(parts, state).await?;
-        let state = AppState::from_ref(state);
-        let view = queue::status(&state.redis, &claims)
-            .await
-            .map_err(|e| match e {
-                QueueError::NoEvent => ApiError::QueueTokenExpired,
-                other => other.into(),
-            })?;
-        match view.state {
-            EntryState::Admitted { until_ms } => Ok(Self {
-                claims,
-                admitted_until_ms: until_ms,
-            }),
-            EntryState::Waiting { position } => Err(ApiError::NotAdmitted {
-                position: Some(position),
-            }),
-        }
     }
 }

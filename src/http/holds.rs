@@ -14,15 +14,16 @@ use serde_json::{Value, json};
 
 use super::{
     ApiError, ApiResult,
-    auth::{AdmittedUser, QueueToken},
+    auth::QueueToken,
     extract::{ApiJson, ServiceKey},
     queue::{event_in_path, format_ms},
 };
 use crate::{
     app::AppState,
     holds::{self, Hold, HoldError, HoldRequest, MAX_SEATS_PER_REQUEST},
-    ids::{EventId, HoldId, ScheduleId, SeatNo},
+    ids::{EventId, HoldId, ScheduleId, SeatNo, UserId},
     money::format_amount,
+    token::QueueClaims,
 };
 
 impl From<HoldError> for ApiError {
@@ -76,8 +77,8 @@ pub async fn schedules_of(state: &AppState, event: &EventId) -> ApiResult<Arc<Ve
     Ok(list)
 }
 
-fn same_event(user: &AdmittedUser, event: &EventId) -> ApiResult<()> {
-    if &user.claims.event == event {
+fn same_event(claims: &QueueClaims, event: &EventId) -> ApiResult<()> {
+    if &claims.event == event {
         Ok(())
     } else {
         Err(ApiError::Forbidden(
@@ -106,13 +107,14 @@ pub struct ScheduleAvailability {
     ))]
 pub async fn list_schedules(
     State(state): State<AppState>,
-    user: AdmittedUser,
+    QueueToken(claims): QueueToken,
     Path(event_id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
     let event = event_in_path(&event_id)?;
-    same_event(&user, &event)?;
+    same_event(&claims, &event)?;
     let ids = schedules_of(&state, &event).await?;
-    let figures = holds::overview(&state.redis, &event, &ids).await?;
+    // The script checks that the buyer is admitted: one round trip.
+    let figures = holds::overview(&state.redis, &event, &ids, Some(&claims.user)).await?;
     let schedules: Vec<ScheduleAvailability> = ids
         .iter()
         .zip(figures)
@@ -170,10 +172,11 @@ async fn seat_map_json(
     state: &AppState,
     event: &EventId,
     schedule_raw: &str,
+    buyer: Option<&UserId>,
 ) -> ApiResult<Response> {
     let schedule = ScheduleId::parse(schedule_raw)
         .map_err(|_| ApiError::NotFound("no such schedule".into()))?;
-    let map = holds::seat_map(&state.redis, event, &schedule).await?;
+    let map = holds::seat_map(&state.redis, event, &schedule, buyer).await?;
     let rows = row_labels(&map);
     Ok(axum::Json(seat_map_body(&map, &rows)).into_response())
 }
@@ -188,12 +191,13 @@ async fn seat_map_json(
     ))]
 pub async fn seats(
     State(state): State<AppState>,
-    user: AdmittedUser,
+    QueueToken(claims): QueueToken,
     Path((event_id, schedule_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let event = event_in_path(&event_id)?;
-    same_event(&user, &event)?;
-    seat_map_json(&state, &event, &schedule_id).await
+    same_event(&claims, &event)?;
+    // The script checks that the buyer is admitted: one round trip.
+    seat_map_json(&state, &event, &schedule_id, Some(&claims.user)).await
 }
 
 #[utoipa::path(get, path = "/v1/admin/events/{event_id}/schedules/{schedule_id}/seats", tag = "admin",
@@ -206,7 +210,7 @@ pub async fn admin_seats(
     Path((event_id, schedule_id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let event = event_in_path(&event_id)?;
-    seat_map_json(&state, &event, &schedule_id).await
+    seat_map_json(&state, &event, &schedule_id, None).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

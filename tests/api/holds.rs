@@ -359,6 +359,11 @@ async fn waiting_and_foreign_tokens_cannot_hold() {
     app.get_with_token("/v1/events/e1/schedules", &waiting)
         .await
         .assert_problem(403, "not_admitted");
+    let r = app
+        .get_with_token("/v1/events/e1/schedules/d1/seats", &waiting)
+        .await;
+    r.assert_problem(403, "not_admitted");
+    assert_eq!(r.body["position"], 1);
     let other = app.admitted_token("e2", "x").await;
     app.get_with_token("/v1/events/e1/schedules", &other)
         .await
@@ -368,4 +373,12 @@ async fn waiting_and_foreign_tokens_cannot_hold() {
     app.hold(&first, json!({"schedule_id": "d1", "seats": [1]}))
         .await
         .assert_problem(410, "queue_token_expired");
+    for path in [
+        "/v1/events/e1/schedules",
+        "/v1/events/e1/schedules/d1/seats",
+    ] {
+        app.get_with_token(path, &first)
+            .await
+            .assert_problem(410, "queue_token_expired");
+    }
 }
