@@ -138,9 +138,10 @@ pub struct Seat<'a> {
     pub status: &'static str,
 }
 
-/// The seat map's body: every seat of the schedule, serialized straight
-/// from these borrowed structs (one row label per row, not per seat).
-#[derive(Debug, Serialize)]
+// Serialized straight from these borrowed structs: one row label per row,
+// not a `serde_json::Value` per seat.
+/// Every seat of the schedule with its status, and how many are available.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SeatMapBody<'a> {
     seats: Vec<Seat<'a>>,
     available: u32,
@@ -185,7 +186,7 @@ async fn seat_map_json(
     security(("queue_token" = [])),
     params(("event_id" = String, Path, description = "Event id"), ("schedule_id" = String, Path, description = "Schedule id")),
     responses(
-        (status = 200, description = "Every seat with its status"),
+        (status = 200, description = "Every seat with its status", body = SeatMapBody),
         (status = 404, description = "not_found", body = super::openapi::Problem),
         (status = 403, description = "not_admitted", body = super::openapi::Problem),
     ))]
@@ -203,7 +204,7 @@ pub async fn seats(
 #[utoipa::path(get, path = "/v1/admin/events/{event_id}/schedules/{schedule_id}/seats", tag = "admin",
     security(("service_key" = [])),
     params(("event_id" = String, Path, description = "Event id"), ("schedule_id" = String, Path, description = "Schedule id")),
-    responses((status = 200, description = "Every seat with its status (for the dashboard)")))]
+    responses((status = 200, description = "Every seat with its status (for the dashboard)", body = SeatMapBody)))]
 pub async fn admin_seats(
     State(state): State<AppState>,
     _: ServiceKey,
