@@ -122,15 +122,7 @@ async fn metrics_show_latency_by_route_and_status() {
 #[tokio::test]
 async fn service_key_is_required_for_admin() {
     let app = spawn_app().await;
-    let r = app
-        .send(Req {
-            method: Method::GET,
-            path: "/v1/admin/events/x",
-            body: None,
-            raw: None,
-            headers: vec![],
-        })
-        .await;
+    let r = app.get("/v1/admin/events/x").await;
     r.assert_problem(401, "unauthorized");
     let r = app
         .send(Req {

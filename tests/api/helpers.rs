@@ -552,13 +552,7 @@ impl PrivateRedis {
     }
 
     pub async fn cli(&self, args: &[&str]) -> String {
-        let out = tokio::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .await
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_redis_cli(&["-p", &self.port.to_string()], args).await
     }
 }
 
@@ -566,4 +560,20 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
+}
+
+/// `redis-cli` against the shared Redis (REDIS_URL); its output.
+pub async fn redis_cli(args: &[&str]) -> String {
+    run_redis_cli(&["-u", &redis_url()], args).await
+}
+
+async fn run_redis_cli(server: &[&str], args: &[&str]) -> String {
+    let out = tokio::process::Command::new("redis-cli")
+        .args(server)
+        .args(args)
+        .output()
+        .await
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -89,15 +89,7 @@ async fn postgres_outage_is_a_fast_503_while_the_queue_keeps_working() {
         .hold(&token, serde_json::json!({"schedule_id": "d1", "count": 2}))
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let r = app
-        .send(Req {
-            method: reqwest::Method::GET,
-            path: "/v1/users/u1/wallet",
-            body: None,
-            raw: None,
-            headers: vec![("authorization", format!("Bearer {token}"))],
-        })
-        .await;
+    let r = app.get_with_token("/v1/users/u1/wallet", &token).await;
     r.assert_problem(503, "dependency_unavailable");
 
     proxy.restore();

@@ -13,6 +13,16 @@ fn open_queue() -> Value {
     json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
 }
 
+/// Redis keys of event `e1`, built by the service's own key builder.
+fn e1_keys(app: &TestApp) -> boxoffice::store::keys::EventKeys {
+    let e1 = boxoffice::ids::EventId::parse("e1").unwrap();
+    app.state.redis.keys().event(&e1)
+}
+
+fn d1() -> boxoffice::ids::ScheduleId {
+    boxoffice::ids::ScheduleId::parse("d1").unwrap()
+}
+
 impl TestApp {
     pub async fn charge(&self, user: &str, amount: &str, key: Option<&str>) -> Resp {
         let mut headers = vec![("x-api-key", SERVICE_KEY.to_owned())];
@@ -137,35 +147,11 @@ async fn bad_amounts_and_foreign_callers_are_refused() {
     assert_eq!(app.ledger("bob").await.1, 0, "nothing written");
     app.simple_event("e1", open_queue(), 10, 60, 4).await;
     let token = app.admitted_token("e1", "carol").await;
-    let r = app
-        .send(Req {
-            method: Method::GET,
-            path: "/v1/users/dave/wallet",
-            body: None,
-            raw: None,
-            headers: vec![("authorization", format!("Bearer {token}"))],
-        })
-        .await;
+    let r = app.get_with_token("/v1/users/dave/wallet", &token).await;
     r.assert_problem(403, "forbidden");
-    let r = app
-        .send(Req {
-            method: Method::GET,
-            path: "/v1/users/carol/wallet",
-            body: None,
-            raw: None,
-            headers: vec![("authorization", format!("Bearer {token}"))],
-        })
-        .await;
+    let r = app.get_with_token("/v1/users/carol/wallet", &token).await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = app
-        .send(Req {
-            method: Method::GET,
-            path: "/v1/users/carol/wallet",
-            body: None,
-            raw: None,
-            headers: vec![],
-        })
-        .await;
+    let r = app.get("/v1/users/carol/wallet").await;
     r.assert_problem(401, "unauthorized");
 }
 
@@ -494,16 +480,8 @@ async fn sales_report_and_outbox_stream() {
     })
     .await;
     assert!(published, "charge and payment relayed");
-    let stream = format!(
-        "{}boxoffice:events",
-        app.settings.env["BOXOFFICE_REDIS_PREFIX"]
-    );
-    let out = tokio::process::Command::new("redis-cli")
-        .args(["-u", &redis_url(), "XLEN", &stream])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    let stream = app.state.redis.keys().outbox_stream();
+    assert_eq!(redis_cli(&["XLEN", &stream]).await.trim(), "2");
 }
 
 #[tokio::test]
@@ -519,16 +497,8 @@ async fn the_audit_passes_after_sales_and_catches_corruption() {
     assert_eq!(a.checked.len(), 5);
 
     // Redis forgets a sold seat; a wallet drifts from its ledger.
-    let seats_key = format!(
-        "{}{{ev:e1}}:s:d1:seats",
-        app.settings.env["BOXOFFICE_REDIS_PREFIX"]
-    );
-    let out = tokio::process::Command::new("redis-cli")
-        .args(["-u", &redis_url(), "HDEL", &seats_key, "4"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    let seats_key = e1_keys(&app).seats(&d1());
+    assert_eq!(redis_cli(&["HDEL", &seats_key, "4"]).await.trim(), "1");
     sqlx::query("update wallets set balance = balance + 1 where user_id = 'olga'")
         .execute(app.state.pg.pool())
         .await
@@ -652,26 +622,9 @@ async fn postgres_refuses_a_double_sale_that_redis_no_longer_sees() {
     app.buy("e1", "sam", "5000", json!([7])).await;
 
     // Redis forgets the sale (a lost write after a failover, say).
-    let seats_key = format!(
-        "{}{{ev:e1}}:s:d1:seats",
-        app.settings.env["BOXOFFICE_REDIS_PREFIX"]
-    );
-    let map_key = format!(
-        "{}{{ev:e1}}:s:d1:map",
-        app.settings.env["BOXOFFICE_REDIS_PREFIX"]
-    );
-    for args in [
-        vec!["HDEL", seats_key.as_str(), "7"],
-        vec!["SETBIT", map_key.as_str(), "7", "0"],
-    ] {
-        let out = tokio::process::Command::new("redis-cli")
-            .args(["-u", &redis_url()])
-            .args(&args)
-            .output()
-            .await
-            .unwrap();
-        assert!(out.status.success());
-    }
+    let k = e1_keys(&app);
+    redis_cli(&["HDEL", &k.seats(&d1()), "7"]).await;
+    redis_cli(&["SETBIT", &k.seat_map(&d1()), "7", "0"]).await;
     // Racing buyers can now hold seat 7 one after another, but none can pay.
     let token = app.admitted_token("e1", "tia").await;
     app.charge("tia", "5000", None).await;

@@ -317,15 +317,7 @@ async fn forged_and_foreign_tokens_are_refused() {
     for bad in ["", "Bearer", "garbage", "v1.a.b.c"] {
         app.status(bad).await.assert_problem(401, "unauthorized");
     }
-    let r = app
-        .send(Req {
-            method: Method::GET,
-            path: "/v1/queue/status",
-            body: None,
-            raw: None,
-            headers: vec![],
-        })
-        .await;
+    let r = app.get("/v1/queue/status").await;
     r.assert_problem(401, "unauthorized");
 }
 
