@@ -364,3 +364,82 @@ async fn bad_join_input_is_refused_and_writes_nothing() {
     );
     assert_eq!(r.body["live"]["waiting"], 0);
 }
+
+#[tokio::test]
+async fn concurrent_joins_of_one_user_make_one_place() {
+    let app = spawn_app().await;
+    app.simple_event("e1", json!({"admit_per_second": 5, "max_active": 5, "active_ttl_seconds": 60, "idle_timeout_seconds": 60, "paused": true}), 10, 60, 4).await;
+    // 100 users, each joining twice at once: 200 concurrent joins.
+    let joins = (0..200).map(|i| {
+        let app = &app;
+        async move { (i % 100, app.join("e1", &format!("u{}", i % 100)).await) }
+    });
+    let results = join_all(joins).await;
+    let mut positions = vec![Vec::new(); 100];
+    let mut created = vec![0; 100];
+    for (user, r) in &results {
+        assert!(r.status.is_success(), "{}", r.text);
+        if r.status == StatusCode::CREATED {
+            created[*user] += 1;
+        }
+        let token = r.body["token"].as_str().unwrap();
+        positions[*user].push(app.status(token).await.body["position"].as_u64().unwrap());
+    }
+    assert!(
+        created.iter().all(|&n| n == 1),
+        "one entry per user: {created:?}"
+    );
+    let mut places: Vec<u64> = positions
+        .iter()
+        .map(|p| {
+            assert_eq!(p[0], p[1], "both tokens of a user name one place");
+            p[0]
+        })
+        .collect();
+    places.sort_unstable();
+    assert_eq!(places, (1..=100).collect::<Vec<_>>());
+    let live = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(live.body["live"]["waiting"], 100);
+    assert_eq!(live.body["live"]["joined_total"], 100);
+}
+
+#[tokio::test]
+async fn the_sweep_racing_polls_drops_exactly_the_silent() {
+    let app = spawn_app().await;
+    app.simple_event("e1", json!({"admit_per_second": 5, "max_active": 5, "active_ttl_seconds": 60, "idle_timeout_seconds": 2, "paused": true}), 10, 60, 4).await;
+    let mut pollers = Vec::new();
+    for i in 0..200 {
+        let r = app.join("e1", &format!("u{i}")).await;
+        if i % 2 == 0 {
+            pollers.push(r.body["token"].as_str().unwrap().to_owned());
+        }
+    }
+    // Half the line polls (100 at once, every 300 ms) while the ticks sweep.
+    let until = Instant::now() + Duration::from_millis(3_500);
+    while Instant::now() < until {
+        let polls = join_all(pollers.iter().map(|t| app.status(t))).await;
+        assert!(
+            polls.iter().all(|r| r.status == StatusCode::OK),
+            "a poller was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let swept = eventually(Duration::from_secs(3), || async {
+        let live = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+        live.body["live"]["waiting"] == 100
+    })
+    .await;
+    assert!(swept, "the 100 silent entries are gone");
+    let live = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(live.body["live"]["evicted_total"], 100);
+    let places: Vec<u64> = join_all(pollers.iter().map(|t| app.status(t)))
+        .await
+        .iter()
+        .map(|r| r.body["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        places,
+        (1..=100).collect::<Vec<_>>(),
+        "pollers keep their join order, the gaps closed"
+    );
+}
