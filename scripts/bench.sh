@@ -113,6 +113,13 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     say "building release binaries (cargo build --release -p boxoffice -p loadtest)"
     cargo build --release -p boxoffice -p loadtest
 fi
+# Let the build's load drain first (the one-minute load average below 1.5,
+# for at most 60 s): a run started on the compiler's heels measured its
+# first scenarios on a machine still busy.
+for _ in $(seq 60); do
+    awk '{exit !($1 < 1.5)}' /proc/loadavg && break
+    sleep 1
+done
 BUILT="$(date +%s.%N)"
 BX="$ROOT/target/release/boxoffice"
 LT="$ROOT/target/release/loadtest"
