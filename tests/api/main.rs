@@ -13,3 +13,4 @@ mod ops;
 mod outage;
 mod payments;
 mod queue;
+mod trust;
