@@ -29,6 +29,9 @@
 --                            hold is then dropped, its other seats freed)
 --   {"status":"forbidden"}   the hold belongs to another user; untouched
 --   {"status":"paying"}      a payment of this hold is already running
+--   {"status":"cancelled"}   the schedule was cancelled; the hold is left
+--                            as it is (the cancellation dropped it, or
+--                            will)
 --   {"status":"ok","seats":[..],"price":"..","held_deadline":ms,
 --    "paying_deadline":ms}
 --
@@ -45,6 +48,7 @@ end)
 if not h then return stop end
 local K, cfg, n, now, rec, reply = h.K, h.cfg, h.n, h.now, h.rec, h.reply
 if rec.state == 'paying' then return reply({ status = 'paying' }) end
+if cfg.cancelled then return reply({ status = 'cancelled' }) end
 
 local vals = redis.call('HMGET', K.seats, unpack(rec.seats))
 for i = 1, #rec.seats do

@@ -20,6 +20,7 @@
 --
 -- Returns (JSON):
 --   {"status":"no_schedule"}
+--   {"status":"cancelled"}  the schedule was cancelled: nothing is sold
 --   {"status":"not_admitted","position":p}  still waiting in the queue
 --   {"status":"queue_gone"}  the user has no live queue entry
 --   {"status":"invalid","reason":"seat_out_of_range","seats":[..]}
@@ -44,6 +45,7 @@ if not user or user == '' then return bad_arg('user') end
 
 local cfg = load_cfg(K)
 if not cfg then return json({ status = 'no_schedule' }) end
+if cfg.cancelled then return json({ status = 'cancelled' }) end
 local N, R = cfg.seats, cfg.row_size
 
 local wanted, count

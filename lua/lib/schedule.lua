@@ -7,7 +7,8 @@
 -- sched_keys(i) builds from KEYS[i..i+6]):
 --   cfg      hash: starts_at, seats (N, numbered 1..N), row_size, price,
 --            hold_ms, max_per_user, held (seats held or paying),
---            sold (seats sold)
+--            sold (seats sold), cancelled ("1" once the schedule is
+--            cancelled: no new holds or payments)
 --   seats    hash: seat -> "h:<hold>" (held or paying) | "s:<payment_id>"
 --            (sold); absent = free
 --   map      bitmap: bit i = 1 when seat i is in `seats`; bit 0 is set
@@ -45,12 +46,13 @@ end
 -- is not loaded (no `seats` field).
 local function load_cfg(K)
   local v = redis.call('HMGET', K.cfg, 'seats', 'row_size', 'price', 'hold_ms',
-                       'max_per_user', 'held', 'sold', 'starts_at')
+                       'max_per_user', 'held', 'sold', 'starts_at', 'cancelled')
   if not v[1] then return nil end
   local n = tonumber(v[1])
   return { seats = n, row_size = tonumber(v[2]) or n, price = v[3],
            hold_ms = tonumber(v[4]) or 0, max_per_user = tonumber(v[5]),
-           held = tonumber(v[6]) or 0, sold = tonumber(v[7]) or 0, starts_at = v[8] }
+           held = tonumber(v[6]) or 0, sold = tonumber(v[7]) or 0, starts_at = v[8],
+           cancelled = v[9] == '1' }
 end
 
 -- Errors for broken caller contracts (malformed ARGV). Only ever returned

@@ -60,6 +60,9 @@ pub enum HoldError {
     /// The buyer's queue entry is gone.
     #[error("the queue entry is gone")]
     QueueGone,
+    /// The schedule was cancelled: nothing of it is sold any more.
+    #[error("the schedule was cancelled")]
+    Cancelled,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -157,6 +160,7 @@ fn common_errors(script: &str, raw: &str, r: &Reply) -> HoldError {
             position: r.position,
         },
         "queue_gone" => HoldError::QueueGone,
+        "cancelled" => HoldError::Cancelled,
         other => HoldError::Store(bad_reply(script, raw, format!("status {other}"))),
     }
 }
@@ -611,6 +615,89 @@ pub struct Confirmed {
     pub conflicts: Vec<u32>,
     #[serde(default)]
     pub overrode: Vec<u32>,
+}
+
+/// Puts the seats of a refunded payment back on sale (only those still
+/// sold to it) and shrinks the buyer's bought count; idempotent. Returns
+/// the seats freed by this call.
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn refund_seats(
+    redis: &Redis,
+    event: &EventId,
+    schedule: &ScheduleId,
+    user: &str,
+    payment_id: uuid::Uuid,
+    seats: &[i32],
+) -> Result<Vec<u32>, StoreError> {
+    #[derive(Deserialize)]
+    struct Freed {
+        status: String,
+        #[serde(default)]
+        freed: Vec<u32>,
+        #[serde(default)]
+        expired: u64,
+        #[serde(default)]
+        expired_paying: u64,
+    }
+    let k = redis.keys().event(event);
+    let mut keys = k.schedule_keys(schedule);
+    keys.push(k.sold_map(schedule));
+    let args = vec![
+        user.to_owned(),
+        payment_id.to_string(),
+        seats
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    ];
+    let raw = redis.run(&redis::REFUND_SEATS, keys, args).await?;
+    let r: Freed = decode("refund_seats", &raw)?;
+    count_expired_n(r.expired, r.expired_paying);
+    match r.status.as_str() {
+        "ok" => Ok(r.freed),
+        // Not in Redis at all: nothing is sold there to free.
+        "no_schedule" => Ok(Vec::new()),
+        other => Err(bad_reply("refund_seats", &raw, format!("status {other}"))),
+    }
+}
+
+/// Stops a schedule's sales in Redis: marks it cancelled and drops every
+/// live hold not being paid. Returns how many holds were dropped
+/// (None when the schedule is not in Redis).
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn cancel_schedule(
+    redis: &Redis,
+    event: &EventId,
+    schedule: &ScheduleId,
+) -> Result<Option<u64>, StoreError> {
+    #[derive(Deserialize)]
+    struct Dropped {
+        status: String,
+        #[serde(default)]
+        holds_dropped: u64,
+        #[serde(default)]
+        expired: u64,
+        #[serde(default)]
+        expired_paying: u64,
+    }
+    let keys = redis.keys().event(event).schedule_keys(schedule);
+    let raw = redis.run(&redis::CANCEL_SCHEDULE, keys, vec![]).await?;
+    let r: Dropped = decode("cancel_schedule", &raw)?;
+    count_expired_n(r.expired, r.expired_paying);
+    match r.status.as_str() {
+        "ok" => Ok(Some(r.holds_dropped)),
+        "no_schedule" => Ok(None),
+        other => Err(bad_reply(
+            "cancel_schedule",
+            &raw,
+            format!("status {other}"),
+        )),
+    }
 }
 
 /// Marks seats sold for a confirmed payment; idempotent, also when the hold

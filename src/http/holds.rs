@@ -48,6 +48,7 @@ impl From<HoldError> for ApiError {
             HoldError::Paying => ApiError::HoldBeingPaid,
             HoldError::NotAdmitted { position } => ApiError::NotAdmitted { position },
             HoldError::QueueGone => ApiError::QueueTokenExpired,
+            HoldError::Cancelled => ApiError::ScheduleCancelled,
             HoldError::Store(e) => ApiError::Dependency(e),
         }
     }

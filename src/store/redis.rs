@@ -88,6 +88,8 @@ scripts! {
         BEGIN_PAYMENT => "begin_payment",
         ABORT_PAYMENT => "abort_payment",
         CONFIRM_SALE => "confirm_sale",
+        REFUND_SEATS => "refund_seats",
+        CANCEL_SCHEDULE => "cancel_schedule",
     ],
 }
 

@@ -13,4 +13,5 @@ mod ops;
 mod outage;
 mod payments;
 mod queue;
+mod refunds;
 mod trust;
