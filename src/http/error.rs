@@ -217,16 +217,7 @@ impl IntoResponse for ApiError {
             Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
             _ => {}
         }
-        let mut body = self.extra();
-        body.insert(
-            "type".into(),
-            json!(format!("urn:boxoffice:problem:{}", self.code())),
-        );
-        body.insert("title".into(), json!(self.title()));
-        body.insert("status".into(), json!(status.as_u16()));
-        body.insert("detail".into(), json!(self.detail()));
-        body.insert("code".into(), json!(self.code()));
-        let mut resp = (status, axum::Json(Value::Object(body))).into_response();
+        let mut resp = (status, axum::Json(self.body())).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -26,7 +26,8 @@ pub fn user_in_path(raw: &str) -> ApiResult<UserId> {
 }
 
 /// A response whose JSON body is already rendered (and stored for replay):
-/// the first answer and every replay go through here, so they match.
+/// the first answer and every replay go through here, so they match
+/// byte for byte; only a replay also carries `Idempotent-Replayed: true`.
 pub fn replay(status: u16, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     let ct = if status.is_success() {
@@ -37,8 +38,6 @@ pub fn replay(status: u16, body: String) -> Response {
     let mut resp = (status, body).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    resp.headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
     resp
 }
 

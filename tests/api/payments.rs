@@ -166,6 +166,16 @@ async fn charge_replays_with_the_same_key_and_refuses_another_body() {
     assert_eq!(a.status, StatusCode::CREATED);
     assert_eq!(b.status, StatusCode::CREATED);
     assert_eq!(a.text, b.text, "byte-identical replay");
+    assert!(
+        a.headers.get("idempotent-replayed").is_none(),
+        "the first answer is not a replay"
+    );
+    assert_eq!(
+        b.headers
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
     assert_eq!(app.balance("erin").await, "500");
     app.charge("erin", "600", Some("k-1"))
         .await
