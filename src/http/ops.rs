@@ -39,9 +39,20 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Prometheus text exposition. When `BOXOFFICE_METRICS_ADDR` is set it is
+/// served only there, and this route answers 404.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text format"),
+    (status = 404, description = "Metrics are served on their own address (BOXOFFICE_METRICS_ADDR)", content_type = "application/problem+json")))]
+pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    if state.config.metrics_addr.is_some() {
+        return super::ApiError::NotFound("no such endpoint".into()).into_response();
+    }
+    render_metrics(State(state)).await.into_response()
+}
+
+/// `/metrics` on the metrics address.
+pub async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
