@@ -50,6 +50,9 @@ use crate::config::HttpLimits;
 /// that a refused connection is closed without an answer.
 const REFUSALS_IN_FLIGHT: usize = 256;
 
+/// The largest request head (request line and headers) accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Longest wait for connections to finish after shutdown was requested.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -76,6 +79,9 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // The read buffer bounds a request head: a larger one is refused
+        // with hyper's 431 (its default would take 400 KiB).
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
 

@@ -487,3 +487,91 @@ async fn a_keep_alive_wait_is_also_bounded_by_the_header_timeout() {
         "{after:?}"
     );
 }
+
+/// Sends raw bytes on a fresh connection; the first answer read.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(request).await;
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("an answer within 3 s")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn refusals_before_a_handler_are_problems_and_hypers_own_are_bodyless() {
+    let app = spawn_app().await;
+    // axum's path rejection (not UTF-8) is rewritten as problem+json.
+    let answer = raw_exchange(
+        app.addr,
+        format!("GET /v1/admin/events/%FF HTTP/1.1\r\nhost: t\r\nx-api-key: {SERVICE_KEY}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let r = parse_response(answer.as_bytes()).unwrap();
+    assert_eq!(r.status, 400, "{answer}");
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(r.body["code"], "invalid_request");
+    assert_eq!(r.body["status"], 400);
+    // Unknown route and method: problem+json (the fallbacks).
+    app.get("/nope").await.assert_problem(404, "not_found");
+    // hyper answers a head it cannot parse by itself, before any service
+    // runs: status right, body empty (documented in OPERATIONS.md).
+    for (request, status) in [
+        (
+            format!(
+                "GET /healthz HTTP/1.1\r\nhost: t\r\nx-big: {}\r\n\r\n",
+                "a".repeat(100_000)
+            ),
+            "431",
+        ),
+        ("NOT HTTP\r\n\r\n".to_owned(), "400"),
+    ] {
+        let answer = raw_exchange(app.addr, request.as_bytes()).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(
+            answer.to_lowercase().contains("content-length: 0"),
+            "{answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight_and_stops_accepting() {
+    let app = spawn_with(Settings::new().set("BOXOFFICE_FAILPOINT", "slow_route")).await;
+    let addr = app.addr;
+    let mut idle = Conn::open(addr).await;
+    assert_eq!(idle.get("/healthz").await.status, 200);
+    let mut slow = Conn::open(addr).await;
+    let in_flight = tokio::spawn(async move { slow.get("/__failpoints/sleep/800").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let stopping = tokio::spawn(app.stop());
+    // The idle connection is closed at once, the slow request completes.
+    assert!(
+        closed_within(&mut idle.stream, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "idle keep-alive connection closed on shutdown"
+    );
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200, "the request in flight finished");
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("stopped soon after the last request")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
