@@ -84,6 +84,7 @@ pub async fn serve(
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
 
     loop {
         let (stream, peer) = tokio::select! {
