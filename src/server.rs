@@ -7,7 +7,9 @@
 //!
 //! - **header-read timeout** (hyper's, HTTP/1): a request head must arrive
 //!   complete within it, counted from the moment the connection waits for
-//!   one, so slowloris connections are closed;
+//!   one, so slowloris connections are closed; the first head of a
+//!   connection is also timed here, because hyper-util's protocol detection
+//!   runs before hyper's timer starts;
 //! - **idle timeout**: a connection with no request in flight and no byte
 //!   moving either way for this long is closed (hyper has no such setting;
 //!   the connection's reads and writes are timed here);
@@ -24,7 +26,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -135,6 +137,9 @@ pub async fn serve(
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 }
+                () = activity.no_request_within(limits.header_timeout) => {
+                    tracing::debug!(%peer, "closed a connection that sent no request head in time");
+                }
                 () = activity.idle_for(limits.idle_timeout) => {
                     metrics::counter!("boxoffice_http_idle_closed_total").increment(1);
                     tracing::debug!(%peer, "closed an idle connection");
@@ -196,6 +201,8 @@ struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Whether a first request head has been parsed.
+    served: AtomicBool,
 }
 
 /// Marks a request in flight until dropped.
@@ -214,6 +221,7 @@ impl Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
         }
     }
 
@@ -226,8 +234,21 @@ impl Activity {
     }
 
     fn busy(self: &Arc<Self>) -> Busy {
+        self.served.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
+    }
+
+    /// Resolves if no first request head arrived within `limit`; never
+    /// otherwise. hyper's own header timer covers every HTTP/1 request
+    /// head once the connection is known to speak HTTP/1, but not the
+    /// auto builder's protocol detection before it (a connection that sends
+    /// nothing, or a few bytes of the HTTP/2 preface, and stalls).
+    async fn no_request_within(&self, limit: Duration) {
+        tokio::time::sleep(limit).await;
+        if self.served.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Resolves once no request has been in flight and no byte has moved

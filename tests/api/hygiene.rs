@@ -112,10 +112,20 @@ async fn slow_header_connections_are_closed_by_the_header_timeout() {
     let app = spawn_with(Settings::new().set("BOXOFFICE_HTTP_HEADER_TIMEOUT_MS", "700")).await;
     let opened = Instant::now();
     let mut slow = Vec::new();
-    for _ in 0..200 {
+    for i in 0..200 {
         let mut s = TcpStream::connect(app.addr).await.unwrap();
-        // A request line that never ends.
-        s.write_all(b"GET /healthz HT").await.unwrap();
+        match i % 4 {
+            // Nothing at all, or a few bytes of the HTTP/2 preface: stuck
+            // before hyper knows which protocol it speaks.
+            0 => {}
+            1 => s.write_all(b"PRI * HT").await.unwrap(),
+            // A request line, or a head, that never ends.
+            2 => s.write_all(b"GET /healthz HT").await.unwrap(),
+            _ => s
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-slow: ")
+                .await
+                .unwrap(),
+        }
         slow.push(s);
     }
     // The server still serves others while the 200 dangle.
