@@ -226,6 +226,14 @@ impl RateLimits {
         client
     }
 
+    /// Keys tracked now: (client addresses, credentials).
+    pub fn tracked_keys(&self) -> (usize, usize) {
+        (
+            self.per_ip.as_ref().map_or(0, Bounded::len),
+            self.per_credential.as_ref().map_or(0, Bounded::len),
+        )
+    }
+
     /// Drops state of keys not seen lately (called periodically).
     pub fn retain_recent(&self) {
         if let Some(l) = &self.per_ip {

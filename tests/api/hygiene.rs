@@ -440,6 +440,23 @@ async fn padding_the_authorization_header_does_not_escape_the_token_limit() {
         .unwrap()
         .to_owned();
     assert_eq!(app.status(&bob).await.status, StatusCode::OK);
+    // A bearer value that does not verify buys no bucket: 30 invented ones
+    // are refused by the route (401), not limited, and tracked nowhere.
+    let invented: Vec<String> = (0..30).map(|i| format!("junk-{i}")).collect();
+    let junk = join_all(
+        invented
+            .iter()
+            .map(|t| app.get_with_token("/v1/queue/status", t)),
+    )
+    .await;
+    for r in &junk {
+        r.assert_problem(401, "unauthorized");
+    }
+    assert_eq!(
+        app.state.limits.tracked_keys().1,
+        2,
+        "alice's entry and bob's"
+    );
 }
 
 #[tokio::test]
