@@ -209,7 +209,7 @@ async fn connections_over_the_cap_are_refused_while_open_ones_are_served() {
     during.sort();
     let (base_p50, p50, max) = (baseline[10], during[10], during[19]);
     assert!(
-        p50 <= base_p50 * 5 + Duration::from_millis(20) && max < Duration::from_millis(500),
+        p50 <= base_p50 * 5 + Duration::from_millis(20) && max < Duration::from_secs(1),
         "baseline p50 {base_p50:?}; during the flood p50 {p50:?}, max {max:?}"
     );
     // Slots come back as connections close.
@@ -392,8 +392,8 @@ async fn the_bearer_scheme_is_case_insensitive() {
 
 #[tokio::test]
 async fn padding_the_authorization_header_does_not_escape_the_token_limit() {
-    // 10/s per credential, burst 20; the per-IP limit is off.
-    let app = spawn_with(Settings::new().set("BOXOFFICE_RATE_PER_TOKEN", "10")).await;
+    // 1/s per credential, burst 2; the per-IP limit is off.
+    let app = spawn_with(Settings::new().set("BOXOFFICE_RATE_PER_TOKEN", "1")).await;
     app.simple_event("e1", queue_defaults(), 10, 60, 4).await;
     let token = app.join("e1", "alice").await.body["token"]
         .as_str()
@@ -409,6 +409,7 @@ async fn padding_the_authorization_header_does_not_escape_the_token_limit() {
             )
         })
         .collect();
+    let started = Instant::now();
     let results = join_all(variants.iter().map(|auth| {
         app.send(Req {
             method: Method::GET,
@@ -419,6 +420,7 @@ async fn padding_the_authorization_header_does_not_escape_the_token_limit() {
         })
     }))
     .await;
+    let took = started.elapsed();
     let ok = results
         .iter()
         .filter(|r| r.status == StatusCode::OK)
@@ -428,10 +430,11 @@ async fn padding_the_authorization_header_does_not_escape_the_token_limit() {
         .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
         .collect();
     assert_eq!(ok + limited.len(), 60);
-    // The burst (20) plus what refills while the 60 run.
+    // The burst (2) plus what refills (1/s) while the 60 run.
+    let allowed = 2 + took.as_secs_f64().ceil() as usize;
     assert!(
-        (20..=30).contains(&ok),
-        "{ok} of 60 got through a limit of 20"
+        (2..=allowed).contains(&ok),
+        "{ok} of 60 got through a burst of 2 in {took:?}"
     );
     limited[0].assert_problem(429, "rate_limited");
     // Another entry has its own bucket.
