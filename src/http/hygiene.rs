@@ -32,7 +32,9 @@ use axum::Router;
 pub struct BodyLimit(pub usize);
 
 /// Middleware: the body limit (declared length checked before anything
-/// runs) and the whole-request timeout.
+/// runs), the whole-request timeout, and problem+json for plain-text
+/// refusals (see [`problem_json`]). One middleware rather than three: each
+/// layer costs on every request.
 ///
 /// A request still running after `BOXOFFICE_HTTP_REQUEST_TIMEOUT_MS` is
 /// cancelled (its handler future is dropped, as tower's timeout does) and
@@ -60,16 +62,26 @@ pub async fn limits(State(state): State<AppState>, req: Request, next: Next) -> 
     }
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(BodyLimit(http.max_body_bytes));
-    let received = Arc::new(AtomicBool::new(body.is_end_stream()));
-    let body = Body::new(Watched {
-        inner: body,
-        received: received.clone(),
-    });
+    // Only a body still to come needs watching (most requests have none).
+    let (body, received) = if body.is_end_stream() {
+        (body, None)
+    } else {
+        let received = Arc::new(AtomicBool::new(false));
+        let watched = Body::new(Watched {
+            inner: body,
+            received: received.clone(),
+        });
+        (watched, Some(received))
+    };
     let limit = http.request_timeout;
-    match tokio::time::timeout(limit, next.run(Request::from_parts(parts, body))).await {
+    let resp = match tokio::time::timeout(limit, next.run(Request::from_parts(parts, body))).await {
         Ok(resp) => resp,
-        Err(_) => timed_out(limit, received.load(Ordering::Acquire)),
+        Err(_) => timed_out(limit, received.is_none_or(|r| r.load(Ordering::Acquire))),
+    };
+    if is_plain_error(&resp) {
+        return problem_json(&state, resp).await;
     }
+    resp
 }
 
 fn timed_out(limit: Duration, body_received: bool) -> Response {
@@ -122,26 +134,25 @@ impl HttpBody for Watched {
     }
 }
 
-/// Middleware: a 4xx or 5xx that is not JSON (axum's own rejections, such
-/// as a path that is not valid UTF-8 or a body over the limit read by an
-/// extractor other than `ApiJson`) is rewritten as problem+json with the
-/// same status, so every refusal has the API's one error shape.
-pub async fn problem_json(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
+/// A 4xx or 5xx whose body is not JSON.
+fn is_plain_error(resp: &Response) -> bool {
     let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return resp;
-    }
-    let json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.starts_with("application/problem+json") || ct.starts_with("application/json")
-        });
-    if json {
-        return resp;
-    }
+    (status.is_client_error() || status.is_server_error())
+        && !resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.starts_with("application/problem+json") || ct.starts_with("application/json")
+            })
+}
+
+/// Rewrites a plain-text refusal (axum's own rejections, such as a path
+/// that is not valid UTF-8 or a body over the limit read by an extractor
+/// other than `ApiJson`) as problem+json with the same status, so every
+/// refusal has the API's one error shape.
+async fn problem_json(state: &AppState, resp: Response) -> Response {
+    let status = resp.status();
     let (parts, body) = resp.into_parts();
     let text = axum::body::to_bytes(body, 4096)
         .await

@@ -117,10 +117,6 @@ pub fn router(state: AppState) -> Router {
                         ),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    hygiene::problem_json,
-                ))
                 .layer(middleware::from_fn_with_state(state.clone(), hygiene::limits))
                 .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
                 .layer(CatchPanicLayer::custom(panic_response)),
