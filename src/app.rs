@@ -39,6 +39,8 @@ pub struct AppState {
 /// A built, bound, not yet running service.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on its own address (`BOXOFFICE_METRICS_ADDR`), if set.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -64,6 +66,13 @@ impl Application {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
+        let metrics_listener =
+            match config.metrics_addr {
+                Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen on {addr} (BOXOFFICE_METRICS_ADDR)")
+                })?),
+                None => None,
+            };
         let tokens = Arc::new(TokenSigner::new(config.token_secret.expose()));
         let limits = Arc::new(crate::http::limit::RateLimits::new(&config));
         let confirmations = crate::payments::Confirmations::start(pg.clone());
@@ -78,13 +87,24 @@ impl Application {
             schedule_ids: Arc::default(),
             limits,
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            metrics_listener,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// Where `/metrics` is served when it has its own address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener has an address"))
     }
 
     pub fn state(&self) -> &AppState {
@@ -97,21 +117,31 @@ impl Application {
     /// # Errors
     /// The server failed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            metrics_listener,
+            state,
+        } = self;
         let mut loops = tokio::task::JoinSet::new();
         if state.config.background {
             crate::background::spawn_all(&state, &shutdown, &mut loops);
         }
+        let limits = state.config.http;
+        if let Some(l) = metrics_listener {
+            tracing::info!(addr = %l.local_addr()?, "metrics listening");
+            let router = crate::http::metrics_router(state.clone());
+            let stop = shutdown.clone();
+            loops.spawn(async move {
+                if let Err(e) = crate::server::serve(l, router, limits, stop).await {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            });
+        }
         let router = crate::http::router(state.clone());
         tracing::info!(addr = %listener.local_addr()?, "boxoffice listening");
-        let stop = shutdown.clone();
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .context("server error")?;
+        crate::server::serve(listener, router, limits, shutdown.clone())
+            .await
+            .context("server error")?;
         shutdown.cancel();
         while loops.join_next().await.is_some() {}
         state.redis.quit().await;

@@ -201,7 +201,7 @@ fn public_key(pem: &[u8]) -> anyhow::Result<PublicKey> {
 /// The credential of an `Authorization: Bearer <credential>` header value;
 /// the scheme is case-insensitive (RFC 9110 §11.1).
 pub fn bearer(header_value: &str) -> Option<&str> {
-    let (scheme, rest) = header_value.trim_start().split_once(' ')?;
+    let (scheme, rest) = header_value.trim().split_once([' ', '\t'])?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }

@@ -113,6 +113,12 @@ pub struct Config {
     /// How long a queue token stays valid (re-joining hands out a fresh one
     /// for the same entry).
     pub queue_token_ttl: Duration,
+    /// HTTP hygiene (see [`HttpLimits`]).
+    pub http: HttpLimits,
+    /// Where `/metrics` is served instead of the main address, if set.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Most keys each rate limiter tracks at once (bounded memory).
+    pub rate_max_keys: usize,
 }
 
 /// Verification settings for user assertions: an HS256 secret, a PEM public
@@ -128,6 +134,24 @@ pub struct UserJwtConfig {
     pub audience: Option<String>,
     /// `BOXOFFICE_USER_JWT_ISSUER`: checked when set.
     pub issuer: Option<String>,
+}
+
+/// Limits of the HTTP server, each against one way a client can tie it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time allowed for a request's head (request line and headers) to
+    /// arrive, from the moment the connection waits for it (slowloris).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight and no byte moving either
+    /// way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed for a whole request, body included, until its response
+    /// head is ready.
+    pub request_timeout: Duration,
+    /// Open connections at most; beyond it new ones are refused at once.
+    pub max_connections: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
 }
 
 /// A setting that could not be used; the message names the variable.
@@ -298,6 +322,46 @@ impl Config {
                 "BOXOFFICE_QUEUE_TOKEN_TTL_SECONDS must be between 60 and 604800".into(),
             ));
         }
+        let ranged = |k: &str, default: u64, range: std::ops::RangeInclusive<u64>| {
+            let v = num(k, default)?;
+            if range.contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError(format!(
+                    "{k} must be between {} and {}",
+                    range.start(),
+                    range.end()
+                )))
+            }
+        };
+        let http = HttpLimits {
+            header_timeout: Duration::from_millis(ranged(
+                "BOXOFFICE_HTTP_HEADER_TIMEOUT_MS",
+                10_000,
+                100..=600_000,
+            )?),
+            idle_timeout: Duration::from_millis(ranged(
+                "BOXOFFICE_HTTP_IDLE_TIMEOUT_MS",
+                60_000,
+                100..=3_600_000,
+            )?),
+            request_timeout: Duration::from_millis(ranged(
+                "BOXOFFICE_HTTP_REQUEST_TIMEOUT_MS",
+                15_000,
+                100..=600_000,
+            )?),
+            max_connections: ranged("BOXOFFICE_HTTP_MAX_CONNECTIONS", 4_096, 1..=1_000_000)?
+                as usize,
+            max_body_bytes: ranged("BOXOFFICE_HTTP_MAX_BODY_BYTES", 65_536, 1_024..=16_777_216)?
+                as usize,
+        };
+        let metrics_addr = match get("BOXOFFICE_METRICS_ADDR") {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|_| {
+                ConfigError(format!("BOXOFFICE_METRICS_ADDR={v:?} is not host:port"))
+            })?),
+        };
+        let rate_max_keys = ranged("BOXOFFICE_RATE_MAX_KEYS", 100_000, 64..=100_000_000)? as usize;
 
         Ok(Self {
             addr,
@@ -319,6 +383,9 @@ impl Config {
             failpoint: get("BOXOFFICE_FAILPOINT"),
             user_jwt,
             queue_token_ttl: Duration::from_secs(queue_token_ttl_s),
+            http,
+            metrics_addr,
+            rate_max_keys,
         })
     }
 
@@ -424,6 +491,13 @@ mod tests {
             ("BOXOFFICE_USER_JWT_SECRET", "too-short-for-hs256"),
             ("BOXOFFICE_USER_JWT_PUBLIC_KEY", "/nonexistent/key.pem"),
             ("BOXOFFICE_QUEUE_TOKEN_TTL_SECONDS", "5"),
+            ("BOXOFFICE_HTTP_HEADER_TIMEOUT_MS", "0"),
+            ("BOXOFFICE_HTTP_IDLE_TIMEOUT_MS", "soon"),
+            ("BOXOFFICE_HTTP_REQUEST_TIMEOUT_MS", "99"),
+            ("BOXOFFICE_HTTP_MAX_CONNECTIONS", "0"),
+            ("BOXOFFICE_HTTP_MAX_BODY_BYTES", "10"),
+            ("BOXOFFICE_METRICS_ADDR", "metrics"),
+            ("BOXOFFICE_RATE_MAX_KEYS", "1"),
         ] {
             let err = Config::from_map(&env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(k), "{err} should name {k}");

@@ -22,6 +22,7 @@ pub mod ids;
 pub mod money;
 pub mod payments;
 pub mod queue;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod token;

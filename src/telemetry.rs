@@ -146,4 +146,27 @@ pub fn register_metrics() {
     metrics::counter!("boxoffice_outbox_published_total").increment(0);
     metrics::gauge!("boxoffice_outbox_lag_seconds").set(0.0);
     metrics::counter!("boxoffice_rate_limited_total", "by" => "ip").increment(0);
+    register_http_metrics();
+}
+
+/// The connection-level counters of `crate::server` and `http::hygiene`.
+fn register_http_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "boxoffice_http_connections_refused_total",
+        "Connections refused because BOXOFFICE_HTTP_MAX_CONNECTIONS were open"
+    );
+    describe_counter!(
+        "boxoffice_http_idle_closed_total",
+        "Connections closed after BOXOFFICE_HTTP_IDLE_TIMEOUT_MS without a request or a byte"
+    );
+    describe_counter!(
+        "boxoffice_http_request_timeouts_total",
+        "Requests cut by BOXOFFICE_HTTP_REQUEST_TIMEOUT_MS, by the slow party (client: body not received; server)"
+    );
+    metrics::counter!("boxoffice_http_connections_refused_total").increment(0);
+    metrics::counter!("boxoffice_http_idle_closed_total").increment(0);
+    for party in ["client", "server"] {
+        metrics::counter!("boxoffice_http_request_timeouts_total", "party" => party).increment(0);
+    }
 }

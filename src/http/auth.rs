@@ -47,7 +47,14 @@ impl From<QueueError> for ApiError {
 /// The bearer credential of a request, if any (the scheme is
 /// case-insensitive).
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    crate::auth::bearer(parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?)
+    bearer_token(&parts.headers)
+}
+
+/// The credential of `Authorization: Bearer <credential>`
+/// ([`crate::auth::bearer`]): the one parser of the header; extractors and
+/// the rate limiter use it.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    crate::auth::bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 fn token_error(e: &TokenError) -> ApiError {
@@ -216,5 +223,39 @@ where
                 .map(Self::User)
                 .map_err(|e| assertion_error(&e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    fn with(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer t.k",
+            "bearer t.k",
+            "BEARER t.k",
+            "bEaReR   t.k ",
+            "Bearer\tt.k",
+        ] {
+            assert_eq!(super::bearer_token(&with(v)), Some("t.k"), "{v:?}");
+        }
+        for v in [
+            "Basic dXNlcg==",
+            "Bearer",
+            "Bearer   ",
+            "Bearertoken",
+            "t.k",
+        ] {
+            assert_eq!(super::bearer_token(&with(v)), None, "{v:?}");
+        }
+        assert_eq!(super::bearer_token(&HeaderMap::new()), None);
     }
 }

@@ -63,6 +63,16 @@ pub enum ApiError {
     RequestInProgress,
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
+    #[error("the request body is larger than the limit of {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: usize },
+    /// The client did not send its whole request in time.
+    #[error("the request was not received completely within {limit_ms} ms")]
+    RequestTimeout { limit_ms: u64 },
+    /// The request was received but its answer took too long; the only
+    /// waits in a handler are Redis, PostgreSQL and their pools, so this is
+    /// a slow dependency or an overloaded instance: transient, retry.
+    #[error("the request did not complete within {limit_ms} ms; retry shortly")]
+    DeadlineExceeded { limit_ms: u64 },
     #[error("{0}")]
     Dependency(#[from] StoreError),
     #[error("internal error")]
@@ -89,7 +99,11 @@ impl ApiError {
             E::QueueTokenExpired | E::HoldExpired => StatusCode::GONE,
             E::InsufficientFunds { .. } => StatusCode::PAYMENT_REQUIRED,
             E::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            E::Dependency(StoreError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            E::Dependency(StoreError::Unavailable { .. }) | E::DeadlineExceeded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             E::Dependency(StoreError::Internal { .. }) | E::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -118,7 +132,11 @@ impl ApiError {
             E::IdempotencyKeyReused => "idempotency_key_reused",
             E::RequestInProgress => "request_in_progress",
             E::RateLimited { .. } => "rate_limited",
-            E::Dependency(StoreError::Unavailable { .. }) => "dependency_unavailable",
+            E::PayloadTooLarge { .. } => "payload_too_large",
+            E::RequestTimeout { .. } => "request_timeout",
+            E::Dependency(StoreError::Unavailable { .. }) | E::DeadlineExceeded { .. } => {
+                "dependency_unavailable"
+            }
             E::Dependency(StoreError::Internal { .. }) | E::Internal(_) => "internal_error",
         }
     }
@@ -161,6 +179,12 @@ impl ApiError {
             E::Dependency(StoreError::Unavailable { dep, .. }) => {
                 m.insert("dependency".into(), json!(dep.as_str()));
             }
+            E::PayloadTooLarge { limit_bytes } => {
+                m.insert("limit_bytes".into(), json!(limit_bytes));
+            }
+            E::RequestTimeout { limit_ms } | E::DeadlineExceeded { limit_ms } => {
+                m.insert("limit_ms".into(), json!(limit_ms));
+            }
             _ => {}
         }
         m
@@ -170,6 +194,7 @@ impl ApiError {
         match self {
             Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             Self::Dependency(StoreError::Unavailable { .. })
+            | Self::DeadlineExceeded { .. }
             | Self::RequestInProgress
             | Self::HoldBeingPaid => Some(1),
             _ => None,

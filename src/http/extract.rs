@@ -10,16 +10,24 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use crate::{app::AppState, ids::IdempotencyKey};
 
-/// `axum::Json`, but a malformed body is a problem+json 400/415/422.
+/// `axum::Json`, but a malformed body is a problem+json 400/415/422, and a
+/// body over `BOXOFFICE_HTTP_MAX_BODY_BYTES` a `413 payload_too_large`.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<super::hygiene::BodyLimit>()
+            .map_or(0, |l| l.0);
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(rej) => Err(match rej {
+                rej if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::PayloadTooLarge { limit_bytes: limit }
+                }
                 JsonRejection::JsonDataError(e) => ApiError::InvalidRequest(e.body_text()),
                 JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
                     "expected a JSON body with Content-Type: application/json".into(),

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod error;
 pub mod extract;
 pub mod holds;
+pub mod hygiene;
 pub mod limit;
 pub mod openapi;
 pub mod ops;
@@ -18,7 +19,7 @@ use std::time::Instant;
 
 use axum::{
     Router,
-    extract::{MatchedPath, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{HeaderName, StatusCode},
     middleware::{self, Next},
     response::Response,
@@ -98,6 +99,9 @@ pub fn router(state: AppState) -> Router {
         )
         .into();
 
+    #[cfg(feature = "failpoints")]
+    let api = hygiene::failpoint_routes(api, &state);
+
     api.merge(docs)
         .layer(middleware::from_fn_with_state(state.clone(), limit::limit))
         .fallback(not_found)
@@ -121,8 +125,20 @@ pub fn router(state: AppState) -> Router {
                         ),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+                .layer(middleware::from_fn_with_state(state.clone(), hygiene::limits))
+                .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes))
                 .layer(CatchPanicLayer::custom(panic_response)),
         )
+        .with_state(state)
+}
+
+/// The router of the metrics address (`BOXOFFICE_METRICS_ADDR`): only
+/// `/metrics`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::render_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 

@@ -22,7 +22,9 @@ pub struct Problem {
     /// queue_token_expired, seats_unavailable, hold_limit_exceeded,
     /// hold_expired, hold_already_paid, insufficient_funds,
     /// idempotency_key_reused, request_in_progress, rate_limited,
-    /// dependency_unavailable, internal_error.
+    /// dependency_unavailable, internal_error; and, from the HTTP layer
+    /// before any handler runs, payload_too_large (413), request_timeout
+    /// (408) and over_capacity (503, too many open connections).
     #[schema(example = "seats_unavailable")]
     code: String,
 }

@@ -39,9 +39,20 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Prometheus text exposition. When `BOXOFFICE_METRICS_ADDR` is set it is
+/// served only there, and this route answers 404.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text format"),
+    (status = 404, description = "Metrics are served on their own address (BOXOFFICE_METRICS_ADDR)", content_type = "application/problem+json")))]
+pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    if state.config.metrics_addr.is_some() {
+        return super::ApiError::NotFound("no such endpoint".into()).into_response();
+    }
+    render_metrics(State(state)).await.into_response()
+}
+
+/// `/metrics` on the metrics address.
+pub async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -52,7 +63,59 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// The operator dashboard: one self-contained page, no build step.
+///
+/// Sent with a Content-Security-Policy that allows only the page's own
+/// inline script and style (by hash), requests to this origin, and no
+/// framing (`frame-ancestors 'none'` and `X-Frame-Options: DENY`, against
+/// clickjacking of a page that holds the service key).
 #[utoipa::path(get, path = "/dashboard", tag = "operations", responses((status = 200, description = "HTML page; paste the service key")))]
 pub async fn dashboard() -> impl IntoResponse {
-    axum::response::Html(include_str!("../../static/dashboard.html"))
+    (
+        [
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                DASHBOARD_CSP.as_str(),
+            ),
+            (axum::http::header::X_FRAME_OPTIONS, "DENY"),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (axum::http::header::REFERRER_POLICY, "no-referrer"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::response::Html(DASHBOARD),
+    )
+}
+
+const DASHBOARD: &str = include_str!("../../static/dashboard.html");
+
+/// The dashboard's policy, with the hashes of its one inline `<script>`
+/// and one `<style>` (computed once from the embedded page, so editing the
+/// page can never leave a stale hash behind). Style attributes stay allowed
+/// (`style-src-attr`): the page sets colours with them.
+static DASHBOARD_CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let script = csp_hash(inline(DASHBOARD, "script"));
+    let style = csp_hash(inline(DASHBOARD, "style"));
+    format!(
+        "default-src 'none'; script-src '{script}'; style-src '{style}'; \
+         style-src-attr 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+});
+
+/// The text of the first `<tag>...</tag>` of `html`.
+fn inline<'a>(html: &'a str, tag: &str) -> &'a str {
+    let open = format!("<{tag}>");
+    let start = html.find(&open).map(|i| i + open.len()).unwrap_or(0);
+    let end = html[start..]
+        .find(&format!("</{tag}>"))
+        .map_or(start, |i| start + i);
+    &html[start..end]
+}
+
+fn csp_hash(text: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(text.as_bytes()))
+    )
 }

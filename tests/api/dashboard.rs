@@ -167,3 +167,28 @@ async fn dashboard_renders_seat_maps_and_figures_in_chromium() {
         &banner[..300.min(banner.len())]
     );
 }
+
+#[tokio::test]
+async fn dashboard_forbids_framing_and_foreign_code_and_forgets_the_key_with_the_tab() {
+    let app = spawn_app().await;
+    let r = app.get("/dashboard").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    let csp = r.headers["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "default-src 'none'",
+        "frame-ancestors 'none'",
+        "connect-src 'self'",
+        "script-src 'sha256-",
+        "base-uri 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} missing from {csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline'; script") && !csp.contains("script-src 'unsafe"),
+        "no inline script beyond the hashed one: {csp}"
+    );
+    // The service key lives in sessionStorage (gone with the tab), never localStorage.
+    assert!(r.text.contains("sessionStorage"));
+    assert!(!r.text.contains("localStorage"));
+}

@@ -147,6 +147,8 @@ impl Settings {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `BOXOFFICE_METRICS_ADDR` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub base: String,
     pub client: reqwest::Client,
     pub settings: Settings,
@@ -179,6 +181,7 @@ async fn start(settings: Settings) -> TestApp {
     let config = Config::from_map(&settings.env).expect("test config is valid");
     let app = Application::build(config).await.expect("app builds");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let state = app.state().clone();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run(stop.clone()));
@@ -189,6 +192,7 @@ async fn start(settings: Settings) -> TestApp {
         .unwrap();
     TestApp {
         addr,
+        metrics_addr,
         base: format!("http://{addr}"),
         client,
         settings,
