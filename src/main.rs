@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use boxoffice::{app::Application, config::Config, telemetry};
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: boxoffice [serve [--demo] | audit]\n\n  serve     run the HTTP service (default)\n  --demo    also load the demo event if it does not exist\n  audit     check the invariants in Redis and PostgreSQL; exit 1 on a violation\n";
+const USAGE: &str = "usage: boxoffice [serve [--demo] | audit]\n\n  serve     run the HTTP service (default)\n  --demo    also load the demo event if it does not exist\n  audit     check the invariants in Redis and PostgreSQL; exit 1 on a violation,\n            2 when a store cannot be read\n";
 
 /// `boxoffice audit`: connects to both stores and checks the invariants.
 async fn audit(config: &Config) -> ExitCode {
@@ -22,13 +22,31 @@ async fn audit(config: &Config) -> ExitCode {
     };
     match report {
         Ok(a) => {
-            for c in &a.checked {
-                println!("checked: {c}");
+            for c in &a.checks {
+                let verdict = if c.passed() { "passed" } else { "FAILED" };
+                println!(
+                    "{verdict} {}: {} ({} examined, {} violations)",
+                    c.name,
+                    c.description,
+                    c.examined,
+                    c.violations.len()
+                );
+                for v in &c.violations {
+                    println!("  VIOLATION {}: {v}", c.name);
+                }
             }
-            for v in &a.violations {
-                println!("VIOLATION: {v}");
-            }
-            println!("audit: {} violations", a.violations.len());
+            let failed = a.failed();
+            println!(
+                "audit: {} checks, {} failed{}, {} violations",
+                a.checks.len(),
+                failed.len(),
+                if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", failed.join(", "))
+                },
+                a.violations.len()
+            );
             if a.violations.is_empty() {
                 ExitCode::SUCCESS
             } else {

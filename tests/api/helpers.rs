@@ -577,3 +577,68 @@ async fn run_redis_cli(server: &[&str], args: &[&str]) -> String {
     assert!(out.status.success(), "redis-cli {args:?} failed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs `boxoffice audit` (the real binary) against this app's stores;
+/// its exit code and stdout.
+pub async fn run_audit_binary(app: &TestApp) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+        .arg("audit")
+        .envs(&app.settings.env)
+        .output()
+        .await
+        .expect("boxoffice audit runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{stdout}{}",
+            if stderr.is_empty() {
+                String::new()
+            } else {
+                format!("\nstderr: {stderr}")
+            }
+        ),
+    )
+}
+
+impl TestApp {
+    /// Runs the script-invariant checker (`lua/check_schedule.lua`: the
+    /// invariants at the top of `lua/lib/schedule.lua`) on every schedule
+    /// of every event and fails the test on any violation. Called at the
+    /// end of the hold and payment tests.
+    pub async fn assert_script_invariants(&self) {
+        let events = boxoffice::catalog::pg::all(&self.state.pg)
+            .await
+            .expect("catalog reads");
+        let mut checked = 0;
+        for ev in &events {
+            for s in &ev.schedules {
+                let c = boxoffice::holds::check::check_schedule(
+                    &self.state.redis,
+                    &ev.event_id,
+                    &s.schedule_id,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{}/{}: {e}", ev.event_id, s.schedule_id));
+                assert!(
+                    c.violations.is_empty(),
+                    "{}/{}: script invariants broken: {:?}",
+                    ev.event_id,
+                    s.schedule_id,
+                    c.violations
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "no schedule to check");
+    }
+
+    /// The whole audit (`boxoffice::audit::run`) finds nothing.
+    pub async fn assert_audit_clean(&self) {
+        let a = boxoffice::audit::run(&self.state.pg, &self.state.redis)
+            .await
+            .expect("the audit runs");
+        assert!(a.violations.is_empty(), "audit: {:?}", a.violations);
+    }
+}
