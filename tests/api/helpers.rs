@@ -642,3 +642,107 @@ impl TestApp {
         assert!(a.violations.is_empty(), "audit: {:?}", a.violations);
     }
 }
+
+/// A TCP proxy that can *stall* a dependency (connections stay open and
+/// accepted, but no byte is forwarded either way: a hung server, a
+/// blackholed network) as well as cut it, and restore it. On restore the
+/// held bytes flow again, as after a network partition heals.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    /// 0 = forwarding, 1 = stalled, 2 = cut.
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: JoinHandle<()>,
+}
+
+const FORWARD: u8 = 0;
+const STALL: u8 = 1;
+const CUT: u8 = 2;
+
+impl FaultProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::AtomicU8;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(FORWARD));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (m, cs) = (mode.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if m.load(Ordering::SeqCst) == CUT {
+                    drop(inbound);
+                    continue;
+                }
+                let m = m.clone();
+                let task = tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::select! {
+                        _ = pump(ri, wo, m.clone()) => {}
+                        _ = pump(ro, wi, m) => {}
+                    }
+                });
+                cs.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            mode,
+            conns,
+            accept,
+        }
+    }
+
+    /// Every connection, open or new, stops forwarding; nothing is closed.
+    pub fn stall(&self) {
+        self.mode.store(STALL, Ordering::SeqCst);
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.mode.store(CUT, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.mode.store(FORWARD, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the proxy is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // Stalled: do not even read, so the sender's buffers fill up too.
+        while mode.load(Ordering::SeqCst) == STALL {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while mode.load(Ordering::SeqCst) == STALL {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if mode.load(Ordering::SeqCst) == CUT || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

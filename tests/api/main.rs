@@ -14,3 +14,4 @@ mod ops;
 mod outage;
 mod payments;
 mod queue;
+mod stall;
