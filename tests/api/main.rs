@@ -8,6 +8,7 @@ mod helpers;
 mod admin;
 mod audit;
 mod dashboard;
+mod expiry;
 mod foundation;
 mod holds;
 mod ops;
