@@ -746,3 +746,81 @@ impl Drop for FaultProxy {
         self.cut();
     }
 }
+
+/// The `boxoffice` binary (built with the `failpoints` feature for the
+/// tests) serving in a process of its own, so a test can kill it for real.
+pub struct ProcessInstance {
+    pub base: String,
+    child: tokio::process::Child,
+    reached: tokio::sync::watch::Receiver<Vec<String>>,
+}
+
+impl ProcessInstance {
+    /// Starts `boxoffice serve` with `settings` and waits until it answers.
+    pub async fn start(settings: &Settings) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+            .arg("serve")
+            .envs(&settings.env)
+            .env("BOXOFFICE_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the boxoffice binary starts");
+        let (tx, reached) = tokio::sync::watch::channel(Vec::new());
+        let stderr = child.stderr.take().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(name) = line.strip_prefix("boxoffice: failpoint ") {
+                    let name = name.trim_end_matches(" reached").to_owned();
+                    tx.send_modify(|v| v.push(name));
+                } else {
+                    eprintln!("[boxoffice process] {line}");
+                }
+            }
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let up = eventually(Duration::from_secs(20), || async {
+            client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up, "the boxoffice process answers on {base}");
+        Self {
+            base,
+            child,
+            reached,
+        }
+    }
+
+    /// Waits until the process reports it stopped at failpoint `name`.
+    pub async fn wait_for_failpoint(&mut self, name: &str) {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.reached.wait_for(|v| v.iter().any(|n| n == name)),
+        )
+        .await;
+        assert!(
+            matches!(r, Ok(Ok(_))),
+            "failpoint {name} never reached (is the binary built with the failpoints feature?)"
+        );
+    }
+
+    /// SIGKILL: no clean-up, no graceful shutdown; waits until it is dead.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let status = self.child.wait().await.expect("the process ends");
+        assert!(!status.success(), "killed, not exited: {status}");
+    }
+}

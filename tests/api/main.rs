@@ -7,6 +7,7 @@ mod helpers;
 
 mod admin;
 mod audit;
+mod crash;
 mod dashboard;
 mod expiry;
 mod foundation;

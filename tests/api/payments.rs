@@ -353,53 +353,6 @@ async fn insufficient_funds_keeps_the_hold_and_someone_elses_hold_is_forbidden()
     app.assert_audit_clean().await;
 }
 
-#[tokio::test]
-async fn a_crash_between_commit_and_confirm_is_finished_by_the_reconciler() {
-    let crashing =
-        spawn_with(Settings::new().set("BOXOFFICE_FAILPOINT", "crash_after_commit")).await;
-    crashing.simple_event("e1", open_queue(), 20, 300, 4).await;
-    let token = crashing.admitted_token("e1", "jay").await;
-    crashing.charge("jay", "5000", None).await;
-    let hold = crashing.hold_seats(&token, json!([5, 6])).await;
-    let r = crashing.pay(&token, &hold, None).await;
-    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text);
-    assert_eq!(
-        crashing.balance("jay").await,
-        "3000",
-        "committed in PostgreSQL"
-    );
-    // Not holdable meanwhile: the hold is *paying*.
-    let other = crashing.admitted_token("e1", "kim").await;
-    let r = crashing
-        .hold(&other, json!({"schedule_id": "d1", "seats": [5]}))
-        .await;
-    r.assert_problem(409, "seats_unavailable");
-
-    // The process dies; a new one starts on the same stores.
-    let settings = crashing.settings.clone().set("BOXOFFICE_FAILPOINT", "");
-    crashing.stop().await;
-    let restarted = spawn_with(settings).await;
-    let sold = eventually(Duration::from_secs(5), || async {
-        restarted.admin_seat("e1", 5).await == "sold"
-            && restarted.admin_seat("e1", 6).await == "sold"
-    })
-    .await;
-    assert!(sold, "the reconciler marked the seats sold");
-    // ... and then the payment confirmed (a write after the Redis step).
-    let confirmed = eventually(Duration::from_secs(5), || async {
-        sqlx::query_scalar::<_, bool>("select bool_and(redis_confirmed) from payments")
-            .fetch_one(restarted.state.pg.pool())
-            .await
-            .unwrap()
-    })
-    .await;
-    assert!(confirmed);
-    restarted
-        .status(&token)
-        .await
-        .assert_problem(410, "queue_token_expired");
-}
-
 async fn wipe_prefix(prefix: &str) {
     let script = format!(
         "redis-cli -u '{}' --scan --pattern '{}*' | xargs -r redis-cli -u '{}' del > /dev/null",
