@@ -16,4 +16,5 @@ mod ops;
 mod outage;
 mod payments;
 mod queue;
+mod races;
 mod stall;
