@@ -824,3 +824,13 @@ impl ProcessInstance {
         assert!(!status.success(), "killed, not exited: {status}");
     }
 }
+
+/// A tool a test needs is missing: under CI (the `CI` variable set, as
+/// `.ci/run` and every CI service do) the test fails; elsewhere it says
+/// SKIP on stderr and the caller returns.
+#[track_caller]
+pub fn missing_tool(tool: &str, hint: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    assert!(!ci, "{tool} is missing and CI is set: {hint}");
+    eprintln!("SKIP: {tool} is missing ({hint})");
+}
