@@ -834,3 +834,19 @@ pub fn missing_tool(tool: &str, hint: &str) {
     assert!(!ci, "{tool} is missing and CI is set: {hint}");
     eprintln!("SKIP: {tool} is missing ({hint})");
 }
+
+impl TestApp {
+    /// Waits until the reconcile loop's first round (a full restore from
+    /// PostgreSQL into a Redis prefix it finds empty) is over. That restore
+    /// loads a catalog snapshot read before it writes: an admin change
+    /// made in between is overwritten in Redis by the older settings, so a
+    /// test that changes settings right after start waits for it first.
+    pub async fn wait_for_startup_restore(&self) {
+        let marker = self.state.redis.keys().restored_marker();
+        let done = eventually(Duration::from_secs(10), || async {
+            self.state.redis.exists(&marker).await.unwrap_or(false)
+        })
+        .await;
+        assert!(done, "the startup restore did not finish");
+    }
+}
