@@ -26,8 +26,10 @@
 # (5000), BENCH_ADMIT (1000 per second), BENCH_MAX_ACTIVE (1000),
 # BENCH_WAITING (1000000), BENCH_RUNS (2; at least 2), BENCH_PORT (18080),
 # CEILING_PORT (18081), BENCH_SKIP_BUILD=1 (use the binaries in
-# target/release as they are). The default sizes take about 6 minutes
-# after the build on 2 cores.
+# target/<profile> as they are), BENCH_PROFILE (release; `dev` only to try
+# the script itself: debug figures mean nothing), BENCH_REPORT
+# (docs/BENCHMARKS.md; the chart goes beside it in bench/throughput.svg).
+# The default sizes take about 6 minutes after the build on 2 cores.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,6 +47,9 @@ WAITING="${BENCH_WAITING:-1000000}"
 PORT="${BENCH_PORT:-18080}"
 CPORT="${CEILING_PORT:-18081}"
 RUNS="${BENCH_RUNS:-2}"
+PROFILE="${BENCH_PROFILE:-release}"
+REPORT="${BENCH_REPORT:-docs/BENCHMARKS.md}"
+BIN_DIR="$ROOT/target/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
 [[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 2 ]] || { echo "bench: BENCH_RUNS must be 2 or more (one pass is not a measurement)" >&2; exit 2; }
 
 TS="$(date +%s)"
@@ -118,8 +123,8 @@ wait_http() { # URL SECONDS
 
 # ------------------------------------------------------------------ build
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
-    say "building release binaries (cargo build --release -p boxoffice -p loadtest)"
-    cargo build --release -p boxoffice -p loadtest
+    say "building $PROFILE binaries (cargo build --profile $PROFILE -p boxoffice -p loadtest)"
+    cargo build --profile "$PROFILE" -p boxoffice -p loadtest
 fi
 # Let the build's load drain first (the one-minute load average below 1.5,
 # for at most 60 s): a run started on the compiler's heels measured its
@@ -129,9 +134,9 @@ for _ in $(seq 60); do
     sleep 1
 done
 BUILT="$(date +%s.%N)"
-BX="$ROOT/target/release/boxoffice"
-LT="$ROOT/target/release/loadtest"
-CEIL="$ROOT/target/release/ceiling"
+BX="$BIN_DIR/boxoffice"
+LT="$BIN_DIR/loadtest"
+CEIL="$BIN_DIR/ceiling"
 for b in "$BX" "$LT" "$CEIL"; do [[ -x $b ]] || { echo "bench: $b missing" >&2; exit 1; }; done
 command -v pgbench >/dev/null || {
     say "pgbench missing: apt-get install -y postgresql-contrib"
@@ -153,6 +158,7 @@ port_free "$CPORT" || { echo "bench: port $CPORT is in use (set CEILING_PORT)" >
     echo "redis=$(rcli info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p')"
     echo "postgres=$(psql -X -tA "$ADMIN_URL" -c 'show server_version')"
     echo "rustc=$(rustc --version)"
+    echo "profile=$PROFILE"
     echo "git=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+dirty')"
     echo "users=$USERS"
     echo "seconds=$SECS"
@@ -364,8 +370,8 @@ import sys
 start, built, end = map(float, sys.argv[1:4])
 print(f"{end - built:.0f} {built - start:.0f}")
 PY
-say "writing docs/BENCHMARKS.md"
-python3 scripts/bench_report.py "$OUT" docs/BENCHMARKS.md docs/bench/throughput.svg
+say "writing $REPORT"
+python3 scripts/bench_report.py "$OUT" "$REPORT" "$(dirname "$REPORT")/bench/throughput.svg"
 read -r BENCH_S BUILD_S <"$OUT/elapsed.txt"
 say "benchmark took ${BENCH_S} s after a ${BUILD_S} s build"
 if [[ $(cat "$OUT/audit.rc") != 0 && $(cat "$OUT/audit.rc") != skipped ]]; then
