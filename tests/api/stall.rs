@@ -151,16 +151,18 @@ async fn postgres_stalled_pay_answers_503_in_bounded_time_while_queue_and_holds_
     let bound = t * 2;
     let (r, took) = timed(app.pay(&token, &first, None)).await;
     assert_fast_503("pay", &r, took, bound);
-    // The queue and holds never touch PostgreSQL: fast and fine.
+    // The queue and holds never touch PostgreSQL: fine, and faster than
+    // half a PostgreSQL call timeout (they wait on nothing that hangs).
+    let quick = t / 2;
     let (r, took) = timed(app.join("e1", "u2")).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    assert!(took < Duration::from_millis(500), "join took {took:?}");
+    assert!(took < quick, "join took {took:?}");
     let (r, took) = timed(app.status(&token)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert!(took < Duration::from_millis(500), "status took {took:?}");
+    assert!(took < quick, "status took {took:?}");
     let (r, took) = timed(app.hold(&token, json!({"schedule_id": "d1", "seats": [2]}))).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    assert!(took < Duration::from_millis(500), "hold took {took:?}");
+    assert!(took < quick, "hold took {took:?}");
     let second = r.body["hold_id"].as_str().unwrap().to_owned();
     let (r, took) = timed(app.pay(&token, &second, None)).await;
     assert_fast_503("pay again", &r, took, bound);
