@@ -177,7 +177,7 @@ pub async fn place(
     let k = redis.keys().event(event);
     let mut keys = k.schedule_keys(schedule);
     keys.push(k.hold_seq());
-    keys.extend(admission_keys(&k));
+    keys.extend(k.buyer_keys());
     let (mode, arg) = match req {
         HoldRequest::Seats(seats) => (
             "seats",
@@ -193,7 +193,7 @@ pub async fn place(
         .run(
             &redis::PLACE_HOLD,
             keys,
-            vec![user.to_string(), mode.into(), arg],
+            vec![user.to_string(), mode.into(), arg, buyer.entry.to_string()],
         )
         .await
     {
@@ -252,17 +252,34 @@ pub async fn place(
     outcome
 }
 
-/// The hold, if it is still live and `user` owns it.
+/// The keys of a script acting on one hold for its owner: the schedule,
+/// then the queue keys that prove the owner's entry is live.
+fn owner_keys(redis: &Redis, id: &HoldId) -> Vec<String> {
+    let k = redis.keys().event(&id.event);
+    let mut keys = k.schedule_keys(&id.schedule);
+    keys.extend(k.buyer_keys());
+    keys
+}
+
+fn owner_args(id: &HoldId, owner: &QueueClaims) -> Vec<String> {
+    vec![
+        id.n.to_string(),
+        owner.user.to_string(),
+        owner.entry.to_string(),
+    ]
+}
+
+/// The hold, if it is still live and the token's user owns it, while the
+/// token's queue entry is live.
 ///
 /// # Errors
 /// Gone, someone else's, or Redis unavailable.
-pub async fn get(redis: &Redis, id: &HoldId, user: &UserId) -> Result<Hold, HoldError> {
-    let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
+pub async fn get(redis: &Redis, id: &HoldId, owner: &QueueClaims) -> Result<Hold, HoldError> {
     let raw = redis
         .run(
             &redis::HOLD_INFO,
-            keys,
-            vec![id.n.to_string(), user.to_string()],
+            owner_keys(redis, id),
+            owner_args(id, owner),
         )
         .await?;
     let r: Reply = decode("hold_info", &raw)?;
@@ -284,13 +301,16 @@ pub async fn get(redis: &Redis, id: &HoldId, user: &UserId) -> Result<Hold, Hold
 ///
 /// # Errors
 /// Gone, someone else's, being paid, or Redis unavailable.
-pub async fn release(redis: &Redis, id: &HoldId, user: &UserId) -> Result<Vec<u32>, HoldError> {
-    let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
+pub async fn release(
+    redis: &Redis,
+    id: &HoldId,
+    owner: &QueueClaims,
+) -> Result<Vec<u32>, HoldError> {
     let raw = redis
         .run(
             &redis::RELEASE_HOLD,
-            keys,
-            vec![id.n.to_string(), user.to_string()],
+            owner_keys(redis, id),
+            owner_args(id, owner),
         )
         .await?;
     let r: Reply = decode("release_hold", &raw)?;
@@ -359,7 +379,7 @@ pub async fn seat_map(
     redis: &Redis,
     event: &EventId,
     schedule: &ScheduleId,
-    buyer: Option<&UserId>,
+    buyer: Option<&QueueClaims>,
 ) -> Result<SeatMap, HoldError> {
     let k = redis.keys().event(event);
     let mut keys = k.schedule_keys(schedule);
@@ -388,11 +408,11 @@ pub async fn seat_map(
 /// For a read a buyer makes: the queue keys and the user, so the script
 /// checks that the buyer is admitted in the same round trip. None for
 /// operators and the audit.
-fn buyer_args(k: &EventKeys, keys: &mut Vec<String>, buyer: Option<&UserId>) -> Vec<String> {
+fn buyer_args(k: &EventKeys, keys: &mut Vec<String>, buyer: Option<&QueueClaims>) -> Vec<String> {
     match buyer {
-        Some(user) => {
-            keys.extend(admission_keys(k));
-            vec![user.to_string()]
+        Some(b) => {
+            keys.extend(k.buyer_keys());
+            vec![b.user.to_string(), b.entry.to_string()]
         }
         None => vec![],
     }
@@ -470,7 +490,7 @@ pub async fn overview(
     redis: &Redis,
     event: &EventId,
     schedules: &[ScheduleId],
-    buyer: Option<&UserId>,
+    buyer: Option<&QueueClaims>,
 ) -> Result<Vec<ScheduleFigures>, HoldError> {
     let k = redis.keys().event(event);
     let mut keys: Vec<String> = schedules.iter().flat_map(|s| k.schedule_keys(s)).collect();
@@ -509,9 +529,15 @@ pub async fn sweep(
     Ok(r.expired)
 }
 
-/// The queue keys a script needs to check that the buyer is admitted.
-fn admission_keys(k: &EventKeys) -> [String; 2] {
-    [k.queue_admitted(), k.queue_waiting()]
+/// Whether hold number `id.n` was ever handed out for its event: a hold
+/// that is gone but was minted expired or was released; one that was never
+/// minted never existed (404, not 410).
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn ever_minted(redis: &Redis, id: &HoldId) -> Result<bool, StoreError> {
+    let seq = redis.get(&redis.keys().event(&id.event).hold_seq()).await?;
+    Ok(seq.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) >= id.n)
 }
 
 /// A hold moved to *paying*.
@@ -534,12 +560,17 @@ pub async fn begin_payment(
     let user = &buyer.user;
     let k = redis.keys().event(&id.event);
     let mut keys = k.schedule_keys(&id.schedule);
-    keys.extend(admission_keys(&k));
+    keys.extend(k.buyer_keys());
     let raw = redis
         .run(
             &redis::BEGIN_PAYMENT,
             keys,
-            vec![id.n.to_string(), user.to_string(), paying_ms.to_string()],
+            vec![
+                id.n.to_string(),
+                user.to_string(),
+                paying_ms.to_string(),
+                buyer.entry.to_string(),
+            ],
         )
         .await?;
     let r: Reply = decode("begin_payment", &raw)?;

@@ -11,10 +11,10 @@ use uuid::Uuid;
 
 use super::{
     ApiError, ApiResult,
-    auth::QueueToken,
+    auth::{Caller, PaymentReader, QueueToken},
     extract::{ApiJson, OptionalIdempotencyKey, ServiceKey},
     queue::event_in_path,
-    wallet::{Caller, claim_or_answer, replay, user_in_path},
+    wallet::{claim_or_answer, replay, user_in_path},
 };
 use crate::{
     app::AppState,
@@ -64,11 +64,15 @@ async fn pay_once(
     let paying = match holds::begin_payment(&state.redis, hold, claims, paying_ms).await {
         Ok(p) => p,
         Err(HoldError::Gone) => {
-            return Err(match payments::payment_of_hold(&state.pg, hold).await? {
-                Some(id) => ApiError::HoldAlreadyPaid {
+            // Gone from Redis: paid, expired, or never minted. Only the
+            // caller's own paid hold names its payment.
+            return Err(match payments::paid_hold(&state.pg, hold).await? {
+                Some((id, owner)) if owner == claims.user.as_str() => ApiError::HoldAlreadyPaid {
                     payment_id: id.to_string(),
                 },
-                None => ApiError::HoldExpired,
+                Some(_) => ApiError::Forbidden("this hold belongs to another user".into()),
+                None if holds::ever_minted(&state.redis, hold).await? => ApiError::HoldExpired,
+                None => ApiError::NotFound("no such hold".into()),
             });
         }
         Err(HoldError::NoSchedule) => return Err(ApiError::NotFound("no such hold".into())),
@@ -222,13 +226,17 @@ pub async fn pay(
 }
 
 #[utoipa::path(get, path = "/v1/payments/{payment_id}", tag = "payments",
-    security(("queue_token" = []), ("service_key" = [])),
+    security(("user_assertion" = []), ("queue_token" = []), ("service_key" = [])),
     params(("payment_id" = String, Path, description = "Payment id")),
     responses((status = 200, description = "The payment", body = payments::Payment),
-              (status = 404, description = "not_found", body = super::openapi::Problem)))]
+              (status = 401, description = "unauthorized", body = super::openapi::Problem),
+              (status = 403, description = "forbidden: another user's payment", body = super::openapi::Problem),
+              (status = 404, description = "not_found", body = super::openapi::Problem),
+              (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
+              (status = 503, description = "dependency_unavailable", body = super::openapi::Problem)))]
 pub async fn get_payment(
     State(state): State<AppState>,
-    caller: Caller,
+    reader: PaymentReader,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<payments::Payment>> {
     let id: Uuid = id
@@ -237,20 +245,21 @@ pub async fn get_payment(
     let (owner, payment) = payments::get(&state.pg, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such payment".into()))?;
-    match &caller {
-        Caller::Service => {}
-        Caller::User(u) if u.as_str() == owner => {}
-        Caller::User(_) => {
-            return Err(ApiError::Forbidden(
-                "this payment belongs to another user".into(),
-            ));
-        }
+    let allowed = match &reader {
+        PaymentReader::Service => true,
+        PaymentReader::User(u) => u.as_str() == owner,
+        PaymentReader::Queue(t) => t.user.as_str() == owner && t.event.as_str() == payment.event_id,
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden(
+            "this payment belongs to another user".into(),
+        ));
     }
     Ok(axum::Json(payment))
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/payments", tag = "payments",
-    security(("queue_token" = []), ("service_key" = [])),
+    security(("user_assertion" = []), ("service_key" = [])),
     params(("user_id" = String, Path, description = "User id")),
     responses((status = 200, description = "The user's payments, newest first")))]
 pub async fn user_payments(

@@ -84,8 +84,16 @@ pub enum Recorded {
 /// # Errors
 /// PostgreSQL unavailable.
 pub async fn payment_of_hold(pg: &Pg, hold: &HoldId) -> Result<Option<Uuid>, StoreError> {
+    Ok(paid_hold(pg, hold).await?.map(|(id, _)| id))
+}
+
+/// The payment of a hold with the user who paid it, if it was paid.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn paid_hold(pg: &Pg, hold: &HoldId) -> Result<Option<(Uuid, String)>, StoreError> {
     pg.guard(
-        sqlx::query_scalar(r"select payment_id from payments where hold_id = $1")
+        sqlx::query_as(r"select payment_id, user_id from payments where hold_id = $1")
             .bind(hold.to_string())
             .fetch_optional(pg.pool()),
     )

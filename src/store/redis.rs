@@ -293,6 +293,13 @@ impl Redis {
             .map(|n| n > 0)
     }
 
+    /// # Errors
+    /// On an outage.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.guard(self.pool.next().get::<Option<String>, _>(key))
+            .await
+    }
+
     /// Sets a key that never expires.
     ///
     /// # Errors

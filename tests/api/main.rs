@@ -18,3 +18,4 @@ mod payments;
 mod queue;
 mod races;
 mod stall;
+mod trust;

@@ -147,11 +147,14 @@ async fn bad_amounts_and_foreign_callers_are_refused() {
     assert_eq!(app.ledger("bob").await.1, 0, "nothing written");
     app.simple_event("e1", open_queue(), 10, 60, 4).await;
     let token = app.admitted_token("e1", "carol").await;
-    let r = app.get_with_token("/v1/users/dave/wallet", &token).await;
+    let r = app.get_as("/v1/users/dave/wallet", "carol").await;
     r.assert_problem(403, "forbidden");
-    let r = app.get_with_token("/v1/users/carol/wallet", &token).await;
+    let r = app.get_as("/v1/users/carol/wallet", "carol").await;
     assert_eq!(r.status, StatusCode::OK);
     let r = app.get("/v1/users/carol/wallet").await;
+    r.assert_problem(401, "unauthorized");
+    // A queue token is the credential of one queue entry, not of the user.
+    let r = app.get_with_token("/v1/users/carol/wallet", &token).await;
     r.assert_problem(401, "unauthorized");
     app.assert_script_invariants().await;
 }
