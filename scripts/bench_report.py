@@ -3,10 +3,13 @@
 
 usage: bench_report.py RESULTS_DIR BENCHMARKS.md CHART.svg
 
-RESULTS_DIR is loadtest/reports/bench-<ts>/ as bench.sh leaves it: the
-load test's <scenario>-summary.json files, redis-benchmark CSVs, pgbench
-output and per-transaction logs, machine.txt, commands.txt, audit.rc.
-Only the standard library is used.
+RESULTS_DIR is loadtest/reports/bench-<ts>/ as bench.sh leaves it: one
+directory per pass (run1/, run2/, ...) with the load test's
+<scenario>-summary.json files and pgbench's output and per-transaction
+logs; redis-benchmark CSVs, machine.txt, commands.txt, audit.rc at the top.
+(A directory without run*/ is read as a single pass.) Tables give the
+median over the passes with the min-max spread; every verdict is on the
+median. Only the standard library is used.
 """
 
 import csv
@@ -14,8 +17,10 @@ import glob
 import html
 import json
 import os
+import re
 import sys
 from datetime import datetime, timezone
+from statistics import median
 
 TARGETS = {  # endpoint -> (reference, minimum ratio)
     "status": ("ceiling", 0.70),
@@ -171,7 +176,7 @@ def chart(path, bars):
         'font-family="Helvetica, Arial, sans-serif" font-size="12">',
         f'<rect width="{w}" height="{h}" fill="#ffffff"/>',
         f'<text x="{w / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">'
-        "boxoffice: throughput (bars, left) and p99 latency (dots, right) per scenario</text>",
+        "boxoffice: median throughput (bars, left) and p99 latency (dots, right) per scenario</text>",
     ]
     for i in range(6):  # grid and left axis
         y = top + ph - ph * i / 5
@@ -230,53 +235,102 @@ def chart(path, bars):
         f.write("\n".join(out) + "\n")
 
 
+def run_dirs(d):
+    """The per-pass directories (run1, run2, ...) in order, or [d]."""
+    runs = [p for p in glob.glob(os.path.join(d, "run*")) if os.path.isdir(p)]
+    runs.sort(key=lambda p: int(re.sub(r"\D", "", os.path.basename(p)) or 0))
+    return runs or [d]
+
+
+def spread(values, fmt):
+    """ "min–max" of the passes' values, or "" with one pass."""
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return ""
+    return f" ({fmt(min(values))}–{fmt(max(values))})"
+
+
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
     d, md_path, svg_path = sys.argv[1:4]
     m = read_kv(os.path.join(d, "machine.txt"))
-    s = {
-        name: load_json(os.path.join(d, f"{name}-summary.json"))
-        for name in ["ceiling", "status", "join", "holds", "hot-seat", "payment", "poll-storm", "flash-sale"]
-    }
+    names = ["ceiling", "status", "join", "holds", "hot-seat", "payment", "poll-storm", "flash-sale"]
+    dirs = run_dirs(d)
+    runs = [{name: load_json(os.path.join(r, f"{name}-summary.json")) for name in names} for r in dirs]
+    pgs = [pgbench(r) for r in dirs]
+    n_runs = len(dirs)
+    # The first pass's summaries, for the figures that are not compared
+    # across passes (memory, per-request detail of the flash sale).
+    s = runs[0]
     rb_hold = redis_benchmark(os.path.join(d, "rb-place_hold.csv"))
     rb_hold16 = redis_benchmark(os.path.join(d, "rb-place_hold_p16.csv"))
     rb_zrank = redis_benchmark(os.path.join(d, "rb-zrank.csv"))
-    pg = pgbench(d)
+    pg_rates = [p.get("tps") for p in pgs if p and p.get("tps")]
+    pg = dict(pgs[0] or {}) if pgs and pgs[0] else None
+    if pg and pg_rates:
+        pg["tps"] = median(pg_rates)
     audit_rc = read_text(os.path.join(d, "audit.rc"), "not run").strip()
     elapsed = read_text(os.path.join(d, "elapsed.txt")).split()
     bench_s = elapsed[0] if elapsed else "?"
     build_s = elapsed[1] if len(elapsed) > 1 else "?"
 
-    ceiling = request(s["ceiling"], "ceiling")
-    ceil_rps = ceiling["rps"] if ceiling else None
+    def ceiling_of(i):
+        c = request(runs[i]["ceiling"], "ceiling")
+        return c["rps"] if c else None
 
-    def row(label, scenario, name, ref_label=None, ref_rps=None, target=None, note=""):
-        r = request(s[scenario], name)
-        if not r:
+    def pgbench_of(i):
+        return pgs[i].get("tps") if pgs[i] else None
+
+    ceil_rates = [ceiling_of(i) for i in range(n_runs) if ceiling_of(i)]
+    ceil_rps = median(ceil_rates) if ceil_rates else None
+    ceiling = request(s["ceiling"], "ceiling")
+
+    def row(label, scenario, name, ref_label=None, ref_of=None, target=None, note=""):
+        per = []
+        for i in range(n_runs):
+            r = request(runs[i][scenario], name)
+            if not r:
+                continue
+            ref = ref_of(i) if ref_of else None
+            per.append((r, ref, r["rps"] / ref if ref else None))
+        if not per:
             return None
-        ratio = r["rps"] / ref_rps if ref_rps else None
+
+        def med(values):
+            values = [v for v in values if v is not None]
+            return median(values) if values else None
+
+        r = {
+            "rps": med([p[0]["rps"] for p in per]),
+            "p50_ms": med([p[0]["p50_ms"] for p in per]),
+            "p99_ms": med([p[0]["p99_ms"] for p in per]),
+        }
         return {
             "label": label,
             "scenario": scenario,
             "r": r,
             "ref_label": ref_label,
-            "ref_rps": ref_rps,
-            "ratio": ratio,
+            "ref_rps": med([p[1] for p in per]),
+            "ratio": med([p[2] for p in per]),
             "target": target,
             "note": note,
+            "passes": len(per),
+            "rps_all": [p[0]["rps"] for p in per],
+            "p99_all": [p[0]["p99_ms"] for p in per],
+            "ratio_all": [p[2] for p in per],
         }
 
     seeded = ((s.get("poll-storm") or {}).get("extra") or {}).get("waiting_seeded")
     queue = f"{seeded:,} waiting" if seeded else "seeded queue"
     rows = [
         row("GET /ceiling (axum + 1 EVALSHA)", "ceiling", "ceiling"),
-        row("GET /v1/queue/status (admitted)", "status", "status", "ceiling", ceil_rps, TARGETS["status"][1]),
-        row("POST /v1/events/{e}/queue (join)", "join", "join", "ceiling", ceil_rps, TARGETS["join"][1]),
-        row("POST /v1/holds `count:1`", "holds", "hold", "ceiling", ceil_rps, TARGETS["hold"][1]),
-        row("POST /v1/holds hot seat (mostly 409)", "hot-seat", "hold(hot)", "ceiling", ceil_rps, None),
-        row("POST /v1/payments", "payment", "pay", "pgbench", pg.get("tps") if pg else None, TARGETS["pay"][1]),
-        row(f"GET /v1/queue/status (waiting, {queue})", "poll-storm", "status(waiting)", "ceiling", ceil_rps, None),
+        row("GET /v1/queue/status (admitted)", "status", "status", "ceiling", ceiling_of, TARGETS["status"][1]),
+        row("POST /v1/events/{e}/queue (join)", "join", "join", "ceiling", ceiling_of, TARGETS["join"][1]),
+        row("POST /v1/holds `count:1`", "holds", "hold", "ceiling", ceiling_of, TARGETS["hold"][1]),
+        row("POST /v1/holds hot seat: the 409 conflict path (nearly every hold refused)", "hot-seat", "hold(hot)", "ceiling", ceiling_of, None),
+        row("POST /v1/payments", "payment", "pay", "pgbench", pgbench_of, TARGETS["pay"][1]),
+        row(f"GET /v1/queue/status (waiting, {queue})", "poll-storm", "status(waiting)", "ceiling", ceiling_of, None),
     ]
     rows = [r for r in rows if r]
 
@@ -288,11 +342,20 @@ def main():
         f"Generated by `make bench` (`scripts/bench.sh`, then `scripts/bench_report.py`) on {now}; "
         f"commit `{m.get('git', '?')}`. Do not edit by hand: rerun the bench.",
         "",
-        f"The whole run took **{bench_s} s**, after {build_s} s of `cargo build --release -p boxoffice -p loadtest`"
+        f"The whole run took **{bench_s} s**, after {build_s} s of "
+        f"`cargo build --profile {m.get('profile', 'release')} -p boxoffice -p loadtest`"
         + (" (already up to date; from scratch the release build takes tens of minutes on these 2 cores). "
            if build_s.isdigit() and int(build_s) < 60 else ". ")
-        + "Every figure below comes from that one run; each endpoint is compared with a reference "
-        "measured in the same run, on the same machine, by the same client.",
+        + f"Every scenario ran **{n_runs} times**, one whole pass after the other (the Goose scenarios, "
+        "the flash sale and pgbench in each pass; redis-benchmark once, as an aside). The summary gives "
+        "the median of the passes with their min–max spread in brackets, and every verdict is taken on "
+        "the median. Each HTTP endpoint is compared with the ceiling server measured in the same pass by "
+        "the same client (Goose); the payment with pgbench, which is its own client (no HTTP, no Redis). "
+        "redis-benchmark and pgbench are external references, not the same client.",
+        "",
+        "**Rate limits are off** in the service under test (`BOXOFFICE_RATE_PER_IP=0`, "
+        "`BOXOFFICE_RATE_PER_TOKEN=0`): no request can be answered 429, so the absence of 429s below "
+        "is not a result.",
         "",
         "## Machine",
         "",
@@ -302,7 +365,7 @@ def main():
         f"| memory | {int(m.get('mem_kb', '0')) / 1024 / 1024:.1f} GiB |",
         f"| kernel | {m.get('kernel', '?')} |",
         f"| Redis / PostgreSQL | {m.get('redis', '?')} / {m.get('postgres', '?')} (local, shared with other work) |",
-        f"| toolchain | {m.get('rustc', '?')}, release profile |",
+        f"| toolchain | {m.get('rustc', '?')}, {m.get('profile', 'release')} profile |",
         f"| load average (1, 5, 15 min) | {m.get('loadavg_start', '?')} at start, {m.get('loadavg_end', '?')} at end |",
         "",
         "The load generator (Goose), the service, Redis and PostgreSQL all run on these "
@@ -315,7 +378,8 @@ def main():
         f"{m.get('users', '?')} concurrent Goose users, {m.get('seconds', '?')} s "
         "per scenario after a 1 s ramp, no think time (closed loop). Latency is Goose's, per request, in ms.",
         "",
-        "| endpoint | req/s | p50 | p99 | reference | ratio | target | p99 < 10 ms |",
+        f"| endpoint | req/s (median of {n_runs}; spread) | p50 | p99 (spread) | reference | ratio (spread) "
+        "| target, on the median | p99 < 10 ms, on the median |",
         "|---|---:|---:|---:|---|---:|---|---|",
     ]
     for x in rows:
@@ -328,9 +392,22 @@ def main():
         )
         p99ok = verdict(r["p99_ms"] < P99_TARGET_MS)
         L.append(
-            f"| {x['label']} | {fmt_rate(r['rps'])} | {fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} | "
-            f"{ref} | {fmt_ratio(x['ratio'])} | {target} | {p99ok} |"
+            f"| {x['label']} | {fmt_rate(r['rps'])}{spread(x['rps_all'], fmt_rate)} | {fmt_ms(r['p50_ms'])} | "
+            f"{fmt_ms(r['p99_ms'])}{spread(x['p99_all'], fmt_ms)} | "
+            f"{ref} | {fmt_ratio(x['ratio'])}{spread(x['ratio_all'], fmt_ratio)} | {target} | {p99ok} |"
         )
+    unstable = [
+        x for x in rows if x["target"] and any(r is not None for r in x["ratio_all"])
+        and (min(r for r in x["ratio_all"] if r is not None) >= x["target"])
+        != (max(r for r in x["ratio_all"] if r is not None) >= x["target"])
+    ]
+    if unstable:
+        L += [
+            "",
+            "Verdicts that differ between passes (the median decides, but the spread straddles the target): "
+            + ", ".join(x["label"] for x in unstable)
+            + ".",
+        ]
     if rb_hold or rb_hold16:
         hold = request(s["holds"], "hold")
         L += ["", "Holds against Redis alone running the same script (`redis-benchmark`, below):", ""]
@@ -342,24 +419,24 @@ def main():
                 )
     L += ["", "![throughput and p99 per scenario](bench/throughput.svg)", ""]
 
-    # Flash sale.
-    fs = s["flash-sale"]
+    # Flash sale, one column per pass.
+    sales = [r["flash-sale"] for r in runs]
+    fs = next((f for f in sales if f), None)
     if fs:
         x = fs.get("extra", {})
-        total = fs["total"]["count"]
-        paid = x.get("payments") or 0
-        sold = x.get("seats_sold") or 0
-        sold_out = x.get("sold_out_ms")
         L += [
             "## Flash sale",
             "",
             f"{x.get('buyers', '?')} buyers (one Goose user each, launched at 2000 per second) for "
-            f"{x.get('seats', '?')} seats in one schedule; admission {x.get('admit_per_second', '?')} per second, "
-            f"at most {x.get('max_active', '?')} admitted at once. Each buyer joins, polls status honouring "
-            "`poll_after_ms`, reads the schedules and (every other buyer) the seat map, holds 1 or 2 seats "
-            "(explicit seats picked from the map, or `count`), charges its wallet and pays; after a 409 it "
-            "retries other seats at most 3 times, then gives up and leaves the queue; a 429 or 503 is "
-            "waited out (`Retry-After`) and tried again, at most 5 times per request.",
+            f"{x.get('seats', '?')} seats in one schedule, once per pass (a fresh event each time); admission "
+            f"{x.get('admit_per_second', '?')} per second, at most {x.get('max_active', '?')} admitted at once. "
+            "Each buyer joins, polls status honouring `poll_after_ms`, reads the schedules and (every other "
+            "buyer) the seat map, holds 1 or 2 seats (explicit seats picked from the map, or `count`), charges "
+            "its wallet and pays; after a 409 it retries other seats at most 3 times, then gives up and leaves "
+            "the queue; a 503 is waited out (`Retry-After`) and tried again, at most 5 times per request "
+            "(a 429 cannot happen: rate limits are off). Only a 201 counts as a purchase; a 409 "
+            "`hold_already_paid` is counted apart. Whether the sale sold out is read from the service's own "
+            "figures (`GET /v1/admin/events/{e}`: seats sold, none held), not from the client's tally.",
             "",
         ]
         if (x.get("buyers") or 0) < 20000:
@@ -369,41 +446,55 @@ def main():
                 "them runs the full size.",
                 "",
             ]
-        L += [
-            "| | |",
-            "|---|---|",
-            f"| sold out after | {'%.1f s' % (sold_out / 1000) if sold_out else '**not sold out**'} (first join to the payment of the last seat) |",
-            f"| seats sold / seats | {sold} / {x.get('seats', '?')} |",
-            f"| payments (buyers who bought) | {paid} ({x.get('bought_after_retry', 0)} of them after a lost hold) |",
-            f"| buyers who gave up | {x.get('gave_up_sold_out', 0)} sold out when admitted, {x.get('gave_up_after_retries', 0)} after 3 retries |",
-            f"| hold conflicts (409) | {x.get('hold_conflicts', 0)} |",
-            f"| 429/503 answers waited out and retried | {x.get('busy_retries', 0)} (Retry-After, at most 5 per request) |",
-            f"| evicted / gave up on errors | {x.get('evicted', 0)} / {x.get('errors', 0)} |",
-            f"| queue wait (join to admitted) | p50 {x.get('queue_wait_p50_ms', 0) / 1000:.1f} s, p99 {x.get('queue_wait_p99_ms', 0) / 1000:.1f} s |",
-            f"| every buyer done after | {x.get('all_done_ms', 0) / 1000:.1f} s |",
-            f"| requests | {total:,} in {fs['seconds']:.1f} s ({fs['total']['rps']:,.0f}/s), "
-            f"{fs['total']['fail']} unexpected statuses |",
-            f"| requests per sale | **{total / paid:.1f}** per payment, {total / sold:.1f} per seat sold |"
-            if paid and sold
-            else "| requests per sale | – |",
+
+        def cell(f, fn):
+            if not f:
+                return "not run"
+            try:
+                return fn(f, f.get("extra", {}))
+            except (KeyError, TypeError, ZeroDivisionError):
+                return "–"
+
+        def service_sold(f):
+            adm = (f.get("extra", {}).get("admin_schedules") or [{}])[0]
+            return adm.get("sold"), adm.get("held")
+
+        def sold_out(f, x):
+            sold, held = service_sold(f)
+            return sold is not None and sold >= x.get("seats", 0) and held == 0
+
+        lines = [
+            ("sold out (service's figures)", lambda f, x: "yes" if sold_out(f, x) else "**no**"),
+            ("service: seats sold / held / payments / revenue", lambda f, x: "{} / {} / {} / {}".format(
+                *service_sold(f), *[((x.get("admin_schedules") or [{}])[0]).get(k, "?") for k in ("payments", "revenue")])),
+            ("last 201 payment seen by the client", lambda f, x: "%.1f s" % (x["last_payment_ms"] / 1000)),
+            ("client: 201 payments (of them after a lost hold)", lambda f, x: f"{x.get('payments', 0)} ({x.get('bought_after_retry', 0)})"),
+            ("client: 409 hold_already_paid answers (not purchases)", lambda f, x: str(x.get("already_paid_answers", "not counted"))),
+            ("buyers who gave up: sold out when admitted / after 3 retries", lambda f, x: f"{x.get('gave_up_sold_out', 0)} / {x.get('gave_up_after_retries', 0)}"),
+            ("hold conflicts (409)", lambda f, x: str(x.get("hold_conflicts", 0))),
+            ("503 answers waited out and retried", lambda f, x: str(x.get("busy_retries", 0))),
+            ("evicted / gave up on errors", lambda f, x: f"{x.get('evicted', 0)} / {x.get('errors', 0)}"),
+            ("queue wait p50 / p99 (join to admitted)", lambda f, x: f"{x.get('queue_wait_p50_ms', 0) / 1000:.1f} s / {x.get('queue_wait_p99_ms', 0) / 1000:.1f} s"),
+            ("every buyer done after", lambda f, x: f"{x.get('all_done_ms', 0) / 1000:.1f} s"),
+            ("requests (req/s), unexpected statuses", lambda f, x: f"{f['total']['count']:,} ({f['total']['rps']:,.0f}/s), {f['total']['fail']}"),
+            ("requests per 201 payment", lambda f, x: f"{f['total']['count'] / x['payments']:.1f}"),
         ]
-        adm = x.get("admin_schedules") or []
-        if adm:
-            a = adm[0]
-            L.append(
-                f"| service's own figures | sold {a.get('sold', '?')}, held {a.get('held', '?')}, "
-                f"payments {a.get('payments', '?')}, revenue {a.get('revenue', '?')} |"
-            )
+        L += [
+            "| | " + " | ".join(f"pass {i + 1}" for i in range(n_runs)) + " |",
+            "|---|" + "---|" * n_runs,
+        ]
+        for label, fn in lines:
+            L.append(f"| {label} | " + " | ".join(cell(f, fn) for f in sales) + " |")
         L.append(
-            f"| `boxoffice audit` after the sale | "
+            "| `boxoffice audit` after the passes | "
             + (
                 "skipped: the binary has no `audit` subcommand yet"
                 if audit_rc == "skipped"
                 else ("passed (exit 0)" if audit_rc == "0" else f"**failed (exit {audit_rc})**")
             )
-            + " |"
+            + " |" + " |" * (n_runs - 1)
         )
-        L += ["", "Requests of the flash sale by kind:", ""]
+        L += ["", "Requests of the first pass's flash sale by kind:", ""]
         L += per_request_table(fs)
 
     # Memory.
@@ -505,23 +596,29 @@ def main():
         "",
     ]
     for name in ["ceiling", "status", "join", "holds", "hot-seat", "payment", "poll-storm"]:
-        sm = s[name]
-        if not sm:
-            L += [f"### {name}", "", "_not run or failed; see its log in the results directory._", ""]
-            continue
-        L += [f"### {name}", "", f"{sm['users']} users, {sm['seconds']:.1f} s measured.", ""]
-        L += per_request_table(sm)
-        x = sm.get("extra", {})
-        if name == "hot-seat" and "hot_won" in x:
-            L += [f"Holds won: {x['hot_won']:,}; 409 `seats_unavailable`: {x['hot_conflicts']:,} (counted as successes).", ""]
-        if name == "payment" and "payments" in x:
-            L += [
-                "Each iteration joins (a paid entry is gone), holds one seat and pays: "
-                f"{x['payments']:,} payments in all (launch included).",
-                "",
-            ]
+        L += [f"### {name}", ""]
+        for i, run in enumerate(runs):
+            sm = run[name]
+            if not sm:
+                L += [f"Pass {i + 1}: _not run or failed; see its log in the results directory._", ""]
+                continue
+            L += [f"Pass {i + 1}: {sm['users']} users, {sm['seconds']:.1f} s measured.", ""]
+            L += per_request_table(sm)
+            x = sm.get("extra", {})
+            if name == "hot-seat" and "hot_won" in x:
+                L += [
+                    f"Holds won: {x['hot_won']:,}; 409 `seats_unavailable`: {x['hot_conflicts']:,} "
+                    "(expected answers here, counted as successes: this row measures the conflict path).",
+                    "",
+                ]
+            if name == "payment" and "payments" in x:
+                L += [
+                    "Each iteration joins (a paid entry is gone), holds one seat and pays: "
+                    f"{x['payments']:,} payments in all (launch included).",
+                    "",
+                ]
 
-    L += interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc)
+    L += interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc, runs)
     errors, finished, fixed = service_log(d)
     if errors or finished or fixed:
         L += ["## What the service logged", ""]
@@ -556,21 +653,16 @@ def main():
     with open(md_path, "w") as f:
         f.write("\n".join(L))
 
-    bars = []
-    for label, scenario, name in [
-        ("ceiling", "ceiling", "ceiling"),
-        ("status", "status", "status"),
-        ("join", "join", "join"),
-        ("hold", "holds", "hold"),
-        ("hot-seat", "hot-seat", "hold(hot)"),
-        ("pay", "payment", "pay"),
-        ("poll-storm", "poll-storm", "status(waiting)"),
-    ]:
-        r = request(s[scenario], name)
-        if r:
-            bars.append((label, r["rps"], r["p99_ms"]))
-    if fs:
-        bars.append(("flash-sale (all)", fs["total"]["rps"], max((r["p99_ms"] for r in fs["requests"]), default=0)))
+    short = {"ceiling": "ceiling", "status": "status", "join": "join", "holds": "hold",
+             "hot-seat": "hot-seat (409s)", "payment": "pay", "poll-storm": "poll-storm"}
+    bars = [(short[x["scenario"]], x["r"]["rps"], x["r"]["p99_ms"]) for x in rows]
+    done = [f for f in sales if f]
+    if done:
+        bars.append((
+            "flash-sale (all)",
+            median([f["total"]["rps"] for f in done]),
+            median([max((r["p99_ms"] for r in f["requests"]), default=0) for f in done]),
+        ))
     chart(svg_path, bars)
 
 
@@ -589,49 +681,61 @@ def per_request_table(sm):
     return out
 
 
-def interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc="not run"):
-    """Plain statements of what met its target and what did not."""
-    out = ["## Targets", ""]
+def interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc="not run", runs=None):
+    """Plain statements of what met its target and what did not, each on
+    the median of the passes."""
+    runs = runs or [s]
+    users = next((r["users"] for r in (s or {}).values() if r and "users" in r), "?")
+    out = ["## Targets", "", f"Each verdict is on the median of {len(runs)} passes.", ""]
     for x in rows:
         if not x["target"]:
             continue
         r = x["r"]
         ok = x["ratio"] is not None and x["ratio"] >= x["target"]
         out.append(
-            f"- {x['label']}: {fmt_ratio(x['ratio'])} of {x['ref_label']} (target ≥ {100 * x['target']:.0f} %): "
+            f"- {x['label']}: {fmt_ratio(x['ratio'])} of {x['ref_label']}"
+            f"{spread(x['ratio_all'], fmt_ratio)} (target ≥ {100 * x['target']:.0f} %): "
             + ("met." if ok else "**missed**.")
         )
     slow = [x for x in rows if x["r"]["p99_ms"] >= P99_TARGET_MS]
     if slow:
         out.append(
-            "- p99 < 10 ms at 64 connections: **missed** by "
+            f"- p99 < 10 ms at {users} connections: **missed** by "
             + ", ".join(f"{x['label']} ({fmt_ms(x['r']['p99_ms'])} ms)" for x in slow)
             + "."
         )
     else:
-        out.append("- p99 < 10 ms at 64 connections: met by every endpoint.")
-    fs = s.get("flash-sale")
-    if fs:
-        x = fs.get("extra", {})
+        out.append(f"- p99 < 10 ms at {users} connections: met by every endpoint.")
+    sales = [r.get("flash-sale") for r in runs if r.get("flash-sale")]
+    if sales:
+        x = sales[0].get("extra", {})
         buyers, seats = x.get("buyers", 0), x.get("seats", 0)
         size = f"{buyers:,} buyers for {seats:,} seats"
         if buyers < 20000 or seats < 5000:
             size += " (smaller than the target's 20,000 for 5,000)"
-        sold = x.get("sold_out_ms") is not None and x.get("seats_sold", 0) >= seats
+
+        def sold_out(f):
+            adm = (f.get("extra", {}).get("admin_schedules") or [{}])[0]
+            return adm.get("sold") is not None and adm.get("sold") >= seats and adm.get("held") == 0
+
+        n_sold = sum(1 for f in sales if sold_out(f))
+        sold = n_sold == len(runs)
         out.append(
-            f"- Flash sale, {size}: "
-            + ("sold out" if sold else "**not sold out**")
-            + (" with zero audit violations" if audit_rc == "0" else f", audit {audit_rc}")
+            f"- Flash sale, {size}: sold out by the service's own figures in {n_sold} of {len(runs)} passes"
+            + (", with zero audit violations" if audit_rc == "0" else f", audit {audit_rc}")
             + (": met." if sold and audit_rc == "0" else ": **missed**.")
         )
-        worst = sorted(fs["requests"], key=lambda r: -r["p99_ms"])
-        over = [r for r in worst if r["p99_ms"] >= 50]
+        p99s = {}
+        for f in sales:
+            for r in f["requests"]:
+                p99s.setdefault(r["name"], []).append(r["p99_ms"])
+        over = sorted(
+            ((name, median(v)) for name, v in p99s.items() if median(v) >= 50), key=lambda nv: -nv[1]
+        )
         out.append(
-            "- Flash sale, p99 of every request type < 50 ms: "
+            "- Flash sale, p99 of every request type < 50 ms (median of the passes): "
             + (
-                "**missed** by "
-                + ", ".join(f"{r['name']} ({fmt_ms(r['p99_ms'])} ms)" for r in over)
-                + "."
+                "**missed** by " + ", ".join(f"{name} ({fmt_ms(v)} ms)" for name, v in over) + "."
                 if over
                 else "met."
             )
@@ -639,7 +743,7 @@ def interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc="not run"):
     ps = s.get("poll-storm")
     if ps:
         x = ps.get("extra", {})
-        r = request(ps, "status(waiting)")
+        r = next((x_["r"] for x_ in rows if x_["scenario"] == "poll-storm"), None)
         n = x.get("waiting_seeded", 0)
         per = x.get("redis_bytes_per_waiting_user")
         if r:

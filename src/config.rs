@@ -105,8 +105,10 @@ pub struct Config {
     pub max_charge: rust_decimal::Decimal,
     /// How long a hold stays in *paying* before it is given back.
     pub paying_timeout: Duration,
-    /// Test-only crash point (`crash_after_commit`): the payment path stops
-    /// right after the PostgreSQL commit, as a dying process would.
+    /// Test-only crash point (`crash_before_commit`, `crash_after_commit`;
+    /// only with the `failpoints` feature): the payment path stops for good
+    /// right before or after the PostgreSQL commit, for a test to kill the
+    /// process there.
     pub failpoint: Option<String>,
     /// How user assertions (the platform's JWTs) are verified.
     pub user_jwt: UserJwtConfig,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use boxoffice::{app::Application, config::Config, telemetry};
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: boxoffice [serve [--demo] | audit | user-token <user_id> [--ttl 1h]]\n\n  serve       run the HTTP service (default)\n  --demo      also load the demo event if it does not exist\n  audit       check the invariants in Redis and PostgreSQL; exit 1 on a violation\n  user-token  print a user assertion (JWT) for <user_id>, signed with\n              BOXOFFICE_USER_JWT_SECRET as the platform's login would\n              (development, demos, load tests); --ttl 30s|15m|1h|2d, default 1h\n";
+const USAGE: &str = "usage: boxoffice [serve [--demo] | audit | user-token <user_id> [--ttl 1h]]\n\n  serve       run the HTTP service (default)\n  --demo      also load the demo event if it does not exist\n  audit       check the invariants in Redis and PostgreSQL; exit 1 on a violation,\n              2 when a store cannot be read\n  user-token  print a user assertion (JWT) for <user_id>, signed with\n              BOXOFFICE_USER_JWT_SECRET as the platform's login would\n              (development, demos, load tests); --ttl 30s|15m|1h|2d, default 1h\n";
 
 /// `boxoffice user-token <user_id> [--ttl 1h]`.
 fn user_token(args: &[&str]) -> ExitCode {
@@ -54,13 +54,31 @@ async fn audit(config: &Config) -> ExitCode {
     };
     match report {
         Ok(a) => {
-            for c in &a.checked {
-                println!("checked: {c}");
+            for c in &a.checks {
+                let verdict = if c.passed() { "passed" } else { "FAILED" };
+                println!(
+                    "{verdict} {}: {} ({} examined, {} violations)",
+                    c.name,
+                    c.description,
+                    c.examined,
+                    c.violations.len()
+                );
+                for v in &c.violations {
+                    println!("  VIOLATION {}: {v}", c.name);
+                }
             }
-            for v in &a.violations {
-                println!("VIOLATION: {v}");
-            }
-            println!("audit: {} violations", a.violations.len());
+            let failed = a.failed();
+            println!(
+                "audit: {} checks, {} failed{}, {} violations",
+                a.checks.len(),
+                failed.len(),
+                if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", failed.join(", "))
+                },
+                a.violations.len()
+            );
             if a.violations.is_empty() {
                 ExitCode::SUCCESS
             } else {

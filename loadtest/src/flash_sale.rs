@@ -48,6 +48,10 @@ static WAITS_MS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 /// `Retry-After` (clamped to 0.2..2 s), at most this many times.
 const BUSY_RETRIES: u32 = 5;
 static BUSY_RETRIED: AtomicU64 = AtomicU64::new(0);
+/// Payments answered `409 hold_already_paid`: an earlier attempt may have
+/// been committed with its answer lost. Never counted as a purchase: the
+/// seats sold and sold-out figures come from the service itself.
+static ALREADY_PAID: AtomicU64 = AtomicU64::new(0);
 
 /// [`call`] that waits out 429/503 answers and tries again.
 async fn send(
@@ -82,6 +86,7 @@ fn bump(c: &AtomicU64) {
 
 enum Outcome {
     Bought { retried: bool },
+    AlreadyPaid,
     SoldOut,
     Retries,
     Evicted,
@@ -99,6 +104,7 @@ pub async fn buyer(user: &mut GooseUser) -> TransactionResult {
                 bump(&RETRIED_AND_BOUGHT);
             }
         }
+        Ok(Outcome::AlreadyPaid) => bump(&ALREADY_PAID),
         Ok(Outcome::SoldOut) => bump(&GAVE_UP_SOLD_OUT),
         Ok(Outcome::Retries) => bump(&GAVE_UP_RETRIES),
         Ok(Outcome::Evicted) => bump(&EVICTED),
@@ -291,10 +297,12 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
         &[201, 409],
     )
     .await?;
-    // 409 hold_already_paid: an earlier attempt was committed but its
-    // answer was lost (a 503 after the commit); the seats are this buyer's.
-    let paid = r.status == 201 || r.str("code") == Some("hold_already_paid");
-    if !paid {
+    // 409 hold_already_paid: an earlier attempt may have been committed
+    // with its answer lost. Counted apart, never as a purchase.
+    if r.status == 409 && r.str("code") == Some("hold_already_paid") {
+        return Ok(Outcome::AlreadyPaid);
+    }
+    if r.status != 201 {
         if r.status == 409 {
             user_failure_note(&r);
         }
@@ -376,6 +384,7 @@ pub async fn finish(c: &Ctx, extra: &mut Map<String, Value>) {
         ("evicted", load(&EVICTED)),
         ("errors", load(&ERRORS)),
         ("busy_retries", load(&BUSY_RETRIED)),
+        ("already_paid_answers", load(&ALREADY_PAID)),
         ("last_payment_ms", load(&LAST_PAYMENT_MS)),
         ("all_done_ms", load(&LAST_DONE_MS)),
         ("queue_wait_p50_ms", percentile(&waits, 0.50)),

@@ -11,6 +11,7 @@
 //! background. This module holds the typed wrappers; see `docs/HOLDS.md`.
 
 pub mod admin;
+pub mod check;
 
 use rust_decimal::Decimal;
 use serde::Deserialize;

@@ -79,6 +79,8 @@ async fn pay_once(
         Err(HoldError::NoSchedule) => return Err(ApiError::NotFound("no such hold".into())),
         Err(e) => return Err(e.into()),
     };
+    #[cfg(feature = "failpoints")]
+    failpoint(state, "crash_before_commit").await;
     // Step 2: the PostgreSQL transaction.
     let recorded = payments::record(&state.pg, &claims.user, hold, &paying.seats, key).await;
     let give_back = || async {
@@ -88,14 +90,8 @@ async fn pay_once(
     };
     match recorded {
         Ok(Recorded::Paid { payment, body }) => {
-            // Test-only crash point, compiled in only with the `failpoints`
-            // feature (the test build): die here, between the commit and
-            // the Redis confirm, skipping every clean-up a process that
-            // really died would skip.
             #[cfg(feature = "failpoints")]
-            if state.config.failpoint.as_deref() == Some("crash_after_commit") {
-                panic!("failpoint crash_after_commit");
-            }
+            failpoint(state, "crash_after_commit").await;
             confirm(state, claims, hold, &payment).await;
             Ok(body)
         }
@@ -127,6 +123,19 @@ async fn pay_once(
             give_back().await;
             Err(e.into())
         }
+    }
+}
+
+/// Test-only crash point, compiled in only with the `failpoints` feature
+/// (the test build): when `BOXOFFICE_FAILPOINT` names it, the request stops
+/// here for good and the process says so on stderr, so a test can kill the
+/// process (SIGKILL) at exactly this point, skipping every clean-up a
+/// process that really died would skip.
+#[cfg(feature = "failpoints")]
+async fn failpoint(state: &AppState, name: &str) {
+    if state.config.failpoint.as_deref() == Some(name) {
+        eprintln!("boxoffice: failpoint {name} reached");
+        std::future::pending::<()>().await;
     }
 }
 

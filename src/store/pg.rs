@@ -18,7 +18,7 @@ use super::{Dependency, StoreError, breaker::Breaker};
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Upper bound of one call (a query or a whole short transaction).
-const CALL_TIMEOUT: Duration = Duration::from_millis(3_000);
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(3_000);
 
 #[derive(Clone, Debug)]
 pub struct Pg {

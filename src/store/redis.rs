@@ -24,7 +24,7 @@ use super::{Dependency, StoreError, breaker::Breaker, keys::Keys};
 use std::sync::Arc;
 
 /// Upper bound of one Redis call, on top of fred's own command timeout.
-const CALL_TIMEOUT: Duration = Duration::from_millis(1_000);
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// Pool size: 2–4 multiplexed connections was the measured sweet spot.
 const POOL_SIZE: usize = 4;
 

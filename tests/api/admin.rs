@@ -93,6 +93,9 @@ async fn bad_event_definitions_are_refused_and_nothing_is_written() {
 #[tokio::test]
 async fn admission_settings_change_live_and_bad_patches_change_nothing() {
     let app = spawn_app().await;
+    // Under load the startup restore used to read the catalog before the
+    // PATCH below and write it to Redis after, un-pausing the event.
+    app.wait_for_startup_restore().await;
     app.simple_event("e1", queue_defaults(), 10, 60, 4).await;
 
     let r = app

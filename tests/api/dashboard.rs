@@ -66,8 +66,9 @@ fn seat_tag<'a>(dom: &'a str, map: &str, seat: u32) -> &'a str {
 #[tokio::test]
 async fn dashboard_renders_seat_maps_and_figures_in_chromium() {
     let Some(bin) = chromium() else {
-        eprintln!(
-            "SKIP dashboard test: no Chromium on this machine (scripts/deps.sh installs Debian's chromium when run as root)"
+        missing_tool(
+            "chromium",
+            "scripts/deps.sh installs Debian's chromium when run as root",
         );
         return;
     };

@@ -141,7 +141,7 @@ async fn lua_scripts_reload_after_the_server_forgets_them() {
     // A private Redis (through a proxy we don't need) is not required: the
     // script cache is per server, so we use a dedicated redis-server.
     let Some(server) = PrivateRedis::start().await else {
-        eprintln!("SKIP: redis-server binary not found");
+        missing_tool("redis-server", "install Debian's redis-server");
         return;
     };
     let app = spawn_with(Settings::new().set("REDIS_URL", &server.url())).await;

@@ -614,3 +614,276 @@ async fn run_redis_cli(server: &[&str], args: &[&str]) -> String {
     assert!(out.status.success(), "redis-cli {args:?} failed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs `boxoffice audit` (the real binary) against this app's stores;
+/// its exit code and stdout.
+pub async fn run_audit_binary(app: &TestApp) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+        .arg("audit")
+        .envs(&app.settings.env)
+        .output()
+        .await
+        .expect("boxoffice audit runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{stdout}{}",
+            if stderr.is_empty() {
+                String::new()
+            } else {
+                format!("\nstderr: {stderr}")
+            }
+        ),
+    )
+}
+
+impl TestApp {
+    /// Runs the script-invariant checker (`lua/check_schedule.lua`: the
+    /// invariants at the top of `lua/lib/schedule.lua`) on every schedule
+    /// of every event and fails the test on any violation. Called at the
+    /// end of the hold and payment tests.
+    pub async fn assert_script_invariants(&self) {
+        let events = boxoffice::catalog::pg::all(&self.state.pg)
+            .await
+            .expect("catalog reads");
+        let mut checked = 0;
+        for ev in &events {
+            for s in &ev.schedules {
+                let c = boxoffice::holds::check::check_schedule(
+                    &self.state.redis,
+                    &ev.event_id,
+                    &s.schedule_id,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{}/{}: {e}", ev.event_id, s.schedule_id));
+                assert!(
+                    c.violations.is_empty(),
+                    "{}/{}: script invariants broken: {:?}",
+                    ev.event_id,
+                    s.schedule_id,
+                    c.violations
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "no schedule to check");
+    }
+
+    /// The whole audit (`boxoffice::audit::run`) finds nothing.
+    pub async fn assert_audit_clean(&self) {
+        let a = boxoffice::audit::run(&self.state.pg, &self.state.redis)
+            .await
+            .expect("the audit runs");
+        assert!(a.violations.is_empty(), "audit: {:?}", a.violations);
+    }
+}
+
+/// A TCP proxy that can *stall* a dependency (connections stay open and
+/// accepted, but no byte is forwarded either way: a hung server, a
+/// blackholed network) as well as cut it, and restore it. On restore the
+/// held bytes flow again, as after a network partition heals.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    /// 0 = forwarding, 1 = stalled, 2 = cut.
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: JoinHandle<()>,
+}
+
+const FORWARD: u8 = 0;
+const STALL: u8 = 1;
+const CUT: u8 = 2;
+
+impl FaultProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::AtomicU8;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(FORWARD));
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (m, cs) = (mode.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if m.load(Ordering::SeqCst) == CUT {
+                    drop(inbound);
+                    continue;
+                }
+                let m = m.clone();
+                let task = tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::select! {
+                        _ = pump(ri, wo, m.clone()) => {}
+                        _ = pump(ro, wi, m) => {}
+                    }
+                });
+                cs.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            mode,
+            conns,
+            accept,
+        }
+    }
+
+    /// Every connection, open or new, stops forwarding; nothing is closed.
+    pub fn stall(&self) {
+        self.mode.store(STALL, Ordering::SeqCst);
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.mode.store(CUT, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.mode.store(FORWARD, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the proxy is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // Stalled: do not even read, so the sender's buffers fill up too.
+        while mode.load(Ordering::SeqCst) == STALL {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while mode.load(Ordering::SeqCst) == STALL {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if mode.load(Ordering::SeqCst) == CUT || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// The `boxoffice` binary (built with the `failpoints` feature for the
+/// tests) serving in a process of its own, so a test can kill it for real.
+pub struct ProcessInstance {
+    pub base: String,
+    child: tokio::process::Child,
+    reached: tokio::sync::watch::Receiver<Vec<String>>,
+}
+
+impl ProcessInstance {
+    /// Starts `boxoffice serve` with `settings` and waits until it answers.
+    pub async fn start(settings: &Settings) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+            .arg("serve")
+            .envs(&settings.env)
+            .env("BOXOFFICE_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the boxoffice binary starts");
+        let (tx, reached) = tokio::sync::watch::channel(Vec::new());
+        let stderr = child.stderr.take().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(name) = line.strip_prefix("boxoffice: failpoint ") {
+                    let name = name.trim_end_matches(" reached").to_owned();
+                    tx.send_modify(|v| v.push(name));
+                } else {
+                    eprintln!("[boxoffice process] {line}");
+                }
+            }
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let up = eventually(Duration::from_secs(20), || async {
+            client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up, "the boxoffice process answers on {base}");
+        Self {
+            base,
+            child,
+            reached,
+        }
+    }
+
+    /// Waits until the process reports it stopped at failpoint `name`.
+    pub async fn wait_for_failpoint(&mut self, name: &str) {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.reached.wait_for(|v| v.iter().any(|n| n == name)),
+        )
+        .await;
+        assert!(
+            matches!(r, Ok(Ok(_))),
+            "failpoint {name} never reached (is the binary built with the failpoints feature?)"
+        );
+    }
+
+    /// SIGKILL: no clean-up, no graceful shutdown; waits until it is dead.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let status = self.child.wait().await.expect("the process ends");
+        assert!(!status.success(), "killed, not exited: {status}");
+    }
+}
+
+/// A tool a test needs is missing: under CI (the `CI` variable set, as
+/// `.ci/run` and every CI service do) the test fails; elsewhere it says
+/// SKIP on stderr and the caller returns.
+#[track_caller]
+pub fn missing_tool(tool: &str, hint: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    assert!(!ci, "{tool} is missing and CI is set: {hint}");
+    eprintln!("SKIP: {tool} is missing ({hint})");
+}
+
+impl TestApp {
+    /// Waits until the reconcile loop's first round (a full restore from
+    /// PostgreSQL into a Redis prefix it finds empty) is over. That restore
+    /// loads a catalog snapshot read before it writes: an admin change
+    /// made in between is overwritten in Redis by the older settings, so a
+    /// test that changes settings right after start waits for it first.
+    pub async fn wait_for_startup_restore(&self) {
+        let marker = self.state.redis.keys().restored_marker();
+        let done = eventually(Duration::from_secs(10), || async {
+            self.state.redis.exists(&marker).await.unwrap_or(false)
+        })
+        .await;
+        assert!(done, "the startup restore did not finish");
+    }
+}

@@ -74,6 +74,7 @@ async fn five_hundred_users_race_for_one_seat_and_exactly_one_wins() {
     let map = app.seat_statuses(&tokens[0], "e1").await;
     assert_eq!(map[0], (1, "held".to_owned()));
     assert!(map[1..].iter().all(|(_, s)| s == "available"));
+    app.assert_script_invariants().await;
 }
 
 #[tokio::test]
@@ -128,6 +129,7 @@ async fn overlapping_pairs_never_share_a_seat_and_conflicts_are_named() {
         held, granted,
         "the seat map is the union of the granted holds"
     );
+    app.assert_script_invariants().await;
 }
 
 #[tokio::test]
@@ -155,6 +157,7 @@ async fn best_available_fills_exactly_the_schedule() {
         .get_with_token("/v1/events/e1/schedules", &tokens[0])
         .await;
     assert_eq!(r.body["schedules"][0]["seats_available"], 0, "{}", r.text);
+    app.assert_script_invariants().await;
 }
 
 #[tokio::test]
@@ -181,6 +184,7 @@ async fn best_available_prefers_adjacent_seats_in_one_row() {
         .hold(&t[2], json!({"schedule_id": "d1", "count": 8}))
         .await;
     assert_eq!(seats_of(&r), (11..=18).collect::<Vec<_>>(), "{}", r.text);
+    app.assert_script_invariants().await;
 }
 
 #[tokio::test]
@@ -218,6 +222,7 @@ async fn a_hold_is_free_right_after_its_deadline_without_any_background_task() {
     app.get_with_token(&format!("/v1/holds/{hold_id}"), &t[0])
         .await
         .assert_problem(410, "hold_expired");
+    app.assert_script_invariants().await;
 }
 
 #[tokio::test]
@@ -248,6 +253,7 @@ async fn per_user_limit_counts_every_live_hold() {
         .filter(|(_, s)| s == "held")
         .count();
     assert_eq!(held, 4);
+    app.assert_script_invariants().await;
 }
 
 #[tokio::test]
@@ -290,6 +296,7 @@ async fn bad_hold_requests_are_refused_and_write_nothing() {
     app.get_with_token("/v1/events/e1/schedules/nope/seats", &t)
         .await
         .assert_problem(404, "not_found");
+    app.assert_script_invariants().await;
 }
 
 #[tokio::test]
@@ -339,6 +346,7 @@ async fn release_is_owner_only() {
     app.get_with_token("/v1/holds/not-a-hold", &t[0])
         .await
         .assert_problem(404, "not_found");
+    app.assert_script_invariants().await;
 }
 
 #[tokio::test]
@@ -381,4 +389,5 @@ async fn waiting_and_foreign_tokens_cannot_hold() {
             .await
             .assert_problem(410, "queue_token_expired");
     }
+    app.assert_script_invariants().await;
 }

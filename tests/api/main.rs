@@ -6,7 +6,10 @@
 mod helpers;
 
 mod admin;
+mod audit;
+mod crash;
 mod dashboard;
+mod expiry;
 mod foundation;
 mod holds;
 mod hygiene;
@@ -14,5 +17,7 @@ mod ops;
 mod outage;
 mod payments;
 mod queue;
+mod races;
 mod refunds;
+mod stall;
 mod trust;

@@ -15,18 +15,22 @@ async fn redis_outage_is_a_fast_503_and_recovers() {
     assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
 
     proxy.cut();
+    // A refused connection fails at once; the bound is the service's own
+    // call timeout plus as much again of slack (tests/api/stall.rs covers
+    // a server that hangs instead).
+    let bound = boxoffice::store::redis::CALL_TIMEOUT * 2;
     for i in 0..10 {
         let start = Instant::now();
         let r = app.join("e1", &format!("u{i}")).await;
         let took = start.elapsed();
         r.assert_problem(503, "dependency_unavailable");
         assert!(r.headers.contains_key("retry-after"));
-        assert!(took < Duration::from_millis(1_000), "join took {took:?}");
+        assert!(took < bound, "join took {took:?}");
         let start = Instant::now();
         let r = app.get("/readyz").await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.body["redis"], "unavailable");
-        assert!(start.elapsed() < Duration::from_millis(1_000));
+        assert!(start.elapsed() < bound);
     }
     // The process is still up.
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
@@ -50,15 +54,12 @@ async fn postgres_outage_is_a_fast_503_while_the_queue_keeps_working() {
     app.simple_event("e1", queue_defaults(), 10, 60, 4).await;
 
     proxy.cut();
+    let bound = boxoffice::store::pg::CALL_TIMEOUT + Duration::from_millis(500);
     let start = Instant::now();
     let r = app.get("/readyz").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.body["postgres"], "unavailable");
-    assert!(
-        start.elapsed() < Duration::from_millis(3_500),
-        "readyz took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < bound, "readyz took {:?}", start.elapsed());
     // Admin reads need PostgreSQL: 503 quickly once the breaker is open.
     for _ in 0..5 {
         let start = Instant::now();
@@ -66,7 +67,7 @@ async fn postgres_outage_is_a_fast_503_while_the_queue_keeps_working() {
             .admin(reqwest::Method::GET, "/v1/admin/events/e1", None)
             .await;
         r.assert_problem(503, "dependency_unavailable");
-        assert!(start.elapsed() < Duration::from_millis(3_500));
+        assert!(start.elapsed() < bound);
     }
     let start = Instant::now();
     let r = app

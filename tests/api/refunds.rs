@@ -58,7 +58,8 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Every wallet's balance equals the sum of its ledger rows.
+    /// Every wallet's balance equals the sum of its ledger rows, and the
+    /// scripts' counters match their seats (refunds change both).
     async fn assert_ledger_exact(&self) {
         let off = self
             .count(
@@ -67,6 +68,11 @@ impl TestApp {
             )
             .await;
         assert_eq!(off, 0, "a balance differs from its ledger sum");
+        self.assert_script_invariants().await;
+        let audit = boxoffice::audit::run(&self.state.pg, &self.state.redis)
+            .await
+            .expect("the audit runs");
+        assert!(audit.violations.is_empty(), "{:?}", audit.violations);
     }
 }
 
@@ -148,6 +154,23 @@ async fn twenty_concurrent_refunds_credit_once() {
         .await;
     assert_eq!(ledger.body["transactions"][0]["kind"], "refund");
     assert_eq!(ledger.body["transactions"][0]["amount"], "2000");
+
+    // The audit sees a refund whose money never came back.
+    sqlx::query("delete from ledger where kind = 'refund' and user_id = 'ann'")
+        .execute(app.state.pg.pool())
+        .await
+        .unwrap();
+    let audit = boxoffice::audit::run(&app.state.pg, &app.state.redis)
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .violations
+            .iter()
+            .any(|v| v.starts_with("refund_ledger:") && v.contains(&without_key)),
+        "{:?}",
+        audit.violations
+    );
 }
 
 #[tokio::test]

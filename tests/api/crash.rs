@@ -1,0 +1,210 @@
+//! Invariant 4 with real process deaths: the instance that takes the
+//! payment is the `boxoffice` binary in a process of its own (background
+//! loops off, so it cannot finish its own work), stopped at a failpoint
+//! right before or right after the PostgreSQL commit and killed with
+//! SIGKILL. A second instance then finishes (after the commit) or undoes
+//! (before it) the payment; the audit and the ledger agree; with and
+//! without an `Idempotency-Key`.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn open_queue() -> Value {
+    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
+}
+
+struct Crashed {
+    survivor: TestApp,
+    token: String,
+    hold: String,
+}
+
+/// Buyer `jay` (5000 on the wallet) holds seats 5 and 6 (2000); the payment
+/// goes to a separate process that stops at `failpoint` and is killed
+/// there. Returns a second, normal instance (background loops on) on the
+/// same stores.
+async fn pay_and_kill(failpoint: &str, key: Option<&str>) -> Crashed {
+    let setup = spawn_with(Settings::new().without_background()).await;
+    // What every instance with its loops on does at start: load Redis from
+    // PostgreSQL and mark it restored. (Without the mark, the survivor's
+    // first round would be a full rebuild, which confirms an interrupted
+    // payment without ending its buyer's queue entry.)
+    boxoffice::payments::reconcile::rebuild(&setup.state)
+        .await
+        .unwrap();
+    setup.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = setup.admitted_token("e1", "jay").await;
+    setup.charge("jay", "5000", key.map(|_| "top-up")).await;
+    let hold = setup.hold_seats(&token, json!([5, 6])).await;
+
+    let mut doomed = ProcessInstance::start(
+        &setup
+            .settings
+            .clone()
+            .set("BOXOFFICE_FAILPOINT", failpoint)
+            .set("BOXOFFICE_PAYING_TIMEOUT_SECONDS", "1"),
+    )
+    .await;
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/v1/payments", doomed.base))
+        .bearer_auth(&token)
+        .json(&json!({"hold_id": hold}));
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let in_flight = tokio::spawn(req.send());
+    doomed.wait_for_failpoint(failpoint).await;
+    doomed.kill().await;
+    let answer = in_flight.await.unwrap();
+    assert!(
+        answer.is_err(),
+        "the killed process never answered: {answer:?}"
+    );
+
+    let settings = setup.settings.clone().set("BOXOFFICE_BACKGROUND", "on");
+    setup.stop().await;
+    let survivor = spawn_with(settings).await;
+    Crashed {
+        survivor,
+        token,
+        hold,
+    }
+}
+
+/// Payments in PostgreSQL: (count, all confirmed in Redis).
+async fn payments(app: &TestApp) -> (i64, bool) {
+    sqlx::query_as("select count(*), coalesce(bool_and(redis_confirmed), true) from payments")
+        .fetch_one(app.state.pg.pool())
+        .await
+        .unwrap()
+}
+
+async fn killed_after_commit(key: Option<&str>) {
+    let Crashed {
+        survivor: app,
+        token,
+        hold,
+    } = pay_and_kill("crash_after_commit", key).await;
+    // Committed before the death: money moved, the seats are PostgreSQL's.
+    assert_eq!(app.balance("jay").await, "3000");
+    // The second instance's reconciler finishes the Redis side.
+    let finished = eventually(Duration::from_secs(10), || async {
+        app.admin_seat("e1", 5).await == "sold"
+            && app.admin_seat("e1", 6).await == "sold"
+            && payments(&app).await == (1, true)
+    })
+    .await;
+    assert!(finished, "seats sold and the payment confirmed");
+    app.status(&token)
+        .await
+        .assert_problem(410, "queue_token_expired");
+    let payment_id: uuid::Uuid = sqlx::query_scalar("select payment_id from payments")
+        .fetch_one(app.state.pg.pool())
+        .await
+        .unwrap();
+
+    match key {
+        // The same key gets the first answer, stored with the effect.
+        Some(k) => {
+            let r = app.pay(&token, &hold, Some(k)).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+            assert_eq!(r.body["payment_id"], payment_id.to_string());
+            assert_eq!(r.body["balance_after"], "3000");
+        }
+        // Without one: the hold is already paid, naming the payment.
+        None => {
+            app.pay(&token, &hold, None)
+                .await
+                .assert_problem(410, "queue_token_expired");
+            let fresh = app.admitted_token("e1", "jay").await;
+            let r = app.pay(&fresh, &hold, None).await;
+            r.assert_problem(409, "hold_already_paid");
+            assert_eq!(r.body["payment_id"], payment_id.to_string());
+        }
+    }
+    assert_eq!(app.balance("jay").await, "3000", "debited once");
+    let (sum, rows) = app.ledger("jay").await;
+    assert_eq!(sum, rust_decimal::Decimal::from(3000));
+    assert_eq!(rows, 2, "one charge, one payment");
+    app.assert_script_invariants().await;
+    app.assert_audit_clean().await;
+}
+
+async fn killed_before_commit(key: Option<&str>) {
+    let Crashed {
+        survivor: app,
+        token,
+        hold,
+    } = pay_and_kill("crash_before_commit", key).await;
+    // Nothing committed; the hold was *paying* when the process died, and
+    // its paying deadline (1 s) gives the seats back with no job at all.
+    assert_eq!(payments(&app).await.0, 0);
+    let freed = eventually(Duration::from_secs(5), || async {
+        app.admin_seat("e1", 5).await == "available" && app.admin_seat("e1", 6).await == "available"
+    })
+    .await;
+    assert!(freed, "the paying deadline freed the seats");
+    assert_eq!(app.balance("jay").await, "5000", "no money moved");
+
+    match key {
+        Some(k) => {
+            // The dead process's claim on the key: in progress until it is
+            // stale, then taken over and answered for good.
+            app.pay(&token, &hold, Some(k))
+                .await
+                .assert_problem(409, "request_in_progress");
+            sqlx::query(
+                "update idempotency set created_at = now() - interval '2 minutes' where key = $1",
+            )
+            .bind(k)
+            .execute(app.state.pg.pool())
+            .await
+            .unwrap();
+            let r = app.pay(&token, &hold, Some(k)).await;
+            r.assert_problem(410, "hold_expired");
+            let again = app.pay(&token, &hold, Some(k)).await;
+            assert_eq!(again.text, r.text, "replayed");
+        }
+        None => {
+            app.pay(&token, &hold, None)
+                .await
+                .assert_problem(410, "hold_expired");
+        }
+    }
+    // The buyer can hold and pay again.
+    let hold = app.hold_seats(&token, json!([5, 6])).await;
+    let r = app.pay(&token, &hold, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(app.balance("jay").await, "3000");
+    let (sum, rows) = app.ledger("jay").await;
+    assert_eq!(sum, rust_decimal::Decimal::from(3000));
+    assert_eq!(rows, 2, "one charge, one payment");
+    let r = app.admin(Method::GET, "/v1/users/jay/payments", None).await;
+    assert_eq!(r.body["payments"].as_array().unwrap().len(), 1);
+    app.assert_script_invariants().await;
+    app.assert_audit_clean().await;
+}
+
+#[tokio::test]
+async fn killed_after_the_commit_without_a_key_the_survivor_finishes_the_payment() {
+    killed_after_commit(None).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_commit_with_a_key_the_survivor_finishes_and_replays() {
+    killed_after_commit(Some("pay-once")).await;
+}
+
+#[tokio::test]
+async fn killed_before_the_commit_without_a_key_nothing_is_paid_and_the_seats_come_back() {
+    killed_before_commit(None).await;
+}
+
+#[tokio::test]
+async fn killed_before_the_commit_with_a_key_nothing_is_paid_and_the_claim_is_taken_over() {
+    killed_before_commit(Some("pay-once")).await;
+}

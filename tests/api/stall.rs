@@ -1,0 +1,189 @@
+//! Invariant 9 with a dependency that *hangs* (accepts, never answers):
+//! every affected route answers 503 `dependency_unavailable` with
+//! `Retry-After` within a bound derived from the service's call timeouts,
+//! and every route works again once the dependency answers.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn open_queue() -> Value {
+    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
+}
+
+/// A 503 `dependency_unavailable` with `Retry-After`, in less than `bound`.
+#[track_caller]
+fn assert_fast_503(route: &str, r: &Resp, took: Duration, bound: Duration) {
+    r.assert_problem(503, "dependency_unavailable");
+    assert!(
+        r.headers.contains_key("retry-after"),
+        "{route}: no Retry-After"
+    );
+    assert!(took < bound, "{route} took {took:?}, bound {bound:?}");
+    eprintln!("{route}: 503 in {took:?} (bound {bound:?})");
+}
+
+async fn timed<F: std::future::Future<Output = Resp>>(f: F) -> (Resp, Duration) {
+    let start = Instant::now();
+    let r = f.await;
+    (r, start.elapsed())
+}
+
+#[tokio::test]
+async fn redis_stalled_join_status_hold_and_pay_answer_503_in_bounded_time_and_recover() {
+    let proxy = FaultProxy::start(resolve(&redis_url()).await).await;
+    // Background loops off: their calls would trip the breaker first, and
+    // the routes would never meet the hung server themselves.
+    let app = spawn_with(
+        Settings::new()
+            .without_background()
+            .set("REDIS_URL", &via(&redis_url(), proxy.addr))
+            .set("BOXOFFICE_PAYING_TIMEOUT_SECONDS", "2"),
+    )
+    .await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "u1").await;
+    app.charge("u1", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([1])).await;
+
+    proxy.stall();
+    // Each route gives up after one Redis call timeout; the bound leaves
+    // one more of slack, far below a hang (the client's 10 s). In the
+    // first round the breaker is still closed (fewer failures than open
+    // it), so each route meets the hung server itself and really waits
+    // for the timeout; in the second the breaker is open: at once.
+    let t = boxoffice::store::redis::CALL_TIMEOUT;
+    let bound = t * 2;
+    const { assert!(4 < boxoffice::store::breaker::FAILURES_TO_OPEN + 1) };
+    for round in 0..2 {
+        let check = |route: &str, r: &Resp, took: Duration| {
+            assert_fast_503(route, r, took, bound);
+            if round == 0 {
+                assert!(
+                    took >= t / 2,
+                    "{route} answered in {took:?} without waiting for Redis"
+                );
+            }
+        };
+        let (r, took) = timed(app.join("e1", &format!("new-{round}"))).await;
+        check("join", &r, took);
+        let (r, took) = timed(app.status(&token)).await;
+        check("status", &r, took);
+        let (r, took) = timed(app.hold(&token, json!({"schedule_id": "d1", "seats": [2]}))).await;
+        check("hold", &r, took);
+        let (r, took) = timed(app.pay(&token, &hold, None)).await;
+        check("pay", &r, took);
+    }
+    assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
+
+    proxy.restore();
+    let back = eventually(Duration::from_secs(10), || async {
+        app.get("/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    assert!(back, "ready again without a restart");
+    // Every route works again.
+    let r = app.join("e1", "after").await;
+    assert_eq!(r.status, StatusCode::CREATED, "join: {}", r.text);
+    let r = app.status(&token).await;
+    assert_eq!(r.status, StatusCode::OK, "status: {}", r.text);
+    assert_eq!(r.body["status"], "admitted");
+    assert_eq!(app.balance("u1").await, "5000", "no money moved");
+    // A write the service gave up on may still have reached Redis when
+    // the network healed (the bytes were in flight): the hold on seat 2
+    // asked for during the stall may exist, unknown to its client, until
+    // its deadline. Either way the state is consistent (checked below).
+    let seat2 = app.admin_seat("e1", 2).await;
+    assert!(seat2 == "held" || seat2 == "available", "{seat2}");
+    let r = app
+        .hold(&token, json!({"schedule_id": "d1", "seats": [3]}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "hold: {}", r.text);
+    let second = r.body["hold_id"].as_str().unwrap().to_owned();
+    // The first hold's begin_payment, sent before the stall and answered
+    // 503, may likewise have reached Redis late: the hold is then *paying*
+    // with nobody paying it, refused as in progress until its paying
+    // deadline, then gone; no money moved for it.
+    let r = app.pay(&token, &hold, None).await;
+    if r.status == StatusCode::CREATED {
+        assert_eq!(app.balance("u1").await, "4000");
+    } else {
+        r.assert_problem(409, "request_in_progress");
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        assert_eq!(
+            app.admin_seat("e1", 1).await,
+            "available",
+            "freed at the paying deadline"
+        );
+        assert_eq!(app.balance("u1").await, "5000", "no money moved");
+        let r = app.pay(&token, &second, None).await;
+        assert_eq!(r.status, StatusCode::CREATED, "pay: {}", r.text);
+        assert_eq!(app.balance("u1").await, "4000");
+    }
+    app.assert_script_invariants().await;
+    app.assert_audit_clean().await;
+}
+
+#[tokio::test]
+async fn postgres_stalled_pay_answers_503_in_bounded_time_while_queue_and_holds_work() {
+    let db = create_database().await;
+    let proxy = FaultProxy::start(resolve(&db).await).await;
+    let app = spawn_with(
+        Settings::new()
+            .set("DATABASE_URL", &via(&db, proxy.addr))
+            .set("BOXOFFICE_PAYING_TIMEOUT_SECONDS", "2"),
+    )
+    .await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "u1").await;
+    app.charge("u1", "5000", None).await;
+    let first = app.hold_seats(&token, json!([1])).await;
+
+    proxy.stall();
+    // The payment's transaction times out, then the service asks once
+    // whether it committed after all (another call timeout at most, or at
+    // once when the breaker is open): under two PostgreSQL call
+    // timeouts, below a hang (the client's 10 s).
+    let t = boxoffice::store::pg::CALL_TIMEOUT;
+    let bound = t * 2;
+    let (r, took) = timed(app.pay(&token, &first, None)).await;
+    assert_fast_503("pay", &r, took, bound);
+    // The queue and holds never touch PostgreSQL: fine, and faster than
+    // half a PostgreSQL call timeout (they wait on nothing that hangs).
+    let quick = t / 2;
+    let (r, took) = timed(app.join("e1", "u2")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(took < quick, "join took {took:?}");
+    let (r, took) = timed(app.status(&token)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(took < quick, "status took {took:?}");
+    let (r, took) = timed(app.hold(&token, json!({"schedule_id": "d1", "seats": [2]}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(took < quick, "hold took {took:?}");
+    let second = r.body["hold_id"].as_str().unwrap().to_owned();
+    let (r, took) = timed(app.pay(&token, &second, None)).await;
+    assert_fast_503("pay again", &r, took, bound);
+
+    proxy.restore();
+    let back = eventually(Duration::from_secs(10), || async {
+        app.get("/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    assert!(back, "ready again without a restart");
+    // Nothing was committed while PostgreSQL hung; once the paying
+    // deadline has passed the holds are held again or gone, and a new
+    // payment goes through.
+    assert_eq!(app.balance("u1").await, "5000", "no money moved");
+    let r = app.join("e1", "u3").await;
+    assert_eq!(r.status, StatusCode::CREATED, "join: {}", r.text);
+    assert_eq!(app.status(&token).await.status, StatusCode::OK);
+    let third = app.hold_seats(&token, json!([3])).await;
+    let r = app.pay(&token, &third, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "pay: {}", r.text);
+    assert_eq!(app.balance("u1").await, "4000");
+    app.assert_script_invariants().await;
+    app.assert_audit_clean().await;
+}
