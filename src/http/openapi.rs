@@ -4,7 +4,11 @@
 
 use utoipa::{
     Modify, OpenApi, ToSchema,
-    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        Content, HeaderBuilder, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type,
+        path::Operation,
+        security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 
 /// An RFC 9457 problem: every error of the API has this shape.
@@ -32,6 +36,18 @@ struct Security;
 impl Modify for Security {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
         let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "user_assertion",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "The platform's JWT for one user (`sub` = user id); `boxoffice user-token <user>` mints one for development",
+                    ))
+                    .build(),
+            ),
+        );
         components.add_security_scheme(
             "queue_token",
             SecurityScheme::Http(
@@ -79,6 +95,112 @@ impl Modify for Security {
         super::payments::reconcile_now,
     ),
     components(schemas(Problem)),
-    modifiers(&Security),
+    modifiers(&Security, &Problems),
 )]
 pub struct ApiDoc;
+
+/// The media type of every refusal.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Makes every 4xx/5xx answer of the document a `Problem` in
+/// `application/problem+json`, and adds the refusals that extractors and
+/// middleware give on every route of a kind, so each handler's annotation
+/// lists only its own: 401 on routes that need a credential, 400 and 413
+/// on routes with a JSON body, 429 on the rate-limited public routes, 503
+/// (with `Retry-After`) on every route that reaches Redis or PostgreSQL.
+struct Problems;
+
+fn problem(description: &str, retry_after: bool) -> Response {
+    let mut resp = ResponseBuilder::new().description(description).content(
+        PROBLEM_JSON,
+        Content::new(Some(Ref::from_schema_name("Problem"))),
+    );
+    if retry_after {
+        resp = resp.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
+                .description(Some("Seconds to wait before retrying"))
+                .build(),
+        );
+    }
+    resp.build()
+}
+
+/// Whether a response is documented as a `Problem` (or has no body yet).
+fn is_problem(resp: &Response) -> bool {
+    resp.content.is_empty()
+        || resp.content.values().any(|c| {
+            matches!(c, RefOr::T(c) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem")))
+        })
+}
+
+fn add_problems(path: &str, op: &mut Operation) {
+    let responses = &mut op.responses.responses;
+    for (status, resp) in responses.iter_mut() {
+        if let (true, RefOr::T(resp)) = (status.starts_with(['4', '5']), resp)
+            && is_problem(resp)
+        {
+            let retry = status == "503" || status == "429";
+            *resp = problem(&resp.description, retry);
+        }
+    }
+    let mut add = |status: &str, description: &str, retry: bool| {
+        responses
+            .entry(status.to_owned())
+            .or_insert_with(|| RefOr::T(problem(description, retry)));
+    };
+    if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+        add(
+            "401",
+            "unauthorized: the credential is missing, malformed, forged or expired",
+            false,
+        );
+    }
+    if op.request_body.is_some() {
+        add(
+            "400",
+            "invalid_request: the body is not JSON, or Content-Type is not application/json",
+            false,
+        );
+        add(
+            "413",
+            "payload_too_large: the body is over the size limit",
+            false,
+        );
+    }
+    let v1 = path.starts_with("/v1/");
+    if v1 && !path.starts_with("/v1/admin/") {
+        add(
+            "429",
+            "rate_limited: too many requests from this client; see Retry-After",
+            true,
+        );
+    }
+    if v1 {
+        add(
+            "503",
+            "dependency_unavailable: Redis or PostgreSQL is unavailable; see Retry-After",
+            true,
+        );
+    }
+}
+
+impl Modify for Problems {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in &mut api.paths.paths {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_problems(path, op);
+            }
+        }
+    }
+}
