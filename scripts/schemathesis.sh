@@ -13,7 +13,7 @@
 # minted for the routes that take them (scripts/schemathesis/schemathesis.toml).
 #
 # Inputs: REDIS_URL, DATABASE_URL (as for `make test`),
-#         ST_MAX_EXAMPLES (default 25), ST_SEED (default 20261130),
+#         ST_MAX_EXAMPLES (default 50), ST_SEED (default 20261130),
 #         ST_ARGS (extra schemathesis arguments).
 set -euo pipefail
 
@@ -149,7 +149,7 @@ started=$SECONDS
 # shellcheck disable=SC2086
 "$VENV/bin/schemathesis" --config-file scripts/schemathesis/schemathesis.toml run "$base/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --seed "${ST_SEED:-20261130}" --max-examples "${ST_MAX_EXAMPLES:-25}" \
+    --seed "${ST_SEED:-20261130}" --max-examples "${ST_MAX_EXAMPLES:-50}" \
     --workers 2 --no-color --request-timeout 10 --generation-database none \
     --report junit --report-dir "$work/report" ${ST_ARGS:-} ||
     die "schemathesis found failures (above); reproduce with scripts/schemathesis.sh"

@@ -204,3 +204,77 @@ impl Modify for Problems {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn operations() -> Vec<(String, Value)> {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("serializable");
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                ops.push((format!("{} {path}", method.to_uppercase()), op.clone()));
+            }
+        }
+        assert!(ops.len() >= 25, "only {} operations", ops.len());
+        ops
+    }
+
+    #[test]
+    fn every_refusal_is_a_problem_and_every_success_body_has_a_schema() {
+        for (name, op) in operations() {
+            for (status, resp) in op["responses"].as_object().expect("responses") {
+                let content = resp["content"].as_object();
+                if status.starts_with(['4', '5']) && !(name == "GET /readyz" && status == "503") {
+                    let schema = &resp["content"][PROBLEM_JSON]["schema"]["$ref"];
+                    assert_eq!(
+                        schema, "#/components/schemas/Problem",
+                        "{name} {status} is not a problem+json Problem"
+                    );
+                    assert_eq!(content.map(|c| c.len()), Some(1), "{name} {status}");
+                } else if status != "204" {
+                    let content = content.unwrap_or_else(|| panic!("{name} {status} has no body"));
+                    assert!(
+                        content.values().all(|c| c["schema"].is_object()),
+                        "{name} {status} has no schema"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_of_extractors_and_middleware_are_documented() {
+        for (name, op) in operations() {
+            let has = |s: &str| op["responses"].get(s).is_some();
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                assert!(has("401"), "{name} needs a credential but documents no 401");
+            }
+            if op.get("requestBody").is_some() {
+                assert!(has("400") && has("413"), "{name} takes a body: 400 and 413");
+            }
+            if name.contains(" /v1/") {
+                assert!(has("503"), "{name} reaches a store: 503");
+                let retry = &op["responses"]["503"]["headers"]["Retry-After"];
+                assert!(retry.is_object(), "{name}: 503 without Retry-After");
+            }
+            if name.contains(" /v1/") && !name.contains(" /v1/admin/") {
+                assert!(has("429"), "{name} is rate limited: 429");
+            }
+        }
+    }
+
+    #[test]
+    fn the_three_credentials_are_security_schemes() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("serializable");
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes["user_assertion"]["scheme"], "bearer");
+        assert_eq!(schemes["user_assertion"]["bearerFormat"], "JWT");
+        assert_eq!(schemes["queue_token"]["scheme"], "bearer");
+        assert_eq!(schemes["service_key"]["in"], "header");
+        assert_eq!(schemes["service_key"]["name"], "X-Api-Key");
+    }
+}
