@@ -33,12 +33,19 @@ die() {
 stamp="$VENV/.requirements-test.sha256"
 want="$(sha256sum requirements-test.txt | cut -d' ' -f1)"
 if [[ ! -x $VENV/bin/schemathesis || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-    command -v "$PYTHON" >/dev/null || die "$PYTHON is missing; install Python 3.10+ with venv"
-    if ! "$PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
-        # Debian ships venv's ensurepip separately.
+    # Debian ships venv's ensurepip separately; as root, install what is missing.
+    apt_python() {
         if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
-            apt-get install -y -qq python3-venv >/dev/null || true
+            echo "schemathesis: installing python3 and python3-venv with apt-get"
+            { apt-get update -qq && apt-get install -y -qq python3 python3-venv; } >/dev/null || true
         fi
+    }
+    command -v "$PYTHON" >/dev/null || apt_python
+    command -v "$PYTHON" >/dev/null || die "$PYTHON is missing; install Python 3.11+ with venv"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+        die "schemathesis 4.32.5 needs Python 3.11+; $PYTHON is $("$PYTHON" -V 2>&1) (set PYTHON=python3.11 or newer)"
+    if ! "$PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
+        apt_python
         rm -rf "$VENV"
         "$PYTHON" -m venv "$VENV" || die "cannot create $VENV (on Debian: apt-get install python3-venv)"
     fi
