@@ -26,9 +26,29 @@ pub struct Problem {
     /// queue_token_expired, seats_unavailable, hold_limit_exceeded,
     /// hold_expired, hold_already_paid, insufficient_funds,
     /// idempotency_key_reused, request_in_progress, rate_limited,
-    /// dependency_unavailable, internal_error.
+    /// payload_too_large, dependency_unavailable, internal_error.
     #[schema(example = "seats_unavailable")]
     code: String,
+    /// not_admitted: the entry's place in line (null if unknown).
+    position: Option<u64>,
+    /// seats_unavailable: the requested seats that are taken.
+    unavailable_seats: Option<Vec<u32>>,
+    /// hold_limit_exceeded: the per-user limit of the schedule.
+    max_per_user: Option<u32>,
+    /// hold_limit_exceeded: seats the user holds in the schedule.
+    held: Option<u32>,
+    /// hold_limit_exceeded: seats the user bought in the schedule.
+    bought: Option<u32>,
+    /// hold_limit_exceeded: seats asked for.
+    requested: Option<u32>,
+    /// hold_already_paid: the payment (only to the hold's owner).
+    payment_id: Option<String>,
+    /// insufficient_funds: the wallet balance.
+    balance: Option<String>,
+    /// insufficient_funds: the amount due.
+    amount: Option<String>,
+    /// dependency_unavailable: `redis` or `postgres`.
+    dependency: Option<String>,
 }
 
 struct Security;
