@@ -7,12 +7,12 @@ CARGO ?= cargo
 CARGO_TEST_ARGS ?=
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help deps run test lint fmt bench
+.PHONY: help deps run test schemathesis lint fmt bench
 
 help: ## list targets
 	@echo "boxoffice make targets:"
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-6s %s\n", $$1, $$2 }'
-	@echo "Inputs: REDIS_URL, DATABASE_URL (see scripts/deps.sh), CARGO_TEST_ARGS."
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-13s %s\n", $$1, $$2 }'
+	@echo "Inputs: REDIS_URL, DATABASE_URL (see scripts/deps.sh), CARGO_TEST_ARGS, ST_MAX_EXAMPLES, ST_SEED, ST_ARGS."
 
 deps: ## make sure Redis and PostgreSQL answer, create the database, write .deps/env
 	scripts/deps.sh
@@ -20,9 +20,13 @@ deps: ## make sure Redis and PostgreSQL answer, create the database, write .deps
 run: deps ## serve on 127.0.0.1:8080 with a demo event loaded
 	. .deps/env && $(CARGO) run --bin boxoffice -- serve --demo
 
-test: ## run all tests against real Redis and PostgreSQL (started if needed)
+test: ## run all tests against real Redis and PostgreSQL (started if needed), then schemathesis
 	scripts/deps.sh --with-chromium
 	. .deps/env && $(CARGO) test --workspace $(CARGO_TEST_ARGS)
+	. .deps/env && scripts/schemathesis.sh
+
+schemathesis: deps ## OpenAPI conformance only: schemathesis (pinned, in .venv/) against a real server
+	. .deps/env && scripts/schemathesis.sh
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Admission settings of one event; live-tunable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QueueSettings {
     pub admit_per_second: u32,
     pub max_active: u32,

@@ -43,8 +43,7 @@ pub fn event_config_json(ev: &Event) -> Value {
     security(("service_key" = [])),
     request_body = NewEvent,
     responses(
-        (status = 201, description = "Created"),
-        (status = 401, description = "unauthorized", body = super::openapi::Problem),
+        (status = 201, description = "Created", body = super::schemas::EventConfig),
         (status = 409, description = "already_exists", body = super::openapi::Problem),
         (status = 422, description = "invalid_request", body = super::openapi::Problem),
     ))]
@@ -80,7 +79,7 @@ async fn existing(state: &AppState, raw: &str) -> ApiResult<Event> {
     security(("service_key" = [])),
     params(("event_id" = String, Path, description = "Event id")),
     responses(
-        (status = 200, description = "Configuration and live figures"),
+        (status = 200, description = "Configuration and live figures", body = super::schemas::EventDetails),
         (status = 404, description = "not_found", body = super::openapi::Problem),
     ))]
 pub async fn get_event(
@@ -101,7 +100,7 @@ pub async fn get_event(
     params(("event_id" = String, Path, description = "Event id")),
     request_body = QueuePatch,
     responses(
-        (status = 200, description = "The new settings; they apply from the next tick"),
+        (status = 200, description = "The new settings; they apply from the next tick", body = super::schemas::QueueSettingsBody),
         (status = 404, description = "not_found", body = super::openapi::Problem),
         (status = 422, description = "invalid_request", body = super::openapi::Problem),
     ))]
@@ -110,7 +109,7 @@ pub async fn patch_queue(
     _: ServiceKey,
     Path(event_id): Path<String>,
     ApiJson(patch): ApiJson<QueuePatch>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<super::schemas::QueueSettingsBody>> {
     let mut ev = existing(&state, &event_id).await?;
     ev.queue = patch
         .apply(&ev.queue)
@@ -118,7 +117,8 @@ pub async fn patch_queue(
     catalog::pg::update_queue(&state.pg, &ev.event_id, &ev.queue).await?;
     catalog::load_into_redis(&state.redis, &ev).await?;
     tracing::info!(event_id = %ev.event_id, settings = ?ev.queue, "admission settings changed");
-    Ok(axum::Json(
-        json!({ "event_id": ev.event_id, "queue": ev.queue }),
-    ))
+    Ok(axum::Json(super::schemas::QueueSettingsBody {
+        event_id: ev.event_id.to_string(),
+        queue: ev.queue,
+    }))
 }

@@ -1,17 +1,14 @@
 //! Public catalog: `GET /v1/events`.
 
-use axum::extract::State;
-use serde_json::{Value, json};
-
-use super::ApiResult;
+use super::{ApiResult, schemas::EventList};
 use crate::{app::AppState, catalog};
+use axum::extract::State;
 
 #[utoipa::path(get, path = "/v1/events", tag = "catalog",
     responses(
-        (status = 200, description = "Every event with its schedules and prices"),
-        (status = 503, description = "dependency_unavailable", body = super::openapi::Problem),
+        (status = 200, description = "Every event with its schedules and prices", body = EventList),
     ))]
-pub async fn list_events(State(state): State<AppState>) -> ApiResult<axum::Json<Value>> {
+pub async fn list_events(State(state): State<AppState>) -> ApiResult<axum::Json<EventList>> {
     let events = catalog::public_list(&state.redis).await?;
-    Ok(axum::Json(json!({ "events": events })))
+    Ok(axum::Json(EventList { events }))
 }

@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{
     ApiError, ApiResult,
@@ -102,15 +102,16 @@ pub struct ScheduleAvailability {
     security(("queue_token" = [])),
     params(("event_id" = String, Path, description = "Event id")),
     responses(
-        (status = 200, description = "Schedules with live availability"),
-        (status = 403, description = "not_admitted or forbidden", body = super::openapi::Problem),
+        (status = 200, description = "Schedules with live availability", body = super::schemas::ScheduleList),
+        (status = 403, description = "not_admitted or forbidden: the token is for another event", body = super::openapi::Problem),
+        (status = 404, description = "not_found: no such event", body = super::openapi::Problem),
         (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
     ))]
 pub async fn list_schedules(
     State(state): State<AppState>,
     QueueToken(claims): QueueToken,
     Path(event_id): Path<String>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<super::schemas::ScheduleList>> {
     let event = event_in_path(&event_id)?;
     same_event(&claims, &event)?;
     let ids = schedules_of(&state, &event).await?;
@@ -128,7 +129,7 @@ pub async fn list_schedules(
             seats_available: f.available,
         })
         .collect();
-    Ok(axum::Json(json!({ "schedules": schedules })))
+    Ok(axum::Json(super::schemas::ScheduleList { schedules }))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -188,8 +189,9 @@ async fn seat_map_json(
     params(("event_id" = String, Path, description = "Event id"), ("schedule_id" = String, Path, description = "Schedule id")),
     responses(
         (status = 200, description = "Every seat with its status", body = SeatMapBody),
-        (status = 404, description = "not_found", body = super::openapi::Problem),
-        (status = 403, description = "not_admitted", body = super::openapi::Problem),
+        (status = 404, description = "not_found: no such event or schedule", body = super::openapi::Problem),
+        (status = 403, description = "not_admitted, or forbidden: the token is for another event", body = super::openapi::Problem),
+        (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
     ))]
 pub async fn seats(
     State(state): State<AppState>,
@@ -205,7 +207,10 @@ pub async fn seats(
 #[utoipa::path(get, path = "/v1/admin/events/{event_id}/schedules/{schedule_id}/seats", tag = "admin",
     security(("service_key" = [])),
     params(("event_id" = String, Path, description = "Event id"), ("schedule_id" = String, Path, description = "Schedule id")),
-    responses((status = 200, description = "Every seat with its status (for the dashboard)", body = SeatMapBody)))]
+    responses(
+        (status = 200, description = "Every seat with its status (for the dashboard)", body = SeatMapBody),
+        (status = 404, description = "not_found: no such event or schedule", body = super::openapi::Problem),
+    ))]
 pub async fn admin_seats(
     State(state): State<AppState>,
     _: ServiceKey,
@@ -338,8 +343,9 @@ fn hold_in_path(raw: &str, token: &QueueToken) -> ApiResult<HoldId> {
     params(("hold_id" = String, Path, description = "Hold id")),
     responses(
         (status = 200, description = "The live hold", body = HoldResponse),
-        (status = 403, description = "forbidden: another user's hold", body = super::openapi::Problem),
-        (status = 410, description = "hold_expired", body = super::openapi::Problem),
+        (status = 403, description = "forbidden: another user's hold, or a hold of another event", body = super::openapi::Problem),
+        (status = 404, description = "not_found: no such hold", body = super::openapi::Problem),
+        (status = 410, description = "hold_expired (the caller's own hold is gone) or queue_token_expired", body = super::openapi::Problem),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -357,9 +363,10 @@ pub async fn get(
     params(("hold_id" = String, Path, description = "Hold id")),
     responses(
         (status = 204, description = "Released; the seats are free at once"),
-        (status = 403, description = "forbidden: another user's hold", body = super::openapi::Problem),
+        (status = 403, description = "forbidden: another user's hold, or a hold of another event", body = super::openapi::Problem),
+        (status = 404, description = "not_found: no such hold", body = super::openapi::Problem),
         (status = 409, description = "request_in_progress: the hold is being paid", body = super::openapi::Problem),
-        (status = 410, description = "hold_expired", body = super::openapi::Problem),
+        (status = 410, description = "hold_expired (the caller's own hold is gone) or queue_token_expired", body = super::openapi::Problem),
     ))]
 pub async fn release(
     State(state): State<AppState>,

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod ops;
 pub mod payments;
 pub mod queue;
+pub mod schemas;
 pub mod wallet;
 
 use std::time::Instant;

@@ -1,20 +1,20 @@
 //! Operations endpoints: liveness, readiness, Prometheus metrics.
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
-use serde_json::json;
-
+use super::schemas::{Health, Readiness};
 use crate::app::AppState;
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 
 /// The process is up (no dependency is consulted).
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up", body = Health)))]
 pub async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
+    axum::Json(Health { status: "ok" })
 }
 
 /// Redis and PostgreSQL answer and every migration is applied.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "Ready"),
-    (status = 503, description = "A dependency is unavailable or migrations are pending")))]
+    (status = 200, description = "Ready", body = Readiness),
+    (status = 503, description = "A dependency is unavailable or migrations are pending (with Retry-After)", body = Readiness,
+        headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (redis, pg) = tokio::join!(state.redis.ping(), state.pg.migrations_applied());
     let redis_ok = redis.is_ok();
@@ -23,12 +23,18 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Err(_) => (false, false),
     };
     let ready = redis_ok && pg_ok && migrations_ok;
-    let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "redis": if redis_ok { "ok" } else { "unavailable" },
-        "postgres": if pg_ok { "ok" } else { "unavailable" },
-        "migrations": if migrations_ok { "applied" } else if pg_ok { "pending" } else { "unknown" },
-    });
+    let body = Readiness {
+        status: if ready { "ready" } else { "unavailable" },
+        redis: if redis_ok { "ok" } else { "unavailable" },
+        postgres: if pg_ok { "ok" } else { "unavailable" },
+        migrations: if migrations_ok {
+            "applied"
+        } else if pg_ok {
+            "pending"
+        } else {
+            "unknown"
+        },
+    };
     if ready {
         (StatusCode::OK, axum::Json(body)).into_response()
     } else {
@@ -42,8 +48,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// Prometheus text exposition. When `BOXOFFICE_METRICS_ADDR` is set it is
 /// served only there, and this route answers 404.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses(
-    (status = 200, description = "Prometheus text format"),
-    (status = 404, description = "Metrics are served on their own address (BOXOFFICE_METRICS_ADDR)", content_type = "application/problem+json")))]
+    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"),
+    (status = 404, description = "Metrics are served on their own address (BOXOFFICE_METRICS_ADDR)", body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
     if state.config.metrics_addr.is_some() {
         return super::ApiError::NotFound("no such endpoint".into()).into_response();
@@ -68,7 +74,7 @@ pub async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse 
 /// inline script and style (by hash), requests to this origin, and no
 /// framing (`frame-ancestors 'none'` and `X-Frame-Options: DENY`, against
 /// clickjacking of a page that holds the service key).
-#[utoipa::path(get, path = "/dashboard", tag = "operations", responses((status = 200, description = "HTML page; paste the service key")))]
+#[utoipa::path(get, path = "/dashboard", tag = "operations", responses((status = 200, description = "HTML page; paste the service key", body = String, content_type = "text/html; charset=utf-8")))]
 pub async fn dashboard() -> impl IntoResponse {
     (
         [

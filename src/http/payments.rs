@@ -266,23 +266,30 @@ pub async fn get_payment(
 #[utoipa::path(get, path = "/v1/users/{user_id}/payments", tag = "payments",
     security(("user_assertion" = []), ("service_key" = [])),
     params(("user_id" = String, Path, description = "User id")),
-    responses((status = 200, description = "The user's payments, newest first")))]
+    responses(
+        (status = 200, description = "The user's payments, newest first", body = super::schemas::UserPayments),
+        (status = 403, description = "forbidden: a user assertion of another user", body = super::openapi::Problem),
+        (status = 422, description = "invalid_request: malformed user id", body = super::openapi::Problem),
+    ))]
 pub async fn user_payments(
     State(state): State<AppState>,
     caller: Caller,
     Path(user): Path<String>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<super::schemas::UserPayments>> {
     let user = user_in_path(&user)?;
     caller.may_act_for(&user)?;
-    Ok(axum::Json(
-        json!({ "payments": payments::of_user(&state.pg, &user).await? }),
-    ))
+    Ok(axum::Json(super::schemas::UserPayments {
+        payments: payments::of_user(&state.pg, &user).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/admin/events/{event_id}/sales", tag = "admin",
     security(("service_key" = [])),
     params(("event_id" = String, Path, description = "Event id")),
-    responses((status = 200, description = "Seats sold, revenue and payments per schedule and per hour (from PostgreSQL)")))]
+    responses(
+        (status = 200, description = "Seats sold, revenue and payments per schedule and per hour (from PostgreSQL)", body = super::schemas::SalesReport),
+        (status = 404, description = "not_found: no such event", body = super::openapi::Problem),
+    ))]
 pub async fn sales(
     State(state): State<AppState>,
     _: ServiceKey,

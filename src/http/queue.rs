@@ -137,7 +137,6 @@ pub fn event_in_path(raw: &str) -> ApiResult<EventId> {
         (status = 403, description = "forbidden: user_id differs from the assertion's user", body = super::openapi::Problem),
         (status = 404, description = "not_found", body = super::openapi::Problem),
         (status = 422, description = "invalid_request", body = super::openapi::Problem),
-        (status = 503, description = "dependency_unavailable", body = super::openapi::Problem),
     ))]
 pub async fn join(
     State(state): State<AppState>,
@@ -175,8 +174,8 @@ pub async fn join(
     responses(
         (status = 200, description = "The entry; each call is a heartbeat", body = QueueEntry),
         (status = 401, description = "unauthorized", body = super::openapi::Problem),
+        (status = 404, description = "not_found: the event is gone", body = super::openapi::Problem),
         (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
-        (status = 503, description = "dependency_unavailable", body = super::openapi::Problem),
     ))]
 pub async fn status(
     State(state): State<AppState>,
@@ -191,6 +190,7 @@ pub async fn status(
     responses(
         (status = 204, description = "Left; the place is freed"),
         (status = 401, description = "unauthorized", body = super::openapi::Problem),
+        (status = 404, description = "not_found: the event is gone", body = super::openapi::Problem),
         (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
     ))]
 pub async fn leave(

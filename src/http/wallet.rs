@@ -6,12 +6,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{
     ApiError, ApiResult,
     auth::{Caller, PlatformOnly},
     extract::{ApiJson, ApiQuery, OptionalIdempotencyKey},
+    schemas::{Balance, TransactionsPage},
 };
 use crate::{
     app::AppState,
@@ -65,18 +65,24 @@ pub async fn claim_or_answer(
 #[utoipa::path(get, path = "/v1/users/{user_id}/wallet", tag = "wallet",
     security(("user_assertion" = []), ("service_key" = [])),
     params(("user_id" = String, Path, description = "User id")),
-    responses((status = 200, description = "Balance (0 for a user never seen)")))]
+    responses(
+        (status = 200, description = "Balance (0 for a user never seen)", body = Balance),
+        (status = 403, description = "forbidden: a user assertion of another user", body = super::openapi::Problem),
+        (status = 422, description = "invalid_request: malformed user id", body = super::openapi::Problem),
+    ))]
 pub async fn balance(
     State(state): State<AppState>,
     caller: Caller,
     Path(user): Path<String>,
-) -> ApiResult<axum::Json<serde_json::Value>> {
+) -> ApiResult<axum::Json<Balance>> {
     let user = user_in_path(&user)?;
     caller.may_act_for(&user)?;
     let balance = wallet::balance(&state.pg, &user).await?;
-    Ok(axum::Json(
-        json!({"user_id": user, "balance": format_amount(balance), "currency": state.config.currency.code()}),
-    ))
+    Ok(axum::Json(Balance {
+        user_id: user.to_string(),
+        balance: format_amount(balance),
+        currency: state.config.currency.code().to_string(),
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -93,7 +99,8 @@ pub struct ChargeBody {
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for 24 h")),
     request_body = ChargeBody,
     responses(
-        (status = 201, description = "Charged", body = wallet::Charged),
+        (status = 201, description = "Charged (a replay of the first answer with the same Idempotency-Key)", body = wallet::Charged),
+        (status = 403, description = "forbidden: a user credential (assertion or queue token) can never charge", body = super::openapi::Problem),
         (status = 409, description = "request_in_progress", body = super::openapi::Problem),
         (status = 422, description = "invalid_request or idempotency_key_reused", body = super::openapi::Problem),
     ))]
@@ -149,13 +156,17 @@ pub struct Page {
     params(("user_id" = String, Path, description = "User id"),
            ("limit" = Option<u32>, Query, description = "1..200, default 50"),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    responses((status = 200, description = "Ledger entries, newest first; amounts are signed")))]
+    responses(
+        (status = 200, description = "Ledger entries, newest first; amounts are signed", body = TransactionsPage),
+        (status = 403, description = "forbidden: a user assertion of another user", body = super::openapi::Problem),
+        (status = 422, description = "invalid_request: malformed user id, limit or cursor", body = super::openapi::Problem),
+    ))]
 pub async fn transactions(
     State(state): State<AppState>,
     caller: Caller,
     Path(user): Path<String>,
     ApiQuery(page): ApiQuery<Page>,
-) -> ApiResult<axum::Json<serde_json::Value>> {
+) -> ApiResult<axum::Json<TransactionsPage>> {
     let user = user_in_path(&user)?;
     caller.may_act_for(&user)?;
     let limit = page.limit.unwrap_or(50);
@@ -172,7 +183,8 @@ pub async fn transactions(
         ),
     };
     let (rows, next) = wallet::history(&state.pg, &user, limit, before).await?;
-    Ok(axum::Json(
-        json!({"transactions": rows, "next_cursor": next.map(|n| n.to_string())}),
-    ))
+    Ok(axum::Json(TransactionsPage {
+        transactions: rows,
+        next_cursor: next.map(|n| n.to_string()),
+    }))
 }

@@ -263,6 +263,7 @@ pub struct Figures {
     pub left_total: u64,
     /// Observed admissions per second (moving average over ~10 s).
     #[serde(rename(serialize = "admission_rate"))]
+    #[schema(rename = "admission_rate")]
     pub rate: f64,
     /// Highest number of admitted entries ever seen at once.
     #[serde(default)]
