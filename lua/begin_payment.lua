@@ -11,12 +11,14 @@
 -- KEYS[7] ubought   hash: user -> seats bought
 -- KEYS[8] adm       zset: queue, admitted user -> deadline (ms)
 -- KEYS[9] wait      zset: queue, waiting user -> entry
+-- KEYS[10] ready    string: the event's ready mark (finish_restore.lua)
 -- ARGV[1] hold number
 -- ARGV[2] user id (from the verified token)
 -- ARGV[3] payment timeout (ms): the paying deadline is now + this
 --
--- Returns (JSON), every reply but no_schedule with "expired":x,
--- "expired_paying":y:
+-- Returns (JSON), every reply but restoring and no_schedule with
+-- "expired":x, "expired_paying":y:
+--   {"status":"restoring"}   the event is not (yet) ready in Redis
 --   {"status":"no_schedule"}
 --   {"status":"not_admitted","position":p}  the buyer is still waiting
 --   {"status":"queue_gone"}  the buyer has no live queue entry (left,
@@ -36,6 +38,7 @@
 
 local timeout = tonumber(ARGV[3])
 if not timeout or timeout < 1 or timeout ~= math.floor(timeout) then return bad_arg('timeout') end
+if restoring(KEYS[10]) then return json({ status = 'restoring' }) end
 local h, stop = open_hold(function(_, _, user, now)
   local refused = admission(KEYS[8], KEYS[9], user, now)
   return refused and json(refused)

@@ -11,12 +11,15 @@
 -- KEYS[8] hold_seq  counter: hold numbers of the event
 -- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)
 -- KEYS[10] wait     zset: queue, waiting user -> entry
+-- KEYS[11] ready    string: the event's ready mark (finish_restore.lua)
 -- ARGV[1] user id
 -- ARGV[2] mode: "seats" | "count"
 -- ARGV[3] mode seats: comma-separated seat numbers (non-empty, <= 100,
 --         no duplicates); mode count: number of seats (>= 1)
 --
 -- Returns (JSON):
+--   {"status":"restoring"}  the event is not (yet) ready in Redis: missing
+--                           or its sold seats still being restored
 --   {"status":"no_schedule"}
 --   {"status":"not_admitted","position":p}  still waiting in the queue
 --   {"status":"queue_gone"}  the user has no live queue entry
@@ -39,6 +42,7 @@
 local K = sched_keys(1)
 local user, mode, arg = ARGV[1], ARGV[2], ARGV[3]
 if not user or user == '' then return bad_arg('user') end
+if restoring(KEYS[11]) then return json({ status = 'restoring' }) end
 
 local cfg = load_cfg(K)
 if not cfg then return json({ status = 'no_schedule' }) end

@@ -60,6 +60,10 @@ pub enum HoldError {
     /// The buyer's queue entry is gone.
     #[error("the queue entry is gone")]
     QueueGone,
+    /// The event is not ready in Redis (lost, or its sold seats are being
+    /// restored from PostgreSQL): retry shortly.
+    #[error("the event is being restored")]
+    Restoring,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -157,6 +161,7 @@ fn common_errors(script: &str, raw: &str, r: &Reply) -> HoldError {
             position: r.position,
         },
         "queue_gone" => HoldError::QueueGone,
+        "restoring" => HoldError::Restoring,
         other => HoldError::Store(bad_reply(script, raw, format!("status {other}"))),
     }
 }
@@ -177,6 +182,7 @@ pub async fn place(
     let mut keys = k.schedule_keys(schedule);
     keys.push(k.hold_seq());
     keys.extend(admission_keys(&k));
+    keys.push(k.ready());
     let (mode, arg) = match req {
         HoldRequest::Seats(seats) => (
             "seats",
@@ -534,6 +540,7 @@ pub async fn begin_payment(
     let k = redis.keys().event(&id.event);
     let mut keys = k.schedule_keys(&id.schedule);
     keys.extend(admission_keys(&k));
+    keys.push(k.ready());
     let raw = redis
         .run(
             &redis::BEGIN_PAYMENT,

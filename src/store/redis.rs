@@ -71,6 +71,7 @@ scripts! {
     plain: [
         SERVER_TIME => "server_time",
         LOAD_EVENT => "load_event",
+        FINISH_RESTORE => "finish_restore",
         JOIN_QUEUE => "join_queue",
         QUEUE_STATUS => "queue_status",
         LEAVE_QUEUE => "leave_queue",
@@ -334,6 +335,17 @@ impl Redis {
     /// On an outage.
     pub async fn sadd(&self, key: &str, member: &str) -> Result<(), StoreError> {
         self.guard(self.pool.next().sadd::<i64, _, _>(key, member))
+            .await
+            .map(drop)
+    }
+
+    /// Adds several members in one command.
+    ///
+    /// # Errors
+    /// On an outage.
+    pub async fn sadd_many(&self, key: &str, members: &[&str]) -> Result<(), StoreError> {
+        let members: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+        self.guard(self.pool.next().sadd::<i64, _, _>(key, members))
             .await
             .map(drop)
     }
