@@ -15,13 +15,18 @@ use std::{sync::OnceLock, time::Duration};
 use fred::{
     clients::Pool,
     interfaces::{
-        ClientLike, HashesInterface, KeysInterface, LuaInterface, SetsInterface, StreamsInterface,
+        ClientLike, ClusterInterface, HashesInterface, KeysInterface, LuaInterface, SetsInterface,
+        StreamsInterface,
     },
-    prelude::{Builder, Config, ReconnectPolicy},
+    prelude::{Builder, Config, ReconnectPolicy, ServerConfig},
+    types::cluster::ClusterRouting,
 };
 
 use super::{Dependency, StoreError, breaker::Breaker, keys::Keys};
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
 
 /// Upper bound of one Redis call, on top of fred's own command timeout.
 const CALL_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -96,7 +101,52 @@ scripts! {
 pub struct Redis {
     pool: Pool,
     keys: Keys,
-    breaker: Arc<Breaker>,
+    breakers: Arc<Breakers>,
+}
+
+/// The circuit breakers in front of Redis. One server: one breaker. A
+/// Redis Cluster: one per node, chosen from the key's hash slot and the
+/// client's cached slot map, so a dead master opens only its own breaker
+/// and only the events in its slots answer 503 (invariant 11); after a
+/// failover the slots map to the promoted replica, whose breaker is fresh.
+/// Calls without a key (PING, the clock) use the `whole` breaker.
+struct Breakers {
+    clustered: bool,
+    whole: Arc<Breaker>,
+    nodes: RwLock<HashMap<String, Arc<Breaker>>>,
+}
+
+impl Breakers {
+    fn new(clustered: bool) -> Self {
+        Self {
+            clustered,
+            whole: Arc::new(Breaker::new(Dependency::Redis)),
+            nodes: RwLock::default(),
+        }
+    }
+
+    fn for_key(&self, pool: &Pool, key: Option<&str>) -> Arc<Breaker> {
+        let Some(key) = key.filter(|_| self.clustered) else {
+            return self.whole.clone();
+        };
+        let slot = ClusterRouting::hash_key(key.as_bytes());
+        let Some(node) = pool
+            .next()
+            .cached_cluster_state()
+            .and_then(|routing| routing.get_server(slot).map(ToString::to_string))
+        else {
+            return self.whole.clone();
+        };
+        if let Some(b) = self.nodes.read().expect("lock").get(&node) {
+            return b.clone();
+        }
+        self.nodes
+            .write()
+            .expect("lock")
+            .entry(node.clone())
+            .or_insert_with(|| Arc::new(Breaker::for_node(Dependency::Redis, node)))
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Redis {
@@ -134,6 +184,19 @@ impl Redis {
     pub async fn connect(url: &str, keys: Keys) -> Result<Self, StoreError> {
         let config =
             Config::from_url(url).map_err(|e| unavailable(format!("bad REDIS_URL: {e}")))?;
+        let clustered = match &config.server {
+            ServerConfig::Clustered { hosts, .. } => {
+                if hosts.len() < 2 {
+                    tracing::warn!(
+                        "REDIS_URL names one Redis Cluster seed node: while that node is down \
+                         the service cannot find the cluster again after a failover; list \
+                         several, redis-cluster://host1:port?node=host2:port&node=host3:port"
+                    );
+                }
+                true
+            }
+            _ => false,
+        };
         let pool = Builder::from_config(config)
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_millis(1_000);
@@ -155,7 +218,7 @@ impl Redis {
         let redis = Self {
             pool,
             keys,
-            breaker: Arc::new(Breaker::new(Dependency::Redis)),
+            breakers: Arc::new(Breakers::new(clustered)),
         };
         redis.load_scripts().await?;
         Ok(redis)
@@ -169,29 +232,35 @@ impl Redis {
     async fn load_scripts(&self) -> Result<(), StoreError> {
         for script in ALL_SCRIPTS {
             let sha: String = self
-                .guard(self.pool.next().script_load::<String, _>(script.source()))
+                .guard(
+                    None,
+                    self.pool.next().script_load::<String, _>(script.source()),
+                )
                 .await?;
             debug_assert_eq!(sha, script.sha());
         }
         Ok(())
     }
 
-    /// Timeout + breaker around one call, with metrics on failure.
+    /// Timeout + breaker (the one of the node that serves `key`) around
+    /// one call, with metrics on failure.
     async fn guard<T>(
         &self,
+        key: Option<&str>,
         call: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, StoreError> {
-        if !self.breaker.allow() {
+        let breaker = self.breakers.for_key(&self.pool, key);
+        if !breaker.allow() {
             metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => "circuit_open").increment(1);
             return Err(unavailable("circuit open"));
         }
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(v)) => {
-                self.breaker.success();
+                breaker.success();
                 Ok(v)
             }
             Ok(Err(e)) if is_outage(&e) => {
-                self.breaker.failure();
+                breaker.failure();
                 let kind = if matches!(e.kind(), fred::error::ErrorKind::Timeout) {
                     "timeout"
                 } else {
@@ -202,14 +271,14 @@ impl Redis {
             }
             Ok(Err(e)) => {
                 // Redis answered: the connection is fine, the request was not.
-                self.breaker.success();
+                breaker.success();
                 Err(StoreError::internal(
                     Dependency::Redis,
                     anyhow::anyhow!("{e}"),
                 ))
             }
             Err(_) => {
-                self.breaker.failure();
+                breaker.failure();
                 metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => "timeout").increment(1);
                 Err(unavailable("timed out"))
             }
@@ -251,7 +320,8 @@ impl Redis {
         args: Vec<String>,
     ) -> Result<R, StoreError> {
         let client = self.pool.next();
-        self.guard(async {
+        let first_key = keys.first().cloned();
+        self.guard(first_key.as_deref(), async {
             match client
                 .evalsha::<R, _, _, _>(script.sha(), keys.clone(), args.clone())
                 .await
@@ -281,7 +351,7 @@ impl Redis {
     /// # Errors
     /// On an outage.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.guard(self.pool.next().ping::<String>(None))
+        self.guard(None, self.pool.next().ping::<String>(None))
             .await
             .map(drop)
     }
@@ -289,7 +359,7 @@ impl Redis {
     /// # Errors
     /// On an outage.
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        self.guard(self.pool.next().exists::<i64, _>(key))
+        self.guard(Some(key), self.pool.next().exists::<i64, _>(key))
             .await
             .map(|n| n > 0)
     }
@@ -300,6 +370,7 @@ impl Redis {
     /// On an outage.
     pub async fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.guard(
+            Some(key),
             self.pool
                 .next()
                 .set::<(), _, _>(key, value, None, None, false),
@@ -324,6 +395,7 @@ impl Redis {
                 StoreError::internal(Dependency::Redis, anyhow::anyhow!("{e}"))
             })?;
         self.guard(
+            Some(key),
             self.pool
                 .next()
                 .xadd::<String, _, _, _, _>(key, false, cap, "*", fields),
@@ -334,7 +406,7 @@ impl Redis {
     /// # Errors
     /// On an outage.
     pub async fn sadd(&self, key: &str, member: &str) -> Result<(), StoreError> {
-        self.guard(self.pool.next().sadd::<i64, _, _>(key, member))
+        self.guard(Some(key), self.pool.next().sadd::<i64, _, _>(key, member))
             .await
             .map(drop)
     }
@@ -345,7 +417,7 @@ impl Redis {
     /// On an outage.
     pub async fn sadd_many(&self, key: &str, members: &[&str]) -> Result<(), StoreError> {
         let members: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
-        self.guard(self.pool.next().sadd::<i64, _, _>(key, members))
+        self.guard(Some(key), self.pool.next().sadd::<i64, _, _>(key, members))
             .await
             .map(drop)
     }
@@ -353,15 +425,18 @@ impl Redis {
     /// # Errors
     /// On an outage.
     pub async fn smembers(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.guard(self.pool.next().smembers::<Vec<String>, _>(key))
+        self.guard(Some(key), self.pool.next().smembers::<Vec<String>, _>(key))
             .await
     }
 
     /// # Errors
     /// On an outage.
     pub async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
-        self.guard(self.pool.next().hget::<Option<String>, _, _>(key, field))
-            .await
+        self.guard(
+            Some(key),
+            self.pool.next().hget::<Option<String>, _, _>(key, field),
+        )
+        .await
     }
 
     /// Reads Redis TIME (the clock every instance agrees on), in ms.

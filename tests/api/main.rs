@@ -6,6 +6,7 @@
 mod helpers;
 
 mod admin;
+mod cluster;
 mod dashboard;
 mod foundation;
 mod holds;
@@ -13,3 +14,6 @@ mod ops;
 mod outage;
 mod payments;
 mod queue;
+#[allow(dead_code)] // shared harness; not every test uses each part
+mod redis_harness;
+mod redis_loss;

@@ -1,0 +1,1 @@
+//! Invariant 11 on a single Redis: restarted empty mid-sale.
