@@ -5,6 +5,7 @@
 //! microseconds and surfaces as [`StoreError::Unavailable`] (HTTP 503).
 
 pub mod breaker;
+pub mod cluster;
 pub mod keys;
 pub mod pg;
 pub mod redis;

@@ -13,16 +13,19 @@
 use std::{sync::OnceLock, time::Duration};
 
 use fred::{
-    clients::Pool,
+    clients::{Client, Pool},
     interfaces::{
-        ClientLike, ClusterInterface, HashesInterface, KeysInterface, LuaInterface, SetsInterface,
-        StreamsInterface,
+        ClientLike, HashesInterface, KeysInterface, LuaInterface, SetsInterface, StreamsInterface,
     },
-    prelude::{Builder, Config, ReconnectPolicy, ServerConfig},
-    types::cluster::ClusterRouting,
+    prelude::{Builder, Config, ReconnectPolicy},
 };
 
-use super::{Dependency, StoreError, breaker::Breaker, keys::Keys};
+use super::{
+    Dependency, StoreError,
+    breaker::Breaker,
+    cluster::{self, ClusterRouter},
+    keys::Keys,
+};
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
@@ -99,51 +102,45 @@ scripts! {
 
 #[derive(Clone)]
 pub struct Redis {
-    pool: Pool,
+    conn: Conn,
     keys: Keys,
     breakers: Arc<Breakers>,
 }
 
+/// One server (a small multiplexed pool), or a Redis Cluster routed by
+/// `cluster.rs` with one independent client per master.
+#[derive(Clone)]
+enum Conn {
+    Single(Pool),
+    Cluster(Arc<ClusterRouter>),
+}
+
 /// The circuit breakers in front of Redis. One server: one breaker. A
-/// Redis Cluster: one per node, chosen from the key's hash slot and the
-/// client's cached slot map, so a dead master opens only its own breaker
-/// and only the events in its slots answer 503 (invariant 11); after a
-/// failover the slots map to the promoted replica, whose breaker is fresh.
-/// Calls without a key (PING, the clock) use the `whole` breaker.
+/// Redis Cluster: one per master, so a dead master opens only its own
+/// breaker and only the events in its slots answer 503 (invariant 11);
+/// after a failover the slots route to the promoted replica, whose breaker
+/// is fresh.
 struct Breakers {
-    clustered: bool,
     whole: Arc<Breaker>,
     nodes: RwLock<HashMap<String, Arc<Breaker>>>,
 }
 
 impl Breakers {
-    fn new(clustered: bool) -> Self {
+    fn new() -> Self {
         Self {
-            clustered,
             whole: Arc::new(Breaker::new(Dependency::Redis)),
             nodes: RwLock::default(),
         }
     }
 
-    fn for_key(&self, pool: &Pool, key: Option<&str>) -> Arc<Breaker> {
-        let Some(key) = key.filter(|_| self.clustered) else {
-            return self.whole.clone();
-        };
-        let slot = ClusterRouting::hash_key(key.as_bytes());
-        let Some(node) = pool
-            .next()
-            .cached_cluster_state()
-            .and_then(|routing| routing.get_server(slot).map(ToString::to_string))
-        else {
-            return self.whole.clone();
-        };
-        if let Some(b) = self.nodes.read().expect("lock").get(&node) {
+    fn for_node(&self, node: &str) -> Arc<Breaker> {
+        if let Some(b) = self.nodes.read().expect("lock").get(node) {
             return b.clone();
         }
         self.nodes
             .write()
             .expect("lock")
-            .entry(node.clone())
+            .entry(node.to_owned())
             .or_insert_with(|| Arc::new(Breaker::for_node(Dependency::Redis, node)))
             .clone()
     }
@@ -184,41 +181,65 @@ impl Redis {
     pub async fn connect(url: &str, keys: Keys) -> Result<Self, StoreError> {
         let config =
             Config::from_url(url).map_err(|e| unavailable(format!("bad REDIS_URL: {e}")))?;
-        let clustered = match &config.server {
-            ServerConfig::Clustered { hosts, .. } => {
-                if hosts.len() < 2 {
-                    tracing::warn!(
-                        "REDIS_URL names one Redis Cluster seed node: while that node is down \
-                         the service cannot find the cluster again after a failover; list \
-                         several, redis-cluster://host1:port?node=host2:port&node=host3:port"
-                    );
-                }
-                true
-            }
-            _ => false,
+        let connection = |c: &mut fred::prelude::ConnectionConfig| {
+            c.connection_timeout = Duration::from_millis(1_000);
+            c.internal_command_timeout = Duration::from_millis(1_000);
+            c.max_command_attempts = 1;
+            c.tcp.nodelay = Some(true);
         };
-        let pool = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_millis(1_000);
-                c.internal_command_timeout = Duration::from_millis(1_000);
-                c.max_command_attempts = 1;
-                c.tcp.nodelay = Some(true);
-            })
-            .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(900))
-            // Reconnect forever, 50 ms doubling to 1 s: a returning Redis is
-            // picked up within about a second.
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
-            .build_pool(POOL_SIZE)
-            .map_err(|e| unavailable(e.to_string()))?;
-        match tokio::time::timeout(Duration::from_secs(3), pool.init()).await {
-            Ok(Ok(_handle)) => {}
-            Ok(Err(e)) => return Err(unavailable(e.to_string())),
-            Err(_) => return Err(unavailable("connect timed out after 3 s")),
-        }
+        let performance = |p: &mut fred::prelude::PerformanceConfig| {
+            p.default_command_timeout = Duration::from_millis(900);
+        };
+        // Reconnect forever, 50 ms doubling to 1 s: a returning Redis is
+        // picked up within about a second.
+        let policy = || ReconnectPolicy::new_exponential(0, 50, 1_000, 2);
+        let conn = if let Some(seeds) = cluster::seeds(&config) {
+            if seeds.len() < 2 {
+                tracing::warn!(
+                    "REDIS_URL names one Redis Cluster seed node: while that node is down \
+                     the service cannot find the cluster again after a failover; list \
+                     several, redis-cluster://host1:port?node=host2:port&node=host3:port"
+                );
+            }
+            let factory: cluster::ClientFactory = Arc::new(move |config| {
+                let client = Builder::from_config(config)
+                    .with_connection_config(connection)
+                    .with_performance_config(performance)
+                    .set_policy(policy())
+                    .build()?;
+                // Connects (and reconnects) in the background; calls made
+                // before it is up wait for it within their timeout.
+                drop(client.connect());
+                Ok(client)
+            });
+            match tokio::time::timeout(
+                Duration::from_secs(3),
+                ClusterRouter::start(config, seeds, factory),
+            )
+            .await
+            {
+                Ok(Ok(router)) => Conn::Cluster(router),
+                Ok(Err(e)) => return Err(unavailable(format!("no cluster seed answered: {e}"))),
+                Err(_) => return Err(unavailable("connect timed out after 3 s")),
+            }
+        } else {
+            let pool = Builder::from_config(config)
+                .with_connection_config(connection)
+                .with_performance_config(performance)
+                .set_policy(policy())
+                .build_pool(POOL_SIZE)
+                .map_err(|e| unavailable(e.to_string()))?;
+            match tokio::time::timeout(Duration::from_secs(3), pool.init()).await {
+                Ok(Ok(_handle)) => {}
+                Ok(Err(e)) => return Err(unavailable(e.to_string())),
+                Err(_) => return Err(unavailable("connect timed out after 3 s")),
+            }
+            Conn::Single(pool)
+        };
         let redis = Self {
-            pool,
+            conn,
             keys,
-            breakers: Arc::new(Breakers::new(clustered)),
+            breakers: Arc::new(Breakers::new()),
         };
         redis.load_scripts().await?;
         Ok(redis)
@@ -228,30 +249,67 @@ impl Redis {
         &self.keys
     }
 
-    /// `SCRIPT LOAD`s every script so the first calls skip the NOSCRIPT round trip.
+    /// `SCRIPT LOAD`s every script so the first calls skip the NOSCRIPT
+    /// round trip. On a cluster, into every master that answers now (the
+    /// others, and promoted replicas, get each script on its first NOSCRIPT).
     async fn load_scripts(&self) -> Result<(), StoreError> {
-        for script in ALL_SCRIPTS {
-            let sha: String = self
-                .guard(
-                    None,
-                    self.pool.next().script_load::<String, _>(script.source()),
-                )
-                .await?;
-            debug_assert_eq!(sha, script.sha());
+        let clients: Vec<(Option<String>, Client)> = match &self.conn {
+            Conn::Single(pool) => vec![(None, pool.next().clone())],
+            Conn::Cluster(router) => router
+                .masters()
+                .into_iter()
+                .map(|(n, c)| (Some(n), c))
+                .collect(),
+        };
+        for (node, client) in clients {
+            for script in ALL_SCRIPTS {
+                let load = client.script_load::<String, _>(script.source());
+                let sha: String = match &node {
+                    None => self.guard(None, |_| load).await?,
+                    Some(node) => match self.guard_node(node, load).await {
+                        Ok(sha) => sha,
+                        Err(e) => {
+                            tracing::warn!(node, error = %e, "could not load scripts into a cluster node");
+                            break;
+                        }
+                    },
+                };
+                debug_assert_eq!(sha, script.sha());
+            }
         }
         Ok(())
     }
 
-    /// Timeout + breaker (the one of the node that serves `key`) around
-    /// one call, with metrics on failure.
-    async fn guard<T>(
+    /// The client and breaker for a call on `key` (None: any server).
+    fn route(&self, key: Option<&str>) -> Result<(Arc<Breaker>, Client), StoreError> {
+        match &self.conn {
+            Conn::Single(pool) => Ok((self.breakers.whole.clone(), pool.next().clone())),
+            Conn::Cluster(router) => {
+                let (node, client) = router.route(key).map_err(|e| unavailable(e.to_string()))?;
+                Ok((self.breakers.for_node(&node), client))
+            }
+        }
+    }
+
+    /// After a failed or redirected call on a cluster: re-read the slot map
+    /// now rather than at the next tick.
+    fn maybe_moved(&self, e: &fred::error::Error) {
+        if let Conn::Cluster(router) = &self.conn {
+            router.refresh_soon();
+            if e.details().starts_with("MOVED") {
+                tracing::debug!(error = %e, "slot moved; refreshing the cluster slot map");
+            }
+        }
+    }
+
+    /// [`Redis::guard`] for a call to one named cluster node.
+    async fn guard_node<T>(
         &self,
-        key: Option<&str>,
+        node: &str,
         call: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, StoreError> {
-        let breaker = self.breakers.for_key(&self.pool, key);
+        let breaker = self.breakers.for_node(node);
         if !breaker.allow() {
-            metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => "circuit_open").increment(1);
             return Err(unavailable("circuit open"));
         }
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
@@ -259,8 +317,37 @@ impl Redis {
                 breaker.success();
                 Ok(v)
             }
+            Ok(Err(e)) => {
+                breaker.failure();
+                Err(unavailable(e.to_string()))
+            }
+            Err(_) => {
+                breaker.failure();
+                Err(unavailable("timed out"))
+            }
+        }
+    }
+
+    /// Timeout + breaker (the one of the node that serves `key`) around
+    /// one call, with metrics on failure.
+    async fn guard<T, F, Fut>(&self, key: Option<&str>, call: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        let (breaker, client) = self.route(key)?;
+        if !breaker.allow() {
+            metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => "circuit_open").increment(1);
+            return Err(unavailable("circuit open"));
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, call(client)).await {
+            Ok(Ok(v)) => {
+                breaker.success();
+                Ok(v)
+            }
             Ok(Err(e)) if is_outage(&e) => {
                 breaker.failure();
+                self.maybe_moved(&e);
                 let kind = if matches!(e.kind(), fred::error::ErrorKind::Timeout) {
                     "timeout"
                 } else {
@@ -279,6 +366,9 @@ impl Redis {
             }
             Err(_) => {
                 breaker.failure();
+                if let Conn::Cluster(router) = &self.conn {
+                    router.refresh_soon();
+                }
                 metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => "timeout").increment(1);
                 Err(unavailable("timed out"))
             }
@@ -319,9 +409,8 @@ impl Redis {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, StoreError> {
-        let client = self.pool.next();
         let first_key = keys.first().cloned();
-        self.guard(first_key.as_deref(), async {
+        self.guard(first_key.as_deref(), |client| async move {
             match client
                 .evalsha::<R, _, _, _>(script.sha(), keys.clone(), args.clone())
                 .await
@@ -351,7 +440,15 @@ impl Redis {
     /// # Errors
     /// On an outage.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.guard(None, self.pool.next().ping::<String>(None))
+        if let Conn::Cluster(router) = &self.conn {
+            // Ready while any master answers: one failing shard must not
+            // take every instance out of its load balancer.
+            let pings = router.masters().into_iter().map(|(node, client)| {
+                Box::pin(async move { self.guard_node(&node, client.ping::<String>(None)).await })
+            });
+            return futures::future::select_ok(pings).await.map(drop);
+        }
+        self.guard(None, |c| async move { c.ping::<String>(None).await })
             .await
             .map(drop)
     }
@@ -359,7 +456,7 @@ impl Redis {
     /// # Errors
     /// On an outage.
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        self.guard(Some(key), self.pool.next().exists::<i64, _>(key))
+        self.guard(Some(key), |c| async move { c.exists::<i64, _>(key).await })
             .await
             .map(|n| n > 0)
     }
@@ -369,12 +466,9 @@ impl Redis {
     /// # Errors
     /// On an outage.
     pub async fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.guard(
-            Some(key),
-            self.pool
-                .next()
-                .set::<(), _, _>(key, value, None, None, false),
-        )
+        self.guard(Some(key), |c| async move {
+            c.set::<(), _, _>(key, value, None, None, false).await
+        })
         .await
     }
 
@@ -394,21 +488,21 @@ impl Redis {
             .map_err(|e: fred::error::Error| {
                 StoreError::internal(Dependency::Redis, anyhow::anyhow!("{e}"))
             })?;
-        self.guard(
-            Some(key),
-            self.pool
-                .next()
-                .xadd::<String, _, _, _, _>(key, false, cap, "*", fields),
-        )
+        self.guard(Some(key), |c| async move {
+            c.xadd::<String, _, _, _, _>(key, false, cap, "*", fields)
+                .await
+        })
         .await
     }
 
     /// # Errors
     /// On an outage.
     pub async fn sadd(&self, key: &str, member: &str) -> Result<(), StoreError> {
-        self.guard(Some(key), self.pool.next().sadd::<i64, _, _>(key, member))
-            .await
-            .map(drop)
+        self.guard(Some(key), |c| async move {
+            c.sadd::<i64, _, _>(key, member).await
+        })
+        .await
+        .map(drop)
     }
 
     /// Adds several members in one command.
@@ -417,25 +511,28 @@ impl Redis {
     /// On an outage.
     pub async fn sadd_many(&self, key: &str, members: &[&str]) -> Result<(), StoreError> {
         let members: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
-        self.guard(Some(key), self.pool.next().sadd::<i64, _, _>(key, members))
-            .await
-            .map(drop)
+        self.guard(Some(key), |c| async move {
+            c.sadd::<i64, _, _>(key, members).await
+        })
+        .await
+        .map(drop)
     }
 
     /// # Errors
     /// On an outage.
     pub async fn smembers(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.guard(Some(key), self.pool.next().smembers::<Vec<String>, _>(key))
-            .await
+        self.guard(Some(key), |c| async move {
+            c.smembers::<Vec<String>, _>(key).await
+        })
+        .await
     }
 
     /// # Errors
     /// On an outage.
     pub async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
-        self.guard(
-            Some(key),
-            self.pool.next().hget::<Option<String>, _, _>(key, field),
-        )
+        self.guard(Some(key), |c| async move {
+            c.hget::<Option<String>, _, _>(key, field).await
+        })
         .await
     }
 
@@ -456,6 +553,11 @@ impl Redis {
 
     /// Closes the connections (graceful shutdown).
     pub async fn quit(&self) {
-        let _ = self.pool.quit().await;
+        match &self.conn {
+            Conn::Single(pool) => {
+                let _ = pool.quit().await;
+            }
+            Conn::Cluster(router) => router.quit().await,
+        }
     }
 }

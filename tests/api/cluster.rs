@@ -95,3 +95,194 @@ async fn the_purchase_flow_works_on_events_spread_over_three_masters() {
     assert_eq!(r.body["events"].as_array().unwrap().len(), 3, "{}", r.text);
     assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
 }
+
+/// What one buyer's attempt ended with, and when (since the sale began).
+#[derive(Debug, Clone)]
+struct Outcome {
+    event: usize,
+    at: Duration,
+    /// The first non-success status on the way, or 201 for a payment.
+    status: u16,
+    step: &'static str,
+}
+
+/// One attempt: join (admitted at once with these settings), hold the best
+/// available seat, pay. The wallet is charged beforehand.
+async fn attempt(
+    app: &TestApp,
+    event: &str,
+    user: &str,
+) -> (u16, &'static str, Option<serde_json::Value>) {
+    let r = app.join(event, user).await;
+    if !r.status.is_success() {
+        return (r.status.as_u16(), "join", None);
+    }
+    let Some(token) = r.body["token"].as_str().map(str::to_owned) else {
+        return (r.status.as_u16(), "join", None);
+    };
+    if r.body["status"] != "admitted" {
+        return (299, "join", None);
+    }
+    let r = app
+        .hold(&token, json!({"schedule_id": "d1", "count": 1}))
+        .await;
+    if r.status != StatusCode::CREATED {
+        return (r.status.as_u16(), "hold", None);
+    }
+    let hold = r.body["hold_id"].as_str().unwrap().to_owned();
+    let r = app.pay(&token, &hold, None).await;
+    if r.status != StatusCode::CREATED {
+        return (r.status.as_u16(), "pay", None);
+    }
+    (201, "pay", Some(r.body))
+}
+
+/// Every attempt's outcome, every payment body, the buyer tasks.
+type Sale = (
+    Arc<Mutex<Vec<Outcome>>>,
+    Arc<Mutex<Vec<serde_json::Value>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
+/// Runs `workers` buyers per event until `stop`.
+fn start_sale(
+    app: &Arc<TestApp>,
+    events: &[String],
+    workers: usize,
+    stop: &Arc<AtomicBool>,
+    t0: Instant,
+) -> Sale {
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let paid: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = vec![];
+    for (ei, event) in events.iter().enumerate() {
+        for _ in 0..workers {
+            let (app, event, stop) = (app.clone(), event.clone(), stop.clone());
+            let (outcomes, paid, next) = (outcomes.clone(), paid.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let user = format!("u{}", next.fetch_add(1, Ordering::Relaxed));
+                    let charged = app.charge(&user, "1000", None).await;
+                    assert_eq!(charged.status, StatusCode::CREATED, "{}", charged.text);
+                    let (status, step, body) = attempt(&app, &event, &user).await;
+                    outcomes.lock().unwrap().push(Outcome {
+                        event: ei,
+                        at: t0.elapsed(),
+                        status,
+                        step,
+                    });
+                    if let Some(b) = body {
+                        paid.lock().unwrap().push(b);
+                    }
+                    if status == 503 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }));
+        }
+    }
+    (outcomes, paid, tasks)
+}
+
+#[tokio::test]
+async fn a_master_killed_mid_sale_fails_over_and_only_its_events_wait() {
+    let Some(mut cluster) = LocalCluster::start(3, 1).await else {
+        return;
+    };
+    let app = Arc::new(app_on(&cluster).await);
+    let placed = cluster.events_on_each_master("fo").await;
+    let events: Vec<String> = placed.iter().map(|(e, _)| e.clone()).collect();
+    for e in &events {
+        app.simple_event(e, open_queue(), 2000, 300, 4).await;
+    }
+    let victim_port = placed[0].1;
+    let replica = cluster.replica_of(victim_port).await.expect("a replica");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let (outcomes, paid, tasks) = start_sale(&app, &events, 3, &stop, t0);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let killed_at = t0.elapsed();
+    cluster.kill(victim_port).await;
+    let failover = cluster
+        .wait_master(replica, Duration::from_secs(15))
+        .await
+        .expect("the replica is promoted");
+    let promoted_at = killed_at + failover;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let outcomes = outcomes.lock().unwrap().clone();
+    let unavailable: Vec<&Outcome> = outcomes.iter().filter(|o| o.status == 503).collect();
+    let last_503 = unavailable.iter().map(|o| o.at).max();
+    eprintln!(
+        "failover: killed at {killed_at:?}, replica promoted after {failover:?}; \
+         {} attempts, {} answered 503, the last at {last_503:?}",
+        outcomes.len(),
+        unavailable.len()
+    );
+    // Only the killed master's event ever waits ...
+    for o in &unavailable {
+        assert_eq!(
+            o.event, 0,
+            "an event on a healthy master answered 503: {o:?}"
+        );
+        assert!(o.at >= killed_at, "503 before the kill: {o:?}");
+        assert!(
+            o.at <= promoted_at + Duration::from_millis(1_500),
+            "503 {:?} after the promotion: {o:?}",
+            o.at.saturating_sub(promoted_at)
+        );
+    }
+    // ... every other answer is a sale (or, rarely, a hold that lost a race).
+    for o in outcomes.iter().filter(|o| o.status != 503) {
+        assert!(
+            o.status == 201 || (o.status == 409 && o.step == "hold"),
+            "unexpected answer: {o:?}"
+        );
+    }
+    for (i, _) in events.iter().enumerate() {
+        let sold_after = outcomes
+            .iter()
+            .filter(|o| {
+                o.event == i && o.status == 201 && o.at > promoted_at + Duration::from_millis(1_500)
+            })
+            .count();
+        assert!(sold_after > 0, "event {i} sells again after the failover");
+    }
+
+    // Nothing lost: every 201 is in PostgreSQL, and every seat PostgreSQL
+    // sold is sold in Redis (after the reconciler, at most a few seconds).
+    let paid = paid.lock().unwrap().clone();
+    let ids: HashSet<String> = paid
+        .iter()
+        .map(|p| p["payment_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), paid.len());
+    let in_pg: i64 = sqlx::query_scalar("select count(*) from payments")
+        .fetch_one(app.state.pg.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        in_pg as usize,
+        paid.len(),
+        "every 201 is a payment, and only those"
+    );
+    for e in &events {
+        let want = sold_in_pg(&app, e).await;
+        let same = eventually(Duration::from_secs(5), || async {
+            sold_in_redis(&app, e).await.as_deref() == Some(&want[..])
+        })
+        .await;
+        assert!(
+            same,
+            "{e}: Redis sells what PostgreSQL sold ({} seats)",
+            want.len()
+        );
+    }
+}
