@@ -28,7 +28,7 @@ fn open_queue() -> serde_json::Value {
 }
 
 /// Seats sold per schedule d1 of `event`, from PostgreSQL.
-async fn sold_in_pg(app: &TestApp, event: &str) -> Vec<i32> {
+pub async fn sold_in_pg(app: &TestApp, event: &str) -> Vec<i32> {
     let mut seats: Vec<i32> = sqlx::query_scalar(
         "select seat_no from sold_seats where event_id = $1 and schedule_id = 'd1' order by seat_no",
     )
@@ -41,7 +41,7 @@ async fn sold_in_pg(app: &TestApp, event: &str) -> Vec<i32> {
 }
 
 /// Seats sold in Redis (the admin seat map).
-async fn sold_in_redis(app: &TestApp, event: &str) -> Option<Vec<i32>> {
+pub async fn sold_in_redis(app: &TestApp, event: &str) -> Option<Vec<i32>> {
     let r = app
         .admin(
             Method::GET,
@@ -98,54 +98,73 @@ async fn the_purchase_flow_works_on_events_spread_over_three_masters() {
 
 /// What one buyer's attempt ended with, and when (since the sale began).
 #[derive(Debug, Clone)]
-struct Outcome {
-    event: usize,
-    at: Duration,
+pub struct Outcome {
+    pub event: usize,
+    pub at: Duration,
     /// The first non-success status on the way, or 201 for a payment.
-    status: u16,
-    step: &'static str,
+    pub status: u16,
+    pub step: &'static str,
+    /// The hold granted on the way, if any, and its seats.
+    pub hold: Option<(String, Vec<i64>)>,
 }
 
 /// One attempt: join (admitted at once with these settings), hold the best
 /// available seat, pay. The wallet is charged beforehand.
-async fn attempt(
+pub async fn attempt(
     app: &TestApp,
     event: &str,
     user: &str,
-) -> (u16, &'static str, Option<serde_json::Value>) {
+) -> (Outcome, Option<serde_json::Value>) {
+    let mut o = Outcome {
+        event: 0,
+        at: Duration::ZERO,
+        status: 0,
+        step: "join",
+        hold: None,
+    };
     let r = app.join(event, user).await;
-    if !r.status.is_success() {
-        return (r.status.as_u16(), "join", None);
-    }
+    o.status = r.status.as_u16();
     let Some(token) = r.body["token"].as_str().map(str::to_owned) else {
-        return (r.status.as_u16(), "join", None);
+        return (o, None);
     };
     if r.body["status"] != "admitted" {
-        return (299, "join", None);
+        o.status = 299;
+        return (o, None);
     }
     let r = app
         .hold(&token, json!({"schedule_id": "d1", "count": 1}))
         .await;
+    o.step = "hold";
+    o.status = r.status.as_u16();
     if r.status != StatusCode::CREATED {
-        return (r.status.as_u16(), "hold", None);
+        return (o, None);
     }
     let hold = r.body["hold_id"].as_str().unwrap().to_owned();
+    let seats = r.body["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_i64().unwrap())
+        .collect();
+    o.hold = Some((hold.clone(), seats));
     let r = app.pay(&token, &hold, None).await;
+    o.step = "pay";
+    o.status = r.status.as_u16();
     if r.status != StatusCode::CREATED {
-        return (r.status.as_u16(), "pay", None);
+        return (o, None);
     }
-    (201, "pay", Some(r.body))
+    (o, Some(r.body))
 }
 
 /// Every attempt's outcome, every payment body, the buyer tasks.
-type Sale = (
+pub type Sale = (
     Arc<Mutex<Vec<Outcome>>>,
     Arc<Mutex<Vec<serde_json::Value>>>,
     Vec<tokio::task::JoinHandle<()>>,
 );
 
 /// Runs `workers` buyers per event until `stop`.
-fn start_sale(
+pub fn start_sale(
     app: &Arc<TestApp>,
     events: &[String],
     workers: usize,
@@ -165,17 +184,15 @@ fn start_sale(
                     let user = format!("u{}", next.fetch_add(1, Ordering::Relaxed));
                     let charged = app.charge(&user, "1000", None).await;
                     assert_eq!(charged.status, StatusCode::CREATED, "{}", charged.text);
-                    let (status, step, body) = attempt(&app, &event, &user).await;
-                    outcomes.lock().unwrap().push(Outcome {
-                        event: ei,
-                        at: t0.elapsed(),
-                        status,
-                        step,
-                    });
+                    let (mut o, body) = attempt(&app, &event, &user).await;
+                    o.event = ei;
+                    o.at = t0.elapsed();
+                    let status = o.status;
+                    outcomes.lock().unwrap().push(o);
                     if let Some(b) = body {
                         paid.lock().unwrap().push(b);
                     }
-                    if status == 503 {
+                    if status != 201 {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
@@ -285,4 +302,193 @@ async fn a_master_killed_mid_sale_fails_over_and_only_its_events_wait() {
             want.len()
         );
     }
+}
+
+/// What a hold probe saw.
+#[derive(Debug, Default)]
+pub struct Probed {
+    /// Holds granted on a seat PostgreSQL had sold (must stay empty).
+    pub sold_seat_holds: Vec<String>,
+    /// When (since `t0`) the first best-available hold was granted.
+    pub first_hold: Option<Duration>,
+    pub rounds: u64,
+    pub unavailable: u64,
+}
+
+/// Probes `event` in a tight loop until `stop`, from `tasks` tasks: each
+/// round a fresh buyer joins and, once admitted, asks for one seat that
+/// PostgreSQL sold (never to be granted) and for the best available seat
+/// (never to be a sold one; released at once).
+pub async fn probe_holds(
+    app: &Arc<TestApp>,
+    event: &str,
+    sold: &[i32],
+    tasks: usize,
+    stop: &Arc<AtomicBool>,
+    t0: Instant,
+) -> Probed {
+    assert!(!sold.is_empty());
+    let found: Arc<Mutex<Probed>> = Arc::default();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut handles = vec![];
+    for _ in 0..tasks {
+        let (app, event, stop, found, next) = (
+            app.clone(),
+            event.to_owned(),
+            stop.clone(),
+            found.clone(),
+            next.clone(),
+        );
+        let sold: Vec<i32> = sold.to_vec();
+        handles.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let r = app.join(&event, &format!("probe{n}")).await;
+                let token = match r.body["token"].as_str() {
+                    Some(t) if r.body["status"] == "admitted" => t.to_owned(),
+                    _ => {
+                        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+                            found.lock().unwrap().unavailable += 1;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                };
+                let seat = sold[n as usize % sold.len()];
+                let r = app
+                    .hold(&token, json!({"schedule_id": "d1", "seats": [seat]}))
+                    .await;
+                if r.status == StatusCode::CREATED {
+                    found.lock().unwrap().sold_seat_holds.push(r.text.clone());
+                }
+                let r = app
+                    .hold(&token, json!({"schedule_id": "d1", "count": 1}))
+                    .await;
+                {
+                    let mut f = found.lock().unwrap();
+                    f.rounds += 1;
+                    if r.status == StatusCode::SERVICE_UNAVAILABLE {
+                        f.unavailable += 1;
+                    }
+                    if r.status == StatusCode::CREATED {
+                        let got = r.body["seats"][0].as_i64().unwrap() as i32;
+                        if sold.contains(&got) {
+                            f.sold_seat_holds.push(r.text.clone());
+                        }
+                        f.first_hold.get_or_insert(t0.elapsed());
+                    }
+                }
+                if r.status == StatusCode::CREATED {
+                    let id = r.body["hold_id"].as_str().unwrap();
+                    app.send(Req {
+                        method: Method::DELETE,
+                        path: &format!("/v1/holds/{id}"),
+                        body: None,
+                        raw: None,
+                        headers: vec![("authorization", format!("Bearer {token}"))],
+                    })
+                    .await;
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    Arc::try_unwrap(found).unwrap().into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn a_master_without_replica_that_comes_back_empty_is_restored_by_itself() {
+    let Some(mut cluster) = LocalCluster::start(3, 0).await else {
+        return;
+    };
+    let app = Arc::new(app_on(&cluster).await);
+    let placed = cluster.events_on_each_master("re").await;
+    for (e, _) in &placed {
+        app.simple_event(e, open_queue(), 200, 300, 4).await;
+    }
+    let (victim, victim_port) = placed[0].clone();
+    let healthy = placed[1].0.clone();
+    // 30 seats sold on the victim's event, 2 on another.
+    for i in 0..15 {
+        app.buy(
+            &victim,
+            &format!("b{i}"),
+            "5000",
+            json!([2 * i + 1, 2 * i + 2]),
+        )
+        .await;
+    }
+    app.buy(&healthy, "h0", "5000", json!([1, 2])).await;
+    let sold = sold_in_pg(&app, &victim).await;
+    assert_eq!(sold.len(), 30);
+
+    cluster.kill(victim_port).await;
+    // The shard is down: its event answers 503 quickly, the others sell.
+    let mut down = false;
+    for i in 0..20 {
+        let start = Instant::now();
+        let r = app.join(&victim, &format!("w{i}")).await;
+        assert!(
+            start.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            start.elapsed()
+        );
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.assert_problem(503, "dependency_unavailable");
+            down = true;
+            break;
+        }
+    }
+    assert!(down, "the dead shard's event answers 503");
+    let (_, paid) = app.buy(&healthy, "h1", "5000", json!([3])).await;
+    assert_eq!(paid.status, StatusCode::CREATED);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    cluster.restart_empty(victim_port).await;
+    let restarted = t0.elapsed();
+    let probing = {
+        let (app, stop, victim, sold) = (app.clone(), stop.clone(), victim.clone(), sold.clone());
+        tokio::spawn(async move { probe_holds(&app, &victim, &sold, 3, &stop, t0).await })
+    };
+    let back = eventually(Duration::from_secs(10), || async {
+        sold_in_redis(&app, &victim).await.as_deref() == Some(&sold[..])
+    })
+    .await;
+    // Keep probing a little after the restore.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let probed = probing.await.unwrap();
+    eprintln!("restart empty: restarted after {restarted:?}; probes: {probed:?}");
+    assert!(
+        back,
+        "the emptied shard's event is back with its sold seats, by itself"
+    );
+    assert!(
+        probed.sold_seat_holds.is_empty(),
+        "holds granted on sold seats: {:?}",
+        probed.sold_seat_holds
+    );
+    let first = probed.first_hold.expect("holds are granted again");
+    assert!(
+        first < Duration::from_secs(5),
+        "event back {first:?} after the restart"
+    );
+    // New holds live in a new epoch; a later buyer pays.
+    let token = app.admitted_token(&victim, "later").await;
+    app.charge("later", "5000", None).await;
+    let r = app
+        .hold(&token, json!({"schedule_id": "d1", "count": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let hold = r.body["hold_id"].as_str().unwrap().to_owned();
+    let n: u64 = hold.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        n > 1_000_000_000,
+        "hold numbers restart in a fresh epoch: {hold}"
+    );
+    let r = app.pay(&token, &hold, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }
