@@ -106,6 +106,8 @@ pub struct Outcome {
     pub step: &'static str,
     /// The hold granted on the way, if any, and its seats.
     pub hold: Option<(String, Vec<i64>)>,
+    /// When (since the sale began) the hold was asked for.
+    pub hold_asked: Duration,
 }
 
 /// One attempt: join (admitted at once with these settings), hold the best
@@ -114,6 +116,7 @@ pub async fn attempt(
     app: &TestApp,
     event: &str,
     user: &str,
+    t0: Instant,
 ) -> (Outcome, Option<serde_json::Value>) {
     let mut o = Outcome {
         event: 0,
@@ -121,6 +124,7 @@ pub async fn attempt(
         status: 0,
         step: "join",
         hold: None,
+        hold_asked: Duration::ZERO,
     };
     let r = app.join(event, user).await;
     o.status = r.status.as_u16();
@@ -131,6 +135,7 @@ pub async fn attempt(
         o.status = 299;
         return (o, None);
     }
+    o.hold_asked = t0.elapsed();
     let r = app
         .hold(&token, json!({"schedule_id": "d1", "count": 1}))
         .await;
@@ -184,7 +189,7 @@ pub fn start_sale(
                     let user = format!("u{}", next.fetch_add(1, Ordering::Relaxed));
                     let charged = app.charge(&user, "1000", None).await;
                     assert_eq!(charged.status, StatusCode::CREATED, "{}", charged.text);
-                    let (mut o, body) = attempt(&app, &event, &user).await;
+                    let (mut o, body) = attempt(&app, &event, &user, t0).await;
                     o.event = ei;
                     o.at = t0.elapsed();
                     let status = o.status;
