@@ -94,6 +94,20 @@ async fn the_purchase_flow_works_on_events_spread_over_three_masters() {
     let r = app.get("/v1/events").await;
     assert_eq!(r.body["events"].as_array().unwrap().len(), 3, "{}", r.text);
     assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+
+    // One seed is accepted (with a warning at start) and finds every master.
+    let single = spawn_with(
+        app.settings
+            .clone()
+            .set("REDIS_URL", &cluster.single_seed_url()),
+    )
+    .await;
+    for (i, (event, _)) in events.iter().enumerate() {
+        let (_, paid) = single
+            .buy(event, &format!("seed{i}"), "5000", json!([7]))
+            .await;
+        assert_eq!(paid.status, StatusCode::CREATED);
+    }
 }
 
 /// What one buyer's attempt ended with, and when (since the sale began).

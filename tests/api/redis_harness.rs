@@ -191,6 +191,12 @@ impl LocalCluster {
         format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&"))
     }
 
+    /// `REDIS_URL` with only the first node as seed (accepted, with a
+    /// warning at start).
+    pub fn single_seed_url(&self) -> String {
+        format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port)
+    }
+
     /// Live masters and the slot ranges each serves, from `CLUSTER NODES`.
     pub async fn masters(&self) -> Vec<(u16, Vec<(u16, u16)>)> {
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
