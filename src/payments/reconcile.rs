@@ -312,6 +312,35 @@ pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
     Ok(report)
 }
 
+/// After a Redis Cluster failover the promoted replica may lack the old
+/// master's last writes (a sale's seats, the last hold numbers): the events
+/// in the slots that moved lose their ready mark here, so the pass below
+/// restores them (sold seats replayed, hold ids in a new epoch) while their
+/// holds answer 503. A mark that cannot be removed now is retried next
+/// round.
+async fn forget_failed_over(state: &AppState, events: &[Event]) {
+    let moved = state.redis.take_moved_slots();
+    if moved.is_empty() {
+        return;
+    }
+    let mut retry = false;
+    for ev in events {
+        let key = state.redis.keys().event(&ev.event_id).ready();
+        let slot = crate::store::redis::Redis::slot_of(&key);
+        if !moved.iter().any(|&(a, b)| (a..=b).contains(&slot)) {
+            continue;
+        }
+        tracing::warn!(event_id = %ev.event_id, "event's shard failed over; restoring it");
+        if let Err(e) = state.redis.del(&key).await {
+            failed("failover_reset", ev.event_id.as_str(), &e);
+            retry = true;
+        }
+    }
+    if retry {
+        state.redis.requeue_moved_slots(moved);
+    }
+}
+
 /// Restores every event whose ready mark is missing from Redis, and puts
 /// every event back in the event index (which lives on one shard and may
 /// have been lost apart from the events). Returns None when nothing was
@@ -324,6 +353,7 @@ pub async fn restore_missing(state: &AppState) -> Result<Option<Report>, StoreEr
     if events.is_empty() {
         return Ok(None);
     }
+    forget_failed_over(state, &events).await;
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     if let Err(e) = state
         .redis

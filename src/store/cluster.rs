@@ -50,6 +50,9 @@ pub struct ClusterRouter {
     slots: RwLock<Vec<SlotRange>>,
     clients: RwLock<HashMap<String, Client>>,
     refresh: Notify,
+    /// Slot ranges whose master changed (a failover) since the reconciler
+    /// last asked; see [`ClusterRouter::take_moved`].
+    moved: std::sync::Mutex<Vec<(u16, u16)>>,
 }
 
 impl std::fmt::Debug for ClusterRouter {
@@ -77,6 +80,7 @@ impl ClusterRouter {
             slots: RwLock::default(),
             clients: RwLock::default(),
             refresh: Notify::new(),
+            moved: std::sync::Mutex::default(),
         });
         me.refresh_now().await?;
         let weak = Arc::downgrade(&me);
@@ -166,6 +170,22 @@ impl ClusterRouter {
                 .zip(&fresh)
                 .any(|(a, b)| a.start != b.start || a.end != b.end || a.primary != b.primary);
         if changed {
+            // Ranges now served by another master than before: a failover
+            // (or a resharding). The new master may lack the last writes
+            // of the old one, so the reconciler restores those events.
+            let moved: Vec<(u16, u16)> = fresh
+                .iter()
+                .filter(|new| {
+                    slots.iter().any(|old| {
+                        old.start <= new.end && new.start <= old.end && old.primary != new.primary
+                    })
+                })
+                .map(|r| (r.start, r.end))
+                .collect();
+            if !moved.is_empty() {
+                tracing::warn!(?moved, "Redis Cluster slots moved to another master");
+                self.moved.lock().expect("lock").extend(moved);
+            }
             tracing::info!(
                 masters = ?fresh.iter().map(|s| format!("{}-{} {}", s.start, s.end, Self::name(&s.primary))).collect::<Vec<_>>(),
                 "Redis Cluster slot map"
@@ -173,6 +193,16 @@ impl ClusterRouter {
             *slots = fresh;
         }
         Ok(())
+    }
+
+    /// Slot ranges that moved to another master since the last call.
+    pub fn take_moved(&self) -> Vec<(u16, u16)> {
+        std::mem::take(&mut *self.moved.lock().expect("lock"))
+    }
+
+    /// Gives back ranges the reconciler could not handle yet.
+    pub fn requeue_moved(&self, moved: Vec<(u16, u16)>) {
+        self.moved.lock().expect("lock").extend(moved);
     }
 
     /// Asks for a slot map refresh soon (after a failed or redirected call).

@@ -435,6 +435,36 @@ impl Redis {
         })
     }
 
+    /// Hash-slot ranges whose master changed (a Redis Cluster failover)
+    /// since the last call; always empty for a single server.
+    pub fn take_moved_slots(&self) -> Vec<(u16, u16)> {
+        match &self.conn {
+            Conn::Single(_) => vec![],
+            Conn::Cluster(router) => router.take_moved(),
+        }
+    }
+
+    /// Gives back ranges from [`Redis::take_moved_slots`] that could not be
+    /// handled yet.
+    pub fn requeue_moved_slots(&self, moved: Vec<(u16, u16)>) {
+        if let Conn::Cluster(router) = &self.conn {
+            router.requeue_moved(moved);
+        }
+    }
+
+    /// The Redis Cluster hash slot of a key.
+    pub fn slot_of(key: &str) -> u16 {
+        fred::types::cluster::ClusterRouting::hash_key(key.as_bytes())
+    }
+
+    /// # Errors
+    /// On an outage.
+    pub async fn del(&self, key: &str) -> Result<(), StoreError> {
+        self.guard(Some(key), |c| async move { c.del::<i64, _>(key).await })
+            .await
+            .map(drop)
+    }
+
     /// Round trip to the server.
     ///
     /// # Errors
