@@ -1,4 +1,6 @@
-//! The Redis adapter: a small fred pool behind a narrow interface.
+//! The Redis adapter: a small fred pool (or, for a Redis Cluster, one fred
+//! client per master, routed by [`super::cluster`]) behind a narrow
+//! interface, with a circuit breaker per server.
 //!
 //! Domain code calls [`Redis::run`] with a [`Script`] and gets the script's
 //! JSON reply back as a string (every script ends with `cjson.encode`), which
