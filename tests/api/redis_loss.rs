@@ -171,3 +171,47 @@ async fn redis_cli_on(redis: &SingleRedis, args: &[&str]) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[tokio::test]
+async fn one_payment_that_cannot_be_replayed_does_not_block_the_others() {
+    let app = spawn_app().await;
+    app.simple_event("e1", queue_defaults(), 20, 300, 4).await;
+    let (_, paid) = app.buy("e1", "ann", "5000", serde_json::json!([1])).await;
+    let ann = paid.body["payment_id"].as_str().unwrap().to_owned();
+    let pool = app.state.pg.pool();
+    // A payment whose Redis step can never succeed (seat 999 of a 20-seat
+    // schedule), older than ann's, and ann's own step marked unfinished.
+    sqlx::query(
+        r"insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at)
+          values ($1, 'bogus', 'e1', 'd1', 'e1.d1.999999', 1000, '{999}', now() - interval '10 seconds')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update payments set redis_confirmed = false, paid_at = now() - interval '5 seconds' where payment_id = $1",
+    )
+    .bind(uuid::Uuid::parse_str(&ann).unwrap())
+    .execute(pool)
+    .await
+    .unwrap();
+
+    let finished = eventually(Duration::from_secs(5), || async {
+        sqlx::query_scalar::<_, bool>("select redis_confirmed from payments where payment_id = $1")
+            .bind(uuid::Uuid::parse_str(&ann).unwrap())
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(finished, "ann's payment was finished past the broken one");
+    let counted =
+        eventually(Duration::from_secs(3), || async {
+            app.get("/metrics").await.text.lines().any(|l| {
+                l.starts_with("boxoffice_reconciler_failures_total{kind=\"finish_payment\"}")
+            })
+        })
+        .await;
+    assert!(counted, "the failure is counted");
+}
