@@ -10,10 +10,13 @@
 -- KEYS[7] ubought   hash: user -> seats bought
 -- KEYS[8] sold      bitmap: bit i = seat i sold
 -- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)  } with a
--- KEYS[10] wait     zset: queue, waiting user -> entry           } buyer only
+-- KEYS[10] wait     zset: queue, waiting user -> entry           } buyer
+-- KEYS[11] ready    string: the event's ready mark               } only
 -- ARGV[1] buyer's user id, or none (operators, the audit)
 --
 -- Returns an array:
+--   { '{"status":"restoring"}' }  (buyer only) the event is not ready in
+--       Redis: its sold seats may not all be back, so no map is shown
 --   { '{"status":"not_admitted","position":p}' } or { '{"status":"queue_gone"}' }
 --       the buyer is not admitted right now (checked first, so a buyer's
 --       read costs one round trip)
@@ -29,6 +32,7 @@
 -- that due holds expire before the read.
 
 if ARGV[1] then
+  if restoring(KEYS[11]) then return { json({ status = 'restoring' }) } end
   local refused = admission(KEYS[9], KEYS[10], ARGV[1], now_ms())
   if refused then return { json(refused) } end
 end

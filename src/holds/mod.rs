@@ -390,13 +390,16 @@ pub async fn seat_map(
     })
 }
 
-/// For a read a buyer makes: the queue keys and the user, so the script
-/// checks that the buyer is admitted in the same round trip. None for
+/// For a read a buyer makes: the queue keys, the event's ready mark and the
+/// user, so the script checks that the event is ready and the buyer
+/// admitted in the same round trip. None for
 /// operators and the audit.
 fn buyer_args(k: &EventKeys, keys: &mut Vec<String>, buyer: Option<&UserId>) -> Vec<String> {
     match buyer {
         Some(user) => {
             keys.extend(admission_keys(k));
+            // A buyer sees no seats while the event is being restored.
+            keys.push(k.ready());
             vec![user.to_string()]
         }
         None => vec![],

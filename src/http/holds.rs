@@ -109,6 +109,7 @@ pub struct ScheduleAvailability {
         (status = 200, description = "Schedules with live availability"),
         (status = 403, description = "not_admitted or forbidden", body = super::openapi::Problem),
         (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable (with Retry-After): Redis or the event's shard is down, or the event is being restored", body = super::openapi::Problem),
     ))]
 pub async fn list_schedules(
     State(state): State<AppState>,
@@ -194,6 +195,7 @@ async fn seat_map_json(
         (status = 200, description = "Every seat with its status", body = SeatMapBody),
         (status = 404, description = "not_found", body = super::openapi::Problem),
         (status = 403, description = "not_admitted", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable (with Retry-After): Redis or the event's shard is down, or the event is being restored", body = super::openapi::Problem),
     ))]
 pub async fn seats(
     State(state): State<AppState>,

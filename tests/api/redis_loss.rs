@@ -151,6 +151,10 @@ async fn the_admin_view_of_an_event_missing_from_redis_says_restoring() {
         .await;
     r.assert_problem(503, "dependency_unavailable");
     assert!(r.headers.contains_key("retry-after"));
+    // ... and so does a buyer's seat map: it would show sold seats free.
+    app.get_with_token("/v1/events/e1/schedules/d1/seats", &token)
+        .await
+        .assert_problem(503, "dependency_unavailable");
 
     let r = app
         .admin(reqwest::Method::POST, "/v1/admin/reconcile", None)
