@@ -63,8 +63,12 @@ async fn reconcile_loop(state: AppState, shutdown: CancellationToken) {
             tracing::debug!(error = %e, "idempotency purge failed");
         }
         rounds += 1;
-        if !pause(&shutdown, state.config.reconcile_interval).await {
-            break;
+        // A Redis Cluster failover starts the next round at once: the
+        // failed-over events answer 503 until they are restored.
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(state.config.reconcile_interval) => {}
+            () = state.redis.slots_moved() => {}
         }
     }
 }

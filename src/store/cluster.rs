@@ -53,6 +53,8 @@ pub struct ClusterRouter {
     /// Slot ranges whose master changed (a failover) since the reconciler
     /// last asked; see [`ClusterRouter::take_moved`].
     moved: std::sync::Mutex<Vec<(u16, u16)>>,
+    /// Wakes the reconciler when `moved` grows.
+    moved_signal: Notify,
 }
 
 impl std::fmt::Debug for ClusterRouter {
@@ -81,6 +83,7 @@ impl ClusterRouter {
             clients: RwLock::default(),
             refresh: Notify::new(),
             moved: std::sync::Mutex::default(),
+            moved_signal: Notify::new(),
         });
         me.refresh_now().await?;
         let weak = Arc::downgrade(&me);
@@ -185,6 +188,7 @@ impl ClusterRouter {
             if !moved.is_empty() {
                 tracing::warn!(?moved, "Redis Cluster slots moved to another master");
                 self.moved.lock().expect("lock").extend(moved);
+                self.moved_signal.notify_one();
             }
             tracing::info!(
                 masters = ?fresh.iter().map(|s| format!("{}-{} {}", s.start, s.end, Self::name(&s.primary))).collect::<Vec<_>>(),
@@ -198,6 +202,11 @@ impl ClusterRouter {
     /// Slot ranges that moved to another master since the last call.
     pub fn take_moved(&self) -> Vec<(u16, u16)> {
         std::mem::take(&mut *self.moved.lock().expect("lock"))
+    }
+
+    /// Resolves when slot ranges moved since the last call (a failover).
+    pub async fn moved(&self) {
+        self.moved_signal.notified().await;
     }
 
     /// Gives back ranges the reconciler could not handle yet.

@@ -446,6 +446,15 @@ impl Redis {
         }
     }
 
+    /// Resolves when a Redis Cluster failover moved slots (never for a
+    /// single server).
+    pub async fn slots_moved(&self) {
+        match &self.conn {
+            Conn::Single(_) => std::future::pending().await,
+            Conn::Cluster(router) => router.moved().await,
+        }
+    }
+
     /// Gives back ranges from [`Redis::take_moved_slots`] that could not be
     /// handled yet.
     pub fn requeue_moved_slots(&self, moved: Vec<(u16, u16)>) {
