@@ -11,16 +11,19 @@
 -- KEYS[8] hold_seq  counter: hold numbers of the event
 -- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)
 -- KEYS[10] wait     zset: queue, waiting user -> entry
--- KEYS[11] ready    string: the event's ready mark (finish_restore.lua)
+-- KEYS[11] adm_entry hash: queue, admitted user -> entry
+-- KEYS[12] ready    string: the event's ready mark (finish_restore.lua)
 -- ARGV[1] user id
 -- ARGV[2] mode: "seats" | "count"
 -- ARGV[3] mode seats: comma-separated seat numbers (non-empty, <= 100,
 --         no duplicates); mode count: number of seats (>= 1)
+-- ARGV[4] the buyer's queue entry (from the verified token)
 --
 -- Returns (JSON):
 --   {"status":"restoring"}  the event is not (yet) ready in Redis: missing
 --                           or its sold seats still being restored
 --   {"status":"no_schedule"}
+--   {"status":"cancelled"}  the schedule was cancelled: nothing is sold
 --   {"status":"not_admitted","position":p}  still waiting in the queue
 --   {"status":"queue_gone"}  the user has no live queue entry
 --   {"status":"invalid","reason":"seat_out_of_range","seats":[..]}
@@ -42,10 +45,11 @@
 local K = sched_keys(1)
 local user, mode, arg = ARGV[1], ARGV[2], ARGV[3]
 if not user or user == '' then return bad_arg('user') end
-if restoring(KEYS[11]) then return json({ status = 'restoring' }) end
+if restoring(KEYS[12]) then return json({ status = 'restoring' }) end
 
 local cfg = load_cfg(K)
 if not cfg then return json({ status = 'no_schedule' }) end
+if cfg.cancelled then return json({ status = 'cancelled' }) end
 local N, R = cfg.seats, cfg.row_size
 
 local wanted, count
@@ -70,7 +74,7 @@ end
 
 local now = now_ms()
 -- The user must be admitted (checked here rather than in a second round trip).
-local refused = admission(KEYS[9], KEYS[10], user, now)
+local refused = admission(buyer_keys(9), user, ARGV[4], now)
 if refused then return json(refused) end
 local expired, expired_paying = expire_due(K, now)
 local function reply(t)

@@ -11,8 +11,10 @@
 -- KEYS[8] sold      bitmap: bit i = seat i sold
 -- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)  } with a
 -- KEYS[10] wait     zset: queue, waiting user -> entry           } buyer
--- KEYS[11] ready    string: the event's ready mark               } only
+-- KEYS[11] adm_entry hash: queue, admitted user -> entry         } only
+-- KEYS[12] ready    string: the event's ready mark               }
 -- ARGV[1] buyer's user id, or none (operators, the audit)
+-- ARGV[2] buyer's queue entry (from the verified token)
 --
 -- Returns an array:
 --   { '{"status":"restoring"}' }  (buyer only) the event is not ready in
@@ -32,8 +34,8 @@
 -- that due holds expire before the read.
 
 if ARGV[1] then
-  if restoring(KEYS[11]) then return { json({ status = 'restoring' }) } end
-  local refused = admission(KEYS[9], KEYS[10], ARGV[1], now_ms())
+  if restoring(KEYS[12]) then return { json({ status = 'restoring' }) } end
+  local refused = admission(buyer_keys(9), ARGV[1], ARGV[2], now_ms())
   if refused then return { json(refused) } end
 end
 

@@ -4,11 +4,13 @@
 //! - [`catalog`]: events and schedules (defined in PostgreSQL, served from Redis).
 //! - [`holds`]: atomic all-or-nothing seat holds that expire on their own.
 //! - [`wallet`] and [`payments`]: money in PostgreSQL, exactly-once payments.
+//! - [`auth`]: the credentials (user assertions, queue tokens, service key).
 //! - [`store`]: the Redis and PostgreSQL adapters; `lua/` holds every script.
 //! - [`http`]: the HTTP API, translating requests to domain calls.
 
 pub mod app;
 pub mod audit;
+pub mod auth;
 pub mod background;
 pub mod catalog;
 pub mod config;

@@ -37,6 +37,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::refund;
 use crate::{
     app::AppState,
     catalog::{self, Event},
@@ -153,7 +154,8 @@ pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> 
         .guard(
             sqlx::query_as(
                 r"select payment_id, user_id, event_id, schedule_id, hold_id, seats from payments
-                  where not redis_confirmed and paid_at < now() - interval '1 second'
+                  where not redis_confirmed and refunded_at is null
+                    and paid_at < now() - interval '1 second'
                   order by paid_at limit 500",
             )
             .fetch_all(state.pg.pool()),
@@ -192,6 +194,35 @@ pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> 
     Ok(report)
 }
 
+/// Finishes refunds whose Redis step did not run (seats back on sale) and
+/// cancellations interrupted half-way (every payment refunded), and keeps
+/// cancelled schedules closed in Redis (also after a restore).
+///
+/// # Errors
+/// A store is unavailable.
+pub async fn finish_refunds(state: &AppState) -> Result<u64, StoreError> {
+    let mut finished = 0;
+    for r in refund::unconfirmed(&state.pg).await? {
+        refund::release_seats(&state.redis, &state.pg, &r).await?;
+        finished += 1;
+        metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "refund_finished")
+            .increment(1);
+    }
+    for (event, schedule) in refund::unfinished_cancellations(&state.pg).await? {
+        let (Ok(event), Ok(schedule)) = (EventId::parse(&event), ScheduleId::parse(&schedule))
+        else {
+            continue;
+        };
+        holds::cancel_schedule(&state.redis, &event, &schedule).await?;
+        finished +=
+            refund::refund_schedule(&state.redis, &state.pg, &event, &schedule, None).await?;
+    }
+    if finished > 0 {
+        tracing::warn!(finished, "reconciler finished interrupted refunds");
+    }
+    Ok(finished)
+}
+
 /// Restores one event into Redis from PostgreSQL: takes a new epoch, writes
 /// the catalog, replays every payment of the event, then marks it ready
 /// (moving the hold counter into the new epoch's range). Until the mark is
@@ -205,6 +236,15 @@ pub async fn restore_event(state: &AppState, ev: &Event) -> Result<Report, Store
     let mut report = Report::default();
     let epoch = catalog::pg::bump_epoch(&state.pg, &ev.event_id).await?;
     catalog::load_into_redis(&state.redis, ev).await?;
+    // Cancelled schedules stay closed.
+    for (event, schedule) in cancelled_schedules(state).await? {
+        if event != ev.event_id.as_str() {
+            continue;
+        }
+        if let Ok(schedule) = ScheduleId::parse(&schedule) {
+            holds::cancel_schedule(&state.redis, &ev.event_id, &schedule).await?;
+        }
+    }
     let mut after: Option<Uuid> = None;
     let mut replayed: Vec<Uuid> = Vec::new();
     loop {
@@ -214,6 +254,7 @@ pub async fn restore_event(state: &AppState, ev: &Event) -> Result<Report, Store
                 sqlx::query_as(
                     r"select payment_id, user_id, event_id, schedule_id, hold_id, seats from payments
                       where event_id = $1 and ($2::uuid is null or payment_id > $2)
+                        and refunded_at is null
                       order by payment_id limit 1000",
                 )
                 .bind(ev.event_id.as_str())
@@ -392,4 +433,16 @@ pub async fn restore_missing(state: &AppState) -> Result<Option<Report>, StoreEr
         );
     }
     Ok(Some(report))
+}
+
+async fn cancelled_schedules(state: &AppState) -> Result<Vec<(String, String)>, StoreError> {
+    state
+        .pg
+        .guard(
+            sqlx::query_as(
+                r"select event_id, schedule_id from schedules where cancelled_at is not null",
+            )
+            .fetch_all(state.pg.pool()),
+        )
+        .await
 }

@@ -99,6 +99,8 @@ scripts! {
         BEGIN_PAYMENT => "begin_payment",
         ABORT_PAYMENT => "abort_payment",
         CONFIRM_SALE => "confirm_sale",
+        REFUND_SEATS => "refund_seats",
+        CANCEL_SCHEDULE => "cancel_schedule",
     ],
 }
 
@@ -500,6 +502,15 @@ impl Redis {
         self.guard(Some(key), |c| async move { c.exists::<i64, _>(key).await })
             .await
             .map(|n| n > 0)
+    }
+
+    /// # Errors
+    /// On an outage.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.guard(Some(key), |c| async move {
+            c.get::<Option<String>, _>(key).await
+        })
+        .await
     }
 
     /// Sets a key that never expires.

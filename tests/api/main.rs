@@ -17,3 +17,5 @@ mod queue;
 #[allow(dead_code)] // shared harness; not every test uses each part
 mod redis_harness;
 mod redis_loss;
+mod refunds;
+mod trust;
