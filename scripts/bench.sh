@@ -325,10 +325,10 @@ curl -fsS -o /dev/null -H "x-api-key: $SERVICE_KEY" -H 'content-type: applicatio
 { cat lua/lib/schedule.lua; printf '\n'; cat lua/place_hold.lua; } >"$OUT/place_hold.full.lua"
 SHA="$(rcli -x script load <"$OUT/place_hold.full.lua")"
 note "{ cat lua/lib/schedule.lua; printf '\\n'; cat lua/place_hold.lua; } | redis-cli -u $REDIS_URL -x script load   # -> $SHA; schedules p1, p16 of event $RB_EVENT created through POST /v1/admin/events (100000 seats, max_per_user 100)"
-rb_keys() { # SCHEDULE -> the 10 KEYS of place_hold (7 schedule, hold seq, 2 queue)
+rb_keys() { # SCHEDULE -> the 11 KEYS of place_hold (7 schedule, hold seq, 2 queue, ready mark)
     local k="${PREFIX}{ev:$RB_EVENT}"
     printf '%s ' "$k:s:$1:cfg" "$k:s:$1:seats" "$k:s:$1:map" "$k:s:$1:holds" "$k:s:$1:dl" "$k:s:$1:uheld" "$k:s:$1:ubought" "$k:hold:seq" \
-        "$k:q:adm" "$k:q:wait"
+        "$k:q:adm" "$k:q:wait" "$k:ready"
 }
 # place_hold checks that the user is admitted: admit every user id that
 # redis-benchmark's u__rand_int__ can produce (12-digit numbers below
@@ -348,9 +348,9 @@ rb() { # NAME REDIS-BENCHMARK-ARGS...
     tail -n 1 "$OUT/rb-$name.csv"
 }
 # shellcheck disable=SC2046 # the keys are words on purpose
-rb place_hold -c "$USERS" -n 60000 -r "$RB_USERS" EVALSHA "$SHA" 10 $(rb_keys p1) u__rand_int__ count 1
+rb place_hold -c "$USERS" -n 60000 -r "$RB_USERS" EVALSHA "$SHA" 11 $(rb_keys p1) u__rand_int__ count 1
 # shellcheck disable=SC2046
-rb place_hold_p16 -c "$USERS" -P 16 -n 60000 -r "$RB_USERS" EVALSHA "$SHA" 10 $(rb_keys p16) u__rand_int__ count 1
+rb place_hold_p16 -c "$USERS" -P 16 -n 60000 -r "$RB_USERS" EVALSHA "$SHA" 11 $(rb_keys p16) u__rand_int__ count 1
 for s in p1 p16; do
     printf '%s ' "$s" >>"$OUT/rb-place_hold.check"
     rcli hget "${PREFIX}{ev:$RB_EVENT}:s:$s:cfg" held >>"$OUT/rb-place_hold.check"

@@ -42,12 +42,16 @@ async fn pause(shutdown: &CancellationToken, every: Duration) -> bool {
     }
 }
 
-/// Restores an emptied Redis and finishes interrupted payments; runs at
-/// start and then every `BOXOFFICE_RECONCILE_MS`.
+/// Restores events missing from Redis (per event, so per cluster shard)
+/// and finishes interrupted payments; runs at start and then every
+/// `BOXOFFICE_RECONCILE_MS`.
 async fn reconcile_loop(state: AppState, shutdown: CancellationToken) {
     let mut rounds: u64 = 0;
     loop {
-        if let Err(e) = reconcile::restore_if_empty(&state).await {
+        // Each step tries every event / payment and counts and logs its
+        // own failures (see `reconcile`); what is left here is PostgreSQL
+        // itself being down, which the breaker already reports.
+        if let Err(e) = reconcile::restore_missing(&state).await {
             tracing::debug!(error = %e, "restore check failed");
         }
         if let Err(e) = reconcile::finish_unconfirmed(&state).await {
@@ -62,8 +66,12 @@ async fn reconcile_loop(state: AppState, shutdown: CancellationToken) {
             tracing::debug!(error = %e, "idempotency purge failed");
         }
         rounds += 1;
-        if !pause(&shutdown, state.config.reconcile_interval).await {
-            break;
+        // A Redis Cluster failover starts the next round at once: the
+        // failed-over events answer 503 until they are restored.
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(state.config.reconcile_interval) => {}
+            () = state.redis.slots_moved() => {}
         }
     }
 }

@@ -59,6 +59,11 @@ pub async fn load(state: &AppState) -> anyhow::Result<()> {
             .unwrap_or(ev)
     };
     catalog::load_into_redis(&state.redis, &ev).await?;
+    if created {
+        // Nothing sold yet: ready at once. An existing demo event that Redis
+        // lost is restored, sold seats first, by the reconciler.
+        catalog::finish_restore(&state.redis, &ev.event_id, 0).await?;
+    }
     tracing::info!(event_id = DEMO_EVENT, created, "demo event ready");
     Ok(())
 }

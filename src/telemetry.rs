@@ -95,6 +95,10 @@ pub fn register_metrics() {
         "boxoffice_reconciler_fixes_total",
         "Repairs made by the reconciler"
     );
+    describe_counter!(
+        "boxoffice_reconciler_failures_total",
+        "Reconciler steps that failed and are retried next round (one failing event or payment never stops the others)"
+    );
     describe_gauge!(
         "boxoffice_outbox_lag_seconds",
         "Age of the oldest unpublished outbox message"

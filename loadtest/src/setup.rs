@@ -53,7 +53,12 @@ pub async fn admin(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let client = reqwest::Client::new();
+    // Side calls (setup, final figures) must end even when the service or
+    // its Redis is down: a bounded connect and a bounded whole request.
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
     let mut rb = client
         .request(method.clone(), format!("{}{path}", ctx.host))
         .header("x-api-key", &ctx.service_key);

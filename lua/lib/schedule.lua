@@ -55,6 +55,14 @@ local function load_cfg(K)
            cancelled = v[9] == '1' }
 end
 
+-- The event's ready mark (KEYS entry `ready`, see finish_restore.lua) is
+-- absent while the event is missing from Redis or being restored: its sold
+-- seats may not all be back yet, so no hold may be placed or paid. Checked
+-- first, before the schedule's config (which a restore writes earlier).
+local function restoring(ready_key)
+  return redis.call('EXISTS', ready_key) == 0
+end
+
 -- Errors for broken caller contracts (malformed ARGV). Only ever returned
 -- before the first write.
 local function bad_arg(what)

@@ -154,3 +154,39 @@ pub async fn known_events(redis: &Redis) -> Result<Vec<EventId>, StoreError> {
         .filter_map(|id| EventId::parse(id).ok())
         .collect())
 }
+
+/// Marks an event ready in Redis (its catalog and sold seats are there)
+/// and moves its hold counter into `epoch`'s range; see
+/// `lua/finish_restore.lua`. `epoch` is 0 for a new event and the value
+/// [`pg::bump_epoch`] returned for a restore.
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn finish_restore(redis: &Redis, event: &EventId, epoch: u32) -> Result<(), StoreError> {
+    let k = redis.keys().event(event);
+    let reply = redis
+        .run(
+            &crate::store::redis::FINISH_RESTORE,
+            vec![k.ready(), k.hold_seq()],
+            vec![epoch.to_string()],
+        )
+        .await?;
+    let v: serde_json::Value = serde_json::from_str(&reply)
+        .map_err(|e| StoreError::internal(crate::store::Dependency::Redis, e))?;
+    if v["status"] != "ok" {
+        return Err(StoreError::internal(
+            crate::store::Dependency::Redis,
+            anyhow::anyhow!("finish_restore refused: {v}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the event is ready in Redis (its ready mark is there). False
+/// means missing or being restored: holds and payments answer 503.
+///
+/// # Errors
+/// Redis (the event's shard) unavailable.
+pub async fn is_ready(redis: &Redis, event: &EventId) -> Result<bool, StoreError> {
+    redis.exists(&redis.keys().event(event).ready()).await
+}

@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use super::{Event, QueueSettings, Schedule};
 use crate::{
     ids::{EventId, ScheduleId},
-    store::{StoreError, pg::Pg},
+    store::{Dependency, StoreError, pg::Pg},
 };
 
 #[derive(sqlx::FromRow)]
@@ -209,3 +209,37 @@ pub async fn update_queue(pg: &Pg, id: &EventId, q: &QueueSettings) -> Result<bo
     .await
     .map(|r| r.rows_affected() == 1)
 }
+
+/// Takes the event's next Redis epoch (1, 2, ...), for a restore; see
+/// `migrations/*_redis_epochs.sql`. Each call returns a value no other call
+/// ever returned for this event, so two restores never share a hold range.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn bump_epoch(pg: &Pg, id: &EventId) -> Result<u32, StoreError> {
+    let epoch: i64 = pg
+        .guard(
+            sqlx::query_scalar(
+                r"insert into redis_epochs (event_id, epoch) values ($1, 1)
+                  on conflict (event_id) do update
+                  set epoch = redis_epochs.epoch + 1, restored_at = now()
+                  returning epoch",
+            )
+            .bind(id.as_str())
+            .fetch_one(pg.pool()),
+        )
+        .await?;
+    u32::try_from(epoch)
+        .ok()
+        .filter(|&e| e <= MAX_EPOCH)
+        .ok_or_else(|| {
+            StoreError::internal(
+                Dependency::Postgres,
+                anyhow::anyhow!("event {id} used up its Redis epochs ({epoch} > {MAX_EPOCH})"),
+            )
+        })
+}
+
+/// Highest epoch `lua/finish_restore.lua` accepts (hold numbers stay below
+/// 1e14, which the scripts' JSON encodes exactly).
+pub const MAX_EPOCH: u32 = 99_999;

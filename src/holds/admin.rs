@@ -7,17 +7,23 @@ use serde_json::{Value, json};
 use crate::{app::AppState, catalog::Event, http::ApiError, money::format_amount};
 
 /// Adds `held`, `sold`, `available`, `revenue` and `payments` to each
-/// schedule of an admin event body.
+/// schedule of an admin event body; the live ones (from Redis) are 0 while
+/// the event is `restoring`.
 ///
 /// # Errors
 /// A store is unavailable.
 pub async fn add_schedule_figures(
     state: &AppState,
     ev: &Event,
+    restoring: bool,
     body: &mut Value,
 ) -> Result<(), ApiError> {
     let ids: Vec<_> = ev.schedules.iter().map(|s| s.schedule_id.clone()).collect();
-    let live = super::overview(&state.redis, &ev.event_id, &ids, None).await?;
+    let live = if restoring {
+        vec![]
+    } else {
+        super::overview(&state.redis, &ev.event_id, &ids, None).await?
+    };
     let sales: Vec<(String, Decimal, i64)> = state
         .pg
         .guard(
@@ -31,14 +37,18 @@ pub async fn add_schedule_figures(
         .await?;
     if let Some(list) = body["schedules"].as_array_mut() {
         for (i, s) in list.iter_mut().enumerate() {
-            let f = &live[i];
+            // Not in Redis (being restored): zero live figures.
+            let (held, sold, available) = live
+                .get(i)
+                .filter(|f| !f.missing)
+                .map_or((0, 0, 0), |f| (f.held, f.sold, f.available));
             let (revenue, payments) = sales
                 .iter()
                 .find(|(id, _, _)| Some(id.as_str()) == s["schedule_id"].as_str())
                 .map_or((Decimal::ZERO, 0), |(_, r, n)| (*r, *n));
-            s["held"] = json!(f.held);
-            s["sold"] = json!(f.sold);
-            s["available"] = json!(f.available);
+            s["held"] = json!(held);
+            s["sold"] = json!(sold);
+            s["available"] = json!(available);
             s["revenue"] = json!(format_amount(revenue));
             s["payments"] = json!(payments);
         }

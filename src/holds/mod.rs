@@ -61,6 +61,10 @@ pub enum HoldError {
     /// The buyer's queue entry is gone.
     #[error("the queue entry is gone")]
     QueueGone,
+    /// The event is not ready in Redis (lost, or its sold seats are being
+    /// restored from PostgreSQL): retry shortly.
+    #[error("the event is being restored")]
+    Restoring,
     /// The schedule was cancelled: nothing of it is sold any more.
     #[error("the schedule was cancelled")]
     Cancelled,
@@ -161,6 +165,7 @@ fn common_errors(script: &str, raw: &str, r: &Reply) -> HoldError {
             position: r.position,
         },
         "queue_gone" => HoldError::QueueGone,
+        "restoring" => HoldError::Restoring,
         "cancelled" => HoldError::Cancelled,
         other => HoldError::Store(bad_reply(script, raw, format!("status {other}"))),
     }
@@ -182,6 +187,7 @@ pub async fn place(
     let mut keys = k.schedule_keys(schedule);
     keys.push(k.hold_seq());
     keys.extend(k.buyer_keys());
+    keys.push(k.ready());
     let (mode, arg) = match req {
         HoldRequest::Seats(seats) => (
             "seats",
@@ -409,13 +415,16 @@ pub async fn seat_map(
     })
 }
 
-/// For a read a buyer makes: the queue keys and the user, so the script
-/// checks that the buyer is admitted in the same round trip. None for
+/// For a read a buyer makes: the queue keys, the event's ready mark and the
+/// user, so the script checks that the event is ready and the buyer
+/// admitted in the same round trip. None for
 /// operators and the audit.
 fn buyer_args(k: &EventKeys, keys: &mut Vec<String>, buyer: Option<&QueueClaims>) -> Vec<String> {
     match buyer {
         Some(b) => {
             keys.extend(k.buyer_keys());
+            // A buyer sees no seats while the event is being restored.
+            keys.push(k.ready());
             vec![b.user.to_string(), b.entry.to_string()]
         }
         None => vec![],
@@ -565,6 +574,7 @@ pub async fn begin_payment(
     let k = redis.keys().event(&id.event);
     let mut keys = k.schedule_keys(&id.schedule);
     keys.extend(k.buyer_keys());
+    keys.push(k.ready());
     let raw = redis
         .run(
             &redis::BEGIN_PAYMENT,

@@ -64,6 +64,8 @@ pub async fn create_event(
     // PostgreSQL is the source of truth; if Redis is down now, the
     // reconciler loads the event as soon as it is back.
     catalog::load_into_redis(&state.redis, &ev).await?;
+    // A new event has no sold seats: ready at once, in epoch 0.
+    catalog::finish_restore(&state.redis, &ev.event_id, 0).await?;
     tracing::info!(event_id = %ev.event_id, "event created");
     Ok((StatusCode::CREATED, axum::Json(event_config_json(&ev))))
 }
@@ -79,8 +81,9 @@ async fn existing(state: &AppState, raw: &str) -> ApiResult<Event> {
     security(("service_key" = [])),
     params(("event_id" = String, Path, description = "Event id")),
     responses(
-        (status = 200, description = "Configuration and live figures", body = super::schemas::EventDetails),
+        (status = 200, description = "Configuration and live figures; while the event is missing from Redis or being restored, zero live figures and `\"restoring\": true`", body = super::schemas::EventDetails),
         (status = 404, description = "not_found", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable (with Retry-After): PostgreSQL or the event's Redis shard is down", body = super::openapi::Problem),
     ))]
 pub async fn get_event(
     State(state): State<AppState>,
@@ -88,10 +91,24 @@ pub async fn get_event(
     Path(event_id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
     let ev = existing(&state, &event_id).await?;
-    let figures = queue::figures(&state.redis, &ev.event_id).await?;
     let mut body = event_config_json(&ev);
+    // Missing from Redis (lost, or being restored): the definition from
+    // PostgreSQL with zero live figures and `"restoring": true`, never an
+    // error; the reconciler brings the event back by itself.
+    let restoring = !catalog::is_ready(&state.redis, &ev.event_id).await?;
+    let figures = if restoring {
+        queue::Figures::default()
+    } else {
+        match queue::figures(&state.redis, &ev.event_id).await {
+            Ok(f) => f,
+            // Lost between the two calls.
+            Err(queue::QueueError::NoEvent) => queue::Figures::default(),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    body["restoring"] = json!(restoring);
     body["live"] = serde_json::to_value(&figures).map_err(anyhow::Error::from)?;
-    crate::holds::admin::add_schedule_figures(&state, &ev, &mut body).await?;
+    crate::holds::admin::add_schedule_figures(&state, &ev, restoring, &mut body).await?;
     Ok(axum::Json(body))
 }
 

@@ -23,6 +23,7 @@ use crate::{
     holds::{self, Hold, HoldError, HoldRequest, MAX_SEATS_PER_REQUEST},
     ids::{EventId, HoldId, ScheduleId, SeatNo},
     money::format_amount,
+    store::{Dependency, StoreError},
     token::QueueClaims,
 };
 
@@ -48,6 +49,10 @@ impl From<HoldError> for ApiError {
             HoldError::Paying => ApiError::HoldBeingPaid,
             HoldError::NotAdmitted { position } => ApiError::NotAdmitted { position },
             HoldError::QueueGone => ApiError::QueueTokenExpired,
+            HoldError::Restoring => ApiError::Dependency(StoreError::Unavailable {
+                dep: Dependency::Redis,
+                reason: "the event is being restored from PostgreSQL".into(),
+            }),
             HoldError::Cancelled => ApiError::ScheduleCancelled,
             HoldError::Store(e) => ApiError::Dependency(e),
         }
@@ -106,6 +111,7 @@ pub struct ScheduleAvailability {
         (status = 403, description = "not_admitted or forbidden: the token is for another event", body = super::openapi::Problem),
         (status = 404, description = "not_found: no such event", body = super::openapi::Problem),
         (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable (with Retry-After): Redis or the event's shard is down, or the event is being restored", body = super::openapi::Problem),
     ))]
 pub async fn list_schedules(
     State(state): State<AppState>,
@@ -192,6 +198,7 @@ async fn seat_map_json(
         (status = 404, description = "not_found: no such event or schedule", body = super::openapi::Problem),
         (status = 403, description = "not_admitted, or forbidden: the token is for another event", body = super::openapi::Problem),
         (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable (with Retry-After): Redis or the event's shard is down, or the event is being restored", body = super::openapi::Problem),
     ))]
 pub async fn seats(
     State(state): State<AppState>,
@@ -317,6 +324,7 @@ impl From<Hold> for HoldResponse {
         (status = 422, description = "invalid_request", body = super::openapi::Problem),
         (status = 403, description = "not_admitted", body = super::openapi::Problem),
         (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable (with Retry-After): Redis or the event's shard is down, or the event is being restored from PostgreSQL", body = super::openapi::Problem),
     ))]
 pub async fn place(
     State(state): State<AppState>,

@@ -181,6 +181,7 @@ async fn confirm(
         (status = 409, description = "hold_already_paid (with payment_id) or request_in_progress", body = super::openapi::Problem),
         (status = 410, description = "hold_expired or queue_token_expired", body = super::openapi::Problem),
         (status = 422, description = "invalid_request or idempotency_key_reused", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable (with Retry-After): a store is down, or the event is being restored from PostgreSQL", body = super::openapi::Problem),
     ))]
 pub async fn pay(
     State(state): State<AppState>,

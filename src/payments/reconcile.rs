@@ -1,31 +1,63 @@
 //! The reconciler: PostgreSQL is the truth for the catalog and for sold
-//! seats; Redis is rebuilt from it.
+//! seats; Redis is rebuilt from it, one event at a time.
 //!
 //! - [`finish_unconfirmed`] replays step 3 of payments whose process died
 //!   between the PostgreSQL commit and the Redis confirm.
-//! - [`restore_if_empty`] notices a Redis that lost its data (the marker key
-//!   written at the last restore is gone) and restores every event and
-//!   every sold seat by itself.
-//! - [`rebuild`] does the full restore on demand (`POST /v1/admin/reconcile`).
+//! - [`restore_missing`] finds every event whose ready mark is gone from
+//!   Redis (Redis restarted empty, flushed, or the event's cluster shard
+//!   came back empty) and restores it with [`restore_event`]. The mark
+//!   lives in the event's own slot, so the check is per event and per
+//!   shard: a shard that lost its data is noticed even when every other
+//!   shard is fine.
+//! - [`rebuild`] restores every event on demand (`POST /v1/admin/reconcile`).
 //!
-//! Every step is idempotent (`confirm_sale.lua` only counts seats it newly
-//! marks), so running it on several instances at once is harmless.
+//! A restore writes the catalog, then replays every payment of the event,
+//! and only then sets the ready mark (`lua/finish_restore.lua`); until then
+//! the hold and payment scripts answer `restoring` (HTTP 503), so a sold
+//! seat is never free for a hold. Each restore takes a fresh epoch from
+//! PostgreSQL and moves the hold counter into that epoch's range, so no
+//! hold id minted after a loss repeats one minted before it.
+//!
+//! No pass stops at one failing item: every payment and every event is
+//! tried each round; failures are counted in
+//! `boxoffice_reconciler_failures_total{kind}` and logged at `warn`, at most
+//! once per [`WARN_EVERY`] per kind. Every step is idempotent
+//! (`confirm_sale.lua` only counts seats it newly marks), so running it on
+//! several instances at once is harmless.
 
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::refund;
 use crate::{
     app::AppState,
-    catalog, holds,
+    catalog::{self, Event},
+    holds,
     ids::{EventId, HoldId, ScheduleId},
     store::StoreError,
 };
+
+/// How many Redis calls one pass keeps in flight (replays, ready checks).
+const IN_FLIGHT: usize = 32;
+/// At most one `warn` line per failure kind this often; the rest are counted.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// What a reconcile pass changed.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub events_loaded: u64,
+    /// Events that could not be restored this pass (their shard down, or
+    /// PostgreSQL); tried again on the next pass.
+    pub events_failed: u64,
     pub payments_replayed: u64,
     /// Seats that were not `sold` in Redis and now are.
     pub seats_fixed: u64,
@@ -33,6 +65,8 @@ pub struct Report {
     pub holds_overridden: u64,
     /// Payments whose Redis side was unfinished and is now done.
     pub payments_finished: u64,
+    /// Payments whose replay failed this pass (tried again next pass).
+    pub payments_failed: u64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -45,17 +79,44 @@ struct Sold {
     seats: Vec<i32>,
 }
 
+/// Counts a failure and logs it at `warn`, at most once per [`WARN_EVERY`]
+/// per kind (a shard down for a minute must not write a line per event per
+/// round).
+fn failed(kind: &'static str, what: &str, e: &StoreError) {
+    metrics::counter!("boxoffice_reconciler_failures_total", "kind" => kind).increment(1);
+    static LAST: Mutex<Vec<(&'static str, Instant)>> = Mutex::new(Vec::new());
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let mut last = LAST.lock().expect("lock");
+    let due = match last.iter_mut().find(|(k, _)| *k == kind) {
+        Some((_, at)) if at.elapsed() < WARN_EVERY => false,
+        Some((_, at)) => {
+            *at = Instant::now();
+            true
+        }
+        None => {
+            last.push((kind, Instant::now()));
+            true
+        }
+    };
+    drop(last);
+    if due {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        tracing::warn!(kind, what, error = %e, suppressed, "reconciler step failed; retried next round");
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 async fn replay(
     state: &AppState,
     p: &Sold,
     end_queue: bool,
-    report: &mut Report,
-) -> Result<(), StoreError> {
+) -> Result<holds::Confirmed, StoreError> {
     let (Ok(event), Ok(schedule)) = (
         EventId::parse(&p.event_id),
         ScheduleId::parse(&p.schedule_id),
     ) else {
-        return Ok(());
+        return Ok(holds::Confirmed::default());
     };
     let hold_n = HoldId::parse(&p.hold_id).map(|h| h.n).unwrap_or(0);
     let c = holds::confirm_sale(
@@ -69,19 +130,24 @@ async fn replay(
         end_queue,
     )
     .await?;
-    report.seats_fixed += u64::from(c.newly_sold);
-    report.holds_overridden += c.overrode.len() as u64;
     if !c.conflicts.is_empty() {
         tracing::error!(payment_id = %p.payment_id, seats = ?c.conflicts, "seat sold to another payment in Redis");
     }
-    Ok(())
+    Ok(c)
+}
+
+fn add(report: &mut Report, c: &holds::Confirmed) {
+    report.seats_fixed += u64::from(c.newly_sold);
+    report.holds_overridden += c.overrode.len() as u64;
 }
 
 /// Finishes step 3 for payments committed more than a second ago whose
-/// Redis side is not confirmed.
+/// Redis side is not confirmed. A payment whose replay fails (its event's
+/// shard down or not restored yet) is counted and left for the next pass;
+/// the others go on.
 ///
 /// # Errors
-/// A store is unavailable.
+/// PostgreSQL unavailable.
 pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> {
     let rows: Vec<Sold> = state
         .pg
@@ -96,14 +162,33 @@ pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> 
         )
         .await?;
     let mut report = Report::default();
-    for p in &rows {
-        replay(state, p, true, &mut report).await?;
-        super::mark_confirmed(&state.pg, &[p.payment_id]).await;
-        report.payments_finished += 1;
-        metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "payment_finished")
-            .increment(1);
+    let mut results = futures::stream::iter(rows)
+        .map(|p| {
+            let state = state.clone();
+            async move {
+                let r = replay(&state, &p, true).await;
+                (p, r)
+            }
+        })
+        .buffer_unordered(IN_FLIGHT);
+    let mut done = Vec::new();
+    while let Some((p, r)) = results.next().await {
+        match r {
+            Ok(c) => {
+                add(&mut report, &c);
+                done.push(p.payment_id);
+                report.payments_finished += 1;
+                metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "payment_finished")
+                    .increment(1);
+            }
+            Err(e) => {
+                report.payments_failed += 1;
+                failed("finish_payment", &p.payment_id.to_string(), &e);
+            }
+        }
     }
-    if report.payments_finished > 0 {
+    if !done.is_empty() {
+        super::mark_confirmed(&state.pg, &done).await;
         tracing::warn!(?report, "reconciler finished interrupted payments");
     }
     Ok(report)
@@ -138,20 +223,26 @@ pub async fn finish_refunds(state: &AppState) -> Result<u64, StoreError> {
     Ok(finished)
 }
 
-/// Restores the catalog and every sold seat from PostgreSQL.
+/// Restores one event into Redis from PostgreSQL: takes a new epoch, writes
+/// the catalog, replays every payment of the event, then marks it ready
+/// (moving the hold counter into the new epoch's range). Until the mark is
+/// written, holds and payments of the event answer 503. Safe to run on
+/// several instances at once and on an event that is already ready (the
+/// admin rebuild does).
 ///
 /// # Errors
-/// A store is unavailable.
-pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
+/// A store is unavailable; nothing is marked ready then.
+pub async fn restore_event(state: &AppState, ev: &Event) -> Result<Report, StoreError> {
     let mut report = Report::default();
-    for ev in catalog::pg::all(&state.pg).await? {
-        catalog::load_into_redis(&state.redis, &ev).await?;
-        report.events_loaded += 1;
-    }
+    let epoch = catalog::pg::bump_epoch(&state.pg, &ev.event_id).await?;
+    catalog::load_into_redis(&state.redis, ev).await?;
     // Cancelled schedules stay closed.
     for (event, schedule) in cancelled_schedules(state).await? {
-        if let (Ok(event), Ok(schedule)) = (EventId::parse(&event), ScheduleId::parse(&schedule)) {
-            holds::cancel_schedule(&state.redis, &event, &schedule).await?;
+        if event != ev.event_id.as_str() {
+            continue;
+        }
+        if let Ok(schedule) = ScheduleId::parse(&schedule) {
+            holds::cancel_schedule(&state.redis, &ev.event_id, &schedule).await?;
         }
     }
     let mut after: Option<Uuid> = None;
@@ -162,22 +253,35 @@ pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
             .guard(
                 sqlx::query_as(
                     r"select payment_id, user_id, event_id, schedule_id, hold_id, seats from payments
-                      where ($1::uuid is null or payment_id > $1) and refunded_at is null
+                      where event_id = $1 and ($2::uuid is null or payment_id > $2)
+                        and refunded_at is null
                       order by payment_id limit 1000",
                 )
+                .bind(ev.event_id.as_str())
                 .bind(after)
                 .fetch_all(state.pg.pool()),
             )
             .await?;
         let Some(last) = rows.last() else { break };
         after = Some(last.payment_id);
-        for p in &rows {
-            replay(state, p, false, &mut report).await?;
+        replayed.extend(rows.iter().map(|p| p.payment_id));
+        // Independent and idempotent: replayed many at a time. One failure
+        // fails the restore (the event must not be marked ready without
+        // every sold seat), after the others have run.
+        let results: Vec<_> = futures::stream::iter(rows)
+            .map(|p| {
+                let state = state.clone();
+                async move { replay(&state, &p, false).await }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for r in results {
+            add(&mut report, &r?);
             report.payments_replayed += 1;
-            replayed.push(p.payment_id);
         }
     }
-    // Only the payments replayed above: one committed during the rebuild
+    // Only the payments replayed above: one committed during the restore
     // must keep `redis_confirmed = false` until its own step 3 (or the
     // reconciler) has run.
     state
@@ -188,36 +292,146 @@ pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
                 .execute(state.pg.pool()),
         )
         .await?;
+    catalog::finish_restore(&state.redis, &ev.event_id, epoch).await?;
     state
-        .redis
-        .set(
-            &state.redis.keys().restored_marker(),
-            &chrono::Utc::now().to_rfc3339(),
-        )
-        .await?;
+        .schedule_ids
+        .write()
+        .expect("lock")
+        .remove(&ev.event_id);
+    report.events_loaded = 1;
     metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "seat_restored")
         .increment(report.seats_fixed);
     Ok(report)
 }
 
-/// Rebuilds when Redis has lost its data (the restore marker is gone).
+fn merge(into: &mut Report, r: &Report) {
+    into.events_loaded += r.events_loaded;
+    into.events_failed += r.events_failed;
+    into.payments_replayed += r.payments_replayed;
+    into.seats_fixed += r.seats_fixed;
+    into.holds_overridden += r.holds_overridden;
+    into.payments_finished += r.payments_finished;
+    into.payments_failed += r.payments_failed;
+}
+
+/// Restores the given events, each on its own: one that fails (its shard
+/// down) is counted and does not stop the others.
+async fn restore_each(state: &AppState, events: Vec<Event>) -> Report {
+    let mut report = Report::default();
+    let mut results = futures::stream::iter(events)
+        .map(|ev| {
+            let state = state.clone();
+            async move {
+                let r = restore_event(&state, &ev).await;
+                (ev, r)
+            }
+        })
+        .buffer_unordered(8);
+    while let Some((ev, r)) = results.next().await {
+        match r {
+            Ok(r) => merge(&mut report, &r),
+            Err(e) => {
+                report.events_failed += 1;
+                failed("restore_event", ev.event_id.as_str(), &e);
+            }
+        }
+    }
+    report
+}
+
+/// Restores the catalog and every sold seat of every event from PostgreSQL.
 ///
 /// # Errors
-/// A store is unavailable.
-pub async fn restore_if_empty(state: &AppState) -> Result<Option<Report>, StoreError> {
-    if state
-        .redis
-        .exists(&state.redis.keys().restored_marker())
-        .await?
-    {
+/// PostgreSQL unavailable, or no event could be restored (Redis down).
+pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
+    let events = catalog::pg::all(&state.pg).await?;
+    let report = restore_each(state, events).await;
+    if report.events_failed > 0 && report.events_loaded == 0 {
+        // Nothing worked: say why, as a 503.
+        state.redis.ping().await?;
+    }
+    Ok(report)
+}
+
+/// After a Redis Cluster failover the promoted replica may lack the old
+/// master's last writes (a sale's seats, the last hold numbers): the events
+/// in the slots that moved lose their ready mark here, so the pass below
+/// restores them (sold seats replayed, hold ids in a new epoch) while their
+/// holds answer 503. A mark that cannot be removed now is retried next
+/// round.
+async fn forget_failed_over(state: &AppState, events: &[Event]) {
+    let moved = state.redis.take_moved_slots();
+    if moved.is_empty() {
+        return;
+    }
+    let mut retry = false;
+    for ev in events {
+        let key = state.redis.keys().event(&ev.event_id).ready();
+        let slot = crate::store::redis::Redis::slot_of(&key);
+        if !moved.iter().any(|&(a, b)| (a..=b).contains(&slot)) {
+            continue;
+        }
+        tracing::warn!(event_id = %ev.event_id, "event's shard failed over; restoring it");
+        if let Err(e) = state.redis.del(&key).await {
+            failed("failover_reset", ev.event_id.as_str(), &e);
+            retry = true;
+        }
+    }
+    if retry {
+        state.redis.requeue_moved_slots(moved);
+    }
+}
+
+/// Restores every event whose ready mark is missing from Redis, and puts
+/// every event back in the event index (which lives on one shard and may
+/// have been lost apart from the events). Returns None when nothing was
+/// missing.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn restore_missing(state: &AppState) -> Result<Option<Report>, StoreError> {
+    let events = catalog::pg::all(&state.pg).await?;
+    if events.is_empty() {
         return Ok(None);
     }
-    let report = rebuild(state).await?;
-    state.schedule_ids.write().expect("lock").clear();
-    tracing::warn!(
-        ?report,
-        "Redis had no restore marker: catalog and sold seats restored from PostgreSQL"
-    );
+    forget_failed_over(state, &events).await;
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    if let Err(e) = state
+        .redis
+        .sadd_many(&state.redis.keys().events_index(), &ids)
+        .await
+    {
+        failed("event_index", "events index", &e);
+    }
+    let checks: Vec<(Event, Result<bool, StoreError>)> = futures::stream::iter(events)
+        .map(|ev| {
+            let redis = state.redis.clone();
+            async move {
+                let r = catalog::is_ready(&redis, &ev.event_id).await;
+                (ev, r)
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let mut missing = Vec::new();
+    for (ev, ready) in checks {
+        match ready {
+            Ok(true) => {}
+            Ok(false) => missing.push(ev),
+            Err(e) => failed("ready_check", ev.event_id.as_str(), &e),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let report = restore_each(state, missing).await;
+    if report.events_loaded > 0 {
+        tracing::warn!(
+            ?report,
+            "events missing from Redis were restored from PostgreSQL (catalog and sold seats)"
+        );
+    }
     Ok(Some(report))
 }
 

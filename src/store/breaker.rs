@@ -1,4 +1,5 @@
-//! A small circuit breaker, one per dependency.
+//! A small circuit breaker, one per dependency (for Redis Cluster, one per
+//! cluster node, so a failing shard fails fast alone).
 //!
 //! Why: when Redis or PostgreSQL is down, each call would otherwise wait for
 //! its timeout (hundreds of milliseconds) and a flash-sale crowd would pile
@@ -19,6 +20,8 @@ pub const COOL_DOWN: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct Breaker {
     dep: Dependency,
+    /// The server it guards (`host:port`), or "" for the whole dependency.
+    node: String,
     epoch: Instant,
     failures: AtomicU32,
     /// Milliseconds since `epoch` until which calls are refused; 0 = closed.
@@ -27,8 +30,14 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(dep: Dependency) -> Self {
+        Self::for_node(dep, "")
+    }
+
+    /// A breaker for one server of a dependency (a Redis Cluster node).
+    pub fn for_node(dep: Dependency, node: impl Into<String>) -> Self {
         Self {
             dep,
+            node: node.into(),
             epoch: Instant::now(),
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
@@ -68,6 +77,7 @@ impl Breaker {
         if self.open_until.swap(0, Ordering::AcqRel) != 0 {
             tracing::info!(
                 dependency = self.dep.as_str(),
+                node = self.node,
                 "dependency recovered; circuit closed"
             );
         }
@@ -80,6 +90,7 @@ impl Breaker {
             if self.open_until.swap(until, Ordering::AcqRel) == 0 {
                 tracing::warn!(
                     dependency = self.dep.as_str(),
+                    node = self.node,
                     "dependency failing; circuit opened"
                 );
                 metrics::counter!("boxoffice_circuit_opened_total", "dependency" => self.dep.as_str()).increment(1);

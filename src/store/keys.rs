@@ -38,12 +38,6 @@ impl Keys {
         format!("{}{{bo}}:events", self.prefix)
     }
 
-    /// Written after a restore from PostgreSQL; its absence means Redis lost
-    /// its data and the reconciler must restore.
-    pub fn restored_marker(&self) -> String {
-        format!("{}{{bo}}:restored", self.prefix)
-    }
-
     /// Stream that the outbox relay publishes confirmed payments and charges to.
     pub fn outbox_stream(&self) -> String {
         format!("{}boxoffice:events", self.prefix)
@@ -152,9 +146,19 @@ impl EventKeys {
     pub fn user_bought(&self, s: &ScheduleId) -> String {
         self.key(&format!("s:{s}:ubought"))
     }
-    /// Counter: hold numbers.
+    /// Counter: hold numbers. After a restore it restarts at
+    /// `epoch * 1e9` (see `lua/finish_restore.lua`), never lower.
     pub fn hold_seq(&self) -> String {
         self.key("hold:seq")
+    }
+    /// String: the event's Redis epoch, written last when the event is
+    /// created or restored, once its catalog *and* its sold seats are in
+    /// Redis. It lives in the event's own slot, so a shard that loses the
+    /// event loses the mark with it; the hold and payment scripts refuse to
+    /// run without it (`restoring`, HTTP 503) and the reconciler restores
+    /// every event whose mark is missing.
+    pub fn ready(&self) -> String {
+        self.key("ready")
     }
 }
 
@@ -172,6 +176,7 @@ mod tests {
             k.seats(&s),
             k.holds(&s),
             k.hold_seq(),
+            k.ready(),
         ] {
             assert!(key.starts_with("t1:{ev:e1}:"), "{key}");
         }

@@ -1,4 +1,6 @@
-//! The Redis adapter: a small fred pool behind a narrow interface.
+//! The Redis adapter: a small fred pool (or, for a Redis Cluster, one fred
+//! client per master, routed by [`super::cluster`]) behind a narrow
+//! interface, with a circuit breaker per server.
 //!
 //! Domain code calls [`Redis::run`] with a [`Script`] and gets the script's
 //! JSON reply back as a string (every script ends with `cjson.encode`), which
@@ -13,15 +15,23 @@
 use std::{sync::OnceLock, time::Duration};
 
 use fred::{
-    clients::Pool,
+    clients::{Client, Pool},
     interfaces::{
         ClientLike, HashesInterface, KeysInterface, LuaInterface, SetsInterface, StreamsInterface,
     },
     prelude::{Builder, Config, ReconnectPolicy},
 };
 
-use super::{Dependency, StoreError, breaker::Breaker, keys::Keys};
-use std::sync::Arc;
+use super::{
+    Dependency, StoreError,
+    breaker::Breaker,
+    cluster::{self, ClusterRouter},
+    keys::Keys,
+};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
 
 /// Upper bound of one Redis call, on top of fred's own command timeout.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -71,6 +81,7 @@ scripts! {
     plain: [
         SERVER_TIME => "server_time",
         LOAD_EVENT => "load_event",
+        FINISH_RESTORE => "finish_restore",
         JOIN_QUEUE => "join_queue",
         QUEUE_STATUS => "queue_status",
         LEAVE_QUEUE => "leave_queue",
@@ -95,9 +106,48 @@ scripts! {
 
 #[derive(Clone)]
 pub struct Redis {
-    pool: Pool,
+    conn: Conn,
     keys: Keys,
-    breaker: Arc<Breaker>,
+    breakers: Arc<Breakers>,
+}
+
+/// One server (a small multiplexed pool), or a Redis Cluster routed by
+/// `cluster.rs` with one independent client per master.
+#[derive(Clone)]
+enum Conn {
+    Single(Pool),
+    Cluster(Arc<ClusterRouter>),
+}
+
+/// The circuit breakers in front of Redis. One server: one breaker. A
+/// Redis Cluster: one per master, so a dead master opens only its own
+/// breaker and only the events in its slots answer 503 (invariant 11);
+/// after a failover the slots route to the promoted replica, whose breaker
+/// is fresh.
+struct Breakers {
+    whole: Arc<Breaker>,
+    nodes: RwLock<HashMap<String, Arc<Breaker>>>,
+}
+
+impl Breakers {
+    fn new() -> Self {
+        Self {
+            whole: Arc::new(Breaker::new(Dependency::Redis)),
+            nodes: RwLock::default(),
+        }
+    }
+
+    fn for_node(&self, node: &str) -> Arc<Breaker> {
+        if let Some(b) = self.nodes.read().expect("lock").get(node) {
+            return b.clone();
+        }
+        self.nodes
+            .write()
+            .expect("lock")
+            .entry(node.to_owned())
+            .or_insert_with(|| Arc::new(Breaker::for_node(Dependency::Redis, node)))
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Redis {
@@ -135,28 +185,65 @@ impl Redis {
     pub async fn connect(url: &str, keys: Keys) -> Result<Self, StoreError> {
         let config =
             Config::from_url(url).map_err(|e| unavailable(format!("bad REDIS_URL: {e}")))?;
-        let pool = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_millis(1_000);
-                c.internal_command_timeout = Duration::from_millis(1_000);
-                c.max_command_attempts = 1;
-                c.tcp.nodelay = Some(true);
-            })
-            .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(900))
-            // Reconnect forever, 50 ms doubling to 1 s: a returning Redis is
-            // picked up within about a second.
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
-            .build_pool(POOL_SIZE)
-            .map_err(|e| unavailable(e.to_string()))?;
-        match tokio::time::timeout(Duration::from_secs(3), pool.init()).await {
-            Ok(Ok(_handle)) => {}
-            Ok(Err(e)) => return Err(unavailable(e.to_string())),
-            Err(_) => return Err(unavailable("connect timed out after 3 s")),
-        }
+        let connection = |c: &mut fred::prelude::ConnectionConfig| {
+            c.connection_timeout = Duration::from_millis(1_000);
+            c.internal_command_timeout = Duration::from_millis(1_000);
+            c.max_command_attempts = 1;
+            c.tcp.nodelay = Some(true);
+        };
+        let performance = |p: &mut fred::prelude::PerformanceConfig| {
+            p.default_command_timeout = Duration::from_millis(900);
+        };
+        // Reconnect forever, 50 ms doubling to 1 s: a returning Redis is
+        // picked up within about a second.
+        let policy = || ReconnectPolicy::new_exponential(0, 50, 1_000, 2);
+        let conn = if let Some(seeds) = cluster::seeds(&config) {
+            if seeds.len() < 2 {
+                tracing::warn!(
+                    "REDIS_URL names one Redis Cluster seed node: while that node is down \
+                     the service cannot find the cluster again after a failover; list \
+                     several, redis-cluster://host1:port?node=host2:port&node=host3:port"
+                );
+            }
+            let factory: cluster::ClientFactory = Arc::new(move |config| {
+                let client = Builder::from_config(config)
+                    .with_connection_config(connection)
+                    .with_performance_config(performance)
+                    .set_policy(policy())
+                    .build()?;
+                // Connects (and reconnects) in the background; calls made
+                // before it is up wait for it within their timeout.
+                drop(client.connect());
+                Ok(client)
+            });
+            match tokio::time::timeout(
+                Duration::from_secs(3),
+                ClusterRouter::start(config, seeds, factory),
+            )
+            .await
+            {
+                Ok(Ok(router)) => Conn::Cluster(router),
+                Ok(Err(e)) => return Err(unavailable(format!("no cluster seed answered: {e}"))),
+                Err(_) => return Err(unavailable("connect timed out after 3 s")),
+            }
+        } else {
+            let pool = Builder::from_config(config)
+                .with_connection_config(connection)
+                .with_performance_config(performance)
+                .set_policy(policy())
+                .build_pool(POOL_SIZE)
+                .map_err(|e| unavailable(e.to_string()))?;
+            match tokio::time::timeout(Duration::from_secs(3), pool.init()).await {
+                Ok(Ok(_handle)) => {}
+                Ok(Err(e)) => return Err(unavailable(e.to_string())),
+                Err(_) => return Err(unavailable("connect timed out after 3 s")),
+            }
+            Conn::Single(pool)
+        };
         let redis = Self {
-            pool,
+            conn,
             keys,
-            breaker: Arc::new(Breaker::new(Dependency::Redis)),
+            breakers: Arc::new(Breakers::new()),
         };
         redis.load_scripts().await?;
         Ok(redis)
@@ -166,33 +253,105 @@ impl Redis {
         &self.keys
     }
 
-    /// `SCRIPT LOAD`s every script so the first calls skip the NOSCRIPT round trip.
+    /// `SCRIPT LOAD`s every script so the first calls skip the NOSCRIPT
+    /// round trip. On a cluster, into every master that answers now (the
+    /// others, and promoted replicas, get each script on its first NOSCRIPT).
     async fn load_scripts(&self) -> Result<(), StoreError> {
-        for script in ALL_SCRIPTS {
-            let sha: String = self
-                .guard(self.pool.next().script_load::<String, _>(script.source()))
-                .await?;
-            debug_assert_eq!(sha, script.sha());
+        let clients: Vec<(Option<String>, Client)> = match &self.conn {
+            Conn::Single(pool) => vec![(None, pool.next().clone())],
+            Conn::Cluster(router) => router
+                .masters()
+                .into_iter()
+                .map(|(n, c)| (Some(n), c))
+                .collect(),
+        };
+        for (node, client) in clients {
+            for script in ALL_SCRIPTS {
+                let load = client.script_load::<String, _>(script.source());
+                let sha: String = match &node {
+                    None => self.guard(None, |_| load).await?,
+                    Some(node) => match self.guard_node(node, load).await {
+                        Ok(sha) => sha,
+                        Err(e) => {
+                            tracing::warn!(node, error = %e, "could not load scripts into a cluster node");
+                            break;
+                        }
+                    },
+                };
+                debug_assert_eq!(sha, script.sha());
+            }
         }
         Ok(())
     }
 
-    /// Timeout + breaker around one call, with metrics on failure.
-    async fn guard<T>(
+    /// The client and breaker for a call on `key` (None: any server).
+    fn route(&self, key: Option<&str>) -> Result<(Arc<Breaker>, Client), StoreError> {
+        match &self.conn {
+            Conn::Single(pool) => Ok((self.breakers.whole.clone(), pool.next().clone())),
+            Conn::Cluster(router) => {
+                let (node, client) = router.route(key).map_err(|e| unavailable(e.to_string()))?;
+                Ok((self.breakers.for_node(&node), client))
+            }
+        }
+    }
+
+    /// After a failed or redirected call on a cluster: re-read the slot map
+    /// now rather than at the next tick.
+    fn maybe_moved(&self, e: &fred::error::Error) {
+        if let Conn::Cluster(router) = &self.conn {
+            router.refresh_soon();
+            if e.details().starts_with("MOVED") {
+                tracing::debug!(error = %e, "slot moved; refreshing the cluster slot map");
+            }
+        }
+    }
+
+    /// [`Redis::guard`] for a call to one named cluster node.
+    async fn guard_node<T>(
         &self,
+        node: &str,
         call: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, StoreError> {
-        if !self.breaker.allow() {
-            metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => "circuit_open").increment(1);
+        let breaker = self.breakers.for_node(node);
+        if !breaker.allow() {
             return Err(unavailable("circuit open"));
         }
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(v)) => {
-                self.breaker.success();
+                breaker.success();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                breaker.failure();
+                Err(unavailable(e.to_string()))
+            }
+            Err(_) => {
+                breaker.failure();
+                Err(unavailable("timed out"))
+            }
+        }
+    }
+
+    /// Timeout + breaker (the one of the node that serves `key`) around
+    /// one call, with metrics on failure.
+    async fn guard<T, F, Fut>(&self, key: Option<&str>, call: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        let (breaker, client) = self.route(key)?;
+        if !breaker.allow() {
+            metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => "circuit_open").increment(1);
+            return Err(unavailable("circuit open"));
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, call(client)).await {
+            Ok(Ok(v)) => {
+                breaker.success();
                 Ok(v)
             }
             Ok(Err(e)) if is_outage(&e) => {
-                self.breaker.failure();
+                breaker.failure();
+                self.maybe_moved(&e);
                 let kind = if matches!(e.kind(), fred::error::ErrorKind::Timeout) {
                     "timeout"
                 } else {
@@ -203,14 +362,17 @@ impl Redis {
             }
             Ok(Err(e)) => {
                 // Redis answered: the connection is fine, the request was not.
-                self.breaker.success();
+                breaker.success();
                 Err(StoreError::internal(
                     Dependency::Redis,
                     anyhow::anyhow!("{e}"),
                 ))
             }
             Err(_) => {
-                self.breaker.failure();
+                breaker.failure();
+                if let Conn::Cluster(router) = &self.conn {
+                    router.refresh_soon();
+                }
                 metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => "timeout").increment(1);
                 Err(unavailable("timed out"))
             }
@@ -251,8 +413,8 @@ impl Redis {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, StoreError> {
-        let client = self.pool.next();
-        self.guard(async {
+        let first_key = keys.first().cloned();
+        self.guard(first_key.as_deref(), |client| async move {
             match client
                 .evalsha::<R, _, _, _>(script.sha(), keys.clone(), args.clone())
                 .await
@@ -277,12 +439,59 @@ impl Redis {
         })
     }
 
+    /// Hash-slot ranges whose master changed (a Redis Cluster failover)
+    /// since the last call; always empty for a single server.
+    pub fn take_moved_slots(&self) -> Vec<(u16, u16)> {
+        match &self.conn {
+            Conn::Single(_) => vec![],
+            Conn::Cluster(router) => router.take_moved(),
+        }
+    }
+
+    /// Resolves when a Redis Cluster failover moved slots (never for a
+    /// single server).
+    pub async fn slots_moved(&self) {
+        match &self.conn {
+            Conn::Single(_) => std::future::pending().await,
+            Conn::Cluster(router) => router.moved().await,
+        }
+    }
+
+    /// Gives back ranges from [`Redis::take_moved_slots`] that could not be
+    /// handled yet.
+    pub fn requeue_moved_slots(&self, moved: Vec<(u16, u16)>) {
+        if let Conn::Cluster(router) = &self.conn {
+            router.requeue_moved(moved);
+        }
+    }
+
+    /// The Redis Cluster hash slot of a key.
+    pub fn slot_of(key: &str) -> u16 {
+        fred::types::cluster::ClusterRouting::hash_key(key.as_bytes())
+    }
+
+    /// # Errors
+    /// On an outage.
+    pub async fn del(&self, key: &str) -> Result<(), StoreError> {
+        self.guard(Some(key), |c| async move { c.del::<i64, _>(key).await })
+            .await
+            .map(drop)
+    }
+
     /// Round trip to the server.
     ///
     /// # Errors
     /// On an outage.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.guard(self.pool.next().ping::<String>(None))
+        if let Conn::Cluster(router) = &self.conn {
+            // Ready while any master answers: one failing shard must not
+            // take every instance out of its load balancer.
+            let pings = router.masters().into_iter().map(|(node, client)| {
+                Box::pin(async move { self.guard_node(&node, client.ping::<String>(None)).await })
+            });
+            return futures::future::select_ok(pings).await.map(drop);
+        }
+        self.guard(None, |c| async move { c.ping::<String>(None).await })
             .await
             .map(drop)
     }
@@ -290,7 +499,7 @@ impl Redis {
     /// # Errors
     /// On an outage.
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        self.guard(self.pool.next().exists::<i64, _>(key))
+        self.guard(Some(key), |c| async move { c.exists::<i64, _>(key).await })
             .await
             .map(|n| n > 0)
     }
@@ -298,8 +507,10 @@ impl Redis {
     /// # Errors
     /// On an outage.
     pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.guard(self.pool.next().get::<Option<String>, _>(key))
-            .await
+        self.guard(Some(key), |c| async move {
+            c.get::<Option<String>, _>(key).await
+        })
+        .await
     }
 
     /// Sets a key that never expires.
@@ -307,11 +518,9 @@ impl Redis {
     /// # Errors
     /// On an outage.
     pub async fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.guard(
-            self.pool
-                .next()
-                .set::<(), _, _>(key, value, None, None, false),
-        )
+        self.guard(Some(key), |c| async move {
+            c.set::<(), _, _>(key, value, None, None, false).await
+        })
         .await
     }
 
@@ -331,34 +540,52 @@ impl Redis {
             .map_err(|e: fred::error::Error| {
                 StoreError::internal(Dependency::Redis, anyhow::anyhow!("{e}"))
             })?;
-        self.guard(
-            self.pool
-                .next()
-                .xadd::<String, _, _, _, _>(key, false, cap, "*", fields),
-        )
+        self.guard(Some(key), |c| async move {
+            c.xadd::<String, _, _, _, _>(key, false, cap, "*", fields)
+                .await
+        })
         .await
     }
 
     /// # Errors
     /// On an outage.
     pub async fn sadd(&self, key: &str, member: &str) -> Result<(), StoreError> {
-        self.guard(self.pool.next().sadd::<i64, _, _>(key, member))
-            .await
-            .map(drop)
+        self.guard(Some(key), |c| async move {
+            c.sadd::<i64, _, _>(key, member).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Adds several members in one command.
+    ///
+    /// # Errors
+    /// On an outage.
+    pub async fn sadd_many(&self, key: &str, members: &[&str]) -> Result<(), StoreError> {
+        let members: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+        self.guard(Some(key), |c| async move {
+            c.sadd::<i64, _, _>(key, members).await
+        })
+        .await
+        .map(drop)
     }
 
     /// # Errors
     /// On an outage.
     pub async fn smembers(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.guard(self.pool.next().smembers::<Vec<String>, _>(key))
-            .await
+        self.guard(Some(key), |c| async move {
+            c.smembers::<Vec<String>, _>(key).await
+        })
+        .await
     }
 
     /// # Errors
     /// On an outage.
     pub async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StoreError> {
-        self.guard(self.pool.next().hget::<Option<String>, _, _>(key, field))
-            .await
+        self.guard(Some(key), |c| async move {
+            c.hget::<Option<String>, _, _>(key, field).await
+        })
+        .await
     }
 
     /// Reads Redis TIME (the clock every instance agrees on), in ms.
@@ -378,6 +605,11 @@ impl Redis {
 
     /// Closes the connections (graceful shutdown).
     pub async fn quit(&self) {
-        let _ = self.pool.quit().await;
+        match &self.conn {
+            Conn::Single(pool) => {
+                let _ = pool.quit().await;
+            }
+            Conn::Cluster(router) => router.quit().await,
+        }
     }
 }

@@ -873,17 +873,27 @@ pub fn missing_tool(tool: &str, hint: &str) {
 }
 
 impl TestApp {
-    /// Waits until the reconcile loop's first round (a full restore from
-    /// PostgreSQL into a Redis prefix it finds empty) is over. That restore
-    /// loads a catalog snapshot read before it writes: an admin change
-    /// made in between is overwritten in Redis by the older settings, so a
-    /// test that changes settings right after start waits for it first.
+    /// Waits until every event of PostgreSQL is ready in Redis and one more
+    /// reconcile round has passed: a restore (of an event it found without
+    /// its ready mark) loads a catalog snapshot read before it writes, so an
+    /// admin change made in between would be overwritten in Redis by the
+    /// older settings. A test that changes settings right after creating an
+    /// event waits for this first.
     pub async fn wait_for_startup_restore(&self) {
-        let marker = self.state.redis.keys().restored_marker();
         let done = eventually(Duration::from_secs(10), || async {
-            self.state.redis.exists(&marker).await.unwrap_or(false)
+            let Ok(events) = boxoffice::catalog::pg::all(&self.state.pg).await else {
+                return false;
+            };
+            for ev in &events {
+                let ready = self.state.redis.keys().event(&ev.event_id).ready();
+                if !self.state.redis.exists(&ready).await.unwrap_or(false) {
+                    return false;
+                }
+            }
+            true
         })
         .await;
-        assert!(done, "the startup restore did not finish");
+        assert!(done, "the events were not ready in Redis");
+        tokio::time::sleep(self.state.config.reconcile_interval).await;
     }
 }

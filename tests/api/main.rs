@@ -7,6 +7,7 @@ mod helpers;
 
 mod admin;
 mod audit;
+mod cluster;
 mod crash;
 mod dashboard;
 mod expiry;
@@ -18,6 +19,9 @@ mod outage;
 mod payments;
 mod queue;
 mod races;
+#[allow(dead_code)] // shared harness; not every test uses each part
+mod redis_harness;
+mod redis_loss;
 mod refunds;
 mod stall;
 mod trust;

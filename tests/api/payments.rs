@@ -395,6 +395,8 @@ async fn an_emptied_redis_is_restored_from_postgres() {
             .as_array()
             .is_some_and(|e| e.len() == 1)
             && app.admin_seat("e1", 9).await == "sold"
+            // Ready: holds are refused with 503 until the restore is done.
+            && app.admin(Method::GET, "/v1/admin/events/e1", None).await.body["restoring"] == false
     })
     .await;
     assert!(
