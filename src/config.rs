@@ -108,12 +108,20 @@ pub struct Config {
     /// Test-only crash point (`crash_after_commit`): the payment path stops
     /// right after the PostgreSQL commit, as a dying process would.
     pub failpoint: Option<String>,
+    /// The leased jobs and the public catalog cache (see `jobs`).
+    pub jobs: crate::jobs::JobsConfig,
 }
 
 /// A setting that could not be used; the message names the variable.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
 
 pub const DEV_SERVICE_KEY: &str = "dev-service-key";
 pub const DEV_TOKEN_SECRET: &str = "dev-token-secret-change-me";
@@ -270,6 +278,7 @@ impl Config {
             ));
         }
 
+        let jobs = crate::jobs::JobsConfig::from_map(env, &redis_url)?;
         Ok(Self {
             addr,
             redis_url,
@@ -288,6 +297,7 @@ impl Config {
             max_charge,
             paying_timeout: Duration::from_secs(paying_s),
             failpoint: get("BOXOFFICE_FAILPOINT"),
+            jobs,
         })
     }
 

@@ -35,6 +35,7 @@ pub fn event_config_json(ev: &Event) -> Value {
             "price": format_amount(s.price),
             "hold_seconds": s.hold_seconds,
             "max_per_user": s.max_per_user,
+            "low_seats_threshold": s.low_seats_threshold,
         })).collect::<Vec<_>>(),
     })
 }
@@ -65,6 +66,7 @@ pub async fn create_event(
     // PostgreSQL is the source of truth; if Redis is down now, the
     // reconciler loads the event as soon as it is back.
     catalog::load_into_redis(&state.redis, &ev).await?;
+    state.public_catalog.invalidate();
     tracing::info!(event_id = %ev.event_id, "event created");
     Ok((StatusCode::CREATED, axum::Json(event_config_json(&ev))))
 }
