@@ -49,6 +49,9 @@ pub struct JobsConfig {
     pub outbox_retention: Duration,
     /// In-process cache of the public catalog [`BOXOFFICE_CATALOG_CACHE_MS`, default 1000].
     pub catalog_cache: Duration,
+    /// How this instance is named in `job_fences` and `job_runs`
+    /// [`BOXOFFICE_INSTANCE_NAME`, default `pid<pid>@<addr>`].
+    pub instance: Option<String>,
 }
 
 impl JobsConfig {
@@ -105,6 +108,7 @@ impl JobsConfig {
                 ms("BOXOFFICE_OUTBOX_RETENTION_SECONDS", 86_400, 0, 31_536_000)?.as_millis() as u64,
             ),
             catalog_cache: ms("BOXOFFICE_CATALOG_CACHE_MS", 1_000, 0, 60_000)?,
+            instance: get("BOXOFFICE_INSTANCE_NAME").map(str::to_owned),
         })
     }
 }
@@ -148,7 +152,10 @@ impl Job {
 
 /// Who holds a lease, as written to `job_fences` and `job_runs`.
 pub fn holder(state: &AppState) -> String {
-    format!("pid{}@{}", std::process::id(), state.config.addr)
+    match &state.config.jobs.instance {
+        Some(name) => name.clone(),
+        None => format!("pid{}@{}", std::process::id(), state.config.addr),
+    }
 }
 
 /// Starts one runner per leased job (plus the seat gauges, which every

@@ -9,6 +9,7 @@ mod admin;
 mod dashboard;
 mod foundation;
 mod holds;
+mod jobs;
 mod ops;
 mod outage;
 mod payments;

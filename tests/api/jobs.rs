@@ -1,0 +1,544 @@
+//! Leased jobs: Redlock leases with fencing tokens, run by several real
+//! `boxoffice` processes; the sales rollup; availability alerts; free
+//! schedules; the event list while Redis is down.
+
+use std::{
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use boxoffice::jobs::lease::Locker;
+use reqwest::{Method, StatusCode};
+use rust_decimal::Decimal;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+/// Lease TTL of the tests (the real default is 10 s).
+const TTL_MS: u64 = 1_000;
+
+/// Settings with fast jobs: every job every 50 ms, leases of [`TTL_MS`].
+fn fast_jobs(settings: Settings) -> Settings {
+    settings
+        .set("BOXOFFICE_LEASE_TTL_MS", &TTL_MS.to_string())
+        .set("BOXOFFICE_ROLLUP_MS", "50")
+        .set("BOXOFFICE_AVAILABILITY_MS", "50")
+        .set("BOXOFFICE_PURGE_MS", "200")
+}
+
+async fn pool(settings: &Settings) -> PgPool {
+    PgPool::connect(&settings.env["DATABASE_URL"])
+        .await
+        .expect("test database")
+}
+
+/// A `boxoffice` process of its own (the binary under test), so it can be
+/// killed, stopped and continued like a real instance.
+struct Instance {
+    child: tokio::process::Child,
+    pid: u32,
+    base: String,
+}
+
+impl Instance {
+    async fn start(settings: &Settings) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("bx-jobs-{port}.log")))
+            .expect("log file");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_boxoffice"))
+            .env_clear()
+            .envs(&settings.env)
+            .env("BOXOFFICE_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "boxoffice=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the boxoffice binary starts");
+        let pid = child.id().expect("running");
+        let me = Self {
+            child,
+            pid,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let up = eventually(Duration::from_secs(15), || async {
+            client
+                .get(format!("{}/healthz", me.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up, "instance on port {port} did not come up");
+        me
+    }
+
+    fn holds(&self, holder: &str) -> bool {
+        holder.starts_with(&format!("pid{}@", self.pid))
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.pid.to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill {sig} {}", self.pid);
+    }
+
+    async fn metric(&self, name_and_labels: &str) -> f64 {
+        let Ok(r) = reqwest::get(format!("{}/metrics", self.base)).await else {
+            return 0.0;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(name_and_labels))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// A fresh database and key prefix for processes started by [`Instance`].
+async fn shared_settings() -> Settings {
+    let mut s = fast_jobs(Settings::new());
+    s.env.insert("DATABASE_URL".into(), create_database().await);
+    s.env
+        .insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+    s
+}
+
+/// (fence, holder) of a job, if it was ever leased.
+async fn fence_of(db: &PgPool, job: &str) -> Option<(i64, String)> {
+    sqlx::query_as("select fence, holder from job_fences where name = $1")
+        .bind(job)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+}
+
+/// Asserts that no two rounds of `job` run by different holders overlap
+/// in time; returns the number of rounds.
+async fn assert_rounds_never_overlap(db: &PgPool, job: &str) -> usize {
+    type Run = (
+        i64,
+        String,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+    );
+    let runs: Vec<Run> = sqlx::query_as(
+        "select fence, holder, started_at, finished_at from job_runs where name = $1 order by started_at",
+    )
+    .bind(job)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    for pair in runs.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(
+            b.0 >= a.0,
+            "{job}: a round of token {} after one of token {}",
+            b.0,
+            a.0
+        );
+        if a.1 != b.1 {
+            assert!(a.3 <= b.2, "{job}: rounds of {} and {} overlap", a.1, b.1);
+        }
+    }
+    runs.len()
+}
+
+/// Inserts `n` payments straight into PostgreSQL (the rollup's input),
+/// spread over two schedules and three hours, `tasks` writers at once.
+async fn insert_payments(db: &PgPool, event: &str, n: usize, tasks: usize, tag: &str) {
+    let per = n / tasks;
+    let writers = (0..tasks).map(|t| {
+        let db = db.clone();
+        let (event, tag) = (event.to_owned(), tag.to_owned());
+        tokio::spawn(async move {
+            for i in 0..per {
+                let k = t * per + i;
+                sqlx::query(
+                    r"insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at, redis_confirmed)
+                      values (gen_random_uuid(), $1, $2, $3, $4, $5, $6, now() - make_interval(hours => $7), true)",
+                )
+                .bind(format!("u{k}"))
+                .bind(&event)
+                .bind(if k.is_multiple_of(2) { "d1" } else { "d2" })
+                .bind(format!("{event}.{tag}.{k}"))
+                .bind(Decimal::from(1000 * (1 + k % 3) as i64))
+                .bind(vec![1_i32; 1 + k % 3])
+                .bind((k % 3) as i32)
+                .execute(&db)
+                .await
+                .unwrap();
+            }
+        })
+    });
+    for w in futures::future::join_all(writers).await {
+        w.unwrap();
+    }
+}
+
+async fn two_schedule_event(app_base: &str, event: &str) {
+    let client = reqwest::Client::new();
+    let schedule = |id: &str| {
+        json!({"schedule_id": id, "starts_at": "2026-12-24T20:00:00Z", "seats": 100,
+        "row_size": 10, "price": "1000", "hold_seconds": 60, "max_per_user": 4})
+    };
+    let r = client
+        .post(format!("{app_base}/v1/admin/events"))
+        .header("x-api-key", SERVICE_KEY)
+        .json(
+            &json!({"event_id": event, "name": event, "queue": queue_defaults(),
+                      "schedules": [schedule("d1"), schedule("d2")]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+type Sums = Vec<(String, chrono::DateTime<chrono::Utc>, i64, i64, Decimal)>;
+
+/// (schedule, hour, payments, seats, revenue) straight from `payments`.
+async fn direct_group_by(db: &PgPool, event: &str) -> Sums {
+    sqlx::query_as(
+        r"select schedule_id, date_trunc('hour', paid_at), count(*), sum(cardinality(seats))::int8, sum(amount)
+          from payments where event_id = $1 group by 1, 2 order by 1, 2",
+    )
+    .bind(event)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+/// The same figures from the rollup table alone.
+async fn rolled_up(db: &PgPool, event: &str) -> Sums {
+    sqlx::query_as(
+        r"select schedule_id, hour, payments, seats, revenue
+          from sales_hourly where event_id = $1 order by 1, 2",
+    )
+    .bind(event)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+async fn tail_len(db: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from payments where not rolled_up")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn three_instances_run_each_job_on_one_at_a_time_and_a_killed_leader_is_replaced() {
+    let settings = shared_settings().await;
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(Instance::start(&settings).await);
+    }
+    let db = pool(&settings).await;
+    tokio::time::sleep(Duration::from_millis(3 * TTL_MS)).await;
+
+    // Each job was leased exactly once (a second acquisition would have
+    // taken token 2) and every round so far ran on that one holder.
+    for job in ["sales_rollup", "availability", "purge"] {
+        let (fence, holder) = fence_of(&db, job).await.expect("job leased");
+        assert_eq!(fence, 1, "{job} was acquired more than once");
+        let holders: Vec<String> =
+            sqlx::query_scalar("select distinct holder from job_runs where name = $1")
+                .bind(job)
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        assert_eq!(
+            holders,
+            vec![holder.clone()],
+            "{job} ran on several instances"
+        );
+        assert!(
+            assert_rounds_never_overlap(&db, job).await >= 5,
+            "{job} barely ran"
+        );
+    }
+
+    // Kill the rollup's leader: another instance takes over within about
+    // one TTL (the dead lease expires, the others retry every TTL / 5).
+    let (_, leader) = fence_of(&db, "sales_rollup").await.unwrap();
+    let i = instances.iter().position(|x| x.holds(&leader)).unwrap();
+    let mut dead = instances.remove(i);
+    dead.child.kill().await.unwrap();
+    let killed = Instant::now();
+    let took_over = eventually(Duration::from_secs(5), || async {
+        fence_of(&db, "sales_rollup").await.unwrap().0 == 2
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(took_over, "nobody took over the rollup");
+    println!("rollup takeover after the leader was killed: {takeover:?} (TTL {TTL_MS} ms)");
+    assert!(
+        takeover <= Duration::from_millis(TTL_MS + TTL_MS / 5 + 300),
+        "takeover took {takeover:?}"
+    );
+    let (_, new_leader) = fence_of(&db, "sales_rollup").await.unwrap();
+    assert!(instances.iter().any(|x| x.holds(&new_leader)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_rounds_never_overlap(&db, "sales_rollup").await;
+}
+
+#[tokio::test]
+async fn a_leader_paused_past_its_lease_is_fenced_out_and_nothing_counts_twice() {
+    let settings = shared_settings()
+        .await
+        // Every leader stalls 1.5 s inside each rollup transaction.
+        .set("BOXOFFICE_FAILPOINT", "slow_rollup");
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(Instance::start(&settings).await);
+    }
+    let db = pool(&settings).await;
+    two_schedule_event(&instances[0].base, "fence").await;
+
+    // Payments keep arriving, so the leader is inside a rollup most of the time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (db, stop) = (db.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut round = 0;
+            while !stop.load(Ordering::SeqCst) {
+                insert_payments(&db, "fence", 20, 4, &format!("r{round}")).await;
+                round += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    // SIGSTOP the leader while it is inside a rollup transaction.
+    let mut caught = None;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Some((token, leader)) = fence_of(&db, "sales_rollup").await else {
+            continue;
+        };
+        let l = instances.iter().find(|x| x.holds(&leader)).unwrap();
+        l.signal("-STOP");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mid_rollup: i64 = sqlx::query_scalar(
+            r"select count(*) from pg_stat_activity
+              where datname = current_database() and state = 'idle in transaction'
+                and query like '%rolled_up = true%'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if mid_rollup > 0 {
+            caught = Some((token, l.pid));
+            break;
+        }
+        l.signal("-CONT");
+    }
+    let (old_token, paused_pid) = caught.expect("never caught the leader inside a rollup");
+    let paused = instances.iter().find(|x| x.pid == paused_pid).unwrap();
+
+    // Past its lease another instance takes over and rolls up around the
+    // rows the paused one still has locked.
+    let took_over = eventually(Duration::from_secs(5), || async {
+        fence_of(&db, "sales_rollup").await.unwrap().0 > old_token
+    })
+    .await;
+    assert!(took_over, "nobody took over from the paused leader");
+    let (_, new_leader) = fence_of(&db, "sales_rollup").await.unwrap();
+    assert!(!paused.holds(&new_leader));
+
+    // Wake it up: its rollup's commit is refused by the fence.
+    paused.signal("-CONT");
+    let refused = eventually(Duration::from_secs(5), || async {
+        paused
+            .metric(r#"boxoffice_job_fenced_total{job="sales_rollup"}"#)
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(refused, "the paused leader's late write was not refused");
+
+    // Nothing counted twice (nor lost): once everything is rolled up, the
+    // rollup equals a direct group by.
+    stop.store(true, Ordering::SeqCst);
+    feeder.await.unwrap();
+    let drained = eventually(Duration::from_secs(15), || async {
+        tail_len(&db).await == 0
+    })
+    .await;
+    assert!(drained, "the rollup did not catch up");
+    assert_eq!(
+        rolled_up(&db, "fence").await,
+        direct_group_by(&db, "fence").await
+    );
+    // The refused round left no trace in job_runs either.
+    let late: i64 = sqlx::query_scalar(
+        r"select count(*) from job_runs r where name = 'sales_rollup' and fence = $1
+          and finished_at > (select min(started_at) from job_runs where name = 'sales_rollup' and fence > $1)",
+    )
+    .bind(old_token)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        late, 0,
+        "a round of the old token committed after the new leader's"
+    );
+    assert_rounds_never_overlap(&db, "sales_rollup").await;
+}
+
+#[tokio::test]
+async fn leases_need_a_majority_of_the_lock_servers() {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        match PrivateRedis::start().await {
+            Some(s) => servers.push(s),
+            None => panic!("redis-server is needed for this test"),
+        }
+    }
+    let urls: Vec<String> = servers.iter().map(PrivateRedis::url).collect();
+    let ttl = Duration::from_millis(TTL_MS);
+    let a = Locker::new(&urls, ttl, "t:").unwrap();
+    let b = Locker::new(&urls, ttl, "t:").unwrap();
+
+    // Exclusive: while A holds the lease, B cannot take it.
+    let mut lease = a.try_acquire("job").await.expect("A leases");
+    assert!(b.try_acquire("job").await.is_none(), "two holders at once");
+
+    // One server down: A still renews, B still cannot take it.
+    drop(servers.remove(0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(a.renew(&mut lease).await, "renewal with 2 of 3 servers");
+    assert!(
+        b.try_acquire("job").await.is_none(),
+        "two holders with one server down"
+    );
+    a.release(&lease).await;
+    let lease_b = b
+        .try_acquire("job")
+        .await
+        .expect("B leases with 2 of 3 servers");
+    b.release(&lease_b).await;
+
+    // Jobs of a running app work with one server down ...
+    let settings = fast_jobs(Settings::new()).set(
+        "BOXOFFICE_LOCK_URLS",
+        &urls.join(","), // the first is already down
+    );
+    let app = spawn_with(settings).await;
+    let db = pool(&app.settings).await;
+    let runs = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from job_runs where name = 'sales_rollup'")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    assert!(eventually(Duration::from_secs(5), || async { runs().await >= 5 }).await);
+
+    // ... and none runs at all without a majority.
+    drop(servers.remove(0));
+    assert!(
+        a.try_acquire("other").await.is_none(),
+        "a lease with 1 of 3 servers"
+    );
+    // The lease cannot be renewed any more: the leader stops within a TTL.
+    tokio::time::sleep(Duration::from_millis(TTL_MS + 300)).await;
+    let before = runs().await;
+    tokio::time::sleep(Duration::from_millis(2 * TTL_MS)).await;
+    assert_eq!(runs().await, before, "a job ran without a majority");
+    let fence = fence_of(&db, "sales_rollup").await.unwrap().0;
+    assert_eq!(fence, 1, "a lease was taken without a majority");
+}
+
+#[tokio::test]
+async fn the_rollup_equals_a_direct_group_by_after_a_burst_and_a_leader_change() {
+    let first =
+        spawn_with(fast_jobs(Settings::new()).set("BOXOFFICE_INSTANCE_NAME", "first")).await;
+    let second = spawn_with(
+        first
+            .settings
+            .clone()
+            .set("BOXOFFICE_INSTANCE_NAME", "second"),
+    )
+    .await;
+    let db = pool(&first.settings).await;
+    two_schedule_event(&first.base, "burst").await;
+
+    // 5,000 payments from 50 writers while the rollup runs; halfway, the
+    // current leader shuts down and the other instance takes over.
+    let burst = {
+        let db = db.clone();
+        tokio::spawn(async move { insert_payments(&db, "burst", 5_000, 50, "b").await })
+    };
+    let halfway = eventually(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from payments")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            >= 2_500
+    })
+    .await;
+    assert!(halfway);
+    let (_, leader) = fence_of(&db, "sales_rollup").await.expect("leased");
+    let (stay, go) = if leader == "first" {
+        (second, first)
+    } else {
+        (first, second)
+    };
+    go.stop().await;
+    burst.await.unwrap();
+
+    // The report (rollup + tail) is exact at any moment ...
+    let report = stay
+        .admin(Method::GET, "/v1/admin/events/burst/sales", None)
+        .await;
+    assert_eq!(report.status, StatusCode::OK, "{}", report.text);
+    let direct = direct_group_by(&db, "burst").await;
+    let total: i64 = direct.iter().map(|r| r.2).sum();
+    assert_eq!(total, 5_000);
+    let reported: i64 = report.body["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["payments"].as_i64().unwrap())
+        .sum();
+    assert_eq!(reported, 5_000);
+    let hourly = report.body["hourly"].as_array().unwrap();
+    assert_eq!(hourly.len(), 3);
+    let revenue: Decimal = direct.iter().map(|r| r.4).sum();
+    let reported_revenue: Decimal = report.body["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["revenue"].as_str().unwrap().parse::<Decimal>().unwrap())
+        .sum();
+    assert_eq!(reported_revenue, revenue);
+
+    // ... and once the tail is rolled up, the rollup alone equals the group
+    // by: nothing counted twice across the leader change, nothing lost.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            tail_len(&db).await == 0
+        })
+        .await
+    );
+    assert_eq!(rolled_up(&db, "burst").await, direct);
+    let (fence, _) = fence_of(&db, "sales_rollup").await.unwrap();
+    assert!(fence >= 2, "the leader did not change");
+    assert_rounds_never_overlap(&db, "sales_rollup").await;
+}
