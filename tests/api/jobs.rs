@@ -3,7 +3,6 @@
 //! schedules; the event list while Redis is down.
 
 use std::{
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -59,7 +58,7 @@ impl Instance {
             .envs(&settings.env)
             .env("BOXOFFICE_ADDR", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "boxoffice=debug")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
@@ -541,4 +540,225 @@ async fn the_rollup_equals_a_direct_group_by_after_a_burst_and_a_leader_change()
     let (fence, _) = fence_of(&db, "sales_rollup").await.unwrap();
     assert!(fence >= 2, "the leader did not change");
     assert_rounds_never_overlap(&db, "sales_rollup").await;
+}
+
+#[tokio::test]
+async fn five_hundred_applicants_for_a_free_thirty_seat_lecture() {
+    let app = spawn_app().await;
+    let r = app
+        .create_event(
+            "lecture",
+            queue_defaults(),
+            json!([{"schedule_id": "l1", "starts_at": "2026-12-01T10:00:00Z", "seats": 30, "row_size": 10,
+                    "price": "0", "hold_seconds": 60, "max_per_user": 1}]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    // Apply = hold one seat + pay; the first 100 applicants apply twice at once.
+    let apply = |user: String| {
+        let app = &app;
+        async move {
+            let token = app.admitted_token("lecture", &user).await;
+            let h = app
+                .hold(&token, json!({"schedule_id": "l1", "count": 1}))
+                .await;
+            if h.status != StatusCode::CREATED {
+                assert!(
+                    [
+                        "seats_unavailable",
+                        "hold_limit_exceeded",
+                        "queue_token_expired"
+                    ]
+                    .contains(&h.code()),
+                    "{}",
+                    h.text
+                );
+                return None;
+            }
+            assert_eq!(h.body["amount"], "0");
+            let p = app
+                .pay(&token, h.body["hold_id"].as_str().unwrap(), None)
+                .await;
+            assert_eq!(p.status, StatusCode::CREATED, "{}", p.text);
+            assert_eq!(p.body["amount"], "0");
+            Some(user)
+        }
+    };
+    let attempts = (0..500)
+        .map(|i| format!("student{i}"))
+        .chain((0..100).map(|i| format!("student{i}")))
+        .map(apply);
+    let registered: Vec<String> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+
+    assert_eq!(registered.len(), 30, "exactly 30 registrations");
+    let mut distinct = registered.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 30, "somebody registered twice");
+    let db = pool(&app.settings).await;
+    let (payments, users, amount): (i64, i64, Decimal) = sqlx::query_as(
+        "select count(*), count(distinct user_id), coalesce(sum(amount), 0) from payments where event_id = 'lecture'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((payments, users, amount), (30, 30, Decimal::ZERO));
+    let wallet_rows: (i64, i64) =
+        sqlx::query_as("select (select count(*) from wallets), (select count(*) from ledger)")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(wallet_rows, (0, 0), "a free registration touched a wallet");
+
+    // "Have I applied?" is the user's payment list.
+    let mine = app
+        .admin(
+            Method::GET,
+            &format!("/v1/users/{}/payments", registered[0]),
+            None,
+        )
+        .await;
+    assert_eq!(mine.body["payments"].as_array().unwrap().len(), 1);
+    let none = app
+        .admin(Method::GET, "/v1/users/nobody/payments", None)
+        .await;
+    assert_eq!(none.body["payments"], json!([]));
+}
+
+/// Topics of the availability messages of an event, in order.
+async fn alert_topics(db: &PgPool, event: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        r"select topic from outbox where topic like 'schedule.%' and payload->>'event_id' = $1 order by id",
+    )
+    .bind(event)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn each_availability_crossing_is_announced_once_and_reaches_the_stream() {
+    let app = spawn_with(fast_jobs(Settings::new())).await;
+    let db = pool(&app.settings).await;
+    let r = app
+        .create_event(
+            "alerts",
+            queue_defaults(),
+            json!([{"schedule_id": "d1", "starts_at": "2026-12-01T10:00:00Z", "seats": 10, "row_size": 10,
+                    "price": "0", "hold_seconds": 1, "max_per_user": 10, "low_seats_threshold": 3}]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let low = "schedule.low_availability";
+    let topics = || alert_topics(&db, "alerts");
+
+    // 7 of 10 held: 3 free, the threshold. Announced once, however many rounds.
+    let a = app.admitted_token("alerts", "a").await;
+    let h = app.hold(&a, json!({"schedule_id": "d1", "count": 7})).await;
+    assert_eq!(h.status, StatusCode::CREATED, "{}", h.text);
+    assert!(eventually(Duration::from_secs(5), || async { topics().await == [low] }).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(topics().await, [low]);
+
+    // The hold expires: seats come back, which re-arms the alert ...
+    let rearmed = eventually(Duration::from_secs(5), || async {
+        sqlx::query_scalar::<_, String>(
+            "select level from schedule_alerts where event_id = 'alerts'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+            == "ok"
+    })
+    .await;
+    assert!(rearmed);
+    assert_eq!(topics().await, [low]);
+
+    // ... so crossing again is announced again; selling out once more.
+    let b = app.admitted_token("alerts", "b").await;
+    let h = app.hold(&b, json!({"schedule_id": "d1", "count": 7})).await;
+    assert_eq!(h.status, StatusCode::CREATED, "{}", h.text);
+    let p = app.pay(&b, h.body["hold_id"].as_str().unwrap(), None).await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.text);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            topics().await == [low, low]
+        })
+        .await
+    );
+    let c = app.admitted_token("alerts", "c").await;
+    let h = app.hold(&c, json!({"schedule_id": "d1", "count": 3})).await;
+    assert_eq!(h.status, StatusCode::CREATED, "{}", h.text);
+    let p = app.pay(&c, h.body["hold_id"].as_str().unwrap(), None).await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.text);
+    let sold_out = "schedule.sold_out";
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            topics().await == [low, low, sold_out]
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(topics().await, [low, low, sold_out]);
+
+    // The relay carries them to the stream; the gauge shows 0 free seats.
+    let stream = app.state.redis.keys().outbox_stream();
+    let relayed = eventually(Duration::from_secs(5), || async {
+        let out = redis_cli(&["XRANGE", &stream, "-", "+"]).await;
+        out.matches(low).count() == 2 && out.matches(sold_out).count() == 1
+    })
+    .await;
+    assert!(relayed, "the messages did not reach {stream}");
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"boxoffice_seats_available{event="alerts",schedule="d1"} 0"#),
+        "gauge missing"
+    );
+}
+
+#[tokio::test]
+async fn with_redis_down_the_event_list_comes_from_postgres_and_holds_are_refused() {
+    let proxy = Proxy::start(resolve(&redis_url()).await).await;
+    let app = spawn_with(
+        Settings::new()
+            .set("REDIS_URL", &via(&redis_url(), proxy.addr))
+            .set("BOXOFFICE_CATALOG_CACHE_MS", "500"),
+    )
+    .await;
+    app.simple_event("listed", queue_defaults(), 10, 60, 4)
+        .await;
+    let token = app.admitted_token("listed", "u1").await;
+    let fresh = app.get("/v1/events").await;
+    assert_eq!(fresh.status, StatusCode::OK);
+    assert_eq!(fresh.body["events"][0]["event_id"], "listed");
+    assert!(fresh.body.get("stale").is_none());
+
+    proxy.cut();
+    // Within the cache's life the list costs no Redis round trip at all.
+    let cached = app.get("/v1/events").await;
+    assert_eq!(cached.body, fresh.body);
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stale = app.get("/v1/events").await;
+    assert_eq!(stale.status, StatusCode::OK, "{}", stale.text);
+    assert_eq!(stale.body["stale"], true);
+    assert_eq!(stale.body["events"], fresh.body["events"]);
+
+    let h = app
+        .hold(&token, json!({"schedule_id": "d1", "count": 1}))
+        .await;
+    h.assert_problem(503, "dependency_unavailable");
+    assert!(h.headers.contains_key("retry-after"));
+
+    proxy.restore();
+    let back = eventually(Duration::from_secs(10), || async {
+        app.get("/v1/events").await.body.get("stale").is_none()
+    })
+    .await;
+    assert!(back, "the list did not come back from Redis");
 }
