@@ -113,7 +113,8 @@ fn set_gauge(event: &EventId, schedule: &ScheduleId, f: &ScheduleFigures) {
         .set(f64::from(f.available));
 }
 
-/// Keeps the seat gauges on every instance.
+/// Keeps the seat gauges on every instance: free seats, and the threshold
+/// they are compared with (so an alert rule can compare the two).
 pub async fn gauge_loop(state: AppState, shutdown: CancellationToken) {
     let every = state
         .config
@@ -125,6 +126,19 @@ pub async fn gauge_loop(state: AppState, shutdown: CancellationToken) {
             for (e, s, f) in &all {
                 set_gauge(e, s, f);
             }
+        }
+        let thresholds: Result<Vec<(String, String, i32)>, _> = state
+            .pg
+            .guard(
+                sqlx::query_as(
+                    r"select event_id, schedule_id, coalesce(low_seats_threshold, seats / 10) from schedules",
+                )
+                .fetch_all(state.pg.pool()),
+            )
+            .await;
+        for (e, s, t) in thresholds.unwrap_or_default() {
+            metrics::gauge!("boxoffice_seats_low_threshold", "event" => e, "schedule" => s)
+                .set(f64::from(t));
         }
     }
 }

@@ -86,7 +86,8 @@ impl Fence {
                 .await?;
         if newest != self.token {
             tx.rollback().await?;
-            metrics::counter!("boxoffice_job_fenced_total", "job" => self.job.clone()).increment(1);
+            metrics::counter!("boxoffice_job_fenced_total", "job_name" => self.job.clone())
+                .increment(1);
             return Err(JobError::Fenced {
                 mine: self.token,
                 newest,

@@ -216,13 +216,14 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
             }
         };
         tracing::info!(job = name, token = fence.token, %holder, "lease acquired");
-        metrics::counter!("boxoffice_job_leases_total", "job" => name).increment(1);
+        metrics::counter!("boxoffice_job_leases_total", "job_name" => name).increment(1);
         let lost = CancellationToken::new();
         let renewer = tokio::spawn(renew_loop(locker.clone(), lease, lost.clone()));
         loop {
             match job.round(&state, &fence).await {
                 Ok(items) => {
-                    metrics::counter!("boxoffice_job_rounds_total", "job" => name).increment(1);
+                    metrics::counter!("boxoffice_job_rounds_total", "job_name" => name)
+                        .increment(1);
                     tracing::debug!(job = name, items, "round done");
                 }
                 Err(e @ JobError::Fenced { .. }) => {
@@ -230,7 +231,7 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
                     break;
                 }
                 Err(JobError::Store(e)) => {
-                    tracing::debug!(job = name, error = %e, "round failed; retried next interval");
+                    tracing::warn!(job = name, error = %e, "round failed; retried next interval");
                 }
             }
             tokio::select! {

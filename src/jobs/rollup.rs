@@ -21,7 +21,7 @@ use super::fence::{Fence, JobError};
 use crate::app::AppState;
 
 /// Payments per transaction: bounds the locks and the transaction's length.
-const BATCH: i64 = 20_000;
+const BATCH: i64 = 5_000;
 
 const ROLL_UP: &str = r"
 with batch as (

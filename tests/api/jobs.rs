@@ -365,7 +365,7 @@ async fn a_leader_paused_past_its_lease_is_fenced_out_and_nothing_counts_twice()
     paused.signal("-CONT");
     let refused = eventually(Duration::from_secs(5), || async {
         paused
-            .metric(r#"boxoffice_job_fenced_total{job="sales_rollup"}"#)
+            .metric(r#"boxoffice_job_fenced_total{job_name="sales_rollup"}"#)
             .await
             >= 1.0
     })
