@@ -301,3 +301,54 @@ where
     locker.release(&lease).await;
     Some(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::JobsConfig;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn lock_servers_default_to_redis_url_and_parse_a_list() {
+        let c = JobsConfig::from_map(&env(&[]), "redis://r:6379").unwrap();
+        assert_eq!(c.lock_urls, ["redis://r:6379"]);
+        let c = JobsConfig::from_map(
+            &env(&[(
+                "BOXOFFICE_LOCK_URLS",
+                "redis://a:1, redis://b:2,redis://c:3",
+            )]),
+            "redis://r:6379",
+        )
+        .unwrap();
+        assert_eq!(c.lock_urls, ["redis://a:1", "redis://b:2", "redis://c:3"]);
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        for (k, v, redis) in [
+            ("BOXOFFICE_LOCK_URLS", "http://a:1", "redis://r"),
+            ("BOXOFFICE_LEASE_TTL_MS", "50", "redis://r"),
+            ("BOXOFFICE_ROLLUP_MS", "soon", "redis://r"),
+            ("BOXOFFICE_CATALOG_CACHE_MS", "600000", "redis://r"),
+            // A lease inside one cluster is not Redlock: name servers.
+            ("BOXOFFICE_PURGE_MS", "1000", "redis-cluster://r:7000"),
+        ] {
+            let err = JobsConfig::from_map(&env(&[(k, v)]), redis)
+                .unwrap_err()
+                .to_string();
+            let named = if redis.starts_with("redis-cluster") {
+                "BOXOFFICE_LOCK_URLS"
+            } else {
+                k
+            };
+            assert!(err.contains(named), "{k}={v}: {err}");
+        }
+    }
+}
