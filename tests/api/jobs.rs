@@ -802,3 +802,55 @@ async fn with_redis_down_the_event_list_comes_from_postgres_and_holds_are_refuse
     .await;
     assert!(back, "the list did not come back from Redis");
 }
+
+#[tokio::test]
+async fn the_purge_drops_expired_idempotency_records_and_relayed_outbox_rows() {
+    let app =
+        spawn_with(fast_jobs(Settings::new()).set("BOXOFFICE_OUTBOX_RETENTION_SECONDS", "60"))
+            .await;
+    let db = pool(&app.settings).await;
+    sqlx::query(
+        r"insert into idempotency (user_id, key, fingerprint, status, response, created_at) values
+          ('u', 'old', 'f', 201, '{}', now() - interval '26 hours'),
+          ('u', 'recent', 'f', 201, '{}', now() - interval '23 hours')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query(
+        r"insert into outbox (topic, user_id, payload, created_at, published_at) values
+          ('t.relayed_long_ago', 'u', '{}', now() - interval '2 hours', now() - interval '2 hours'),
+          ('t.relayed_just_now', 'u', '{}', now(), now())",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    // (The reconciler also drops expired idempotency records; the outbox
+    // rows are the purge job's alone.)
+    let topics = || async {
+        sqlx::query_scalar::<_, String>(
+            "select topic from outbox where topic like 't.%' order by id",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap()
+    };
+    let purged = eventually(Duration::from_secs(5), || async {
+        topics().await == ["t.relayed_just_now"]
+    })
+    .await;
+    assert!(
+        purged,
+        "relayed outbox rows past the retention are still there: {:?}",
+        topics().await
+    );
+    let keys: Vec<String> = sqlx::query_scalar("select key from idempotency")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        ["recent"],
+        "expired records kept or a live one purged"
+    );
+}
