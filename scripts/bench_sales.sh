@@ -65,7 +65,7 @@ echo "report, rolled up ($N payments) + a tail of 1000, before vacuum: $(report)
 # changed; this is the steady state.
 psql -q "$SERVER/$DB" -c "vacuum analyze payments"
 echo "report, rolled up ($N payments) + a tail of 1000, after vacuum: $(report)"
-psql "$SERVER/$DB" -c "explain analyze
+psql "$SERVER/$DB" -c "set enable_seqscan = off; explain analyze
   with sales as (
     select schedule_id, hour, payments, seats, refunds, revenue from sales_hourly where event_id = 'bench'
     union all

@@ -292,6 +292,17 @@ pub async fn sales(
     let (per_schedule, per_hour): (Vec<Row>, Vec<HourRow>) = state
         .pg
         .guard(async {
+            // One snapshot for both statements. The tail must be read through
+            // its partial index: after a burst the index keeps the pages it
+            // grew to, which makes the planner price it like the whole table
+            // and prefer scanning a million rolled-up payments instead.
+            let mut tx = state.pg.pool().begin().await?;
+            sqlx::query("set transaction isolation level repeatable read, read only")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("set local enable_seqscan = off")
+                .execute(&mut *tx)
+                .await?;
             let s = sqlx::query_as(concat!(
                 sales_rows!(),
                 r"select s.schedule_id, coalesce(sum(r.payments), 0)::int8, coalesce(sum(r.seats), 0)::int8,
@@ -301,7 +312,7 @@ pub async fn sales(
                   group by s.schedule_id order by s.schedule_id"
             ))
             .bind(event.as_str())
-            .fetch_all(state.pg.pool())
+            .fetch_all(&mut *tx)
             .await?;
             let h = sqlx::query_as(concat!(
                 sales_rows!(),
@@ -309,8 +320,9 @@ pub async fn sales(
                   from sales group by hour order by hour"
             ))
             .bind(event.as_str())
-            .fetch_all(state.pg.pool())
+            .fetch_all(&mut *tx)
             .await?;
+            tx.commit().await?;
             Ok((s, h))
         })
         .await?;
