@@ -11,9 +11,11 @@
 -- KEYS[7] ubought   hash: user -> seats bought
 -- KEYS[8] adm       zset: queue, admitted user -> deadline (ms)
 -- KEYS[9] wait      zset: queue, waiting user -> entry
+-- KEYS[10] adm_entry hash: queue, admitted user -> entry
 -- ARGV[1] hold number
 -- ARGV[2] user id (from the verified token)
 -- ARGV[3] payment timeout (ms): the paying deadline is now + this
+-- ARGV[4] the buyer's queue entry (from the verified token)
 --
 -- Returns (JSON), every reply but no_schedule with "expired":x,
 -- "expired_paying":y:
@@ -27,6 +29,9 @@
 --                            hold is then dropped, its other seats freed)
 --   {"status":"forbidden"}   the hold belongs to another user; untouched
 --   {"status":"paying"}      a payment of this hold is already running
+--   {"status":"cancelled"}   the schedule was cancelled; the hold is left
+--                            as it is (the cancellation dropped it, or
+--                            will)
 --   {"status":"ok","seats":[..],"price":"..","held_deadline":ms,
 --    "paying_deadline":ms}
 --
@@ -37,12 +42,13 @@
 local timeout = tonumber(ARGV[3])
 if not timeout or timeout < 1 or timeout ~= math.floor(timeout) then return bad_arg('timeout') end
 local h, stop = open_hold(function(_, _, user, now)
-  local refused = admission(KEYS[8], KEYS[9], user, now)
+  local refused = admission(buyer_keys(8), user, ARGV[4], now)
   return refused and json(refused)
 end)
 if not h then return stop end
 local K, cfg, n, now, rec, reply = h.K, h.cfg, h.n, h.now, h.rec, h.reply
 if rec.state == 'paying' then return reply({ status = 'paying' }) end
+if cfg.cancelled then return reply({ status = 'cancelled' }) end
 
 local vals = redis.call('HMGET', K.seats, unpack(rec.seats))
 for i = 1, #rec.seats do

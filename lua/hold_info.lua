@@ -8,12 +8,18 @@
 -- KEYS[5] dl        zset: hold -> deadline (ms)
 -- KEYS[6] uheld     hash: user -> seats held or paying
 -- KEYS[7] ubought   hash: user -> seats bought
+-- KEYS[8] adm       zset: queue, admitted user -> deadline (ms)
+-- KEYS[9] wait      zset: queue, waiting user -> entry
+-- KEYS[10] adm_entry hash: queue, admitted user -> entry
 -- ARGV[1] hold number
 -- ARGV[2] user id (from the verified token)
+-- ARGV[3] the user's queue entry (from the verified token)
 --
 -- Returns (JSON), every reply but no_schedule with "expired":x,
 -- "expired_paying":y:
 --   {"status":"no_schedule"}
+--   {"status":"not_admitted","position":p} | {"status":"queue_gone"}
+--       the token's queue entry is not admitted and live (checked first)
 --   {"status":"gone"}        no such hold (never existed, expired, sold)
 --   {"status":"forbidden"}   the hold belongs to another user
 --   {"status":"ok","seats":[..],"deadline":ms,"state":"held"|"paying",
@@ -24,7 +30,10 @@
 -- A script (not a plain HGET) because the read must expire due holds
 -- first, or a dead hold would still be shown as alive.
 
-local h, stop = open_hold()
+local h, stop = open_hold(function(_, _, user, now)
+  local refused = admission(buyer_keys(8), user, ARGV[3], now)
+  return refused and json(refused)
+end)
 if not h then return stop end
 local K, cfg, rec, reply = h.K, h.cfg, h.rec, h.reply
 

@@ -11,13 +11,16 @@
 -- KEYS[8] hold_seq  counter: hold numbers of the event
 -- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)
 -- KEYS[10] wait     zset: queue, waiting user -> entry
+-- KEYS[11] adm_entry hash: queue, admitted user -> entry
 -- ARGV[1] user id
 -- ARGV[2] mode: "seats" | "count"
 -- ARGV[3] mode seats: comma-separated seat numbers (non-empty, <= 100,
 --         no duplicates); mode count: number of seats (>= 1)
+-- ARGV[4] the buyer's queue entry (from the verified token)
 --
 -- Returns (JSON):
 --   {"status":"no_schedule"}
+--   {"status":"cancelled"}  the schedule was cancelled: nothing is sold
 --   {"status":"not_admitted","position":p}  still waiting in the queue
 --   {"status":"queue_gone"}  the user has no live queue entry
 --   {"status":"invalid","reason":"seat_out_of_range","seats":[..]}
@@ -42,6 +45,7 @@ if not user or user == '' then return bad_arg('user') end
 
 local cfg = load_cfg(K)
 if not cfg then return json({ status = 'no_schedule' }) end
+if cfg.cancelled then return json({ status = 'cancelled' }) end
 local N, R = cfg.seats, cfg.row_size
 
 local wanted, count
@@ -66,7 +70,7 @@ end
 
 local now = now_ms()
 -- The user must be admitted (checked here rather than in a second round trip).
-local refused = admission(KEYS[9], KEYS[10], user, now)
+local refused = admission(buyer_keys(9), user, ARGV[4], now)
 if refused then return json(refused) end
 local expired, expired_paying = expire_due(K, now)
 local function reply(t)

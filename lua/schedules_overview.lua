@@ -4,8 +4,9 @@
 -- KEYS[7i+1..7i+7] the 7 keys of schedule i (i = 0, 1, ...), each group
 --                  in schedule-key order: cfg, seats, map, holds, dl,
 --                  uheld, ubought (all of one event: one hash tag)
--- then, with a buyer only: the queue's adm and wait sorted sets
+-- then, with a buyer only: the queue's adm, wait and adm_entry keys
 -- ARGV[1] buyer's user id, or none (operators)
+-- ARGV[2] buyer's queue entry (from the verified token)
 --
 -- Returns (JSON):
 --   {"status":"not_admitted","position":p} | {"status":"queue_gone"}
@@ -21,8 +22,8 @@
 local now = now_ms()
 local groups = #KEYS
 if ARGV[1] then
-  groups = #KEYS - 2
-  local refused = admission(KEYS[#KEYS - 1], KEYS[#KEYS], ARGV[1], now)
+  groups = #KEYS - 3
+  local refused = admission(buyer_keys(#KEYS - 2), ARGV[1], ARGV[2], now)
   if refused then return json(refused) end
 end
 if groups % 7 ~= 0 then return bad_arg('KEYS must be groups of 7') end

@@ -10,8 +10,10 @@
 -- KEYS[7] ubought   hash: user -> seats bought
 -- KEYS[8] sold      bitmap: bit i = seat i sold
 -- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)  } with a
--- KEYS[10] wait     zset: queue, waiting user -> entry           } buyer only
+-- KEYS[10] wait     zset: queue, waiting user -> entry           } buyer
+-- KEYS[11] adm_entry hash: queue, admitted user -> entry         } only
 -- ARGV[1] buyer's user id, or none (operators, the audit)
+-- ARGV[2] buyer's queue entry (from the verified token)
 --
 -- Returns an array:
 --   { '{"status":"not_admitted","position":p}' } or { '{"status":"queue_gone"}' }
@@ -29,7 +31,7 @@
 -- that due holds expire before the read.
 
 if ARGV[1] then
-  local refused = admission(KEYS[9], KEYS[10], ARGV[1], now_ms())
+  local refused = admission(buyer_keys(9), ARGV[1], ARGV[2], now_ms())
   if refused then return { json(refused) } end
 end
 

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::UserVerifier,
     config::Config,
     ids::{EventId, ScheduleId},
     store::{keys::Keys, pg::Pg, redis::Redis},
@@ -27,6 +28,8 @@ pub struct AppState {
     pub pg: Pg,
     pub metrics: PrometheusHandle,
     pub tokens: Arc<TokenSigner>,
+    /// Verifies user assertions (the platform's JWTs).
+    pub users: Arc<UserVerifier>,
     pub limits: Arc<crate::http::limit::RateLimits>,
     pub confirmations: crate::payments::Confirmations,
     /// Schedule ids per event (immutable after creation), cached.
@@ -46,9 +49,12 @@ impl Application {
     /// listener.
     ///
     /// # Errors
-    /// Unreachable dependency, failed migration, or an address in use; the
-    /// message says which.
+    /// Development secrets on a non-loopback address, an unusable user
+    /// assertion key, an unreachable dependency, a failed migration, or an
+    /// address in use; the message says which.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.check_secrets_for_listening()?;
+        let users = Arc::new(UserVerifier::new(&config.user_jwt)?);
         let metrics = crate::telemetry::metrics_handle();
         let keys = Keys::new(config.redis_prefix.clone());
         let redis = Redis::connect(&config.redis_url, keys)
@@ -70,6 +76,7 @@ impl Application {
             confirmations,
             metrics,
             tokens,
+            users,
             schedule_ids: Arc::default(),
             public_catalog: Arc::default(),
             limits,

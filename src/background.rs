@@ -54,6 +54,9 @@ async fn reconcile_loop(state: AppState, shutdown: CancellationToken) {
         if let Err(e) = reconcile::finish_unconfirmed(&state).await {
             tracing::debug!(error = %e, "finishing payments failed");
         }
+        if let Err(e) = reconcile::finish_refunds(&state).await {
+            tracing::warn!(error = %e, "finishing refunds failed");
+        }
         if rounds.is_multiple_of(1800)
             && let Err(e) = idempotency::purge_old(&state.pg).await
         {

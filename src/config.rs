@@ -110,6 +110,26 @@ pub struct Config {
     pub failpoint: Option<String>,
     /// The leased jobs and the public catalog cache (see `jobs`).
     pub jobs: crate::jobs::JobsConfig,
+    /// How user assertions (the platform's JWTs) are verified.
+    pub user_jwt: UserJwtConfig,
+    /// How long a queue token stays valid (re-joining hands out a fresh one
+    /// for the same entry).
+    pub queue_token_ttl: Duration,
+}
+
+/// Verification settings for user assertions: an HS256 secret, a PEM public
+/// key (RS256, ES256 or EdDSA, told by the key), or both.
+#[derive(Debug, Clone)]
+pub struct UserJwtConfig {
+    /// `BOXOFFICE_USER_JWT_SECRET`; the development default when neither it
+    /// nor a public key is set.
+    pub secret: Option<Secret>,
+    /// The contents of the PEM file named by `BOXOFFICE_USER_JWT_PUBLIC_KEY`.
+    pub public_key_pem: Option<Vec<u8>>,
+    /// `BOXOFFICE_USER_JWT_AUDIENCE`: checked when set.
+    pub audience: Option<String>,
+    /// `BOXOFFICE_USER_JWT_ISSUER`: checked when set.
+    pub issuer: Option<String>,
 }
 
 /// A setting that could not be used; the message names the variable.
@@ -125,6 +145,7 @@ impl ConfigError {
 
 pub const DEV_SERVICE_KEY: &str = "dev-service-key";
 pub const DEV_TOKEN_SECRET: &str = "dev-token-secret-change-me";
+pub const DEV_USER_JWT_SECRET: &str = "dev-user-jwt-secret-change-me";
 
 impl Config {
     /// Reads the process environment.
@@ -279,6 +300,14 @@ impl Config {
         }
 
         let jobs = crate::jobs::JobsConfig::from_map(env, &redis_url)?;
+        let user_jwt = user_jwt(&get)?;
+        let queue_token_ttl_s = num("BOXOFFICE_QUEUE_TOKEN_TTL_SECONDS", 6 * 3600)?;
+        if !(60..=7 * 24 * 3600).contains(&queue_token_ttl_s) {
+            return Err(ConfigError(
+                "BOXOFFICE_QUEUE_TOKEN_TTL_SECONDS must be between 60 and 604800".into(),
+            ));
+        }
+
         Ok(Self {
             addr,
             redis_url,
@@ -298,14 +327,78 @@ impl Config {
             paying_timeout: Duration::from_secs(paying_s),
             failpoint: get("BOXOFFICE_FAILPOINT"),
             jobs,
+            user_jwt,
+            queue_token_ttl: Duration::from_secs(queue_token_ttl_s),
         })
     }
 
     /// True when a secret still has its public development default.
     pub fn uses_dev_secrets(&self) -> bool {
-        self.service_key.expose() == DEV_SERVICE_KEY
-            || self.token_secret.expose() == DEV_TOKEN_SECRET
+        self.dev_secret_variable().is_some()
     }
+
+    /// The first variable whose secret still has its public development
+    /// default, if any.
+    pub fn dev_secret_variable(&self) -> Option<&'static str> {
+        if self.service_key.expose() == DEV_SERVICE_KEY {
+            Some("BOXOFFICE_SERVICE_KEY")
+        } else if self.token_secret.expose() == DEV_TOKEN_SECRET {
+            Some("BOXOFFICE_TOKEN_SECRET")
+        } else if self
+            .user_jwt
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.expose() == DEV_USER_JWT_SECRET)
+        {
+            Some("BOXOFFICE_USER_JWT_SECRET")
+        } else {
+            None
+        }
+    }
+
+    /// Development secrets are public: anyone could mint credentials with
+    /// them. They are allowed only while the service listens on a
+    /// loopback address, where nobody else can reach it.
+    ///
+    /// # Errors
+    /// One line naming the variable to set.
+    pub fn check_secrets_for_listening(&self) -> Result<(), ConfigError> {
+        match self.dev_secret_variable() {
+            Some(var) if !self.addr.ip().is_loopback() => Err(ConfigError(format!(
+                "{var} has its public development default; set it to a real secret to listen on {} (development defaults work only on a loopback address)",
+                self.addr
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn user_jwt(get: &dyn Fn(&str) -> Option<String>) -> Result<UserJwtConfig, ConfigError> {
+    let public_key_pem = match get("BOXOFFICE_USER_JWT_PUBLIC_KEY") {
+        None => None,
+        Some(path) => Some(std::fs::read(&path).map_err(|e| {
+            ConfigError(format!(
+                "BOXOFFICE_USER_JWT_PUBLIC_KEY={path:?} cannot be read: {e}"
+            ))
+        })?),
+    };
+    let secret = match get("BOXOFFICE_USER_JWT_SECRET") {
+        Some(s) if s.len() < 32 => {
+            return Err(ConfigError(
+                "BOXOFFICE_USER_JWT_SECRET must be at least 32 characters (HS256 needs 256 bits)"
+                    .into(),
+            ));
+        }
+        Some(s) => Some(Secret::new(s)),
+        None if public_key_pem.is_none() => Some(Secret::new(DEV_USER_JWT_SECRET)),
+        None => None,
+    };
+    Ok(UserJwtConfig {
+        secret,
+        public_key_pem,
+        audience: get("BOXOFFICE_USER_JWT_AUDIENCE"),
+        issuer: get("BOXOFFICE_USER_JWT_ISSUER"),
+    })
 }
 
 #[cfg(test)]
@@ -338,10 +431,45 @@ mod tests {
             ("BOXOFFICE_TRUSTED_PROXIES", "10.0.0.0/99"),
             ("BOXOFFICE_REDIS_PREFIX", "a{b}"),
             ("BOXOFFICE_TOKEN_SECRET", "short"),
+            ("BOXOFFICE_USER_JWT_SECRET", "too-short-for-hs256"),
+            ("BOXOFFICE_USER_JWT_PUBLIC_KEY", "/nonexistent/key.pem"),
+            ("BOXOFFICE_QUEUE_TOKEN_TTL_SECONDS", "5"),
         ] {
             let err = Config::from_map(&env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(k), "{err} should name {k}");
         }
+    }
+
+    #[test]
+    fn development_secrets_only_on_loopback() {
+        let local = Config::from_map(&env(&[])).unwrap();
+        assert!(local.check_secrets_for_listening().is_ok());
+        let open = Config::from_map(&env(&[("BOXOFFICE_ADDR", "0.0.0.0:8080")])).unwrap();
+        let err = open.check_secrets_for_listening().unwrap_err().to_string();
+        assert!(err.contains("BOXOFFICE_SERVICE_KEY"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        let real = [
+            ("BOXOFFICE_ADDR", "[::]:8080"),
+            ("BOXOFFICE_SERVICE_KEY", "a-real-service-key"),
+            ("BOXOFFICE_TOKEN_SECRET", "a-real-token-secret-0123"),
+        ];
+        let err = Config::from_map(&env(&real))
+            .unwrap()
+            .check_secrets_for_listening()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BOXOFFICE_USER_JWT_SECRET"), "{err}");
+        let mut all = real.to_vec();
+        all.push((
+            "BOXOFFICE_USER_JWT_SECRET",
+            "a-real-user-jwt-secret-0123456789abcdef",
+        ));
+        assert!(
+            Config::from_map(&env(&all))
+                .unwrap()
+                .check_secrets_for_listening()
+                .is_ok()
+        );
     }
 
     #[test]

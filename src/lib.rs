@@ -6,11 +6,13 @@
 //! - [`wallet`] and [`payments`]: money in PostgreSQL, exactly-once payments.
 //! - [`jobs`]: work that runs on one instance at a time, under a Redlock
 //!   lease with fencing tokens (sales rollup, availability alerts, purges).
+//! - [`auth`]: the credentials (user assertions, queue tokens, service key).
 //! - [`store`]: the Redis and PostgreSQL adapters; `lua/` holds every script.
 //! - [`http`]: the HTTP API, translating requests to domain calls.
 
 pub mod app;
 pub mod audit;
+pub mod auth;
 pub mod background;
 pub mod catalog;
 pub mod config;

@@ -6,7 +6,39 @@ use std::process::ExitCode;
 use boxoffice::{app::Application, config::Config, telemetry};
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: boxoffice [serve [--demo] | audit]\n\n  serve     run the HTTP service (default)\n  --demo    also load the demo event if it does not exist\n  audit     check the invariants in Redis and PostgreSQL; exit 1 on a violation\n";
+const USAGE: &str = "usage: boxoffice [serve [--demo] | audit | user-token <user_id> [--ttl 1h]]\n\n  serve       run the HTTP service (default)\n  --demo      also load the demo event if it does not exist\n  audit       check the invariants in Redis and PostgreSQL; exit 1 on a violation\n  user-token  print a user assertion (JWT) for <user_id>, signed with\n              BOXOFFICE_USER_JWT_SECRET as the platform's login would\n              (development, demos, load tests); --ttl 30s|15m|1h|2d, default 1h\n";
+
+/// `boxoffice user-token <user_id> [--ttl 1h]`.
+fn user_token(args: &[&str]) -> ExitCode {
+    let fail = |m: String| {
+        eprintln!("boxoffice user-token: {m}");
+        ExitCode::from(2)
+    };
+    let (user, ttl) = match args {
+        [user] => (*user, "1h"),
+        [user, "--ttl", ttl] | ["--ttl", ttl, user] => (*user, *ttl),
+        _ => return fail(format!("expected <user_id> [--ttl 1h]\n{USAGE}")),
+    };
+    let user = match boxoffice::ids::UserId::parse(user) {
+        Ok(u) => u,
+        Err(e) => return fail(e.to_string()),
+    };
+    let ttl = match boxoffice::auth::parse_ttl(ttl) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let minted = Config::from_env()
+        .map_err(|e| anyhow::anyhow!(e))
+        .and_then(|c| boxoffice::auth::UserVerifier::new(&c.user_jwt))
+        .and_then(|v| v.mint(&user, ttl));
+    match minted {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
 
 /// `boxoffice audit`: connects to both stores and checks the invariants.
 async fn audit(config: &Config) -> ExitCode {
@@ -61,6 +93,7 @@ async fn main() -> ExitCode {
                 }
             };
         }
+        ["user-token", rest @ ..] => return user_token(rest),
         ["audit", "--help" | "-h"] => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -76,7 +109,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match Config::from_env() {
+    let config = match Config::from_env().and_then(|c| {
+        c.check_secrets_for_listening()?;
+        Ok(c)
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("boxoffice: {e}");
@@ -84,9 +120,9 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(config.log_format);
-    if config.uses_dev_secrets() {
+    if let Some(var) = config.dev_secret_variable() {
         tracing::warn!(
-            "BOXOFFICE_SERVICE_KEY or BOXOFFICE_TOKEN_SECRET has its development default; set both in production"
+            "{var} has its public development default: allowed on a loopback address only; set BOXOFFICE_SERVICE_KEY, BOXOFFICE_TOKEN_SECRET and BOXOFFICE_USER_JWT_SECRET (or BOXOFFICE_USER_JWT_PUBLIC_KEY) in production"
         );
     }
     let app = match Application::build(config).await {

@@ -91,16 +91,13 @@ impl Money {
     /// Not a decimal, zero or negative, more decimals than the currency's
     /// scale, or above `max`.
     pub fn parse_amount(s: &str, currency: Currency, max: Decimal) -> Result<Self, AmountError> {
-        let s = s.trim();
-        // Refuse exponents, hex and the like: only plain decimal digits.
-        if s.is_empty()
-            || !s
-                .chars()
-                .all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
-        {
-            return Err(AmountError::NotADecimal);
-        }
-        let d: Decimal = s.parse().map_err(|_| AmountError::NotADecimal)?;
+        let d = parse_exact(s, currency.scale()).map_err(|e| match e {
+            AmountError::TooPrecise { scale, .. } => AmountError::TooPrecise {
+                currency: currency.code(),
+                scale,
+            },
+            other => other,
+        })?;
         Self::from_decimal(d, currency, max)
     }
 
@@ -127,6 +124,44 @@ impl Money {
     pub fn amount(&self) -> Decimal {
         self.0
     }
+}
+
+/// Most integer digits an amount may have: far above any real amount, and
+/// low enough that `Decimal` (28 significant digits) never rounds.
+const MAX_INTEGER_DIGITS: usize = 18;
+
+/// Parses a client-supplied decimal exactly: plain ASCII digits with at
+/// most one `.` between digits; no sign, spaces, exponent or grouping.
+/// Trailing zeros after the point are harmless (`"5000.00"` is 5000);
+/// any other digit beyond `scale` is refused rather than rounded, so
+/// `"9.99999999999999999999999999999"` can never become 10.
+///
+/// # Errors
+/// [`AmountError::NotADecimal`] for anything but that shape,
+/// [`AmountError::TooPrecise`] for significant digits beyond `scale`
+/// (reported by the caller with the currency).
+pub fn parse_exact(s: &str, scale: u32) -> Result<Decimal, AmountError> {
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || int.len() > MAX_INTEGER_DIGITS || frac.is_some_and(|f| !digits(f)) {
+        return Err(AmountError::NotADecimal);
+    }
+    let significant = frac.map_or("", |f| f.trim_end_matches('0'));
+    if significant.len() > scale as usize {
+        return Err(AmountError::TooPrecise {
+            currency: "",
+            scale,
+        });
+    }
+    let exact = if significant.is_empty() {
+        int.to_owned()
+    } else {
+        format!("{int}.{significant}")
+    };
+    exact.parse().map_err(|_| AmountError::NotADecimal)
 }
 
 impl fmt::Display for Money {
@@ -249,6 +284,28 @@ mod tests {
     }
 
     #[test]
+    fn never_rounds_what_it_cannot_hold() {
+        // Decimal would round this to 10; the digit check refuses it first.
+        assert!(matches!(
+            Money::parse_amount("9.99999999999999999999999999999", EUR, dec!(100)),
+            Err(AmountError::TooPrecise {
+                currency: "EUR",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Money::parse_amount("9.99999999999999999999999999999", KRW, dec!(100)),
+            Err(AmountError::TooPrecise { .. })
+        ));
+        assert_eq!(
+            Money::parse_amount("99.990000000000000000000000000000", EUR, dec!(100))
+                .unwrap()
+                .amount(),
+            dec!(99.99)
+        );
+    }
+
+    #[test]
     fn refuses_bad_amounts() {
         assert_eq!(
             Money::parse_amount("0", KRW, dec!(10)),
@@ -256,7 +313,7 @@ mod tests {
         );
         assert_eq!(
             Money::parse_amount("-5", KRW, dec!(10)),
-            Err(AmountError::NotPositive)
+            Err(AmountError::NotADecimal)
         );
         assert!(matches!(
             Money::parse_amount("1.5", KRW, dec!(10)),
@@ -270,7 +327,23 @@ mod tests {
             Money::parse_amount("11", KRW, dec!(10)),
             Err(AmountError::TooLarge { .. })
         ));
-        for s in ["", "abc", "1e3", "0x10", "NaN", "1,000"] {
+        for s in [
+            "",
+            "abc",
+            "1e3",
+            "0x10",
+            "NaN",
+            "1,000",
+            " 5",
+            "5 ",
+            "+5",
+            "5.",
+            ".5",
+            "1.2.3",
+            "٣",
+            "1_000",
+            "0000000000000000001",
+        ] {
             assert_eq!(
                 Money::parse_amount(s, KRW, dec!(10000)),
                 Err(AmountError::NotADecimal),

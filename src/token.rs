@@ -1,7 +1,7 @@
 //! Queue tokens: `v1.<kid>.<payload>.<tag>`, HMAC-SHA256 signed.
 //!
-//! The payload (base64url JSON) names the event, the user, the queue entry
-//! and the issue time. Verifying needs only the key, never Redis, so a
+//! The payload (base64url JSON) names the event, the user, the queue entry,
+//! the issue time and the expiry. Verifying needs only the key, never Redis, so a
 //! forged or tampered token is refused before any store is touched; whether
 //! the entry is still waiting, admitted or gone is then read from Redis.
 //! The key id lets operators rotate keys: the signer signs with the current
@@ -28,6 +28,9 @@ pub struct QueueClaims {
     pub entry: u64,
     /// Unix seconds.
     pub issued_at: i64,
+    /// Unix seconds; the token is refused after this (re-joining hands out
+    /// a fresh token for the same live entry).
+    pub expires_at: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -36,6 +39,7 @@ struct Payload {
     u: String,
     n: u64,
     iat: i64,
+    exp: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +50,12 @@ pub enum TokenError {
     UnknownKey,
     #[error("bad queue token signature")]
     BadSignature,
+    #[error("the queue token has expired; join again for a fresh one")]
+    Expired,
 }
+
+/// Clock difference forgiven between instances.
+const SKEW_SECONDS: i64 = 30;
 
 /// Signs and verifies queue tokens.
 pub struct TokenSigner {
@@ -85,6 +94,7 @@ impl TokenSigner {
             u: c.user.to_string(),
             n: c.entry,
             iat: c.issued_at,
+            exp: c.expires_at,
         })
         .expect("payload serializes");
         let signed = format!("v1.{}.{}", self.kid, B64.encode(payload));
@@ -92,11 +102,20 @@ impl TokenSigner {
         format!("{signed}.{}", B64.encode(tag))
     }
 
-    /// Checks the signature (constant time) and decodes the claims.
+    /// Checks the signature (constant time), decodes the claims and checks
+    /// the expiry against the current time.
     ///
     /// # Errors
-    /// Malformed token, unknown key id, or bad signature.
+    /// Malformed token, unknown key id, bad signature, or expired.
     pub fn verify(&self, token: &str) -> Result<QueueClaims, TokenError> {
+        self.verify_at(token, chrono::Utc::now().timestamp())
+    }
+
+    /// [`TokenSigner::verify`] at a given time (Unix seconds).
+    ///
+    /// # Errors
+    /// As [`TokenSigner::verify`].
+    pub fn verify_at(&self, token: &str, now: i64) -> Result<QueueClaims, TokenError> {
         let (signed, tag_b64) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let mut parts = signed.splitn(3, '.');
         let (Some("v1"), Some(kid), Some(payload_b64)) = (parts.next(), parts.next(), parts.next())
@@ -115,11 +134,15 @@ impl TokenSigner {
             .map_err(|_| TokenError::BadSignature)?;
         let raw = B64.decode(payload_b64).map_err(|_| TokenError::Malformed)?;
         let p: Payload = serde_json::from_slice(&raw).map_err(|_| TokenError::Malformed)?;
+        if p.exp.saturating_add(SKEW_SECONDS) < now {
+            return Err(TokenError::Expired);
+        }
         Ok(QueueClaims {
             event: EventId::parse(&p.e).map_err(|_| TokenError::Malformed)?,
             user: UserId::parse(&p.u).map_err(|_| TokenError::Malformed)?,
             entry: p.n,
             issued_at: p.iat,
+            expires_at: p.exp,
         })
     }
 }
@@ -140,13 +163,28 @@ mod tests {
             user: UserId::parse("alice").unwrap(),
             entry: 42,
             issued_at: 1_700_000_000,
+            expires_at: 1_700_003_600,
         }
     }
 
     #[test]
     fn round_trips() {
         let s = TokenSigner::new("a-very-secret-key-123");
-        assert_eq!(s.verify(&s.sign(&claims())).unwrap(), claims());
+        assert_eq!(
+            s.verify_at(&s.sign(&claims()), 1_700_000_100).unwrap(),
+            claims()
+        );
+    }
+
+    #[test]
+    fn expires() {
+        let s = TokenSigner::new("a-very-secret-key-123");
+        let t = s.sign(&claims());
+        assert!(s.verify_at(&t, 1_700_003_600 + 30).is_ok(), "within skew");
+        assert_eq!(
+            s.verify_at(&t, 1_700_003_600 + 31),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -161,11 +199,12 @@ mod tests {
         let parts: Vec<&str> = t.split('.').collect();
         let other_parts: Vec<&str> = other.split('.').collect();
         let forged = format!("{}.{}.{}.{}", parts[0], parts[1], other_parts[2], parts[3]);
-        assert_eq!(s.verify(&forged), Err(TokenError::BadSignature));
+        let now = 1_700_000_100;
+        assert_eq!(s.verify_at(&forged, now), Err(TokenError::BadSignature));
         let foreign = TokenSigner::new("another-secret-key-456").sign(&claims());
-        assert_eq!(s.verify(&foreign), Err(TokenError::UnknownKey));
+        assert_eq!(s.verify_at(&foreign, now), Err(TokenError::UnknownKey));
         for bad in ["", "v1", "v2.a.b.c", "v1.x.y", "garbage.with.dots.here"] {
-            assert!(s.verify(bad).is_err(), "{bad}");
+            assert!(s.verify_at(bad, now).is_err(), "{bad}");
         }
     }
 }

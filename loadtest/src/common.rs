@@ -68,6 +68,9 @@ pub struct Ctx {
     /// Unique per run: prefixes event and user ids.
     pub run: String,
     pub service_key: String,
+    /// The HS256 secret the platform's login signs user assertions with
+    /// (the buyers join with their own assertion, as browsers would).
+    pub user_jwt_secret: String,
     pub event: String,
     pub schedules: Vec<String>,
     /// Price of one seat, as the API writes it.
@@ -103,6 +106,12 @@ impl Ctx {
             event: run.clone(),
             run,
             service_key: service.service_key.expose().to_owned(),
+            user_jwt_secret: service
+                .user_jwt
+                .secret
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default(),
             schedules: Vec::new(),
             price: 1000,
             seats: 0,
@@ -249,20 +258,32 @@ pub async fn call(
     })
 }
 
+/// A user assertion for `user_id`, as the platform's login would issue it.
+pub fn assertion(user_id: &str) -> Result<String, Box<TransactionError>> {
+    let user = boxoffice::ids::UserId::parse(user_id).map_err(|e| fail(e.to_string()))?;
+    boxoffice::auth::mint_with_secret(
+        &ctx().user_jwt_secret,
+        &user,
+        std::time::Duration::from_secs(3600),
+    )
+    .map_err(|e| fail(format!("cannot mint a user assertion: {e}")))
+}
+
+/// Joins with the user's own assertion.
 pub async fn join(
     user: &mut GooseUser,
     user_id: &str,
     name: &str,
 ) -> Result<Reply, Box<TransactionError>> {
     let path = format!("/v1/events/{}/queue", ctx().event);
-    let body = serde_json::json!({ "user_id": user_id });
+    let jwt = assertion(user_id)?;
     call(
         user,
         GooseMethod::Post,
         &path,
         name,
-        Auth::None,
-        Some(&body),
+        Auth::Bearer(&jwt),
+        None,
         &[200, 201],
     )
     .await

@@ -133,14 +133,14 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
     // Queue.
     let joined = Instant::now();
     let join_path = format!("/v1/events/{}/queue", c.event);
-    let join_body = json!({ "user_id": id });
+    let jwt = crate::common::assertion(&id)?;
     let r = send(
         user,
         GooseMethod::Post,
         &join_path,
         "join",
-        Auth::None,
-        Some(&join_body),
+        Auth::Bearer(&jwt),
+        None,
         &[200, 201],
     )
     .await?;

@@ -89,6 +89,7 @@ pub async fn seed(
                 user: UserId::parse(&format!("{user_prefix}{n:012}")).expect("valid user id"),
                 entry: n,
                 issued_at: iat,
+                expires_at: iat + 3600,
             })
         })
         .collect();

@@ -70,14 +70,14 @@ async fn ceiling(user: &mut GooseUser) -> TransactionResult {
 async fn join(user: &mut GooseUser) -> TransactionResult {
     let id = fresh_user("j");
     let path = format!("/v1/events/{}/queue", ctx().event);
-    let body = json!({ "user_id": id });
+    let jwt = crate::common::assertion(&id)?;
     let r = call(
         user,
         GooseMethod::Post,
         &path,
         "join",
-        Auth::None,
-        Some(&body),
+        Auth::Bearer(&jwt),
+        None,
         &[201],
     )
     .await?;

@@ -7,7 +7,8 @@
 -- sched_keys(i) builds from KEYS[i..i+6]):
 --   cfg      hash: starts_at, seats (N, numbered 1..N), row_size, price,
 --            hold_ms, max_per_user, held (seats held or paying),
---            sold (seats sold)
+--            sold (seats sold), cancelled ("1" once the schedule is
+--            cancelled: no new holds or payments)
 --   seats    hash: seat -> "h:<hold>" (held or paying) | "s:<payment_id>"
 --            (sold); absent = free
 --   map      bitmap: bit i = 1 when seat i is in `seats`; bit 0 is set
@@ -45,12 +46,13 @@ end
 -- is not loaded (no `seats` field).
 local function load_cfg(K)
   local v = redis.call('HMGET', K.cfg, 'seats', 'row_size', 'price', 'hold_ms',
-                       'max_per_user', 'held', 'sold', 'starts_at')
+                       'max_per_user', 'held', 'sold', 'starts_at', 'cancelled')
   if not v[1] then return nil end
   local n = tonumber(v[1])
   return { seats = n, row_size = tonumber(v[2]) or n, price = v[3],
            hold_ms = tonumber(v[4]) or 0, max_per_user = tonumber(v[5]),
-           held = tonumber(v[6]) or 0, sold = tonumber(v[7]) or 0, starts_at = v[8] }
+           held = tonumber(v[6]) or 0, sold = tonumber(v[7]) or 0, starts_at = v[8],
+           cancelled = v[9] == '1' }
 end
 
 -- Errors for broken caller contracts (malformed ARGV). Only ever returned
@@ -179,21 +181,35 @@ local function expire_due(K, now)
   return expired, paying
 end
 
--- The user's live queue entry must be admitted right now. Read-only. The
--- queue keys share the event's hash tag, so the scripts that need an
--- admitted buyer (place_hold, begin_payment) check it themselves instead
--- of costing the request a second round trip. Returns nil when admitted,
--- else a reply table: {status="not_admitted", position=p} while waiting,
--- {status="queue_gone"} when the user has no live entry (left, window
--- over, or completed by a payment).
-local function admission(adm, wait, user, now)
-  local deadline = redis.call('ZSCORE', adm, user)
+-- The queue keys a buyer's admission check reads, KEYS[i..i+2] in this
+-- order (EventKeys::buyer_keys builds them): adm (zset: admitted user ->
+-- deadline), wait (zset: waiting user -> entry), adm_entry (hash:
+-- admitted user -> entry).
+local function buyer_keys(i)
+  return { adm = KEYS[i], wait = KEYS[i + 1], adm_entry = KEYS[i + 2] }
+end
+
+-- The buyer's queue entry (the one its token names, not just any entry of
+-- the user) must be live and admitted right now. Read-only. The queue keys
+-- share the event's hash tag, so the scripts that need an admitted buyer
+-- check it themselves instead of costing the request a second round trip.
+-- Returns nil when admitted, else a reply table: {status="not_admitted",
+-- position=p} while that entry waits, {status="queue_gone"} when it is not
+-- live (left, evicted, window over, completed by a payment, or replaced:
+-- a token of an entry that ended stays dead even after the user joins
+-- again).
+local function admission(Q, user, entry, now)
+  entry = tonumber(entry)
+  local deadline = redis.call('ZSCORE', Q.adm, user)
   if deadline then
-    if tonumber(deadline) > now then return nil end
+    if tonumber(redis.call('HGET', Q.adm_entry, user)) == entry and tonumber(deadline) > now then
+      return nil
+    end
     return { status = 'queue_gone' }
   end
-  local rank = redis.call('ZRANK', wait, user)
-  if rank then return { status = 'not_admitted', position = rank + 1 } end
+  if entry and tonumber(redis.call('ZSCORE', Q.wait, user)) == entry then
+    return { status = 'not_admitted', position = redis.call('ZRANK', Q.wait, user) + 1 }
+  end
   return { status = 'queue_gone' }
 end
 

@@ -112,6 +112,11 @@ impl NewEvent {
         if name.is_empty() || name.chars().count() > 200 {
             e.0.push("name must be 1 to 200 characters".into());
         }
+        // PostgreSQL text cannot hold NUL, and no control character
+        // belongs in a name shown to buyers.
+        if name.chars().any(char::is_control) {
+            e.0.push("name must not contain control characters".into());
+        }
         let queue = queue_settings(&self.queue, &mut e);
         if self.schedules.is_empty() || self.schedules.len() > MAX_SCHEDULES {
             e.0.push(format!(

@@ -60,6 +60,9 @@ pub enum HoldError {
     /// The buyer's queue entry is gone.
     #[error("the queue entry is gone")]
     QueueGone,
+    /// The schedule was cancelled: nothing of it is sold any more.
+    #[error("the schedule was cancelled")]
+    Cancelled,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -157,6 +160,7 @@ fn common_errors(script: &str, raw: &str, r: &Reply) -> HoldError {
             position: r.position,
         },
         "queue_gone" => HoldError::QueueGone,
+        "cancelled" => HoldError::Cancelled,
         other => HoldError::Store(bad_reply(script, raw, format!("status {other}"))),
     }
 }
@@ -176,7 +180,7 @@ pub async fn place(
     let k = redis.keys().event(event);
     let mut keys = k.schedule_keys(schedule);
     keys.push(k.hold_seq());
-    keys.extend(admission_keys(&k));
+    keys.extend(k.buyer_keys());
     let (mode, arg) = match req {
         HoldRequest::Seats(seats) => (
             "seats",
@@ -192,7 +196,7 @@ pub async fn place(
         .run(
             &redis::PLACE_HOLD,
             keys,
-            vec![user.to_string(), mode.into(), arg],
+            vec![user.to_string(), mode.into(), arg, buyer.entry.to_string()],
         )
         .await
     {
@@ -251,17 +255,34 @@ pub async fn place(
     outcome
 }
 
-/// The hold, if it is still live and `user` owns it.
+/// The keys of a script acting on one hold for its owner: the schedule,
+/// then the queue keys that prove the owner's entry is live.
+fn owner_keys(redis: &Redis, id: &HoldId) -> Vec<String> {
+    let k = redis.keys().event(&id.event);
+    let mut keys = k.schedule_keys(&id.schedule);
+    keys.extend(k.buyer_keys());
+    keys
+}
+
+fn owner_args(id: &HoldId, owner: &QueueClaims) -> Vec<String> {
+    vec![
+        id.n.to_string(),
+        owner.user.to_string(),
+        owner.entry.to_string(),
+    ]
+}
+
+/// The hold, if it is still live and the token's user owns it, while the
+/// token's queue entry is live.
 ///
 /// # Errors
 /// Gone, someone else's, or Redis unavailable.
-pub async fn get(redis: &Redis, id: &HoldId, user: &UserId) -> Result<Hold, HoldError> {
-    let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
+pub async fn get(redis: &Redis, id: &HoldId, owner: &QueueClaims) -> Result<Hold, HoldError> {
     let raw = redis
         .run(
             &redis::HOLD_INFO,
-            keys,
-            vec![id.n.to_string(), user.to_string()],
+            owner_keys(redis, id),
+            owner_args(id, owner),
         )
         .await?;
     let r: Reply = decode("hold_info", &raw)?;
@@ -283,13 +304,16 @@ pub async fn get(redis: &Redis, id: &HoldId, user: &UserId) -> Result<Hold, Hold
 ///
 /// # Errors
 /// Gone, someone else's, being paid, or Redis unavailable.
-pub async fn release(redis: &Redis, id: &HoldId, user: &UserId) -> Result<Vec<u32>, HoldError> {
-    let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
+pub async fn release(
+    redis: &Redis,
+    id: &HoldId,
+    owner: &QueueClaims,
+) -> Result<Vec<u32>, HoldError> {
     let raw = redis
         .run(
             &redis::RELEASE_HOLD,
-            keys,
-            vec![id.n.to_string(), user.to_string()],
+            owner_keys(redis, id),
+            owner_args(id, owner),
         )
         .await?;
     let r: Reply = decode("release_hold", &raw)?;
@@ -358,7 +382,7 @@ pub async fn seat_map(
     redis: &Redis,
     event: &EventId,
     schedule: &ScheduleId,
-    buyer: Option<&UserId>,
+    buyer: Option<&QueueClaims>,
 ) -> Result<SeatMap, HoldError> {
     let k = redis.keys().event(event);
     let mut keys = k.schedule_keys(schedule);
@@ -387,11 +411,11 @@ pub async fn seat_map(
 /// For a read a buyer makes: the queue keys and the user, so the script
 /// checks that the buyer is admitted in the same round trip. None for
 /// operators and the audit.
-fn buyer_args(k: &EventKeys, keys: &mut Vec<String>, buyer: Option<&UserId>) -> Vec<String> {
+fn buyer_args(k: &EventKeys, keys: &mut Vec<String>, buyer: Option<&QueueClaims>) -> Vec<String> {
     match buyer {
-        Some(user) => {
-            keys.extend(admission_keys(k));
-            vec![user.to_string()]
+        Some(b) => {
+            keys.extend(k.buyer_keys());
+            vec![b.user.to_string(), b.entry.to_string()]
         }
         None => vec![],
     }
@@ -469,7 +493,7 @@ pub async fn overview(
     redis: &Redis,
     event: &EventId,
     schedules: &[ScheduleId],
-    buyer: Option<&UserId>,
+    buyer: Option<&QueueClaims>,
 ) -> Result<Vec<ScheduleFigures>, HoldError> {
     let k = redis.keys().event(event);
     let mut keys: Vec<String> = schedules.iter().flat_map(|s| k.schedule_keys(s)).collect();
@@ -508,9 +532,15 @@ pub async fn sweep(
     Ok(r.expired)
 }
 
-/// The queue keys a script needs to check that the buyer is admitted.
-fn admission_keys(k: &EventKeys) -> [String; 2] {
-    [k.queue_admitted(), k.queue_waiting()]
+/// Whether hold number `id.n` was ever handed out for its event: a hold
+/// that is gone but was minted expired or was released; one that was never
+/// minted never existed (404, not 410).
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn ever_minted(redis: &Redis, id: &HoldId) -> Result<bool, StoreError> {
+    let seq = redis.get(&redis.keys().event(&id.event).hold_seq()).await?;
+    Ok(seq.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) >= id.n)
 }
 
 /// A hold moved to *paying*.
@@ -533,12 +563,17 @@ pub async fn begin_payment(
     let user = &buyer.user;
     let k = redis.keys().event(&id.event);
     let mut keys = k.schedule_keys(&id.schedule);
-    keys.extend(admission_keys(&k));
+    keys.extend(k.buyer_keys());
     let raw = redis
         .run(
             &redis::BEGIN_PAYMENT,
             keys,
-            vec![id.n.to_string(), user.to_string(), paying_ms.to_string()],
+            vec![
+                id.n.to_string(),
+                user.to_string(),
+                paying_ms.to_string(),
+                buyer.entry.to_string(),
+            ],
         )
         .await?;
     let r: Reply = decode("begin_payment", &raw)?;
@@ -580,6 +615,89 @@ pub struct Confirmed {
     pub conflicts: Vec<u32>,
     #[serde(default)]
     pub overrode: Vec<u32>,
+}
+
+/// Puts the seats of a refunded payment back on sale (only those still
+/// sold to it) and shrinks the buyer's bought count; idempotent. Returns
+/// the seats freed by this call.
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn refund_seats(
+    redis: &Redis,
+    event: &EventId,
+    schedule: &ScheduleId,
+    user: &str,
+    payment_id: uuid::Uuid,
+    seats: &[i32],
+) -> Result<Vec<u32>, StoreError> {
+    #[derive(Deserialize)]
+    struct Freed {
+        status: String,
+        #[serde(default)]
+        freed: Vec<u32>,
+        #[serde(default)]
+        expired: u64,
+        #[serde(default)]
+        expired_paying: u64,
+    }
+    let k = redis.keys().event(event);
+    let mut keys = k.schedule_keys(schedule);
+    keys.push(k.sold_map(schedule));
+    let args = vec![
+        user.to_owned(),
+        payment_id.to_string(),
+        seats
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    ];
+    let raw = redis.run(&redis::REFUND_SEATS, keys, args).await?;
+    let r: Freed = decode("refund_seats", &raw)?;
+    count_expired_n(r.expired, r.expired_paying);
+    match r.status.as_str() {
+        "ok" => Ok(r.freed),
+        // Not in Redis at all: nothing is sold there to free.
+        "no_schedule" => Ok(Vec::new()),
+        other => Err(bad_reply("refund_seats", &raw, format!("status {other}"))),
+    }
+}
+
+/// Stops a schedule's sales in Redis: marks it cancelled and drops every
+/// live hold not being paid. Returns how many holds were dropped
+/// (None when the schedule is not in Redis).
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn cancel_schedule(
+    redis: &Redis,
+    event: &EventId,
+    schedule: &ScheduleId,
+) -> Result<Option<u64>, StoreError> {
+    #[derive(Deserialize)]
+    struct Dropped {
+        status: String,
+        #[serde(default)]
+        holds_dropped: u64,
+        #[serde(default)]
+        expired: u64,
+        #[serde(default)]
+        expired_paying: u64,
+    }
+    let keys = redis.keys().event(event).schedule_keys(schedule);
+    let raw = redis.run(&redis::CANCEL_SCHEDULE, keys, vec![]).await?;
+    let r: Dropped = decode("cancel_schedule", &raw)?;
+    count_expired_n(r.expired, r.expired_paying);
+    match r.status.as_str() {
+        "ok" => Ok(Some(r.holds_dropped)),
+        "no_schedule" => Ok(None),
+        other => Err(bad_reply(
+            "cancel_schedule",
+            &raw,
+            format!("status {other}"),
+        )),
+    }
 }
 
 /// Marks seats sold for a confirmed payment; idempotent, also when the hold

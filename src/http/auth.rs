@@ -1,18 +1,36 @@
-//! The queue-token extractor.
+//! Credential extractors: which caller a request speaks for.
 //!
-//! [`QueueToken`] only checks the signature (no Redis). Whether the entry is
-//! admitted is checked by the script that serves the request (place_hold,
-//! begin_payment, seat_map, schedules_overview), in the same round trip.
+//! Every extractor checks signatures only (no store is touched), so a
+//! forged credential is refused before anything else runs:
+//! - [`QueueToken`]: the queue entry's token. Whether the entry is still
+//!   live (and admitted) is checked by the script that serves the request,
+//!   in the same round trip.
+//! - [`UserAssertion`]: the platform's JWT for one user.
+//! - [`Caller`]: a user assertion or the service key (wallet and payment
+//!   reads, lists).
+//! - [`PaymentReader`]: as [`Caller`], or a queue token, for reading one
+//!   payment of the token's own user.
+//! - [`PlatformOnly`]: the service key, refusing user credentials with 403
+//!   (wallet charges: money enters a wallet only from the platform).
 
 use axum::{
     extract::{FromRef, FromRequestParts},
     http::{header, request::Parts},
 };
 
-use super::error::ApiError;
-use crate::{app::AppState, queue::QueueError, token::QueueClaims};
+use super::{
+    error::ApiError,
+    extract::{ServiceKey, has_service_key_header},
+};
+use crate::{
+    app::AppState,
+    auth::AssertionError,
+    ids::UserId,
+    queue::QueueError,
+    token::{QueueClaims, TokenError},
+};
 
-/// A queue token whose signature is valid.
+/// A queue token whose signature is valid and which has not expired.
 #[derive(Debug, Clone)]
 pub struct QueueToken(pub QueueClaims);
 
@@ -26,15 +44,21 @@ impl From<QueueError> for ApiError {
     }
 }
 
-/// The bearer token of a request, if any.
+/// The bearer credential of a request, if any (the scheme is
+/// case-insensitive).
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    crate::auth::bearer(parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?)
+}
+
+fn token_error(e: &TokenError) -> ApiError {
+    match e {
+        TokenError::Expired => ApiError::QueueTokenExpired,
+        other => ApiError::Unauthorized(other.to_string()),
+    }
+}
+
+fn assertion_error(e: &AssertionError) -> ApiError {
+    ApiError::Unauthorized(e.to_string())
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for QueueToken
@@ -54,6 +78,143 @@ where
             .tokens
             .verify(token)
             .map(Self)
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))
+            .map_err(|e| token_error(&e))
+    }
+}
+
+/// A valid user assertion (the platform's JWT): the user is its `sub`.
+#[derive(Debug, Clone)]
+pub struct UserAssertion(pub UserId);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserAssertion
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "this endpoint needs a user assertion (the platform's JWT): Authorization: Bearer <jwt>"
+                    .into(),
+            )
+        })?;
+        state
+            .users
+            .verify(token)
+            .map(Self)
+            .map_err(|e| assertion_error(&e))
+    }
+}
+
+/// Who may read a user's wallet and payments: that user's assertion, or
+/// the platform's service key. A queue token is not enough: it is the
+/// credential of one queue entry, not of the user.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    User(UserId),
+    Service,
+}
+
+impl Caller {
+    /// # Errors
+    /// 403 when a user acts on someone else's data.
+    pub fn may_act_for(&self, user: &UserId) -> Result<(), ApiError> {
+        match self {
+            Self::Service => Ok(()),
+            Self::User(u) if u == user => Ok(()),
+            Self::User(_) => Err(ApiError::Forbidden(
+                "a user assertion may only act for its own user".into(),
+            )),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if has_service_key_header(parts) {
+            ServiceKey::from_request_parts(parts, state)
+                .await
+                .map(|_| Self::Service)
+        } else {
+            UserAssertion::from_request_parts(parts, state)
+                .await
+                .map(|UserAssertion(u)| Self::User(u))
+        }
+    }
+}
+
+/// The platform's backend, and nobody else: the routes that move money
+/// into a wallet. A user credential (assertion or queue token) is refused
+/// with 403, not 401: it is valid, it just can never do this.
+#[derive(Debug, Clone, Copy)]
+pub struct PlatformOnly;
+
+impl<S: Send + Sync> FromRequestParts<S> for PlatformOnly
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if !has_service_key_header(parts) && bearer(parts).is_some() {
+            return Err(ApiError::Forbidden(
+                "only the platform's backend (service key) may do this; user credentials never can"
+                    .into(),
+            ));
+        }
+        ServiceKey::from_request_parts(parts, state)
+            .await
+            .map(|_| Self)
+    }
+}
+
+/// Who may read one payment: the service key, the owner's assertion, or a
+/// queue token of the owner (checked against the payment's user and event
+/// by the handler).
+#[derive(Debug, Clone)]
+pub enum PaymentReader {
+    Service,
+    User(UserId),
+    Queue(QueueClaims),
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PaymentReader
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if has_service_key_header(parts) {
+            return ServiceKey::from_request_parts(parts, state)
+                .await
+                .map(|_| Self::Service);
+        }
+        let app = AppState::from_ref(state);
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "this endpoint needs a user assertion, a queue token or the service key".into(),
+            )
+        })?;
+        // Queue tokens and JWTs cannot be mistaken for each other: a queue
+        // token starts with its version, a JWT with its base64 header.
+        if token.starts_with("v1.") {
+            app.tokens
+                .verify(token)
+                .map(Self::Queue)
+                .map_err(|e| token_error(&e))
+        } else {
+            app.users
+                .verify(token)
+                .map(Self::User)
+                .map_err(|e| assertion_error(&e))
+        }
     }
 }

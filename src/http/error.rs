@@ -49,6 +49,10 @@ pub enum ApiError {
     HoldExpired,
     #[error("the hold is already paid")]
     HoldAlreadyPaid { payment_id: String },
+    #[error("this schedule was cancelled: nothing of it is sold any more")]
+    ScheduleCancelled,
+    #[error("the payment is already refunded")]
+    AlreadyRefunded { refund_id: String },
     #[error("the hold is being paid by another request")]
     HoldBeingPaid,
     #[error("the wallet balance is lower than the amount")]
@@ -78,6 +82,8 @@ impl ApiError {
             | E::SeatsUnavailable { .. }
             | E::HoldLimitExceeded { .. }
             | E::HoldAlreadyPaid { .. }
+            | E::ScheduleCancelled
+            | E::AlreadyRefunded { .. }
             | E::HoldBeingPaid
             | E::RequestInProgress => StatusCode::CONFLICT,
             E::QueueTokenExpired | E::HoldExpired => StatusCode::GONE,
@@ -105,6 +111,8 @@ impl ApiError {
             E::HoldLimitExceeded { .. } => "hold_limit_exceeded",
             E::HoldExpired => "hold_expired",
             E::HoldAlreadyPaid { .. } => "hold_already_paid",
+            E::ScheduleCancelled => "sale_closed",
+            E::AlreadyRefunded { .. } => "already_refunded",
             E::HoldBeingPaid => "request_in_progress",
             E::InsufficientFunds { .. } => "insufficient_funds",
             E::IdempotencyKeyReused => "idempotency_key_reused",
@@ -142,6 +150,9 @@ impl ApiError {
             }
             E::HoldAlreadyPaid { payment_id } => {
                 m.insert("payment_id".into(), json!(payment_id));
+            }
+            E::AlreadyRefunded { refund_id } => {
+                m.insert("refund_id".into(), json!(refund_id));
             }
             E::InsufficientFunds { balance, amount } => {
                 m.insert("balance".into(), json!(balance));
@@ -206,16 +217,7 @@ impl IntoResponse for ApiError {
             Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
             _ => {}
         }
-        let mut body = self.extra();
-        body.insert(
-            "type".into(),
-            json!(format!("urn:boxoffice:problem:{}", self.code())),
-        );
-        body.insert("title".into(), json!(self.title()));
-        body.insert("status".into(), json!(status.as_u16()));
-        body.insert("detail".into(), json!(self.detail()));
-        body.insert("code".into(), json!(self.code()));
-        let mut resp = (status, axum::Json(Value::Object(body))).into_response();
+        let mut resp = (status, axum::Json(self.body())).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

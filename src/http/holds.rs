@@ -21,7 +21,7 @@ use super::{
 use crate::{
     app::AppState,
     holds::{self, Hold, HoldError, HoldRequest, MAX_SEATS_PER_REQUEST},
-    ids::{EventId, HoldId, ScheduleId, SeatNo, UserId},
+    ids::{EventId, HoldId, ScheduleId, SeatNo},
     money::format_amount,
     token::QueueClaims,
 };
@@ -48,6 +48,7 @@ impl From<HoldError> for ApiError {
             HoldError::Paying => ApiError::HoldBeingPaid,
             HoldError::NotAdmitted { position } => ApiError::NotAdmitted { position },
             HoldError::QueueGone => ApiError::QueueTokenExpired,
+            HoldError::Cancelled => ApiError::ScheduleCancelled,
             HoldError::Store(e) => ApiError::Dependency(e),
         }
     }
@@ -114,7 +115,7 @@ pub async fn list_schedules(
     same_event(&claims, &event)?;
     let ids = schedules_of(&state, &event).await?;
     // The script checks that the buyer is admitted: one round trip.
-    let figures = holds::overview(&state.redis, &event, &ids, Some(&claims.user)).await?;
+    let figures = holds::overview(&state.redis, &event, &ids, Some(&claims)).await?;
     let schedules: Vec<ScheduleAvailability> = ids
         .iter()
         .zip(figures)
@@ -173,7 +174,7 @@ async fn seat_map_json(
     state: &AppState,
     event: &EventId,
     schedule_raw: &str,
-    buyer: Option<&UserId>,
+    buyer: Option<&QueueClaims>,
 ) -> ApiResult<Response> {
     let schedule = ScheduleId::parse(schedule_raw)
         .map_err(|_| ApiError::NotFound("no such schedule".into()))?;
@@ -198,7 +199,7 @@ pub async fn seats(
     let event = event_in_path(&event_id)?;
     same_event(&claims, &event)?;
     // The script checks that the buyer is admitted: one round trip.
-    seat_map_json(&state, &event, &schedule_id, Some(&claims.user)).await
+    seat_map_json(&state, &event, &schedule_id, Some(&claims)).await
 }
 
 #[utoipa::path(get, path = "/v1/admin/events/{event_id}/schedules/{schedule_id}/seats", tag = "admin",
@@ -347,7 +348,7 @@ pub async fn get(
 ) -> ApiResult<axum::Json<HoldResponse>> {
     let id = hold_in_path(&hold_id, &token)?;
     Ok(axum::Json(
-        holds::get(&state.redis, &id, &token.0.user).await?.into(),
+        holds::get(&state.redis, &id, &token.0).await?.into(),
     ))
 }
 
@@ -366,6 +367,6 @@ pub async fn release(
     Path(hold_id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = hold_in_path(&hold_id, &token)?;
-    holds::release(&state.redis, &id, &token.0.user).await?;
+    holds::release(&state.redis, &id, &token.0).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -75,6 +75,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user_id}/payments", get(payments::user_payments))
         .route("/v1/admin/events/{event_id}/sales", get(payments::sales))
         .route("/v1/admin/reconcile", post(payments::reconcile_now))
+        .route(
+            "/v1/admin/payments/{payment_id}/refund",
+            post(payments::refund_payment),
+        )
+        .route(
+            "/v1/admin/events/{event_id}/schedules/{schedule_id}/cancel",
+            post(payments::cancel_schedule),
+        )
         .route("/v1/admin/events", post(admin::create_event))
         .route("/v1/admin/events/{event_id}", get(admin::get_event))
         .route(

@@ -42,6 +42,18 @@ impl Modify for Security {
             ),
         );
         components.add_security_scheme(
+            "user_assertion",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A JWT the platform's login issued for one user (sub = user id)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "service_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Api-Key"))),
         );
@@ -77,6 +89,8 @@ impl Modify for Security {
         super::payments::user_payments,
         super::payments::sales,
         super::payments::reconcile_now,
+        super::payments::refund_payment,
+        super::payments::cancel_schedule,
     ),
     components(schemas(Problem)),
     modifiers(&Security),

@@ -11,18 +11,18 @@ use uuid::Uuid;
 
 use super::{
     ApiError, ApiResult,
-    auth::QueueToken,
+    auth::{Caller, PaymentReader, QueueToken},
     extract::{ApiJson, OptionalIdempotencyKey, ServiceKey},
     queue::event_in_path,
-    wallet::{Caller, claim_or_answer, replay, user_in_path},
+    wallet::{claim_or_answer, replay, user_in_path},
 };
 use crate::{
     app::AppState,
     holds::{self, HoldError},
     idempotency,
-    ids::HoldId,
+    ids::{HoldId, ScheduleId, UserId},
     money::format_amount,
-    payments::{self, Recorded, reconcile},
+    payments::{self, Recorded, reconcile, refund},
     token::QueueClaims,
 };
 
@@ -42,6 +42,7 @@ fn is_final(e: &ApiError) -> bool {
         ApiError::InsufficientFunds { .. }
             | ApiError::HoldExpired
             | ApiError::HoldAlreadyPaid { .. }
+            | ApiError::ScheduleCancelled
             | ApiError::SeatsUnavailable { .. }
             | ApiError::Forbidden(_)
             | ApiError::NotFound(_)
@@ -64,11 +65,15 @@ async fn pay_once(
     let paying = match holds::begin_payment(&state.redis, hold, claims, paying_ms).await {
         Ok(p) => p,
         Err(HoldError::Gone) => {
-            return Err(match payments::payment_of_hold(&state.pg, hold).await? {
-                Some(id) => ApiError::HoldAlreadyPaid {
+            // Gone from Redis: paid, expired, or never minted. Only the
+            // caller's own paid hold names its payment.
+            return Err(match payments::paid_hold(&state.pg, hold).await? {
+                Some((id, owner)) if owner == claims.user.as_str() => ApiError::HoldAlreadyPaid {
                     payment_id: id.to_string(),
                 },
-                None => ApiError::HoldExpired,
+                Some(_) => ApiError::Forbidden("this hold belongs to another user".into()),
+                None if holds::ever_minted(&state.redis, hold).await? => ApiError::HoldExpired,
+                None => ApiError::NotFound("no such hold".into()),
             });
         }
         Err(HoldError::NoSchedule) => return Err(ApiError::NotFound("no such hold".into())),
@@ -104,6 +109,10 @@ async fn pay_once(
         Ok(Recorded::AlreadyPaid { payment_id }) => Err(ApiError::HoldAlreadyPaid {
             payment_id: payment_id.to_string(),
         }),
+        Ok(Recorded::Cancelled) => {
+            give_back().await;
+            Err(ApiError::ScheduleCancelled)
+        }
         Ok(Recorded::SeatTaken) => {
             give_back().await;
             Err(ApiError::SeatsUnavailable {
@@ -213,13 +222,17 @@ pub async fn pay(
 }
 
 #[utoipa::path(get, path = "/v1/payments/{payment_id}", tag = "payments",
-    security(("queue_token" = []), ("service_key" = [])),
+    security(("user_assertion" = []), ("queue_token" = []), ("service_key" = [])),
     params(("payment_id" = String, Path, description = "Payment id")),
     responses((status = 200, description = "The payment", body = payments::Payment),
-              (status = 404, description = "not_found", body = super::openapi::Problem)))]
+              (status = 401, description = "unauthorized", body = super::openapi::Problem),
+              (status = 403, description = "forbidden: another user's payment", body = super::openapi::Problem),
+              (status = 404, description = "not_found", body = super::openapi::Problem),
+              (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
+              (status = 503, description = "dependency_unavailable", body = super::openapi::Problem)))]
 pub async fn get_payment(
     State(state): State<AppState>,
-    caller: Caller,
+    reader: PaymentReader,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<payments::Payment>> {
     let id: Uuid = id
@@ -228,20 +241,21 @@ pub async fn get_payment(
     let (owner, payment) = payments::get(&state.pg, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such payment".into()))?;
-    match &caller {
-        Caller::Service => {}
-        Caller::User(u) if u.as_str() == owner => {}
-        Caller::User(_) => {
-            return Err(ApiError::Forbidden(
-                "this payment belongs to another user".into(),
-            ));
-        }
+    let allowed = match &reader {
+        PaymentReader::Service => true,
+        PaymentReader::User(u) => u.as_str() == owner,
+        PaymentReader::Queue(t) => t.user.as_str() == owner && t.event.as_str() == payment.event_id,
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden(
+            "this payment belongs to another user".into(),
+        ));
     }
     Ok(axum::Json(payment))
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/payments", tag = "payments",
-    security(("queue_token" = []), ("service_key" = [])),
+    security(("user_assertion" = []), ("service_key" = [])),
     params(("user_id" = String, Path, description = "User id")),
     responses((status = 200, description = "The user's payments, newest first")))]
 pub async fn user_payments(
@@ -357,4 +371,136 @@ pub async fn reconcile_now(
     state.schedule_ids.write().expect("lock").clear();
     tracing::info!(?report, "reconcile on demand");
     Ok(axum::Json(report))
+}
+
+#[utoipa::path(post, path = "/v1/admin/payments/{payment_id}/refund", tag = "admin",
+    security(("service_key" = [])),
+    params(("payment_id" = String, Path, description = "Payment id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for 24 h")),
+    responses(
+        (status = 201, description = "Refunded: the whole amount back to the wallet, the seats back on sale", body = refund::Refund),
+        (status = 401, description = "unauthorized", body = super::openapi::Problem),
+        (status = 404, description = "not_found: no such payment", body = super::openapi::Problem),
+        (status = 409, description = "already_refunded (with refund_id) or request_in_progress", body = super::openapi::Problem),
+        (status = 422, description = "idempotency_key_reused or invalid_request", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable", body = super::openapi::Problem),
+    ))]
+pub async fn refund_payment(
+    State(state): State<AppState>,
+    _: ServiceKey,
+    Path(id): Path<String>,
+    OptionalIdempotencyKey(key): OptionalIdempotencyKey,
+) -> Response {
+    let Ok(payment_id) = id.parse::<Uuid>() else {
+        return ApiError::NotFound("no such payment".into()).into_response();
+    };
+    // Keys are scoped to the payment's owner, as a charge's are to the
+    // wallet's user.
+    let owner = match payments::get(&state.pg, payment_id).await {
+        Ok(Some((owner, _))) => owner,
+        Ok(None) => return ApiError::NotFound("no such payment".into()).into_response(),
+        Err(e) => return ApiError::Dependency(e).into_response(),
+    };
+    let owner = match UserId::parse(&owner) {
+        Ok(u) => u,
+        Err(e) => return ApiError::Internal(e.into()).into_response(),
+    };
+    if let Some(key) = &key {
+        let fp = idempotency::fingerprint(&["refund", &payment_id.to_string()]);
+        if let Err(answer) = claim_or_answer(&state, &owner, key, &fp).await {
+            return answer;
+        }
+    }
+    let outcome = refund::record(&state.pg, payment_id, key.as_ref()).await;
+    let error = match outcome {
+        Ok(refund::Refunded::Done { body, seats, .. }) => {
+            metrics::counter!("boxoffice_refunds_total", "by" => "request").increment(1);
+            // Test-only crash point (the `failpoints` feature): die between
+            // the commit and the Redis step; the reconciler finishes it.
+            #[cfg(feature = "failpoints")]
+            if state.config.failpoint.as_deref() == Some("crash_after_refund_commit") {
+                panic!("failpoint crash_after_refund_commit");
+            }
+            if let Err(e) = refund::release_seats(&state.redis, &state.pg, &seats).await {
+                tracing::warn!(%payment_id, error = %e, "refund's Redis step failed; the reconciler will finish it");
+            }
+            return replay(201, body);
+        }
+        Ok(refund::Refunded::Already { refund_id }) => ApiError::AlreadyRefunded {
+            refund_id: refund_id.to_string(),
+        },
+        Ok(refund::Refunded::NoSuchPayment) => ApiError::NotFound("no such payment".into()),
+        Err(e) => ApiError::Dependency(e),
+    };
+    if let Some(key) = &key {
+        if matches!(error, ApiError::AlreadyRefunded { .. }) {
+            let stored = idempotency::complete_now(
+                &state.pg,
+                &owner,
+                key,
+                error.status().as_u16(),
+                &error.body().to_string(),
+            )
+            .await;
+            if stored.is_err() {
+                idempotency::release(&state.pg, &owner, key).await;
+            }
+        } else {
+            idempotency::release(&state.pg, &owner, key).await;
+        }
+    }
+    error.into_response()
+}
+
+#[utoipa::path(post, path = "/v1/admin/events/{event_id}/schedules/{schedule_id}/cancel", tag = "admin",
+    security(("service_key" = [])),
+    params(("event_id" = String, Path, description = "Event id"), ("schedule_id" = String, Path, description = "Schedule id")),
+    responses(
+        (status = 200, description = "Sales stopped and every payment refunded (counts of this call)", body = refund::Cancellation),
+        (status = 401, description = "unauthorized", body = super::openapi::Problem),
+        (status = 404, description = "not_found", body = super::openapi::Problem),
+        (status = 503, description = "dependency_unavailable: call again to finish", body = super::openapi::Problem),
+    ))]
+pub async fn cancel_schedule(
+    State(state): State<AppState>,
+    _: ServiceKey,
+    Path((event_id, schedule_id)): Path<(String, String)>,
+) -> ApiResult<axum::Json<refund::Cancellation>> {
+    let event = event_in_path(&event_id)?;
+    let schedule = ScheduleId::parse(&schedule_id)
+        .map_err(|_| ApiError::NotFound("no such schedule".into()))?;
+    let cancelled_at = refund::mark_cancelled(&state.pg, &event, &schedule)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such schedule".into()))?;
+    // Sales stop in Redis before the refunds start: no hold or payment
+    // of this schedule succeeds from here on.
+    let holds_dropped = holds::cancel_schedule(&state.redis, &event, &schedule)
+        .await?
+        .unwrap_or(0);
+    let already_refunded = refund::refunded_count(&state.pg, &event, &schedule).await?;
+    #[allow(unused_mut)]
+    let mut stop_after = None;
+    #[cfg(feature = "failpoints")]
+    if let Some(n) = state
+        .config
+        .failpoint
+        .as_deref()
+        .and_then(|f| f.strip_prefix("crash_during_cancel_after:"))
+    {
+        stop_after = n.parse().ok();
+    }
+    let refunded =
+        refund::refund_schedule(&state.redis, &state.pg, &event, &schedule, stop_after).await?;
+    if stop_after.is_some() {
+        panic!("failpoint crash_during_cancel_after");
+    }
+    tracing::info!(%event, %schedule, refunded, "schedule cancelled");
+    Ok(axum::Json(refund::Cancellation {
+        event_id: event.to_string(),
+        schedule_id: schedule.to_string(),
+        cancelled_at: cancelled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        holds_dropped,
+        refunded,
+        already_refunded,
+    }))
 }

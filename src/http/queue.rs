@@ -1,13 +1,17 @@
 //! `POST /v1/events/{event_id}/queue`, `GET /v1/queue/status`, `DELETE /v1/queue`.
 
 use axum::{
-    extract::{Path, State},
-    http::StatusCode,
+    extract::{FromRef, FromRequestParts, Path, State},
+    http::{StatusCode, request::Parts},
     response::IntoResponse,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiResult, auth::QueueToken, extract::ApiJson};
+use super::{
+    ApiError, ApiResult,
+    auth::{QueueToken, UserAssertion},
+    extract::{OptionalJson, ServiceKey, has_service_key_header},
+};
 use crate::{
     app::AppState,
     ids::{EventId, UserId},
@@ -15,11 +19,63 @@ use crate::{
     token::QueueClaims,
 };
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
-    /// The platform's user id.
-    pub user_id: String,
+    /// The user to join. Required with the service key; with a user
+    /// assertion it may be omitted and, if sent, must equal its `sub`.
+    pub user_id: Option<String>,
+}
+
+/// Who is joining: a user with their own assertion, or the platform's
+/// backend (service key) on a user's behalf.
+#[derive(Debug, Clone)]
+pub enum Joiner {
+    User(UserId),
+    Service,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Joiner
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if has_service_key_header(parts) {
+            ServiceKey::from_request_parts(parts, state)
+                .await
+                .map(|_| Self::Service)
+        } else {
+            UserAssertion::from_request_parts(parts, state)
+                .await
+                .map(|UserAssertion(u)| Self::User(u))
+        }
+    }
+}
+
+impl Joiner {
+    /// The user the entry is for. A body `user_id` is never proof of
+    /// anything: with a user assertion it must repeat the assertion's user.
+    fn user(self, body: &JoinRequest) -> ApiResult<UserId> {
+        let named = body
+            .user_id
+            .as_deref()
+            .map(UserId::parse)
+            .transpose()
+            .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        match (self, named) {
+            (Self::User(u), None) => Ok(u),
+            (Self::User(u), Some(n)) if n == u => Ok(u),
+            (Self::User(_), Some(_)) => Err(ApiError::Forbidden(
+                "user_id differs from the user of the assertion".into(),
+            )),
+            (Self::Service, Some(n)) => Ok(n),
+            (Self::Service, None) => Err(ApiError::InvalidRequest(
+                "user_id is required when joining with the service key".into(),
+            )),
+        }
+    }
 }
 
 /// A queue entry as the client sees it.
@@ -70,28 +126,36 @@ pub fn event_in_path(raw: &str) -> ApiResult<EventId> {
 }
 
 #[utoipa::path(post, path = "/v1/events/{event_id}/queue", tag = "queue",
+    security(("user_assertion" = []), ("service_key" = [])),
     params(("event_id" = String, Path, description = "Event id")),
     request_body = JoinRequest,
     responses(
         (status = 201, description = "New entry", body = QueueEntry),
         (status = 200, description = "This user's live entry: same place, fresh token", body = QueueEntry),
+        (status = 400, description = "invalid_request: malformed body", body = super::openapi::Problem),
+        (status = 401, description = "unauthorized: no valid user assertion or service key", body = super::openapi::Problem),
+        (status = 403, description = "forbidden: user_id differs from the assertion's user", body = super::openapi::Problem),
         (status = 404, description = "not_found", body = super::openapi::Problem),
         (status = 422, description = "invalid_request", body = super::openapi::Problem),
         (status = 503, description = "dependency_unavailable", body = super::openapi::Problem),
     ))]
 pub async fn join(
     State(state): State<AppState>,
+    joiner: Joiner,
     Path(event_id): Path<String>,
-    ApiJson(body): ApiJson<JoinRequest>,
+    OptionalJson(body): OptionalJson<JoinRequest>,
 ) -> ApiResult<impl IntoResponse> {
+    let user = joiner.user(&body)?;
     let event = event_in_path(&event_id)?;
-    let user = UserId::parse(&body.user_id).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let joined = queue::join(&state.redis, &event, &user).await?;
+    let issued_at = chrono::Utc::now().timestamp();
     let claims = QueueClaims {
         event,
         user,
         entry: joined.view.entry,
-        issued_at: chrono::Utc::now().timestamp(),
+        issued_at,
+        expires_at: issued_at
+            + i64::try_from(state.config.queue_token_ttl.as_secs()).unwrap_or(i64::MAX / 2),
     };
     let token = state.tokens.sign(&claims);
     let status = if joined.created {

@@ -1,8 +1,8 @@
 //! Wallet and payment endpoints, with `Idempotency-Key` replay.
 
 use axum::{
-    extract::{FromRef, FromRequestParts, Path, State},
-    http::{HeaderValue, StatusCode, header, request::Parts},
+    extract::{Path, State},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::{
     ApiError, ApiResult,
-    auth::QueueToken,
-    extract::{ApiJson, ApiQuery, OptionalIdempotencyKey, ServiceKey, has_service_key_header},
+    auth::{Caller, PlatformOnly},
+    extract::{ApiJson, ApiQuery, OptionalIdempotencyKey},
 };
 use crate::{
     app::AppState,
@@ -21,53 +21,13 @@ use crate::{
     wallet,
 };
 
-/// Who may act on a user's wallet and payments: that user's queue token,
-/// or the platform's service key.
-#[derive(Debug, Clone)]
-pub enum Caller {
-    User(UserId),
-    Service,
-}
-
-impl Caller {
-    /// # Errors
-    /// 403 when a user acts on someone else's wallet.
-    pub fn may_act_for(&self, user: &UserId) -> ApiResult<()> {
-        match self {
-            Self::Service => Ok(()),
-            Self::User(u) if u == user => Ok(()),
-            Self::User(_) => Err(ApiError::Forbidden(
-                "a queue token may only act for its own user".into(),
-            )),
-        }
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller
-where
-    AppState: FromRef<S>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if has_service_key_header(parts) {
-            ServiceKey::from_request_parts(parts, state)
-                .await
-                .map(|_| Self::Service)
-        } else {
-            QueueToken::from_request_parts(parts, state)
-                .await
-                .map(|t| Self::User(t.0.user))
-        }
-    }
-}
-
 pub fn user_in_path(raw: &str) -> ApiResult<UserId> {
     UserId::parse(raw).map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
 /// A response whose JSON body is already rendered (and stored for replay):
-/// the first answer and every replay go through here, so they match.
+/// the first answer and every replay go through here, so they match
+/// byte for byte; only a replay also carries `Idempotent-Replayed: true`.
 pub fn replay(status: u16, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     let ct = if status.is_success() {
@@ -78,8 +38,6 @@ pub fn replay(status: u16, body: String) -> Response {
     let mut resp = (status, body).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    resp.headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
     resp
 }
 
@@ -105,7 +63,7 @@ pub async fn claim_or_answer(
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/wallet", tag = "wallet",
-    security(("queue_token" = []), ("service_key" = [])),
+    security(("user_assertion" = []), ("service_key" = [])),
     params(("user_id" = String, Path, description = "User id")),
     responses((status = 200, description = "Balance (0 for a user never seen)")))]
 pub async fn balance(
@@ -130,7 +88,7 @@ pub struct ChargeBody {
 }
 
 #[utoipa::path(post, path = "/v1/users/{user_id}/wallet/charges", tag = "wallet",
-    security(("queue_token" = []), ("service_key" = [])),
+    security(("service_key" = [])),
     params(("user_id" = String, Path, description = "User id"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for 24 h")),
     request_body = ChargeBody,
@@ -141,14 +99,15 @@ pub struct ChargeBody {
     ))]
 pub async fn charge(
     State(state): State<AppState>,
-    caller: Caller,
+    // Money enters a wallet only from the platform's backend: no user
+    // credential can charge, not even the user's own.
+    _: PlatformOnly,
     Path(user): Path<String>,
     OptionalIdempotencyKey(key): OptionalIdempotencyKey,
     ApiJson(body): ApiJson<ChargeBody>,
 ) -> Response {
     let run = async {
         let user = user_in_path(&user)?;
-        caller.may_act_for(&user)?;
         let amount =
             Money::parse_amount(&body.amount, state.config.currency, state.config.max_charge)
                 .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
@@ -186,7 +145,7 @@ pub struct Page {
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/wallet/transactions", tag = "wallet",
-    security(("queue_token" = []), ("service_key" = [])),
+    security(("user_assertion" = []), ("service_key" = [])),
     params(("user_id" = String, Path, description = "User id"),
            ("limit" = Option<u32>, Query, description = "1..200, default 50"),
            ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),

@@ -15,6 +15,7 @@
 //! The price comes from the catalog in PostgreSQL, never from the client.
 
 pub mod reconcile;
+pub mod refund;
 pub mod relay;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -54,6 +55,17 @@ pub struct Payment {
     #[serde(serialize_with = "time")]
     #[schema(value_type = String)]
     pub paid_at: DateTime<Utc>,
+    /// When the payment was refunded; absent while it stands.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]
+    #[schema(value_type = Option<String>)]
+    pub refunded_at: Option<DateTime<Utc>>,
+}
+
+fn opt_time<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => time(t, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// What the payment transaction decided.
@@ -73,6 +85,8 @@ pub enum Recorded {
     },
     /// A seat is already sold in PostgreSQL (Redis lost it): refused.
     SeatTaken,
+    /// The schedule was cancelled: nothing of it is sold any more.
+    Cancelled,
     /// The statement was sent but its answer was lost (a timeout, a
     /// connection gone), and asking again failed too: it may have
     /// committed. Nothing may be undone on this basis.
@@ -84,8 +98,16 @@ pub enum Recorded {
 /// # Errors
 /// PostgreSQL unavailable.
 pub async fn payment_of_hold(pg: &Pg, hold: &HoldId) -> Result<Option<Uuid>, StoreError> {
+    Ok(paid_hold(pg, hold).await?.map(|(id, _)| id))
+}
+
+/// The payment of a hold with the user who paid it, if it was paid.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn paid_hold(pg: &Pg, hold: &HoldId) -> Result<Option<(Uuid, String)>, StoreError> {
     pg.guard(
-        sqlx::query_scalar(r"select payment_id from payments where hold_id = $1")
+        sqlx::query_as(r"select payment_id, user_id from payments where hold_id = $1")
             .bind(hold.to_string())
             .fetch_optional(pg.pool()),
     )
@@ -100,7 +122,7 @@ pub async fn payment_of_hold(pg: &Pg, hold: &HoldId) -> Result<Option<Uuid>, Sto
 const RECORD: &str = r"
 with price as (
     select price * cardinality($6::int[]) as amount
-    from schedules where event_id = $3 and schedule_id = $4
+    from schedules where event_id = $3 and schedule_id = $4 and cancelled_at is null
 ), debit as (
     update wallets w set balance = w.balance - p.amount, updated_at = now()
     from price p
@@ -136,13 +158,13 @@ with price as (
 select p.amount, d.balance, b.text,
        (select balance from wallets where user_id = $2) as balance_before,
        (select payment_id from payments where hold_id = $5) as paid_before
-from price p left join settled d on true left join body b on true";
+from (select) one left join price p on true left join settled d on true left join body b on true";
 
-/// What [`RECORD`] returns: amount, balance after (when debited), the
-/// stored body (when debited), the balance before, and the payment of this
-/// hold if it was paid before.
+/// What [`RECORD`] returns: amount (none for a cancelled schedule),
+/// balance after (when debited), the stored body (when debited), the
+/// balance before, and the payment of this hold if it was paid before.
 type RecordRow = (
-    Decimal,
+    Option<Decimal>,
     Option<Decimal>,
     Option<String>,
     Option<Decimal>,
@@ -172,6 +194,7 @@ pub async fn record(
         amount: SLOT,
         balance_after: SLOT,
         paid_at: Utc::now().trunc_subsecs(6),
+        refunded_at: None,
     };
     let template = serde_json::to_string(&payment).expect("serializes");
     let pieces = cut_slots(&template, &["amount", "balance_after"]);
@@ -194,7 +217,7 @@ pub async fn record(
         )
         .await;
     match result {
-        Ok((amount, Some(balance_after), Some(body), _, _)) => {
+        Ok((Some(amount), Some(balance_after), Some(body), _, _)) => {
             payment.amount = amount.normalize();
             payment.balance_after = balance_after.normalize();
             debug_assert_eq!(body, serde_json::to_string(&payment).expect("serializes"));
@@ -203,7 +226,8 @@ pub async fn record(
         // Not debited because this hold was paid before (whatever the
         // balance now), or because the balance is short.
         Ok((_, _, _, _, Some(payment_id))) => Ok(Recorded::AlreadyPaid { payment_id }),
-        Ok((amount, _, _, balance, None)) => Ok(Recorded::InsufficientFunds {
+        Ok((None, _, _, _, None)) => Ok(Recorded::Cancelled),
+        Ok((Some(amount), _, _, balance, None)) => Ok(Recorded::InsufficientFunds {
             balance: balance.unwrap_or_default().normalize(),
             amount: amount.normalize(),
         }),
@@ -302,6 +326,7 @@ struct PaymentRow {
     seats: Vec<i32>,
     paid_at: DateTime<Utc>,
     balance_after: Option<Decimal>,
+    refunded_at: Option<DateTime<Utc>>,
 }
 
 impl PaymentRow {
@@ -317,6 +342,7 @@ impl PaymentRow {
                 amount: self.amount.normalize(),
                 balance_after: self.balance_after.unwrap_or_default().normalize(),
                 paid_at: self.paid_at,
+                refunded_at: self.refunded_at,
             },
         )
     }
@@ -331,8 +357,9 @@ pub async fn get(pg: &Pg, id: Uuid) -> Result<Option<(String, Payment)>, StoreEr
         .guard(
             sqlx::query_as(
                 r"select p.payment_id, p.user_id, p.event_id, p.schedule_id, p.hold_id, p.amount, p.seats, p.paid_at,
-                         l.balance_after
-                  from payments p left join ledger l on l.payment_id = p.payment_id
+                         l.balance_after, p.refunded_at
+                  from payments p
+                  left join ledger l on l.payment_id = p.payment_id and l.kind = 'payment'
                   where p.payment_id = $1",
             )
             .bind(id)
@@ -351,8 +378,9 @@ pub async fn of_user(pg: &Pg, user: &UserId) -> Result<Vec<Payment>, StoreError>
         .guard(
             sqlx::query_as(
                 r"select p.payment_id, p.user_id, p.event_id, p.schedule_id, p.hold_id, p.amount, p.seats, p.paid_at,
-                         l.balance_after
-                  from payments p left join ledger l on l.payment_id = p.payment_id
+                         l.balance_after, p.refunded_at
+                  from payments p
+                  left join ledger l on l.payment_id = p.payment_id and l.kind = 'payment'
                   where p.user_id = $1
                   order by p.paid_at desc
                   limit 500",

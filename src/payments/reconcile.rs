@@ -14,6 +14,7 @@
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::refund;
 use crate::{
     app::AppState,
     catalog, holds,
@@ -87,7 +88,8 @@ pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> 
         .guard(
             sqlx::query_as(
                 r"select payment_id, user_id, event_id, schedule_id, hold_id, seats from payments
-                  where not redis_confirmed and paid_at < now() - interval '1 second'
+                  where not redis_confirmed and refunded_at is null
+                    and paid_at < now() - interval '1 second'
                   order by paid_at limit 500",
             )
             .fetch_all(state.pg.pool()),
@@ -107,6 +109,35 @@ pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> 
     Ok(report)
 }
 
+/// Finishes refunds whose Redis step did not run (seats back on sale) and
+/// cancellations interrupted half-way (every payment refunded), and keeps
+/// cancelled schedules closed in Redis (also after a restore).
+///
+/// # Errors
+/// A store is unavailable.
+pub async fn finish_refunds(state: &AppState) -> Result<u64, StoreError> {
+    let mut finished = 0;
+    for r in refund::unconfirmed(&state.pg).await? {
+        refund::release_seats(&state.redis, &state.pg, &r).await?;
+        finished += 1;
+        metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "refund_finished")
+            .increment(1);
+    }
+    for (event, schedule) in refund::unfinished_cancellations(&state.pg).await? {
+        let (Ok(event), Ok(schedule)) = (EventId::parse(&event), ScheduleId::parse(&schedule))
+        else {
+            continue;
+        };
+        holds::cancel_schedule(&state.redis, &event, &schedule).await?;
+        finished +=
+            refund::refund_schedule(&state.redis, &state.pg, &event, &schedule, None).await?;
+    }
+    if finished > 0 {
+        tracing::warn!(finished, "reconciler finished interrupted refunds");
+    }
+    Ok(finished)
+}
+
 /// Restores the catalog and every sold seat from PostgreSQL.
 ///
 /// # Errors
@@ -117,6 +148,12 @@ pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
         catalog::load_into_redis(&state.redis, &ev).await?;
         report.events_loaded += 1;
     }
+    // Cancelled schedules stay closed.
+    for (event, schedule) in cancelled_schedules(state).await? {
+        if let (Ok(event), Ok(schedule)) = (EventId::parse(&event), ScheduleId::parse(&schedule)) {
+            holds::cancel_schedule(&state.redis, &event, &schedule).await?;
+        }
+    }
     let mut after: Option<Uuid> = None;
     let mut replayed: Vec<Uuid> = Vec::new();
     loop {
@@ -125,7 +162,7 @@ pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
             .guard(
                 sqlx::query_as(
                     r"select payment_id, user_id, event_id, schedule_id, hold_id, seats from payments
-                      where ($1::uuid is null or payment_id > $1)
+                      where ($1::uuid is null or payment_id > $1) and refunded_at is null
                       order by payment_id limit 1000",
                 )
                 .bind(after)
@@ -182,4 +219,16 @@ pub async fn restore_if_empty(state: &AppState) -> Result<Option<Report>, StoreE
         "Redis had no restore marker: catalog and sold seats restored from PostgreSQL"
     );
     Ok(Some(report))
+}
+
+async fn cancelled_schedules(state: &AppState) -> Result<Vec<(String, String)>, StoreError> {
+    state
+        .pg
+        .guard(
+            sqlx::query_as(
+                r"select event_id, schedule_id from schedules where cancelled_at is not null",
+            )
+            .fetch_all(state.pg.pool()),
+        )
+        .await
 }

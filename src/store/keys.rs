@@ -86,6 +86,16 @@ impl EventKeys {
     pub fn queue_admitted_entries(&self) -> String {
         self.key("q:adm:entry")
     }
+    /// The queue keys a script reads to check that a buyer's entry is live
+    /// and admitted, in the order `buyer_keys()` in lua/lib/schedule.lua
+    /// expects: admitted, waiting, admitted entries.
+    pub fn buyer_keys(&self) -> [String; 3] {
+        [
+            self.queue_admitted(),
+            self.queue_waiting(),
+            self.queue_admitted_entries(),
+        ]
+    }
     /// Sorted set: entry id → admission time (Redis ms), last second only;
     /// the sliding window that caps the admission rate.
     pub fn queue_rate_window(&self) -> String {

@@ -88,6 +88,8 @@ scripts! {
         BEGIN_PAYMENT => "begin_payment",
         ABORT_PAYMENT => "abort_payment",
         CONFIRM_SALE => "confirm_sale",
+        REFUND_SEATS => "refund_seats",
+        CANCEL_SCHEDULE => "cancel_schedule",
     ],
 }
 
@@ -291,6 +293,13 @@ impl Redis {
         self.guard(self.pool.next().exists::<i64, _>(key))
             .await
             .map(|n| n > 0)
+    }
+
+    /// # Errors
+    /// On an outage.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.guard(self.pool.next().get::<Option<String>, _>(key))
+            .await
     }
 
     /// Sets a key that never expires.

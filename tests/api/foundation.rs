@@ -82,7 +82,7 @@ async fn malformed_json_is_a_problem_not_plain_text() {
         )
         .await;
     r.assert_problem(422, "invalid_request");
-    let r = app.join("e1", "").await;
+    let r = app.join_for("e1", "").await;
     assert!(r.status.is_client_error());
     assert_eq!(r.content_type(), "application/problem+json");
 }

@@ -22,6 +22,19 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 pub const SERVICE_KEY: &str = "test-service-key";
+/// The HS256 secret the platform's login shares with the service in tests.
+pub const USER_JWT_SECRET: &str = "test-user-jwt-secret-0123456789abcdef";
+
+/// A user assertion for `user`, valid for an hour, as the platform's login
+/// would issue it.
+pub fn user_token(user: &str) -> String {
+    boxoffice::auth::mint_with_secret(
+        USER_JWT_SECRET,
+        &boxoffice::ids::UserId::parse(user).expect("valid test user id"),
+        Duration::from_secs(3600),
+    )
+    .expect("mints")
+}
 
 fn base_database_url() -> String {
     std::env::var("DATABASE_URL")
@@ -105,6 +118,7 @@ impl Settings {
             ("BOXOFFICE_ADDR", "127.0.0.1:0"),
             ("BOXOFFICE_SERVICE_KEY", SERVICE_KEY),
             ("BOXOFFICE_TOKEN_SECRET", "test-token-secret-0123456789"),
+            ("BOXOFFICE_USER_JWT_SECRET", USER_JWT_SECRET),
             ("BOXOFFICE_RATE_PER_IP", "0"),
             ("BOXOFFICE_RATE_PER_TOKEN", "0"),
             ("BOXOFFICE_TICK_MS", "50"),
@@ -323,15 +337,34 @@ impl TestApp {
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     }
 
+    /// Joins as `user` with the user's own assertion (no body).
     pub async fn join(&self, event_id: &str, user: &str) -> Resp {
+        self.send(Req {
+            method: Method::POST,
+            path: &format!("/v1/events/{event_id}/queue"),
+            body: None,
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {}", user_token(user)))],
+        })
+        .await
+    }
+
+    /// Joins on `user`'s behalf with the service key, as the platform's
+    /// backend does.
+    pub async fn join_for(&self, event_id: &str, user: &str) -> Resp {
         self.send(Req {
             method: Method::POST,
             path: &format!("/v1/events/{event_id}/queue"),
             body: Some(json!({ "user_id": user })),
             raw: None,
-            headers: vec![],
+            headers: vec![("x-api-key", SERVICE_KEY.into())],
         })
         .await
+    }
+
+    /// A GET with `user`'s own assertion.
+    pub async fn get_as(&self, path: &str, user: &str) -> Resp {
+        self.get_with_token(path, &user_token(user)).await
     }
 
     pub async fn status(&self, token: &str) -> Resp {

@@ -14,3 +14,5 @@ mod ops;
 mod outage;
 mod payments;
 mod queue;
+mod refunds;
+mod trust;

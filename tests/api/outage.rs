@@ -89,7 +89,7 @@ async fn postgres_outage_is_a_fast_503_while_the_queue_keeps_working() {
         .hold(&token, serde_json::json!({"schedule_id": "d1", "count": 2}))
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let r = app.get_with_token("/v1/users/u1/wallet", &token).await;
+    let r = app.get_as("/v1/users/u1/wallet", "u1").await;
     r.assert_problem(503, "dependency_unavailable");
 
     proxy.restore();

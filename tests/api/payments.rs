@@ -147,11 +147,14 @@ async fn bad_amounts_and_foreign_callers_are_refused() {
     assert_eq!(app.ledger("bob").await.1, 0, "nothing written");
     app.simple_event("e1", open_queue(), 10, 60, 4).await;
     let token = app.admitted_token("e1", "carol").await;
-    let r = app.get_with_token("/v1/users/dave/wallet", &token).await;
+    let r = app.get_as("/v1/users/dave/wallet", "carol").await;
     r.assert_problem(403, "forbidden");
-    let r = app.get_with_token("/v1/users/carol/wallet", &token).await;
+    let r = app.get_as("/v1/users/carol/wallet", "carol").await;
     assert_eq!(r.status, StatusCode::OK);
     let r = app.get("/v1/users/carol/wallet").await;
+    r.assert_problem(401, "unauthorized");
+    // A queue token is the credential of one queue entry, not of the user.
+    let r = app.get_with_token("/v1/users/carol/wallet", &token).await;
     r.assert_problem(401, "unauthorized");
 }
 
@@ -163,6 +166,16 @@ async fn charge_replays_with_the_same_key_and_refuses_another_body() {
     assert_eq!(a.status, StatusCode::CREATED);
     assert_eq!(b.status, StatusCode::CREATED);
     assert_eq!(a.text, b.text, "byte-identical replay");
+    assert!(
+        a.headers.get("idempotent-replayed").is_none(),
+        "the first answer is not a replay"
+    );
+    assert_eq!(
+        b.headers
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
     assert_eq!(app.balance("erin").await, "500");
     app.charge("erin", "600", Some("k-1"))
         .await

@@ -325,14 +325,21 @@ async fn forged_and_foreign_tokens_are_refused() {
 async fn bad_join_input_is_refused_and_writes_nothing() {
     let app = spawn_app().await;
     app.simple_event("e1", queue_defaults(), 10, 60, 4).await;
-    for body in [
-        json!({}),
-        json!({"user_id": ""}),
-        json!({"user_id": "a b"}),
-        json!({"user_id": "x".repeat(129)}),
-        json!({"user_id": 7}),
-        json!({"user_id": "ok", "extra": 1}),
-        json!([1]),
+    // With the service key the body must name a valid user; with a user
+    // assertion it may only repeat the assertion's user.
+    let service = ("x-api-key", SERVICE_KEY.to_owned());
+    let assertion = ("authorization", format!("Bearer {}", user_token("ok")));
+    for (body, credential) in [
+        (json!({}), &service),
+        (json!({"user_id": ""}), &service),
+        (json!({"user_id": "a b"}), &service),
+        (json!({"user_id": "x".repeat(129)}), &service),
+        (json!({"user_id": 7}), &service),
+        (json!({"user_id": "ok", "extra": 1}), &service),
+        (json!([1]), &service),
+        (json!({"user_id": 7}), &assertion),
+        (json!({"user_id": "ok", "extra": 1}), &assertion),
+        (json!([1]), &assertion),
     ] {
         let r = app
             .send(Req {
@@ -340,7 +347,7 @@ async fn bad_join_input_is_refused_and_writes_nothing() {
                 path: "/v1/events/e1/queue",
                 body: Some(body.clone()),
                 raw: None,
-                headers: vec![],
+                headers: vec![credential.clone()],
             })
             .await;
         assert!(
@@ -406,7 +413,9 @@ async fn concurrent_joins_of_one_user_make_one_place() {
 #[tokio::test]
 async fn the_sweep_racing_polls_drops_exactly_the_silent() {
     let app = spawn_app().await;
-    app.simple_event("e1", json!({"admit_per_second": 5, "max_active": 5, "active_ttl_seconds": 60, "idle_timeout_seconds": 2, "paused": true}), 10, 60, 4).await;
+    // The idle timeout leaves room for 200 sequential joins on a busy
+    // machine before the first poll.
+    app.simple_event("e1", json!({"admit_per_second": 5, "max_active": 5, "active_ttl_seconds": 60, "idle_timeout_seconds": 4, "paused": true}), 10, 60, 4).await;
     let mut pollers = Vec::new();
     for i in 0..200 {
         let r = app.join("e1", &format!("u{i}")).await;
@@ -415,7 +424,7 @@ async fn the_sweep_racing_polls_drops_exactly_the_silent() {
         }
     }
     // Half the line polls (100 at once, every 300 ms) while the ticks sweep.
-    let until = Instant::now() + Duration::from_millis(3_500);
+    let until = Instant::now() + Duration::from_millis(5_000);
     while Instant::now() < until {
         let polls = join_all(pollers.iter().map(|t| app.status(t))).await;
         assert!(
@@ -424,7 +433,7 @@ async fn the_sweep_racing_polls_drops_exactly_the_silent() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let swept = eventually(Duration::from_secs(3), || async {
+    let swept = eventually(Duration::from_secs(6), || async {
         let live = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
         live.body["live"]["waiting"] == 100
     })

@@ -1,0 +1,413 @@
+//! Refunds and cancellations: the whole amount back to the wallet, the
+//! seats back on sale, exactly once.
+//!
+//! A refund is two steps, like a payment:
+//! 1. One PostgreSQL transaction ([`record`]): the payment row is locked,
+//!    a `refunds` row written (unique per payment: the race's referee), the
+//!    payment marked refunded, its `sold_seats` rows removed (so the seat
+//!    can be sold again while the unique constraint keeps guarding every
+//!    live sale), the wallet credited with a `refund` ledger row, the outbox
+//!    message `payment.refunded` and the idempotent answer stored.
+//! 2. `refund_seats.lua` puts the seats back on sale in Redis and shrinks
+//!    the buyer's `ubought`. If the process dies before this step, the
+//!    reconciler finishes it (`refunds.redis_confirmed = false`).
+//!
+//! Cancelling a schedule stops its sales at once (PostgreSQL and Redis),
+//! then refunds every payment of it, each in its own transaction, so a
+//! crash half-way is finished by the next call or by the reconciler.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    ids::{EventId, IdempotencyKey, ScheduleId},
+    store::{StoreError, pg::Pg, redis::Redis},
+};
+
+/// A refund; serializes to the API response.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Refund {
+    pub refund_id: Uuid,
+    pub payment_id: Uuid,
+    #[serde(serialize_with = "super::money")]
+    #[schema(value_type = String, example = "100000")]
+    pub amount: Decimal,
+    #[serde(serialize_with = "super::money")]
+    #[schema(value_type = String, example = "150000")]
+    pub balance_after: Decimal,
+    pub seats: Vec<i32>,
+    #[serde(serialize_with = "super::time")]
+    #[schema(value_type = String)]
+    pub refunded_at: DateTime<Utc>,
+}
+
+/// What a refund needs to put the seats back in Redis.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RefundedSeats {
+    pub payment_id: Uuid,
+    pub user_id: String,
+    pub event_id: String,
+    pub schedule_id: String,
+    pub seats: Vec<i32>,
+}
+
+/// The outcome of step 1.
+#[derive(Debug)]
+pub enum Refunded {
+    /// Refunded now; `body` is the stored answer.
+    Done {
+        refund: Box<Refund>,
+        body: String,
+        seats: RefundedSeats,
+    },
+    /// Refunded before.
+    Already {
+        refund_id: Uuid,
+    },
+    NoSuchPayment,
+}
+
+#[derive(sqlx::FromRow)]
+struct Locked {
+    user_id: String,
+    event_id: String,
+    schedule_id: String,
+    amount: Decimal,
+    seats: Vec<i32>,
+    refunded_at: Option<DateTime<Utc>>,
+}
+
+/// Step 1: the PostgreSQL transaction of a refund.
+///
+/// # Errors
+/// PostgreSQL unavailable; nothing was written.
+pub async fn record(
+    pg: &Pg,
+    payment_id: Uuid,
+    key: Option<&IdempotencyKey>,
+) -> Result<Refunded, StoreError> {
+    pg.guard(async {
+        let mut tx = pg.pool().begin().await?;
+        // The row lock orders concurrent refunds of one payment; the
+        // unique `refunds_once` would stop a second one anyway.
+        let locked: Option<Locked> = sqlx::query_as(
+            r"select user_id, event_id, schedule_id, amount, seats, refunded_at
+              from payments where payment_id = $1 for update",
+        )
+        .bind(payment_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(p) = locked else {
+            return Ok(Refunded::NoSuchPayment);
+        };
+        if p.refunded_at.is_some() {
+            let refund_id: Uuid =
+                sqlx::query_scalar(r"select refund_id from refunds where payment_id = $1")
+                    .bind(payment_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            return Ok(Refunded::Already { refund_id });
+        }
+        let refunded_at = Utc::now().trunc_subsecs(6);
+        let refund_id = Uuid::now_v7();
+        sqlx::query(r"insert into refunds (refund_id, payment_id, amount) values ($1, $2, $3)")
+            .bind(refund_id)
+            .bind(payment_id)
+            .bind(p.amount)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(r"update payments set refunded_at = $2 where payment_id = $1")
+            .bind(payment_id)
+            .bind(refunded_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(r"delete from sold_seats where payment_id = $1")
+            .bind(payment_id)
+            .execute(&mut *tx)
+            .await?;
+        // A free registration (amount 0) moved no money and moves none back.
+        let balance_after: Decimal = if p.amount > Decimal::ZERO {
+            let balance: Decimal = sqlx::query_scalar(
+                r"insert into wallets (user_id, balance) values ($1, $2)
+                  on conflict (user_id) do update
+                  set balance = wallets.balance + excluded.balance, updated_at = now()
+                  returning balance",
+            )
+            .bind(&p.user_id)
+            .bind(p.amount)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                r"insert into ledger (transaction_id, user_id, kind, amount, balance_after, payment_id)
+                  values ($1, $2, 'refund', $3, $4, $5)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(&p.user_id)
+            .bind(p.amount)
+            .bind(balance)
+            .bind(payment_id)
+            .execute(&mut *tx)
+            .await?;
+            balance
+        } else {
+            sqlx::query_scalar(r"select coalesce((select balance from wallets where user_id = $1), 0)")
+                .bind(&p.user_id)
+                .fetch_one(&mut *tx)
+                .await?
+        };
+        let refund = Refund {
+            refund_id,
+            payment_id,
+            amount: p.amount.normalize(),
+            balance_after: balance_after.normalize(),
+            seats: p.seats.clone(),
+            refunded_at,
+        };
+        let body = serde_json::to_string(&refund).expect("a refund serializes");
+        sqlx::query(r"insert into outbox (topic, user_id, payload) values ('payment.refunded', $1, $2::jsonb)")
+            .bind(&p.user_id)
+            .bind(&body)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(key) = key {
+            sqlx::query(
+                r"update idempotency set status = 201, response = $3 where user_id = $1 and key = $2",
+            )
+            .bind(&p.user_id)
+            .bind(key.as_str())
+            .bind(&body)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Refunded::Done {
+            refund: Box::new(refund),
+            body,
+            seats: RefundedSeats {
+                payment_id,
+                user_id: p.user_id,
+                event_id: p.event_id,
+                schedule_id: p.schedule_id,
+                seats: p.seats,
+            },
+        })
+    })
+    .await
+}
+
+/// Step 2: the seats back on sale in Redis, then the refund marked done.
+/// Idempotent: the reconciler replays it for refunds left unconfirmed.
+///
+/// # Errors
+/// Redis unavailable (the reconciler finishes the step later).
+pub async fn release_seats(redis: &Redis, pg: &Pg, r: &RefundedSeats) -> Result<(), StoreError> {
+    let (Ok(event), Ok(schedule)) = (
+        EventId::parse(&r.event_id),
+        ScheduleId::parse(&r.schedule_id),
+    ) else {
+        return Ok(());
+    };
+    crate::holds::refund_seats(redis, &event, &schedule, &r.user_id, r.payment_id, &r.seats)
+        .await?;
+    pg.guard(
+        sqlx::query(r"update refunds set redis_confirmed = true where payment_id = $1")
+            .bind(r.payment_id)
+            .execute(pg.pool()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Refunds whose Redis step did not run (a crash between the steps),
+/// committed more than a second ago.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn unconfirmed(pg: &Pg) -> Result<Vec<RefundedSeats>, StoreError> {
+    pg.guard(
+        sqlx::query_as(
+            r"select p.payment_id, p.user_id, p.event_id, p.schedule_id, p.seats
+              from refunds r join payments p on p.payment_id = r.payment_id
+              where not r.redis_confirmed and r.created_at < now() - interval '1 second'
+              order by r.created_at limit 500",
+        )
+        .fetch_all(pg.pool()),
+    )
+    .await
+}
+
+/// What a cancellation did.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct Cancellation {
+    pub event_id: String,
+    pub schedule_id: String,
+    /// When the schedule was first cancelled (RFC 3339).
+    pub cancelled_at: String,
+    /// Live holds dropped by this call.
+    pub holds_dropped: u64,
+    /// Payments refunded by this call.
+    pub refunded: u64,
+    /// Payments of the schedule that were refunded before this call.
+    pub already_refunded: u64,
+}
+
+/// Marks a schedule cancelled in PostgreSQL (once: the first call writes
+/// the outbox message `schedule.cancelled`). None when there is no such
+/// schedule.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn mark_cancelled(
+    pg: &Pg,
+    event: &EventId,
+    schedule: &ScheduleId,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    pg.guard(async {
+        let mut tx = pg.pool().begin().await?;
+        let first: Option<DateTime<Utc>> = sqlx::query_scalar(
+            r"update schedules set cancelled_at = now()
+              where event_id = $1 and schedule_id = $2 and cancelled_at is null
+              returning cancelled_at",
+        )
+        .bind(event.as_str())
+        .bind(schedule.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(at) = first {
+            sqlx::query(
+                r"insert into outbox (topic, user_id, payload)
+                  values ('schedule.cancelled', '', jsonb_build_object('event_id', $1::text, 'schedule_id', $2::text, 'cancelled_at', $3::timestamptz))",
+            )
+            .bind(event.as_str())
+            .bind(schedule.as_str())
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Some(at));
+        }
+        let at: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+            r"select cancelled_at from schedules where event_id = $1 and schedule_id = $2",
+        )
+        .bind(event.as_str())
+        .bind(schedule.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        Ok(at.flatten())
+    })
+    .await
+}
+
+/// Payments of a schedule not refunded yet, oldest first, a batch at a time.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn live_payments(
+    pg: &Pg,
+    event: &EventId,
+    schedule: &ScheduleId,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    pg.guard(
+        sqlx::query_scalar(
+            r"select payment_id from payments
+              where event_id = $1 and schedule_id = $2 and refunded_at is null
+              order by paid_at limit $3",
+        )
+        .bind(event.as_str())
+        .bind(schedule.as_str())
+        .bind(limit)
+        .fetch_all(pg.pool()),
+    )
+    .await
+}
+
+/// Payments of a schedule refunded so far.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn refunded_count(
+    pg: &Pg,
+    event: &EventId,
+    schedule: &ScheduleId,
+) -> Result<u64, StoreError> {
+    let n: i64 = pg
+        .guard(
+            sqlx::query_scalar(
+                r"select count(*) from payments
+                  where event_id = $1 and schedule_id = $2 and refunded_at is not null",
+            )
+            .bind(event.as_str())
+            .bind(schedule.as_str())
+            .fetch_one(pg.pool()),
+        )
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Refunds every payment of a cancelled schedule not refunded yet, each
+/// in its own transaction followed by its Redis step, until none is left
+/// (payments that commit while this runs are caught by the next batch).
+/// Stops after `stop_after` refunds when given (a test's crash point).
+/// Returns how many this call refunded.
+///
+/// # Errors
+/// A store is unavailable; what was refunded stays refunded, and the next
+/// call (or the reconciler) goes on from there.
+pub async fn refund_schedule(
+    redis: &Redis,
+    pg: &Pg,
+    event: &EventId,
+    schedule: &ScheduleId,
+    stop_after: Option<u64>,
+) -> Result<u64, StoreError> {
+    use futures::{StreamExt, TryStreamExt};
+    // Refunds of different payments are independent transactions: a few
+    // at a time keep a 500-seat cancellation within seconds.
+    const AT_ONCE: usize = 8;
+    let mut refunded = 0;
+    loop {
+        let room = stop_after.map_or(100, |n| n.saturating_sub(refunded).min(100));
+        if room == 0 {
+            return Ok(refunded);
+        }
+        let batch = live_payments(pg, event, schedule, room as i64).await?;
+        if batch.is_empty() {
+            return Ok(refunded);
+        }
+        let done: Vec<bool> = futures::stream::iter(batch)
+            .map(|payment_id| async move {
+                let Refunded::Done { seats, .. } = record(pg, payment_id, None).await? else {
+                    return Ok(false);
+                };
+                metrics::counter!("boxoffice_refunds_total", "by" => "cancellation").increment(1);
+                if let Err(e) = release_seats(redis, pg, &seats).await {
+                    tracing::warn!(%payment_id, error = %e, "refund's Redis step failed; the reconciler will finish it");
+                }
+                Ok::<_, StoreError>(true)
+            })
+            .buffer_unordered(AT_ONCE)
+            .try_collect()
+            .await?;
+        refunded += done.iter().filter(|d| **d).count() as u64;
+    }
+}
+
+/// Cancelled schedules that still have payments to refund (a cancellation
+/// interrupted half-way), for the reconciler.
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn unfinished_cancellations(pg: &Pg) -> Result<Vec<(String, String)>, StoreError> {
+    pg.guard(
+        sqlx::query_as(
+            r"select distinct s.event_id, s.schedule_id from schedules s
+              join payments p on p.event_id = s.event_id and p.schedule_id = s.schedule_id
+              where s.cancelled_at is not null and p.refunded_at is null",
+        )
+        .fetch_all(pg.pool()),
+    )
+    .await
+}

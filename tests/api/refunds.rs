@@ -1,0 +1,357 @@
+//! Refunds and cancellations: money back exactly once, seats back on sale.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn open_queue() -> Value {
+    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
+}
+
+impl TestApp {
+    async fn refund(&self, payment_id: &str, key: Option<&str>) -> Resp {
+        let mut headers = vec![("x-api-key", SERVICE_KEY.to_owned())];
+        if let Some(k) = key {
+            headers.push(("idempotency-key", k.to_owned()));
+        }
+        self.send(Req {
+            method: Method::POST,
+            path: &format!("/v1/admin/payments/{payment_id}/refund"),
+            body: None,
+            raw: None,
+            headers,
+        })
+        .await
+    }
+
+    async fn cancel(&self, event: &str, schedule: &str) -> Resp {
+        self.admin(
+            Method::POST,
+            &format!("/v1/admin/events/{event}/schedules/{schedule}/cancel"),
+            None,
+        )
+        .await
+    }
+
+    async fn seat_status(&self, event: &str, seat: u64) -> String {
+        let r = self
+            .admin(
+                Method::GET,
+                &format!("/v1/admin/events/{event}/schedules/d1/seats"),
+                None,
+            )
+            .await;
+        r.body["seats"][usize::try_from(seat - 1).unwrap()]["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(self.state.pg.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Every wallet's balance equals the sum of its ledger rows.
+    async fn assert_ledger_exact(&self) {
+        let off = self
+            .count(
+                "select count(*) from wallets w where w.balance <>
+                   coalesce((select sum(amount) from ledger l where l.user_id = w.user_id), 0)",
+            )
+            .await;
+        assert_eq!(off, 0, "a balance differs from its ledger sum");
+    }
+}
+
+async fn paid(app: &TestApp, user: &str, seats: Value) -> String {
+    let (_, r) = app.buy("e1", user, "10000", seats).await;
+    r.body["payment_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn twenty_concurrent_refunds_credit_once() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 20, 60, 4).await;
+    let without_key = paid(&app, "ann", json!([1, 2])).await;
+    let with_key = paid(&app, "ben", json!([3])).await;
+    assert_eq!(app.balance("ann").await, "8000");
+
+    let answers = join_all((0..20).map(|_| app.refund(&without_key, None))).await;
+    let created: Vec<&Resp> = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    assert_eq!(created.len(), 1, "exactly one refund");
+    let refund_id = created[0].body["refund_id"].as_str().unwrap();
+    assert_eq!(created[0].body["amount"], "2000");
+    assert_eq!(created[0].body["balance_after"], "10000");
+    assert_eq!(created[0].body["seats"], json!([1, 2]));
+    for r in answers.iter().filter(|r| r.status != StatusCode::CREATED) {
+        r.assert_problem(409, "already_refunded");
+        assert_eq!(r.body["refund_id"], refund_id, "names the one refund");
+    }
+    assert_eq!(app.balance("ann").await, "10000");
+
+    // One key, twenty times at once: one credit; every other answer is the
+    // replayed 201 or 409 while the first still runs.
+    let answers = join_all((0..20).map(|_| app.refund(&with_key, Some("refund-ben-1")))).await;
+    let first = answers
+        .iter()
+        .find(|r| r.status == StatusCode::CREATED)
+        .expect("one 201");
+    for r in &answers {
+        if r.status == StatusCode::CREATED {
+            assert_eq!(r.text, first.text, "the replay is byte-identical");
+        } else {
+            assert!(
+                matches!(r.code(), "request_in_progress" | "already_refunded"),
+                "{}",
+                r.text
+            );
+        }
+    }
+    assert_eq!(app.balance("ben").await, "10000");
+    let replay = app.refund(&with_key, Some("refund-ben-1")).await;
+    assert_eq!(replay.status, StatusCode::CREATED);
+    assert_eq!(replay.text, first.text);
+
+    for user in ["ann", "ben"] {
+        let rows = app
+            .count(&format!(
+                "select count(*) from ledger where user_id = '{user}' and kind = 'refund'"
+            ))
+            .await;
+        assert_eq!(rows, 1, "one refund ledger row for {user}");
+    }
+    assert_eq!(app.count("select count(*) from refunds").await, 2);
+    app.assert_ledger_exact().await;
+    // Unknown payments: 404; a refund reads back on the payment.
+    app.refund(&uuid::Uuid::now_v7().to_string(), None)
+        .await
+        .assert_problem(404, "not_found");
+    app.refund("not-a-uuid", None)
+        .await
+        .assert_problem(404, "not_found");
+    let p = app
+        .admin(Method::GET, &format!("/v1/payments/{without_key}"), None)
+        .await;
+    assert!(p.body["refunded_at"].is_string(), "{}", p.text);
+    let ledger = app
+        .admin(Method::GET, "/v1/users/ann/wallet/transactions", None)
+        .await;
+    assert_eq!(ledger.body["transactions"][0]["kind"], "refund");
+    assert_eq!(ledger.body["transactions"][0]["amount"], "2000");
+}
+
+#[tokio::test]
+async fn a_refunded_seat_is_on_sale_at_once_and_the_buyer_may_buy_again() {
+    let app = spawn_app().await;
+    // max_per_user 2: after a refund, ann may buy 2 again.
+    app.simple_event("e1", open_queue(), 10, 60, 2).await;
+    let payment = paid(&app, "ann", json!([1, 2])).await;
+    assert_eq!(app.seat_status("e1", 1).await, "sold");
+    let r = app.refund(&payment, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(app.seat_status("e1", 1).await, "available");
+    assert_eq!(app.seat_status("e1", 2).await, "available");
+
+    // Another user buys seat 1 at once.
+    let other = paid(&app, "bob", json!([1])).await;
+    assert!(!other.is_empty());
+    // ann buys two more: max_per_user counts only live purchases.
+    let token = app.admitted_token("e1", "ann").await;
+    let hold = app.hold_seats(&token, json!([2, 3])).await;
+    let r = app.pay(&token, &hold, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // ... and not a third.
+    let token = app.admitted_token("e1", "ann").await;
+    app.hold(&token, json!({"schedule_id": "d1", "seats": [4]}))
+        .await
+        .assert_problem(409, "hold_limit_exceeded");
+    app.assert_ledger_exact().await;
+}
+
+#[tokio::test]
+async fn refunds_racing_payments_and_charges_keep_balances_exact() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 60, 60, 20).await;
+    // cat owns 10 paid seats (10 payments of 1000) and 100000 more.
+    let mut payments = Vec::new();
+    for seat in 1..=10 {
+        payments.push(paid(&app, "cat", json!([seat])).await);
+    }
+    app.charge("cat", "100000", None).await;
+    let before: i64 = app.balance("cat").await.parse().unwrap();
+    // At once: 10 refunds, 10 new payments of cat's, 20 charges of 7.
+    let token = app.admitted_token("e1", "cat").await;
+    let mut holds = Vec::new();
+    for seat in 11..=14 {
+        holds.push(app.hold_seats(&token, json!([seat])).await);
+    }
+    let refunds = join_all(payments.iter().map(|p| app.refund(p, None)));
+    let pays = join_all(holds.iter().map(|h| app.pay(&token, h, None)));
+    let charges = join_all((0..20).map(|_| app.charge("cat", "7", None)));
+    let (refunds, pays, charges) = tokio::join!(refunds, pays, charges);
+    assert!(refunds.iter().all(|r| r.status == StatusCode::CREATED));
+    assert!(charges.iter().all(|r| r.status == StatusCode::CREATED));
+    let paid_now = pays
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count() as i64;
+    // Only one payment can succeed per token (a payment ends the entry);
+    // the rest are refused without moving money.
+    assert!(paid_now >= 1, "at least one payment went through");
+    let expected = before + 10 * 1000 - paid_now * 1000 + 20 * 7;
+    assert_eq!(app.balance("cat").await, expected.to_string());
+    app.assert_ledger_exact().await;
+}
+
+#[tokio::test]
+async fn a_crash_between_refund_commit_and_redis_is_finished_once() {
+    let crashing =
+        spawn_with(Settings::new().set("BOXOFFICE_FAILPOINT", "crash_after_refund_commit")).await;
+    crashing.simple_event("e1", open_queue(), 10, 60, 4).await;
+    let payment = paid(&crashing, "dan", json!([4])).await;
+    let r = crashing.refund(&payment, None).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text);
+    assert_eq!(crashing.balance("dan").await, "10000", "money is back");
+    assert_eq!(crashing.seat_status("e1", 4).await, "sold", "Redis not yet");
+
+    // The process dies; a new one on the same stores finishes the step.
+    let settings = crashing.settings.clone().set("BOXOFFICE_FAILPOINT", "");
+    crashing.stop().await;
+    let restarted = spawn_with(settings).await;
+    let freed = eventually(Duration::from_secs(10), || async {
+        restarted.seat_status("e1", 4).await == "available"
+    })
+    .await;
+    assert!(freed, "the reconciler put the seat back on sale");
+    let confirmed = eventually(Duration::from_secs(5), || async {
+        restarted
+            .count("select count(*) from refunds where not redis_confirmed")
+            .await
+            == 0
+    })
+    .await;
+    assert!(confirmed);
+    // Once: a second refund is refused, the money moved once.
+    restarted
+        .refund(&payment, None)
+        .await
+        .assert_problem(409, "already_refunded");
+    assert_eq!(restarted.balance("dan").await, "10000");
+    assert_eq!(
+        restarted
+            .count("select count(*) from ledger where kind = 'refund'")
+            .await,
+        1
+    );
+    // The seat sells again.
+    let again = paid(&restarted, "eve", json!([4])).await;
+    assert!(!again.is_empty());
+    restarted.assert_ledger_exact().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_schedule_refunds_every_payment_once_even_after_a_crash() {
+    const BUYERS: usize = 500;
+    let crashing = spawn_with(
+        Settings::new()
+            .without_background()
+            .set("BOXOFFICE_FAILPOINT", "crash_during_cancel_after:200"),
+    )
+    .await;
+    crashing
+        .simple_event("e1", open_queue(), BUYERS as u32 + 10, 300, 1)
+        .await;
+    // 500 buyers, one seat each, 50 at a time.
+    for chunk in (0..BUYERS).collect::<Vec<_>>().chunks(50) {
+        let buys = chunk.iter().map(|&i| {
+            let app = &crashing;
+            async move {
+                let user = format!("b{i}");
+                let token = app.admitted_token("e1", &user).await;
+                app.charge(&user, "1000", None).await;
+                let hold = app.hold_seats(&token, json!([i + 1])).await;
+                app.pay(&token, &hold, None).await.status
+            }
+        });
+        for status in join_all(buys).await {
+            assert_eq!(status, StatusCode::CREATED);
+        }
+    }
+    // A live hold of someone else, dropped by the cancellation.
+    let late = crashing.admitted_token("e1", "late").await;
+    crashing.charge("late", "1000", None).await;
+    let late_hold = crashing.hold_seats(&late, json!([BUYERS + 1])).await;
+
+    // The first cancel dies after 200 refunds.
+    let r = crashing.cancel("e1", "d1").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text);
+    assert_eq!(
+        crashing
+            .count("select count(*) from payments where refunded_at is not null")
+            .await,
+        200
+    );
+    // Sales stopped at once: holds and payments of the schedule refused.
+    crashing
+        .hold(&late, json!({"schedule_id": "d1", "seats": [BUYERS + 2]}))
+        .await
+        .assert_problem(409, "sale_closed");
+    let r = crashing.pay(&late, &late_hold, None).await;
+    assert!(
+        matches!(r.code(), "hold_expired" | "sale_closed"),
+        "{}",
+        r.text
+    );
+    assert_eq!(crashing.balance("late").await, "1000", "late paid nothing");
+
+    // Called again on a new process: finishes, exactly once.
+    let settings = crashing.settings.clone().set("BOXOFFICE_FAILPOINT", "");
+    crashing.stop().await;
+    let app = spawn_with(settings).await;
+    let r = app.cancel("e1", "d1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["refunded"], 300);
+    assert_eq!(r.body["already_refunded"], 200);
+    let r = app.cancel("e1", "d1").await;
+    assert_eq!(r.body["refunded"], 0, "a third call refunds nothing");
+    assert_eq!(r.body["already_refunded"], BUYERS);
+    assert_eq!(
+        app.count("select count(*) from refunds").await,
+        BUYERS as i64
+    );
+    assert_eq!(
+        app.count("select count(*) from ledger where kind = 'refund'")
+            .await,
+        BUYERS as i64
+    );
+    assert_eq!(
+        app.count("select count(*) from wallets where balance <> 1000")
+            .await,
+        0,
+        "everyone has their 1000 back"
+    );
+    assert_eq!(app.count("select count(*) from sold_seats").await, 0);
+    assert_eq!(
+        app.count("select count(*) from outbox where topic = 'schedule.cancelled'")
+            .await,
+        1
+    );
+    app.assert_ledger_exact().await;
+    // Nothing of the schedule is sold in Redis any more.
+    for seat in [1, 250, BUYERS as u64] {
+        assert_eq!(app.seat_status("e1", seat).await, "available");
+    }
+    app.cancel("e1", "nope")
+        .await
+        .assert_problem(404, "not_found");
+}
