@@ -649,6 +649,11 @@ def main():
         "`BENCH_SEATS`, `BENCH_ADMIT`, `BENCH_MAX_ACTIVE`, `BENCH_WAITING` (see the header of `scripts/bench.sh`).",
         "",
     ]
+    # The sales report at a million payments is measured separately
+    # (scripts/bench_sales.sh) and kept in docs/bench/sales-report.md.
+    sales = read_text(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "bench", "sales-report.md")).strip()
+    if sales:
+        L += [sales, ""]
     os.makedirs(os.path.dirname(md_path) or ".", exist_ok=True)
     with open(md_path, "w") as f:
         f.write("\n".join(L))

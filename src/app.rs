@@ -34,6 +34,8 @@ pub struct AppState {
     pub confirmations: crate::payments::Confirmations,
     /// Schedule ids per event (immutable after creation), cached.
     pub schedule_ids: Arc<RwLock<HashMap<EventId, Arc<Vec<ScheduleId>>>>>,
+    /// The public event list, cached for a second or two.
+    pub public_catalog: Arc<crate::catalog::cache::PublicCatalog>,
 }
 
 /// A built, bound, not yet running service.
@@ -85,6 +87,7 @@ impl Application {
             tokens,
             users,
             schedule_ids: Arc::default(),
+            public_catalog: Arc::default(),
             limits,
         };
         Ok(Self {

@@ -110,6 +110,8 @@ pub struct Config {
     /// right before or after the PostgreSQL commit, for a test to kill the
     /// process there.
     pub failpoint: Option<String>,
+    /// The leased jobs and the public catalog cache (see `jobs`).
+    pub jobs: crate::jobs::JobsConfig,
     /// How user assertions (the platform's JWTs) are verified.
     pub user_jwt: UserJwtConfig,
     /// How long a queue token stays valid (re-joining hands out a fresh one
@@ -160,6 +162,12 @@ pub struct HttpLimits {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
 
 pub const DEV_SERVICE_KEY: &str = "dev-service-key";
 pub const DEV_TOKEN_SECRET: &str = "dev-token-secret-change-me";
@@ -317,6 +325,7 @@ impl Config {
             ));
         }
 
+        let jobs = crate::jobs::JobsConfig::from_map(env, &redis_url)?;
         let user_jwt = user_jwt(&get)?;
         let queue_token_ttl_s = num("BOXOFFICE_QUEUE_TOKEN_TTL_SECONDS", 6 * 3600)?;
         if !(60..=7 * 24 * 3600).contains(&queue_token_ttl_s) {
@@ -383,6 +392,7 @@ impl Config {
             max_charge,
             paying_timeout: Duration::from_secs(paying_s),
             failpoint: get("BOXOFFICE_FAILPOINT"),
+            jobs,
             user_jwt,
             queue_token_ttl: Duration::from_secs(queue_token_ttl_s),
             http,

@@ -29,6 +29,7 @@ pub fn demo_event() -> Event {
         price: Decimal::from(50_000),
         hold_seconds: 300,
         max_per_user: 4,
+        low_seats_threshold: 5,
     };
     Event {
         event_id: EventId::parse(DEMO_EVENT).expect("valid id"),

@@ -4,6 +4,8 @@
 //! - [`catalog`]: events and schedules (defined in PostgreSQL, served from Redis).
 //! - [`holds`]: atomic all-or-nothing seat holds that expire on their own.
 //! - [`wallet`] and [`payments`]: money in PostgreSQL, exactly-once payments.
+//! - [`jobs`]: work that runs on one instance at a time, under a Redlock
+//!   lease with fencing tokens (sales rollup, availability alerts, purges).
 //! - [`auth`]: the credentials (user assertions, queue tokens, service key).
 //! - [`store`]: the Redis and PostgreSQL adapters; `lua/` holds every script.
 //! - [`http`]: the HTTP API, translating requests to domain calls.
@@ -19,6 +21,7 @@ pub mod holds;
 pub mod http;
 pub mod idempotency;
 pub mod ids;
+pub mod jobs;
 pub mod money;
 pub mod payments;
 pub mod queue;

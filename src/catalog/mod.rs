@@ -6,6 +6,7 @@
 //! reads it. [`load_into_redis`] is idempotent, so create, live tuning and
 //! the reconciler's restore all use it.
 
+pub mod cache;
 pub mod pg;
 pub mod request;
 
@@ -40,6 +41,8 @@ pub struct Schedule {
     pub price: Decimal,
     pub hold_seconds: u32,
     pub max_per_user: u32,
+    /// Free seats at or below which low availability is announced.
+    pub low_seats_threshold: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,7 @@ struct ScheduleRow {
     price: Decimal,
     hold_seconds: i32,
     max_per_user: i32,
+    low_seats_threshold: Option<i32>,
 }
 
 fn to_u32(v: i32) -> u32 {
@@ -53,6 +54,9 @@ fn assemble(events: Vec<EventRow>, schedules: Vec<ScheduleRow>) -> Vec<Event> {
                         price: s.price.normalize(),
                         hold_seconds: to_u32(s.hold_seconds),
                         max_per_user: to_u32(s.max_per_user),
+                        low_seats_threshold: s
+                            .low_seats_threshold
+                            .map_or(to_u32(s.seats) / 10, to_u32),
                     })
                 })
                 .collect();
@@ -100,8 +104,8 @@ pub async fn insert(pg: &Pg, ev: &Event) -> Result<bool, StoreError> {
         }
         for s in &ev.schedules {
             sqlx::query(
-                r"insert into schedules (event_id, schedule_id, starts_at, seats, row_size, price, hold_seconds, max_per_user)
-                  values ($1, $2, $3, $4, $5, $6, $7, $8)",
+                r"insert into schedules (event_id, schedule_id, starts_at, seats, row_size, price, hold_seconds, max_per_user, low_seats_threshold)
+                  values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(ev.event_id.as_str())
             .bind(s.schedule_id.as_str())
@@ -111,6 +115,7 @@ pub async fn insert(pg: &Pg, ev: &Event) -> Result<bool, StoreError> {
             .bind(s.price)
             .bind(s.hold_seconds as i32)
             .bind(s.max_per_user as i32)
+            .bind(s.low_seats_threshold as i32)
             .execute(&mut *tx)
             .await?;
         }
@@ -127,7 +132,7 @@ macro_rules! event_columns {
 }
 macro_rules! schedule_columns {
     () => {
-        "event_id, schedule_id, starts_at, seats, row_size, price, hold_seconds, max_per_user"
+        "event_id, schedule_id, starts_at, seats, row_size, price, hold_seconds, max_per_user, low_seats_threshold"
     };
 }
 

@@ -43,6 +43,10 @@ pub struct NewSchedule {
     pub hold_seconds: i64,
     /// Seats one user may hold plus buy in this schedule (1..100).
     pub max_per_user: i64,
+    /// Free seats at or below which `schedule.low_availability` is
+    /// announced (0..seats; default 10 % of the seats).
+    #[serde(default)]
+    pub low_seats_threshold: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -140,11 +144,22 @@ impl NewEvent {
                 .ok();
             let seats = e.range(&f("seats"), s.seats, 1, 100_000);
             let row_size = e.range(&f("row_size"), s.row_size, 1, s.seats.clamp(1, 100_000));
-            let price = Money::parse_amount(&s.price, currency, Decimal::from(1_000_000_000_i64))
-                .map_err(|err| e.0.push(format!("{}: {err}", f("price"))))
-                .ok();
+            // "0" is a free schedule (a first-come signup); any other price
+            // is an amount like a charge.
+            let price = if s.price == "0" {
+                Some(Decimal::ZERO)
+            } else {
+                Money::parse_amount(&s.price, currency, Decimal::from(1_000_000_000_i64))
+                    .map(|m| m.amount())
+                    .map_err(|err| e.0.push(format!("{}: {err}", f("price"))))
+                    .ok()
+            };
             let hold_seconds = e.range(&f("hold_seconds"), s.hold_seconds, 1, 3_600);
             let max_per_user = e.range(&f("max_per_user"), s.max_per_user, 1, 100);
+            let low_seats_threshold = match s.low_seats_threshold {
+                Some(t) => e.range(&f("low_seats_threshold"), t, 0, s.seats.clamp(0, 100_000)),
+                None => seats / 10,
+            };
             if let (Some(schedule_id), Some(starts_at), Some(price)) =
                 (schedule_id, starts_at, price)
             {
@@ -153,9 +168,10 @@ impl NewEvent {
                     starts_at,
                     seats,
                     row_size,
-                    price: price.amount(),
+                    price,
                     hold_seconds,
                     max_per_user,
+                    low_seats_threshold,
                 });
             }
         }
@@ -233,6 +249,7 @@ mod tests {
                 price: "12000".into(),
                 hold_seconds: 300,
                 max_per_user: 4,
+                low_seats_threshold: None,
             }],
         }
     }

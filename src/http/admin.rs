@@ -35,6 +35,7 @@ pub fn event_config_json(ev: &Event) -> Value {
             "price": format_amount(s.price),
             "hold_seconds": s.hold_seconds,
             "max_per_user": s.max_per_user,
+            "low_seats_threshold": s.low_seats_threshold,
         })).collect::<Vec<_>>(),
     })
 }
@@ -66,6 +67,7 @@ pub async fn create_event(
     catalog::load_into_redis(&state.redis, &ev).await?;
     // A new event has no sold seats: ready at once, in epoch 0.
     catalog::finish_restore(&state.redis, &ev.event_id, 0).await?;
+    state.public_catalog.invalidate();
     tracing::info!(event_id = %ev.event_id, "event created");
     Ok((StatusCode::CREATED, axum::Json(event_config_json(&ev))))
 }

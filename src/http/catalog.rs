@@ -1,14 +1,20 @@
 //! Public catalog: `GET /v1/events`.
 
-use super::{ApiResult, schemas::EventList};
-use crate::{app::AppState, catalog};
 use axum::extract::State;
+use serde_json::Value;
+
+use super::ApiResult;
+use crate::app::AppState;
 
 #[utoipa::path(get, path = "/v1/events", tag = "catalog",
     responses(
-        (status = 200, description = "Every event with its schedules and prices", body = EventList),
+        (status = 200, description = "Every event with its schedules and prices (cached for a second or two); with `\"stale\": true` when read from PostgreSQL because Redis is unavailable", body = super::schemas::EventList),
+        (status = 503, description = "dependency_unavailable", body = super::openapi::Problem),
     ))]
-pub async fn list_events(State(state): State<AppState>) -> ApiResult<axum::Json<EventList>> {
-    let events = catalog::public_list(&state.redis).await?;
-    Ok(axum::Json(EventList { events }))
+pub async fn list_events(State(state): State<AppState>) -> ApiResult<axum::Json<Value>> {
+    let list = state
+        .public_catalog
+        .get(&state.redis, &state.pg, state.config.jobs.catalog_cache)
+        .await?;
+    Ok(axum::Json(list))
 }

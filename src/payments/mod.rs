@@ -115,7 +115,7 @@ pub async fn paid_hold(pg: &Pg, hold: &HoldId) -> Result<Option<(Uuid, String)>,
 }
 
 /// Step 2 as one statement, so one round trip and one commit: price from
-/// the catalog, conditional debit, payment, sold seats (unique per seat),
+/// the catalog, conditional debit (none for a free schedule), payment, sold seats (unique per seat),
 /// ledger row, outbox message and the idempotent response, all or nothing.
 /// Data-modifying CTEs run exactly once each on one snapshot; a constraint
 /// violation anywhere undoes the whole statement.
@@ -126,11 +126,18 @@ with price as (
 ), debit as (
     update wallets w set balance = w.balance - p.amount, updated_at = now()
     from price p
-    where w.user_id = $2 and w.balance >= p.amount
+    where w.user_id = $2 and p.amount > 0 and w.balance >= p.amount
     returning w.balance, p.amount
+), free as (
+    -- A free schedule: no wallet row is written (or created), no ledger
+    -- row; the zero-amount payment is the registration.
+    select coalesce((select balance from wallets where user_id = $2), 0) as balance, p.amount
+    from price p where p.amount = 0
+), settled as (
+    select balance, amount from debit union all select balance, amount from free
 ), paid as (
     insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at)
-    select $1, $2, $3, $4, $5, d.amount, $6, $7 from debit d
+    select $1, $2, $3, $4, $5, d.amount, $6, $7 from settled d
     returning payment_id
 ), sold as (
     insert into sold_seats (event_id, schedule_id, seat_no, payment_id)
@@ -140,7 +147,7 @@ with price as (
     select $8, $2, 'payment', -d.amount, d.balance, $1 from debit d
 ), body as (
     select $9 || trim_scale(d.amount)::text || $10 || trim_scale(d.balance)::text || $11 as text
-    from debit d
+    from settled d
 ), message as (
     insert into outbox (topic, user_id, payload)
     select 'payment.confirmed', $2, b.text::jsonb from body b
@@ -151,7 +158,7 @@ with price as (
 select p.amount, d.balance, b.text,
        (select balance from wallets where user_id = $2) as balance_before,
        (select payment_id from payments where hold_id = $5) as paid_before
-from (select) one left join price p on true left join debit d on true left join body b on true";
+from (select) one left join price p on true left join settled d on true left join body b on true";
 
 /// What [`RECORD`] returns: amount (none for a cancelled schedule),
 /// balance after (when debited), the stored body (when debited), the

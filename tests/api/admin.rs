@@ -53,7 +53,10 @@ async fn bad_event_definitions_are_refused_and_nothing_is_written() {
         ("seats", json!(100_001)),
         ("row_size", json!(0)),
         ("row_size", json!(51)),
-        ("price", json!("0")),
+        // "0" is a free schedule; any other spelling of zero is refused.
+        ("price", json!("0.0")),
+        ("low_seats_threshold", json!(51)),
+        ("low_seats_threshold", json!(-1)),
         ("price", json!("-5")),
         ("price", json!("12.5")),
         ("price", json!(12000)),

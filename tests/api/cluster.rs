@@ -20,7 +20,14 @@ use crate::{helpers::*, redis_harness::LocalCluster};
 
 /// An app against the cluster, with every master as a seed.
 async fn app_on(cluster: &LocalCluster) -> TestApp {
-    spawn_with(Settings::new().set("REDIS_URL", &cluster.url())).await
+    // Leases need independent servers, not the cluster: the shared test
+    // Redis (keys under the test's own prefix).
+    spawn_with(
+        Settings::new()
+            .set("REDIS_URL", &cluster.url())
+            .set("BOXOFFICE_LOCK_URLS", &redis_url()),
+    )
+    .await
 }
 
 fn open_queue() -> serde_json::Value {
@@ -99,7 +106,8 @@ async fn the_purchase_flow_works_on_events_spread_over_three_masters() {
     let single = spawn_with(
         app.settings
             .clone()
-            .set("REDIS_URL", &cluster.single_seed_url()),
+            .set("REDIS_URL", &cluster.single_seed_url())
+            .set("BOXOFFICE_LOCK_URLS", &redis_url()),
     )
     .await;
     for (i, (event, _)) in events.iter().enumerate() {

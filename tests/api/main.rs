@@ -14,6 +14,7 @@ mod expiry;
 mod foundation;
 mod holds;
 mod hygiene;
+mod jobs;
 mod ops;
 mod outage;
 mod payments;
