@@ -31,6 +31,10 @@ pub struct AppState {
     pub confirmations: crate::payments::Confirmations,
     /// Schedule ids per event (immutable after creation), cached.
     pub schedule_ids: Arc<RwLock<HashMap<EventId, Arc<Vec<ScheduleId>>>>>,
+    /// Fair start: draw seeds (immutable), cached.
+    pub seeds: Arc<crate::fair::Seeds>,
+    /// Open queue streams of this instance.
+    pub streams: Arc<crate::queue::stream::Hub>,
 }
 
 /// A built, bound, not yet running service.
@@ -69,6 +73,8 @@ impl Application {
             metrics,
             tokens,
             schedule_ids: Arc::default(),
+            seeds: Arc::default(),
+            streams: Arc::default(),
             limits,
         };
         Ok(Self { listener, state })
@@ -95,6 +101,12 @@ impl Application {
         if state.config.background {
             crate::background::spawn_all(&state, &shutdown, &mut loops);
         }
+        // Streams are served whether or not the background loops run.
+        loops.spawn(state.streams.clone().run(
+            state.redis.clone(),
+            state.config.tick_interval,
+            shutdown.clone(),
+        ));
         let router = crate::http::router(state.clone());
         tracing::info!(addr = %listener.local_addr()?, "boxoffice listening");
         let stop = shutdown.clone();

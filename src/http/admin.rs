@@ -27,6 +27,8 @@ pub fn event_config_json(ev: &Event) -> Value {
         "event_id": ev.event_id,
         "name": ev.name,
         "queue": ev.queue,
+        "sale": ev.fair.sale.to_json(),
+        "challenge": { "difficulty_bits": ev.fair.difficulty_bits },
         "schedules": ev.schedules.iter().map(|s| json!({
             "schedule_id": s.schedule_id,
             "starts_at": format_time(s.starts_at),

@@ -59,6 +59,17 @@ pub enum ApiError {
     RequestInProgress,
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
+    #[error("the sale is not open yet")]
+    SaleNotOpen {
+        opens_at: Option<String>,
+        prequeue_opens_at: Option<String>,
+    },
+    #[error("the sale is closed")]
+    SaleClosed,
+    #[error("{0}")]
+    ChallengeFailed(String),
+    #[error("sold out: no seat is free and none is held")]
+    SoldOut,
     #[error("{0}")]
     Dependency(#[from] StoreError),
     #[error("internal error")]
@@ -72,14 +83,19 @@ impl ApiError {
             E::BadRequest(_) => StatusCode::BAD_REQUEST,
             E::InvalidRequest(_) | E::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            E::Forbidden(_) | E::NotAdmitted { .. } => StatusCode::FORBIDDEN,
+            E::Forbidden(_) | E::NotAdmitted { .. } | E::ChallengeFailed(_) => {
+                StatusCode::FORBIDDEN
+            }
             E::NotFound(_) => StatusCode::NOT_FOUND,
             E::AlreadyExists(_)
             | E::SeatsUnavailable { .. }
             | E::HoldLimitExceeded { .. }
             | E::HoldAlreadyPaid { .. }
             | E::HoldBeingPaid
-            | E::RequestInProgress => StatusCode::CONFLICT,
+            | E::RequestInProgress
+            | E::SaleNotOpen { .. }
+            | E::SaleClosed
+            | E::SoldOut => StatusCode::CONFLICT,
             E::QueueTokenExpired | E::HoldExpired => StatusCode::GONE,
             E::InsufficientFunds { .. } => StatusCode::PAYMENT_REQUIRED,
             E::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -110,6 +126,10 @@ impl ApiError {
             E::IdempotencyKeyReused => "idempotency_key_reused",
             E::RequestInProgress => "request_in_progress",
             E::RateLimited { .. } => "rate_limited",
+            E::SaleNotOpen { .. } => "sale_not_open",
+            E::SaleClosed => "sale_closed",
+            E::ChallengeFailed(_) => "challenge_failed",
+            E::SoldOut => "sold_out",
             E::Dependency(StoreError::Unavailable { .. }) => "dependency_unavailable",
             E::Dependency(StoreError::Internal { .. }) | E::Internal(_) => "internal_error",
         }
@@ -149,6 +169,13 @@ impl ApiError {
             }
             E::Dependency(StoreError::Unavailable { dep, .. }) => {
                 m.insert("dependency".into(), json!(dep.as_str()));
+            }
+            E::SaleNotOpen {
+                opens_at,
+                prequeue_opens_at,
+            } => {
+                m.insert("opens_at".into(), json!(opens_at));
+                m.insert("prequeue_opens_at".into(), json!(prequeue_opens_at));
             }
             _ => {}
         }

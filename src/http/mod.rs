@@ -6,12 +6,14 @@ pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod extract;
+pub mod fair;
 pub mod holds;
 pub mod limit;
 pub mod openapi;
 pub mod ops;
 pub mod payments;
 pub mod queue;
+pub mod stream;
 pub mod wallet;
 
 use std::time::Instant;
@@ -46,6 +48,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(catalog::list_events))
         .route("/v1/events/{event_id}/queue", post(queue::join))
         .route("/v1/queue/status", get(queue::status))
+        .route("/v1/queue/stream", get(stream::stream))
+        .route("/v1/events/{event_id}/draw", get(fair::draw))
+        .route("/v1/events/{event_id}/challenge", get(fair::challenge))
+        .route(
+            "/v1/admin/events/{event_id}/draw/entries",
+            get(fair::draw_entries),
+        )
         .route("/v1/queue", axum::routing::delete(queue::leave))
         .route(
             "/v1/events/{event_id}/schedules",
@@ -76,7 +85,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/events/{event_id}/sales", get(payments::sales))
         .route("/v1/admin/reconcile", post(payments::reconcile_now))
         .route("/v1/admin/events", post(admin::create_event))
-        .route("/v1/admin/events/{event_id}", get(admin::get_event))
+        .route(
+            "/v1/admin/events/{event_id}",
+            get(admin::get_event).patch(fair::patch_event),
+        )
         .route(
             "/v1/admin/events/{event_id}/queue",
             patch(admin::patch_queue),

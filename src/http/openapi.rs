@@ -22,7 +22,8 @@ pub struct Problem {
     /// queue_token_expired, seats_unavailable, hold_limit_exceeded,
     /// hold_expired, hold_already_paid, insufficient_funds,
     /// idempotency_key_reused, request_in_progress, rate_limited,
-    /// dependency_unavailable, internal_error.
+    /// dependency_unavailable, sale_not_open, sale_closed,
+    /// challenge_failed, sold_out, internal_error.
     #[schema(example = "seats_unavailable")]
     code: String,
 }
@@ -59,6 +60,11 @@ impl Modify for Security {
         super::queue::join,
         super::queue::status,
         super::queue::leave,
+        super::stream::stream,
+        super::fair::draw,
+        super::fair::challenge,
+        super::fair::draw_entries,
+        super::fair::patch_event,
         super::catalog::list_events,
         super::admin::create_event,
         super::admin::get_event,

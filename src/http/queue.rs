@@ -1,4 +1,5 @@
-//! `POST /v1/events/{event_id}/queue`, `GET /v1/queue/status`, `DELETE /v1/queue`.
+//! `POST /v1/events/{event_id}/queue`, `GET /v1/queue/status`, `DELETE /v1/queue`
+//! (the stream is in `stream.rs`, fair start in `fair.rs`).
 
 use axum::{
     extract::{Path, State},
@@ -20,6 +21,9 @@ use crate::{
 pub struct JoinRequest {
     /// The platform's user id.
     pub user_id: String,
+    /// A solved proof-of-work challenge (when the event asks for one).
+    #[serde(default)]
+    pub challenge: Option<super::fair::ChallengeAnswer>,
 }
 
 /// A queue entry as the client sees it.
@@ -30,16 +34,23 @@ pub struct QueueEntry {
     pub token: Option<String>,
     pub event_id: String,
     pub user_id: String,
-    /// `waiting` or `admitted`.
+    /// `prequeue`, `waiting` or `admitted`.
     pub status: &'static str,
-    /// 1 at the head of the queue; null once admitted.
+    /// 1 at the head of the queue; null in the pre-queue and once admitted.
     pub position: Option<u64>,
-    /// Estimated seconds until admission (null while admission is paused).
+    /// Estimated seconds until admission (null while admission is paused
+    /// and in the pre-queue).
     pub eta_seconds: Option<u64>,
+    /// 90 % of entries at this place are admitted within this many seconds.
+    pub eta_p90_seconds: Option<u64>,
     /// When to poll next.
     pub poll_after_ms: u64,
     /// End of the shopping window (RFC 3339) once admitted.
     pub admitted_until: Option<String>,
+    /// `final` (no free seat, none held: stop waiting), `for_now` (only
+    /// held seats may come back) or null.
+    #[schema(value_type = Option<String>)]
+    pub sold_out: Option<&'static str>,
 }
 
 pub fn format_ms(ms: i64) -> Option<String> {
@@ -47,8 +58,9 @@ pub fn format_ms(ms: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-fn entry(claims: &QueueClaims, view: &EntryView, token: Option<String>) -> QueueEntry {
+pub fn entry(claims: &QueueClaims, view: &EntryView, token: Option<String>) -> QueueEntry {
     let (status, position, admitted_until) = match view.state {
+        EntryState::Prequeue => ("prequeue", None, None),
         EntryState::Waiting { position } => ("waiting", Some(position), None),
         EntryState::Admitted { until_ms } => ("admitted", None, format_ms(until_ms)),
     };
@@ -59,8 +71,10 @@ fn entry(claims: &QueueClaims, view: &EntryView, token: Option<String>) -> Queue
         status,
         position,
         eta_seconds: view.pacing.eta_seconds,
+        eta_p90_seconds: view.pacing.eta_p90_seconds,
         poll_after_ms: view.pacing.poll_after_ms,
         admitted_until,
+        sold_out: view.sold_out.map(queue::SoldOut::as_str),
     }
 }
 
@@ -75,7 +89,9 @@ pub fn event_in_path(raw: &str) -> ApiResult<EventId> {
     responses(
         (status = 201, description = "New entry", body = QueueEntry),
         (status = 200, description = "This user's live entry: same place, fresh token", body = QueueEntry),
+        (status = 403, description = "challenge_failed: missing, wrong, reused or expired proof of work", body = super::openapi::Problem),
         (status = 404, description = "not_found", body = super::openapi::Problem),
+        (status = 409, description = "sale_not_open (with opens_at), sale_closed, or sold_out (final)", body = super::openapi::Problem),
         (status = 422, description = "invalid_request", body = super::openapi::Problem),
         (status = 503, description = "dependency_unavailable", body = super::openapi::Problem),
     ))]
@@ -86,7 +102,8 @@ pub async fn join(
 ) -> ApiResult<impl IntoResponse> {
     let event = event_in_path(&event_id)?;
     let user = UserId::parse(&body.user_id).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let joined = queue::join(&state.redis, &event, &user).await?;
+    let fair = super::fair::join_extras(&state, &event, &user, body.challenge.as_ref()).await?;
+    let joined = queue::join(&state.redis, &event, &user, fair.input()).await?;
     let claims = QueueClaims {
         event,
         user,
@@ -118,7 +135,8 @@ pub async fn status(
     State(state): State<AppState>,
     QueueToken(claims): QueueToken,
 ) -> ApiResult<axum::Json<QueueEntry>> {
-    let view = queue::status(&state.redis, &claims).await?;
+    let schedules = super::holds::schedules_of(&state, &claims.event).await?;
+    let view = queue::status(&state.redis, &claims, &schedules).await?;
     Ok(axum::Json(entry(&claims, &view, None)))
 }
 

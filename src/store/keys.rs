@@ -95,6 +95,21 @@ impl EventKeys {
     pub fn queue_stats(&self) -> String {
         self.key("q:stats")
     }
+    /// Hash: pre-queue user → entry id (their member in `q:wait` is
+    /// scored by the draw, not by the entry).
+    pub fn queue_pre_entries(&self) -> String {
+        self.key("q:pre:entry")
+    }
+    /// Sorted set: user → draw score of every entry in the pre-queue at
+    /// `opens_at` (frozen from then on): the draw's published entry list.
+    pub fn queue_draw(&self) -> String {
+        self.key("q:draw")
+    }
+    /// String: a used proof-of-work challenge (by its random id), kept
+    /// until the challenge expires so it is accepted once.
+    pub fn challenge_used(&self, id: &str) -> String {
+        self.key(&format!("pow:{id}"))
+    }
 
     /// Hash: one schedule's catalog copy and counters.
     pub fn schedule(&self, s: &ScheduleId) -> String {
