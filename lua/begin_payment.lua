@@ -11,6 +11,7 @@
 -- KEYS[7] ubought   hash: user -> seats bought
 -- KEYS[8] adm       zset: queue, admitted user -> deadline (ms)
 -- KEYS[9] wait      zset: queue, waiting user -> entry
+-- KEYS[10] poll     hash: queue, user -> last activity (ms); written
 -- ARGV[1] hold number
 -- ARGV[2] user id (from the verified token)
 -- ARGV[3] payment timeout (ms): the paying deadline is now + this
@@ -37,7 +38,7 @@
 local timeout = tonumber(ARGV[3])
 if not timeout or timeout < 1 or timeout ~= math.floor(timeout) then return bad_arg('timeout') end
 local h, stop = open_hold(function(_, _, user, now)
-  local refused = admission(KEYS[8], KEYS[9], user, now)
+  local refused = admission(KEYS[8], KEYS[9], user, now, KEYS[10])
   return refused and json(refused)
 end)
 if not h then return stop end

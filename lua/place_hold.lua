@@ -11,6 +11,7 @@
 -- KEYS[8] hold_seq  counter: hold numbers of the event
 -- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)
 -- KEYS[10] wait     zset: queue, waiting user -> entry
+-- KEYS[11] poll     hash: queue, user -> last activity (ms); written
 -- ARGV[1] user id
 -- ARGV[2] mode: "seats" | "count"
 -- ARGV[3] mode seats: comma-separated seat numbers (non-empty, <= 100,
@@ -66,7 +67,7 @@ end
 
 local now = now_ms()
 -- The user must be admitted (checked here rather than in a second round trip).
-local refused = admission(KEYS[9], KEYS[10], user, now)
+local refused = admission(KEYS[9], KEYS[10], user, now, KEYS[11])
 if refused then return json(refused) end
 local expired, expired_paying = expire_due(K, now)
 local function reply(t)

@@ -4,7 +4,8 @@
 -- KEYS[7i+1..7i+7] the 7 keys of schedule i (i = 0, 1, ...), each group
 --                  in schedule-key order: cfg, seats, map, holds, dl,
 --                  uheld, ubought (all of one event: one hash tag)
--- then, with a buyer only: the queue's adm and wait sorted sets
+-- then, with a buyer only: the queue's adm and wait sorted sets and its
+-- poll hash (the buyer's activity is recorded there)
 -- ARGV[1] buyer's user id, or none (operators)
 --
 -- Returns (JSON):
@@ -21,8 +22,8 @@
 local now = now_ms()
 local groups = #KEYS
 if ARGV[1] then
-  groups = #KEYS - 2
-  local refused = admission(KEYS[#KEYS - 1], KEYS[#KEYS], ARGV[1], now)
+  groups = #KEYS - 3
+  local refused = admission(KEYS[#KEYS - 2], KEYS[#KEYS - 1], ARGV[1], now, KEYS[#KEYS])
   if refused then return json(refused) end
 end
 if groups % 7 ~= 0 then return bad_arg('KEYS must be groups of 7') end

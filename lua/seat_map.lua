@@ -11,6 +11,7 @@
 -- KEYS[8] sold      bitmap: bit i = seat i sold
 -- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)  } with a
 -- KEYS[10] wait     zset: queue, waiting user -> entry           } buyer only
+-- KEYS[11] poll     hash: queue, user -> last activity (written)  }
 -- ARGV[1] buyer's user id, or none (operators, the audit)
 --
 -- Returns an array:
@@ -29,7 +30,7 @@
 -- that due holds expire before the read.
 
 if ARGV[1] then
-  local refused = admission(KEYS[9], KEYS[10], ARGV[1], now_ms())
+  local refused = admission(KEYS[9], KEYS[10], ARGV[1], now_ms(), KEYS[11])
   if refused then return { json(refused) } end
 end
 

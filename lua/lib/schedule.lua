@@ -179,17 +179,25 @@ local function expire_due(K, now)
   return expired, paying
 end
 
--- The user's live queue entry must be admitted right now. Read-only. The
--- queue keys share the event's hash tag, so the scripts that need an
--- admitted buyer (place_hold, begin_payment) check it themselves instead
--- of costing the request a second round trip. Returns nil when admitted,
--- else a reply table: {status="not_admitted", position=p} while waiting,
+-- The user's live queue entry must be admitted right now. The queue keys
+-- share the event's hash tag, so the scripts that need an admitted buyer
+-- (place_hold, begin_payment) check it themselves instead of costing the
+-- request a second round trip. Returns nil when admitted, else a reply
+-- table: {status="not_admitted", position=p} while waiting,
 -- {status="queue_gone"} when the user has no live entry (left, window
 -- over, or completed by a payment).
-local function admission(adm, wait, user, now)
+-- Its one write: with `seen` (the queue's poll hash), an admitted user's
+-- request is recorded as activity (admit_tick releases admitted users
+-- silent for idle_timeout_ms). That is not part of the script's
+-- transition, so it may precede the script's own validation: a refused
+-- request was still made.
+local function admission(adm, wait, user, now, seen)
   local deadline = redis.call('ZSCORE', adm, user)
   if deadline then
-    if tonumber(deadline) > now then return nil end
+    if tonumber(deadline) > now then
+      if seen then redis.call('HSET', seen, user, now) end
+      return nil
+    end
     return { status = 'queue_gone' }
   end
   local rank = redis.call('ZRANK', wait, user)

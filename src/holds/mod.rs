@@ -508,9 +508,10 @@ pub async fn sweep(
     Ok(r.expired)
 }
 
-/// The queue keys a script needs to check that the buyer is admitted.
-fn admission_keys(k: &EventKeys) -> [String; 2] {
-    [k.queue_admitted(), k.queue_waiting()]
+/// The queue keys a script needs to check that the buyer is admitted
+/// (and to record the request as the admitted user's activity).
+fn admission_keys(k: &EventKeys) -> [String; 3] {
+    [k.queue_admitted(), k.queue_waiting(), k.queue_polled()]
 }
 
 /// A hold moved to *paying*.

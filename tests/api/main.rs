@@ -7,6 +7,7 @@ mod helpers;
 
 mod admin;
 mod dashboard;
+mod fair;
 mod foundation;
 mod holds;
 mod ops;
