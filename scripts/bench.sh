@@ -322,6 +322,14 @@ say "pgbench: payment transaction, $PG_CLIENTS clients, ${SECS}s"
     -f payment.pgbench.sql "$BENCH_DB_URL" >pgbench.out 2>pgbench.err) || { cat "$OUT/pgbench.err" >&2; exit 1; }
 grep -E '^(tps|latency|number of (transactions|failed))' "$OUT/pgbench.out" || true
 
+# ------------------------------------------------- streaming vs polling
+if [[ ${BENCH_SKIP_STREAM:-0} != 1 ]]; then
+    say "streaming vs polling (scripts/bench_stream.sh)"
+    BENCH_SKIP_BUILD=1 STREAM_OUT="$OUT/stream_vs_poll.md" scripts/bench_stream.sh ||
+        say "streaming vs polling failed; see above"
+    note "BENCH_SKIP_BUILD=1 scripts/bench_stream.sh   # STREAM_SIZES='10000 50000' STREAM_WARMUP=20 STREAM_WINDOW=30"
+fi
+
 # ----------------------------------------------------------------- report
 ENDED="$(date +%s.%N)"
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
