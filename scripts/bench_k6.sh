@@ -12,6 +12,7 @@
 #    well before the script's 5-minute limit;
 # 4. stops the service, drops its database, deletes its Redis keys.
 #
+# K6_SERVICE_BIN picks another service binary (e.g. target/debug/boxoffice).
 # Only 127.0.0.1 is targeted. Never FLUSHes.
 set -euo pipefail
 
@@ -70,7 +71,7 @@ DB_CREATED=1
 env BOXOFFICE_ADDR="127.0.0.1:$PORT" DATABASE_URL="$PG_BASE/$DB" REDIS_URL="$REDIS_URL" \
     BOXOFFICE_REDIS_PREFIX="$PREFIX" BOXOFFICE_RATE_PER_IP=0 BOXOFFICE_RATE_PER_TOKEN=0 \
     BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="k6-token-secret-$TS" RUST_LOG=warn \
-    "$ROOT/target/release/boxoffice" serve >"$OUT/service.log" 2>&1 &
+    "${K6_SERVICE_BIN:-$ROOT/target/release/boxoffice}" serve >"$OUT/service.log" 2>&1 &
 SERVICE_PID=$!
 for _ in $(seq 100); do
     curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$PORT/readyz" 2>/dev/null && break
