@@ -95,6 +95,16 @@ pub async fn get_event(
     let mut body = event_config_json(&ev);
     body["live"] = serde_json::to_value(&figures).map_err(anyhow::Error::from)?;
     crate::holds::admin::add_schedule_figures(&state, &ev, &mut body).await?;
+    if let Some(info) = crate::fair::info(&state.redis, &ev.event_id).await? {
+        let drawn = info.drawn();
+        body["draw"] = json!({
+            "opens_at": ev.fair.sale.opens_at.map(catalog::format_time_ms),
+            "commitment": ev.fair.seed.commitment(),
+            "drawn": drawn,
+            "seed": drawn.then(|| ev.fair.seed.to_hex()),
+            "entries": drawn.then_some(info.entries),
+        });
+    }
     Ok(axum::Json(body))
 }
 

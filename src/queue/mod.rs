@@ -401,6 +401,9 @@ pub struct Figures {
     /// Highest number of admitted entries ever seen at once.
     #[serde(default)]
     pub peak_active: u64,
+    /// Entries in the pre-queue (part of `waiting`).
+    #[serde(default)]
+    pub prequeue: u64,
 }
 
 /// # Errors

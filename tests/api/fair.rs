@@ -119,6 +119,11 @@ async fn the_prequeue_draw_is_a_verifiable_permutation_ahead_of_later_joiners() 
             tokens.insert(u.clone(), token(&r));
         }
     }
+    // The operator's view (dashboard): pre-queue size and commitment, no seed yet.
+    let admin = a.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(admin.body["live"]["prequeue"], 1000, "{}", admin.text);
+    assert_eq!(admin.body["draw"]["commitment"], commitment.as_str());
+    assert_eq!(admin.body["draw"]["seed"], Value::Null);
     open_in(&a, "e1", 300).await;
     let draw = wait_for_draw(&a, "e1").await;
     let seed = draw["seed"].as_str().unwrap();
