@@ -22,7 +22,7 @@
 -- Read-only but for the heartbeat: an idle entry is not evicted here (a
 -- stream is the heartbeat; the tick and queue_status evict the silent).
 -- Cost: two O(log n) lookups per entry; the caller sends only entries
--- due for an update, at most 1000 per call.
+-- due for an update, at most 250 per call.
 
 local cfg = redis.call('HMGET', KEYS[1], 'admit_per_second', 'idle_timeout_ms', 'paused', 'open_ms')
 if not cfg[1] then

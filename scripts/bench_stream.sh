@@ -84,7 +84,7 @@ redis_stat() { # total calls (incl. inside scripts), EVALSHA calls
 HZ="$(getconf CLK_TCK)"
 
 {
-    echo "| users | mode | service CPU ms per waiting user per minute | Redis calls/s from clients (EVALSHA) | Redis commands/s incl. inside scripts | client requests or events/s |"
+    echo "| users | mode | service CPU ms per waiting user per minute | Redis calls/s from clients (EVALSHA) | Redis commands/s incl. inside scripts |"
     echo "|---:|---|---:|---:|---:|"
 } >"$TMP/table.md"
 declare -A CPU
