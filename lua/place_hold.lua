@@ -12,7 +12,8 @@
 -- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)
 -- KEYS[10] wait     zset: queue, waiting user -> entry
 -- KEYS[11] adm_entry hash: queue, admitted user -> entry
--- KEYS[12] ready    string: the event's ready mark (finish_restore.lua)
+-- KEYS[12] poll     hash: queue, user -> last activity (ms); written
+-- KEYS[13] ready    string: the event's ready mark (finish_restore.lua)
 -- ARGV[1] user id
 -- ARGV[2] mode: "seats" | "count"
 -- ARGV[3] mode seats: comma-separated seat numbers (non-empty, <= 100,
@@ -45,7 +46,7 @@
 local K = sched_keys(1)
 local user, mode, arg = ARGV[1], ARGV[2], ARGV[3]
 if not user or user == '' then return bad_arg('user') end
-if restoring(KEYS[12]) then return json({ status = 'restoring' }) end
+if restoring(KEYS[13]) then return json({ status = 'restoring' }) end
 
 local cfg = load_cfg(K)
 if not cfg then return json({ status = 'no_schedule' }) end

@@ -8,7 +8,8 @@
 --
 -- Returns (JSON): {"status":"no_event"} or {"status":"ok","waiting":w,
 --   "admitted_now":a,"admitted_total":t,"joined_total":j,"evicted_total":e,
---   "expired_total":x,"left_total":l,"rate":r,"peak_active":p}
+--   "expired_total":x,"left_total":l,"rate":r,"peak_active":p,
+--   "prequeue":q}  (q: entries still in the pre-queue, scored below 1)
 -- Read-only.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -28,4 +29,5 @@ return cjson.encode({
   left_total = tonumber(s[5] or '0'),
   rate = tonumber(s[6] or '0'),
   peak_active = tonumber(s[7] or '0'),
+  prequeue = redis.call('ZCOUNT', KEYS[2], '-inf', '(1'),
 })

@@ -11,6 +11,7 @@
 -- KEYS[8] adm       zset: queue, admitted user -> deadline (ms)
 -- KEYS[9] wait      zset: queue, waiting user -> entry
 -- KEYS[10] adm_entry hash: queue, admitted user -> entry
+-- KEYS[11] poll     hash: queue, user -> last activity (ms); written
 -- ARGV[1] hold number
 -- ARGV[2] user id (from the verified token)
 -- ARGV[3] the user's queue entry (from the verified token)

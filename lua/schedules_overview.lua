@@ -4,8 +4,8 @@
 -- KEYS[7i+1..7i+7] the 7 keys of schedule i (i = 0, 1, ...), each group
 --                  in schedule-key order: cfg, seats, map, holds, dl,
 --                  uheld, ubought (all of one event: one hash tag)
--- then, with a buyer only: the queue's adm, wait and adm_entry keys and
--- the event's ready mark
+-- then, with a buyer only: the queue's adm, wait, adm_entry and poll keys
+-- (the buyer's activity is recorded in poll) and the event's ready mark
 -- ARGV[1] buyer's user id, or none (operators)
 -- ARGV[2] buyer's queue entry (from the verified token)
 --
@@ -24,9 +24,9 @@
 local now = now_ms()
 local groups = #KEYS
 if ARGV[1] then
-  groups = #KEYS - 4
+  groups = #KEYS - 5
   if restoring(KEYS[#KEYS]) then return json({ status = 'restoring' }) end
-  local refused = admission(buyer_keys(#KEYS - 3), ARGV[1], ARGV[2], now)
+  local refused = admission(buyer_keys(#KEYS - 4), ARGV[1], ARGV[2], now)
   if refused then return json(refused) end
 end
 if groups % 7 ~= 0 then return bad_arg('KEYS must be groups of 7') end

@@ -12,7 +12,8 @@
 -- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)  } with a
 -- KEYS[10] wait     zset: queue, waiting user -> entry           } buyer
 -- KEYS[11] adm_entry hash: queue, admitted user -> entry         } only
--- KEYS[12] ready    string: the event's ready mark               }
+-- KEYS[12] poll     hash: queue, user -> last activity (written)  }
+-- KEYS[13] ready    string: the event's ready mark               }
 -- ARGV[1] buyer's user id, or none (operators, the audit)
 -- ARGV[2] buyer's queue entry (from the verified token)
 --
@@ -34,7 +35,7 @@
 -- that due holds expire before the read.
 
 if ARGV[1] then
-  if restoring(KEYS[12]) then return { json({ status = 'restoring' }) } end
+  if restoring(KEYS[13]) then return { json({ status = 'restoring' }) } end
   local refused = admission(buyer_keys(9), ARGV[1], ARGV[2], now_ms())
   if refused then return { json(refused) } end
 end

@@ -362,6 +362,14 @@ rcli eval "for i = 0, 99999 do redis.call('ZADD', KEYS[1], i, string.format('%01
 note "redis-cli -u $REDIS_URL eval \"for i = 0, 99999 do redis.call('ZADD', KEYS[1], i, string.format('%012d', i)) end return 1\" 1 $ZKEY"
 rb zrank -c "$USERS" -n 300000 -r 100000 ZRANK "$ZKEY" __rand_int__
 
+# ------------------------------------------------- streaming vs polling
+if [[ ${BENCH_SKIP_STREAM:-0} != 1 ]]; then
+    say "streaming vs polling (scripts/bench_stream.sh)"
+    BENCH_SKIP_BUILD=1 STREAM_OUT="$OUT/stream_vs_poll.md" scripts/bench_stream.sh ||
+        say "streaming vs polling failed; see above"
+    note "BENCH_SKIP_BUILD=1 scripts/bench_stream.sh   # STREAM_SIZES='10000 50000' STREAM_WARMUP=20 STREAM_WINDOW=30"
+fi
+
 # ----------------------------------------------------------------- report
 ENDED="$(date +%s.%N)"
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"

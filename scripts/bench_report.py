@@ -529,6 +529,22 @@ def main():
         "",
     ]
 
+    # Streaming vs polling (scripts/bench_stream.sh).
+    stream = read_text(os.path.join(d, "stream_vs_poll.md"))
+    if stream:
+        L += [
+            "## Streaming vs polling",
+            "",
+            "N users wait in a paused queue, spread over three service instances sharing a private "
+            "redis-server; either each polls `GET /v1/queue/status` every `poll_after_ms`, or each "
+            "holds `GET /v1/queue/stream` open (`scripts/bench_stream.sh`, clients "
+            "`target/release/stream_bench`). Measured over a window after a warm-up: the services' "
+            "CPU time and Redis's command counters. Aim: streaming below a fifth of polling.",
+            "",
+            stream.strip(),
+            "",
+        ]
+
     # References.
     L += ["## References measured in the same run", ""]
     if ceiling:

@@ -36,6 +36,10 @@ pub struct AppState {
     pub schedule_ids: Arc<RwLock<HashMap<EventId, Arc<Vec<ScheduleId>>>>>,
     /// The public event list, cached for a second or two.
     pub public_catalog: Arc<crate::catalog::cache::PublicCatalog>,
+    /// Fair start: draw seeds (immutable), cached.
+    pub seeds: Arc<crate::fair::Seeds>,
+    /// Open queue streams of this instance.
+    pub streams: Arc<crate::queue::stream::Hub>,
 }
 
 /// A built, bound, not yet running service.
@@ -88,6 +92,8 @@ impl Application {
             users,
             schedule_ids: Arc::default(),
             public_catalog: Arc::default(),
+            seeds: Arc::default(),
+            streams: Arc::default(),
             limits,
         };
         Ok(Self {
@@ -140,6 +146,12 @@ impl Application {
                 }
             });
         }
+        // Streams are served whether or not the background loops run.
+        loops.spawn(state.streams.clone().run(
+            state.redis.clone(),
+            state.config.tick_interval,
+            shutdown.clone(),
+        ));
         let router = crate::http::router(state.clone());
         tracing::info!(addr = %listener.local_addr()?, "boxoffice listening");
         crate::server::serve(listener, router, limits, shutdown.clone())

@@ -160,6 +160,7 @@ fn record_tick(event: &EventId, t: &queue::Tick) {
     metrics::counter!("boxoffice_queue_evictions_total", "event" => ev.clone(), "reason" => "idle")
         .increment(t.evicted);
     metrics::counter!("boxoffice_queue_evictions_total", "event" => ev.clone(), "reason" => "window_over").increment(t.expired);
+    metrics::counter!("boxoffice_queue_evictions_total", "event" => ev.clone(), "reason" => "idle_admitted").increment(t.released);
     metrics::gauge!("boxoffice_queue_waiting", "event" => ev.clone()).set(t.waiting as f64);
     metrics::gauge!("boxoffice_queue_admitted", "event" => ev.clone()).set(t.active as f64);
     metrics::gauge!("boxoffice_queue_admission_rate", "event" => ev).set(t.rate);

@@ -42,6 +42,7 @@ pub fn demo_event() -> Event {
             paused: false,
         },
         schedules: vec![schedule("day-1", 30), schedule("day-2", 31)],
+        fair: crate::fair::FairStart::new(),
     }
 }
 

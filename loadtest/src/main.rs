@@ -58,6 +58,8 @@ environment:
   LOADTEST_REPORT_DIR        where reports go (default loadtest/reports)
   LOADTEST_BUYERS            flash-sale buyers (default: -u)
   LOADTEST_SEATS             flash-sale seats (default 5000)
+  LOADTEST_PREQUEUE_SECONDS  flash-sale pre-queue phase: buyers arriving this long
+                             before opens_at wait in the pre-queue (default 5; 0 = none)
   LOADTEST_ADMIT_PER_SECOND  flash-sale admission rate (default 1000)
   LOADTEST_MAX_ACTIVE        flash-sale admitted users at one time (default 1000)
   LOADTEST_WAITING           poll-storm queue length (default 100000)

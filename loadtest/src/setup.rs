@@ -153,6 +153,19 @@ pub async fn prepare(
                 vec![schedule("main", ctx.seats, 50, price, 120, 4)],
             )
             .await?;
+            // The pre-queue phase: buyers arrive before opens_at and are
+            // ordered by the draw (LOADTEST_PREQUEUE_SECONDS, 0 = none).
+            let pre = env_u64("LOADTEST_PREQUEUE_SECONDS", 5);
+            if pre > 0 {
+                let at = |ms: i64| {
+                    (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                };
+                let sale = json!({"sale": {"prequeue_opens_at": at(0), "opens_at": at(pre as i64 * 1000)}});
+                let path = format!("/v1/admin/events/{}", ctx.event);
+                admin(ctx, reqwest::Method::PATCH, &path, Some(sale)).await?;
+                extra.insert("prequeue_seconds".into(), pre.into());
+            }
         }
         Scenario::PollStorm => {
             ctx.seats = 100;

@@ -189,35 +189,41 @@ local function expire_due(K, now)
   return expired, paying
 end
 
--- The queue keys a buyer's admission check reads, KEYS[i..i+2] in this
+-- The queue keys a buyer's admission check reads, KEYS[i..i+3] in this
 -- order (EventKeys::buyer_keys builds them): adm (zset: admitted user ->
 -- deadline), wait (zset: waiting user -> entry), adm_entry (hash:
--- admitted user -> entry).
+-- admitted user -> entry), seen (hash: user -> last activity, ms).
 local function buyer_keys(i)
-  return { adm = KEYS[i], wait = KEYS[i + 1], adm_entry = KEYS[i + 2] }
+  return { adm = KEYS[i], wait = KEYS[i + 1], adm_entry = KEYS[i + 2], seen = KEYS[i + 3] }
 end
 
 -- The buyer's queue entry (the one its token names, not just any entry of
--- the user) must be live and admitted right now. Read-only. The queue keys
--- share the event's hash tag, so the scripts that need an admitted buyer
--- check it themselves instead of costing the request a second round trip.
+-- the user) must be live and admitted right now. The queue keys share the
+-- event's hash tag, so the scripts that need an admitted buyer check it
+-- themselves instead of costing the request a second round trip.
 -- Returns nil when admitted, else a reply table: {status="not_admitted",
 -- position=p} while that entry waits, {status="queue_gone"} when it is not
 -- live (left, evicted, window over, completed by a payment, or replaced:
 -- a token of an entry that ended stays dead even after the user joins
 -- again).
+-- Its one write: an admitted buyer's request is recorded as activity in
+-- `seen` (admit_tick releases admitted users silent for idle_timeout_ms).
+-- That is not part of the script's transition, so it may precede the
+-- script's own validation: a refused request was still made.
 local function admission(Q, user, entry, now)
   entry = tonumber(entry)
   local deadline = redis.call('ZSCORE', Q.adm, user)
   if deadline then
     if tonumber(redis.call('HGET', Q.adm_entry, user)) == entry and tonumber(deadline) > now then
+      if Q.seen then redis.call('HSET', Q.seen, user, now) end
       return nil
     end
     return { status = 'queue_gone' }
   end
-  if entry and tonumber(redis.call('ZSCORE', Q.wait, user)) == entry then
-    return { status = 'not_admitted', position = redis.call('ZRANK', Q.wait, user) + 1 }
-  end
+  -- Waiting (or in the pre-queue, scored by the draw rather than by the
+  -- entry): nothing is allowed yet, whichever of the user's tokens asks.
+  local rank = redis.call('ZRANK', Q.wait, user)
+  if rank then return { status = 'not_admitted', position = rank + 1 } end
   return { status = 'queue_gone' }
 end
 

@@ -51,10 +51,17 @@ pub struct Event {
     pub name: String,
     pub queue: QueueSettings,
     pub schedules: Vec<Schedule>,
+    /// Sale window, proof-of-work difficulty and the draw's seed.
+    pub fair: crate::fair::FairStart,
 }
 
 pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// RFC 3339 with milliseconds (sale times are kept to the millisecond).
+pub fn format_time_ms(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 impl Event {
@@ -89,6 +96,12 @@ pub async fn load_into_redis(redis: &Redis, ev: &Event) -> Result<(), StoreError
             "paused": u8::from(ev.queue.paused),
             "schedules": ev.schedules.iter().map(|s| s.schedule_id.as_str()).collect::<Vec<_>>().join(","),
             "public": ev.public_json().to_string(),
+            // Fair start: 0 = no such time.
+            "pre_ms": ev.fair.sale.prequeue_opens_at.map_or(0, |t| t.timestamp_millis()),
+            "open_ms": ev.fair.sale.opens_at.map_or(0, |t| t.timestamp_millis()),
+            "close_ms": ev.fair.sale.closes_at.map_or(0, |t| t.timestamp_millis()),
+            "pow_bits": ev.fair.difficulty_bits,
+            "seed": ev.fair.seed.to_hex(),
         })
         .to_string(),
     ];

@@ -5,6 +5,7 @@ use rust_decimal::Decimal;
 
 use super::{Event, QueueSettings, Schedule};
 use crate::{
+    fair::{FairStart, SaleWindow, Seed},
     ids::{EventId, ScheduleId},
     store::{Dependency, StoreError, pg::Pg},
 };
@@ -18,6 +19,11 @@ struct EventRow {
     active_ttl_seconds: i32,
     idle_timeout_seconds: i32,
     paused: bool,
+    sale_prequeue_opens_at: Option<DateTime<Utc>>,
+    sale_opens_at: Option<DateTime<Utc>>,
+    sale_closes_at: Option<DateTime<Utc>>,
+    challenge_difficulty_bits: i32,
+    draw_seed: Option<Vec<u8>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -71,6 +77,21 @@ fn assemble(events: Vec<EventRow>, schedules: Vec<ScheduleRow>) -> Vec<Event> {
                     paused: e.paused,
                 },
                 schedules,
+                fair: FairStart {
+                    sale: SaleWindow {
+                        prequeue_opens_at: e.sale_prequeue_opens_at,
+                        opens_at: e.sale_opens_at,
+                        closes_at: e.sale_closes_at,
+                    },
+                    difficulty_bits: u8::try_from(e.challenge_difficulty_bits).unwrap_or(0),
+                    // Events made before fair start existed have no seed
+                    // until `ensure_seed` gives them one.
+                    seed: e
+                        .draw_seed
+                        .as_deref()
+                        .and_then(Seed::from_bytes)
+                        .unwrap_or_else(Seed::generate),
+                },
             })
         })
         .collect()
@@ -84,8 +105,9 @@ pub async fn insert(pg: &Pg, ev: &Event) -> Result<bool, StoreError> {
     pg.guard(async {
         let mut tx = pg.pool().begin().await?;
         let inserted = sqlx::query(
-            r"insert into events (event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, paused)
-              values ($1, $2, $3, $4, $5, $6, $7)
+            r"insert into events (event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, paused,
+                                  sale_prequeue_opens_at, sale_opens_at, sale_closes_at, challenge_difficulty_bits, draw_seed)
+              values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
               on conflict (event_id) do nothing",
         )
         .bind(ev.event_id.as_str())
@@ -95,6 +117,11 @@ pub async fn insert(pg: &Pg, ev: &Event) -> Result<bool, StoreError> {
         .bind(ev.queue.active_ttl_seconds as i32)
         .bind(ev.queue.idle_timeout_seconds as i32)
         .bind(ev.queue.paused)
+        .bind(ev.fair.sale.prequeue_opens_at)
+        .bind(ev.fair.sale.opens_at)
+        .bind(ev.fair.sale.closes_at)
+        .bind(i32::from(ev.fair.difficulty_bits))
+        .bind(ev.fair.seed.as_bytes())
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -127,7 +154,7 @@ pub async fn insert(pg: &Pg, ev: &Event) -> Result<bool, StoreError> {
 
 macro_rules! event_columns {
     () => {
-        "event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, paused"
+        "event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, paused, sale_prequeue_opens_at, sale_opens_at, sale_closes_at, challenge_difficulty_bits, draw_seed"
     };
 }
 macro_rules! schedule_columns {
@@ -248,3 +275,26 @@ pub async fn bump_epoch(pg: &Pg, id: &EventId) -> Result<u32, StoreError> {
 /// Highest epoch `lua/finish_restore.lua` accepts (hold numbers stay below
 /// 1e14, which the scripts' JSON encodes exactly).
 pub const MAX_EPOCH: u32 = 99_999;
+/// Stores new fair-start settings (the seed never changes once stored;
+/// an event without one gets the given one, see [`assemble`]).
+///
+/// # Errors
+/// PostgreSQL unavailable.
+pub async fn update_fair(pg: &Pg, id: &EventId, f: &FairStart) -> Result<bool, StoreError> {
+    pg.guard(
+        sqlx::query(
+            r"update events set sale_prequeue_opens_at = $2, sale_opens_at = $3, sale_closes_at = $4,
+                     challenge_difficulty_bits = $5, draw_seed = coalesce(draw_seed, $6), updated_at = now()
+              where event_id = $1",
+        )
+        .bind(id.as_str())
+        .bind(f.sale.prequeue_opens_at)
+        .bind(f.sale.opens_at)
+        .bind(f.sale.closes_at)
+        .bind(i32::from(f.difficulty_bits))
+        .bind(f.seed.as_bytes())
+        .execute(pg.pool()),
+    )
+    .await
+    .map(|r| r.rows_affected() == 1)
+}

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::{Event, QueueSettings, Schedule};
 use crate::{
+    fair::{FairStart, SaleWindow},
     ids::{EventId, ScheduleId},
     money::{Currency, Money},
 };
@@ -56,6 +57,152 @@ pub struct NewEvent {
     pub name: String,
     pub queue: NewQueue,
     pub schedules: Vec<NewSchedule>,
+    /// Optional sale window (fair start).
+    #[serde(default)]
+    pub sale: Option<SaleFields>,
+    /// Optional proof of work on joins.
+    #[serde(default)]
+    pub challenge: Option<ChallengeFields>,
+}
+
+/// A sale window: RFC 3339 times, each optional. In a PATCH, an absent
+/// field is unchanged and `null` removes the time.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SaleFields {
+    /// Joins from here until `opens_at` wait in the pre-queue.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub prequeue_opens_at: Option<serde_json::Value>,
+    /// The draw, and joins in join order after it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub opens_at: Option<serde_json::Value>,
+    /// No joins after this (admitted users may finish).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub closes_at: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeFields {
+    /// Leading zero bits of sha256(challenge ‖ nonce) a join needs (0..28; 0 = off).
+    pub difficulty_bits: i64,
+}
+
+/// `PATCH /v1/admin/events/{id}`: the fair-start settings.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventPatch {
+    #[serde(default)]
+    pub sale: Option<SaleFields>,
+    #[serde(default)]
+    pub challenge: Option<ChallengeFields>,
+}
+
+/// One sale time from a request: `None` = absent (unchanged), `Some(None)`
+/// = null (no such time).
+fn sale_time(
+    field: &str,
+    v: Option<&serde_json::Value>,
+    e: &mut Errors,
+) -> Option<Option<DateTime<Utc>>> {
+    match v? {
+        serde_json::Value::Null => Some(None),
+        serde_json::Value::String(s) => match DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(Some(t.with_timezone(&Utc))),
+            Err(_) => {
+                e.0.push(format!(
+                    "sale.{field} must be an RFC 3339 timestamp or null"
+                ));
+                None
+            }
+        },
+        _ => {
+            e.0.push(format!(
+                "sale.{field} must be an RFC 3339 timestamp or null"
+            ));
+            None
+        }
+    }
+}
+
+/// Applies sale fields over `current`; `now` (Redis time) decides what
+/// has passed. A time that has passed cannot be changed, and a new time
+/// cannot be in the past (changing it then would rewrite history).
+fn apply_sale(
+    f: &SaleFields,
+    current: SaleWindow,
+    now: Option<DateTime<Utc>>,
+    e: &mut Errors,
+) -> SaleWindow {
+    let mut w = current;
+    type Field<'a> = (
+        &'a str,
+        Option<&'a serde_json::Value>,
+        &'a mut Option<DateTime<Utc>>,
+    );
+    let fields: [Field<'_>; 3] = [
+        (
+            "prequeue_opens_at",
+            f.prequeue_opens_at.as_ref(),
+            &mut w.prequeue_opens_at,
+        ),
+        ("opens_at", f.opens_at.as_ref(), &mut w.opens_at),
+        ("closes_at", f.closes_at.as_ref(), &mut w.closes_at),
+    ];
+    for (name, raw, slot) in fields {
+        let Some(new) = sale_time(name, raw, e) else {
+            continue;
+        };
+        if new == *slot {
+            continue;
+        }
+        if let Some(now) = now {
+            if slot.is_some_and(|t| t <= now) {
+                e.0.push(format!("sale.{name} has passed and can no longer change"));
+                continue;
+            }
+            if new.is_some_and(|t| t < now - chrono::Duration::seconds(1)) {
+                e.0.push(format!("sale.{name} must not be in the past"));
+                continue;
+            }
+        }
+        *slot = new;
+    }
+    if let Err(msg) = w.check() {
+        e.0.push(msg);
+    }
+    w
+}
+
+fn difficulty(c: &ChallengeFields, e: &mut Errors) -> u8 {
+    let max = crate::fair::MAX_DIFFICULTY_BITS;
+    e.range("challenge.difficulty_bits", c.difficulty_bits, 0, max) as u8
+}
+
+impl EventPatch {
+    /// Applies the patch; `now` is Redis time.
+    ///
+    /// # Errors
+    /// An empty patch, a bad or passed time, or a bad difficulty.
+    pub fn apply(&self, current: &FairStart, now: DateTime<Utc>) -> Result<FairStart, Vec<String>> {
+        let mut e = Errors(Vec::new());
+        if self.sale.is_none() && self.challenge.is_none() {
+            return Err(vec![
+                "the patch changes nothing; give sale or challenge".into(),
+            ]);
+        }
+        let mut f = current.clone();
+        if let Some(s) = &self.sale {
+            f.sale = apply_sale(s, current.sale, Some(now), &mut e);
+        }
+        if let Some(c) = &self.challenge {
+            f.difficulty_bits = difficulty(c, &mut e);
+        }
+        if e.0.is_empty() { Ok(f) } else { Err(e.0) }
+    }
 }
 
 /// `PATCH /v1/admin/events/{id}/queue`: any subset of the settings.
@@ -175,12 +322,20 @@ impl NewEvent {
                 });
             }
         }
+        let mut fair = FairStart::new();
+        if let Some(sale) = &self.sale {
+            fair.sale = apply_sale(sale, SaleWindow::default(), None, &mut e);
+        }
+        if let Some(c) = &self.challenge {
+            fair.difficulty_bits = difficulty(c, &mut e);
+        }
         match event_id {
             Some(event_id) if e.0.is_empty() => Ok(Event {
                 event_id,
                 name,
                 queue,
                 schedules,
+                fair,
             }),
             _ => Err(e.0),
         }
@@ -251,6 +406,8 @@ mod tests {
                 max_per_user: 4,
                 low_seats_threshold: None,
             }],
+            sale: None,
+            challenge: None,
         }
     }
 

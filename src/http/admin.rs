@@ -27,6 +27,8 @@ pub fn event_config_json(ev: &Event) -> Value {
         "event_id": ev.event_id,
         "name": ev.name,
         "queue": ev.queue,
+        "sale": ev.fair.sale.to_json(),
+        "challenge": { "difficulty_bits": ev.fair.difficulty_bits },
         "schedules": ev.schedules.iter().map(|s| json!({
             "schedule_id": s.schedule_id,
             "starts_at": format_time(s.starts_at),
@@ -111,6 +113,16 @@ pub async fn get_event(
     body["restoring"] = json!(restoring);
     body["live"] = serde_json::to_value(&figures).map_err(anyhow::Error::from)?;
     crate::holds::admin::add_schedule_figures(&state, &ev, restoring, &mut body).await?;
+    if let Some(info) = crate::fair::info(&state.redis, &ev.event_id).await? {
+        let drawn = info.drawn();
+        body["draw"] = json!({
+            "opens_at": ev.fair.sale.opens_at.map(catalog::format_time_ms),
+            "commitment": ev.fair.seed.commitment(),
+            "drawn": drawn,
+            "seed": drawn.then(|| ev.fair.seed.to_hex()),
+            "entries": drawn.then_some(info.entries),
+        });
+    }
     Ok(axum::Json(body))
 }
 

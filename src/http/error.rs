@@ -73,6 +73,17 @@ pub enum ApiError {
     /// a slow dependency or an overloaded instance: transient, retry.
     #[error("the request did not complete within {limit_ms} ms; retry shortly")]
     DeadlineExceeded { limit_ms: u64 },
+    #[error("the sale is not open yet")]
+    SaleNotOpen {
+        opens_at: Option<String>,
+        prequeue_opens_at: Option<String>,
+    },
+    #[error("the sale is closed")]
+    SaleClosed,
+    #[error("{0}")]
+    ChallengeFailed(String),
+    #[error("sold out: no seat is free and none is held")]
+    SoldOut,
     #[error("{0}")]
     Dependency(#[from] StoreError),
     #[error("internal error")]
@@ -86,7 +97,9 @@ impl ApiError {
             E::BadRequest(_) => StatusCode::BAD_REQUEST,
             E::InvalidRequest(_) | E::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            E::Forbidden(_) | E::NotAdmitted { .. } => StatusCode::FORBIDDEN,
+            E::Forbidden(_) | E::NotAdmitted { .. } | E::ChallengeFailed(_) => {
+                StatusCode::FORBIDDEN
+            }
             E::NotFound(_) => StatusCode::NOT_FOUND,
             E::AlreadyExists(_)
             | E::SeatsUnavailable { .. }
@@ -95,7 +108,10 @@ impl ApiError {
             | E::ScheduleCancelled
             | E::AlreadyRefunded { .. }
             | E::HoldBeingPaid
-            | E::RequestInProgress => StatusCode::CONFLICT,
+            | E::RequestInProgress
+            | E::SaleNotOpen { .. }
+            | E::SaleClosed
+            | E::SoldOut => StatusCode::CONFLICT,
             E::QueueTokenExpired | E::HoldExpired => StatusCode::GONE,
             E::InsufficientFunds { .. } => StatusCode::PAYMENT_REQUIRED,
             E::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -132,6 +148,10 @@ impl ApiError {
             E::IdempotencyKeyReused => "idempotency_key_reused",
             E::RequestInProgress => "request_in_progress",
             E::RateLimited { .. } => "rate_limited",
+            E::SaleNotOpen { .. } => "sale_not_open",
+            E::SaleClosed => "sale_closed",
+            E::ChallengeFailed(_) => "challenge_failed",
+            E::SoldOut => "sold_out",
             E::PayloadTooLarge { .. } => "payload_too_large",
             E::RequestTimeout { .. } => "request_timeout",
             E::Dependency(StoreError::Unavailable { .. }) | E::DeadlineExceeded { .. } => {
@@ -184,6 +204,13 @@ impl ApiError {
             }
             E::RequestTimeout { limit_ms } | E::DeadlineExceeded { limit_ms } => {
                 m.insert("limit_ms".into(), json!(limit_ms));
+            }
+            E::SaleNotOpen {
+                opens_at,
+                prequeue_opens_at,
+            } => {
+                m.insert("opens_at".into(), json!(opens_at));
+                m.insert("prequeue_opens_at".into(), json!(prequeue_opens_at));
             }
             _ => {}
         }

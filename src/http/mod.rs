@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod extract;
+pub mod fair;
 pub mod holds;
 pub mod hygiene;
 pub mod limit;
@@ -14,6 +15,7 @@ pub mod ops;
 pub mod payments;
 pub mod queue;
 pub mod schemas;
+pub mod stream;
 pub mod wallet;
 
 use std::time::Instant;
@@ -48,6 +50,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(catalog::list_events))
         .route("/v1/events/{event_id}/queue", post(queue::join))
         .route("/v1/queue/status", get(queue::status))
+        .route("/v1/queue/stream", get(stream::stream))
+        .route("/v1/events/{event_id}/draw", get(fair::draw))
+        .route("/v1/events/{event_id}/challenge", get(fair::challenge))
+        .route(
+            "/v1/admin/events/{event_id}/draw/entries",
+            get(fair::draw_entries),
+        )
         .route("/v1/queue", axum::routing::delete(queue::leave))
         .route(
             "/v1/events/{event_id}/schedules",
@@ -86,7 +95,10 @@ pub fn router(state: AppState) -> Router {
             post(payments::cancel_schedule),
         )
         .route("/v1/admin/events", post(admin::create_event))
-        .route("/v1/admin/events/{event_id}", get(admin::get_event))
+        .route(
+            "/v1/admin/events/{event_id}",
+            get(admin::get_event).patch(fair::patch_event),
+        )
         .route(
             "/v1/admin/events/{event_id}/queue",
             patch(admin::patch_queue),

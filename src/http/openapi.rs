@@ -26,9 +26,10 @@ pub struct Problem {
     /// queue_token_expired, seats_unavailable, hold_limit_exceeded,
     /// hold_expired, hold_already_paid, insufficient_funds,
     /// idempotency_key_reused, request_in_progress, rate_limited,
-    /// dependency_unavailable, internal_error; and, from the HTTP layer
-    /// before any handler runs, payload_too_large (413), request_timeout
-    /// (408) and over_capacity (503, too many open connections).
+    /// dependency_unavailable, sale_not_open, sale_closed, challenge_failed,
+    /// sold_out, internal_error; and, from the HTTP layer before any handler
+    /// runs, payload_too_large (413), request_timeout (408) and over_capacity
+    /// (503, too many open connections).
     #[schema(example = "seats_unavailable")]
     code: String,
     /// not_admitted: the entry's place in line (null if unknown).
@@ -109,6 +110,11 @@ impl Modify for Security {
         super::queue::join,
         super::queue::status,
         super::queue::leave,
+        super::stream::stream,
+        super::fair::draw,
+        super::fair::challenge,
+        super::fair::draw_entries,
+        super::fair::patch_event,
         super::catalog::list_events,
         super::admin::create_event,
         super::admin::get_event,

@@ -1,4 +1,5 @@
-//! `POST /v1/events/{event_id}/queue`, `GET /v1/queue/status`, `DELETE /v1/queue`.
+//! `POST /v1/events/{event_id}/queue`, `GET /v1/queue/status`, `DELETE /v1/queue`
+//! (the stream is in `stream.rs`, fair start in `fair.rs`).
 
 use axum::{
     extract::{FromRef, FromRequestParts, Path, State},
@@ -25,6 +26,9 @@ pub struct JoinRequest {
     /// The user to join. Required with the service key; with a user
     /// assertion it may be omitted and, if sent, must equal its `sub`.
     pub user_id: Option<String>,
+    /// A solved proof-of-work challenge (when the event asks for one).
+    #[serde(default)]
+    pub challenge: Option<super::fair::ChallengeAnswer>,
 }
 
 /// Who is joining: a user with their own assertion, or the platform's
@@ -86,16 +90,23 @@ pub struct QueueEntry {
     pub token: Option<String>,
     pub event_id: String,
     pub user_id: String,
-    /// `waiting` or `admitted`.
+    /// `prequeue`, `waiting` or `admitted`.
     pub status: &'static str,
-    /// 1 at the head of the queue; null once admitted.
+    /// 1 at the head of the queue; null in the pre-queue and once admitted.
     pub position: Option<u64>,
-    /// Estimated seconds until admission (null while admission is paused).
+    /// Estimated seconds until admission (null while admission is paused
+    /// and in the pre-queue).
     pub eta_seconds: Option<u64>,
+    /// 90 % of entries at this place are admitted within this many seconds.
+    pub eta_p90_seconds: Option<u64>,
     /// When to poll next.
     pub poll_after_ms: u64,
     /// End of the shopping window (RFC 3339) once admitted.
     pub admitted_until: Option<String>,
+    /// `final` (no free seat, none held: stop waiting), `for_now` (only
+    /// held seats may come back) or null.
+    #[schema(value_type = Option<String>)]
+    pub sold_out: Option<&'static str>,
 }
 
 pub fn format_ms(ms: i64) -> Option<String> {
@@ -103,8 +114,9 @@ pub fn format_ms(ms: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-fn entry(claims: &QueueClaims, view: &EntryView, token: Option<String>) -> QueueEntry {
+pub fn entry(claims: &QueueClaims, view: &EntryView, token: Option<String>) -> QueueEntry {
     let (status, position, admitted_until) = match view.state {
+        EntryState::Prequeue => ("prequeue", None, None),
         EntryState::Waiting { position } => ("waiting", Some(position), None),
         EntryState::Admitted { until_ms } => ("admitted", None, format_ms(until_ms)),
     };
@@ -115,8 +127,10 @@ fn entry(claims: &QueueClaims, view: &EntryView, token: Option<String>) -> Queue
         status,
         position,
         eta_seconds: view.pacing.eta_seconds,
+        eta_p90_seconds: view.pacing.eta_p90_seconds,
         poll_after_ms: view.pacing.poll_after_ms,
         admitted_until,
+        sold_out: view.sold_out.map(queue::SoldOut::as_str),
     }
 }
 
@@ -134,8 +148,9 @@ pub fn event_in_path(raw: &str) -> ApiResult<EventId> {
         (status = 200, description = "This user's live entry: same place, fresh token", body = QueueEntry),
         (status = 400, description = "invalid_request: malformed body", body = super::openapi::Problem),
         (status = 401, description = "unauthorized: no valid user assertion or service key", body = super::openapi::Problem),
-        (status = 403, description = "forbidden: user_id differs from the assertion's user", body = super::openapi::Problem),
+        (status = 403, description = "forbidden: user_id differs from the assertion's user; challenge_failed: missing, wrong, reused or expired proof of work", body = super::openapi::Problem),
         (status = 404, description = "not_found", body = super::openapi::Problem),
+        (status = 409, description = "sale_not_open (with opens_at), sale_closed, or sold_out (final)", body = super::openapi::Problem),
         (status = 422, description = "invalid_request", body = super::openapi::Problem),
     ))]
 pub async fn join(
@@ -146,7 +161,8 @@ pub async fn join(
 ) -> ApiResult<impl IntoResponse> {
     let user = joiner.user(&body)?;
     let event = event_in_path(&event_id)?;
-    let joined = queue::join(&state.redis, &event, &user).await?;
+    let fair = super::fair::join_extras(&state, &event, &user, body.challenge.as_ref()).await?;
+    let joined = queue::join(&state.redis, &event, &user, fair.input()).await?;
     let issued_at = chrono::Utc::now().timestamp();
     let claims = QueueClaims {
         event,
@@ -181,7 +197,8 @@ pub async fn status(
     State(state): State<AppState>,
     QueueToken(claims): QueueToken,
 ) -> ApiResult<axum::Json<QueueEntry>> {
-    let view = queue::status(&state.redis, &claims).await?;
+    let schedules = super::holds::schedules_of(&state, &claims.event).await?;
+    let view = queue::status(&state.redis, &claims, &schedules).await?;
     Ok(axum::Json(entry(&claims, &view, None)))
 }
 

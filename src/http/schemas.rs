@@ -192,3 +192,14 @@ pub struct SalesReport {
 pub struct ScheduleList {
     pub schedules: Vec<super::holds::ScheduleAvailability>,
 }
+
+/// One page of a draw's entries, in draw order (`GET /v1/admin/events/{id}/draw/entries`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct DrawEntries {
+    /// Entries in the draw.
+    pub total: u64,
+    pub offset: u64,
+    /// User ids, in draw order.
+    pub users: Vec<String>,
+}

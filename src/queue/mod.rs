@@ -1,17 +1,21 @@
 //! The virtual waiting room.
 //!
 //! State lives in Redis sorted sets changed only by the scripts in `lua/`
-//! (`join_queue`, `queue_status`, `leave_queue`, `admit_tick`); this module
-//! holds their typed wrappers and the pure pacing rules (ETA, poll
-//! interval). See `docs/QUEUE.md` for the data structures and why each
-//! transition is one script.
+//! (`join_queue`, `queue_status`, `leave_queue`, `admit_tick`,
+//! `stream_status`); this module holds their typed wrappers, the pure
+//! pacing rules (ETA, poll interval) and the in-process fan-out of
+//! statuses to streaming clients ([`stream`]). See `docs/QUEUE.md` for the
+//! data structures and why each transition is one script, and
+//! `docs/FAIRNESS.md` for the pre-queue.
 
 pub mod pacing;
+pub mod stream;
 
 use serde::Deserialize;
 
 use crate::{
-    ids::{EventId, UserId},
+    fair::challenge::Proven,
+    ids::{EventId, ScheduleId, UserId},
     store::{Dependency, StoreError, keys::EventKeys, redis, redis::Redis},
     token::QueueClaims,
 };
@@ -19,8 +23,32 @@ use crate::{
 /// Where an entry stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
-    Waiting { position: u64 },
-    Admitted { until_ms: i64 },
+    /// In the pre-queue: its place is decided by the draw at `opens_at`.
+    Prequeue,
+    Waiting {
+        position: u64,
+    },
+    Admitted {
+        until_ms: i64,
+    },
+}
+
+/// Whether anything is left to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoldOut {
+    /// No free seat and none held: nothing can come back.
+    Final,
+    /// No free seat, but some are held and may come back.
+    ForNow,
+}
+
+impl SoldOut {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Final => "final",
+            Self::ForNow => "for_now",
+        }
+    }
 }
 
 /// An entry's state plus what is needed to pace the client.
@@ -29,6 +57,7 @@ pub struct EntryView {
     pub entry: u64,
     pub state: EntryState,
     pub pacing: pacing::Pacing,
+    pub sold_out: Option<SoldOut>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +68,37 @@ pub enum QueueError {
     Gone,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a join was refused (besides [`QueueError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefused {
+    #[error("the sale is not open yet")]
+    SaleNotOpen {
+        opens_at_ms: i64,
+        prequeue_opens_at_ms: i64,
+    },
+    #[error("the sale is closed")]
+    SaleClosed,
+    /// `missing`, `expired` or `reused`.
+    #[error("challenge {0}")]
+    ChallengeFailed(&'static str),
+    #[error("sold out")]
+    SoldOut,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Refused(#[from] JoinRefused),
+}
+
+impl From<StoreError> for JoinError {
+    fn from(e: StoreError) -> Self {
+        Self::Queue(QueueError::Store(e))
+    }
 }
 
 /// The scripts' common reply shape.
@@ -57,6 +117,16 @@ struct Reply {
     paused: u8,
     #[serde(default)]
     idle_timeout_ms: u64,
+    #[serde(default)]
+    rate_var: f64,
+    #[serde(default)]
+    sold_out: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    opens_at: i64,
+    #[serde(default)]
+    prequeue_opens_at: i64,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(script: &str, raw: &str) -> Result<T, StoreError> {
@@ -71,6 +141,7 @@ fn decode<T: serde::de::DeserializeOwned>(script: &str, raw: &str) -> Result<T, 
 impl Reply {
     fn view(&self, entry: u64) -> Result<EntryView, StoreError> {
         let state = match (self.state.as_deref(), self.position, self.admitted_until) {
+            (Some("prequeue"), _, _) => EntryState::Prequeue,
             (Some("waiting"), Some(position), _) => EntryState::Waiting { position },
             (Some("admitted"), _, Some(until_ms)) => EntryState::Admitted { until_ms },
             _ => {
@@ -81,19 +152,26 @@ impl Reply {
             }
         };
         let position = match state {
-            EntryState::Waiting { position } => Some(position),
-            EntryState::Admitted { .. } => None,
+            EntryState::Waiting { position } => pacing::Place::Waiting(position),
+            EntryState::Prequeue => pacing::Place::Prequeue,
+            EntryState::Admitted { .. } => pacing::Place::Admitted,
         };
         Ok(EntryView {
             entry,
             state,
             pacing: pacing::pace(pacing::Inputs {
-                position,
+                place: position,
                 observed_rate: self.rate,
+                rate_sd: self.rate_var.max(0.0).sqrt(),
                 admit_per_second: self.admit_per_second,
                 paused: self.paused == 1,
                 idle_timeout_ms: self.idle_timeout_ms,
             }),
+            sold_out: match self.sold_out.as_deref() {
+                Some("final") => Some(SoldOut::Final),
+                Some("for_now") => Some(SoldOut::ForNow),
+                _ => None,
+            },
         })
     }
 }
@@ -106,13 +184,33 @@ pub struct Joined {
     pub view: EntryView,
 }
 
-/// Joins the event's queue, or returns the user's live entry.
+/// What a join needs besides the event and the user.
+#[derive(Debug, Clone)]
+pub struct JoinInput<'a> {
+    /// The event's schedules (to tell a sold-out event).
+    pub schedules: &'a [ScheduleId],
+    /// [`crate::fair::draw_score`] of the user under the event's seed;
+    /// used only if the join lands in the pre-queue.
+    pub draw_score: f64,
+    /// A proof of work whose signature and hash checked out, if any.
+    pub proof: Option<Proven>,
+}
+
+/// Joins the event's queue (or pre-queue), or returns the user's live
+/// entry.
 ///
 /// # Errors
-/// Unknown event, or Redis unavailable.
-pub async fn join(redis: &Redis, event: &EventId, user: &UserId) -> Result<Joined, QueueError> {
+/// Unknown event, a refusal (sale window, challenge, sold out), or Redis
+/// unavailable.
+pub async fn join(
+    redis: &Redis,
+    event: &EventId,
+    user: &UserId,
+    input: JoinInput<'_>,
+) -> Result<Joined, JoinError> {
     let k = redis.keys().event(event);
-    let keys = vec![
+    let proof_id = input.proof.as_ref().map_or("", |p| p.id.as_str());
+    let mut keys = vec![
         k.config(),
         k.queue_seq(),
         k.queue_waiting(),
@@ -121,13 +219,35 @@ pub async fn join(redis: &Redis, event: &EventId, user: &UserId) -> Result<Joine
         k.queue_admitted_entries(),
         k.queue_rate_window(),
         k.queue_stats(),
+        k.queue_pre_entries(),
+        k.queue_draw(),
+        k.challenge_used(if proof_id.is_empty() { "-" } else { proof_id }),
     ];
-    let raw = redis
-        .run(&redis::JOIN_QUEUE, keys, vec![user.to_string()])
-        .await?;
+    keys.extend(input.schedules.iter().map(|s| k.schedule(s)));
+    let args = vec![
+        user.to_string(),
+        crate::fair::score_arg(input.draw_score),
+        input.proof.as_ref().map_or(0, |p| p.bits).to_string(),
+        input.proof.as_ref().map_or(0, |p| p.expires_ms).to_string(),
+        proof_id.to_owned(),
+    ];
+    let raw = redis.run(&redis::JOIN_QUEUE, keys, args).await?;
     let r: Reply = decode("join_queue", &raw)?;
     match r.status.as_str() {
-        "no_event" => Err(QueueError::NoEvent),
+        "no_event" => Err(QueueError::NoEvent.into()),
+        "sale_not_open" => Err(JoinRefused::SaleNotOpen {
+            opens_at_ms: r.opens_at,
+            prequeue_opens_at_ms: r.prequeue_opens_at,
+        }
+        .into()),
+        "sale_closed" => Err(JoinRefused::SaleClosed.into()),
+        "sold_out" => Err(JoinRefused::SoldOut.into()),
+        "challenge_failed" => Err(JoinRefused::ChallengeFailed(match r.reason.as_deref() {
+            Some("expired") => "expired",
+            Some("reused") => "reused",
+            _ => "missing",
+        })
+        .into()),
         "created" | "existing" => {
             let entry = r.entry.ok_or_else(|| {
                 StoreError::internal(Dependency::Redis, anyhow::anyhow!("join without entry"))
@@ -153,6 +273,8 @@ fn entry_keys(k: &EventKeys) -> Vec<String> {
         k.queue_admitted(),
         k.queue_admitted_entries(),
         k.queue_stats(),
+        k.queue_pre_entries(),
+        k.queue_draw(),
     ]
 }
 
@@ -164,10 +286,15 @@ fn entry_args(claims: &QueueClaims) -> Vec<String> {
 ///
 /// # Errors
 /// Unknown event, gone entry, or Redis unavailable.
-pub async fn status(redis: &Redis, claims: &QueueClaims) -> Result<EntryView, QueueError> {
+pub async fn status(
+    redis: &Redis,
+    claims: &QueueClaims,
+    schedules: &[ScheduleId],
+) -> Result<EntryView, QueueError> {
     let k = redis.keys().event(&claims.event);
     let mut keys = vec![k.config()];
     keys.extend(entry_keys(&k));
+    keys.extend(schedules.iter().map(|s| k.schedule(s)));
     let raw = redis
         .run(&redis::QUEUE_STATUS, keys, entry_args(claims))
         .await?;
@@ -189,7 +316,9 @@ pub async fn status(redis: &Redis, claims: &QueueClaims) -> Result<EntryView, Qu
 /// # Errors
 /// Redis unavailable.
 pub async fn leave(redis: &Redis, claims: &QueueClaims) -> Result<bool, QueueError> {
-    let keys = entry_keys(&redis.keys().event(&claims.event));
+    let k = redis.keys().event(&claims.event);
+    let mut keys = entry_keys(&k);
+    keys.push(k.config());
     let raw = redis
         .run(&redis::LEAVE_QUEUE, keys, entry_args(claims))
         .await?;
@@ -207,6 +336,9 @@ pub struct Tick {
     pub evicted: u64,
     #[serde(default)]
     pub expired: u64,
+    /// Admitted users released for being silent past the idle timeout.
+    #[serde(default)]
+    pub released: u64,
     #[serde(default)]
     pub waiting: u64,
     #[serde(default)]
@@ -237,6 +369,8 @@ pub async fn tick(
         k.queue_admitted_entries(),
         k.queue_rate_window(),
         k.queue_stats(),
+        k.queue_pre_entries(),
+        k.queue_draw(),
     ];
     let raw = redis
         .run(
@@ -268,6 +402,9 @@ pub struct Figures {
     /// Highest number of admitted entries ever seen at once.
     #[serde(default)]
     pub peak_active: u64,
+    /// Entries in the pre-queue (part of `waiting`).
+    #[serde(default)]
+    pub prequeue: u64,
 }
 
 /// # Errors
@@ -281,9 +418,13 @@ pub async fn figures(redis: &Redis, event: &EventId) -> Result<Figures, QueueErr
         k.queue_stats(),
     ];
     let raw = redis.run(&redis::QUEUE_FIGURES, keys, vec![]).await?;
-    let f: Figures = decode("queue_figures", &raw)?;
-    if f.status == "no_event" {
+    // `no_event` carries no figures: decode the status first.
+    #[derive(Deserialize)]
+    struct Status {
+        status: String,
+    }
+    if decode::<Status>("queue_figures", &raw)?.status == "no_event" {
         return Err(QueueError::NoEvent);
     }
-    Ok(f)
+    Ok(decode("queue_figures", &raw)?)
 }

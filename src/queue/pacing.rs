@@ -6,17 +6,32 @@
 //! and the hand-rolled queues divide by a constant instead, so their ETAs
 //! are wrong exactly when capacity, not the rate, is the bottleneck.
 //!
+//! p90 ETA: the same division by a pessimistic rate, the average minus
+//! 1.28 standard deviations of the rate over the wait (the per-second
+//! spread kept by `admit_tick`, shrinking as 1/√ETA since a longer wait
+//! averages more seconds), never below a quarter of the average.
+//!
 //! Poll interval: a quarter of the ETA, clamped to 1–15 s, and never more
 //! than a third of the idle timeout (each poll is the heartbeat that keeps
 //! the entry). Near the head clients poll every second; far back every 15
 //! s, so the polling load grows with ln(queue length), not linearly.
 
+/// Where the entry is, for pacing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// In the pre-queue: no position until the draw.
+    Prequeue,
+    Waiting(u64),
+    Admitted,
+}
+
 /// Inputs of the pacing rules.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs {
-    /// `None` once admitted.
-    pub position: Option<u64>,
+    pub place: Place,
     pub observed_rate: f64,
+    /// Standard deviation of admissions per second.
+    pub rate_sd: f64,
     pub admit_per_second: u32,
     pub paused: bool,
     pub idle_timeout_ms: u64,
@@ -25,6 +40,8 @@ pub struct Inputs {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pacing {
     pub eta_seconds: Option<u64>,
+    /// 90 % of users at this place are admitted within this many seconds.
+    pub eta_p90_seconds: Option<u64>,
     pub poll_after_ms: u64,
 }
 
@@ -35,12 +52,25 @@ const MIN_TRUSTED_RATE: f64 = 0.05;
 
 pub fn pace(i: Inputs) -> Pacing {
     let heartbeat_cap = (i.idle_timeout_ms / 3).max(500);
-    let Some(position) = i.position else {
+    let position = match i.place {
+        Place::Waiting(p) => p,
         // Admitted: nothing to wait for; polling only refreshes the state.
-        return Pacing {
-            eta_seconds: Some(0),
-            poll_after_ms: MAX_POLL_MS.min(heartbeat_cap),
-        };
+        Place::Admitted => {
+            return Pacing {
+                eta_seconds: Some(0),
+                eta_p90_seconds: Some(0),
+                poll_after_ms: MAX_POLL_MS.min(heartbeat_cap),
+            };
+        }
+        // Pre-queue: the place is unknown until the draw; keep the
+        // heartbeat going.
+        Place::Prequeue => {
+            return Pacing {
+                eta_seconds: None,
+                eta_p90_seconds: None,
+                poll_after_ms: (MAX_POLL_MS / 3).min(heartbeat_cap),
+            };
+        }
     };
     let rate = if i.observed_rate >= MIN_TRUSTED_RATE {
         i.observed_rate
@@ -52,12 +82,18 @@ pub fn pace(i: Inputs) -> Pacing {
     } else {
         Some((position as f64 / rate).ceil() as u64)
     };
+    let eta_p90_seconds = eta_seconds.map(|eta| {
+        let horizon = (eta.max(1) as f64).sqrt();
+        let slow = (rate - 1.2816 * i.rate_sd / horizon).max(rate / 4.0);
+        ((position as f64 / slow).ceil() as u64).max(eta)
+    });
     let poll = match eta_seconds {
         Some(eta) => (eta * 1000 / 4).clamp(MIN_POLL_MS, MAX_POLL_MS),
         None => MAX_POLL_MS / 2,
     };
     Pacing {
         eta_seconds,
+        eta_p90_seconds,
         poll_after_ms: poll.min(heartbeat_cap),
     }
 }
@@ -68,8 +104,9 @@ mod tests {
 
     fn at(position: u64, rate: f64) -> Pacing {
         pace(Inputs {
-            position: Some(position),
+            place: Place::Waiting(position),
             observed_rate: rate,
+            rate_sd: 0.0,
             admit_per_second: 10,
             paused: false,
             idle_timeout_ms: 120_000,
@@ -99,8 +136,9 @@ mod tests {
     #[test]
     fn polls_often_enough_to_stay_alive() {
         let p = pace(Inputs {
-            position: Some(1_000_000),
+            place: Place::Waiting(1_000_000),
             observed_rate: 1.0,
+            rate_sd: 0.0,
             admit_per_second: 1,
             paused: false,
             idle_timeout_ms: 6_000,
@@ -111,12 +149,31 @@ mod tests {
     #[test]
     fn paused_has_no_eta() {
         let p = pace(Inputs {
-            position: Some(5),
+            place: Place::Waiting(5),
             observed_rate: 3.0,
+            rate_sd: 0.0,
             admit_per_second: 10,
             paused: true,
             idle_timeout_ms: 60_000,
         });
         assert_eq!(p.eta_seconds, None);
+        assert_eq!(p.eta_p90_seconds, None);
+    }
+
+    #[test]
+    fn p90_is_later_than_the_average_when_the_rate_wobbles() {
+        let steady = at(100, 10.0);
+        assert_eq!(steady.eta_p90_seconds, steady.eta_seconds);
+        let wobbly = pace(Inputs {
+            place: Place::Waiting(100),
+            observed_rate: 10.0,
+            rate_sd: 5.0,
+            admit_per_second: 10,
+            paused: false,
+            idle_timeout_ms: 120_000,
+        });
+        assert_eq!(wobbly.eta_seconds, Some(10));
+        let p90 = wobbly.eta_p90_seconds.unwrap();
+        assert!(p90 > 10 && p90 <= 40, "{p90}");
     }
 }

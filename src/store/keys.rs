@@ -81,13 +81,15 @@ impl EventKeys {
         self.key("q:adm:entry")
     }
     /// The queue keys a script reads to check that a buyer's entry is live
-    /// and admitted, in the order `buyer_keys()` in lua/lib/schedule.lua
-    /// expects: admitted, waiting, admitted entries.
-    pub fn buyer_keys(&self) -> [String; 3] {
+    /// and admitted (and to record the request as the admitted user's
+    /// activity), in the order `buyer_keys()` in lua/lib/schedule.lua
+    /// expects: admitted, waiting, admitted entries, last activity.
+    pub fn buyer_keys(&self) -> [String; 4] {
         [
             self.queue_admitted(),
             self.queue_waiting(),
             self.queue_admitted_entries(),
+            self.queue_polled(),
         ]
     }
     /// Sorted set: entry id → admission time (Redis ms), last second only;
@@ -98,6 +100,21 @@ impl EventKeys {
     /// Hash: tick bookkeeping (last tick, rate average, totals).
     pub fn queue_stats(&self) -> String {
         self.key("q:stats")
+    }
+    /// Hash: pre-queue user → entry id (their member in `q:wait` is
+    /// scored by the draw, not by the entry).
+    pub fn queue_pre_entries(&self) -> String {
+        self.key("q:pre:entry")
+    }
+    /// Sorted set: user → draw score of every entry in the pre-queue at
+    /// `opens_at` (frozen from then on): the draw's published entry list.
+    pub fn queue_draw(&self) -> String {
+        self.key("q:draw")
+    }
+    /// String: a used proof-of-work challenge (by its random id), kept
+    /// until the challenge expires so it is accepted once.
+    pub fn challenge_used(&self, id: &str) -> String {
+        self.key(&format!("pow:{id}"))
     }
 
     /// Hash: one schedule's catalog copy and counters.

@@ -87,6 +87,9 @@ scripts! {
         LEAVE_QUEUE => "leave_queue",
         ADMIT_TICK => "admit_tick",
         QUEUE_FIGURES => "queue_figures",
+        STREAM_STATUS => "stream_status",
+        FAIR_INFO => "fair_info",
+        DRAW_ENTRIES => "draw_entries",
     ],
     schedule: [
         PLACE_HOLD => "place_hold",

@@ -11,6 +11,7 @@ mod cluster;
 mod crash;
 mod dashboard;
 mod expiry;
+mod fair;
 mod foundation;
 mod holds;
 mod hygiene;
