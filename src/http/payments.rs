@@ -285,7 +285,8 @@ pub async fn user_payments(
 }
 
 /// `sales`: the sales rows of event `$1`: the rollup (`jobs::rollup`) plus the
-/// payments not rolled up yet (a partial index finds them), so the report
+/// payments and refunds not rolled up yet (partial indexes find them; a
+/// refund counts in the hour it was made, its amount off the revenue), so the report
 /// reads about as many rows at a million payments as at a hundred.
 macro_rules! sales_rows {
     () => {
@@ -296,6 +297,11 @@ with sales as (
     union all
     select schedule_id, date_trunc('hour', paid_at), count(*), sum(cardinality(seats))::int8, 0, sum(amount)
     from payments where event_id = $1 and not rolled_up
+    group by 1, 2
+    union all
+    select p.schedule_id, date_trunc('hour', r.created_at), 0, 0, sum(cardinality(p.seats))::int8, -sum(r.amount)
+    from refunds r join payments p on p.payment_id = r.payment_id
+    where p.event_id = $1 and not r.rolled_up
     group by 1, 2
 )
 "

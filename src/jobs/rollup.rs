@@ -12,8 +12,10 @@
 //! new leader roll up around rows a paused old leader still has locked;
 //! those come back to the tail when the old leader is refused.
 //!
-//! Refunds (not built yet) fit the same way: a `rolled_up` flag on refund
-//! rows and their seats added to `refunds` in the hour of the refund.
+//! Refunds go the same way: a `rolled_up` flag on refund rows, their seats
+//! added to `refunds` and their amount taken off `revenue` in the hour of
+//! the refund (so `revenue` is net, `seats` counts every seat ever sold and
+//! `refunds` the seats given back).
 
 use chrono::{DateTime, Utc};
 
@@ -46,7 +48,31 @@ with batch as (
 )
 select count(*) from batch";
 
-/// One round: rolls up every payment not rolled up yet, in batches.
+const ROLL_UP_REFUNDS: &str = r"
+with batch as (
+    select r.refund_id, p.event_id, p.schedule_id, r.created_at, p.seats, r.amount
+    from refunds r join payments p on p.payment_id = r.payment_id
+    where not r.rolled_up
+    order by r.refund_id
+    limit $1
+    for update of r skip locked
+), flip as (
+    update refunds r set rolled_up = true from batch b where r.refund_id = b.refund_id
+), sums as (
+    select event_id, schedule_id, date_trunc('hour', created_at) as hour,
+           sum(cardinality(seats))::int8 as refunds, sum(amount) as amount
+    from batch group by 1, 2, 3
+), added as (
+    insert into sales_hourly as h (event_id, schedule_id, hour, seats, refunds, revenue, payments)
+    select event_id, schedule_id, hour, 0, refunds, -amount, 0 from sums
+    on conflict (event_id, schedule_id, hour) do update
+    set refunds = h.refunds + excluded.refunds,
+        revenue = h.revenue + excluded.revenue
+)
+select count(*) from batch";
+
+/// One round: rolls up every payment and every refund not rolled up yet,
+/// in batches.
 ///
 /// # Errors
 /// Fenced out, or PostgreSQL failed (nothing of that batch stays).
@@ -74,5 +100,20 @@ pub async fn round(state: &AppState, fence: &Fence) -> Result<i64, JobError> {
         }
     }
     metrics::counter!("boxoffice_rollup_payments_total").increment(total as u64);
+    loop {
+        let mut tx = state.pg.pool().begin().await?;
+        let started: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()")
+            .fetch_one(&mut *tx)
+            .await?;
+        let n: i64 = sqlx::query_scalar(ROLL_UP_REFUNDS)
+            .bind(BATCH)
+            .fetch_one(&mut *tx)
+            .await?;
+        fence.commit(tx, started, n).await?;
+        total += n;
+        if n < BATCH {
+            break;
+        }
+    }
     Ok(total)
 }

@@ -378,3 +378,62 @@ async fn cancelling_a_schedule_refunds_every_payment_once_even_after_a_crash() {
         .await
         .assert_problem(404, "not_found");
 }
+
+#[tokio::test]
+async fn the_sales_report_counts_refunds_before_and_after_the_rollup() {
+    // Rollup off at first (a long interval): everything is in the tail.
+    let app = spawn_with(
+        Settings::new()
+            .set("BOXOFFICE_ROLLUP_MS", "3600000")
+            .set("BOXOFFICE_LEASE_TTL_MS", "1000"),
+    )
+    .await;
+    app.simple_event("e1", open_queue(), 10, 60, 4).await;
+    let kept = paid(&app, "ann", json!([1, 2])).await;
+    let refunded = paid(&app, "bob", json!([3])).await;
+    assert!(!kept.is_empty());
+    assert_eq!(
+        app.refund(&refunded, None).await.status,
+        StatusCode::CREATED
+    );
+    let expect = |r: &Resp| {
+        let s = &r.body["schedules"][0];
+        assert_eq!(s["payments"], 2, "{}", r.text);
+        assert_eq!(s["seats_sold"], 3, "{}", r.text);
+        assert_eq!(s["seats_refunded"], 1, "{}", r.text);
+        assert_eq!(s["revenue"], "2000", "net of the refund: {}", r.text);
+    };
+    let report = app
+        .admin(Method::GET, "/v1/admin/events/e1/sales", None)
+        .await;
+    expect(&report);
+    // The same figures once a rollup round has run: this instance stops
+    // (handing its leases back) and a new one with a short interval runs
+    // the rollup on the same stores.
+    let settings = app.settings.clone().set("BOXOFFICE_ROLLUP_MS", "50");
+    app.stop().await;
+    let roller = spawn_with(settings).await;
+    let rolled = eventually(Duration::from_secs(10), || async {
+        roller
+            .count("select count(*) from refunds where not rolled_up")
+            .await
+            == 0
+            && roller
+                .count("select count(*) from payments where not rolled_up")
+                .await
+                == 0
+    })
+    .await;
+    assert!(rolled, "the rollup took the payments and the refund");
+    expect(
+        &roller
+            .admin(Method::GET, "/v1/admin/events/e1/sales", None)
+            .await,
+    );
+    assert_eq!(
+        roller
+            .count("select coalesce(sum(refunds), 0)::int8 from sales_hourly")
+            .await,
+        1
+    );
+}
