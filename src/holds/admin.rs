@@ -24,11 +24,16 @@ pub async fn add_schedule_figures(
     } else {
         super::overview(&state.redis, &ev.event_id, &ids, None).await?
     };
-    let sales: Vec<(String, Decimal, i64)> = state
+    // Revenue and payments that stand (refunded ones not counted), and how
+    // many were refunded.
+    let sales: Vec<(String, Decimal, i64, i64)> = state
         .pg
         .guard(
             sqlx::query_as(
-                r"select schedule_id, coalesce(sum(amount), 0), count(*)
+                r"select schedule_id,
+                         coalesce(sum(amount) filter (where refunded_at is null), 0),
+                         count(*) filter (where refunded_at is null),
+                         count(*) filter (where refunded_at is not null)
                   from payments where event_id = $1 group by schedule_id",
             )
             .bind(ev.event_id.as_str())
@@ -42,15 +47,16 @@ pub async fn add_schedule_figures(
                 .get(i)
                 .filter(|f| !f.missing)
                 .map_or((0, 0, 0), |f| (f.held, f.sold, f.available));
-            let (revenue, payments) = sales
+            let (revenue, payments, refunded) = sales
                 .iter()
-                .find(|(id, _, _)| Some(id.as_str()) == s["schedule_id"].as_str())
-                .map_or((Decimal::ZERO, 0), |(_, r, n)| (*r, *n));
+                .find(|(id, ..)| Some(id.as_str()) == s["schedule_id"].as_str())
+                .map_or((Decimal::ZERO, 0, 0), |(_, r, n, f)| (*r, *n, *f));
             s["held"] = json!(held);
             s["sold"] = json!(sold);
             s["available"] = json!(available);
             s["revenue"] = json!(format_amount(revenue));
             s["payments"] = json!(payments);
+            s["payments_refunded"] = json!(refunded);
         }
     }
     Ok(())

@@ -136,10 +136,13 @@ pub struct ScheduleDetails {
     /// Seats sold (Redis).
     pub sold: u32,
     pub available: u32,
-    /// Sum of payments (PostgreSQL).
+    /// Sum of the payments that stand, refunds not counted (PostgreSQL).
     #[schema(example = "100000")]
     pub revenue: String,
+    /// Payments that stand.
     pub payments: i64,
+    /// Payments refunded.
+    pub payments_refunded: i64,
 }
 
 /// `GET /v1/admin/events/{event_id}`: configuration and live figures.

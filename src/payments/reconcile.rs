@@ -202,20 +202,31 @@ pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> 
 /// A store is unavailable.
 pub async fn finish_refunds(state: &AppState) -> Result<u64, StoreError> {
     let mut finished = 0;
+    // Every refund and every cancellation is tried each round: one that
+    // fails (its event's shard down, say) does not hold up the others.
     for r in refund::unconfirmed(&state.pg).await? {
-        refund::release_seats(&state.redis, &state.pg, &r).await?;
-        finished += 1;
-        metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "refund_finished")
-            .increment(1);
+        match refund::release_seats(&state.redis, &state.pg, &r).await {
+            Ok(()) => {
+                finished += 1;
+                metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "refund_finished")
+                    .increment(1);
+            }
+            Err(e) => failed("refund", &r.payment_id.to_string(), &e),
+        }
     }
     for (event, schedule) in refund::unfinished_cancellations(&state.pg).await? {
         let (Ok(event), Ok(schedule)) = (EventId::parse(&event), ScheduleId::parse(&schedule))
         else {
             continue;
         };
-        holds::cancel_schedule(&state.redis, &event, &schedule).await?;
-        finished +=
-            refund::refund_schedule(&state.redis, &state.pg, &event, &schedule, None).await?;
+        let run = async {
+            holds::cancel_schedule(&state.redis, &event, &schedule).await?;
+            refund::refund_schedule(&state.redis, &state.pg, &event, &schedule, None).await
+        };
+        match run.await {
+            Ok(n) => finished += n,
+            Err(e) => failed("cancellation", &format!("{event}/{schedule}"), &e),
+        }
     }
     if finished > 0 {
         tracing::warn!(finished, "reconciler finished interrupted refunds");
