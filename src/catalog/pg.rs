@@ -251,16 +251,37 @@ pub async fn update_queue(pg: &Pg, id: &EventId, q: &QueueSettings) -> Result<bo
 pub async fn bump_epoch(pg: &Pg, id: &EventId) -> Result<u32, StoreError> {
     let epoch: i64 = pg
         .guard(
-            sqlx::query_scalar(
-                r"insert into redis_epochs (event_id, epoch) values ($1, 1)
-                  on conflict (event_id) do update
-                  set epoch = redis_epochs.epoch + 1, restored_at = now()
-                  returning epoch",
-            )
-            .bind(id.as_str())
-            .fetch_one(pg.pool()),
+            sqlx::query_scalar(BUMP_EPOCH)
+                .bind(id.as_str())
+                .fetch_one(pg.pool()),
         )
         .await?;
+    checked_epoch(id, epoch)
+}
+
+/// [`bump_epoch`] inside a transaction of the caller's (a leased restore
+/// commits it under its fencing token).
+///
+/// # Errors
+/// PostgreSQL failed.
+pub async fn bump_epoch_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    id: &EventId,
+) -> Result<u32, StoreError> {
+    let epoch: i64 = sqlx::query_scalar(BUMP_EPOCH)
+        .bind(id.as_str())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| StoreError::internal(Dependency::Postgres, e))?;
+    checked_epoch(id, epoch)
+}
+
+const BUMP_EPOCH: &str = r"insert into redis_epochs (event_id, epoch) values ($1, 1)
+    on conflict (event_id) do update
+    set epoch = redis_epochs.epoch + 1, restored_at = now()
+    returning epoch";
+
+fn checked_epoch(id: &EventId, epoch: i64) -> Result<u32, StoreError> {
     u32::try_from(epoch)
         .ok()
         .filter(|&e| e <= MAX_EPOCH)

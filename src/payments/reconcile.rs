@@ -43,6 +43,11 @@ use crate::{
     catalog::{self, Event},
     holds,
     ids::{EventId, HoldId, ScheduleId},
+    jobs::{
+        self,
+        fence::{Fence, JobError},
+        lease::Locker,
+    },
     store::StoreError,
 };
 
@@ -58,6 +63,8 @@ pub struct Report {
     /// Events that could not be restored this pass (their shard down, or
     /// PostgreSQL); tried again on the next pass.
     pub events_failed: u64,
+    /// Events another instance was restoring under its lease this pass.
+    pub events_busy: u64,
     pub payments_replayed: u64,
     /// Seats that were not `sold` in Redis and now are.
     pub seats_fixed: u64,
@@ -243,9 +250,8 @@ pub async fn finish_refunds(state: &AppState) -> Result<u64, StoreError> {
 ///
 /// # Errors
 /// A store is unavailable; nothing is marked ready then.
-pub async fn restore_event(state: &AppState, ev: &Event) -> Result<Report, StoreError> {
+pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<Report, StoreError> {
     let mut report = Report::default();
-    let epoch = catalog::pg::bump_epoch(&state.pg, &ev.event_id).await?;
     catalog::load_into_redis(&state.redis, ev).await?;
     // Cancelled schedules stay closed.
     for (event, schedule) in cancelled_schedules(state).await? {
@@ -318,6 +324,7 @@ pub async fn restore_event(state: &AppState, ev: &Event) -> Result<Report, Store
 fn merge(into: &mut Report, r: &Report) {
     into.events_loaded += r.events_loaded;
     into.events_failed += r.events_failed;
+    into.events_busy += r.events_busy;
     into.payments_replayed += r.payments_replayed;
     into.seats_fixed += r.seats_fixed;
     into.holds_overridden += r.holds_overridden;
@@ -329,18 +336,32 @@ fn merge(into: &mut Report, r: &Report) {
 /// down) is counted and does not stop the others.
 async fn restore_each(state: &AppState, events: Vec<Event>) -> Report {
     let mut report = Report::default();
+    let locker = match Locker::new(
+        &state.config.jobs.lock_urls,
+        state.config.jobs.lease_ttl,
+        state.redis.keys().prefix(),
+    ) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "restoring without leases");
+            None
+        }
+    };
     let mut results = futures::stream::iter(events)
         .map(|ev| {
             let state = state.clone();
+            let locker = locker.clone();
             async move {
-                let r = restore_event(&state, &ev).await;
+                let r = restore_leased(&state, locker.as_ref(), &ev).await;
                 (ev, r)
             }
         })
         .buffer_unordered(8);
     while let Some((ev, r)) = results.next().await {
         match r {
-            Ok(r) => merge(&mut report, &r),
+            Ok(Some(r)) => merge(&mut report, &r),
+            // Another instance holds this event's lease and restores it.
+            Ok(None) => report.events_busy += 1,
             Err(e) => {
                 report.events_failed += 1;
                 failed("restore_event", ev.event_id.as_str(), &e);
@@ -348,6 +369,54 @@ async fn restore_each(state: &AppState, events: Vec<Event>) -> Report {
         }
     }
     report
+}
+
+/// Restores one event under the lease `restore:<event>`, so one instance
+/// restores an event at a time: each loss then costs one epoch and one
+/// replay, not one per instance. A lease and not a Lua script: the work
+/// spans PostgreSQL and many Redis calls and may take seconds, which no
+/// script may. The epoch bump (the restore's PostgreSQL write) carries the
+/// lease's fencing token, so a restorer paused past its lease cannot take
+/// an epoch after a newer one did; its late Redis writes are harmless (the
+/// restore is idempotent, the hold counter only moves up). `None` when
+/// another instance holds the lease, or this one was fenced out.
+///
+/// # Errors
+/// A store is unavailable.
+async fn restore_leased(
+    state: &AppState,
+    locker: Option<&Locker>,
+    ev: &Event,
+) -> Result<Option<Report>, StoreError> {
+    let Some(locker) = locker else {
+        let epoch = catalog::pg::bump_epoch(&state.pg, &ev.event_id).await?;
+        return restore_event(state, ev, epoch).await.map(Some);
+    };
+    let name = format!("restore:{}", ev.event_id);
+    let run = jobs::leased_once(state, locker, &name, |fence| async move {
+        let epoch = bump_epoch_fenced(state, &ev.event_id, &fence).await?;
+        Ok(restore_event(state, ev, epoch).await?)
+    })
+    .await;
+    match run {
+        None | Some(Err(JobError::Fenced { .. })) => Ok(None),
+        Some(Ok(report)) => Ok(Some(report)),
+        Some(Err(JobError::Store(e))) => Err(e),
+    }
+}
+
+/// [`catalog::pg::bump_epoch`] in a transaction that commits only under
+/// the newest fencing token of the event's restore lease.
+async fn bump_epoch_fenced(
+    state: &AppState,
+    event: &EventId,
+    fence: &Fence,
+) -> Result<u32, JobError> {
+    let mut tx = state.pg.pool().begin().await?;
+    let started = chrono::Utc::now();
+    let epoch = catalog::pg::bump_epoch_in(&mut tx, event).await?;
+    fence.commit(tx, started, 1).await?;
+    Ok(epoch)
 }
 
 /// Restores the catalog and every sold seat of every event from PostgreSQL.

@@ -437,7 +437,7 @@ async fn refusals_about_holds_leak_nothing() {
     r.assert_problem(403, "forbidden");
     assert!(!r.text.contains(&payment_id), "{}", r.text);
     // A hold that never existed: 404.
-    app.pay(&mallory, "e1.d1.999999", None)
+    app.pay(&mallory, "e1.d1.99999999999999", None)
         .await
         .assert_problem(404, "not_found");
     // The payment itself: the owner's assertion and the service key read
