@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -199,7 +199,7 @@ pub async fn draw_entries(
     State(state): State<AppState>,
     _: ServiceKey,
     Path(event_id): Path<String>,
-    Query(page): Query<Page>,
+    super::extract::ApiQuery(page): super::extract::ApiQuery<Page>,
 ) -> ApiResult<axum::Json<Value>> {
     let event = event_in_path(&event_id)?;
     let limit = page.limit.unwrap_or(1000);

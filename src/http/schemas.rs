@@ -206,3 +206,16 @@ pub struct DrawEntries {
     /// User ids, in draw order.
     pub users: Vec<String>,
 }
+
+/// One Server-Sent Event of `GET /v1/queue/stream`: `event` is `status`,
+/// `admitted` or `gone`; `data` is the queue entry's JSON (as from
+/// `GET /v1/queue/status`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    /// The entry as JSON text.
+    pub data: String,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+}

@@ -33,7 +33,7 @@ fn event(kind: &str, claims: &QueueClaims, view: &queue::EntryView) -> Event {
 #[utoipa::path(get, path = "/v1/queue/stream", tag = "queue",
     security(("queue_token" = [])),
     responses(
-        (status = 200, description = "text/event-stream: `status` events (the status JSON) when position, status or ETA change, keep-alive comments, and a final `admitted` or `gone` event. An open stream is a heartbeat.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "text/event-stream: `status` events (the status JSON) when position, status or ETA change, keep-alive comments, and a final `admitted` or `gone` event. An open stream is a heartbeat.", content_type = "text/event-stream", body = super::schemas::SseEvent),
         (status = 401, description = "unauthorized", body = super::openapi::Problem),
         (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
         (status = 503, description = "dependency_unavailable", body = super::openapi::Problem),
