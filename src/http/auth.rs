@@ -57,6 +57,15 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     crate::auth::bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
+/// The bearer credential, or a 401 naming what this endpoint needs.
+fn required_bearer<'a>(parts: &'a Parts, needs: &str) -> Result<&'a str, ApiError> {
+    bearer(parts).ok_or_else(|| {
+        ApiError::Unauthorized(format!(
+            "this endpoint needs {needs}: Authorization: Bearer <credential>"
+        ))
+    })
+}
+
 fn token_error(e: &TokenError) -> ApiError {
     match e {
         TokenError::Expired => ApiError::QueueTokenExpired,
@@ -76,11 +85,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let token = bearer(parts).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "this endpoint needs a queue token: Authorization: Bearer <token>".into(),
-            )
-        })?;
+        let token = required_bearer(parts, "a queue token")?;
         state
             .tokens
             .verify(token)
@@ -101,12 +106,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let token = bearer(parts).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "this endpoint needs a user assertion (the platform's JWT): Authorization: Bearer <jwt>"
-                    .into(),
-            )
-        })?;
+        let token = required_bearer(parts, "a user assertion (the platform's JWT)")?;
         state
             .users
             .verify(token)
@@ -205,11 +205,10 @@ where
                 .map(|_| Self::Service);
         }
         let app = AppState::from_ref(state);
-        let token = bearer(parts).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "this endpoint needs a user assertion, a queue token or the service key".into(),
-            )
-        })?;
+        let token = required_bearer(
+            parts,
+            "a user assertion, a queue token or the service key (X-Api-Key)",
+        )?;
         // Queue tokens and JWTs cannot be mistaken for each other: a queue
         // token starts with its version, a JWT with its base64 header.
         if token.starts_with("v1.") {

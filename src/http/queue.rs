@@ -2,16 +2,16 @@
 //! (the stream is in `stream.rs`, fair start in `fair.rs`).
 
 use axum::{
-    extract::{FromRef, FromRequestParts, Path, State},
-    http::{StatusCode, request::Parts},
+    extract::{Path, State},
+    http::StatusCode,
     response::IntoResponse,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{
     ApiError, ApiResult,
-    auth::{QueueToken, UserAssertion},
-    extract::{OptionalJson, ServiceKey, has_service_key_header},
+    auth::{Caller, QueueToken},
+    extract::OptionalJson,
 };
 use crate::{
     app::AppState,
@@ -31,54 +31,26 @@ pub struct JoinRequest {
     pub challenge: Option<super::fair::ChallengeAnswer>,
 }
 
-/// Who is joining: a user with their own assertion, or the platform's
-/// backend (service key) on a user's behalf.
-#[derive(Debug, Clone)]
-pub enum Joiner {
-    User(UserId),
-    Service,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Joiner
-where
-    AppState: FromRef<S>,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if has_service_key_header(parts) {
-            ServiceKey::from_request_parts(parts, state)
-                .await
-                .map(|_| Self::Service)
-        } else {
-            UserAssertion::from_request_parts(parts, state)
-                .await
-                .map(|UserAssertion(u)| Self::User(u))
-        }
-    }
-}
-
-impl Joiner {
-    /// The user the entry is for. A body `user_id` is never proof of
-    /// anything: with a user assertion it must repeat the assertion's user.
-    fn user(self, body: &JoinRequest) -> ApiResult<UserId> {
-        let named = body
-            .user_id
-            .as_deref()
-            .map(UserId::parse)
-            .transpose()
-            .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-        match (self, named) {
-            (Self::User(u), None) => Ok(u),
-            (Self::User(u), Some(n)) if n == u => Ok(u),
-            (Self::User(_), Some(_)) => Err(ApiError::Forbidden(
-                "user_id differs from the user of the assertion".into(),
-            )),
-            (Self::Service, Some(n)) => Ok(n),
-            (Self::Service, None) => Err(ApiError::InvalidRequest(
-                "user_id is required when joining with the service key".into(),
-            )),
-        }
+/// The user an entry is for: the caller's own (a user assertion), or the
+/// one the platform names (service key). A body `user_id` is never proof of
+/// anything: with a user assertion it must repeat the assertion's user.
+fn joining_user(caller: Caller, body: &JoinRequest) -> ApiResult<UserId> {
+    let named = body
+        .user_id
+        .as_deref()
+        .map(UserId::parse)
+        .transpose()
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    match (caller, named) {
+        (Caller::User(u), None) => Ok(u),
+        (Caller::User(u), Some(n)) if n == u => Ok(u),
+        (Caller::User(_), Some(_)) => Err(ApiError::Forbidden(
+            "user_id differs from the user of the assertion".into(),
+        )),
+        (Caller::Service, Some(n)) => Ok(n),
+        (Caller::Service, None) => Err(ApiError::InvalidRequest(
+            "user_id is required when joining with the service key".into(),
+        )),
     }
 }
 
@@ -155,11 +127,11 @@ pub fn event_in_path(raw: &str) -> ApiResult<EventId> {
     ))]
 pub async fn join(
     State(state): State<AppState>,
-    joiner: Joiner,
+    caller: Caller,
     Path(event_id): Path<String>,
     OptionalJson(body): OptionalJson<JoinRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let user = joiner.user(&body)?;
+    let user = joining_user(caller, &body)?;
     let event = event_in_path(&event_id)?;
     let fair = super::fair::join_extras(&state, &event, &user, body.challenge.as_ref()).await?;
     let joined = queue::join(&state.redis, &event, &user, fair.input()).await?;
