@@ -122,9 +122,13 @@ pub fn leading_zero_bits(challenge: &str, nonce: &str) -> u32 {
     let mut h = Sha256::new();
     h.update(challenge.as_bytes());
     h.update(nonce.as_bytes());
-    let d = h.finalize();
+    zero_bits(&h.finalize())
+}
+
+/// Leading zero bits of a digest.
+fn zero_bits(digest: &[u8]) -> u32 {
     let mut n = 0;
-    for byte in d {
+    for &byte in digest {
         if byte == 0 {
             n += 8;
         } else {
@@ -146,17 +150,7 @@ pub fn solve(challenge: &str, bits: u8) -> String {
         let s = fmt_u64(&mut buf, i);
         let mut h = prefix.clone();
         h.update(s.as_bytes());
-        let d = h.finalize();
-        let mut n = 0;
-        for byte in d {
-            if byte == 0 {
-                n += 8;
-            } else {
-                n += byte.leading_zeros();
-                break;
-            }
-        }
-        if n >= u32::from(bits) {
+        if zero_bits(&h.finalize()) >= u32::from(bits) {
             return s.to_owned();
         }
     }
