@@ -51,6 +51,11 @@ pub enum LimitKey {
     User(UserId),
 }
 
+/// A user assertion this middleware has already verified for this request
+/// (read by `http::auth::UserAssertion`).
+#[derive(Debug, Clone)]
+pub struct VerifiedUser(pub UserId);
+
 /// The per-credential key of a request, or `None` when it carries no
 /// credential this service can verify (then only the per-IP limit applies:
 /// an unverifiable header must not buy a bucket of its own).
@@ -269,7 +274,7 @@ fn refuse(verdict: Verdict, by: &'static str, full: &'static str) -> Option<Resp
 }
 
 /// Middleware: applies both limits to public `/v1` routes.
-pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let public = path.starts_with("/v1/") && !path.starts_with("/v1/admin/");
     let service = req.headers().get("x-api-key").is_some_and(|k| {
@@ -295,9 +300,16 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     }
     if let Some(l) = &limits.per_credential
         && let Some(key) = credential_key(&state, req.headers())
-        && let Some(resp) = refuse(l.check(&key), "token", "credential_full")
     {
-        return resp;
+        if let Some(resp) = refuse(l.check(&key), "token", "credential_full") {
+            return resp;
+        }
+        // The assertion is verified now: the handler's extractor takes this
+        // instead of checking the signature a second time on every join
+        // (with RS256 or EdDSA keys the check is the dearest step).
+        if let LimitKey::User(user) = key {
+            req.extensions_mut().insert(VerifiedUser(user));
+        }
     }
     next.run(req).await
 }

@@ -517,3 +517,25 @@ async fn development_secrets_refuse_a_public_address() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["user_id"], "alice");
 }
+
+#[tokio::test]
+async fn with_per_credential_limits_on_a_forged_assertion_is_still_refused() {
+    // The rate limiter verifies assertions and hands the verified user to
+    // the handler; what it did not verify, the handler checks itself.
+    let app = spawn_with(Settings::new().set("BOXOFFICE_RATE_PER_TOKEN", "100")).await;
+    app.simple_event("e1", open_queue(), 10, 60, 4).await;
+    let forged = hs256(
+        b"not-the-platform-secret-0123456789abcdef",
+        &json!({"sub": "alice", "exp": now() + 600}),
+    );
+    app.join_with("e1", bearer(&forged), None)
+        .await
+        .assert_problem(401, "unauthorized");
+    let r = app.join("e1", "alice").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["user_id"], "alice");
+    app.get_as("/v1/users/bob/wallet", "alice")
+        .await
+        .assert_problem(403, "forbidden");
+    assert_eq!(app.joined_total("e1").await, 1);
+}
