@@ -263,7 +263,6 @@ pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<R
         }
     }
     let mut after: Option<Uuid> = None;
-    let mut replayed: Vec<Uuid> = Vec::new();
     loop {
         let rows: Vec<Sold> = state
             .pg
@@ -281,7 +280,6 @@ pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<R
             .await?;
         let Some(last) = rows.last() else { break };
         after = Some(last.payment_id);
-        replayed.extend(rows.iter().map(|p| p.payment_id));
         // Independent and idempotent: replayed many at a time. One failure
         // fails the restore (the event must not be marked ready without
         // every sold seat), after the others have run.
@@ -298,17 +296,11 @@ pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<R
             report.payments_replayed += 1;
         }
     }
-    // Only the payments replayed above: one committed during the restore
-    // must keep `redis_confirmed = false` until its own step 3 (or the
-    // reconciler) has run.
-    state
-        .pg
-        .guard(
-            sqlx::query(r"update payments set redis_confirmed = true where payment_id = any($1) and not redis_confirmed")
-                .bind(&replayed)
-                .execute(state.pg.pool()),
-        )
-        .await?;
+    // No payment is marked confirmed here: one whose step 3 never ran
+    // (a crash after the commit) still has its buyer's queue entry to end,
+    // which this replay (end_queue off: a restore must not end entries of
+    // payments long done) does not do. `finish_unconfirmed` replays those
+    // with end_queue on and marks them.
     catalog::finish_restore(&state.redis, &ev.event_id, epoch).await?;
     state
         .schedule_ids
