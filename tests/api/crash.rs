@@ -208,3 +208,24 @@ async fn killed_before_the_commit_without_a_key_nothing_is_paid_and_the_seats_co
 async fn killed_before_the_commit_with_a_key_nothing_is_paid_and_the_claim_is_taken_over() {
     killed_before_commit(Some("pay-once")).await;
 }
+
+#[tokio::test]
+async fn a_rebuild_right_after_the_crash_still_ends_the_buyers_entry() {
+    let Crashed {
+        survivor: app,
+        token,
+        ..
+    } = pay_and_kill("crash_after_commit", None).await;
+    // A full rebuild (POST /v1/admin/reconcile) before the reconciler's
+    // own pass: it replays the sale but must not mark it done, or the
+    // paid buyer's queue entry (and token) would live on.
+    boxoffice::payments::reconcile::rebuild(&app.state)
+        .await
+        .expect("rebuild");
+    let ended = eventually(Duration::from_secs(10), || async {
+        app.status(&token).await.status == reqwest::StatusCode::GONE
+    })
+    .await;
+    assert!(ended, "the buyer's entry ends once the payment is finished");
+    assert_eq!(payments(&app).await, (1, true));
+}
