@@ -217,8 +217,8 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
         };
         tracing::info!(job = name, token = fence.token, %holder, "lease acquired");
         metrics::counter!("boxoffice_job_leases_total", "job_name" => name).increment(1);
-        let lost = CancellationToken::new();
-        let renewer = tokio::spawn(renew_loop(locker.clone(), lease, lost.clone()));
+        let renewed = Renewed::start(&locker, lease);
+        let lost = renewed.lost.clone();
         loop {
             match job.round(&state, &fence).await {
                 Ok(items) => {
@@ -246,12 +246,32 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
         if lost.is_cancelled() && !shutdown.is_cancelled() {
             tracing::warn!(job = name, token = fence.token, "lease lost");
         }
-        lost.cancel();
-        if let Ok(lease) = renewer.await {
-            locker.release(&lease).await;
-        }
+        renewed.release(&locker).await;
         if shutdown.is_cancelled() {
             return;
+        }
+    }
+}
+
+/// A lease kept alive by a renewal task until [`Renewed::release`];
+/// `lost` is cancelled when a renewal fails.
+struct Renewed {
+    lost: CancellationToken,
+    renewer: tokio::task::JoinHandle<lease::Lease>,
+}
+
+impl Renewed {
+    fn start(locker: &Locker, lease: lease::Lease) -> Self {
+        let lost = CancellationToken::new();
+        let renewer = tokio::spawn(renew_loop(locker.clone(), lease, lost.clone()));
+        Self { lost, renewer }
+    }
+
+    /// Stops renewing and gives the lease back.
+    async fn release(self, locker: &Locker) {
+        self.lost.cancel();
+        if let Ok(lease) = self.renewer.await {
+            locker.release(&lease).await;
         }
     }
 }
@@ -278,8 +298,11 @@ async fn renew_loop(
 /// Runs `work` once under the lease `name` with a fresh fencing token, for
 /// work that is triggered rather than periodic (e.g. restoring one event
 /// from PostgreSQL: `leased_once(state, locker, "restore:<event>", ...)`).
-/// `None` when another instance holds the lease; the lease is released
-/// afterwards. `work` must commit its writes with [`Fence::commit`].
+/// `None` when another instance holds the lease. The lease is renewed
+/// (every third of its TTL) while `work` runs, so work longer than the TTL
+/// keeps it, and released afterwards. `work` must commit its writes with
+/// [`Fence::commit`]: if a renewal fails (a pause, a partition) and another
+/// instance takes over, those writes are refused.
 ///
 /// # Errors
 /// Whatever `work` returns.
@@ -294,11 +317,12 @@ where
     Fut: Future<Output = Result<T, JobError>>,
 {
     let lease = locker.try_acquire(name).await?;
+    let renewed = Renewed::start(locker, lease);
     let result = match Fence::take(&state.pg, name, &holder(state)).await {
         Ok(fence) => work(fence).await,
         Err(e) => Err(e.into()),
     };
-    locker.release(&lease).await;
+    renewed.release(locker).await;
     Some(result)
 }
 

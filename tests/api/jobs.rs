@@ -301,6 +301,119 @@ async fn three_instances_run_each_job_on_one_at_a_time_and_a_killed_leader_is_re
     assert_rounds_never_overlap(&db, "sales_rollup").await;
 }
 
+/// Every restore run of `event` recorded by its fenced epoch bump.
+async fn restore_runs(db: &PgPool, event: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from job_runs where name = $1")
+        .bind(format!("restore:{event}"))
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// The event's Redis epoch in PostgreSQL (0: never restored).
+async fn epoch_of(db: &PgPool, event: &str) -> i64 {
+    sqlx::query_scalar("select coalesce(max(epoch), 0) from redis_epochs where event_id = $1")
+        .bind(event)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_lost_event_is_restored_by_exactly_one_of_three_instances() {
+    // Every restore stalls 2.5 s before it marks the event ready: longer
+    // than the lease TTL (so only renewal keeps the lease) and far longer
+    // than the instances' reconcile interval, so all three see the event
+    // missing, again and again, while it is being restored.
+    let settings = shared_settings()
+        .await
+        .set("BOXOFFICE_FAILPOINT", "slow_restore_ms:2500")
+        .set("BOXOFFICE_RECONCILE_MS", "100")
+        // The other jobs at their usual pace: this test is about restores.
+        .set("BOXOFFICE_ROLLUP_MS", "60000")
+        .set("BOXOFFICE_AVAILABILITY_MS", "2000")
+        .set("BOXOFFICE_PURGE_MS", "600000");
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(Instance::start(&settings).await);
+    }
+    // An in-process app with its loops off: the test's hands and eyes only.
+    let app = spawn_with(settings.clone().without_background()).await;
+    let db = pool(&settings).await;
+    app.simple_event("e1", queue_defaults(), 20, 300, 4).await;
+    app.buy("e1", "ann", "5000", json!([1, 2])).await;
+    app.buy("e1", "bob", "5000", json!([5])).await;
+    let cat = app.admitted_token("e1", "cat").await;
+    app.hold_seats(&cat, json!([7, 8])).await;
+    let sold = crate::cluster::sold_in_pg(&app, "e1").await;
+    assert_eq!(sold, [1, 2, 5]);
+    assert_eq!(
+        crate::cluster::sold_in_redis(&app, "e1").await.unwrap(),
+        sold
+    );
+    assert_eq!(epoch_of(&db, "e1").await, 0);
+
+    // The event's Redis state is lost for real: every key of it goes.
+    let pattern = format!("{}{{ev:e1}}*", settings.env["BOXOFFICE_REDIS_PREFIX"]);
+    let keys = redis_cli(&["--scan", "--pattern", &pattern]).await;
+    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+    assert!(keys.len() > 3, "the event's keys: {keys:?}");
+    let mut del = vec!["DEL"];
+    del.extend(&keys);
+    redis_cli(&del).await;
+    let event = boxoffice::ids::EventId::parse("e1").unwrap();
+    assert!(
+        !boxoffice::catalog::is_ready(&app.state.redis, &event)
+            .await
+            .unwrap()
+    );
+
+    let restored = eventually(Duration::from_secs(15), || async {
+        boxoffice::catalog::is_ready(&app.state.redis, &event)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(restored, "nobody restored the event");
+    // Long enough for a second restore to start and bump the epoch (the
+    // others check every 100 ms) had the first one not held them off.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    // Exactly one restore: one epoch taken, one fenced run recorded.
+    assert_eq!(
+        epoch_of(&db, "e1").await,
+        1,
+        "the epoch was bumped more than once"
+    );
+    assert_eq!(restore_runs(&db, "e1").await, 1, "restored more than once");
+    let (_, restorer) = fence_of(&db, "restore:e1").await.expect("restore leased");
+    assert!(
+        instances.iter().any(|x| x.holds(&restorer)),
+        "restored by one of the three: {restorer}"
+    );
+    // ... and it is right: the sold seats as before, cat's hold gone with
+    // Redis (seats 7 and 8 free again), new holds in epoch 1's range.
+    assert_eq!(
+        crate::cluster::sold_in_redis(&app, "e1").await.unwrap(),
+        sold
+    );
+    assert_eq!(app.admin_seat("e1", 7).await, "available");
+    let dan = app.admitted_token("e1", "dan").await;
+    app.charge("dan", "5000", None).await;
+    let hold = app.hold_seats(&dan, json!([7])).await;
+    let n: u64 = hold.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        (1_000_000_000..2_000_000_000).contains(&n),
+        "the hold number is in epoch 1: {hold}"
+    );
+    let r = app.pay(&dan, &hold, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        crate::cluster::sold_in_redis(&app, "e1").await.unwrap(),
+        [1, 2, 5, 7]
+    );
+}
+
 #[tokio::test]
 async fn a_leader_paused_past_its_lease_is_fenced_out_and_nothing_counts_twice() {
     let settings = shared_settings()
