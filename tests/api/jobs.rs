@@ -276,25 +276,65 @@ async fn three_instances_run_each_job_on_one_at_a_time_and_a_killed_leader_is_re
         );
     }
 
-    // Kill the rollup's leader: another instance takes over within about
-    // one TTL (the dead lease expires, the others retry every TTL / 5).
+    // Kill the rollup's leader. Its lease outlives it: the leader renewed
+    // it to a full TTL at most a third of a TTL ago, and nobody may take it
+    // before it runs out. What the followers control is how soon after
+    // that they take it: they read the lease's remaining time and wake when
+    // it runs out (plus a jitter of at most TTL / 100), instead of polling
+    // every TTL / 5. So the takeover, from the kill, is the remaining
+    // validity (at most one TTL) plus a reaction of one Redlock round and a
+    // fencing token, held here to TTL / 10.
     let (_, leader) = fence_of(&db, "sales_rollup").await.unwrap();
     let i = instances.iter().position(|x| x.holds(&leader)).unwrap();
     let mut dead = instances.remove(i);
+    let lease_key = format!(
+        "{}boxoffice:lease:sales_rollup",
+        settings.env["BOXOFFICE_REDIS_PREFIX"]
+    );
+    let mut lock_server = redis::Client::open(settings.env["REDIS_URL"].as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let (before, _) = fence_of(&db, "sales_rollup").await.unwrap();
     dead.child.kill().await.unwrap();
     let killed = Instant::now();
-    let (before, _) = fence_of(&db, "sales_rollup").await.unwrap();
-    let took_over = eventually(Duration::from_secs(5), || async {
-        fence_of(&db, "sales_rollup").await.unwrap().0 > before
-    })
-    .await;
-    let takeover = killed.elapsed();
-    assert!(took_over, "nobody took over the rollup");
-    println!("rollup takeover after the leader was killed: {takeover:?} (TTL {TTL_MS} ms)");
+    // Read after the kill, so no renewal can move it: the lease runs out
+    // no sooner than `killed + left`.
+    let left: i64 = redis::cmd("PTTL")
+        .arg(&lease_key)
+        .query(&mut lock_server)
+        .unwrap();
     assert!(
-        takeover <= Duration::from_millis(TTL_MS + TTL_MS / 5 + 500),
-        "takeover took {takeover:?}"
+        (1..=TTL_MS as i64).contains(&left),
+        "the dead leader's lease has {left} ms left (TTL {TTL_MS} ms)"
     );
+    let left = Duration::from_millis(left as u64);
+    let mut takeover = None;
+    while killed.elapsed() < Duration::from_secs(5) {
+        if fence_of(&db, "sales_rollup").await.unwrap().0 > before {
+            takeover = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let takeover = takeover.expect("nobody took over the rollup");
+    println!(
+        "rollup takeover {takeover:?} after the kill, the dead lease had {left:?} left (TTL {TTL_MS} ms)"
+    );
+    // Not before the dead leader's lease ran out (1 ms: Redis's resolution) ...
+    assert!(
+        takeover + Duration::from_millis(1) >= left,
+        "taken over {takeover:?} after the kill, while the old lease had {left:?} left"
+    );
+    // ... and promptly after: within one TTL of the leader's last renewal
+    // plus the reaction.
+    let reaction = Duration::from_millis(TTL_MS / 10);
+    assert!(
+        takeover <= left + reaction,
+        "taken over {:?} after the old lease ran out (allowed {reaction:?})",
+        takeover - left
+    );
+    assert!(takeover <= Duration::from_millis(TTL_MS) + reaction);
     let (_, new_leader) = fence_of(&db, "sales_rollup").await.unwrap();
     assert!(instances.iter().any(|x| x.holds(&new_leader)));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -535,6 +575,9 @@ async fn leases_need_a_majority_of_the_lock_servers() {
     // Exclusive: while A holds the lease, B cannot take it.
     let mut lease = a.try_acquire("job").await.expect("A leases");
     assert!(b.try_acquire("job").await.is_none(), "two holders at once");
+    // B can tell how long A's lease has left (what a follower sleeps).
+    let left = b.expires_in("job").await.expect("3 servers answer");
+    assert!(left > ttl / 2 && left <= ttl, "{left:?} left");
 
     // One server down: A still renews, B still cannot take it.
     drop(servers.remove(0));
@@ -544,7 +587,10 @@ async fn leases_need_a_majority_of_the_lock_servers() {
         b.try_acquire("job").await.is_none(),
         "two holders with one server down"
     );
+    let left = b.expires_in("job").await.expect("2 of 3 servers answer");
+    assert!(left > ttl / 2 && left <= ttl, "{left:?} left");
     a.release(&lease).await;
+    assert_eq!(b.expires_in("job").await, Some(Duration::ZERO));
     let lease_b = b
         .try_acquire("job")
         .await
@@ -574,6 +620,7 @@ async fn leases_need_a_majority_of_the_lock_servers() {
         a.try_acquire("other").await.is_none(),
         "a lease with 1 of 3 servers"
     );
+    assert_eq!(a.expires_in("other").await, None, "1 of 3 cannot tell");
     // The lease cannot be renewed any more: the leader stops within a TTL.
     tokio::time::sleep(Duration::from_millis(TTL_MS + 300)).await;
     let before = runs().await;
