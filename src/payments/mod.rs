@@ -26,13 +26,9 @@ use uuid::Uuid;
 
 use crate::{
     ids::{HoldId, IdempotencyKey, UserId},
-    money::{SLOT, cut_slots, format_amount},
+    money::{SLOT, cut_slots},
     store::{StoreError, pg::Pg, pg::constraint_of},
 };
-
-fn money<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_amount(*d))
-}
 
 fn time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
@@ -46,10 +42,10 @@ pub struct Payment {
     pub event_id: String,
     pub schedule_id: String,
     pub seats: Vec<i32>,
-    #[serde(serialize_with = "money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "100000")]
     pub amount: Decimal,
-    #[serde(serialize_with = "money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "25000")]
     pub balance_after: Decimal,
     #[serde(serialize_with = "time")]

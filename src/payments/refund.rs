@@ -31,10 +31,10 @@ use crate::{
 pub struct Refund {
     pub refund_id: Uuid,
     pub payment_id: Uuid,
-    #[serde(serialize_with = "super::money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "100000")]
     pub amount: Decimal,
-    #[serde(serialize_with = "super::money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "150000")]
     pub balance_after: Decimal,
     pub seats: Vec<i32>,
