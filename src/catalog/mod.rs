@@ -10,8 +10,10 @@ pub mod cache;
 pub mod pg;
 pub mod request;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+
+use crate::time::rfc3339_ms;
 use serde::Serialize;
 use serde_json::json;
 
@@ -55,15 +57,6 @@ pub struct Event {
     pub fair: crate::fair::FairStart,
 }
 
-pub fn format_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// RFC 3339 with milliseconds (sale times are kept to the millisecond).
-pub fn format_time_ms(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 impl Event {
     /// The public view: `{"event_id","name","schedules":[{"schedule_id","starts_at","price"}]}`.
     pub fn public_json(&self) -> serde_json::Value {
@@ -72,7 +65,7 @@ impl Event {
             "name": self.name,
             "schedules": self.schedules.iter().map(|s| json!({
                 "schedule_id": s.schedule_id,
-                "starts_at": format_time(s.starts_at),
+                "starts_at": rfc3339_ms(s.starts_at),
                 "price": format_amount(s.price),
             })).collect::<Vec<_>>(),
         })
@@ -110,7 +103,7 @@ pub async fn load_into_redis(redis: &Redis, ev: &Event) -> Result<(), StoreError
         keys.push(k.seat_map(&s.schedule_id));
         args.push(
             json!({
-                "starts_at": format_time(s.starts_at),
+                "starts_at": rfc3339_ms(s.starts_at),
                 "seats": s.seats,
                 "row_size": s.row_size,
                 "price": format_amount(s.price),

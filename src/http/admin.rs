@@ -15,11 +15,12 @@ use super::{
 use crate::{
     app::AppState,
     catalog::{
-        self, Event, format_time,
+        self, Event,
         request::{NewEvent, QueuePatch},
     },
     money::format_amount,
     queue,
+    time::rfc3339_ms,
 };
 
 pub fn event_config_json(ev: &Event) -> Value {
@@ -31,7 +32,7 @@ pub fn event_config_json(ev: &Event) -> Value {
         "challenge": { "difficulty_bits": ev.fair.difficulty_bits },
         "schedules": ev.schedules.iter().map(|s| json!({
             "schedule_id": s.schedule_id,
-            "starts_at": format_time(s.starts_at),
+            "starts_at": rfc3339_ms(s.starts_at),
             "seats": s.seats,
             "row_size": s.row_size,
             "price": format_amount(s.price),
@@ -116,7 +117,7 @@ pub async fn get_event(
     if let Some(info) = crate::fair::info(&state.redis, &ev.event_id).await? {
         let drawn = info.drawn();
         body["draw"] = json!({
-            "opens_at": ev.fair.sale.opens_at.map(catalog::format_time_ms),
+            "opens_at": ev.fair.sale.opens_at.map(crate::time::rfc3339_ms),
             "commitment": ev.fair.seed.commitment(),
             "drawn": drawn,
             "seed": drawn.then(|| ev.fair.seed.to_hex()),

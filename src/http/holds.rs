@@ -16,7 +16,7 @@ use super::{
     ApiError, ApiResult,
     auth::QueueToken,
     extract::{ApiJson, ServiceKey},
-    queue::{event_in_path, format_ms},
+    queue::event_in_path,
 };
 use crate::{
     app::AppState,
@@ -308,7 +308,7 @@ impl From<Hold> for HoldResponse {
             seats: h.seats,
             adjacent: h.adjacent,
             amount: h.amount,
-            expires_at: format_ms(h.expires_at_ms),
+            expires_at: crate::time::rfc3339_from_ms(h.expires_at_ms),
             status: h.state,
         }
     }

@@ -374,7 +374,7 @@ pub async fn sales(
         }).collect::<Vec<_>>(),
         "hourly": per_hour.into_iter().map(|(h, p, s, f, r)| {
             let mut v = row(p, s, f, r);
-            v["hour"] = json!(crate::catalog::format_time(h));
+            v["hour"] = json!(crate::time::rfc3339_ms(h));
             v
         }).collect::<Vec<_>>(),
     })))
@@ -518,7 +518,7 @@ pub async fn cancel_schedule(
     Ok(axum::Json(refund::Cancellation {
         event_id: event.to_string(),
         schedule_id: schedule.to_string(),
-        cancelled_at: cancelled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        cancelled_at: crate::time::rfc3339_ms(cancelled_at),
         holds_dropped,
         refunded,
         already_refunded,

@@ -30,10 +30,6 @@ use crate::{
     store::{StoreError, pg::Pg, pg::constraint_of},
 };
 
-fn time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-}
-
 /// A confirmed payment; serializes to the API response.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Payment {
@@ -48,20 +44,16 @@ pub struct Payment {
     #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "25000")]
     pub balance_after: Decimal,
-    #[serde(serialize_with = "time")]
+    #[serde(with = "crate::time::serde_rfc3339_ms")]
     #[schema(value_type = String)]
     pub paid_at: DateTime<Utc>,
     /// When the payment was refunded; absent while it stands.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::serde_rfc3339_ms::option"
+    )]
     #[schema(value_type = Option<String>)]
     pub refunded_at: Option<DateTime<Utc>>,
-}
-
-fn opt_time<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => time(t, s),
-        None => s.serialize_none(),
-    }
 }
 
 /// What the payment transaction decided.

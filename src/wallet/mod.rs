@@ -118,6 +118,8 @@ pub struct LedgerEntry {
     #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "25000")]
     pub balance_after: Decimal,
+    #[serde(with = "crate::time::serde_rfc3339_ms")]
+    #[schema(value_type = String)]
     pub created_at: DateTime<Utc>,
 }
 
