@@ -9,17 +9,15 @@
 pub mod cache;
 pub mod pg;
 pub mod request;
+pub mod views;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-
-use crate::time::rfc3339_ms;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::{
     ids::{EventId, ScheduleId},
-    money::format_amount,
     store::{StoreError, redis::Redis},
 };
 
@@ -63,11 +61,7 @@ impl Event {
         json!({
             "event_id": self.event_id,
             "name": self.name,
-            "schedules": self.schedules.iter().map(|s| json!({
-                "schedule_id": s.schedule_id,
-                "starts_at": rfc3339_ms(s.starts_at),
-                "price": format_amount(s.price),
-            })).collect::<Vec<_>>(),
+            "schedules": self.schedules.iter().map(Schedule::public_view).collect::<Vec<_>>(),
         })
     }
 }
@@ -101,17 +95,10 @@ pub async fn load_into_redis(redis: &Redis, ev: &Event) -> Result<(), StoreError
     for s in &ev.schedules {
         keys.push(k.schedule(&s.schedule_id));
         keys.push(k.seat_map(&s.schedule_id));
-        args.push(
-            json!({
-                "starts_at": rfc3339_ms(s.starts_at),
-                "seats": s.seats,
-                "row_size": s.row_size,
-                "price": format_amount(s.price),
-                "hold_ms": u64::from(s.hold_seconds) * 1000,
-                "max_per_user": s.max_per_user,
-            })
-            .to_string(),
-        );
+        // The admin view, plus the hold time in the scripts' milliseconds.
+        let mut copy = json!(s.config_view());
+        copy["hold_ms"] = json!(u64::from(s.hold_seconds) * 1000);
+        args.push(copy.to_string());
     }
     let reply = redis
         .run(&crate::store::redis::LOAD_EVENT, keys, args)

@@ -15,12 +15,10 @@ use super::{
 use crate::{
     app::AppState,
     catalog::{
-        self, Event,
+        self, Event, Schedule,
         request::{NewEvent, QueuePatch},
     },
-    money::format_amount,
     queue,
-    time::rfc3339_ms,
 };
 
 pub fn event_config_json(ev: &Event) -> Value {
@@ -30,16 +28,7 @@ pub fn event_config_json(ev: &Event) -> Value {
         "queue": ev.queue,
         "sale": ev.fair.sale.to_json(),
         "challenge": { "difficulty_bits": ev.fair.difficulty_bits },
-        "schedules": ev.schedules.iter().map(|s| json!({
-            "schedule_id": s.schedule_id,
-            "starts_at": rfc3339_ms(s.starts_at),
-            "seats": s.seats,
-            "row_size": s.row_size,
-            "price": format_amount(s.price),
-            "hold_seconds": s.hold_seconds,
-            "max_per_user": s.max_per_user,
-            "low_seats_threshold": s.low_seats_threshold,
-        })).collect::<Vec<_>>(),
+        "schedules": ev.schedules.iter().map(Schedule::config_view).collect::<Vec<_>>(),
     })
 }
 
