@@ -164,6 +164,8 @@ pub struct ScheduleSales {
     pub schedule_id: String,
     pub payments: i64,
     pub seats_sold: i64,
+    pub seats_refunded: i64,
+    /// Net of refunds.
     #[schema(example = "100000")]
     pub revenue: String,
 }
@@ -176,6 +178,8 @@ pub struct HourlySales {
     pub hour: String,
     pub payments: i64,
     pub seats_sold: i64,
+    pub seats_refunded: i64,
+    /// Net of refunds.
     #[schema(example = "100000")]
     pub revenue: String,
 }
