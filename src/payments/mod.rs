@@ -17,6 +17,7 @@
 pub mod reconcile;
 pub mod refund;
 pub mod relay;
+pub mod sales;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
@@ -26,17 +27,9 @@ use uuid::Uuid;
 
 use crate::{
     ids::{HoldId, IdempotencyKey, UserId},
-    money::{SLOT, cut_slots, format_amount},
+    money::{SLOT, cut_slots},
     store::{StoreError, pg::Pg, pg::constraint_of},
 };
-
-fn money<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_amount(*d))
-}
-
-fn time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-}
 
 /// A confirmed payment; serializes to the API response.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -46,26 +39,22 @@ pub struct Payment {
     pub event_id: String,
     pub schedule_id: String,
     pub seats: Vec<i32>,
-    #[serde(serialize_with = "money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "100000")]
     pub amount: Decimal,
-    #[serde(serialize_with = "money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "25000")]
     pub balance_after: Decimal,
-    #[serde(serialize_with = "time")]
+    #[serde(with = "crate::time::serde_rfc3339_ms")]
     #[schema(value_type = String)]
     pub paid_at: DateTime<Utc>,
     /// When the payment was refunded; absent while it stands.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::serde_rfc3339_ms::option"
+    )]
     #[schema(value_type = Option<String>)]
     pub refunded_at: Option<DateTime<Utc>>,
-}
-
-fn opt_time<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => time(t, s),
-        None => s.serialize_none(),
-    }
 }
 
 /// What the payment transaction decided.
