@@ -5,6 +5,8 @@ use axum::{
     http::StatusCode,
     response::IntoResponse,
 };
+use rust_decimal::Decimal;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
@@ -13,13 +15,15 @@ use super::{
     queue::event_in_path,
 };
 use crate::{
-    app::AppState,
     catalog::{
-        self, Event, format_time,
+        self, Event, Schedule, format_time,
         request::{NewEvent, QueuePatch},
     },
+    holds,
     money::format_amount,
+    payments::sales::{self, ScheduleMoney},
     queue,
+    state::AppState,
 };
 
 pub fn event_config_json(ev: &Event) -> Value {
@@ -29,17 +33,87 @@ pub fn event_config_json(ev: &Event) -> Value {
         "queue": ev.queue,
         "sale": ev.fair.sale.to_json(),
         "challenge": { "difficulty_bits": ev.fair.difficulty_bits },
-        "schedules": ev.schedules.iter().map(|s| json!({
-            "schedule_id": s.schedule_id,
-            "starts_at": format_time(s.starts_at),
-            "seats": s.seats,
-            "row_size": s.row_size,
-            "price": format_amount(s.price),
-            "hold_seconds": s.hold_seconds,
-            "max_per_user": s.max_per_user,
-            "low_seats_threshold": s.low_seats_threshold,
-        })).collect::<Vec<_>>(),
+        "schedules": ev.schedules.iter().map(schedule_json).collect::<Vec<_>>(),
     })
+}
+
+fn schedule_json(s: &Schedule) -> Value {
+    json!({
+        "schedule_id": s.schedule_id,
+        "starts_at": format_time(s.starts_at),
+        "seats": s.seats,
+        "row_size": s.row_size,
+        "price": format_amount(s.price),
+        "hold_seconds": s.hold_seconds,
+        "max_per_user": s.max_per_user,
+        "low_seats_threshold": s.low_seats_threshold,
+    })
+}
+
+/// A schedule in the admin event view: its settings and its figures.
+#[derive(Serialize)]
+struct ScheduleView {
+    #[serde(flatten)]
+    settings: Value,
+    #[serde(flatten)]
+    figures: ScheduleFigures,
+}
+
+/// Live counts (from Redis; zero while the event is restoring) and the
+/// money of the payments that stand (from PostgreSQL).
+#[derive(Serialize)]
+struct ScheduleFigures {
+    held: u32,
+    sold: u32,
+    available: u32,
+    revenue: String,
+    payments: i64,
+    payments_refunded: i64,
+}
+
+/// Every schedule of `ev` with its figures.
+async fn schedule_views(
+    state: &AppState,
+    ev: &Event,
+    restoring: bool,
+) -> ApiResult<Vec<ScheduleView>> {
+    let ids: Vec<_> = ev.schedules.iter().map(|s| s.schedule_id.clone()).collect();
+    // One answer per id, in order.
+    let live = if restoring {
+        vec![]
+    } else {
+        holds::overview(&state.redis, &ev.event_id, &ids, None).await?
+    };
+    let money = sales::by_schedule(&state.pg, &ev.event_id).await?;
+    Ok(ev
+        .schedules
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            // Not in Redis (being restored): zero live figures.
+            let (held, sold, available) = live
+                .get(i)
+                .filter(|f| !f.missing)
+                .map_or((0, 0, 0), |f| (f.held, f.sold, f.available));
+            let (revenue, payments, refunded) = money
+                .iter()
+                .find(|m| m.schedule_id == s.schedule_id.as_str())
+                .map_or((Decimal::ZERO, 0, 0), |m: &ScheduleMoney| {
+                    (m.revenue, m.payments, m.refunded)
+                });
+            ScheduleView {
+                settings: schedule_json(s),
+                figures: ScheduleFigures {
+                    held,
+                    sold,
+                    available,
+                    revenue: format_amount(revenue),
+                    payments,
+                    payments_refunded: refunded,
+                },
+            }
+        })
+        .collect())
 }
 
 #[utoipa::path(post, path = "/v1/admin/events", tag = "admin",
@@ -112,7 +186,8 @@ pub async fn get_event(
     };
     body["restoring"] = json!(restoring);
     body["live"] = serde_json::to_value(&figures).map_err(anyhow::Error::from)?;
-    crate::holds::admin::add_schedule_figures(&state, &ev, restoring, &mut body).await?;
+    body["schedules"] = serde_json::to_value(schedule_views(&state, &ev, restoring).await?)
+        .map_err(anyhow::Error::from)?;
     if let Some(info) = crate::fair::info(&state.redis, &ev.event_id).await? {
         let drawn = info.drawn();
         body["draw"] = json!({

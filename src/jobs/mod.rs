@@ -13,6 +13,9 @@
 //! The restore of Redis from PostgreSQL can be wrapped the same way: call
 //! [`leased_once`] with a job name per event (`restore:<event>`); it returns
 //! `None` when another instance holds that lease.
+//!
+//! The jobs get their [`Context`] (the stores and the settings), built in
+//! `app.rs`; they never see the HTTP layer's state.
 
 pub mod availability;
 pub mod fence;
@@ -20,7 +23,7 @@ pub mod lease;
 pub mod purge;
 pub mod rollup;
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +32,41 @@ use self::{
     fence::{Fence, JobError},
     lease::Locker,
 };
-use crate::{app::AppState, config::ConfigError};
+use crate::{
+    config::{Config, ConfigError},
+    store::Stores,
+    telemetry::loop_failed,
+};
+
+/// What the jobs (and the reconciler's leased restores) work with: the
+/// stores and the settings; cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    pub stores: Stores,
+    pub config: Arc<Config>,
+}
+
+impl Context {
+    /// Who holds a lease, as written to `job_fences` and `job_runs`.
+    pub fn holder(&self) -> String {
+        match &self.config.jobs.instance {
+            Some(name) => name.clone(),
+            None => format!("pid{}@{}", std::process::id(), self.config.addr),
+        }
+    }
+
+    /// The lease client over the lock servers (`BOXOFFICE_LOCK_URLS`).
+    ///
+    /// # Errors
+    /// A lock server URL that is not a Redis URL.
+    pub fn locker(&self) -> Result<Locker, String> {
+        Locker::new(
+            &self.config.jobs.lock_urls,
+            self.config.jobs.lease_ttl,
+            self.stores.redis.keys().prefix(),
+        )
+    }
+}
 
 /// Settings of the leased jobs (environment variables in brackets).
 #[derive(Debug, Clone)]
@@ -141,31 +178,19 @@ impl Job {
         }
     }
 
-    async fn round(self, state: &AppState, fence: &Fence) -> Result<i64, JobError> {
+    async fn round(self, ctx: &Context, fence: &Fence) -> Result<i64, JobError> {
         match self {
-            Job::Rollup => rollup::round(state, fence).await,
-            Job::Availability => availability::round(state, fence).await,
-            Job::Purge => purge::round(state, fence).await,
+            Job::Rollup => rollup::round(ctx, fence).await,
+            Job::Availability => availability::round(ctx, fence).await,
+            Job::Purge => purge::round(ctx, fence).await,
         }
-    }
-}
-
-/// Who holds a lease, as written to `job_fences` and `job_runs`.
-pub fn holder(state: &AppState) -> String {
-    match &state.config.jobs.instance {
-        Some(name) => name.clone(),
-        None => format!("pid{}@{}", std::process::id(), state.config.addr),
     }
 }
 
 /// Starts one runner per leased job (plus the seat gauges, which every
 /// instance keeps); they end when `shutdown` is cancelled.
-pub fn spawn_all(state: &AppState, shutdown: &CancellationToken, set: &mut JoinSet<()>) {
-    let locker = match Locker::new(
-        &state.config.jobs.lock_urls,
-        state.config.jobs.lease_ttl,
-        state.redis.keys().prefix(),
-    ) {
+pub fn spawn_all(ctx: &Context, shutdown: &CancellationToken, set: &mut JoinSet<()>) {
+    let locker = match ctx.locker() {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "leased jobs not started");
@@ -173,14 +198,15 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken, set: &mut JoinS
         }
     };
     for job in Job::ALL {
+        metrics::counter!("boxoffice_background_failures_total", "loop" => job.name()).increment(0);
         set.spawn(run_leased(
-            state.clone(),
+            ctx.clone(),
             locker.clone(),
             job,
             shutdown.clone(),
         ));
     }
-    set.spawn(availability::gauge_loop(state.clone(), shutdown.clone()));
+    set.spawn(availability::gauge_loop(ctx.clone(), shutdown.clone()));
 }
 
 /// Waits `every` or until `stop`; false means stop.
@@ -193,10 +219,10 @@ async fn pause(stop: &CancellationToken, every: Duration) -> bool {
 
 /// One job's runner: wait for the lease, take a token, run rounds while the
 /// lease is renewed, give the lease back on shutdown.
-async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: CancellationToken) {
+async fn run_leased(ctx: Context, locker: Locker, job: Job, shutdown: CancellationToken) {
     let name = job.name();
     let retry = (locker.ttl() / 5).max(Duration::from_millis(20));
-    let holder = holder(&state);
+    let holder = ctx.holder();
     loop {
         let Some(lease) = locker.try_acquire(name).await else {
             if pause(&shutdown, retry).await {
@@ -204,10 +230,10 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
             }
             return;
         };
-        let fence = match Fence::take(&state.pg, name, &holder).await {
+        let fence = match Fence::take(&ctx.stores.pg, name, &holder).await {
             Ok(f) => f,
             Err(e) => {
-                tracing::debug!(job = name, error = %e, "no fencing token; lease given back");
+                loop_failed(name, &e);
                 locker.release(&lease).await;
                 if pause(&shutdown, retry).await {
                     continue;
@@ -220,7 +246,7 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
         let lost = CancellationToken::new();
         let renewer = tokio::spawn(renew_loop(locker.clone(), lease, lost.clone()));
         loop {
-            match job.round(&state, &fence).await {
+            match job.round(&ctx, &fence).await {
                 Ok(items) => {
                     metrics::counter!("boxoffice_job_rounds_total", "job_name" => name)
                         .increment(1);
@@ -230,14 +256,12 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
                     tracing::warn!(job = name, error = %e, "write refused: a newer leader took over");
                     break;
                 }
-                Err(JobError::Store(e)) => {
-                    tracing::warn!(job = name, error = %e, "round failed; retried next interval");
-                }
+                Err(JobError::Store(e)) => loop_failed(name, &e),
             }
             tokio::select! {
                 () = lost.cancelled() => break,
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(job.every(&state.config.jobs)) => {}
+                () = tokio::time::sleep(job.every(&ctx.config.jobs)) => {}
             }
             if lost.is_cancelled() {
                 break;
@@ -277,14 +301,14 @@ async fn renew_loop(
 
 /// Runs `work` once under the lease `name` with a fresh fencing token, for
 /// work that is triggered rather than periodic (e.g. restoring one event
-/// from PostgreSQL: `leased_once(state, locker, "restore:<event>", ...)`).
+/// from PostgreSQL: `leased_once(ctx, locker, "restore:<event>", ...)`).
 /// `None` when another instance holds the lease; the lease is released
 /// afterwards. `work` must commit its writes with [`Fence::commit`].
 ///
 /// # Errors
 /// Whatever `work` returns.
 pub async fn leased_once<T, F, Fut>(
-    state: &AppState,
+    ctx: &Context,
     locker: &Locker,
     name: &str,
     work: F,
@@ -294,7 +318,7 @@ where
     Fut: Future<Output = Result<T, JobError>>,
 {
     let lease = locker.try_acquire(name).await?;
-    let result = match Fence::take(&state.pg, name, &holder(state)).await {
+    let result = match Fence::take(&ctx.stores.pg, name, &ctx.holder()).await {
         Ok(fence) => work(fence).await,
         Err(e) => Err(e.into()),
     };

@@ -17,6 +17,7 @@
 pub mod reconcile;
 pub mod refund;
 pub mod relay;
+pub mod sales;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
