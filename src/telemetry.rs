@@ -254,3 +254,23 @@ fn register_http_metrics() {
         metrics::counter!("boxoffice_http_request_timeouts_total", "party" => party).increment(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::WarnLimiter;
+
+    #[test]
+    fn one_line_per_key_per_period_with_the_count_left_out() {
+        let limiter = WarnLimiter::new(Duration::from_millis(200));
+        assert_eq!(limiter.due("relay"), Some(0));
+        assert_eq!(limiter.due("relay"), None);
+        assert_eq!(limiter.due("relay"), None);
+        // Another loop has its own period.
+        assert_eq!(limiter.due("sweep"), Some(0));
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(limiter.due("relay"), Some(2), "the two left out");
+        assert_eq!(limiter.due("relay"), None);
+    }
+}
