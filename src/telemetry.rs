@@ -41,6 +41,7 @@ pub const BACKGROUND_LOOPS: &[&str] = &[
     "relay",
     "sweep",
     "seat_gauges",
+    "stream",
 ];
 
 /// At most one `warn` line per background loop this often.
