@@ -97,6 +97,7 @@ impl Application {
         &self.state
     }
 
+    /// The HTTP rate limiters this service's router uses.
     pub fn limits(&self) -> &Arc<RateLimits> {
         &self.limits
     }

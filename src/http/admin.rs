@@ -21,7 +21,7 @@ use crate::{
     },
     holds,
     money::format_amount,
-    payments::sales::{self, ScheduleMoney},
+    payments::sales,
     queue,
     state::AppState,
 };
@@ -98,7 +98,7 @@ async fn schedule_views(
             let (revenue, payments, refunded) = money
                 .iter()
                 .find(|m| m.schedule_id == s.schedule_id.as_str())
-                .map_or((Decimal::ZERO, 0, 0), |m: &ScheduleMoney| {
+                .map_or((Decimal::ZERO, 0, 0), |m| {
                     (m.revenue, m.payments, m.refunded)
                 });
             ScheduleView {
