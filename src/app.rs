@@ -1,46 +1,21 @@
-//! Wiring: connects the stores, builds the state and router, runs the
-//! server and the background loops until shutdown.
+//! Wiring: connects the stores, builds the state ([`crate::state`]), the
+//! rate limiters and the router, runs the server and the background loops
+//! (handing each its own parts) until shutdown.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, RwLock},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::UserVerifier,
     config::Config,
-    ids::{EventId, ScheduleId},
+    http::limit::RateLimits,
+    state::AppState,
     store::{keys::Keys, pg::Pg, redis::Redis},
     token::TokenSigner,
 };
-
-/// Everything a handler may need; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub redis: Redis,
-    pub pg: Pg,
-    pub metrics: PrometheusHandle,
-    pub tokens: Arc<TokenSigner>,
-    /// Verifies user assertions (the platform's JWTs).
-    pub users: Arc<UserVerifier>,
-    pub limits: Arc<crate::http::limit::RateLimits>,
-    pub confirmations: crate::payments::Confirmations,
-    /// Schedule ids per event (immutable after creation), cached.
-    pub schedule_ids: Arc<RwLock<HashMap<EventId, Arc<Vec<ScheduleId>>>>>,
-    /// The public event list, cached for a second or two.
-    pub public_catalog: Arc<crate::catalog::cache::PublicCatalog>,
-    /// Fair start: draw seeds (immutable), cached.
-    pub seeds: Arc<crate::fair::Seeds>,
-    /// Open queue streams of this instance.
-    pub streams: Arc<crate::queue::stream::Hub>,
-}
 
 /// A built, bound, not yet running service.
 pub struct Application {
@@ -48,6 +23,8 @@ pub struct Application {
     /// `/metrics` on its own address (`BOXOFFICE_METRICS_ADDR`), if set.
     metrics_listener: Option<TcpListener>,
     state: AppState,
+    /// The HTTP rate limiters (per process).
+    limits: Arc<RateLimits>,
 }
 
 impl Application {
@@ -80,7 +57,7 @@ impl Application {
                 None => None,
             };
         let tokens = Arc::new(TokenSigner::new(config.token_secret.expose()));
-        let limits = Arc::new(crate::http::limit::RateLimits::new(&config));
+        let limits = Arc::new(RateLimits::new(&config));
         let confirmations = crate::payments::Confirmations::start(pg.clone());
         let state = AppState {
             config: Arc::new(config),
@@ -94,12 +71,12 @@ impl Application {
             public_catalog: Arc::default(),
             seeds: Arc::default(),
             streams: Arc::default(),
-            limits,
         };
         Ok(Self {
             listener,
             metrics_listener,
             state,
+            limits,
         })
     }
 
@@ -120,6 +97,11 @@ impl Application {
         &self.state
     }
 
+    /// The HTTP rate limiters this service's router uses.
+    pub fn limits(&self) -> &Arc<RateLimits> {
+        &self.limits
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, finishes
     /// in-flight requests and stops the background loops at a safe point.
     ///
@@ -130,11 +112,13 @@ impl Application {
             listener,
             metrics_listener,
             state,
+            limits: rate_limits,
         } = self;
         let mut loops = tokio::task::JoinSet::new();
         if state.config.background {
-            crate::background::spawn_all(&state, &shutdown, &mut loops);
+            crate::background::spawn_all(&state.reconciler(), &shutdown, &mut loops);
         }
+        loops.spawn(rate_limits.clone().prune(shutdown.clone()));
         let limits = state.config.http;
         if let Some(l) = metrics_listener {
             tracing::info!(addr = %l.local_addr()?, "metrics listening");
@@ -152,7 +136,7 @@ impl Application {
             state.config.tick_interval,
             shutdown.clone(),
         ));
-        let router = crate::http::router(state.clone());
+        let router = crate::http::router(state.clone(), rate_limits);
         tracing::info!(addr = %listener.local_addr()?, "boxoffice listening");
         crate::server::serve(listener, router, limits, shutdown.clone())
             .await

@@ -5,6 +5,12 @@
 //! Nothing correct depends on them: holds expire lazily inside every script
 //! and idle entries are dropped by the status script too. The admission
 //! loop is the only one that makes progress happen (it admits users).
+//!
+//! The loops get the parts they work with (the reconciler's
+//! [`reconcile::Context`]: stores, settings, the schedule-id cache), built
+//! in `app.rs`, never the HTTP state. A failing step is counted in
+//! `boxoffice_background_failures_total{loop}` and logged at `warn`, at
+//! most every 30 s per loop ([`crate::telemetry::loop_failed`]).
 
 use std::time::{Duration, Instant};
 
@@ -12,27 +18,28 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    app::AppState,
     catalog, holds, idempotency,
-    ids::{EventId, ScheduleId},
+    ids::EventId,
     payments::{reconcile, relay},
     queue,
+    store::{Stores, redis::Redis},
+    telemetry::loop_failed,
 };
 
-/// Starts every loop; they end when `shutdown` is cancelled.
-pub fn spawn_all(state: &AppState, shutdown: &CancellationToken, set: &mut JoinSet<()>) {
-    set.spawn(admission_loop(state.clone(), shutdown.clone()));
-    set.spawn(reconcile_loop(state.clone(), shutdown.clone()));
-    set.spawn(relay_loop(state.clone(), shutdown.clone()));
-    set.spawn(sweep_loop(state.clone(), shutdown.clone()));
-    crate::jobs::spawn_all(state, shutdown, set);
-    let limits = state.limits.clone();
-    let stop = shutdown.clone();
-    set.spawn(async move {
-        while pause(&stop, Duration::from_secs(30)).await {
-            limits.retain_recent();
-        }
-    });
+/// Starts every loop (and the leased jobs' runners); they end when
+/// `shutdown` is cancelled.
+pub fn spawn_all(ctx: &reconcile::Context, shutdown: &CancellationToken, set: &mut JoinSet<()>) {
+    let stores = &ctx.jobs.stores;
+    let config = &ctx.jobs.config;
+    set.spawn(admission_loop(
+        stores.redis.clone(),
+        config.tick_interval,
+        shutdown.clone(),
+    ));
+    set.spawn(reconcile_loop(ctx.clone(), shutdown.clone()));
+    set.spawn(relay_loop(stores.clone(), shutdown.clone()));
+    set.spawn(sweep_loop(stores.redis.clone(), shutdown.clone()));
+    crate::jobs::spawn_all(&ctx.jobs, shutdown, set);
 }
 
 /// Waits `every` or until shutdown; false means stop.
@@ -46,43 +53,44 @@ async fn pause(shutdown: &CancellationToken, every: Duration) -> bool {
 /// Restores events missing from Redis (per event, so per cluster shard)
 /// and finishes interrupted payments; runs at start and then every
 /// `BOXOFFICE_RECONCILE_MS`.
-async fn reconcile_loop(state: AppState, shutdown: CancellationToken) {
+async fn reconcile_loop(ctx: reconcile::Context, shutdown: CancellationToken) {
+    let Stores { redis, pg } = &ctx.jobs.stores;
     let mut rounds: u64 = 0;
     loop {
         // Each step tries every event / payment and counts and logs its
-        // own failures (see `reconcile`); what is left here is PostgreSQL
-        // itself being down, which the breaker already reports.
-        if let Err(e) = reconcile::restore_missing(&state).await {
-            tracing::debug!(error = %e, "restore check failed");
+        // own failures (see `reconcile`); what fails here is a whole step
+        // (PostgreSQL down, say).
+        if let Err(e) = reconcile::restore_missing(&ctx).await {
+            loop_failed("reconcile_restore", &e);
         }
-        if let Err(e) = reconcile::finish_unconfirmed(&state).await {
-            tracing::debug!(error = %e, "finishing payments failed");
+        if let Err(e) = reconcile::finish_unconfirmed(&ctx).await {
+            loop_failed("reconcile_payments", &e);
         }
-        if let Err(e) = reconcile::finish_refunds(&state).await {
-            tracing::warn!(error = %e, "finishing refunds failed");
+        if let Err(e) = reconcile::finish_refunds(&ctx).await {
+            loop_failed("reconcile_refunds", &e);
         }
         if rounds.is_multiple_of(1800)
-            && let Err(e) = idempotency::purge_old(&state.pg).await
+            && let Err(e) = idempotency::purge_old(pg).await
         {
-            tracing::debug!(error = %e, "idempotency purge failed");
+            loop_failed("idempotency_purge", &e);
         }
         rounds += 1;
         // A Redis Cluster failover starts the next round at once: the
         // failed-over events answer 503 until they are restored.
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(state.config.reconcile_interval) => {}
-            () = state.redis.slots_moved() => {}
+            () = tokio::time::sleep(ctx.jobs.config.reconcile_interval) => {}
+            () = redis.slots_moved() => {}
         }
     }
 }
 
-async fn relay_loop(state: AppState, shutdown: CancellationToken) {
+async fn relay_loop(stores: Stores, shutdown: CancellationToken) {
     loop {
-        let busy = match relay::publish_batch(&state).await {
+        let busy = match relay::publish_batch(&stores).await {
             Ok(n) => n > 0,
             Err(e) => {
-                tracing::debug!(error = %e, "outbox relay failed");
+                loop_failed("relay", &e);
                 false
             }
         };
@@ -100,18 +108,27 @@ async fn relay_loop(state: AppState, shutdown: CancellationToken) {
 
 /// Expires due holds for the metrics; correctness never depends on it
 /// (every script expires due holds itself first).
-async fn sweep_loop(state: AppState, shutdown: CancellationToken) {
+async fn sweep_loop(redis: Redis, shutdown: CancellationToken) {
     while pause(&shutdown, Duration::from_secs(5)).await {
-        let Ok(events) = catalog::known_events(&state.redis).await else {
-            continue;
+        let events = match catalog::known_events(&redis).await {
+            Ok(events) => events,
+            Err(e) => {
+                loop_failed("sweep", &e);
+                continue;
+            }
         };
         for event in events {
-            let key = state.redis.keys().event(&event).config();
-            let Ok(Some(list)) = state.redis.hget(&key, "schedules").await else {
-                continue;
+            let schedules = match catalog::schedule_ids(&redis, &event).await {
+                Ok(list) => list.unwrap_or_default(),
+                Err(e) => {
+                    loop_failed("sweep", &e);
+                    continue;
+                }
             };
-            for s in list.split(',').filter_map(|s| ScheduleId::parse(s).ok()) {
-                let _ = holds::sweep(&state.redis, &event, &s).await;
+            for s in schedules {
+                if let Err(e) = holds::sweep(&redis, &event, &s).await {
+                    loop_failed("sweep", &e);
+                }
             }
         }
     }
@@ -120,8 +137,7 @@ async fn sweep_loop(state: AppState, shutdown: CancellationToken) {
 /// How often the list of events to tick is re-read from Redis.
 const EVENTS_REFRESH: Duration = Duration::from_millis(500);
 
-async fn admission_loop(state: AppState, shutdown: CancellationToken) {
-    let every = state.config.tick_interval;
+async fn admission_loop(redis: Redis, every: Duration, shutdown: CancellationToken) {
     // Instances tick independently; the script skips a tick that comes
     // sooner than half an interval after another instance's.
     let min_interval_ms = (every.as_millis() as u64 / 2).max(5);
@@ -134,16 +150,19 @@ async fn admission_loop(state: AppState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => break,
             _ = interval.tick() => {}
         }
-        if refreshed.is_none_or(|t| t.elapsed() >= EVENTS_REFRESH)
-            && let Ok(list) = catalog::known_events(&state.redis).await
-        {
-            events = list;
-            refreshed = Some(Instant::now());
+        if refreshed.is_none_or(|t| t.elapsed() >= EVENTS_REFRESH) {
+            match catalog::known_events(&redis).await {
+                Ok(list) => {
+                    events = list;
+                    refreshed = Some(Instant::now());
+                }
+                Err(e) => loop_failed("admission", &e),
+            }
         }
         for event in &events {
-            match queue::tick(&state.redis, event, min_interval_ms).await {
+            match queue::tick(&redis, event, min_interval_ms).await {
                 Ok(t) => record_tick(event, &t),
-                Err(e) => tracing::debug!(%event, error = %e, "admission tick failed"),
+                Err(e) => loop_failed("admission", &e),
             }
         }
     }

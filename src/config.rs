@@ -111,7 +111,7 @@ pub struct Config {
     /// process there.
     pub failpoint: Option<String>,
     /// The leased jobs and the public catalog cache (see `jobs`).
-    pub jobs: crate::jobs::JobsConfig,
+    pub jobs: JobsConfig,
     /// How user assertions (the platform's JWTs) are verified.
     pub user_jwt: UserJwtConfig,
     /// How long a queue token stays valid (re-joining hands out a fresh one
@@ -325,7 +325,7 @@ impl Config {
             ));
         }
 
-        let jobs = crate::jobs::JobsConfig::from_map(env, &redis_url)?;
+        let jobs = JobsConfig::from_map(env, &redis_url)?;
         let user_jwt = user_jwt(&get)?;
         let queue_token_ttl_s = num("BOXOFFICE_QUEUE_TOKEN_TTL_SECONDS", 6 * 3600)?;
         if !(60..=7 * 24 * 3600).contains(&queue_token_ttl_s) {
@@ -470,6 +470,88 @@ fn user_jwt(get: &dyn Fn(&str) -> Option<String>) -> Result<UserJwtConfig, Confi
     })
 }
 
+/// Settings of the leased jobs (environment variables in brackets).
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Independent Redis servers for the leases [`BOXOFFICE_LOCK_URLS`,
+    /// comma-separated; default `REDIS_URL`].
+    pub lock_urls: Vec<String>,
+    /// Lease TTL [`BOXOFFICE_LEASE_TTL_MS`, default 10000].
+    pub lease_ttl: Duration,
+    /// [`BOXOFFICE_ROLLUP_MS`, default 60000]
+    pub rollup_every: Duration,
+    /// [`BOXOFFICE_AVAILABILITY_MS`, default 2000]
+    pub availability_every: Duration,
+    /// [`BOXOFFICE_PURGE_MS`, default 600000]
+    pub purge_every: Duration,
+    /// Published outbox rows are kept this long [`BOXOFFICE_OUTBOX_RETENTION_SECONDS`, default 86400].
+    pub outbox_retention: Duration,
+    /// In-process cache of the public catalog [`BOXOFFICE_CATALOG_CACHE_MS`, default 1000].
+    pub catalog_cache: Duration,
+    /// How this instance is named in `job_fences` and `job_runs`
+    /// [`BOXOFFICE_INSTANCE_NAME`, default `pid<pid>@<addr>`].
+    pub instance: Option<String>,
+}
+
+impl JobsConfig {
+    /// Reads the settings; `redis_url` is the default lock server.
+    ///
+    /// # Errors
+    /// A value out of range, or no lock server for a cluster `REDIS_URL`.
+    pub fn from_map(env: &HashMap<String, String>, redis_url: &str) -> Result<Self, ConfigError> {
+        let get = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let ms = |k: &str, default: u64, min: u64, max: u64| -> Result<Duration, ConfigError> {
+            let v = match get(k) {
+                None => default,
+                Some(v) => v.parse().map_err(|_| {
+                    ConfigError::new(format!("{k}={v:?} is not a non-negative integer"))
+                })?,
+            };
+            if !(min..=max).contains(&v) {
+                return Err(ConfigError::new(format!(
+                    "{k} must be between {min} and {max}"
+                )));
+            }
+            Ok(Duration::from_millis(v))
+        };
+        let lock_urls: Vec<String> = match get("BOXOFFICE_LOCK_URLS") {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None if redis_url.starts_with("redis-cluster://") => {
+                return Err(ConfigError::new(
+                    "BOXOFFICE_LOCK_URLS must name independent Redis servers when REDIS_URL is a cluster (a lease inside one cluster is not Redlock)",
+                ));
+            }
+            None => vec![redis_url.to_owned()],
+        };
+        if lock_urls.is_empty()
+            || lock_urls
+                .iter()
+                .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+        {
+            return Err(ConfigError::new(
+                "BOXOFFICE_LOCK_URLS must be redis:// or rediss:// URLs, comma-separated",
+            ));
+        }
+        Ok(Self {
+            lock_urls,
+            lease_ttl: ms("BOXOFFICE_LEASE_TTL_MS", 10_000, 200, 600_000)?,
+            rollup_every: ms("BOXOFFICE_ROLLUP_MS", 60_000, 10, 3_600_000)?,
+            availability_every: ms("BOXOFFICE_AVAILABILITY_MS", 2_000, 10, 600_000)?,
+            purge_every: ms("BOXOFFICE_PURGE_MS", 600_000, 10, 86_400_000)?,
+            outbox_retention: Duration::from_secs(
+                ms("BOXOFFICE_OUTBOX_RETENTION_SECONDS", 86_400, 0, 31_536_000)?.as_millis() as u64,
+            ),
+            catalog_cache: ms("BOXOFFICE_CATALOG_CACHE_MS", 1_000, 0, 60_000)?,
+            instance: get("BOXOFFICE_INSTANCE_NAME").map(str::to_owned),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,5 +651,42 @@ mod tests {
                 .unwrap()
                 .contains("8.8.8.8".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn lock_servers_default_to_redis_url_and_parse_a_list() {
+        let c = JobsConfig::from_map(&env(&[]), "redis://r:6379").unwrap();
+        assert_eq!(c.lock_urls, ["redis://r:6379"]);
+        let c = JobsConfig::from_map(
+            &env(&[(
+                "BOXOFFICE_LOCK_URLS",
+                "redis://a:1, redis://b:2,redis://c:3",
+            )]),
+            "redis://r:6379",
+        )
+        .unwrap();
+        assert_eq!(c.lock_urls, ["redis://a:1", "redis://b:2", "redis://c:3"]);
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        for (k, v, redis) in [
+            ("BOXOFFICE_LOCK_URLS", "http://a:1", "redis://r"),
+            ("BOXOFFICE_LEASE_TTL_MS", "50", "redis://r"),
+            ("BOXOFFICE_ROLLUP_MS", "soon", "redis://r"),
+            ("BOXOFFICE_CATALOG_CACHE_MS", "600000", "redis://r"),
+            // A lease inside one cluster is not Redlock: name servers.
+            ("BOXOFFICE_PURGE_MS", "1000", "redis-cluster://r:7000"),
+        ] {
+            let err = JobsConfig::from_map(&env(&[(k, v)]), redis)
+                .unwrap_err()
+                .to_string();
+            let named = if redis.starts_with("redis-cluster") {
+                "BOXOFFICE_LOCK_URLS"
+            } else {
+                k
+            };
+            assert!(err.contains(named), "{k}={v}: {err}");
+        }
     }
 }

@@ -6,9 +6,9 @@ use chrono::{Duration, Utc};
 use rust_decimal::Decimal;
 
 use crate::{
-    app::AppState,
     catalog::{self, Event, QueueSettings, Schedule},
     ids::{EventId, ScheduleId},
+    store::Stores,
 };
 
 pub const DEMO_EVENT: &str = "demo-concert";
@@ -50,21 +50,21 @@ pub fn demo_event() -> Event {
 ///
 /// # Errors
 /// A store failure.
-pub async fn load(state: &AppState) -> anyhow::Result<()> {
+pub async fn load(stores: &Stores) -> anyhow::Result<()> {
     let ev = demo_event();
-    let created = catalog::pg::insert(&state.pg, &ev).await?;
+    let created = catalog::pg::insert(&stores.pg, &ev).await?;
     let ev = if created {
         ev
     } else {
-        catalog::pg::get(&state.pg, &ev.event_id)
+        catalog::pg::get(&stores.pg, &ev.event_id)
             .await?
             .unwrap_or(ev)
     };
-    catalog::load_into_redis(&state.redis, &ev).await?;
+    catalog::load_into_redis(&stores.redis, &ev).await?;
     if created {
         // Nothing sold yet: ready at once. An existing demo event that Redis
         // lost is restored, sold seats first, by the reconciler.
-        catalog::finish_restore(&state.redis, &ev.event_id, 0).await?;
+        catalog::finish_restore(&stores.redis, &ev.event_id, 0).await?;
     }
     tracing::info!(event_id = DEMO_EVENT, created, "demo event ready");
     Ok(())

@@ -9,7 +9,10 @@
 //!   lease with fencing tokens (sales rollup, availability alerts, purges).
 //! - [`auth`]: the credentials (user assertions, queue tokens, service key).
 //! - [`store`]: the Redis and PostgreSQL adapters; `lua/` holds every script.
-//! - [`http`]: the HTTP API, translating requests to domain calls.
+//! - [`http`]: the HTTP API, translating requests to domain calls; its
+//!   handlers share the [`state`], which no domain module names.
+//! - [`app`]: the wiring (builds the state, serves, runs the loops of
+//!   [`background`] with the parts they need).
 //! - [`money`], [`time`]: how amounts and timestamps are written out.
 
 pub mod app;
@@ -29,6 +32,7 @@ pub mod money;
 pub mod payments;
 pub mod queue;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -150,7 +150,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if demo && let Err(e) = boxoffice::demo::load(app.state()).await {
+    if demo && let Err(e) = boxoffice::demo::load(&app.state().stores()).await {
         eprintln!("boxoffice: cannot load the demo event: {e:#}");
         return ExitCode::FAILURE;
     }

@@ -20,7 +20,7 @@
 //!   request in flight (hyper-util's `GracefulShutdown`), bounded in time.
 //!
 //! The whole-request timeout and the body limit are middleware
-//! (`crate::http::hygiene`), where the answer can be problem+json.
+//! (`http/hygiene.rs`), where the answer can be problem+json.
 
 use std::{
     pin::Pin,

@@ -1,6 +1,9 @@
 //! Logs (tracing) and metrics (Prometheus) set-up, once per process.
 
-use std::sync::OnceLock;
+use std::{
+    sync::{Mutex, OnceLock, PoisonError},
+    time::{Duration, Instant},
+};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
@@ -26,16 +29,87 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// The background loops outside the leased jobs, as counted in
+/// `boxoffice_background_failures_total{loop}` (the leased jobs count under
+/// their job name).
+pub const BACKGROUND_LOOPS: &[&str] = &[
+    "admission",
+    "reconcile_restore",
+    "reconcile_payments",
+    "reconcile_refunds",
+    "idempotency_purge",
+    "relay",
+    "sweep",
+    "seat_gauges",
+    "stream",
+];
+
+/// At most one `warn` line per background loop this often.
+pub const LOOP_WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// Counts a failed step of a background loop in
+/// `boxoffice_background_failures_total{loop}` and logs it at `warn`, at
+/// most once per [`LOOP_WARN_EVERY`] per loop (a dependency down for an
+/// hour must not write a line per tick); the next line says how many were
+/// left out.
+pub fn loop_failed(name: &'static str, error: &dyn std::fmt::Display) {
+    static WARNINGS: WarnLimiter = WarnLimiter::new(LOOP_WARN_EVERY);
+    metrics::counter!("boxoffice_background_failures_total", "loop" => name).increment(1);
+    if let Some(suppressed) = WARNINGS.due(name) {
+        tracing::warn!(task = name, error = %error, suppressed, "background loop failed; retried next round");
+    }
+}
+
+/// Rate-limits repeated warnings: at most one line per key per period;
+/// the ones left out are counted for the next line.
+pub struct WarnLimiter {
+    every: Duration,
+    /// Per key: when its last line was written, and how many were left out
+    /// since.
+    last: Mutex<Vec<(&'static str, Instant, u64)>>,
+}
+
+impl WarnLimiter {
+    pub const fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `Some(lines left out since the last one)` when a line for `key` is
+    /// due now; `None` (and one more left out) when not.
+    pub fn due(&self, key: &'static str) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        match last.iter_mut().find(|(k, ..)| *k == key) {
+            Some((_, at, left_out)) if at.elapsed() < self.every => {
+                *left_out += 1;
+                None
+            }
+            Some((_, at, left_out)) => {
+                *at = Instant::now();
+                Some(std::mem::take(left_out))
+            }
+            None => {
+                last.push((key, Instant::now(), 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Buckets of the `_seconds` histograms (HTTP latency), in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("_seconds".into()),
-                    crate::http::LATENCY_BUCKETS,
-                )
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .expect("static bucket list is not empty")
                 .install_recorder()
                 .inspect(|_| register_metrics())
@@ -99,6 +173,13 @@ pub fn register_metrics() {
         "boxoffice_reconciler_failures_total",
         "Reconciler steps that failed and are retried next round (one failing event or payment never stops the others)"
     );
+    describe_counter!(
+        "boxoffice_background_failures_total",
+        "Failed steps of background loops and leased jobs, per loop (retried next round; logged at warn at most every 30 s per loop)"
+    );
+    for name in BACKGROUND_LOOPS {
+        metrics::counter!("boxoffice_background_failures_total", "loop" => *name).increment(0);
+    }
     describe_gauge!(
         "boxoffice_outbox_lag_seconds",
         "Age of the oldest unpublished outbox message"
@@ -172,5 +253,25 @@ fn register_http_metrics() {
     metrics::counter!("boxoffice_http_idle_closed_total").increment(0);
     for party in ["client", "server"] {
         metrics::counter!("boxoffice_http_request_timeouts_total", "party" => party).increment(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::WarnLimiter;
+
+    #[test]
+    fn one_line_per_key_per_period_with_the_count_left_out() {
+        let limiter = WarnLimiter::new(Duration::from_millis(200));
+        assert_eq!(limiter.due("relay"), Some(0));
+        assert_eq!(limiter.due("relay"), None);
+        assert_eq!(limiter.due("relay"), None);
+        // Another loop has its own period.
+        assert_eq!(limiter.due("sweep"), Some(0));
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(limiter.due("relay"), Some(2), "the two left out");
+        assert_eq!(limiter.due("relay"), None);
     }
 }

@@ -151,6 +151,25 @@ pub async fn known_events(redis: &Redis) -> Result<Vec<EventId>, StoreError> {
         .collect())
 }
 
+/// The schedule ids of an event as Redis has them; `None` when the event is
+/// not in Redis (unknown, lost or not loaded yet).
+///
+/// # Errors
+/// Redis (the event's shard) unavailable.
+pub async fn schedule_ids(
+    redis: &Redis,
+    event: &EventId,
+) -> Result<Option<Vec<ScheduleId>>, StoreError> {
+    let raw = redis
+        .hget(&redis.keys().event(event).config(), "schedules")
+        .await?;
+    Ok(raw.map(|list| {
+        list.split(',')
+            .filter_map(|s| ScheduleId::parse(s).ok())
+            .collect()
+    }))
+}
+
 /// Marks an event ready in Redis (its catalog and sold seats are there)
 /// and moves its hold counter into `epoch`'s range; see
 /// `lua/finish_restore.lua`. `epoch` is 0 for a new event and the value

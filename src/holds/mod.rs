@@ -10,7 +10,6 @@
 //! hold is free from its deadline on, whatever runs or doesn't in the
 //! background. This module holds the typed wrappers; see `docs/HOLDS.md`.
 
-pub mod admin;
 pub mod check;
 
 use rust_decimal::Decimal;

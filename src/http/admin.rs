@@ -5,6 +5,8 @@ use axum::{
     http::StatusCode,
     response::IntoResponse,
 };
+use rust_decimal::Decimal;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
@@ -13,12 +15,14 @@ use super::{
     queue::event_in_path,
 };
 use crate::{
-    app::AppState,
     catalog::{
         self, Event, Schedule,
         request::{NewEvent, QueuePatch},
     },
+    holds,
+    payments::sales,
     queue,
+    state::AppState,
 };
 
 pub fn event_config_json(ev: &Event) -> Value {
@@ -30,6 +34,78 @@ pub fn event_config_json(ev: &Event) -> Value {
         "challenge": { "difficulty_bits": ev.fair.difficulty_bits },
         "schedules": ev.schedules.iter().map(Schedule::config_view).collect::<Vec<_>>(),
     })
+}
+
+/// A schedule in the admin event view: its settings and its figures.
+#[derive(Serialize)]
+struct ScheduleView<'a> {
+    #[serde(flatten)]
+    settings: catalog::views::ScheduleView<'a>,
+    #[serde(flatten)]
+    figures: ScheduleFigures,
+}
+
+/// Live counts (from Redis; zero while the event is restoring) and the
+/// money of the payments that stand (from PostgreSQL): a refund gives the
+/// whole amount back.
+#[derive(Serialize)]
+struct ScheduleFigures {
+    held: u32,
+    sold: u32,
+    available: u32,
+    #[serde(with = "crate::money::serde_amount")]
+    revenue: Decimal,
+    payments: i64,
+    payments_refunded: i64,
+}
+
+/// Every schedule of `ev` with its figures.
+async fn schedule_views<'a>(
+    state: &AppState,
+    ev: &'a Event,
+    restoring: bool,
+) -> ApiResult<Vec<ScheduleView<'a>>> {
+    let ids: Vec<_> = ev.schedules.iter().map(|s| s.schedule_id.clone()).collect();
+    // One answer per id, in order.
+    let live = if restoring {
+        vec![]
+    } else {
+        holds::overview(&state.redis, &ev.event_id, &ids, None).await?
+    };
+    let money = sales::per_schedule(&state.pg, &ev.event_id).await?;
+    Ok(ev
+        .schedules
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            // Not in Redis (being restored): zero live figures.
+            let (held, sold, available) = live
+                .get(i)
+                .filter(|f| !f.missing)
+                .map_or((0, 0, 0), |f| (f.held, f.sold, f.available));
+            let (revenue, payments, refunded) = money
+                .iter()
+                .find(|m| m.schedule_id == s.schedule_id.as_str())
+                .map_or((Decimal::ZERO, 0, 0), |m| {
+                    (
+                        m.sales.revenue,
+                        m.sales.payments - m.payments_refunded,
+                        m.payments_refunded,
+                    )
+                });
+            ScheduleView {
+                settings: s.config_view(),
+                figures: ScheduleFigures {
+                    held,
+                    sold,
+                    available,
+                    revenue,
+                    payments,
+                    payments_refunded: refunded,
+                },
+            }
+        })
+        .collect())
 }
 
 #[utoipa::path(post, path = "/v1/admin/events", tag = "admin",
@@ -102,7 +178,8 @@ pub async fn get_event(
     };
     body["restoring"] = json!(restoring);
     body["live"] = serde_json::to_value(&figures).map_err(anyhow::Error::from)?;
-    crate::holds::admin::add_schedule_figures(&state, &ev, restoring, &mut body).await?;
+    body["schedules"] = serde_json::to_value(schedule_views(&state, &ev, restoring).await?)
+        .map_err(anyhow::Error::from)?;
     if let Some(info) = crate::fair::info(&state.redis, &ev.event_id).await? {
         let drawn = info.drawn();
         body["draw"] = json!({

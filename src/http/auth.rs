@@ -23,10 +23,10 @@ use super::{
     extract::{ServiceKey, has_service_key_header},
 };
 use crate::{
-    app::AppState,
     auth::AssertionError,
     ids::UserId,
     queue::QueueError,
+    state::AppState,
     token::{QueueClaims, TokenError},
 };
 

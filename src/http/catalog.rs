@@ -4,7 +4,7 @@ use axum::extract::State;
 use serde_json::Value;
 
 use super::ApiResult;
-use crate::app::AppState;
+use crate::state::AppState;
 
 #[utoipa::path(get, path = "/v1/events", tag = "catalog",
     responses(

@@ -8,7 +8,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::{app::AppState, auth::constant_time_eq, config::Config, ids::IdempotencyKey};
+use crate::{auth::constant_time_eq, config::Config, ids::IdempotencyKey, state::AppState};
 
 /// `axum::Json`, but a malformed body is a problem+json 400/415/422, and a
 /// body over `BOXOFFICE_HTTP_MAX_BODY_BYTES` a `413 payload_too_large`.

@@ -13,7 +13,6 @@ use super::{
     queue::event_in_path,
 };
 use crate::{
-    app::AppState,
     catalog::{self, request::EventPatch},
     fair::{
         self, DRAW_RULE,
@@ -21,6 +20,7 @@ use crate::{
     },
     ids::{EventId, ScheduleId, UserId},
     queue::{JoinError, JoinInput, JoinRefused},
+    state::AppState,
 };
 
 /// A solved challenge, sent with a join.

@@ -19,9 +19,9 @@ use super::{
     queue::event_in_path,
 };
 use crate::{
-    app::AppState,
     holds::{self, Hold, HoldError, HoldRequest, MAX_SEATS_PER_REQUEST},
     ids::{EventId, HoldId, ScheduleId, SeatNo},
+    state::AppState,
     store::{Dependency, StoreError},
     token::QueueClaims,
 };
@@ -58,28 +58,14 @@ impl From<HoldError> for ApiError {
     }
 }
 
-/// The schedule ids of an event; they never change after creation, so
-/// each instance caches them and availability stays one round trip.
+/// The schedule ids of an event (cached per instance, see
+/// [`crate::catalog::cache::ScheduleIds`]).
 pub async fn schedules_of(state: &AppState, event: &EventId) -> ApiResult<Arc<Vec<ScheduleId>>> {
-    if let Some(list) = state.schedule_ids.read().expect("lock").get(event) {
-        return Ok(list.clone());
-    }
-    let raw = state
-        .redis
-        .hget(&state.redis.keys().event(event).config(), "schedules")
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such event".into()))?;
-    let list: Arc<Vec<ScheduleId>> = Arc::new(
-        raw.split(',')
-            .filter_map(|s| ScheduleId::parse(s).ok())
-            .collect(),
-    );
     state
         .schedule_ids
-        .write()
-        .expect("lock")
-        .insert(event.clone(), list.clone());
-    Ok(list)
+        .get_or_load(&state.redis, event)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such event".into()))
 }
 
 fn same_event(claims: &QueueClaims, event: &EventId) -> ApiResult<()> {

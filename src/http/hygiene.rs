@@ -22,7 +22,7 @@ use axum::{
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 #[cfg(feature = "failpoints")]
 use axum::Router;
 

@@ -10,13 +10,18 @@
 //! (padding or re-casing `Authorization` must not give a fresh bucket).
 //! Memory is bounded: each limiter tracks at most `BOXOFFICE_RATE_MAX_KEYS`
 //! keys; see [`Bounded`] for what happens when it is full.
+//!
+//! The limiters are HTTP state, so they are not in `AppState`: `app.rs`
+//! builds one [`RateLimits`] per process, prunes it ([`RateLimits::prune`])
+//! and `http::router` hands it to the [`limit`] middleware along with the
+//! state (`from_fn_with_state` with an `(AppState, Arc<RateLimits>)` pair).
 
 use std::{
     collections::HashMap,
     hash::{BuildHasher, Hash, RandomState},
     net::{IpAddr, Ipv6Addr, SocketAddr},
     num::NonZeroU32,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -32,11 +37,16 @@ use governor::{
 };
 
 use super::{ApiError, auth::bearer, extract::ServiceKey};
+use tokio_util::sync::CancellationToken;
+
 use crate::{
-    app::AppState,
     config::{Config, IpBlock},
     ids::{EventId, UserId},
+    state::AppState,
 };
+
+/// How often [`RateLimits::prune`] drops refilled buckets.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
 /// What a request's per-credential limit is keyed on: an identity the
 /// service verified, so every way of writing the same credential shares
@@ -256,6 +266,16 @@ impl RateLimits {
             l.retain_recent();
         }
     }
+
+    /// Calls [`RateLimits::retain_recent`] every 30 s until `shutdown`.
+    pub async fn prune(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(PRUNE_EVERY) => self.retain_recent(),
+            }
+        }
+    }
 }
 
 fn refuse(verdict: Verdict, by: &'static str, full: &'static str) -> Option<Response> {
@@ -274,14 +294,17 @@ fn refuse(verdict: Verdict, by: &'static str, full: &'static str) -> Option<Resp
 }
 
 /// Middleware: applies both limits to public `/v1` routes.
-pub async fn limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn limit(
+    State((state, limits)): State<(AppState, Arc<RateLimits>)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let path = req.uri().path();
     let public = path.starts_with("/v1/") && !path.starts_with("/v1/admin/");
     let service = ServiceKey::matches(&state.config, req.headers());
     if !public || service {
         return next.run(req).await;
     }
-    let limits = &state.limits;
     if let Some(l) = &limits.per_ip {
         let peer = req
             .extensions()

@@ -18,7 +18,7 @@ pub mod schemas;
 pub mod stream;
 pub mod wallet;
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Router,
@@ -35,13 +35,15 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::app::AppState;
+use crate::state::AppState;
 pub use error::{ApiError, ApiResult};
+use limit::RateLimits;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Builds the whole router with its middleware.
-pub fn router(state: AppState) -> Router {
+/// Builds the whole router with its middleware; `limits` go to the rate
+/// limit middleware.
+pub fn router(state: AppState, limits: Arc<RateLimits>) -> Router {
     let api = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -116,7 +118,10 @@ pub fn router(state: AppState) -> Router {
     let api = hygiene::failpoint_routes(api, &state);
 
     api.merge(docs)
-        .layer(middleware::from_fn_with_state(state.clone(), limit::limit))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), limits),
+            limit::limit,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
@@ -196,8 +201,3 @@ async fn method_not_allowed() -> Response {
     ApiError::InvalidRequest("method not allowed on this endpoint".into())
         .into_response_as(StatusCode::METHOD_NOT_ALLOWED)
 }
-
-/// Latency histogram buckets, in seconds.
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];

@@ -1,7 +1,7 @@
 //! Operations endpoints: liveness, readiness, Prometheus metrics.
 
 use super::schemas::{Health, Readiness};
-use crate::app::AppState;
+use crate::state::AppState;
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 
 /// The process is up (no dependency is consulted).

@@ -16,12 +16,12 @@ use super::{
     wallet::{claim_or_answer, replay, user_in_path},
 };
 use crate::{
-    app::AppState,
     holds::{self, HoldError},
     idempotency,
     ids::{HoldId, ScheduleId, UserId},
     money::format_amount,
     payments::{self, Recorded, reconcile, refund},
+    state::AppState,
     token::QueueClaims,
 };
 
@@ -315,8 +315,7 @@ pub async fn reconcile_now(
     State(state): State<AppState>,
     _: ServiceKey,
 ) -> ApiResult<axum::Json<reconcile::Report>> {
-    let report = reconcile::rebuild(&state).await?;
-    state.schedule_ids.write().expect("lock").clear();
+    let report = reconcile::rebuild(&state.reconciler()).await?;
     tracing::info!(?report, "reconcile on demand");
     Ok(axum::Json(report))
 }

@@ -14,9 +14,9 @@ use super::{
     extract::OptionalJson,
 };
 use crate::{
-    app::AppState,
     ids::{EventId, UserId},
     queue::{self, EntryState, EntryView},
+    state::AppState,
     token::QueueClaims,
 };
 

@@ -15,8 +15,8 @@ use futures::Stream;
 
 use super::{ApiError, ApiResult, auth::QueueToken, queue::entry};
 use crate::{
-    app::AppState,
     queue::{self, EntryState, stream::Push},
+    state::AppState,
     token::QueueClaims,
 };
 

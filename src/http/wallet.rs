@@ -14,10 +14,10 @@ use super::{
     schemas::{Balance, TransactionsPage},
 };
 use crate::{
-    app::AppState,
     idempotency::{self, Claim},
     ids::{IdempotencyKey, UserId},
     money::Money,
+    state::AppState,
     wallet,
 };
 

@@ -19,13 +19,16 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::fence::{Fence, JobError};
+use super::{
+    Context,
+    fence::{Fence, JobError},
+};
 use crate::{
-    app::AppState,
     catalog,
     holds::{self, ScheduleFigures},
     ids::{EventId, ScheduleId},
-    store::StoreError,
+    store::{StoreError, Stores, redis::Redis},
+    telemetry::loop_failed,
 };
 
 /// The level of a schedule's free seats.
@@ -79,20 +82,13 @@ pub fn announcements(from: Level, to: Level) -> Vec<&'static str> {
 }
 
 /// Figures of every schedule of every event known to Redis.
-async fn figures(
-    state: &AppState,
-) -> Result<Vec<(EventId, ScheduleId, ScheduleFigures)>, StoreError> {
+async fn figures(redis: &Redis) -> Result<Vec<(EventId, ScheduleId, ScheduleFigures)>, StoreError> {
     let mut out = Vec::new();
-    for event in catalog::known_events(&state.redis).await? {
-        let key = state.redis.keys().event(&event).config();
-        let Some(list) = state.redis.hget(&key, "schedules").await? else {
+    for event in catalog::known_events(redis).await? {
+        let Some(ids) = catalog::schedule_ids(redis, &event).await? else {
             continue;
         };
-        let ids: Vec<ScheduleId> = list
-            .split(',')
-            .filter_map(|s| ScheduleId::parse(s).ok())
-            .collect();
-        let figs = match holds::overview(&state.redis, &event, &ids, None).await {
+        let figs = match holds::overview(redis, &event, &ids, None).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(%event, error = ?e, "no figures for this event");
@@ -115,30 +111,38 @@ fn set_gauge(event: &EventId, schedule: &ScheduleId, f: &ScheduleFigures) {
 
 /// Keeps the seat gauges on every instance: free seats, and the threshold
 /// they are compared with (so an alert rule can compare the two).
-pub async fn gauge_loop(state: AppState, shutdown: CancellationToken) {
-    let every = state
+pub async fn gauge_loop(ctx: Context, shutdown: CancellationToken) {
+    let Stores { redis, pg } = &ctx.stores;
+    let every = ctx
         .config
         .jobs
         .availability_every
         .max(Duration::from_secs(1));
     while super::pause(&shutdown, every).await {
-        if let Ok(all) = figures(&state).await {
-            for (e, s, f) in &all {
-                set_gauge(e, s, f);
+        match figures(redis).await {
+            Ok(all) => {
+                for (e, s, f) in &all {
+                    set_gauge(e, s, f);
+                }
             }
+            Err(e) => loop_failed("seat_gauges", &e),
         }
-        let thresholds: Result<Vec<(String, String, i32)>, _> = state
-            .pg
+        let thresholds: Result<Vec<(String, String, i32)>, _> = pg
             .guard(
                 sqlx::query_as(
                     r"select event_id, schedule_id, coalesce(low_seats_threshold, seats / 10) from schedules",
                 )
-                .fetch_all(state.pg.pool()),
+                .fetch_all(pg.pool()),
             )
             .await;
-        for (e, s, t) in thresholds.unwrap_or_default() {
-            metrics::gauge!("boxoffice_seats_low_threshold", "event" => e, "schedule" => s)
-                .set(f64::from(t));
+        match thresholds {
+            Ok(all) => {
+                for (e, s, t) in all {
+                    metrics::gauge!("boxoffice_seats_low_threshold", "event" => e, "schedule" => s)
+                        .set(f64::from(t));
+                }
+            }
+            Err(e) => loop_failed("seat_gauges", &e),
         }
     }
 }
@@ -148,9 +152,9 @@ pub async fn gauge_loop(state: AppState, shutdown: CancellationToken) {
 ///
 /// # Errors
 /// Fenced out, or a store failed (nothing of the round stays).
-pub async fn round(state: &AppState, fence: &Fence) -> Result<i64, JobError> {
-    let all = figures(state).await?;
-    let mut tx = state.pg.pool().begin().await?;
+pub async fn round(ctx: &Context, fence: &Fence) -> Result<i64, JobError> {
+    let all = figures(&ctx.stores.redis).await?;
+    let mut tx = ctx.stores.pg.pool().begin().await?;
     let started: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()")
         .fetch_one(&mut *tx)
         .await?;

@@ -16,6 +16,9 @@
 //! event (`restore:<event>`): the reconciler calls [`leased_once`], which
 //! renews the lease while the work runs and returns `None` when another
 //! instance holds it.
+//!
+//! The jobs get their [`Context`] (the stores and the settings), built in
+//! `app.rs`; they never see the HTTP layer's state.
 
 pub mod availability;
 pub mod fence;
@@ -23,7 +26,7 @@ pub mod lease;
 pub mod purge;
 pub mod rollup;
 
-use std::{collections::HashMap, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -32,87 +35,39 @@ use self::{
     fence::{Fence, JobError},
     lease::Locker,
 };
-use crate::{app::AppState, config::ConfigError};
+use crate::{
+    config::{Config, JobsConfig},
+    store::Stores,
+    telemetry::loop_failed,
+};
 
-/// Settings of the leased jobs (environment variables in brackets).
-#[derive(Debug, Clone)]
-pub struct JobsConfig {
-    /// Independent Redis servers for the leases [`BOXOFFICE_LOCK_URLS`,
-    /// comma-separated; default `REDIS_URL`].
-    pub lock_urls: Vec<String>,
-    /// Lease TTL [`BOXOFFICE_LEASE_TTL_MS`, default 10000].
-    pub lease_ttl: Duration,
-    /// [`BOXOFFICE_ROLLUP_MS`, default 60000]
-    pub rollup_every: Duration,
-    /// [`BOXOFFICE_AVAILABILITY_MS`, default 2000]
-    pub availability_every: Duration,
-    /// [`BOXOFFICE_PURGE_MS`, default 600000]
-    pub purge_every: Duration,
-    /// Published outbox rows are kept this long [`BOXOFFICE_OUTBOX_RETENTION_SECONDS`, default 86400].
-    pub outbox_retention: Duration,
-    /// In-process cache of the public catalog [`BOXOFFICE_CATALOG_CACHE_MS`, default 1000].
-    pub catalog_cache: Duration,
-    /// How this instance is named in `job_fences` and `job_runs`
-    /// [`BOXOFFICE_INSTANCE_NAME`, default `pid<pid>@<addr>`].
-    pub instance: Option<String>,
+/// What the jobs (and the reconciler's leased restores) work with: the
+/// stores and the settings; cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    pub stores: Stores,
+    pub config: Arc<Config>,
 }
 
-impl JobsConfig {
-    /// Reads the settings; `redis_url` is the default lock server.
+impl Context {
+    /// Who holds a lease, as written to `job_fences` and `job_runs`.
+    pub fn holder(&self) -> String {
+        match &self.config.jobs.instance {
+            Some(name) => name.clone(),
+            None => format!("pid{}@{}", std::process::id(), self.config.addr),
+        }
+    }
+
+    /// The lease client over the lock servers (`BOXOFFICE_LOCK_URLS`).
     ///
     /// # Errors
-    /// A value out of range, or no lock server for a cluster `REDIS_URL`.
-    pub fn from_map(env: &HashMap<String, String>, redis_url: &str) -> Result<Self, ConfigError> {
-        let get = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let ms = |k: &str, default: u64, min: u64, max: u64| -> Result<Duration, ConfigError> {
-            let v = match get(k) {
-                None => default,
-                Some(v) => v.parse().map_err(|_| {
-                    ConfigError::new(format!("{k}={v:?} is not a non-negative integer"))
-                })?,
-            };
-            if !(min..=max).contains(&v) {
-                return Err(ConfigError::new(format!(
-                    "{k} must be between {min} and {max}"
-                )));
-            }
-            Ok(Duration::from_millis(v))
-        };
-        let lock_urls: Vec<String> = match get("BOXOFFICE_LOCK_URLS") {
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            None if redis_url.starts_with("redis-cluster://") => {
-                return Err(ConfigError::new(
-                    "BOXOFFICE_LOCK_URLS must name independent Redis servers when REDIS_URL is a cluster (a lease inside one cluster is not Redlock)",
-                ));
-            }
-            None => vec![redis_url.to_owned()],
-        };
-        if lock_urls.is_empty()
-            || lock_urls
-                .iter()
-                .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-        {
-            return Err(ConfigError::new(
-                "BOXOFFICE_LOCK_URLS must be redis:// or rediss:// URLs, comma-separated",
-            ));
-        }
-        Ok(Self {
-            lock_urls,
-            lease_ttl: ms("BOXOFFICE_LEASE_TTL_MS", 10_000, 200, 600_000)?,
-            rollup_every: ms("BOXOFFICE_ROLLUP_MS", 60_000, 10, 3_600_000)?,
-            availability_every: ms("BOXOFFICE_AVAILABILITY_MS", 2_000, 10, 600_000)?,
-            purge_every: ms("BOXOFFICE_PURGE_MS", 600_000, 10, 86_400_000)?,
-            outbox_retention: Duration::from_secs(
-                ms("BOXOFFICE_OUTBOX_RETENTION_SECONDS", 86_400, 0, 31_536_000)?.as_millis() as u64,
-            ),
-            catalog_cache: ms("BOXOFFICE_CATALOG_CACHE_MS", 1_000, 0, 60_000)?,
-            instance: get("BOXOFFICE_INSTANCE_NAME").map(str::to_owned),
-        })
+    /// A lock server URL that is not a Redis URL.
+    pub fn locker(&self) -> Result<Locker, String> {
+        Locker::new(
+            &self.config.jobs.lock_urls,
+            self.config.jobs.lease_ttl,
+            self.stores.redis.keys().prefix(),
+        )
     }
 }
 
@@ -144,31 +99,19 @@ impl Job {
         }
     }
 
-    async fn round(self, state: &AppState, fence: &Fence) -> Result<i64, JobError> {
+    async fn round(self, ctx: &Context, fence: &Fence) -> Result<i64, JobError> {
         match self {
-            Job::Rollup => rollup::round(state, fence).await,
-            Job::Availability => availability::round(state, fence).await,
-            Job::Purge => purge::round(state, fence).await,
+            Job::Rollup => rollup::round(ctx, fence).await,
+            Job::Availability => availability::round(ctx, fence).await,
+            Job::Purge => purge::round(ctx, fence).await,
         }
-    }
-}
-
-/// Who holds a lease, as written to `job_fences` and `job_runs`.
-pub fn holder(state: &AppState) -> String {
-    match &state.config.jobs.instance {
-        Some(name) => name.clone(),
-        None => format!("pid{}@{}", std::process::id(), state.config.addr),
     }
 }
 
 /// Starts one runner per leased job (plus the seat gauges, which every
 /// instance keeps); they end when `shutdown` is cancelled.
-pub fn spawn_all(state: &AppState, shutdown: &CancellationToken, set: &mut JoinSet<()>) {
-    let locker = match Locker::new(
-        &state.config.jobs.lock_urls,
-        state.config.jobs.lease_ttl,
-        state.redis.keys().prefix(),
-    ) {
+pub fn spawn_all(ctx: &Context, shutdown: &CancellationToken, set: &mut JoinSet<()>) {
+    let locker = match ctx.locker() {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "leased jobs not started");
@@ -176,14 +119,15 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken, set: &mut JoinS
         }
     };
     for job in Job::ALL {
+        metrics::counter!("boxoffice_background_failures_total", "loop" => job.name()).increment(0);
         set.spawn(run_leased(
-            state.clone(),
+            ctx.clone(),
             locker.clone(),
             job,
             shutdown.clone(),
         ));
     }
-    set.spawn(availability::gauge_loop(state.clone(), shutdown.clone()));
+    set.spawn(availability::gauge_loop(ctx.clone(), shutdown.clone()));
 }
 
 /// Waits `every` or until `stop`; false means stop.
@@ -196,10 +140,10 @@ async fn pause(stop: &CancellationToken, every: Duration) -> bool {
 
 /// One job's runner: wait for the lease, take a token, run rounds while the
 /// lease is renewed, give the lease back on shutdown.
-async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: CancellationToken) {
+async fn run_leased(ctx: Context, locker: Locker, job: Job, shutdown: CancellationToken) {
     let name = job.name();
     let retry = (locker.ttl() / 5).max(Duration::from_millis(20));
-    let holder = holder(&state);
+    let holder = ctx.holder();
     loop {
         let Some(lease) = locker.try_acquire(name).await else {
             if pause(&shutdown, follower_wait(&locker, name, retry).await).await {
@@ -207,10 +151,10 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
             }
             return;
         };
-        let fence = match Fence::take(&state.pg, name, &holder).await {
+        let fence = match Fence::take(&ctx.stores.pg, name, &holder).await {
             Ok(f) => f,
             Err(e) => {
-                tracing::debug!(job = name, error = %e, "no fencing token; lease given back");
+                loop_failed(name, &e);
                 locker.release(&lease).await;
                 if pause(&shutdown, retry).await {
                     continue;
@@ -223,7 +167,7 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
         let renewed = Renewed::start(&locker, lease);
         let lost = renewed.lost.clone();
         loop {
-            match job.round(&state, &fence).await {
+            match job.round(&ctx, &fence).await {
                 Ok(items) => {
                     metrics::counter!("boxoffice_job_rounds_total", "job_name" => name)
                         .increment(1);
@@ -233,14 +177,12 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
                     tracing::warn!(job = name, error = %e, "write refused: a newer leader took over");
                     break;
                 }
-                Err(JobError::Store(e)) => {
-                    tracing::warn!(job = name, error = %e, "round failed; retried next interval");
-                }
+                Err(JobError::Store(e)) => loop_failed(name, &e),
             }
             tokio::select! {
                 () = lost.cancelled() => break,
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(job.every(&state.config.jobs)) => {}
+                () = tokio::time::sleep(job.every(&ctx.config.jobs)) => {}
             }
             if lost.is_cancelled() {
                 break;
@@ -318,7 +260,7 @@ async fn renew_loop(
 
 /// Runs `work` once under the lease `name` with a fresh fencing token, for
 /// work that is triggered rather than periodic (e.g. restoring one event
-/// from PostgreSQL: `leased_once(state, locker, "restore:<event>", ...)`).
+/// from PostgreSQL: `leased_once(ctx, locker, "restore:<event>", ...)`).
 /// `None` when another instance holds the lease. The lease is renewed
 /// (every third of its TTL) while `work` runs, so work longer than the TTL
 /// keeps it, and released afterwards. `work` must commit its writes with
@@ -328,7 +270,7 @@ async fn renew_loop(
 /// # Errors
 /// Whatever `work` returns.
 pub async fn leased_once<T, F, Fut>(
-    state: &AppState,
+    ctx: &Context,
     locker: &Locker,
     name: &str,
     work: F,
@@ -339,61 +281,10 @@ where
 {
     let lease = locker.try_acquire(name).await?;
     let renewed = Renewed::start(locker, lease);
-    let result = match Fence::take(&state.pg, name, &holder(state)).await {
+    let result = match Fence::take(&ctx.stores.pg, name, &ctx.holder()).await {
         Ok(fence) => work(fence).await,
         Err(e) => Err(e.into()),
     };
     renewed.release(locker).await;
     Some(result)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::JobsConfig;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn lock_servers_default_to_redis_url_and_parse_a_list() {
-        let c = JobsConfig::from_map(&env(&[]), "redis://r:6379").unwrap();
-        assert_eq!(c.lock_urls, ["redis://r:6379"]);
-        let c = JobsConfig::from_map(
-            &env(&[(
-                "BOXOFFICE_LOCK_URLS",
-                "redis://a:1, redis://b:2,redis://c:3",
-            )]),
-            "redis://r:6379",
-        )
-        .unwrap();
-        assert_eq!(c.lock_urls, ["redis://a:1", "redis://b:2", "redis://c:3"]);
-    }
-
-    #[test]
-    fn bad_settings_name_the_variable() {
-        for (k, v, redis) in [
-            ("BOXOFFICE_LOCK_URLS", "http://a:1", "redis://r"),
-            ("BOXOFFICE_LEASE_TTL_MS", "50", "redis://r"),
-            ("BOXOFFICE_ROLLUP_MS", "soon", "redis://r"),
-            ("BOXOFFICE_CATALOG_CACHE_MS", "600000", "redis://r"),
-            // A lease inside one cluster is not Redlock: name servers.
-            ("BOXOFFICE_PURGE_MS", "1000", "redis-cluster://r:7000"),
-        ] {
-            let err = JobsConfig::from_map(&env(&[(k, v)]), redis)
-                .unwrap_err()
-                .to_string();
-            let named = if redis.starts_with("redis-cluster") {
-                "BOXOFFICE_LOCK_URLS"
-            } else {
-                k
-            };
-            assert!(err.contains(named), "{k}={v}: {err}");
-        }
-    }
 }

@@ -4,8 +4,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::fence::{Fence, JobError};
-use crate::app::AppState;
+use super::{
+    Context,
+    fence::{Fence, JobError},
+};
 
 const BATCH: i64 = 10_000;
 
@@ -31,11 +33,11 @@ select (select count(*) from idem), (select count(*) from relayed), (select coun
 ///
 /// # Errors
 /// Fenced out, or PostgreSQL failed.
-pub async fn round(state: &AppState, fence: &Fence) -> Result<i64, JobError> {
-    let retention = state.config.jobs.outbox_retention.as_secs_f64();
+pub async fn round(ctx: &Context, fence: &Fence) -> Result<i64, JobError> {
+    let retention = ctx.config.jobs.outbox_retention.as_secs_f64();
     let mut total = 0;
     loop {
-        let mut tx = state.pg.pool().begin().await?;
+        let mut tx = ctx.stores.pg.pool().begin().await?;
         let started: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()")
             .fetch_one(&mut *tx)
             .await?;

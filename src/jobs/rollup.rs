@@ -19,8 +19,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::fence::{Fence, JobError};
-use crate::app::AppState;
+use super::{
+    Context,
+    fence::{Fence, JobError},
+};
 
 /// Payments per transaction: bounds the locks and the transaction's length.
 const BATCH: i64 = 5_000;
@@ -76,10 +78,10 @@ select count(*) from batch";
 ///
 /// # Errors
 /// Fenced out, or PostgreSQL failed (nothing of that batch stays).
-pub async fn round(state: &AppState, fence: &Fence) -> Result<i64, JobError> {
+pub async fn round(ctx: &Context, fence: &Fence) -> Result<i64, JobError> {
     let mut total = 0;
     loop {
-        let mut tx = state.pg.pool().begin().await?;
+        let mut tx = ctx.stores.pg.pool().begin().await?;
         let started: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()")
             .fetch_one(&mut *tx)
             .await?;
@@ -90,7 +92,7 @@ pub async fn round(state: &AppState, fence: &Fence) -> Result<i64, JobError> {
         // Test-only: a leader that stalls mid-rollup (the tests SIGSTOP it
         // here, past its lease).
         #[cfg(feature = "failpoints")]
-        if n > 0 && state.config.failpoint.as_deref() == Some("slow_rollup") {
+        if n > 0 && ctx.config.failpoint.as_deref() == Some("slow_rollup") {
             tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
         }
         fence.commit(tx, started, n).await?;
@@ -101,7 +103,7 @@ pub async fn round(state: &AppState, fence: &Fence) -> Result<i64, JobError> {
     }
     metrics::counter!("boxoffice_rollup_payments_total").increment(total as u64);
     loop {
-        let mut tx = state.pg.pool().begin().await?;
+        let mut tx = ctx.stores.pg.pool().begin().await?;
         let started: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()")
             .fetch_one(&mut *tx)
             .await?;

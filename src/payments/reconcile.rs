@@ -26,14 +26,13 @@
 //! several instances at once is harmless; restores run under a lease per
 //! event all the same (`restore:<event>`), so each loss is restored once,
 //! with one new epoch.
+//!
+//! The reconciler works with its [`Context`] (the jobs' stores and
+//! settings, and the schedule-id cache whose restored events it forgets),
+//! built in `app.rs` for the loop and by `crate::state` for the admin
+//! rebuild.
 
-use std::{
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -41,8 +40,7 @@ use uuid::Uuid;
 
 use super::refund;
 use crate::{
-    app::AppState,
-    catalog::{self, Event},
+    catalog::{self, Event, cache::ScheduleIds},
     holds,
     ids::{EventId, HoldId, ScheduleId},
     jobs::{
@@ -50,8 +48,28 @@ use crate::{
         fence::{Fence, JobError},
         lease::Locker,
     },
-    store::StoreError,
+    store::{StoreError, pg::Pg, redis::Redis},
+    telemetry::WarnLimiter,
 };
+
+/// What the reconciler works with; cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    /// The stores and the lease settings (restores run under a lease).
+    pub jobs: jobs::Context,
+    /// Forgets each event it restores.
+    pub schedule_ids: Arc<ScheduleIds>,
+}
+
+impl Context {
+    fn redis(&self) -> &Redis {
+        &self.jobs.stores.redis
+    }
+
+    fn pg(&self) -> &Pg {
+        &self.jobs.stores.pg
+    }
+}
 
 /// How many Redis calls one pass keeps in flight (replays, ready checks).
 const IN_FLIGHT: usize = 32;
@@ -93,35 +111,14 @@ struct Sold {
 /// per kind (a shard down for a minute must not write a line per event per
 /// round).
 fn failed(kind: &'static str, what: &str, e: &StoreError) {
+    static WARNINGS: WarnLimiter = WarnLimiter::new(WARN_EVERY);
     metrics::counter!("boxoffice_reconciler_failures_total", "kind" => kind).increment(1);
-    static LAST: Mutex<Vec<(&'static str, Instant)>> = Mutex::new(Vec::new());
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    let mut last = LAST.lock().expect("lock");
-    let due = match last.iter_mut().find(|(k, _)| *k == kind) {
-        Some((_, at)) if at.elapsed() < WARN_EVERY => false,
-        Some((_, at)) => {
-            *at = Instant::now();
-            true
-        }
-        None => {
-            last.push((kind, Instant::now()));
-            true
-        }
-    };
-    drop(last);
-    if due {
-        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+    if let Some(suppressed) = WARNINGS.due(kind) {
         tracing::warn!(kind, what, error = %e, suppressed, "reconciler step failed; retried next round");
-    } else {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-async fn replay(
-    state: &AppState,
-    p: &Sold,
-    end_queue: bool,
-) -> Result<holds::Confirmed, StoreError> {
+async fn replay(ctx: &Context, p: &Sold, end_queue: bool) -> Result<holds::Confirmed, StoreError> {
     let (Ok(event), Ok(schedule)) = (
         EventId::parse(&p.event_id),
         ScheduleId::parse(&p.schedule_id),
@@ -130,7 +127,7 @@ async fn replay(
     };
     let hold_n = HoldId::parse(&p.hold_id).map(|h| h.n).unwrap_or(0);
     let c = holds::confirm_sale(
-        &state.redis,
+        ctx.redis(),
         &event,
         &schedule,
         hold_n,
@@ -158,9 +155,9 @@ fn add(report: &mut Report, c: &holds::Confirmed) {
 ///
 /// # Errors
 /// PostgreSQL unavailable.
-pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> {
-    let rows: Vec<Sold> = state
-        .pg
+pub async fn finish_unconfirmed(ctx: &Context) -> Result<Report, StoreError> {
+    let rows: Vec<Sold> = ctx
+        .pg()
         .guard(
             sqlx::query_as(
                 r"select payment_id, user_id, event_id, schedule_id, hold_id, seats from payments
@@ -168,15 +165,15 @@ pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> 
                     and paid_at < now() - interval '1 second'
                   order by paid_at limit 500",
             )
-            .fetch_all(state.pg.pool()),
+            .fetch_all(ctx.pg().pool()),
         )
         .await?;
     let mut report = Report::default();
     let mut results = futures::stream::iter(rows)
         .map(|p| {
-            let state = state.clone();
+            let ctx = ctx.clone();
             async move {
-                let r = replay(&state, &p, true).await;
+                let r = replay(&ctx, &p, true).await;
                 (p, r)
             }
         })
@@ -198,7 +195,7 @@ pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> 
         }
     }
     if !done.is_empty() {
-        super::mark_confirmed(&state.pg, &done).await;
+        super::mark_confirmed(ctx.pg(), &done).await;
         tracing::warn!(?report, "reconciler finished interrupted payments");
     }
     Ok(report)
@@ -210,12 +207,12 @@ pub async fn finish_unconfirmed(state: &AppState) -> Result<Report, StoreError> 
 ///
 /// # Errors
 /// A store is unavailable.
-pub async fn finish_refunds(state: &AppState) -> Result<u64, StoreError> {
+pub async fn finish_refunds(ctx: &Context) -> Result<u64, StoreError> {
     let mut finished = 0;
     // Every refund and every cancellation is tried each round: one that
     // fails (its event's shard down, say) does not hold up the others.
-    for r in refund::unconfirmed(&state.pg).await? {
-        match refund::release_seats(&state.redis, &state.pg, &r).await {
+    for r in refund::unconfirmed(ctx.pg()).await? {
+        match refund::release_seats(ctx.redis(), ctx.pg(), &r).await {
             Ok(()) => {
                 finished += 1;
                 metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "refund_finished")
@@ -224,14 +221,14 @@ pub async fn finish_refunds(state: &AppState) -> Result<u64, StoreError> {
             Err(e) => failed("refund", &r.payment_id.to_string(), &e),
         }
     }
-    for (event, schedule) in refund::unfinished_cancellations(&state.pg).await? {
+    for (event, schedule) in refund::unfinished_cancellations(ctx.pg()).await? {
         let (Ok(event), Ok(schedule)) = (EventId::parse(&event), ScheduleId::parse(&schedule))
         else {
             continue;
         };
         let run = async {
-            holds::cancel_schedule(&state.redis, &event, &schedule).await?;
-            refund::refund_schedule(&state.redis, &state.pg, &event, &schedule, None).await
+            holds::cancel_schedule(ctx.redis(), &event, &schedule).await?;
+            refund::refund_schedule(ctx.redis(), ctx.pg(), &event, &schedule, None).await
         };
         match run.await {
             Ok(n) => finished += n,
@@ -253,22 +250,22 @@ pub async fn finish_refunds(state: &AppState) -> Result<u64, StoreError> {
 ///
 /// # Errors
 /// A store is unavailable; nothing is marked ready then.
-pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<Report, StoreError> {
+pub async fn restore_event(ctx: &Context, ev: &Event, epoch: u32) -> Result<Report, StoreError> {
     let mut report = Report::default();
-    catalog::load_into_redis(&state.redis, ev).await?;
+    catalog::load_into_redis(ctx.redis(), ev).await?;
     // Cancelled schedules stay closed.
-    for (event, schedule) in cancelled_schedules(state).await? {
+    for (event, schedule) in cancelled_schedules(ctx).await? {
         if event != ev.event_id.as_str() {
             continue;
         }
         if let Ok(schedule) = ScheduleId::parse(&schedule) {
-            holds::cancel_schedule(&state.redis, &ev.event_id, &schedule).await?;
+            holds::cancel_schedule(ctx.redis(), &ev.event_id, &schedule).await?;
         }
     }
     let mut after: Option<Uuid> = None;
     loop {
-        let rows: Vec<Sold> = state
-            .pg
+        let rows: Vec<Sold> = ctx
+            .pg()
             .guard(
                 sqlx::query_as(
                     r"select payment_id, user_id, event_id, schedule_id, hold_id, seats from payments
@@ -278,7 +275,7 @@ pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<R
                 )
                 .bind(ev.event_id.as_str())
                 .bind(after)
-                .fetch_all(state.pg.pool()),
+                .fetch_all(ctx.pg().pool()),
             )
             .await?;
         let Some(last) = rows.last() else { break };
@@ -288,8 +285,8 @@ pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<R
         // every sold seat), after the others have run.
         let results: Vec<_> = futures::stream::iter(rows)
             .map(|p| {
-                let state = state.clone();
-                async move { replay(&state, &p, false).await }
+                let ctx = ctx.clone();
+                async move { replay(&ctx, &p, false).await }
             })
             .buffer_unordered(IN_FLIGHT)
             .collect()
@@ -305,13 +302,9 @@ pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<R
     // payments long done) does not do. `finish_unconfirmed` replays those
     // with end_queue on and marks them.
     #[cfg(feature = "failpoints")]
-    slow_restore(state).await;
-    catalog::finish_restore(&state.redis, &ev.event_id, epoch).await?;
-    state
-        .schedule_ids
-        .write()
-        .expect("lock")
-        .remove(&ev.event_id);
+    slow_restore(ctx).await;
+    catalog::finish_restore(ctx.redis(), &ev.event_id, epoch).await?;
+    ctx.schedule_ids.forget(&ev.event_id);
     report.events_loaded = 1;
     metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "seat_restored")
         .increment(report.seats_fixed);
@@ -322,8 +315,9 @@ pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<R
 /// restore for `n` ms before it marks the event ready, so restores started
 /// by several instances overlap (and a test can show that only one runs).
 #[cfg(feature = "failpoints")]
-async fn slow_restore(state: &AppState) {
-    if let Some(ms) = state
+async fn slow_restore(ctx: &Context) {
+    if let Some(ms) = ctx
+        .jobs
         .config
         .failpoint
         .as_deref()
@@ -349,13 +343,9 @@ fn merge(into: &mut Report, r: &Report) {
 /// down) is counted and does not stop the others. With `only_missing`, an
 /// event that is ready again by the time its lease is held (another
 /// instance restored it in between) is left alone.
-async fn restore_each(state: &AppState, events: Vec<Event>, only_missing: bool) -> Report {
+async fn restore_each(ctx: &Context, events: Vec<Event>, only_missing: bool) -> Report {
     let mut report = Report::default();
-    let locker = match Locker::new(
-        &state.config.jobs.lock_urls,
-        state.config.jobs.lease_ttl,
-        state.redis.keys().prefix(),
-    ) {
+    let locker = match ctx.jobs.locker() {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::warn!(error = %e, "restoring without leases");
@@ -364,10 +354,10 @@ async fn restore_each(state: &AppState, events: Vec<Event>, only_missing: bool) 
     };
     let mut results = futures::stream::iter(events)
         .map(|ev| {
-            let state = state.clone();
+            let ctx = ctx.clone();
             let locker = locker.clone();
             async move {
-                let r = restore_leased(&state, locker.as_ref(), &ev, only_missing).await;
+                let r = restore_leased(&ctx, locker.as_ref(), &ev, only_missing).await;
                 (ev, r)
             }
         })
@@ -406,22 +396,22 @@ async fn restore_each(state: &AppState, events: Vec<Event>, only_missing: bool) 
 /// # Errors
 /// A store is unavailable.
 async fn restore_leased(
-    state: &AppState,
+    ctx: &Context,
     locker: Option<&Locker>,
     ev: &Event,
     only_missing: bool,
 ) -> Result<Option<Report>, StoreError> {
     let Some(locker) = locker else {
-        let epoch = catalog::pg::bump_epoch(&state.pg, &ev.event_id).await?;
-        return restore_event(state, ev, epoch).await.map(Some);
+        let epoch = catalog::pg::bump_epoch(ctx.pg(), &ev.event_id).await?;
+        return restore_event(ctx, ev, epoch).await.map(Some);
     };
     let name = format!("restore:{}", ev.event_id);
-    let run = jobs::leased_once(state, locker, &name, |fence| async move {
-        if only_missing && catalog::is_ready(&state.redis, &ev.event_id).await? {
+    let run = jobs::leased_once(&ctx.jobs, locker, &name, |fence| async move {
+        if only_missing && catalog::is_ready(ctx.redis(), &ev.event_id).await? {
             return Ok(None);
         }
-        let epoch = bump_epoch_fenced(state, &ev.event_id, &fence).await?;
-        Ok(Some(restore_event(state, ev, epoch).await?))
+        let epoch = bump_epoch_fenced(ctx, &ev.event_id, &fence).await?;
+        Ok(Some(restore_event(ctx, ev, epoch).await?))
     })
     .await;
     match run {
@@ -433,28 +423,26 @@ async fn restore_leased(
 
 /// [`catalog::pg::bump_epoch`] in a transaction that commits only under
 /// the newest fencing token of the event's restore lease.
-async fn bump_epoch_fenced(
-    state: &AppState,
-    event: &EventId,
-    fence: &Fence,
-) -> Result<u32, JobError> {
-    let mut tx = state.pg.pool().begin().await?;
+async fn bump_epoch_fenced(ctx: &Context, event: &EventId, fence: &Fence) -> Result<u32, JobError> {
+    let mut tx = ctx.pg().pool().begin().await?;
     let started = chrono::Utc::now();
     let epoch = catalog::pg::bump_epoch_in(&mut tx, event).await?;
     fence.commit(tx, started, 1).await?;
     Ok(epoch)
 }
 
-/// Restores the catalog and every sold seat of every event from PostgreSQL.
+/// Restores the catalog and every sold seat of every event from PostgreSQL,
+/// and forgets every cached schedule list.
 ///
 /// # Errors
 /// PostgreSQL unavailable, or no event could be restored (Redis down).
-pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
-    let events = catalog::pg::all(&state.pg).await?;
-    let report = restore_each(state, events, false).await;
+pub async fn rebuild(ctx: &Context) -> Result<Report, StoreError> {
+    let events = catalog::pg::all(ctx.pg()).await?;
+    let report = restore_each(ctx, events, false).await;
+    ctx.schedule_ids.clear();
     if report.events_failed > 0 && report.events_loaded == 0 {
         // Nothing worked: say why, as a 503.
-        state.redis.ping().await?;
+        ctx.redis().ping().await?;
     }
     Ok(report)
 }
@@ -465,26 +453,26 @@ pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
 /// restores them (sold seats replayed, hold ids in a new epoch) while their
 /// holds answer 503. A mark that cannot be removed now is retried next
 /// round.
-async fn forget_failed_over(state: &AppState, events: &[Event]) {
-    let moved = state.redis.take_moved_slots();
+async fn forget_failed_over(ctx: &Context, events: &[Event]) {
+    let moved = ctx.redis().take_moved_slots();
     if moved.is_empty() {
         return;
     }
     let mut retry = false;
     for ev in events {
-        let key = state.redis.keys().event(&ev.event_id).ready();
+        let key = ctx.redis().keys().event(&ev.event_id).ready();
         let slot = crate::store::redis::Redis::slot_of(&key);
         if !moved.iter().any(|&(a, b)| (a..=b).contains(&slot)) {
             continue;
         }
         tracing::warn!(event_id = %ev.event_id, "event's shard failed over; restoring it");
-        if let Err(e) = state.redis.del(&key).await {
+        if let Err(e) = ctx.redis().del(&key).await {
             failed("failover_reset", ev.event_id.as_str(), &e);
             retry = true;
         }
     }
     if retry {
-        state.redis.requeue_moved_slots(moved);
+        ctx.redis().requeue_moved_slots(moved);
     }
 }
 
@@ -495,23 +483,23 @@ async fn forget_failed_over(state: &AppState, events: &[Event]) {
 ///
 /// # Errors
 /// PostgreSQL unavailable.
-pub async fn restore_missing(state: &AppState) -> Result<Option<Report>, StoreError> {
-    let events = catalog::pg::all(&state.pg).await?;
+pub async fn restore_missing(ctx: &Context) -> Result<Option<Report>, StoreError> {
+    let events = catalog::pg::all(ctx.pg()).await?;
     if events.is_empty() {
         return Ok(None);
     }
-    forget_failed_over(state, &events).await;
+    forget_failed_over(ctx, &events).await;
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-    if let Err(e) = state
-        .redis
-        .sadd_many(&state.redis.keys().events_index(), &ids)
+    if let Err(e) = ctx
+        .redis()
+        .sadd_many(&ctx.redis().keys().events_index(), &ids)
         .await
     {
         failed("event_index", "events index", &e);
     }
     let checks: Vec<(Event, Result<bool, StoreError>)> = futures::stream::iter(events)
         .map(|ev| {
-            let redis = state.redis.clone();
+            let redis = ctx.redis().clone();
             async move {
                 let r = catalog::is_ready(&redis, &ev.event_id).await;
                 (ev, r)
@@ -531,7 +519,7 @@ pub async fn restore_missing(state: &AppState) -> Result<Option<Report>, StoreEr
     if missing.is_empty() {
         return Ok(None);
     }
-    let report = restore_each(state, missing, true).await;
+    let report = restore_each(ctx, missing, true).await;
     if report.events_loaded > 0 {
         tracing::warn!(
             ?report,
@@ -541,14 +529,13 @@ pub async fn restore_missing(state: &AppState) -> Result<Option<Report>, StoreEr
     Ok(Some(report))
 }
 
-async fn cancelled_schedules(state: &AppState) -> Result<Vec<(String, String)>, StoreError> {
-    state
-        .pg
+async fn cancelled_schedules(ctx: &Context) -> Result<Vec<(String, String)>, StoreError> {
+    ctx.pg()
         .guard(
             sqlx::query_as(
                 r"select event_id, schedule_id from schedules where cancelled_at is not null",
             )
-            .fetch_all(state.pg.pool()),
+            .fetch_all(ctx.pg().pool()),
         )
         .await
 }

@@ -157,7 +157,7 @@ impl Hub {
                 let claims: Vec<&QueueClaims> = chunk.iter().map(|(_, c)| c).collect();
                 match statuses(redis, &event, &schedules, &claims).await {
                     Ok(views) => self.deliver(&event, chunk, views),
-                    Err(e) => tracing::debug!(%event, error = %e, "stream round failed"),
+                    Err(e) => crate::telemetry::loop_failed("stream", &e),
                 }
             }
         }

@@ -13,6 +13,15 @@ pub mod keys;
 pub mod pg;
 pub mod redis;
 
+/// Both stores, for work outside a request that uses both (the
+/// background loops, the leased jobs, the reconciler, the demo loader);
+/// cheap to clone.
+#[derive(Clone)]
+pub struct Stores {
+    pub redis: redis::Redis,
+    pub pg: pg::Pg,
+}
+
 /// Which dependency failed; used in logs, metrics and readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dependency {

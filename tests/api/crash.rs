@@ -33,7 +33,7 @@ async fn pay_and_kill(failpoint: &str, key: Option<&str>) -> Crashed {
     // PostgreSQL and mark it restored. (Without the mark, the survivor's
     // first round would be a full rebuild, which confirms an interrupted
     // payment without ending its buyer's queue entry.)
-    boxoffice::payments::reconcile::rebuild(&setup.state)
+    boxoffice::payments::reconcile::rebuild(&setup.state.reconciler())
         .await
         .unwrap();
     setup.simple_event("e1", open_queue(), 20, 300, 4).await;
@@ -219,7 +219,7 @@ async fn a_rebuild_right_after_the_crash_still_ends_the_buyers_entry() {
     // A full rebuild (POST /v1/admin/reconcile) before the reconciler's
     // own pass: it replays the sale but must not mark it done, or the
     // paid buyer's queue entry (and token) would live on.
-    boxoffice::payments::reconcile::rebuild(&app.state)
+    boxoffice::payments::reconcile::rebuild(&app.state.reconciler())
         .await
         .expect("rebuild");
     let ended = eventually(Duration::from_secs(10), || async {

@@ -73,7 +73,7 @@ async fn dashboard_renders_seat_maps_and_figures_in_chromium() {
         return;
     };
     let app = spawn_app().await;
-    boxoffice::demo::load(&app.state).await.unwrap();
+    boxoffice::demo::load(&app.state.stores()).await.unwrap();
     let buyer = app.admitted_token("demo-concert", "dash-buyer").await;
     let holder = app.admitted_token("demo-concert", "dash-holder").await;
     let hold = |token: String, seats: serde_json::Value| {

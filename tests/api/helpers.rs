@@ -152,7 +152,9 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub settings: Settings,
-    pub state: boxoffice::app::AppState,
+    pub state: boxoffice::state::AppState,
+    /// The HTTP rate limiters of this instance.
+    pub limits: std::sync::Arc<boxoffice::http::limit::RateLimits>,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -183,6 +185,7 @@ async fn start(settings: Settings) -> TestApp {
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
     let state = app.state().clone();
+    let limits = app.limits().clone();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run(stop.clone()));
     let client = reqwest::Client::builder()
@@ -197,6 +200,7 @@ async fn start(settings: Settings) -> TestApp {
         client,
         settings,
         state,
+        limits,
         stop,
         handle: Some(handle),
     }

@@ -461,7 +461,7 @@ async fn padding_the_authorization_header_does_not_escape_the_token_limit() {
         r.assert_problem(401, "unauthorized");
     }
     assert_eq!(
-        app.state.limits.tracked_keys().1,
+        app.limits.tracked_keys().1,
         4,
         "alice's entry and bob's, and their user assertions (from the joins)"
     );

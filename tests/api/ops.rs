@@ -1,6 +1,6 @@
 //! Operability: OpenAPI coverage, Swagger UI, rate limits, metrics.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use futures::future::join_all;
 use reqwest::{Method, StatusCode};
@@ -141,4 +141,41 @@ async fn metrics_have_every_family_after_a_short_flow() {
         );
     }
     assert!(!text.contains("m1"), "no user ids in labels");
+}
+
+/// A background loop that keeps failing is counted per loop on `/metrics`
+/// (here the outbox relay, its table renamed away under it). The instance
+/// is a process of its own, so the count is its own: the other tests of
+/// this binary share one metrics recorder.
+#[tokio::test]
+async fn a_failing_background_loop_is_counted_per_loop() {
+    let db = create_database().await;
+    let settings = Settings::new().set("DATABASE_URL", &db);
+    let process = ProcessInstance::start(&settings).await;
+    let relay_failures = || async {
+        let text = reqwest::get(format!("{}/metrics", process.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(r#"boxoffice_background_failures_total{loop="relay"} "#))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(
+        relay_failures().await,
+        Some(0.0),
+        "registered at zero, and the relay works while its table is there"
+    );
+    let pg = sqlx::PgPool::connect(&db).await.unwrap();
+    sqlx::query("alter table outbox rename to outbox_gone")
+        .execute(&pg)
+        .await
+        .unwrap();
+    let counted = eventually(Duration::from_secs(10), || async {
+        relay_failures().await.is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    assert!(counted, "relay failures: {:?}", relay_failures().await);
 }
