@@ -151,7 +151,7 @@ async fn admission_loop(state: AppState, shutdown: CancellationToken) {
 }
 
 fn record_tick(event: &EventId, t: &queue::Tick) {
-    if t.status == "no_event" {
+    if t.status == queue::TickStatus::NoEvent {
         return;
     }
     let ev = event.to_string();

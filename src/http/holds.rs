@@ -309,7 +309,7 @@ impl From<Hold> for HoldResponse {
             adjacent: h.adjacent,
             amount: format_amount(h.amount),
             expires_at: format_ms(h.expires_at_ms),
-            status: h.state,
+            status: h.state.to_string(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Adapters to the two stores. Domain modules see only these narrow types:
-//! [`redis::Redis`] runs Lua scripts and a handful of plain commands,
+//! [`redis::Redis`] runs Lua scripts (their JSON replies decoded in
+//! [`reply`]) and a handful of plain commands,
 //! [`pg::Pg`] hands out a guarded `sqlx` pool. Both put a per-call timeout
 //! and a circuit breaker in front of every call (for a Redis Cluster, one
 //! breaker per master, see [`cluster`]), so a dead dependency costs
@@ -10,6 +11,7 @@ pub mod cluster;
 pub mod keys;
 pub mod pg;
 pub mod redis;
+pub mod reply;
 
 /// Which dependency failed; used in logs, metrics and readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
