@@ -8,7 +8,8 @@
 //! interleave with another. Every schedule script first expires holds whose
 //! deadline (Redis TIME) has passed (`lua/lib/schedule.lua`), so an expired
 //! hold is free from its deadline on, whatever runs or doesn't in the
-//! background. This module holds the typed wrappers; see `docs/HOLDS.md`.
+//! background. This module holds the typed wrappers, and `reply` the
+//! scripts' typed replies; see `docs/HOLDS.md`.
 
 pub mod admin;
 pub mod check;

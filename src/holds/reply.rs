@@ -211,3 +211,62 @@ pub(super) struct Freed {
 pub(super) struct Dropped {
     pub holds_dropped: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{redis, reply::decode_reply};
+
+    fn hold_reply<T: serde::de::DeserializeOwned>(raw: &str) -> HoldReply<T> {
+        decode_reply::<Swept<HoldReply<T>>>(&redis::PLACE_HOLD, raw.as_bytes())
+            .unwrap()
+            .counted()
+    }
+
+    #[test]
+    fn statuses_decode_to_their_variants_with_their_fields() {
+        let placed = hold_reply::<Placed>(
+            r#"{"status":"ok","hold":7,"seats":[3,4],"adjacent":true,"deadline":99,
+               "price":"12.50","expired":1,"expired_paying":0}"#,
+        )
+        .into_result()
+        .unwrap();
+        assert_eq!((placed.hold, placed.seats), (7, vec![3, 4]));
+        assert_eq!(placed.price, Decimal::new(1250, 2));
+        let released = hold_reply::<Released>(r#"{"status":"released","seats":[5]}"#);
+        assert_eq!(released.into_result().unwrap().seats, vec![5]);
+        let limit = hold_reply::<Placed>(
+            r#"{"status":"limit","max_per_user":4,"held":2,"bought":1,"requested":2}"#,
+        );
+        assert!(matches!(
+            limit.into_result(),
+            Err(HoldError::Limit {
+                max_per_user: 4,
+                held: 2,
+                bought: 1,
+                requested: 2
+            })
+        ));
+        let waiting = hold_reply::<Placed>(r#"{"status":"not_admitted","position":3}"#);
+        assert!(matches!(
+            waiting.into_result(),
+            Err(HoldError::NotAdmitted { position: Some(3) })
+        ));
+        let view = hold_reply::<HoldView>(
+            r#"{"status":"ok","seats":[1],"deadline":5,"state":"paying","price":"1","adjacent":true}"#,
+        );
+        assert_eq!(view.into_result().unwrap().state, HoldState::Paying);
+    }
+
+    #[test]
+    fn an_unknown_status_is_an_error_naming_the_script() {
+        let e = decode_reply::<Swept<HoldReply<Placed>>>(
+            &redis::PLACE_HOLD,
+            br#"{"status":"sold_twice"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("script place_hold: bad reply"), "{e}");
+        assert!(e.contains("sold_twice"), "{e}");
+    }
+}

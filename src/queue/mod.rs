@@ -2,7 +2,8 @@
 //!
 //! State lives in Redis sorted sets changed only by the scripts in `lua/`
 //! (`join_queue`, `queue_status`, `leave_queue`, `admit_tick`,
-//! `stream_status`); this module holds their typed wrappers, the pure
+//! `stream_status`, all run after the prelude `lua/lib/queue.lua`); this
+//! module holds their typed wrappers (`reply`: their typed replies), the pure
 //! pacing rules (ETA, poll interval) and the in-process fan-out of
 //! statuses to streaming clients ([`stream`]). See `docs/QUEUE.md` for the
 //! data structures and why each transition is one script, and

@@ -166,3 +166,37 @@ impl BatchEntry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{redis, reply::decode_reply};
+
+    #[test]
+    fn entry_replies_decode_their_state_and_pacing() {
+        let raw = br#"{"status":"created","entry":12,"state":"waiting","position":3,
+            "rate":2.5,"rate_var":0,"admit_per_second":5,"paused":0,"idle_timeout_ms":60000,
+            "now_ms":1,"sold_out":"for_now"}"#;
+        let JoinReply::Created(j) = decode_reply(&redis::JOIN_QUEUE, raw).unwrap() else {
+            panic!("not created");
+        };
+        let view = j.standing.pace.view(j.entry, j.standing.state);
+        assert_eq!(view.entry, 12);
+        assert_eq!(view.state, EntryState::Waiting { position: 3 });
+        assert_eq!(view.sold_out, Some(SoldOut::ForNow));
+        let raw = br#"{"status":"ok","state":"admitted","admitted_until":77,"sold_out":null}"#;
+        let StatusReply::Ok(s) = decode_reply(&redis::QUEUE_STATUS, raw).unwrap() else {
+            panic!("not ok");
+        };
+        assert_eq!(s.state, EntryState::Admitted { until_ms: 77 });
+        let raw = br#"{"status":"ok","rate":1,"entries":[{"s":"gone"},{"s":"waiting","p":4}]}"#;
+        let StreamReply::Ok(b) = decode_reply(&redis::STREAM_STATUS, raw).unwrap() else {
+            panic!("not ok");
+        };
+        let states: Vec<_> = b.entries.iter().map(BatchEntry::state).collect();
+        assert_eq!(
+            states,
+            vec![None, Some(EntryState::Waiting { position: 4 })]
+        );
+    }
+}
