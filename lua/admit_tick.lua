@@ -2,19 +2,12 @@
 -- instance at once: the script decides from Redis TIME whether this slot
 -- was already used, and the admission budget is a sliding window in Redis.
 --
--- KEYS[1] cfg      hash: admit_per_second, max_active, active_ttl_ms,
---                  idle_timeout_ms, paused, open_ms, close_ms
--- KEYS[2] wait      zset: waiting user -> score (draw score < 1 for a
---                   pre-queue entry, else the entry: join sequence)
--- KEYS[3] poll      hash: waiting or admitted user -> last activity (ms)
--- KEYS[4] adm       zset: admitted user -> deadline (ms)
--- KEYS[5] adm_entry hash: admitted user -> entry
--- KEYS[6] win       zset: entry -> admission time (ms), last second
--- KEYS[7] stats     hash: last_tick_ms, rate_ema, rate_var, admitted_total,
---                   evicted_total, expired_total, released_total,
---                   closed_total, peak_active, sweep_after, adm_sweep
--- KEYS[8] pre_entry hash: pre-queue user -> entry
--- KEYS[9] draw      zset: the draw's entries (frozen at opens_at)
+-- KEYS[1..10] Q, the queue (prelude lib/queue.lua): reads cfg
+--             (admit_per_second, max_active, active_ttl_ms,
+--             idle_timeout_ms, paused, open_ms, close_ms); writes wait,
+--             poll, adm, adm_entry, win, stats (last_tick_ms, rate_ema,
+--             rate_var, the totals, peak_active, sweep_after, adm_sweep),
+--             pre_entry, draw
 -- ARGV[1] minimum interval between two ticks (ms)
 -- ARGV[2] maximum entries evicted, expired or admitted per step
 --
@@ -50,23 +43,23 @@
 -- line (line length / ARGV[2] steps) and, until then, counts in the
 -- positions behind it.
 
-local cfg = redis.call('HMGET', KEYS[1], 'admit_per_second', 'max_active', 'active_ttl_ms', 'idle_timeout_ms', 'paused', 'open_ms', 'close_ms')
+local Q = queue_keys(1)
+local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'max_active', 'active_ttl_ms', 'idle_timeout_ms', 'paused', 'open_ms', 'close_ms')
 if not cfg[1] then
   return cjson.encode({ status = 'no_event' })
 end
 local min_interval = tonumber(ARGV[1])
 local batch = tonumber(ARGV[2])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local last = tonumber(redis.call('HGET', KEYS[7], 'last_tick_ms') or '0')
+local now = now_ms()
+local last = tonumber(redis.call('HGET', Q.stats, 'last_tick_ms') or '0')
 if now - last < min_interval then
   -- Still report the figures so every instance's gauges stay fresh.
-  return cjson.encode({ status = 'skipped', waiting = redis.call('ZCARD', KEYS[2]),
-                        active = redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf'),
-                        rate = tonumber(redis.call('HGET', KEYS[7], 'rate_ema') or '0') })
+  return cjson.encode({ status = 'skipped', waiting = redis.call('ZCARD', Q.wait),
+                        active = redis.call('ZCOUNT', Q.adm, '(' .. now, '+inf'),
+                        rate = tonumber(redis.call('HGET', Q.stats, 'rate_ema') or '0') })
 end
-redis.call('HSET', KEYS[7], 'last_tick_ms', now)
+redis.call('HSET', Q.stats, 'last_tick_ms', now)
 
 local admit_per_second = tonumber(cfg[1])
 local max_active = tonumber(cfg[2])
@@ -84,110 +77,110 @@ end
 -- Drops a waiting member's side records (its score tells a pre-queue
 -- entry; before the draw it also leaves the draw).
 local function forget_waiting(user, score)
-  redis.call('HDEL', KEYS[3], user)
+  redis.call('HDEL', Q.poll, user)
   if tonumber(score) < 1 then
-    redis.call('HDEL', KEYS[8], user)
-    if before_open then redis.call('ZREM', KEYS[9], user) end
+    redis.call('HDEL', Q.pre_entry, user)
+    if before_open then redis.call('ZREM', Q.draw, user) end
   end
 end
 
 -- 1. Sweep for idle waiting entries.
 local evicted = 0
-local after = redis.call('HGET', KEYS[7], 'sweep_after') or '-inf'
+local after = redis.call('HGET', Q.stats, 'sweep_after') or '-inf'
 local from = after == '-inf' and '-inf' or '(' .. after
-local swept = redis.call('ZRANGEBYSCORE', KEYS[2], from, '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
+local swept = redis.call('ZRANGEBYSCORE', Q.wait, from, '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
 if #swept > 0 then
   local users = {}
   for i = 1, #swept, 2 do users[#users + 1] = swept[i] end
-  local seen = redis.call('HMGET', KEYS[3], unpack(users))
+  local seen = redis.call('HMGET', Q.poll, unpack(users))
   for i, user in ipairs(users) do
     if idle(seen[i]) then
-      redis.call('ZREM', KEYS[2], user)
+      redis.call('ZREM', Q.wait, user)
       forget_waiting(user, swept[2 * i])
       evicted = evicted + 1
     end
   end
 end
-redis.call('HSET', KEYS[7], 'sweep_after', #swept < 2 * batch and '-inf' or swept[#swept])
+redis.call('HSET', Q.stats, 'sweep_after', #swept < 2 * batch and '-inf' or swept[#swept])
 
 -- 1b. After closes_at nobody waiting can be admitted any more: drop them.
 local dropped = 0
 if closed then
-  local gone = redis.call('ZPOPMIN', KEYS[2], batch)
+  local gone = redis.call('ZPOPMIN', Q.wait, batch)
   for i = 1, #gone, 2 do forget_waiting(gone[i], gone[i + 1]) end
   dropped = #gone / 2
-  if dropped > 0 then redis.call('HINCRBY', KEYS[7], 'closed_total', dropped) end
+  if dropped > 0 then redis.call('HINCRBY', Q.stats, 'closed_total', dropped) end
 end
 
 -- 2. Admitted entries past their deadline.
-local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, batch)
+local expired = redis.call('ZRANGEBYSCORE', Q.adm, '-inf', now, 'LIMIT', 0, batch)
 for _, user in ipairs(expired) do
-  redis.call('ZREM', KEYS[4], user)
-  redis.call('HDEL', KEYS[5], user)
-  redis.call('HDEL', KEYS[3], user)
+  redis.call('ZREM', Q.adm, user)
+  redis.call('HDEL', Q.adm_entry, user)
+  redis.call('HDEL', Q.poll, user)
 end
-if #expired > 0 then redis.call('HINCRBY', KEYS[7], 'expired_total', #expired) end
+if #expired > 0 then redis.call('HINCRBY', Q.stats, 'expired_total', #expired) end
 
 -- 2b. Admitted users silent for idle_timeout_ms are released.
 local released = 0
-local cursor = tonumber(redis.call('HGET', KEYS[7], 'adm_sweep') or '0')
-local adm = redis.call('ZRANGE', KEYS[4], cursor, cursor + batch - 1)
+local cursor = tonumber(redis.call('HGET', Q.stats, 'adm_sweep') or '0')
+local adm = redis.call('ZRANGE', Q.adm, cursor, cursor + batch - 1)
 if #adm > 0 then
-  local seen = redis.call('HMGET', KEYS[3], unpack(adm))
+  local seen = redis.call('HMGET', Q.poll, unpack(adm))
   for i, user in ipairs(adm) do
     if seen[i] and now - tonumber(seen[i]) > idle_timeout_ms then
-      redis.call('ZREM', KEYS[4], user)
-      redis.call('HDEL', KEYS[5], user)
-      redis.call('HDEL', KEYS[3], user)
+      redis.call('ZREM', Q.adm, user)
+      redis.call('HDEL', Q.adm_entry, user)
+      redis.call('HDEL', Q.poll, user)
       released = released + 1
     elseif not seen[i] then
       -- Admitted before activity was recorded: its clock starts now.
-      redis.call('HSET', KEYS[3], user, now)
+      redis.call('HSET', Q.poll, user, now)
     end
   end
 end
-redis.call('HSET', KEYS[7], 'adm_sweep', #adm < batch and 0 or cursor + #adm - released)
-if released > 0 then redis.call('HINCRBY', KEYS[7], 'released_total', released) end
+redis.call('HSET', Q.stats, 'adm_sweep', #adm < batch and 0 or cursor + #adm - released)
+if released > 0 then redis.call('HINCRBY', Q.stats, 'released_total', released) end
 
 -- 3. Admit from the head; an idle entry there is dropped, not admitted.
 local admitted = 0
 if not paused and not before_open and not closed then
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - 1000)
-  local budget = admit_per_second - redis.call('ZCARD', KEYS[6])
-  local capacity = max_active - redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
+  redis.call('ZREMRANGEBYSCORE', Q.win, '-inf', now - 1000)
+  local budget = admit_per_second - redis.call('ZCARD', Q.win)
+  local capacity = max_active - redis.call('ZCOUNT', Q.adm, '(' .. now, '+inf')
   local n = math.min(budget, capacity, batch)
   local deadline = now + active_ttl_ms
   local popped = 0
   while admitted < n and popped < 2 * batch do
-    local head = redis.call('ZPOPMIN', KEYS[2], n - admitted)
+    local head = redis.call('ZPOPMIN', Q.wait, n - admitted)
     if #head == 0 then break end
     popped = popped + #head / 2
     local users = {}
     for i = 1, #head, 2 do users[#users + 1] = head[i] end
-    local seen = redis.call('HMGET', KEYS[3], unpack(users))
+    local seen = redis.call('HMGET', Q.poll, unpack(users))
     for i, user in ipairs(users) do
       local score = head[2 * i]
       local entry = score
       if tonumber(score) < 1 then
-        entry = redis.call('HGET', KEYS[8], user)
-        redis.call('HDEL', KEYS[8], user)
+        entry = redis.call('HGET', Q.pre_entry, user)
+        redis.call('HDEL', Q.pre_entry, user)
       end
       if idle(seen[i]) then
-        redis.call('HDEL', KEYS[3], user)
+        redis.call('HDEL', Q.poll, user)
         evicted = evicted + 1
       else
-        redis.call('ZADD', KEYS[4], deadline, user)
-        redis.call('HSET', KEYS[5], user, entry)
+        redis.call('ZADD', Q.adm, deadline, user)
+        redis.call('HSET', Q.adm_entry, user, entry)
         -- Admission starts the idle clock of the admitted user.
-        redis.call('HSET', KEYS[3], user, now)
-        redis.call('ZADD', KEYS[6], now, entry)
+        redis.call('HSET', Q.poll, user, now)
+        redis.call('ZADD', Q.win, now, entry)
         admitted = admitted + 1
       end
     end
   end
-  if admitted > 0 then redis.call('HINCRBY', KEYS[7], 'admitted_total', admitted) end
+  if admitted > 0 then redis.call('HINCRBY', Q.stats, 'admitted_total', admitted) end
 end
-if evicted > 0 then redis.call('HINCRBY', KEYS[7], 'evicted_total', evicted) end
+if evicted > 0 then redis.call('HINCRBY', Q.stats, 'evicted_total', evicted) end
 
 -- Observed admission rate: exponential moving average over ~10 s, in
 -- admissions per second, for ETAs. It counts every admission since the
@@ -195,7 +188,7 @@ if evicted > 0 then redis.call('HINCRBY', KEYS[7], 'evicted_total', evicted) end
 -- The average starts from the configured rate (a prior that adapts down
 -- when capacity, not the rate, is the bottleneck) and is frozen while
 -- paused, so ETAs are sensible from the first second of a sale.
-local stats = redis.call('HMGET', KEYS[7], 'rate_ema', 'admitted_total', 'rate_total_seen', 'rate_var')
+local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'admitted_total', 'rate_total_seen', 'rate_var')
 local rate = tonumber(stats[1] or admit_per_second)
 local rate_var = tonumber(stats[4] or '0')
 local total = tonumber(stats[2] or '0')
@@ -206,18 +199,18 @@ if not paused and not before_open and last > 0 and dt > 0 and dt < 60000 then
   rate = rate + alpha * (delta * 1000 / dt - rate)
   -- The spread: variance of the admissions counted in the last second
   -- (the sliding window) around the average, for eta_p90_seconds.
-  local last_second = redis.call('ZCOUNT', KEYS[6], now - 1000, '+inf')
+  local last_second = redis.call('ZCOUNT', Q.win, now - 1000, '+inf')
   rate_var = rate_var + alpha * ((last_second - rate) ^ 2 - rate_var)
 end
-redis.call('HSET', KEYS[7], 'rate_ema', tostring(rate), 'rate_total_seen', total, 'rate_var', tostring(rate_var))
+redis.call('HSET', Q.stats, 'rate_ema', tostring(rate), 'rate_total_seen', total, 'rate_var', tostring(rate_var))
 
 -- The highest admitted count ever seen, so an audit can prove after the
 -- fact that max_active was never exceeded.
-local active = redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
-if active > tonumber(redis.call('HGET', KEYS[7], 'peak_active') or '0') then
-  redis.call('HSET', KEYS[7], 'peak_active', active)
+local active = redis.call('ZCOUNT', Q.adm, '(' .. now, '+inf')
+if active > tonumber(redis.call('HGET', Q.stats, 'peak_active') or '0') then
+  redis.call('HSET', Q.stats, 'peak_active', active)
 end
 
 return cjson.encode({ status = 'ticked', admitted = admitted, evicted = evicted + dropped,
                       expired = #expired, released = released,
-                      waiting = redis.call('ZCARD', KEYS[2]), active = active, rate = rate })
+                      waiting = redis.call('ZCARD', Q.wait), active = active, rate = rate })

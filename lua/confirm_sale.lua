@@ -11,9 +11,9 @@
 -- KEYS[6] uheld     hash: user -> seats held or paying
 -- KEYS[7] ubought   hash: user -> seats bought
 -- KEYS[8] adm       zset: queue, admitted user -> deadline (ms)
--- KEYS[9] adm_entry hash: queue, admitted user -> entry
--- KEYS[10] wait     zset: queue, waiting user -> entry
--- KEYS[11] poll     hash: queue, waiting user -> last poll (ms)
+-- KEYS[9] wait      zset: queue, waiting user -> entry
+-- KEYS[10] adm_entry hash: queue, admitted user -> entry
+-- KEYS[11] poll     hash: queue, user -> last activity (ms)
 -- KEYS[12] sold     bitmap: bit i = seat i sold (the seat map's view)
 -- ARGV[1] hold number, "0" when unknown (replay)
 -- ARGV[2] user id (the buyer)
@@ -116,10 +116,11 @@ if #newly > 0 then
 end
 
 if end_queue == '1' then
-  redis.call('ZREM', KEYS[8], user)
-  redis.call('HDEL', KEYS[9], user)
-  redis.call('ZREM', KEYS[10], user)
-  redis.call('HDEL', KEYS[11], user)
+  local B = buyer_keys(8)
+  redis.call('ZREM', B.adm, user)
+  redis.call('HDEL', B.adm_entry, user)
+  redis.call('ZREM', B.wait, user)
+  redis.call('HDEL', B.seen, user)
 end
 
 return json({ status = 'ok', newly_sold = #newly, conflicts = sorted(conflicts),

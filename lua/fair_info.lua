@@ -1,8 +1,8 @@
 -- fair_info: an event's fair-start state by Redis time, for the draw and
 -- challenge endpoints. Read-only.
 --
--- KEYS[1] cfg   hash: pre_ms, open_ms, close_ms, pow_bits, seed
--- KEYS[2] draw  zset: the draw's entries (frozen at opens_at)
+-- KEYS[1..10] Q, the queue (prelude lib/queue.lua): reads cfg
+--             (pre_ms, open_ms, close_ms, pow_bits, seed) and draw
 -- ARGV: none
 --
 -- Returns (JSON):
@@ -12,15 +12,15 @@
 -- `entries` is the draw's size (final once now_ms >= open_ms). The caller
 -- decides what to publish: the seed only after open_ms.
 
-local v = redis.call('HMGET', KEYS[1], 'pre_ms', 'open_ms', 'close_ms', 'pow_bits', 'seed', 'admit_per_second')
+local Q = queue_keys(1)
+local v = redis.call('HMGET', Q.cfg, 'pre_ms', 'open_ms', 'close_ms', 'pow_bits', 'seed', 'admit_per_second')
 if not v[6] then
   return cjson.encode({ status = 'no_event' })
 end
-local t = redis.call('TIME')
 return cjson.encode({
   status = 'ok',
-  now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
+  now_ms = now_ms(),
   pre_ms = tonumber(v[1] or '0'), open_ms = tonumber(v[2] or '0'), close_ms = tonumber(v[3] or '0'),
   pow_bits = tonumber(v[4] or '0'), seed = v[5] or '',
-  entries = redis.call('ZCARD', KEYS[2]),
+  entries = redis.call('ZCARD', Q.draw),
 })

@@ -1,20 +1,7 @@
 -- join_queue: put a user in an event's waiting room (or its pre-queue),
 -- or return their place.
 --
--- KEYS[1] cfg       hash: event config (admit_per_second, max_active,
---                   active_ttl_ms, idle_timeout_ms, paused, pre_ms,
---                   open_ms, close_ms, pow_bits)
--- KEYS[2] seq       counter: join order
--- KEYS[3] wait      zset: waiting user -> score: the draw score in [0, 1)
---                   for a pre-queue entry, else the entry (join sequence)
--- KEYS[4] poll      hash: waiting or admitted user -> last activity (ms)
--- KEYS[5] adm       zset: admitted user -> deadline (ms)
--- KEYS[6] adm_entry hash: admitted user -> entry
--- KEYS[7] win       zset: entry -> admission time (ms), the last second only
--- KEYS[8] stats     hash: rate_ema, rate_var, admitted_total, joined_total, ...
--- KEYS[9] pre_entry hash: pre-queue user -> entry
--- KEYS[10] draw     zset: user -> draw score, every entry in the pre-queue
---                   at opens_at (frozen from then on: the admin entry list)
+-- KEYS[1..10] Q, the queue (prelude lib/queue.lua): all ten
 -- KEYS[11] pow_used string: this join's challenge, once used (any key
 --                   name when ARGV[5] is empty; then it is not touched)
 -- KEYS[12..] the event's schedule cfg hashes (seats, held, sold): sold out?
@@ -51,7 +38,8 @@
 -- everyone who joins after opens_at in the one sorted set, in draw order,
 -- without anything moving at opens_at. Re-joining finds the same member.
 
-local cfg = redis.call('HMGET', KEYS[1], 'admit_per_second', 'max_active', 'active_ttl_ms',
+local Q = queue_keys(1)
+local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'max_active', 'active_ttl_ms',
                        'idle_timeout_ms', 'paused', 'pre_ms', 'open_ms', 'close_ms', 'pow_bits')
 if not cfg[1] then
   return cjson.encode({ status = 'no_event' })
@@ -70,8 +58,7 @@ if not draw_score or draw_score < 0 or draw_score >= 1 then
   return redis.error_reply('ERR boxoffice script: bad argument: draw score')
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 
 -- The sale window, by Redis time.
 local first_open = (pre_ms > 0 and pre_ms) or open_ms
@@ -98,20 +85,9 @@ if pow_bits > 0 then
 end
 
 -- Sold out: no free seat in any schedule; final when none is held either.
-local function sold_out()
-  local held = 0
-  for i = 12, #KEYS do
-    local s = redis.call('HMGET', KEYS[i], 'seats', 'held', 'sold')
-    local seats, h, sold = tonumber(s[1] or '0'), tonumber(s[2] or '0'), tonumber(s[3] or '0')
-    if seats - h - sold > 0 then return nil end
-    held = held + h
-  end
-  if #KEYS < 12 then return nil end
-  return held > 0 and 'for_now' or 'final'
-end
-local soldout = sold_out()
+local soldout = sold_out(12)
 
-local stats = redis.call('HMGET', KEYS[8], 'rate_ema', 'rate_var')
+local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
 local rate, rate_var = tonumber(stats[1] or '0'), tonumber(stats[2] or '0')
 
 local function reply(status, entry, state, extra)
@@ -126,76 +102,76 @@ local function reply(status, entry, state, extra)
 end
 
 -- An existing live entry: same place, fresh token (the caller signs it).
-local deadline = redis.call('ZSCORE', KEYS[5], user)
+local deadline = redis.call('ZSCORE', Q.adm, user)
 if deadline then
   if tonumber(deadline) > now then
-    redis.call('HSET', KEYS[4], user, now)
-    return reply('existing', redis.call('HGET', KEYS[6], user), 'admitted',
+    redis.call('HSET', Q.poll, user, now)
+    return reply('existing', redis.call('HGET', Q.adm_entry, user), 'admitted',
                  { admitted_until = tonumber(deadline) })
   end
   -- Admission window over: that entry is gone.
-  redis.call('ZREM', KEYS[5], user)
-  redis.call('HDEL', KEYS[6], user)
-  redis.call('HDEL', KEYS[4], user)
+  redis.call('ZREM', Q.adm, user)
+  redis.call('HDEL', Q.adm_entry, user)
+  redis.call('HDEL', Q.poll, user)
 end
-local score = redis.call('ZSCORE', KEYS[3], user)
+local score = redis.call('ZSCORE', Q.wait, user)
 if score then
   score = tonumber(score)
   local entry = score
-  if score < 1 then entry = redis.call('HGET', KEYS[9], user) end
-  local seen = redis.call('HGET', KEYS[4], user)
+  if score < 1 then entry = redis.call('HGET', Q.pre_entry, user) end
+  local seen = redis.call('HGET', Q.poll, user)
   if seen and now - tonumber(seen) <= idle_timeout_ms then
-    redis.call('HSET', KEYS[4], user, now)
+    redis.call('HSET', Q.poll, user, now)
     if score < 1 and now < open_ms then
       return reply('existing', entry, 'prequeue', {})
     end
-    return reply('existing', entry, 'waiting', { position = redis.call('ZRANK', KEYS[3], user) + 1 })
+    return reply('existing', entry, 'waiting', { position = redis.call('ZRANK', Q.wait, user) + 1 })
   end
   -- Idle past the timeout: that entry is gone (and, before the draw, out
   -- of the draw too).
-  redis.call('ZREM', KEYS[3], user)
-  redis.call('HDEL', KEYS[4], user)
+  redis.call('ZREM', Q.wait, user)
+  redis.call('HDEL', Q.poll, user)
   if score < 1 then
-    redis.call('HDEL', KEYS[9], user)
-    if now < open_ms then redis.call('ZREM', KEYS[10], user) end
+    redis.call('HDEL', Q.pre_entry, user)
+    if now < open_ms then redis.call('ZREM', Q.draw, user) end
   end
-  redis.call('HINCRBY', KEYS[8], 'evicted_total', 1)
+  redis.call('HINCRBY', Q.stats, 'evicted_total', 1)
 end
 
 if soldout == 'final' then
   return cjson.encode({ status = 'sold_out' })
 end
 
-local entry = redis.call('INCR', KEYS[2])
-redis.call('HINCRBY', KEYS[8], 'joined_total', 1)
+local entry = redis.call('INCR', Q.seq)
+redis.call('HINCRBY', Q.stats, 'joined_total', 1)
 
 if in_prequeue then
-  redis.call('ZADD', KEYS[3], draw_score, user)
-  redis.call('HSET', KEYS[9], user, entry)
-  redis.call('ZADD', KEYS[10], draw_score, user)
-  redis.call('HSET', KEYS[4], user, now)
+  redis.call('ZADD', Q.wait, draw_score, user)
+  redis.call('HSET', Q.pre_entry, user, entry)
+  redis.call('ZADD', Q.draw, draw_score, user)
+  redis.call('HSET', Q.poll, user, now)
   return reply('created', entry, 'prequeue', {})
 end
 
 -- Admit at once only if nobody waits, capacity is free and this second's
 -- admission budget is not spent (the same sliding window admit_tick uses).
-if not paused and redis.call('ZCARD', KEYS[3]) == 0 then
-  local active = redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf')
-  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - 1000)
-  if active < max_active and redis.call('ZCARD', KEYS[7]) < admit_per_second then
+if not paused and redis.call('ZCARD', Q.wait) == 0 then
+  local active = redis.call('ZCOUNT', Q.adm, '(' .. now, '+inf')
+  redis.call('ZREMRANGEBYSCORE', Q.win, '-inf', now - 1000)
+  if active < max_active and redis.call('ZCARD', Q.win) < admit_per_second then
     local until_ms = now + active_ttl_ms
-    redis.call('ZADD', KEYS[5], until_ms, user)
-    redis.call('HSET', KEYS[6], user, entry)
-    redis.call('HSET', KEYS[4], user, now)
-    redis.call('ZADD', KEYS[7], now, entry)
-    redis.call('HINCRBY', KEYS[8], 'admitted_total', 1)
-    if active + 1 > tonumber(redis.call('HGET', KEYS[8], 'peak_active') or '0') then
-      redis.call('HSET', KEYS[8], 'peak_active', active + 1)
+    redis.call('ZADD', Q.adm, until_ms, user)
+    redis.call('HSET', Q.adm_entry, user, entry)
+    redis.call('HSET', Q.poll, user, now)
+    redis.call('ZADD', Q.win, now, entry)
+    redis.call('HINCRBY', Q.stats, 'admitted_total', 1)
+    if active + 1 > tonumber(redis.call('HGET', Q.stats, 'peak_active') or '0') then
+      redis.call('HSET', Q.stats, 'peak_active', active + 1)
     end
     return reply('created', entry, 'admitted', { admitted_until = until_ms })
   end
 end
 
-redis.call('ZADD', KEYS[3], entry, user)
-redis.call('HSET', KEYS[4], user, now)
-return reply('created', entry, 'waiting', { position = redis.call('ZRANK', KEYS[3], user) + 1 })
+redis.call('ZADD', Q.wait, entry, user)
+redis.call('HSET', Q.poll, user, now)
+return reply('created', entry, 'waiting', { position = redis.call('ZRANK', Q.wait, user) + 1 })

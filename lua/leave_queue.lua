@@ -1,13 +1,8 @@
 -- leave_queue: a user gives up their place (pre-queue, waiting or admitted).
 --
--- KEYS[1] wait      zset: waiting user -> score (draw score < 1, or entry)
--- KEYS[2] poll      hash: waiting or admitted user -> last activity (ms)
--- KEYS[3] adm       zset: admitted user -> deadline (ms)
--- KEYS[4] adm_entry hash: admitted user -> entry
--- KEYS[5] stats     hash: left_total, ...
--- KEYS[6] pre_entry hash: pre-queue user -> entry
--- KEYS[7] draw      zset: the draw's entries (frozen at opens_at)
--- KEYS[8] cfg       hash: event config (open_ms)
+-- KEYS[1..10] Q, the queue (prelude lib/queue.lua): reads cfg
+--             (open_ms); writes wait, poll, adm, adm_entry, stats
+--             (left_total), pre_entry, draw
 -- ARGV[1] entry id
 -- ARGV[2] user id (from the verified token)
 --
@@ -17,26 +12,26 @@
 -- pre-queue before opens_at also leaves the draw.
 
 local entry, user = tonumber(ARGV[1]), ARGV[2]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local open_ms = tonumber(redis.call('HGET', KEYS[8], 'open_ms') or '0')
+local Q = queue_keys(1)
+local now = now_ms()
+local open_ms = tonumber(redis.call('HGET', Q.cfg, 'open_ms') or '0')
 
-local score = tonumber(redis.call('ZSCORE', KEYS[1], user))
+local score = tonumber(redis.call('ZSCORE', Q.wait, user))
 local mine = score
-if score and score < 1 then mine = tonumber(redis.call('HGET', KEYS[6], user)) end
+if score and score < 1 then mine = tonumber(redis.call('HGET', Q.pre_entry, user)) end
 if score and mine == entry then
-  redis.call('ZREM', KEYS[1], user)
-  redis.call('HDEL', KEYS[2], user)
+  redis.call('ZREM', Q.wait, user)
+  redis.call('HDEL', Q.poll, user)
   if score < 1 then
-    redis.call('HDEL', KEYS[6], user)
-    if now < open_ms then redis.call('ZREM', KEYS[7], user) end
+    redis.call('HDEL', Q.pre_entry, user)
+    if now < open_ms then redis.call('ZREM', Q.draw, user) end
   end
-elseif tonumber(redis.call('HGET', KEYS[4], user)) == entry then
-  redis.call('ZREM', KEYS[3], user)
-  redis.call('HDEL', KEYS[4], user)
-  redis.call('HDEL', KEYS[2], user)
+elseif tonumber(redis.call('HGET', Q.adm_entry, user)) == entry then
+  redis.call('ZREM', Q.adm, user)
+  redis.call('HDEL', Q.adm_entry, user)
+  redis.call('HDEL', Q.poll, user)
 else
   return cjson.encode({ status = 'gone' })
 end
-redis.call('HINCRBY', KEYS[5], 'left_total', 1)
+redis.call('HINCRBY', Q.stats, 'left_total', 1)
 return cjson.encode({ status = 'left' })

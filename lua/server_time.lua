@@ -1,4 +1,5 @@
--- server_time: the one clock every instance agrees on.
+-- server_time: the one clock every instance agrees on. Runs after
+-- lib/queue.lua (prelude: now_ms).
 --
 -- KEYS: none
 -- ARGV: none
@@ -6,5 +7,4 @@
 --
 -- Deadlines and admission ticks are decided by Redis TIME read inside the
 -- scripts; this script lets Rust code (readiness, tests) read the same clock.
-local t = redis.call('TIME')
-return cjson.encode({ now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) })
+return cjson.encode({ now_ms = now_ms() })

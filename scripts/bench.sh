@@ -312,8 +312,9 @@ else
 fi
 
 # ------------------------------------------------------ redis-benchmark
-# place_hold exactly as the service sends it: lua/lib/schedule.lua, a
-# newline, lua/place_hold.lua (src/store/redis.rs), on a schedule created
+# place_hold exactly as the service sends it: lua/lib/queue.lua, a
+# newline, lua/lib/schedule.lua, a newline, lua/place_hold.lua
+# (schedule_source! in src/store/redis.rs), on a schedule created
 # through the admin API (so its keys are the real ones), one seat per call.
 RB_EVENT="rb$TS"
 curl -fsS -o /dev/null -H "x-api-key: $SERVICE_KEY" -H 'content-type: application/json' "$HOST/v1/admin/events" -d "{
@@ -322,9 +323,9 @@ curl -fsS -o /dev/null -H "x-api-key: $SERVICE_KEY" -H 'content-type: applicatio
   \"schedules\":[
     {\"schedule_id\":\"p1\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100},
     {\"schedule_id\":\"p16\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}]}"
-{ cat lua/lib/schedule.lua; printf '\n'; cat lua/place_hold.lua; } >"$OUT/place_hold.full.lua"
+{ cat lua/lib/queue.lua; printf '\n'; cat lua/lib/schedule.lua; printf '\n'; cat lua/place_hold.lua; } >"$OUT/place_hold.full.lua"
 SHA="$(rcli -x script load <"$OUT/place_hold.full.lua")"
-note "{ cat lua/lib/schedule.lua; printf '\\n'; cat lua/place_hold.lua; } | redis-cli -u $REDIS_URL -x script load   # -> $SHA; schedules p1, p16 of event $RB_EVENT created through POST /v1/admin/events (100000 seats, max_per_user 100)"
+note "{ cat lua/lib/queue.lua; printf '\\n'; cat lua/lib/schedule.lua; printf '\\n'; cat lua/place_hold.lua; } | redis-cli -u $REDIS_URL -x script load   # -> $SHA; schedules p1, p16 of event $RB_EVENT created through POST /v1/admin/events (100000 seats, max_per_user 100)"
 rb_keys() { # SCHEDULE -> the 11 KEYS of place_hold (7 schedule, hold seq, 2 queue, ready mark)
     local k="${PREFIX}{ev:$RB_EVENT}"
     printf '%s ' "$k:s:$1:cfg" "$k:s:$1:seats" "$k:s:$1:map" "$k:s:$1:holds" "$k:s:$1:dl" "$k:s:$1:uheld" "$k:s:$1:ubought" "$k:hold:seq" \

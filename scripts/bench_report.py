@@ -590,7 +590,7 @@ def references_section(b):
             f"{fmt_ms(ceiling['p50_ms'])} ms, p99 {fmt_ms(ceiling['p99_ms'])} ms."
         )
     for label, rb, what in [
-        ("place_hold, -c 64, no pipelining", rb_hold, "the real script (lua/lib/schedule.lua + lua/place_hold.lua), one seat by `count`, random users"),
+        ("place_hold, -c 64, no pipelining", rb_hold, "the real script (lua/lib/queue.lua + lua/lib/schedule.lua + lua/place_hold.lua), one seat by `count`, random users"),
         ("place_hold, -c 64 -P 16", rb_hold16, "the same, pipelined 16 deep (what a multiplexing client can reach)"),
         ("ZRANK, -c 64", rb_zrank, "ZRANK of random members in a 100k-member sorted set"),
     ]:

@@ -170,7 +170,7 @@ async fn admission_loop(redis: Redis, every: Duration, shutdown: CancellationTok
 }
 
 fn record_tick(event: &EventId, t: &queue::Tick) {
-    if t.status == "no_event" {
+    if t.status == queue::TickStatus::NoEvent {
         return;
     }
     let ev = event.to_string();

@@ -1,7 +1,8 @@
 -- lib/schedule: shared prelude of every schedule script. The Rust side
--- puts this file in front of a schedule script's source before EVALSHA
--- (Lua scripts cannot import), so it only defines locals: no top-level
--- return, no writes, no KEYS read outside a function.
+-- puts this file (after lib/queue.lua, whose now_ms and buyer_keys it
+-- uses) in front of a schedule script's source before EVALSHA (Lua
+-- scripts cannot import), so it only defines locals: no top-level return,
+-- no writes, no KEYS read outside a function.
 --
 -- One schedule is 7 keys, always in this order (K below is the table
 -- sched_keys(i) builds from KEYS[i..i+6]):
@@ -31,11 +32,6 @@
 -- Lazy expiry: a hold is dead from its deadline on. Every schedule script
 -- calls expire_due first, so no reply ever shows an expired hold and
 -- nothing depends on a background job, key TTLs or keyspace events.
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 
 local function sched_keys(i)
   return { cfg = KEYS[i], seats = KEYS[i + 1], map = KEYS[i + 2], holds = KEYS[i + 3],
@@ -187,14 +183,6 @@ local function expire_due(K, now)
     end
   end
   return expired, paying
-end
-
--- The queue keys a buyer's admission check reads, KEYS[i..i+3] in this
--- order (EventKeys::buyer_keys builds them): adm (zset: admitted user ->
--- deadline), wait (zset: waiting user -> entry), adm_entry (hash:
--- admitted user -> entry), seen (hash: user -> last activity, ms).
-local function buyer_keys(i)
-  return { adm = KEYS[i], wait = KEYS[i + 1], adm_entry = KEYS[i + 2], seen = KEYS[i + 3] }
 end
 
 -- The buyer's queue entry (the one its token names, not just any entry of

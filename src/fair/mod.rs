@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     ids::{EventId, UserId},
-    store::{Dependency, StoreError, redis as store_redis, redis::Redis},
+    store::{StoreError, redis as store_redis, redis::Redis},
 };
 
 /// The published ordering rule, word for word what [`draw_score`] does.
@@ -245,29 +245,26 @@ impl Info {
     }
 }
 
+/// `fair_info.lua`'s reply.
+#[derive(serde::Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum InfoReply {
+    Ok(Info),
+    /// Not loaded (missing from Redis, being restored).
+    NoEvent,
+}
+
 /// # Errors
 /// Redis unavailable; `Ok(None)` for an unknown event.
 pub async fn info(redis: &Redis, event: &EventId) -> Result<Option<Info>, StoreError> {
-    let k = redis.keys().event(event);
-    let raw = redis
-        .run(
-            &store_redis::FAIR_INFO,
-            vec![k.config(), k.queue_draw()],
-            vec![],
-        )
-        .await?;
-    #[derive(serde::Deserialize)]
-    struct Status {
-        status: String,
+    let keys = redis.keys().event(event).queue_keys();
+    match redis
+        .eval_json(&store_redis::FAIR_INFO, keys, vec![])
+        .await?
+    {
+        InfoReply::Ok(info) => Ok(Some(info)),
+        InfoReply::NoEvent => Ok(None),
     }
-    let bad = |e: serde_json::Error| {
-        StoreError::internal(Dependency::Redis, anyhow::anyhow!("fair_info: {e}: {raw}"))
-    };
-    // Not loaded (missing from Redis, being restored): no fields but the status.
-    if serde_json::from_str::<Status>(&raw).map_err(bad)?.status != "ok" {
-        return Ok(None);
-    }
-    serde_json::from_str::<Info>(&raw).map(Some).map_err(bad)
 }
 
 /// One page of the draw's entries, in draw order: (total, users).
@@ -286,19 +283,13 @@ pub async fn entries(
         users: Vec<String>,
     }
     let k = redis.keys().event(event);
-    let raw = redis
-        .run(
+    let p: Page = redis
+        .eval_json(
             &store_redis::DRAW_ENTRIES,
             vec![k.queue_draw()],
             vec![offset.to_string(), limit.to_string()],
         )
         .await?;
-    let p: Page = serde_json::from_str(&raw).map_err(|e| {
-        StoreError::internal(
-            Dependency::Redis,
-            anyhow::anyhow!("draw_entries: {e}: {raw}"),
-        )
-    })?;
     Ok((p.total, p.users))
 }
 

@@ -8,23 +8,11 @@
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{HoldError, decode};
+use super::{HoldError, reply::OperatorReply};
 use crate::{
     ids::{EventId, ScheduleId},
-    store::redis::{Redis, Script},
+    store::redis::{CHECK_SCHEDULE, Redis},
 };
-
-/// The checker, with the schedule prelude in front (it reuses its helpers).
-/// Not in the start-up script list: `Redis::run` sends the source on
-/// `NOSCRIPT`, and only the audit and the tests run it.
-pub static CHECK_SCHEDULE: Script = Script::new(
-    "check_schedule",
-    concat!(
-        include_str!("../../lua/lib/schedule.lua"),
-        "\n",
-        include_str!("../../lua/check_schedule.lua")
-    ),
-);
 
 /// One broken invariant.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -81,11 +69,6 @@ impl ScheduleCheck {
     }
 }
 
-#[derive(Deserialize)]
-struct Head {
-    status: String,
-}
-
 /// Checks one schedule's script invariants.
 ///
 /// # Errors
@@ -98,15 +81,8 @@ pub async fn check_schedule(
     let k = redis.keys().event(event);
     let mut keys = k.schedule_keys(schedule);
     keys.push(k.sold_map(schedule));
-    let raw = redis.run(&CHECK_SCHEDULE, keys, vec![]).await?;
-    let head: Head = decode("check_schedule", &raw)?;
-    match head.status.as_str() {
-        "ok" => Ok(decode("check_schedule", &raw)?),
-        "no_schedule" => Err(HoldError::NoSchedule),
-        _ => Err(HoldError::Store(super::bad_reply(
-            "check_schedule",
-            &raw,
-            "unexpected status",
-        ))),
+    match redis.eval_json(&CHECK_SCHEDULE, keys, vec![]).await? {
+        OperatorReply::Ok(check) => Ok(check),
+        OperatorReply::NoSchedule => Err(HoldError::NoSchedule),
     }
 }

@@ -8,16 +8,28 @@
 //! interleave with another. Every schedule script first expires holds whose
 //! deadline (Redis TIME) has passed (`lua/lib/schedule.lua`), so an expired
 //! hold is free from its deadline on, whatever runs or doesn't in the
-//! background. This module holds the typed wrappers; see `docs/HOLDS.md`.
+//! background. This module holds the typed wrappers, and `reply` the
+//! scripts' typed replies; see `docs/HOLDS.md`.
 
 pub mod check;
+mod reply;
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, de::IgnoredAny};
 
+use self::reply::{
+    ConfirmReply, Dropped, Freed, HoldReply, HoldView, OperatorReply, Overview, Placed, Released,
+    SeatMapHead, Sold, Swept,
+};
 use crate::{
     ids::{EventId, HoldId, ScheduleId, SeatNo, UserId},
-    store::{Dependency, StoreError, keys::EventKeys, redis, redis::Redis},
+    store::{
+        StoreError,
+        keys::EventKeys,
+        redis,
+        redis::Redis,
+        reply::{bad_reply, decode_reply},
+    },
     token::QueueClaims,
 };
 
@@ -80,94 +92,36 @@ pub struct Hold {
     /// price × seats, from the catalog.
     pub amount: Decimal,
     pub expires_at_ms: i64,
-    /// `held` or `paying`.
-    pub state: String,
+    pub state: HoldState,
 }
 
-#[derive(Debug, Deserialize)]
-struct Reply {
-    status: String,
-    #[serde(default)]
-    hold: Option<u64>,
-    #[serde(default)]
-    seats: Vec<u32>,
-    #[serde(default)]
-    adjacent: Option<bool>,
-    #[serde(default)]
-    deadline: Option<i64>,
-    #[serde(default)]
-    price: Option<String>,
-    #[serde(default)]
-    state: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    max_per_user: u32,
-    #[serde(default)]
-    held: u32,
-    #[serde(default)]
-    bought: u32,
-    #[serde(default)]
-    requested: u32,
-    #[serde(default)]
-    expired: u64,
-    #[serde(default)]
-    expired_paying: u64,
-    #[serde(default)]
-    position: Option<u64>,
+/// Where a live hold is: held until its deadline, or being paid (it can
+/// then neither expire nor be released until its payment deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldState {
+    Held,
+    Paying,
 }
 
-fn bad_reply(script: &str, raw: &str, why: impl std::fmt::Display) -> StoreError {
-    StoreError::internal(Dependency::Redis, anyhow::anyhow!("{script}: {why}: {raw}"))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(script: &str, raw: &str) -> Result<T, StoreError> {
-    serde_json::from_str(raw).map_err(|e| bad_reply(script, raw, e))
-}
-
-/// Counts holds that expired lazily (for `boxoffice_holds_expired_total`).
-fn count_expired(r: &Reply) {
-    count_expired_n(r.expired, r.expired_paying);
-}
-
-fn count_expired_n(expired: u64, expired_paying: u64) {
-    if expired > 0 {
-        metrics::counter!("boxoffice_holds_expired_total", "state" => "held")
-            .increment(expired - expired_paying.min(expired));
-    }
-    if expired_paying > 0 {
-        metrics::counter!("boxoffice_holds_expired_total", "state" => "paying")
-            .increment(expired_paying);
+impl HoldState {
+    /// The name the API and the hold records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Paying => "paying",
+        }
     }
 }
 
-fn amount(
-    script: &str,
-    raw: &str,
-    price: Option<&str>,
-    seats: usize,
-) -> Result<Decimal, StoreError> {
-    let price: Decimal = price
-        .ok_or_else(|| bad_reply(script, raw, "no price"))?
-        .parse()
-        .map_err(|e| bad_reply(script, raw, e))?;
-    Ok((price * Decimal::from(seats)).normalize())
+impl std::fmt::Display for HoldState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
-fn common_errors(script: &str, raw: &str, r: &Reply) -> HoldError {
-    match r.status.as_str() {
-        "no_schedule" => HoldError::NoSchedule,
-        "gone" => HoldError::Gone,
-        "forbidden" => HoldError::Forbidden,
-        "paying" => HoldError::Paying,
-        "not_admitted" => HoldError::NotAdmitted {
-            position: r.position,
-        },
-        "queue_gone" => HoldError::QueueGone,
-        "restoring" => HoldError::Restoring,
-        "cancelled" => HoldError::Cancelled,
-        other => HoldError::Store(bad_reply(script, raw, format!("status {other}"))),
-    }
+fn amount(price: Decimal, seats: usize) -> Decimal {
+    (price * Decimal::from(seats)).normalize()
 }
 
 /// Places a hold: all seats or none.
@@ -198,57 +152,27 @@ pub async fn place(
         ),
         HoldRequest::Count(n) => ("count", n.to_string()),
     };
-    let raw = match redis
-        .run(
+    let reply = redis
+        .eval_json::<Swept<HoldReply<Placed>>>(
             &redis::PLACE_HOLD,
             keys,
             vec![user.to_string(), mode.into(), arg, buyer.entry.to_string()],
         )
-        .await
-    {
-        Ok(raw) => raw,
-        Err(e) => {
-            metrics::counter!("boxoffice_holds_total", "outcome" => "error").increment(1);
-            return Err(e.into());
-        }
-    };
-    let r: Reply = decode("place_hold", &raw)?;
-    count_expired(&r);
-    let outcome = match r.status.as_str() {
-        "ok" => {
-            let n = r
-                .hold
-                .ok_or_else(|| bad_reply("place_hold", &raw, "no hold"))?;
-            Ok(Hold {
-                id: HoldId {
-                    event: event.clone(),
-                    schedule: schedule.clone(),
-                    n,
-                },
-                amount: amount("place_hold", &raw, r.price.as_deref(), r.seats.len())?,
-                adjacent: r.adjacent.unwrap_or(false),
-                expires_at_ms: r
-                    .deadline
-                    .ok_or_else(|| bad_reply("place_hold", &raw, "no deadline"))?,
-                seats: r.seats,
-                state: "held".into(),
-            })
-        }
-        "invalid" => Err(HoldError::Invalid(match r.reason.as_deref() {
-            Some("seat_out_of_range") => {
-                format!("seats out of range for this schedule: {:?}", r.seats)
-            }
-            Some("count_too_large") => "count is larger than the schedule".into(),
-            other => format!("invalid hold request ({})", other.unwrap_or("unknown")),
-        })),
-        "limit" => Err(HoldError::Limit {
-            max_per_user: r.max_per_user,
-            held: r.held,
-            bought: r.bought,
-            requested: r.requested,
+        .await;
+    let outcome = match reply {
+        Ok(r) => r.counted().into_result().map(|p| Hold {
+            id: HoldId {
+                event: event.clone(),
+                schedule: schedule.clone(),
+                n: p.hold,
+            },
+            amount: amount(p.price, p.seats.len()),
+            adjacent: p.adjacent,
+            expires_at_ms: p.deadline,
+            seats: p.seats,
+            state: HoldState::Held,
         }),
-        "unavailable" => Err(HoldError::Unavailable(r.seats)),
-        _ => Err(common_errors("place_hold", &raw, &r)),
+        Err(e) => Err(e.into()),
     };
     let label = match &outcome {
         Ok(_) => "placed",
@@ -284,25 +208,22 @@ fn owner_args(id: &HoldId, owner: &QueueClaims) -> Vec<String> {
 /// # Errors
 /// Gone, someone else's, or Redis unavailable.
 pub async fn get(redis: &Redis, id: &HoldId, owner: &QueueClaims) -> Result<Hold, HoldError> {
-    let raw = redis
-        .run(
+    let h = redis
+        .eval_json::<Swept<HoldReply<HoldView>>>(
             &redis::HOLD_INFO,
             owner_keys(redis, id),
             owner_args(id, owner),
         )
-        .await?;
-    let r: Reply = decode("hold_info", &raw)?;
-    count_expired(&r);
-    if r.status != "ok" {
-        return Err(common_errors("hold_info", &raw, &r));
-    }
+        .await?
+        .counted()
+        .into_result()?;
     Ok(Hold {
         id: id.clone(),
-        amount: amount("hold_info", &raw, r.price.as_deref(), r.seats.len())?,
-        adjacent: r.adjacent.unwrap_or(false),
-        expires_at_ms: r.deadline.unwrap_or_default(),
-        state: r.state.unwrap_or_else(|| "held".into()),
-        seats: r.seats,
+        amount: amount(h.price, h.seats.len()),
+        adjacent: h.adjacent,
+        expires_at_ms: h.deadline,
+        state: h.state,
+        seats: h.seats,
     })
 }
 
@@ -315,21 +236,17 @@ pub async fn release(
     id: &HoldId,
     owner: &QueueClaims,
 ) -> Result<Vec<u32>, HoldError> {
-    let raw = redis
-        .run(
+    let released = redis
+        .eval_json::<Swept<HoldReply<Released>>>(
             &redis::RELEASE_HOLD,
             owner_keys(redis, id),
             owner_args(id, owner),
         )
-        .await?;
-    let r: Reply = decode("release_hold", &raw)?;
-    count_expired(&r);
-    if r.status == "released" {
-        metrics::counter!("boxoffice_holds_released_total").increment(1);
-        Ok(r.seats)
-    } else {
-        Err(common_errors("release_hold", &raw, &r))
-    }
+        .await?
+        .counted()
+        .into_result()?;
+    metrics::counter!("boxoffice_holds_released_total").increment(1);
+    Ok(released.seats)
 }
 
 /// One schedule's seats: which are taken (held, being paid or sold) and
@@ -342,21 +259,6 @@ pub struct SeatMap {
     pub available: u32,
     taken: bytes::Bytes,
     sold: bytes::Bytes,
-}
-
-#[derive(Deserialize)]
-struct SeatMapHead {
-    status: String,
-    #[serde(default)]
-    seats_total: u32,
-    #[serde(default)]
-    row_size: u32,
-    #[serde(default)]
-    available: u32,
-    #[serde(default)]
-    expired: u64,
-    #[serde(default)]
-    expired_paying: u64,
 }
 
 fn bit(map: &[u8], seat: u32) -> bool {
@@ -398,13 +300,12 @@ pub async fn seat_map(
         .run_bulk(&redis::SEAT_MAP, keys, args)
         .await?
         .into_iter();
-    let head = parts.next().unwrap_or_default();
-    let raw = String::from_utf8_lossy(&head);
-    let h: SeatMapHead = decode("seat_map", &raw)?;
-    if h.status != "ok" {
-        return Err(common_errors("seat_map", &raw, &decode("seat_map", &raw)?));
-    }
-    count_expired_n(h.expired, h.expired_paying);
+    let h = decode_reply::<Swept<HoldReply<SeatMapHead>>>(
+        &redis::SEAT_MAP,
+        &parts.next().unwrap_or_default(),
+    )?
+    .counted()
+    .into_result()?;
     Ok(SeatMap {
         seats_total: h.seats_total,
         row_size: h.row_size,
@@ -440,23 +341,10 @@ pub async fn sold_seats(
     event: &EventId,
     schedule: &ScheduleId,
 ) -> Result<Vec<u32>, HoldError> {
-    #[derive(Deserialize)]
-    struct Sold {
-        status: String,
-        #[serde(default)]
-        sold: Vec<u32>,
-    }
     let keys = redis.keys().event(event).schedule_keys(schedule);
-    let raw = redis.run(&redis::SOLD_SEATS, keys, vec![]).await?;
-    let r: Sold = decode("sold_seats", &raw)?;
-    match r.status.as_str() {
-        "ok" => Ok(r.sold),
-        "no_schedule" => Err(HoldError::NoSchedule),
-        _ => Err(HoldError::Store(bad_reply(
-            "sold_seats",
-            &raw,
-            "unexpected status",
-        ))),
+    match redis.eval_json(&redis::SOLD_SEATS, keys, vec![]).await? {
+        OperatorReply::Ok(Sold { sold }) => Ok(sold),
+        OperatorReply::NoSchedule => Err(HoldError::NoSchedule),
     }
 }
 
@@ -507,21 +395,11 @@ pub async fn overview(
     let k = redis.keys().event(event);
     let mut keys: Vec<String> = schedules.iter().flat_map(|s| k.schedule_keys(s)).collect();
     let args = buyer_args(&k, &mut keys, buyer);
-    let raw = redis.run(&redis::SCHEDULES_OVERVIEW, keys, args).await?;
-    #[derive(Deserialize)]
-    struct Overview {
-        status: String,
-        #[serde(default)]
-        schedules: Vec<ScheduleFigures>,
-    }
-    let o: Overview = decode("schedules_overview", &raw)?;
-    if o.status != "ok" {
-        return Err(common_errors(
-            "schedules_overview",
-            &raw,
-            &decode("schedules_overview", &raw)?,
-        ));
-    }
+    let o = redis
+        .eval_json::<Swept<HoldReply<Overview>>>(&redis::SCHEDULES_OVERVIEW, keys, args)
+        .await?
+        .counted()
+        .into_result()?;
     Ok(o.schedules)
 }
 
@@ -535,10 +413,11 @@ pub async fn sweep(
     schedule: &ScheduleId,
 ) -> Result<u64, StoreError> {
     let keys = redis.keys().event(event).schedule_keys(schedule);
-    let raw = redis.run(&redis::SWEEP_HOLDS, keys, vec![]).await?;
-    let r: Reply = decode("sweep_holds", &raw)?;
-    count_expired(&r);
-    Ok(r.expired)
+    let r: Swept<OperatorReply<IgnoredAny>> =
+        redis.eval_json(&redis::SWEEP_HOLDS, keys, vec![]).await?;
+    let expired = r.expired();
+    r.counted();
+    Ok(expired)
 }
 
 /// Whether hold number `id.n` was ever handed out for its event: a hold
@@ -553,7 +432,7 @@ pub async fn ever_minted(redis: &Redis, id: &HoldId) -> Result<bool, StoreError>
 }
 
 /// A hold moved to *paying*.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Paying {
     pub seats: Vec<u32>,
 }
@@ -574,8 +453,8 @@ pub async fn begin_payment(
     let mut keys = k.schedule_keys(&id.schedule);
     keys.extend(k.buyer_keys());
     keys.push(k.ready());
-    let raw = redis
-        .run(
+    redis
+        .eval_json::<Swept<HoldReply<Paying>>>(
             &redis::BEGIN_PAYMENT,
             keys,
             vec![
@@ -585,13 +464,28 @@ pub async fn begin_payment(
                 buyer.entry.to_string(),
             ],
         )
-        .await?;
-    let r: Reply = decode("begin_payment", &raw)?;
-    count_expired(&r);
-    if r.status != "ok" {
-        return Err(common_errors("begin_payment", &raw, &r));
-    }
-    Ok(Paying { seats: r.seats })
+        .await?
+        .counted()
+        .into_result()
+}
+
+/// What giving a *paying* hold back did (`abort_payment.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Aborted {
+    /// Held again until `deadline` (Redis ms), its original deadline.
+    Restored {
+        deadline: i64,
+    },
+    /// The original deadline had passed: the hold ended, its seats freed.
+    Expired,
+    /// No such hold (its payment deadline passed, or it was sold).
+    Gone,
+    /// The hold is held, not paying: untouched.
+    NotPaying,
+    /// The hold belongs to another user: untouched.
+    Forbidden,
+    NoSchedule,
 }
 
 /// Gives a *paying* hold back to *held* with its original deadline (or
@@ -603,18 +497,16 @@ pub async fn abort_payment(
     redis: &Redis,
     id: &HoldId,
     user: &UserId,
-) -> Result<String, StoreError> {
+) -> Result<Aborted, StoreError> {
     let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
-    let raw = redis
-        .run(
+    Ok(redis
+        .eval_json::<Swept<Aborted>>(
             &redis::ABORT_PAYMENT,
             keys,
             vec![id.n.to_string(), user.to_string()],
         )
-        .await?;
-    let r: Reply = decode("abort_payment", &raw)?;
-    count_expired(&r);
-    Ok(r.status)
+        .await?
+        .counted())
 }
 
 /// Result of marking a payment's seats sold.
@@ -641,36 +533,15 @@ pub async fn refund_seats(
     payment_id: uuid::Uuid,
     seats: &[i32],
 ) -> Result<Vec<u32>, StoreError> {
-    #[derive(Deserialize)]
-    struct Freed {
-        status: String,
-        #[serde(default)]
-        freed: Vec<u32>,
-        #[serde(default)]
-        expired: u64,
-        #[serde(default)]
-        expired_paying: u64,
-    }
     let k = redis.keys().event(event);
     let mut keys = k.schedule_keys(schedule);
     keys.push(k.sold_map(schedule));
-    let args = vec![
-        user.to_owned(),
-        payment_id.to_string(),
-        seats
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-    ];
-    let raw = redis.run(&redis::REFUND_SEATS, keys, args).await?;
-    let r: Freed = decode("refund_seats", &raw)?;
-    count_expired_n(r.expired, r.expired_paying);
-    match r.status.as_str() {
-        "ok" => Ok(r.freed),
+    let args = vec![user.to_owned(), payment_id.to_string(), seats_arg(seats)];
+    let r: Swept<OperatorReply<Freed>> = redis.eval_json(&redis::REFUND_SEATS, keys, args).await?;
+    match r.counted() {
+        OperatorReply::Ok(Freed { freed }) => Ok(freed),
         // Not in Redis at all: nothing is sold there to free.
-        "no_schedule" => Ok(Vec::new()),
-        other => Err(bad_reply("refund_seats", &raw, format!("status {other}"))),
+        OperatorReply::NoSchedule => Ok(Vec::new()),
     }
 }
 
@@ -685,73 +556,68 @@ pub async fn cancel_schedule(
     event: &EventId,
     schedule: &ScheduleId,
 ) -> Result<Option<u64>, StoreError> {
-    #[derive(Deserialize)]
-    struct Dropped {
-        status: String,
-        #[serde(default)]
-        holds_dropped: u64,
-        #[serde(default)]
-        expired: u64,
-        #[serde(default)]
-        expired_paying: u64,
-    }
     let keys = redis.keys().event(event).schedule_keys(schedule);
-    let raw = redis.run(&redis::CANCEL_SCHEDULE, keys, vec![]).await?;
-    let r: Dropped = decode("cancel_schedule", &raw)?;
-    count_expired_n(r.expired, r.expired_paying);
-    match r.status.as_str() {
-        "ok" => Ok(Some(r.holds_dropped)),
-        "no_schedule" => Ok(None),
-        other => Err(bad_reply(
-            "cancel_schedule",
-            &raw,
-            format!("status {other}"),
-        )),
+    let r: Swept<OperatorReply<Dropped>> = redis
+        .eval_json(&redis::CANCEL_SCHEDULE, keys, vec![])
+        .await?;
+    match r.counted() {
+        OperatorReply::Ok(Dropped { holds_dropped }) => Ok(Some(holds_dropped)),
+        OperatorReply::NoSchedule => Ok(None),
     }
+}
+
+/// A confirmed payment's sale, as `confirm_sale.lua` takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sale<'a> {
+    pub event: &'a EventId,
+    pub schedule: &'a ScheduleId,
+    /// The paid hold's number; 0 when unknown (a replay).
+    pub hold_n: u64,
+    /// The buyer.
+    pub user: &'a str,
+    pub payment_id: uuid::Uuid,
+    /// The seats paid for.
+    pub seats: &'a [i32],
+    /// End the buyer's queue entry too.
+    pub end_queue: bool,
 }
 
 /// Marks seats sold for a confirmed payment; idempotent, also when the hold
 /// is gone (the reconciler replays PostgreSQL's payments with it).
 ///
 /// # Errors
-/// Redis unavailable.
-#[allow(clippy::too_many_arguments)]
-pub async fn confirm_sale(
-    redis: &Redis,
-    event: &EventId,
-    schedule: &ScheduleId,
-    hold_n: u64,
-    user: &str,
-    payment_id: &str,
-    seats: &[i32],
-    end_queue: bool,
-) -> Result<Confirmed, StoreError> {
-    let k = redis.keys().event(event);
-    let mut keys = k.schedule_keys(schedule);
-    keys.extend([
-        k.queue_admitted(),
-        k.queue_admitted_entries(),
-        k.queue_waiting(),
-        k.queue_polled(),
-        k.sold_map(schedule),
-    ]);
+/// Redis unavailable; internal when the schedule is not in Redis or a seat
+/// is out of its range.
+pub async fn confirm_sale(redis: &Redis, sale: Sale<'_>) -> Result<Confirmed, StoreError> {
+    let k = redis.keys().event(sale.event);
+    let mut keys = k.schedule_keys(sale.schedule);
+    keys.extend(k.buyer_keys());
+    keys.push(k.sold_map(sale.schedule));
     let args = vec![
-        hold_n.to_string(),
-        user.to_owned(),
-        payment_id.to_owned(),
-        seats
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-        if end_queue { "1" } else { "0" }.to_owned(),
+        sale.hold_n.to_string(),
+        sale.user.to_owned(),
+        sale.payment_id.to_string(),
+        seats_arg(sale.seats),
+        if sale.end_queue { "1" } else { "0" }.to_owned(),
     ];
-    let raw = redis.run(&redis::CONFIRM_SALE, keys, args).await?;
-    let v: serde_json::Value = decode("confirm_sale", &raw)?;
-    if v["status"] != "ok" {
-        return Err(bad_reply("confirm_sale", &raw, "unexpected status"));
+    let r: Swept<ConfirmReply> = redis.eval_json(&redis::CONFIRM_SALE, keys, args).await?;
+    match r.counted() {
+        ConfirmReply::Ok(c) => Ok(c),
+        ConfirmReply::NoSchedule => Err(bad_reply(&redis::CONFIRM_SALE, "no_schedule")),
+        ConfirmReply::Invalid { reason, seats } => Err(bad_reply(
+            &redis::CONFIRM_SALE,
+            format_args!("invalid: {reason:?} {seats:?}"),
+        )),
     }
-    decode("confirm_sale", &raw)
+}
+
+/// Seats as the scripts take them: comma-separated.
+fn seats_arg(seats: &[i32]) -> String {
+    seats
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

@@ -295,7 +295,7 @@ impl From<Hold> for HoldResponse {
             adjacent: h.adjacent,
             amount: h.amount,
             expires_at: crate::time::rfc3339_from_ms(h.expires_at_ms),
-            status: h.state,
+            status: h.state.to_string(),
         }
     }
 }

@@ -147,18 +147,16 @@ async fn confirm(
     hold: &HoldId,
     payment: &payments::Payment,
 ) {
-    match holds::confirm_sale(
-        &state.redis,
-        &hold.event,
-        &hold.schedule,
-        hold.n,
-        claims.user.as_str(),
-        &payment.payment_id.to_string(),
-        &payment.seats,
-        true,
-    )
-    .await
-    {
+    let sale = holds::Sale {
+        event: &hold.event,
+        schedule: &hold.schedule,
+        hold_n: hold.n,
+        user: claims.user.as_str(),
+        payment_id: payment.payment_id,
+        seats: &payment.seats,
+        end_queue: true,
+    };
+    match holds::confirm_sale(&state.redis, sale).await {
         // The answer does not wait for this bookkeeping; if it is lost the
         // reconciler replays the (idempotent) step.
         Ok(_) => state.confirmations.push(payment.payment_id),

@@ -126,17 +126,16 @@ async fn replay(ctx: &Context, p: &Sold, end_queue: bool) -> Result<holds::Confi
         return Ok(holds::Confirmed::default());
     };
     let hold_n = HoldId::parse(&p.hold_id).map(|h| h.n).unwrap_or(0);
-    let c = holds::confirm_sale(
-        ctx.redis(),
-        &event,
-        &schedule,
+    let sale = holds::Sale {
+        event: &event,
+        schedule: &schedule,
         hold_n,
-        &p.user_id,
-        &p.payment_id.to_string(),
-        &p.seats,
+        user: &p.user_id,
+        payment_id: p.payment_id,
+        seats: &p.seats,
         end_queue,
-    )
-    .await?;
+    };
+    let c = holds::confirm_sale(ctx.redis(), sale).await?;
     if !c.conflicts.is_empty() {
         tracing::error!(payment_id = %p.payment_id, seats = ?c.conflicts, "seat sold to another payment in Redis");
     }

@@ -2,26 +2,30 @@
 //!
 //! State lives in Redis sorted sets changed only by the scripts in `lua/`
 //! (`join_queue`, `queue_status`, `leave_queue`, `admit_tick`,
-//! `stream_status`); this module holds their typed wrappers, the pure
+//! `stream_status`, all run after the prelude `lua/lib/queue.lua`); this
+//! module holds their typed wrappers (`reply`: their typed replies), the pure
 //! pacing rules (ETA, poll interval) and the in-process fan-out of
 //! statuses to streaming clients ([`stream`]). See `docs/QUEUE.md` for the
 //! data structures and why each transition is one script, and
 //! `docs/FAIRNESS.md` for the pre-queue.
 
 pub mod pacing;
+mod reply;
 pub mod stream;
 
 use serde::Deserialize;
 
+use self::reply::{FiguresReply, JoinReply, LeaveReply, StatusReply};
 use crate::{
     fair::challenge::Proven,
     ids::{EventId, ScheduleId, UserId},
-    store::{Dependency, StoreError, keys::EventKeys, redis, redis::Redis},
+    store::{StoreError, redis, redis::Redis},
     token::QueueClaims,
 };
 
-/// Where an entry stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where an entry stands (as the scripts write it: `state` and its field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
 pub enum EntryState {
     /// In the pre-queue: its place is decided by the draw at `opens_at`.
     Prequeue,
@@ -29,12 +33,14 @@ pub enum EntryState {
         position: u64,
     },
     Admitted {
+        #[serde(rename = "admitted_until")]
         until_ms: i64,
     },
 }
 
 /// Whether anything is left to wait for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SoldOut {
     /// No free seat and none held: nothing can come back.
     Final,
@@ -101,81 +107,6 @@ impl From<StoreError> for JoinError {
     }
 }
 
-/// The scripts' common reply shape.
-#[derive(Debug, Deserialize)]
-struct Reply {
-    status: String,
-    entry: Option<u64>,
-    state: Option<String>,
-    position: Option<u64>,
-    admitted_until: Option<i64>,
-    #[serde(default)]
-    rate: f64,
-    #[serde(default)]
-    admit_per_second: u32,
-    #[serde(default)]
-    paused: u8,
-    #[serde(default)]
-    idle_timeout_ms: u64,
-    #[serde(default)]
-    rate_var: f64,
-    #[serde(default)]
-    sold_out: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    opens_at: i64,
-    #[serde(default)]
-    prequeue_opens_at: i64,
-}
-
-fn decode<T: serde::de::DeserializeOwned>(script: &str, raw: &str) -> Result<T, StoreError> {
-    serde_json::from_str(raw).map_err(|e| {
-        StoreError::internal(
-            Dependency::Redis,
-            anyhow::anyhow!("{script}: bad reply {raw:?}: {e}"),
-        )
-    })
-}
-
-impl Reply {
-    fn view(&self, entry: u64) -> Result<EntryView, StoreError> {
-        let state = match (self.state.as_deref(), self.position, self.admitted_until) {
-            (Some("prequeue"), _, _) => EntryState::Prequeue,
-            (Some("waiting"), Some(position), _) => EntryState::Waiting { position },
-            (Some("admitted"), _, Some(until_ms)) => EntryState::Admitted { until_ms },
-            _ => {
-                return Err(StoreError::internal(
-                    Dependency::Redis,
-                    anyhow::anyhow!("queue reply without a state: {self:?}"),
-                ));
-            }
-        };
-        let position = match state {
-            EntryState::Waiting { position } => pacing::Place::Waiting(position),
-            EntryState::Prequeue => pacing::Place::Prequeue,
-            EntryState::Admitted { .. } => pacing::Place::Admitted,
-        };
-        Ok(EntryView {
-            entry,
-            state,
-            pacing: pacing::pace(pacing::Inputs {
-                place: position,
-                observed_rate: self.rate,
-                rate_sd: self.rate_var.max(0.0).sqrt(),
-                admit_per_second: self.admit_per_second,
-                paused: self.paused == 1,
-                idle_timeout_ms: self.idle_timeout_ms,
-            }),
-            sold_out: match self.sold_out.as_deref() {
-                Some("final") => Some(SoldOut::Final),
-                Some("for_now") => Some(SoldOut::ForNow),
-                _ => None,
-            },
-        })
-    }
-}
-
 /// Outcome of a join.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Joined {
@@ -210,19 +141,8 @@ pub async fn join(
 ) -> Result<Joined, JoinError> {
     let k = redis.keys().event(event);
     let proof_id = input.proof.as_ref().map_or("", |p| p.id.as_str());
-    let mut keys = vec![
-        k.config(),
-        k.queue_seq(),
-        k.queue_waiting(),
-        k.queue_polled(),
-        k.queue_admitted(),
-        k.queue_admitted_entries(),
-        k.queue_rate_window(),
-        k.queue_stats(),
-        k.queue_pre_entries(),
-        k.queue_draw(),
-        k.challenge_used(if proof_id.is_empty() { "-" } else { proof_id }),
-    ];
+    let mut keys = k.queue_keys();
+    keys.push(k.challenge_used(if proof_id.is_empty() { "-" } else { proof_id }));
     keys.extend(input.schedules.iter().map(|s| k.schedule(s)));
     let args = vec![
         user.to_string(),
@@ -231,51 +151,31 @@ pub async fn join(
         input.proof.as_ref().map_or(0, |p| p.expires_ms).to_string(),
         proof_id.to_owned(),
     ];
-    let raw = redis.run(&redis::JOIN_QUEUE, keys, args).await?;
-    let r: Reply = decode("join_queue", &raw)?;
-    match r.status.as_str() {
-        "no_event" => Err(QueueError::NoEvent.into()),
-        "sale_not_open" => Err(JoinRefused::SaleNotOpen {
-            opens_at_ms: r.opens_at,
-            prequeue_opens_at_ms: r.prequeue_opens_at,
+    let (created, joined) = match redis.eval_json(&redis::JOIN_QUEUE, keys, args).await? {
+        JoinReply::Created(j) => (true, j),
+        JoinReply::Existing(j) => (false, j),
+        JoinReply::NoEvent => return Err(QueueError::NoEvent.into()),
+        JoinReply::SaleNotOpen {
+            opens_at,
+            prequeue_opens_at,
+        } => {
+            return Err(JoinRefused::SaleNotOpen {
+                opens_at_ms: opens_at,
+                prequeue_opens_at_ms: prequeue_opens_at,
+            }
+            .into());
         }
-        .into()),
-        "sale_closed" => Err(JoinRefused::SaleClosed.into()),
-        "sold_out" => Err(JoinRefused::SoldOut.into()),
-        "challenge_failed" => Err(JoinRefused::ChallengeFailed(match r.reason.as_deref() {
-            Some("expired") => "expired",
-            Some("reused") => "reused",
-            _ => "missing",
-        })
-        .into()),
-        "created" | "existing" => {
-            let entry = r.entry.ok_or_else(|| {
-                StoreError::internal(Dependency::Redis, anyhow::anyhow!("join without entry"))
-            })?;
-            Ok(Joined {
-                created: r.status == "created",
-                view: r.view(entry)?,
-            })
+        JoinReply::SaleClosed => return Err(JoinRefused::SaleClosed.into()),
+        JoinReply::SoldOut => return Err(JoinRefused::SoldOut.into()),
+        JoinReply::ChallengeFailed { reason } => {
+            return Err(JoinRefused::ChallengeFailed(reason.as_str()).into());
         }
-        other => Err(StoreError::internal(
-            Dependency::Redis,
-            anyhow::anyhow!("join_queue: status {other}"),
-        )
-        .into()),
-    }
-}
-
-/// The keys `queue_status` (after `cfg`) and `leave_queue` take, in order.
-fn entry_keys(k: &EventKeys) -> Vec<String> {
-    vec![
-        k.queue_waiting(),
-        k.queue_polled(),
-        k.queue_admitted(),
-        k.queue_admitted_entries(),
-        k.queue_stats(),
-        k.queue_pre_entries(),
-        k.queue_draw(),
-    ]
+    };
+    let s = joined.standing;
+    Ok(Joined {
+        created,
+        view: s.pace.view(joined.entry, s.state),
+    })
 }
 
 fn entry_args(claims: &QueueClaims) -> Vec<String> {
@@ -292,22 +192,15 @@ pub async fn status(
     schedules: &[ScheduleId],
 ) -> Result<EntryView, QueueError> {
     let k = redis.keys().event(&claims.event);
-    let mut keys = vec![k.config()];
-    keys.extend(entry_keys(&k));
+    let mut keys = k.queue_keys();
     keys.extend(schedules.iter().map(|s| k.schedule(s)));
-    let raw = redis
-        .run(&redis::QUEUE_STATUS, keys, entry_args(claims))
-        .await?;
-    let r: Reply = decode("queue_status", &raw)?;
-    match r.status.as_str() {
-        "no_event" => Err(QueueError::NoEvent),
-        "gone" => Err(QueueError::Gone),
-        "ok" => Ok(r.view(claims.entry)?),
-        other => Err(StoreError::internal(
-            Dependency::Redis,
-            anyhow::anyhow!("queue_status: status {other}"),
-        )
-        .into()),
+    match redis
+        .eval_json(&redis::QUEUE_STATUS, keys, entry_args(claims))
+        .await?
+    {
+        StatusReply::Ok(s) => Ok(s.pace.view(claims.entry, s.state)),
+        StatusReply::NoEvent => Err(QueueError::NoEvent),
+        StatusReply::Gone => Err(QueueError::Gone),
     }
 }
 
@@ -316,20 +209,30 @@ pub async fn status(
 /// # Errors
 /// Redis unavailable.
 pub async fn leave(redis: &Redis, claims: &QueueClaims) -> Result<bool, QueueError> {
-    let k = redis.keys().event(&claims.event);
-    let mut keys = entry_keys(&k);
-    keys.push(k.config());
-    let raw = redis
-        .run(&redis::LEAVE_QUEUE, keys, entry_args(claims))
+    let keys = redis.keys().event(&claims.event).queue_keys();
+    let r = redis
+        .eval_json(&redis::LEAVE_QUEUE, keys, entry_args(claims))
         .await?;
-    let r: Reply = decode("leave_queue", &raw)?;
-    Ok(r.status == "left")
+    Ok(matches!(r, LeaveReply::Left))
 }
 
-/// What one admission step did.
+/// What `admit_tick.lua` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TickStatus {
+    /// The event is not in Redis: nothing to report.
+    NoEvent,
+    /// Another instance ticked less than the minimum interval ago; only
+    /// the figures (waiting, active, rate) are filled.
+    Skipped,
+    #[default]
+    Ticked,
+}
+
+/// What one admission step did (`admit_tick.lua`'s reply).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Tick {
-    pub status: String,
+    pub status: TickStatus,
     #[serde(default)]
     pub admitted: u64,
     #[serde(default)]
@@ -360,34 +263,19 @@ pub async fn tick(
     event: &EventId,
     min_interval_ms: u64,
 ) -> Result<Tick, StoreError> {
-    let k: EventKeys = redis.keys().event(event);
-    let keys = vec![
-        k.config(),
-        k.queue_waiting(),
-        k.queue_polled(),
-        k.queue_admitted(),
-        k.queue_admitted_entries(),
-        k.queue_rate_window(),
-        k.queue_stats(),
-        k.queue_pre_entries(),
-        k.queue_draw(),
-    ];
-    let raw = redis
-        .run(
+    let keys = redis.keys().event(event).queue_keys();
+    redis
+        .eval_json(
             &redis::ADMIT_TICK,
             keys,
             vec![min_interval_ms.to_string(), TICK_BATCH.to_string()],
         )
-        .await?;
-    decode("admit_tick", &raw)
+        .await
 }
 
 /// Live figures of one event's waiting room.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
 pub struct Figures {
-    #[serde(skip_serializing)]
-    #[allow(dead_code)]
-    status: String,
     pub waiting: u64,
     pub admitted_now: u64,
     pub admitted_total: u64,
@@ -410,21 +298,9 @@ pub struct Figures {
 /// # Errors
 /// Unknown event, or Redis unavailable.
 pub async fn figures(redis: &Redis, event: &EventId) -> Result<Figures, QueueError> {
-    let k = redis.keys().event(event);
-    let keys = vec![
-        k.config(),
-        k.queue_waiting(),
-        k.queue_admitted(),
-        k.queue_stats(),
-    ];
-    let raw = redis.run(&redis::QUEUE_FIGURES, keys, vec![]).await?;
-    // `no_event` carries no figures: decode the status first.
-    #[derive(Deserialize)]
-    struct Status {
-        status: String,
+    let keys = redis.keys().event(event).queue_keys();
+    match redis.eval_json(&redis::QUEUE_FIGURES, keys, vec![]).await? {
+        FiguresReply::Ok(f) => Ok(f),
+        FiguresReply::NoEvent => Err(QueueError::NoEvent),
     }
-    if decode::<Status>("queue_figures", &raw)?.status == "no_event" {
-        return Err(QueueError::NoEvent);
-    }
-    Ok(decode("queue_figures", &raw)?)
 }

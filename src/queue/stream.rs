@@ -20,11 +20,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{EntryState, EntryView, Reply, SoldOut, decode, pacing};
+use super::{
+    EntryState, EntryView,
+    reply::{BatchEntry, StreamReply},
+};
 use crate::{
     ids::{EventId, ScheduleId},
     store::{StoreError, redis, redis::Redis},
@@ -226,21 +228,6 @@ impl Hub {
 /// call stays near a millisecond even with a million waiting.
 const STREAM_BATCH: usize = 250;
 
-#[derive(Debug, Deserialize)]
-struct BatchReply {
-    #[serde(flatten)]
-    shared: Reply,
-    #[serde(default)]
-    entries: Vec<BatchEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BatchEntry {
-    s: String,
-    p: Option<u64>,
-    u: Option<i64>,
-}
-
 /// The state of many entries of one event in one round trip (`None` =
 /// gone); also their heartbeat.
 ///
@@ -253,60 +240,20 @@ pub async fn statuses(
     claims: &[&QueueClaims],
 ) -> Result<Vec<Option<EntryView>>, StoreError> {
     let k = redis.keys().event(event);
-    let mut keys = vec![
-        k.config(),
-        k.queue_waiting(),
-        k.queue_polled(),
-        k.queue_admitted(),
-        k.queue_admitted_entries(),
-        k.queue_stats(),
-        k.queue_pre_entries(),
-    ];
+    let mut keys = k.queue_keys();
     keys.extend(schedules.iter().map(|s| k.schedule(s)));
     let mut args = Vec::with_capacity(claims.len() * 2);
     for c in claims {
         args.push(c.user.to_string());
         args.push(c.entry.to_string());
     }
-    let raw = redis.run(&redis::STREAM_STATUS, keys, args).await?;
-    let r: BatchReply = decode("stream_status", &raw)?;
-    if r.shared.status != "ok" {
-        return Ok(vec![None; claims.len()]);
-    }
-    let sold_out = match r.shared.sold_out.as_deref() {
-        Some("final") => Some(SoldOut::Final),
-        Some("for_now") => Some(SoldOut::ForNow),
-        _ => None,
+    let batch = match redis.eval_json(&redis::STREAM_STATUS, keys, args).await? {
+        StreamReply::Ok(batch) => batch,
+        StreamReply::NoEvent => return Ok(vec![None; claims.len()]),
     };
     Ok(claims
         .iter()
-        .zip(r.entries)
-        .map(|(c, e)| {
-            let (state, place) = match (e.s.as_str(), e.p, e.u) {
-                ("prequeue", _, _) => (EntryState::Prequeue, pacing::Place::Prequeue),
-                ("waiting", Some(p), _) => (
-                    EntryState::Waiting { position: p },
-                    pacing::Place::Waiting(p),
-                ),
-                ("admitted", _, Some(u)) => (
-                    EntryState::Admitted { until_ms: u },
-                    pacing::Place::Admitted,
-                ),
-                _ => return None,
-            };
-            Some(EntryView {
-                entry: c.entry,
-                state,
-                pacing: pacing::pace(pacing::Inputs {
-                    place,
-                    observed_rate: r.shared.rate,
-                    rate_sd: r.shared.rate_var.max(0.0).sqrt(),
-                    admit_per_second: r.shared.admit_per_second,
-                    paused: r.shared.paused == 1,
-                    idle_timeout_ms: r.shared.idle_timeout_ms,
-                }),
-                sold_out,
-            })
-        })
+        .zip(batch.entries)
+        .map(|(c, e)| Some(batch.pace.view(c.entry, BatchEntry::state(&e)?)))
         .collect())
 }

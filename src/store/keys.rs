@@ -80,9 +80,27 @@ impl EventKeys {
     pub fn queue_admitted_entries(&self) -> String {
         self.key("q:adm:entry")
     }
+    /// The ten keys every queue script takes first, in the order
+    /// `queue_keys()` in lua/lib/queue.lua expects: config, join sequence,
+    /// waiting, last activity, admitted, admitted entries, rate window,
+    /// stats, pre-queue entries, draw.
+    pub fn queue_keys(&self) -> Vec<String> {
+        vec![
+            self.config(),
+            self.queue_seq(),
+            self.queue_waiting(),
+            self.queue_polled(),
+            self.queue_admitted(),
+            self.queue_admitted_entries(),
+            self.queue_rate_window(),
+            self.queue_stats(),
+            self.queue_pre_entries(),
+            self.queue_draw(),
+        ]
+    }
     /// The queue keys a script reads to check that a buyer's entry is live
     /// and admitted (and to record the request as the admitted user's
-    /// activity), in the order `buyer_keys()` in lua/lib/schedule.lua
+    /// activity), in the order `buyer_keys()` in lua/lib/queue.lua
     /// expects: admitted, waiting, admitted entries, last activity.
     pub fn buyer_keys(&self) -> [String; 4] {
         [

@@ -1,5 +1,6 @@
 //! Adapters to the two stores. Domain modules see only these narrow types:
-//! [`redis::Redis`] runs Lua scripts and a handful of plain commands,
+//! [`redis::Redis`] runs Lua scripts (their JSON replies decoded in
+//! [`reply`]) and a handful of plain commands,
 //! [`pg::Pg`] hands out a guarded `sqlx` pool. Both put a per-call timeout
 //! and a circuit breaker in front of every call through the one
 //! [`guard::guard`] (for a Redis Cluster, one breaker per master, see
@@ -12,6 +13,7 @@ pub mod guard;
 pub mod keys;
 pub mod pg;
 pub mod redis;
+pub mod reply;
 
 /// Both stores, for work outside a request that uses both (the
 /// background loops, the leased jobs, the reconciler, the demo loader);

@@ -2,9 +2,10 @@
 //! client per master, routed by [`super::cluster`]) behind a narrow
 //! interface, with a circuit breaker per server.
 //!
-//! Domain code calls [`Redis::run`] with a [`Script`] and gets the script's
-//! JSON reply back as a string (every script ends with `cjson.encode`), which
-//! the script's one typed wrapper decodes. fred never leaks past this file,
+//! Domain code calls [`Redis::eval_json`] (in [`super::reply`]) with a
+//! [`Script`] and gets the script's JSON reply (every script ends with
+//! `cjson.encode`) decoded into the reply type of its family; [`Redis::run`]
+//! returns it undecoded. fred never leaks past this file,
 //! so replacing the client (fred has had no release since 2025) touches only
 //! this module.
 //!
@@ -63,26 +64,52 @@ impl Script {
     }
 }
 
-/// Declares every script once, from `lua/<name>.lua`. Schedule scripts get
-/// `lua/lib/schedule.lua` (lazy hold expiry and seat helpers) prepended, so
-/// that shared logic is written once and still runs inside each script.
+/// Declares every script once, from `lua/<name>.lua`. Lua scripts cannot
+/// import, so shared code is prepended: queue scripts get
+/// `lua/lib/queue.lua` (`now_ms`, the queue key layout), schedule scripts
+/// that and `lua/lib/schedule.lua` (lazy hold expiry and seat helpers), so
+/// shared logic is written once and still runs inside each script.
+/// `audit` scripts are schedule scripts left out of the start-up load
+/// (`Redis::run` sends their source on `NOSCRIPT`).
+macro_rules! schedule_source {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../lua/lib/queue.lua"),
+            "\n",
+            include_str!("../../lua/lib/schedule.lua"),
+            "\n",
+            include_str!(concat!("../../lua/", $file, ".lua"))
+        )
+    };
+}
+
 macro_rules! scripts {
-    (plain: [$($ident:ident => $file:literal),* $(,)?], schedule: [$($sident:ident => $sfile:literal),* $(,)?] $(,)?) => {
+    (
+        plain: [$($ident:ident => $file:literal),* $(,)?],
+        queue: [$($qident:ident => $qfile:literal),* $(,)?],
+        schedule: [$($sident:ident => $sfile:literal),* $(,)?],
+        audit: [$($aident:ident => $afile:literal),* $(,)?] $(,)?
+    ) => {
         $(pub static $ident: Script = Script::new($file, include_str!(concat!("../../lua/", $file, ".lua")));)*
-        $(pub static $sident: Script = Script::new(
-            $sfile,
-            concat!(include_str!("../../lua/lib/schedule.lua"), "\n", include_str!(concat!("../../lua/", $sfile, ".lua"))),
+        $(pub static $qident: Script = Script::new(
+            $qfile,
+            concat!(include_str!("../../lua/lib/queue.lua"), "\n", include_str!(concat!("../../lua/", $qfile, ".lua"))),
         );)*
-        /// Every script, for loading at start-up.
-        pub static ALL_SCRIPTS: &[&Script] = &[$(&$ident,)* $(&$sident,)*];
+        $(pub static $sident: Script = Script::new($sfile, schedule_source!($sfile));)*
+        $(pub static $aident: Script = Script::new($afile, schedule_source!($afile));)*
+        /// Every script but the audit's, for loading at start-up.
+        pub static ALL_SCRIPTS: &[&Script] = &[$(&$ident,)* $(&$qident,)* $(&$sident,)*];
     };
 }
 
 scripts! {
     plain: [
-        SERVER_TIME => "server_time",
         LOAD_EVENT => "load_event",
         FINISH_RESTORE => "finish_restore",
+        DRAW_ENTRIES => "draw_entries",
+    ],
+    queue: [
+        SERVER_TIME => "server_time",
         JOIN_QUEUE => "join_queue",
         QUEUE_STATUS => "queue_status",
         LEAVE_QUEUE => "leave_queue",
@@ -90,7 +117,6 @@ scripts! {
         QUEUE_FIGURES => "queue_figures",
         STREAM_STATUS => "stream_status",
         FAIR_INFO => "fair_info",
-        DRAW_ENTRIES => "draw_entries",
     ],
     schedule: [
         PLACE_HOLD => "place_hold",
@@ -105,6 +131,9 @@ scripts! {
         CONFIRM_SALE => "confirm_sale",
         REFUND_SEATS => "refund_seats",
         CANCEL_SCHEDULE => "cancel_schedule",
+    ],
+    audit: [
+        CHECK_SCHEDULE => "check_schedule",
     ],
 }
 
@@ -563,10 +592,8 @@ impl Redis {
         struct T {
             now_ms: i64,
         }
-        let r = self.run(&SERVER_TIME, vec![], vec![]).await?;
-        serde_json::from_str::<T>(&r)
-            .map(|t| t.now_ms)
-            .map_err(|e| StoreError::internal(Dependency::Redis, e))
+        let t: T = self.eval_json(&SERVER_TIME, vec![], vec![]).await?;
+        Ok(t.now_ms)
     }
 
     /// Closes the connections (graceful shutdown).

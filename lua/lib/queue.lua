@@ -1,0 +1,60 @@
+-- lib/queue: shared prelude of every script that reads the clock or the
+-- waiting room (the queue scripts, and before lib/schedule.lua in every
+-- schedule script). The Rust side puts this file in front of a script's
+-- source before EVALSHA (Lua scripts cannot import), so it only defines
+-- locals: no top-level return, no writes, no KEYS read outside a function.
+--
+-- The event's waiting room is 10 keys, always in this order (Q below is
+-- the table queue_keys(i) builds from KEYS[i..i+9]; EventKeys::queue_keys
+-- in src/store/keys.rs builds the list):
+--   cfg        hash: event config (admit_per_second, max_active,
+--              active_ttl_ms, idle_timeout_ms, paused, pre_ms, open_ms,
+--              close_ms, pow_bits, seed)
+--   seq        counter: join order
+--   wait       zset: waiting user -> score: the draw score in [0, 1) for a
+--              pre-queue entry, else the entry (join sequence)
+--   poll       hash: waiting or admitted user -> last activity (ms)
+--   adm        zset: admitted user -> admission deadline (ms)
+--   adm_entry  hash: admitted user -> entry
+--   win        zset: entry -> admission time (ms), the last second only
+--   stats      hash: last_tick_ms, rate_ema, rate_var, admitted_total,
+--              joined_total, evicted_total, expired_total, released_total,
+--              left_total, closed_total, peak_active, sweep_after, adm_sweep
+--   pre_entry  hash: pre-queue user -> entry
+--   draw       zset: user -> draw score, every entry in the pre-queue at
+--              opens_at (frozen from then on: the draw's entry list)
+
+-- Redis TIME in milliseconds: the one clock every instance agrees on.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function queue_keys(i)
+  return { cfg = KEYS[i], seq = KEYS[i + 1], wait = KEYS[i + 2], poll = KEYS[i + 3],
+           adm = KEYS[i + 4], adm_entry = KEYS[i + 5], win = KEYS[i + 6],
+           stats = KEYS[i + 7], pre_entry = KEYS[i + 8], draw = KEYS[i + 9] }
+end
+
+-- The queue keys a buyer's admission check reads (lib/schedule.lua's
+-- `admission`), KEYS[i..i+3] in this order (EventKeys::buyer_keys builds
+-- them): adm, wait, adm_entry, seen (= poll, the buyer's last activity).
+local function buyer_keys(i)
+  return { adm = KEYS[i], wait = KEYS[i + 1], adm_entry = KEYS[i + 2], seen = KEYS[i + 3] }
+end
+
+-- Sold out, from the schedule cfg hashes (seats, held, sold) at
+-- KEYS[first..]: nil while any schedule has a free seat (or none is
+-- given), 'for_now' when none is free but some are held (they may come
+-- back), 'final' when none is held either.
+local function sold_out(first)
+  if #KEYS < first then return nil end
+  local held = 0
+  for i = first, #KEYS do
+    local s = redis.call('HMGET', KEYS[i], 'seats', 'held', 'sold')
+    local seats, h, sold = tonumber(s[1] or '0'), tonumber(s[2] or '0'), tonumber(s[3] or '0')
+    if seats - h - sold > 0 then return nil end
+    held = held + h
+  end
+  return held > 0 and 'for_now' or 'final'
+end
