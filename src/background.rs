@@ -79,7 +79,7 @@ async fn reconcile_loop(state: AppState, shutdown: CancellationToken) {
 
 async fn relay_loop(state: AppState, shutdown: CancellationToken) {
     loop {
-        let busy = match relay::publish_batch(&state).await {
+        let busy = match relay::publish_batch(&state.redis, &state.pg).await {
             Ok(n) => n > 0,
             Err(e) => {
                 tracing::debug!(error = %e, "outbox relay failed");

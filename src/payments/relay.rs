@@ -11,7 +11,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{app::AppState, store::StoreError};
+use crate::store::{StoreError, pg::Pg, redis::Redis};
 
 /// Stream length kept (approximately).
 const STREAM_MAXLEN: i64 = 1_000_000;
@@ -30,13 +30,11 @@ struct Message {
 ///
 /// # Errors
 /// A store is unavailable (the batch is retried later).
-pub async fn publish_batch(state: &AppState) -> Result<usize, StoreError> {
-    let stream = state.redis.keys().outbox_stream();
-    let redis = state.redis.clone();
-    let published = state
-        .pg
+pub async fn publish_batch(redis: &Redis, pg: &Pg) -> Result<usize, StoreError> {
+    let stream = redis.keys().outbox_stream();
+    let published = pg
         .guard(async {
-            let mut tx = state.pg.pool().begin().await?;
+            let mut tx = pg.pool().begin().await?;
             let batch: Vec<Message> = sqlx::query_as(
                 r"select id, message_id, topic, user_id, payload, created_at from outbox
                   where published_at is null order by id limit 200
@@ -68,13 +66,12 @@ pub async fn publish_batch(state: &AppState) -> Result<usize, StoreError> {
             Ok(ids.len())
         })
         .await?;
-    let lag: Option<f64> = state
-        .pg
+    let lag: Option<f64> = pg
         .guard(
             sqlx::query_scalar(
                 r"select extract(epoch from now() - min(created_at))::float8 from outbox where published_at is null",
             )
-            .fetch_one(state.pg.pool()),
+            .fetch_one(pg.pool()),
         )
         .await?;
     metrics::gauge!("boxoffice_outbox_lag_seconds").set(lag.unwrap_or(0.0));
