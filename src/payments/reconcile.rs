@@ -35,14 +35,13 @@ use std::{
 
 use futures::StreamExt;
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::refund;
 use crate::{
     app::AppState,
     catalog::{self, Event},
     holds,
-    ids::{EventId, HoldId, ScheduleId},
+    ids::{EventId, HoldId, PaymentId, ScheduleId},
     jobs::{
         self,
         fence::{Fence, JobError},
@@ -78,7 +77,7 @@ pub struct Report {
 
 #[derive(sqlx::FromRow)]
 struct Sold {
-    payment_id: Uuid,
+    payment_id: PaymentId,
     user_id: String,
     event_id: String,
     schedule_id: String,
@@ -262,7 +261,7 @@ pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<R
             holds::cancel_schedule(&state.redis, &ev.event_id, &schedule).await?;
         }
     }
-    let mut after: Option<Uuid> = None;
+    let mut after: Option<PaymentId> = None;
     loop {
         let rows: Vec<Sold> = state
             .pg
