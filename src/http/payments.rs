@@ -19,7 +19,6 @@ use super::{
 };
 use crate::{
     app::AppState,
-    holds,
     idempotency::Answered,
     ids::{HoldId, PaymentId, ScheduleId},
     money::format_amount,
@@ -352,38 +351,9 @@ pub async fn cancel_schedule(
     let event = event_in_path(&event_id)?;
     let schedule = ScheduleId::parse(&schedule_id)
         .map_err(|_| ApiError::NotFound("no such schedule".into()))?;
-    let cancelled_at = refund::mark_cancelled(&state.pg, &event, &schedule)
+    let cancellation = payments(&state)
+        .cancel_schedule(&event, &schedule)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such schedule".into()))?;
-    // Sales stop in Redis before the refunds start: no hold or payment
-    // of this schedule succeeds from here on.
-    let holds_dropped = holds::cancel_schedule(&state.redis, &event, &schedule)
-        .await?
-        .unwrap_or(0);
-    let already_refunded = refund::refunded_count(&state.pg, &event, &schedule).await?;
-    #[allow(unused_mut)]
-    let mut stop_after = None;
-    #[cfg(feature = "failpoints")]
-    if let Some(n) = state
-        .config
-        .failpoint
-        .as_deref()
-        .and_then(|f| f.strip_prefix("crash_during_cancel_after:"))
-    {
-        stop_after = n.parse().ok();
-    }
-    let refunded =
-        refund::refund_schedule(&state.redis, &state.pg, &event, &schedule, stop_after).await?;
-    if stop_after.is_some() {
-        panic!("failpoint crash_during_cancel_after");
-    }
-    tracing::info!(%event, %schedule, refunded, "schedule cancelled");
-    Ok(axum::Json(refund::Cancellation {
-        event_id: event.to_string(),
-        schedule_id: schedule.to_string(),
-        cancelled_at: cancelled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        holds_dropped,
-        refunded,
-        already_refunded,
-    }))
+    Ok(axum::Json(cancellation))
 }

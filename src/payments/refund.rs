@@ -356,6 +356,51 @@ pub struct Cancellation {
     pub already_refunded: u64,
 }
 
+impl Payments<'_> {
+    /// `POST /v1/admin/events/{e}/schedules/{s}/cancel`: stops the
+    /// schedule's sales (PostgreSQL, then Redis), then refunds every payment
+    /// of it. None when there is no such schedule.
+    ///
+    /// # Errors
+    /// A store is unavailable; calling again finishes the cancellation (so
+    /// does the reconciler).
+    pub async fn cancel_schedule(
+        &self,
+        event: &EventId,
+        schedule: &ScheduleId,
+    ) -> Result<Option<Cancellation>, StoreError> {
+        let Some(cancelled_at) = mark_cancelled(self.pg, event, schedule).await? else {
+            return Ok(None);
+        };
+        // Sales stop in Redis before the refunds start: no hold or payment
+        // of this schedule succeeds from here on.
+        let holds_dropped = crate::holds::cancel_schedule(self.redis, event, schedule)
+            .await?
+            .unwrap_or(0);
+        let already_refunded = refunded_count(self.pg, event, schedule).await?;
+        // Test-only crash point (the `failpoints` feature): stop after n
+        // refunds and die.
+        let stop_after = self
+            .failpoint
+            .filter(|_| cfg!(feature = "failpoints"))
+            .and_then(|f| f.strip_prefix("crash_during_cancel_after:"))
+            .and_then(|n| n.parse().ok());
+        let refunded = refund_schedule(self.redis, self.pg, event, schedule, stop_after).await?;
+        if stop_after.is_some() {
+            panic!("failpoint crash_during_cancel_after");
+        }
+        tracing::info!(%event, %schedule, refunded, "schedule cancelled");
+        Ok(Some(Cancellation {
+            event_id: event.to_string(),
+            schedule_id: schedule.to_string(),
+            cancelled_at: cancelled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            holds_dropped,
+            refunded,
+            already_refunded,
+        }))
+    }
+}
+
 /// Marks a schedule cancelled in PostgreSQL (once: the first call writes
 /// the outbox message `schedule.cancelled`). None when there is no such
 /// schedule.
