@@ -13,7 +13,8 @@
 --                  pow_bits (proof-of-work difficulty, 0 = off),
 --                  seed (the draw's seed, hex; never changes)}
 -- ARGV[2 + i]      schedule i JSON: {starts_at, seats, row_size, price,
---                  hold_ms, max_per_user}
+--                  hold_ms, max_per_user} (the admin view of the schedule,
+--                  whose other fields are not read)
 --
 -- Returns (JSON): {"status":"ok"} or {"status":"invalid","reason":...}
 -- (the key and argument counts do not match; nothing written).

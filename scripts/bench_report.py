@@ -21,6 +21,7 @@ import re
 import sys
 from datetime import datetime, timezone
 from statistics import median
+from types import SimpleNamespace
 
 TARGETS = {  # endpoint -> (reference, minimum ratio)
     "status": ("ceiling", 0.70),
@@ -250,10 +251,8 @@ def spread(values, fmt):
     return f" ({fmt(min(values))}–{fmt(max(values))})"
 
 
-def main():
-    if len(sys.argv) != 4:
-        sys.exit(__doc__)
-    d, md_path, svg_path = sys.argv[1:4]
+def load(d):
+    """Everything one bench run left in RESULTS_DIR `d`, read once."""
     m = read_kv(os.path.join(d, "machine.txt"))
     names = ["ceiling", "status", "join", "holds", "hot-seat", "payment", "poll-storm", "flash-sale"]
     dirs = run_dirs(d)
@@ -285,6 +284,14 @@ def main():
     ceil_rates = [ceiling_of(i) for i in range(n_runs) if ceiling_of(i)]
     ceil_rps = median(ceil_rates) if ceil_rates else None
     ceiling = request(s["ceiling"], "ceiling")
+    return SimpleNamespace(d=d, m=m, runs=runs, pgs=pgs, n_runs=n_runs, s=s, rb_hold=rb_hold, rb_hold16=rb_hold16,
+                           rb_zrank=rb_zrank, pg=pg, audit_rc=audit_rc, bench_s=bench_s, build_s=build_s,
+                           ceiling_of=ceiling_of, pgbench_of=pgbench_of, ceil_rps=ceil_rps, ceiling=ceiling)
+
+
+def summary_rows(b):
+    """One row per endpoint of the summary table: the median over the passes and the spread."""
+    runs, n_runs, s, ceiling_of, pgbench_of = b.runs, b.n_runs, b.s, b.ceiling_of, b.pgbench_of
 
     def row(label, scenario, name, ref_label=None, ref_of=None, target=None, note=""):
         per = []
@@ -333,7 +340,12 @@ def main():
         row(f"GET /v1/queue/status (waiting, {queue})", "poll-storm", "status(waiting)", "ceiling", ceiling_of, None),
     ]
     rows = [r for r in rows if r]
+    return rows
 
+
+def overview_section(b, rows):
+    """The title, how the run went, the machine and the summary table with its verdicts."""
+    m, n_runs, s, bench_s, build_s, rb_hold, rb_hold16 = b.m, b.n_runs, b.s, b.bench_s, b.build_s, b.rb_hold, b.rb_hold16
     L = []
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     L += [
@@ -418,8 +430,13 @@ def main():
                     f"the HTTP endpoint reaches **{fmt_ratio(hold['rps'] / rb['rps'])}** of it."
                 )
     L += ["", "![throughput and p99 per scenario](bench/throughput.svg)", ""]
+    return L
 
-    # Flash sale, one column per pass.
+
+def flash_sale_section(b):
+    """The flash sale, one column per pass."""
+    runs, n_runs, audit_rc = b.runs, b.n_runs, b.audit_rc
+    L = []
     sales = [r["flash-sale"] for r in runs]
     fs = next((f for f in sales if f), None)
     if fs:
@@ -497,7 +514,13 @@ def main():
         L += ["", "Requests of the first pass's flash sale by kind:", ""]
         L += per_request_table(fs)
 
-    # Memory.
+    return L
+
+
+def memory_section(b):
+    """Redis bytes per waiting user and per held seat."""
+    s = b.s
+    L = []
     L += ["## Redis memory", ""]
     ps = s["poll-storm"]
     if ps and ps.get("extra", {}).get("redis_bytes_per_waiting_user") is not None:
@@ -529,7 +552,13 @@ def main():
         "",
     ]
 
-    # Streaming vs polling (scripts/bench_stream.sh).
+    return L
+
+
+def streaming_section(b):
+    """Streaming vs polling (scripts/bench_stream.sh), when it ran."""
+    d = b.d
+    L = []
     stream = read_text(os.path.join(d, "stream_vs_poll.md"))
     if stream:
         L += [
@@ -545,7 +574,13 @@ def main():
             "",
         ]
 
-    # References.
+    return L
+
+
+def references_section(b):
+    """The ceiling server, redis-benchmark and pgbench measured in the same run."""
+    d, ceiling, rb_hold, rb_hold16, rb_zrank, pg = b.d, b.ceiling, b.rb_hold, b.rb_hold16, b.rb_zrank, b.pg
+    L = []
     L += ["## References measured in the same run", ""]
     if ceiling:
         L.append(
@@ -583,7 +618,13 @@ def main():
         )
     L.append("")
 
-    # Per scenario.
+    return L
+
+
+def scenarios_section(b):
+    """What each scenario does, and every request of every pass."""
+    runs = b.runs
+    L = []
     L += [
         "## Scenarios",
         "",
@@ -634,7 +675,13 @@ def main():
                     "",
                 ]
 
-    L += interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc, runs)
+    return L
+
+
+def service_log_section(b):
+    """Dependency errors and the reconciler's work, from the service's log."""
+    d = b.d
+    L = []
     errors, finished, fixed = service_log(d)
     if errors or finished or fixed:
         L += ["## What the service logged", ""]
@@ -652,6 +699,13 @@ def main():
                 "",
             ]
 
+    return L
+
+
+def commands_section(b):
+    """The exact commands, the pgbench script and where the raw results were."""
+    d, m = b.d, b.m
+    L = []
     L += ["## Exact commands", "", "```sh", "make bench   # = scripts/deps.sh && . .deps/env && scripts/bench.sh", ""]
     L += [c for c in read_text(os.path.join(d, "commands.txt")).splitlines()]
     L += ["```", ""]
@@ -665,26 +719,59 @@ def main():
         "`BENCH_SEATS`, `BENCH_ADMIT`, `BENCH_MAX_ACTIVE`, `BENCH_WAITING` (see the header of `scripts/bench.sh`).",
         "",
     ]
-    # The sales report at a million payments is measured separately
-    # (scripts/bench_sales.sh) and kept in docs/bench/sales-report.md.
-    sales = read_text(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "bench", "sales-report.md")).strip()
-    if sales:
-        L += [sales, ""]
+    return L
+
+
+def sales_report_section():
+    """The sales report at a million payments, measured apart (scripts/bench_sales.sh)
+    and kept in docs/bench/sales-report.md."""
+    L = []
+    report = read_text(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "bench", "sales-report.md")).strip()
+    if report:
+        L += [report, ""]
+    return L
+
+
+def write_report(md_path, L):
+    """Writes the Markdown report."""
     os.makedirs(os.path.dirname(md_path) or ".", exist_ok=True)
     with open(md_path, "w") as f:
         f.write("\n".join(L))
 
+
+def chart_bars(rows, runs):
+    """The chart's bars: each summary row, and the flash sale over all its requests."""
     short = {"ceiling": "ceiling", "status": "status", "join": "join", "holds": "hold",
              "hot-seat": "hot-seat (409s)", "payment": "pay", "poll-storm": "poll-storm"}
     bars = [(short[x["scenario"]], x["r"]["rps"], x["r"]["p99_ms"]) for x in rows]
-    done = [f for f in sales if f]
+    done = [r["flash-sale"] for r in runs if r["flash-sale"]]
     if done:
         bars.append((
             "flash-sale (all)",
             median([f["total"]["rps"] for f in done]),
             median([max((r["p99_ms"] for r in f["requests"]), default=0) for f in done]),
         ))
-    chart(svg_path, bars)
+    return bars
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    d, md_path, svg_path = sys.argv[1:4]
+    b = load(d)
+    rows = summary_rows(b)
+    L = overview_section(b, rows)
+    L += flash_sale_section(b)
+    L += memory_section(b)
+    L += streaming_section(b)
+    L += references_section(b)
+    L += scenarios_section(b)
+    L += interpretation(rows, b.rb_hold, b.rb_hold16, b.pg, b.s, b.audit_rc, b.runs)
+    L += service_log_section(b)
+    L += commands_section(b)
+    L += sales_report_section()
+    write_report(md_path, L)
+    chart(svg_path, chart_bars(rows, b.runs))
 
 
 def per_request_table(sm):

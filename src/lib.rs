@@ -10,6 +10,7 @@
 //! - [`auth`]: the credentials (user assertions, queue tokens, service key).
 //! - [`store`]: the Redis and PostgreSQL adapters; `lua/` holds every script.
 //! - [`http`]: the HTTP API, translating requests to domain calls.
+//! - [`money`], [`time`]: how amounts and timestamps are written out.
 
 pub mod app;
 pub mod audit;
@@ -30,5 +31,6 @@ pub mod queue;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod time;
 pub mod token;
 pub mod wallet;

@@ -172,7 +172,7 @@ impl fmt::Display for Money {
 
 impl Serialize for Money {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
+        serde_amount::serialize(&self.0, s)
     }
 }
 
@@ -180,6 +180,18 @@ impl Serialize for Money {
 /// beyond the value (`"12000"`, `"99.5"`).
 pub fn format_amount(d: Decimal) -> String {
     d.normalize().to_string()
+}
+
+/// The one serializer of an amount, for `#[serde(with = "crate::money::serde_amount")]`
+/// on a `Decimal` field: a string in the form of [`format_amount`].
+pub mod serde_amount {
+    use rust_decimal::Decimal;
+
+    /// # Errors
+    /// Those of the serializer.
+    pub fn serialize<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_amount(*d))
+    }
 }
 
 /// A value no amount takes: rendered in a field whose value only the
@@ -231,13 +243,10 @@ mod tests {
         #[derive(Serialize)]
         struct Body {
             id: &'static str,
-            #[serde(serialize_with = "as_amount")]
+            #[serde(with = "serde_amount")]
             amount: Decimal,
-            #[serde(serialize_with = "as_amount")]
+            #[serde(with = "serde_amount")]
             balance: Decimal,
-        }
-        fn as_amount<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&format_amount(*d))
         }
         let render = |amount, balance| {
             serde_json::to_string(&Body {

@@ -9,15 +9,15 @@
 pub mod cache;
 pub mod pg;
 pub mod request;
+pub mod views;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::{
     ids::{EventId, ScheduleId},
-    money::format_amount,
     store::{StoreError, redis::Redis},
 };
 
@@ -55,26 +55,13 @@ pub struct Event {
     pub fair: crate::fair::FairStart,
 }
 
-pub fn format_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-/// RFC 3339 with milliseconds (sale times are kept to the millisecond).
-pub fn format_time_ms(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 impl Event {
     /// The public view: `{"event_id","name","schedules":[{"schedule_id","starts_at","price"}]}`.
     pub fn public_json(&self) -> serde_json::Value {
         json!({
             "event_id": self.event_id,
             "name": self.name,
-            "schedules": self.schedules.iter().map(|s| json!({
-                "schedule_id": s.schedule_id,
-                "starts_at": format_time(s.starts_at),
-                "price": format_amount(s.price),
-            })).collect::<Vec<_>>(),
+            "schedules": self.schedules.iter().map(Schedule::public_view).collect::<Vec<_>>(),
         })
     }
 }
@@ -108,17 +95,10 @@ pub async fn load_into_redis(redis: &Redis, ev: &Event) -> Result<(), StoreError
     for s in &ev.schedules {
         keys.push(k.schedule(&s.schedule_id));
         keys.push(k.seat_map(&s.schedule_id));
-        args.push(
-            json!({
-                "starts_at": format_time(s.starts_at),
-                "seats": s.seats,
-                "row_size": s.row_size,
-                "price": format_amount(s.price),
-                "hold_ms": u64::from(s.hold_seconds) * 1000,
-                "max_per_user": s.max_per_user,
-            })
-            .to_string(),
-        );
+        // The admin view, plus the hold time in the scripts' milliseconds.
+        let mut copy = json!(s.config_view());
+        copy["hold_ms"] = json!(u64::from(s.hold_seconds) * 1000);
+        args.push(copy.to_string());
     }
     let reply = redis
         .run(&crate::store::redis::LOAD_EVENT, keys, args)

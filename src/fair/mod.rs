@@ -64,7 +64,7 @@ impl SaleWindow {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let f = |t: Option<DateTime<Utc>>| t.map(crate::catalog::format_time_ms);
+        let f = |t: Option<DateTime<Utc>>| t.map(crate::time::rfc3339_ms);
         serde_json::json!({
             "prequeue_opens_at": f(self.prequeue_opens_at),
             "opens_at": f(self.opens_at),

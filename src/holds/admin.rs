@@ -24,22 +24,9 @@ pub async fn add_schedule_figures(
     } else {
         super::overview(&state.redis, &ev.event_id, &ids, None).await?
     };
-    // Revenue and payments that stand (refunded ones not counted), and how
-    // many were refunded.
-    let sales: Vec<(String, Decimal, i64, i64)> = state
-        .pg
-        .guard(
-            sqlx::query_as(
-                r"select schedule_id,
-                         coalesce(sum(amount) filter (where refunded_at is null), 0),
-                         count(*) filter (where refunded_at is null),
-                         count(*) filter (where refunded_at is not null)
-                  from payments where event_id = $1 group by schedule_id",
-            )
-            .bind(ev.event_id.as_str())
-            .fetch_all(state.pg.pool()),
-        )
-        .await?;
+    // Revenue and payments that stand (a refund gives the whole amount
+    // back), and how many were refunded.
+    let sales = crate::payments::sales::per_schedule(&state.pg, &ev.event_id).await?;
     if let Some(list) = body["schedules"].as_array_mut() {
         for (i, s) in list.iter_mut().enumerate() {
             // Not in Redis (being restored): zero live figures.
@@ -49,8 +36,14 @@ pub async fn add_schedule_figures(
                 .map_or((0, 0, 0), |f| (f.held, f.sold, f.available));
             let (revenue, payments, refunded) = sales
                 .iter()
-                .find(|(id, ..)| Some(id.as_str()) == s["schedule_id"].as_str())
-                .map_or((Decimal::ZERO, 0, 0), |(_, r, n, f)| (*r, *n, *f));
+                .find(|f| Some(f.schedule_id.as_str()) == s["schedule_id"].as_str())
+                .map_or((Decimal::ZERO, 0, 0), |f| {
+                    (
+                        f.sales.revenue,
+                        f.sales.payments - f.payments_refunded,
+                        f.payments_refunded,
+                    )
+                });
             s["held"] = json!(held);
             s["sold"] = json!(sold);
             s["available"] = json!(available);

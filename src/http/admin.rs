@@ -15,10 +15,9 @@ use super::{
 use crate::{
     app::AppState,
     catalog::{
-        self, Event, format_time,
+        self, Event, Schedule,
         request::{NewEvent, QueuePatch},
     },
-    money::format_amount,
     queue,
 };
 
@@ -29,16 +28,7 @@ pub fn event_config_json(ev: &Event) -> Value {
         "queue": ev.queue,
         "sale": ev.fair.sale.to_json(),
         "challenge": { "difficulty_bits": ev.fair.difficulty_bits },
-        "schedules": ev.schedules.iter().map(|s| json!({
-            "schedule_id": s.schedule_id,
-            "starts_at": format_time(s.starts_at),
-            "seats": s.seats,
-            "row_size": s.row_size,
-            "price": format_amount(s.price),
-            "hold_seconds": s.hold_seconds,
-            "max_per_user": s.max_per_user,
-            "low_seats_threshold": s.low_seats_threshold,
-        })).collect::<Vec<_>>(),
+        "schedules": ev.schedules.iter().map(Schedule::config_view).collect::<Vec<_>>(),
     })
 }
 
@@ -116,7 +106,7 @@ pub async fn get_event(
     if let Some(info) = crate::fair::info(&state.redis, &ev.event_id).await? {
         let drawn = info.drawn();
         body["draw"] = json!({
-            "opens_at": ev.fair.sale.opens_at.map(catalog::format_time_ms),
+            "opens_at": ev.fair.sale.opens_at.map(crate::time::rfc3339_ms),
             "commitment": ev.fair.seed.commitment(),
             "drawn": drawn,
             "seed": drawn.then(|| ev.fair.seed.to_hex()),

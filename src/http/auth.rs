@@ -44,22 +44,16 @@ impl From<QueueError> for ApiError {
     }
 }
 
-/// The bearer credential of a request, if any (the scheme is
-/// case-insensitive).
-pub fn bearer(parts: &Parts) -> Option<&str> {
-    bearer_token(&parts.headers)
-}
-
-/// The credential of `Authorization: Bearer <credential>`
-/// ([`crate::auth::bearer`]): the one parser of the header; extractors and
-/// the rate limiter use it.
-pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+/// The credential of a request's `Authorization: Bearer <credential>`, if
+/// any: the header read in one place (the extractors and the rate limiter
+/// use it), its value parsed by [`crate::auth::bearer`].
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     crate::auth::bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 /// The bearer credential, or a 401 naming what this endpoint needs.
 fn required_bearer<'a>(parts: &'a Parts, needs: &str) -> Result<&'a str, ApiError> {
-    bearer(parts).ok_or_else(|| {
+    bearer(&parts.headers).ok_or_else(|| {
         ApiError::Unauthorized(format!(
             "this endpoint needs {needs}: Authorization: Bearer <credential>"
         ))
@@ -173,7 +167,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if !has_service_key_header(parts) && bearer(parts).is_some() {
+        if !has_service_key_header(parts) && bearer(&parts.headers).is_some() {
             return Err(ApiError::Forbidden(
                 "only the platform's backend (service key) may do this; user credentials never can"
                     .into(),
@@ -247,7 +241,7 @@ mod tests {
             "bEaReR   t.k ",
             "Bearer\tt.k",
         ] {
-            assert_eq!(super::bearer_token(&with(v)), Some("t.k"), "{v:?}");
+            assert_eq!(super::bearer(&with(v)), Some("t.k"), "{v:?}");
         }
         for v in [
             "Basic dXNlcg==",
@@ -256,8 +250,8 @@ mod tests {
             "Bearertoken",
             "t.k",
         ] {
-            assert_eq!(super::bearer_token(&with(v)), None, "{v:?}");
+            assert_eq!(super::bearer(&with(v)), None, "{v:?}");
         }
-        assert_eq!(super::bearer_token(&HeaderMap::new()), None);
+        assert_eq!(super::bearer(&HeaderMap::new()), None);
     }
 }

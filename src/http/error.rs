@@ -161,10 +161,6 @@ impl ApiError {
         }
     }
 
-    fn title(&self) -> &'static str {
-        self.status().canonical_reason().unwrap_or("Error")
-    }
-
     fn extra(&self) -> Map<String, Value> {
         use ApiError as E;
         let mut m = Map::new();
@@ -245,22 +241,31 @@ impl ApiError {
 impl ApiError {
     /// The problem+json body.
     pub fn body(&self) -> Value {
+        self.body_as(self.status())
+    }
+
+    /// The one builder of a problem+json body, answered with `status`
+    /// (which `title` and `status` in the body always match).
+    fn body_as(&self, status: StatusCode) -> Value {
         let mut body = self.extra();
         body.insert(
             "type".into(),
             json!(format!("urn:boxoffice:problem:{}", self.code())),
         );
-        body.insert("title".into(), json!(self.title()));
-        body.insert("status".into(), json!(self.status().as_u16()));
+        body.insert(
+            "title".into(),
+            json!(status.canonical_reason().unwrap_or("Error")),
+        );
+        body.insert("status".into(), json!(status.as_u16()));
         body.insert("detail".into(), json!(self.detail()));
         body.insert("code".into(), json!(self.code()));
         Value::Object(body)
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
+    /// This refusal answered with another status than its own (a 405, or
+    /// the status of an axum rejection rewritten as problem+json), logged
+    /// like any other.
+    pub fn into_response_as(self, status: StatusCode) -> Response {
         match &self {
             Self::Dependency(e @ StoreError::Unavailable { .. }) => {
                 tracing::warn!(error = %e, "dependency unavailable")
@@ -269,7 +274,7 @@ impl IntoResponse for ApiError {
             Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "internal error"),
             _ => {}
         }
-        let mut resp = (status, axum::Json(self.body())).into_response();
+        let mut resp = (status, axum::Json(self.body_as(status))).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
@@ -279,6 +284,13 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        self.into_response_as(status)
     }
 }
 

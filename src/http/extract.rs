@@ -3,12 +3,12 @@
 
 use axum::{
     extract::{FromRef, FromRequest, FromRequestParts, Query, Request, rejection::JsonRejection},
-    http::request::Parts,
+    http::{HeaderMap, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::{app::AppState, ids::IdempotencyKey};
+use crate::{app::AppState, auth::constant_time_eq, config::Config, ids::IdempotencyKey};
 
 /// `axum::Json`, but a malformed body is a problem+json 400/415/422, and a
 /// body over `BOXOFFICE_HTTP_MAX_BODY_BYTES` a `413 payload_too_large`.
@@ -84,7 +84,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceKey;
 
-pub use crate::auth::constant_time_eq;
+impl ServiceKey {
+    /// Whether `headers` carry the service key in `X-Api-Key`, compared in
+    /// constant time: the one check of the key (this extractor and the rate
+    /// limiter's exemption use it).
+    pub fn matches(config: &Config, headers: &HeaderMap) -> bool {
+        headers
+            .get(SERVICE_KEY_HEADER)
+            .is_some_and(|v| constant_time_eq(v.as_bytes(), config.service_key.expose().as_bytes()))
+    }
+}
+
+/// The header that carries the service key.
+const SERVICE_KEY_HEADER: &str = "x-api-key";
 
 impl<S: Send + Sync> FromRequestParts<S> for ServiceKey
 where
@@ -94,16 +106,14 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        match parts.headers.get("x-api-key") {
-            Some(v)
-                if constant_time_eq(v.as_bytes(), state.config.service_key.expose().as_bytes()) =>
-            {
-                Ok(Self)
-            }
-            Some(_) => Err(ApiError::Unauthorized("invalid X-Api-Key".into())),
-            None => Err(ApiError::Unauthorized(
+        if Self::matches(&state.config, &parts.headers) {
+            Ok(Self)
+        } else if has_service_key_header(parts) {
+            Err(ApiError::Unauthorized("invalid X-Api-Key".into()))
+        } else {
+            Err(ApiError::Unauthorized(
                 "this endpoint needs the service key in X-Api-Key".into(),
-            )),
+            ))
         }
     }
 }
@@ -111,7 +121,7 @@ where
 /// Whether the request carries an `X-Api-Key` header at all (routes that
 /// accept either a queue token or the service key branch on it).
 pub fn has_service_key_header(parts: &Parts) -> bool {
-    parts.headers.contains_key("x-api-key")
+    parts.headers.contains_key(SERVICE_KEY_HEADER)
 }
 
 /// The optional `Idempotency-Key` header, validated.

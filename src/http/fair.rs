@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     app::AppState,
-    catalog::{self, format_time_ms, request::EventPatch},
+    catalog::{self, request::EventPatch},
     fair::{
         self, DRAW_RULE,
         challenge::{ChallengeError, ChallengeSigner, Proven},
@@ -35,10 +35,7 @@ pub struct ChallengeAnswer {
 }
 
 fn ms_to_time(ms: i64) -> Option<String> {
-    (ms > 0)
-        .then(|| chrono::DateTime::from_timestamp_millis(ms))
-        .flatten()
-        .map(format_time_ms)
+    (ms > 0).then(|| crate::time::rfc3339_from_ms(ms)).flatten()
 }
 
 impl From<JoinError> for ApiError {

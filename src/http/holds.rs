@@ -16,13 +16,12 @@ use super::{
     ApiError, ApiResult,
     auth::QueueToken,
     extract::{ApiJson, ServiceKey},
-    queue::{event_in_path, format_ms},
+    queue::event_in_path,
 };
 use crate::{
     app::AppState,
     holds::{self, Hold, HoldError, HoldRequest, MAX_SEATS_PER_REQUEST},
     ids::{EventId, HoldId, ScheduleId, SeatNo},
-    money::format_amount,
     store::{Dependency, StoreError},
     token::QueueClaims,
 };
@@ -292,8 +291,9 @@ pub struct HoldResponse {
     pub schedule_id: String,
     pub seats: Vec<u32>,
     pub adjacent: bool,
-    #[schema(example = "100000")]
-    pub amount: String,
+    #[serde(with = "crate::money::serde_amount")]
+    #[schema(value_type = String, example = "100000")]
+    pub amount: rust_decimal::Decimal,
     pub expires_at: Option<String>,
     /// `held` or `paying`.
     pub status: String,
@@ -307,8 +307,8 @@ impl From<Hold> for HoldResponse {
             schedule_id: h.id.schedule.to_string(),
             seats: h.seats,
             adjacent: h.adjacent,
-            amount: format_amount(h.amount),
-            expires_at: format_ms(h.expires_at_ms),
+            amount: h.amount,
+            expires_at: crate::time::rfc3339_from_ms(h.expires_at_ms),
             status: h.state,
         }
     }

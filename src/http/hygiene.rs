@@ -172,12 +172,7 @@ async fn problem_json(state: &AppState, resp: Response) -> Response {
         s if s.is_client_error() => ApiError::BadRequest(text),
         _ => ApiError::Internal(anyhow::anyhow!("{status}: {text}")),
     };
-    let mut body = err.body();
-    body["status"] = status.as_u16().into();
-    body["title"] = status.canonical_reason().unwrap_or("Error").into();
-    let mut out = err.into_response();
-    *out.status_mut() = status;
-    *out.body_mut() = Body::from(body.to_string());
+    let mut out = err.into_response_as(status);
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             out.headers_mut().insert(name.clone(), value.clone());

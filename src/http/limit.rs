@@ -31,7 +31,7 @@ use governor::{
     clock::{Clock, DefaultClock},
 };
 
-use super::{ApiError, auth::bearer_token, extract::constant_time_eq};
+use super::{ApiError, auth::bearer, extract::ServiceKey};
 use crate::{
     app::AppState,
     config::{Config, IpBlock},
@@ -63,7 +63,7 @@ pub struct VerifiedUser(pub UserId);
 /// The one place that maps a request to its limiter key: a new kind of
 /// credential (user assertions) gets a `LimitKey` variant and a branch here.
 pub fn credential_key(state: &AppState, headers: &HeaderMap) -> Option<LimitKey> {
-    let credential = bearer_token(headers)?;
+    let credential = bearer(headers)?;
     // A queue token starts with its version; anything else may be a JWT.
     if credential.starts_with("v1.") {
         let claims = state.tokens.verify(credential).ok()?;
@@ -277,9 +277,7 @@ fn refuse(verdict: Verdict, by: &'static str, full: &'static str) -> Option<Resp
 pub async fn limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let public = path.starts_with("/v1/") && !path.starts_with("/v1/admin/");
-    let service = req.headers().get("x-api-key").is_some_and(|k| {
-        constant_time_eq(k.as_bytes(), state.config.service_key.expose().as_bytes())
-    });
+    let service = ServiceKey::matches(&state.config, req.headers());
     if !public || service {
         return next.run(req).await;
     }

@@ -193,11 +193,8 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> Response {
-    let mut resp = axum::response::IntoResponse::into_response(ApiError::InvalidRequest(
-        "method not allowed on this endpoint".into(),
-    ));
-    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    resp
+    ApiError::InvalidRequest("method not allowed on this endpoint".into())
+        .into_response_as(StatusCode::METHOD_NOT_ALLOWED)
 }
 
 /// Latency histogram buckets, in seconds.

@@ -6,7 +6,6 @@ use axum::{
     extract::{Path, State},
     response::{IntoResponse, Response},
 };
-use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -195,30 +194,6 @@ pub async fn user_payments(
     }))
 }
 
-/// `sales`: the sales rows of event `$1`: the rollup (`jobs::rollup`) plus the
-/// payments and refunds not rolled up yet (partial indexes find them; a
-/// refund counts in the hour it was made, its amount off the revenue), so the report
-/// reads about as many rows at a million payments as at a hundred.
-macro_rules! sales_rows {
-    () => {
-        r"
-with sales as (
-    select schedule_id, hour, payments, seats, refunds, revenue
-    from sales_hourly where event_id = $1
-    union all
-    select schedule_id, date_trunc('hour', paid_at), count(*), sum(cardinality(seats))::int8, 0, sum(amount)
-    from payments where event_id = $1 and not rolled_up
-    group by 1, 2
-    union all
-    select p.schedule_id, date_trunc('hour', r.created_at), 0, 0, sum(cardinality(p.seats))::int8, -sum(r.amount)
-    from refunds r join payments p on p.payment_id = r.payment_id
-    where p.event_id = $1 and not r.rolled_up
-    group by 1, 2
-)
-"
-    };
-}
-
 #[utoipa::path(get, path = "/v1/admin/events/{event_id}/sales", tag = "admin",
     security(("service_key" = [])),
     params(("event_id" = String, Path, description = "Event id")),
@@ -232,62 +207,15 @@ pub async fn sales(
     Path(event_id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
     let event = event_in_path(&event_id)?;
-    type Row = (String, i64, i64, i64, Decimal);
-    type HourRow = (chrono::DateTime<chrono::Utc>, i64, i64, i64, Decimal);
-    let (per_schedule, per_hour): (Vec<Row>, Vec<HourRow>) = state
-        .pg
-        .guard(async {
-            // One snapshot for both statements. The tail must be read through
-            // its partial index: after a burst the index keeps the pages it
-            // grew to, which makes the planner price it like the whole table
-            // and prefer scanning a million rolled-up payments instead.
-            let mut tx = state.pg.pool().begin().await?;
-            sqlx::query("set transaction isolation level repeatable read, read only")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("set local enable_seqscan = off")
-                .execute(&mut *tx)
-                .await?;
-            let s = sqlx::query_as(concat!(
-                sales_rows!(),
-                r"select s.schedule_id, coalesce(sum(r.payments), 0)::int8, coalesce(sum(r.seats), 0)::int8,
-                         coalesce(sum(r.refunds), 0)::int8, coalesce(sum(r.revenue), 0)
-                  from schedules s left join sales r using (schedule_id)
-                  where s.event_id = $1
-                  group by s.schedule_id order by s.schedule_id"
-            ))
-            .bind(event.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-            let h = sqlx::query_as(concat!(
-                sales_rows!(),
-                r"select hour, sum(payments)::int8, sum(seats)::int8, sum(refunds)::int8, sum(revenue)
-                  from sales group by hour order by hour"
-            ))
-            .bind(event.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok((s, h))
-        })
-        .await?;
+    let (per_schedule, per_hour) = payments::sales::report(&state.pg, &event).await?;
     if per_schedule.is_empty() {
         return Err(ApiError::NotFound(format!("no event {event}")));
     }
-    let row = |payments: i64, seats: i64, refunded: i64, revenue: Decimal| json!({"payments": payments, "seats_sold": seats, "seats_refunded": refunded, "revenue": format_amount(revenue)});
     Ok(axum::Json(json!({
         "event_id": event,
         "currency": state.config.currency.code(),
-        "schedules": per_schedule.into_iter().map(|(id, p, s, f, r)| {
-            let mut v = row(p, s, f, r);
-            v["schedule_id"] = json!(id);
-            v
-        }).collect::<Vec<_>>(),
-        "hourly": per_hour.into_iter().map(|(h, p, s, f, r)| {
-            let mut v = row(p, s, f, r);
-            v["hour"] = json!(crate::catalog::format_time(h));
-            v
-        }).collect::<Vec<_>>(),
+        "schedules": per_schedule,
+        "hourly": per_hour,
     })))
 }
 

@@ -81,16 +81,13 @@ pub struct QueueEntry {
     pub sold_out: Option<&'static str>,
 }
 
-pub fn format_ms(ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-}
-
 pub fn entry(claims: &QueueClaims, view: &EntryView, token: Option<String>) -> QueueEntry {
     let (status, position, admitted_until) = match view.state {
         EntryState::Prequeue => ("prequeue", None, None),
         EntryState::Waiting { position } => ("waiting", Some(position), None),
-        EntryState::Admitted { until_ms } => ("admitted", None, format_ms(until_ms)),
+        EntryState::Admitted { until_ms } => {
+            ("admitted", None, crate::time::rfc3339_from_ms(until_ms))
+        }
     };
     QueueEntry {
         token,

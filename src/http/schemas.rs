@@ -37,8 +37,9 @@ pub struct Readiness {
 pub struct Balance {
     pub user_id: String,
     /// Decimal string in the service currency.
-    #[schema(example = "75000")]
-    pub balance: String,
+    #[serde(with = "crate::money::serde_amount")]
+    #[schema(value_type = String, example = "75000")]
+    pub balance: rust_decimal::Decimal,
     /// ISO 4217 code of the service currency.
     #[schema(example = "KRW")]
     pub currency: String,
@@ -163,6 +164,8 @@ pub struct ScheduleSales {
     pub schedule_id: String,
     pub payments: i64,
     pub seats_sold: i64,
+    pub seats_refunded: i64,
+    /// Net of refunds.
     #[schema(example = "100000")]
     pub revenue: String,
 }
@@ -175,6 +178,8 @@ pub struct HourlySales {
     pub hour: String,
     pub payments: i64,
     pub seats_sold: i64,
+    pub seats_refunded: i64,
+    /// Net of refunds.
     #[schema(example = "100000")]
     pub revenue: String,
 }

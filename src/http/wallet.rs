@@ -17,7 +17,7 @@ use crate::{
     app::AppState,
     idempotency::{self, Answered, KeyRefused, Saved, Scope},
     ids::UserId,
-    money::{Money, format_amount},
+    money::Money,
     wallet,
 };
 
@@ -90,7 +90,7 @@ pub async fn balance(
     let balance = wallet::balance(&state.pg, &user).await?;
     Ok(axum::Json(Balance {
         user_id: user.to_string(),
-        balance: format_amount(balance),
+        balance,
         currency: state.config.currency.code().to_string(),
     }))
 }

@@ -171,10 +171,7 @@ impl Locker {
             let (rl, res, v) = (rl.clone(), lease.resource.clone(), v.clone());
             blocking(move || {
                 let v = v?;
-                let client = rl.servers.first()?;
-                let mut con = client.get_connection_with_timeout(SERVER_TIMEOUT).ok()?;
-                con.set_read_timeout(Some(SERVER_TIMEOUT)).ok()?;
-                con.set_write_timeout(Some(SERVER_TIMEOUT)).ok()?;
+                let mut con = connect(&rl)?;
                 let n: i64 = redis::Script::new(EXTEND_SCRIPT)
                     .key(res)
                     .arg(v)
@@ -198,6 +195,38 @@ impl Locker {
         }
     }
 
+    /// How long until the lease `name`, held by whoever holds it, runs out
+    /// on a majority of the servers (zero when it is free there already);
+    /// `None` when too few servers answered to tell. A follower sleeps this
+    /// long instead of polling blindly, so it tries again the moment a dead
+    /// leader's lease expires.
+    pub async fn expires_in(&self, name: &str) -> Option<Duration> {
+        let resource = self.resource(name);
+        let calls = self.servers.iter().map(|rl| {
+            let (rl, res) = (rl.clone(), resource.clone());
+            blocking(move || {
+                let mut con = connect(&rl)?;
+                let ms: i64 = redis::cmd("PTTL").arg(res).query(&mut con).ok()?;
+                // -2: no such key (free); -1: no expiry (not ours to judge:
+                // treat as a full TTL).
+                Some(match ms {
+                    -2 => 0,
+                    -1 => u64::MAX,
+                    ms => u64::try_from(ms).unwrap_or(0),
+                })
+            })
+        });
+        let mut left: Vec<u64> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        left.sort_unstable();
+        let ms = *left.get(self.quorum() - 1)?;
+        Some(Duration::from_millis(ms).min(self.ttl))
+    }
+
     /// Releases the lease on every server that holds our value (best
     /// effort: what is not released expires with its TTL).
     pub async fn release(&self, lease: &Lease) {
@@ -219,6 +248,16 @@ impl Locker {
             });
         futures::future::join_all(calls).await;
     }
+}
+
+/// A connection of redis-rs to the one server of `rl`, with the per-call
+/// time budget on connect, read and write.
+fn connect(rl: &RedLock) -> Option<redis::Connection> {
+    let client = rl.servers.first()?;
+    let con = client.get_connection_with_timeout(SERVER_TIMEOUT).ok()?;
+    con.set_read_timeout(Some(SERVER_TIMEOUT)).ok()?;
+    con.set_write_timeout(Some(SERVER_TIMEOUT)).ok()?;
+    Some(con)
 }
 
 /// Runs a blocking Redis call on the blocking pool with a time budget;

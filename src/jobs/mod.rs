@@ -7,12 +7,15 @@
 //! and runs rounds every interval while it renews the lease (every third of
 //! its TTL). Each round's PostgreSQL writes commit only if its token is
 //! still the newest, so a leader that lost its lease without noticing (a
-//! pause longer than the TTL) cannot write. The others retry the lease every
-//! fifth of the TTL, so a dead leader is replaced within about one TTL.
+//! pause longer than the TTL) cannot write. The others read how long the
+//! lease has left and try again when it runs out (at the latest every fifth
+//! of the TTL), so a dead leader is replaced as soon as its lease expires,
+//! at most one TTL after its last renewal (see [`follower_wait`]).
 //!
-//! The restore of Redis from PostgreSQL can be wrapped the same way: call
-//! [`leased_once`] with a job name per event (`restore:<event>`); it returns
-//! `None` when another instance holds that lease.
+//! The restore of Redis from PostgreSQL runs under a lease too, one per
+//! event (`restore:<event>`): the reconciler calls [`leased_once`], which
+//! renews the lease while the work runs and returns `None` when another
+//! instance holds it.
 
 pub mod availability;
 pub mod fence;
@@ -199,7 +202,7 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
     let holder = holder(&state);
     loop {
         let Some(lease) = locker.try_acquire(name).await else {
-            if pause(&shutdown, retry).await {
+            if pause(&shutdown, follower_wait(&locker, name, retry).await).await {
                 continue;
             }
             return;
@@ -217,8 +220,8 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
         };
         tracing::info!(job = name, token = fence.token, %holder, "lease acquired");
         metrics::counter!("boxoffice_job_leases_total", "job_name" => name).increment(1);
-        let lost = CancellationToken::new();
-        let renewer = tokio::spawn(renew_loop(locker.clone(), lease, lost.clone()));
+        let renewed = Renewed::start(&locker, lease);
+        let lost = renewed.lost.clone();
         loop {
             match job.round(&state, &fence).await {
                 Ok(items) => {
@@ -246,12 +249,50 @@ async fn run_leased(state: AppState, locker: Locker, job: Job, shutdown: Cancell
         if lost.is_cancelled() && !shutdown.is_cancelled() {
             tracing::warn!(job = name, token = fence.token, "lease lost");
         }
-        lost.cancel();
-        if let Ok(lease) = renewer.await {
-            locker.release(&lease).await;
-        }
+        renewed.release(&locker).await;
         if shutdown.is_cancelled() {
             return;
+        }
+    }
+}
+
+/// How long a follower waits before trying the lease again: until the
+/// current lease runs out on a majority of the servers, and at most `retry`
+/// (a lease given back on shutdown is free before it expires), plus a
+/// random 1 ms to TTL/100 so followers that wake together do not split the
+/// servers' votes between them.
+///
+/// This is what bounds a takeover. A leader renews every third of the TTL
+/// to a full TTL, so when it dies its lease outlives it by two thirds of a
+/// TTL to one TTL (nobody can take it sooner: that is the lease). Polling
+/// every `retry` would add up to `retry` on top; waking when the lease runs
+/// out adds only the jitter and one Redlock round.
+async fn follower_wait(locker: &Locker, name: &str, retry: Duration) -> Duration {
+    let until_free = locker.expires_in(name).await.unwrap_or(retry);
+    let ttl_ms = u64::try_from(locker.ttl().as_millis()).unwrap_or(u64::MAX);
+    let jitter = 1 + (uuid::Uuid::new_v4().as_u128() as u64) % (ttl_ms / 100).max(1);
+    until_free.min(retry) + Duration::from_millis(jitter)
+}
+
+/// A lease kept alive by a renewal task until [`Renewed::release`];
+/// `lost` is cancelled when a renewal fails.
+struct Renewed {
+    lost: CancellationToken,
+    renewer: tokio::task::JoinHandle<lease::Lease>,
+}
+
+impl Renewed {
+    fn start(locker: &Locker, lease: lease::Lease) -> Self {
+        let lost = CancellationToken::new();
+        let renewer = tokio::spawn(renew_loop(locker.clone(), lease, lost.clone()));
+        Self { lost, renewer }
+    }
+
+    /// Stops renewing and gives the lease back.
+    async fn release(self, locker: &Locker) {
+        self.lost.cancel();
+        if let Ok(lease) = self.renewer.await {
+            locker.release(&lease).await;
         }
     }
 }
@@ -278,8 +319,11 @@ async fn renew_loop(
 /// Runs `work` once under the lease `name` with a fresh fencing token, for
 /// work that is triggered rather than periodic (e.g. restoring one event
 /// from PostgreSQL: `leased_once(state, locker, "restore:<event>", ...)`).
-/// `None` when another instance holds the lease; the lease is released
-/// afterwards. `work` must commit its writes with [`Fence::commit`].
+/// `None` when another instance holds the lease. The lease is renewed
+/// (every third of its TTL) while `work` runs, so work longer than the TTL
+/// keeps it, and released afterwards. `work` must commit its writes with
+/// [`Fence::commit`]: if a renewal fails (a pause, a partition) and another
+/// instance takes over, those writes are refused.
 ///
 /// # Errors
 /// Whatever `work` returns.
@@ -294,11 +338,12 @@ where
     Fut: Future<Output = Result<T, JobError>>,
 {
     let lease = locker.try_acquire(name).await?;
+    let renewed = Renewed::start(locker, lease);
     let result = match Fence::take(&state.pg, name, &holder(state)).await {
         Ok(fence) => work(fence).await,
         Err(e) => Err(e.into()),
     };
-    locker.release(&lease).await;
+    renewed.release(locker).await;
     Some(result)
 }
 

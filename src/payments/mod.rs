@@ -20,6 +20,7 @@ pub mod pay;
 pub mod reconcile;
 pub mod refund;
 pub mod relay;
+pub mod sales;
 
 use std::time::Duration;
 
@@ -33,12 +34,12 @@ pub use refund::RefundError;
 
 use crate::{
     ids::{PaymentId, UserId},
-    money::format_amount,
     store::{StoreError, pg::Pg, redis::Redis},
 };
 
 /// The payment flow's parts, borrowed from the running service: what
-/// [`Payments::pay`] and [`Payments::refund`] need, and nothing of HTTP.
+/// [`Payments::pay`], [`Payments::refund`] and [`Payments::cancel_schedule`]
+/// need, and nothing of HTTP.
 #[derive(Debug, Clone, Copy)]
 pub struct Payments<'a> {
     pub redis: &'a Redis,
@@ -51,14 +52,6 @@ pub struct Payments<'a> {
     pub failpoint: Option<&'a str>,
 }
 
-fn money<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_amount(*d))
-}
-
-fn time<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-}
-
 /// A confirmed payment; serializes to the API response.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Payment {
@@ -68,26 +61,22 @@ pub struct Payment {
     pub event_id: String,
     pub schedule_id: String,
     pub seats: Vec<i32>,
-    #[serde(serialize_with = "money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "100000")]
     pub amount: Decimal,
-    #[serde(serialize_with = "money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "25000")]
     pub balance_after: Decimal,
-    #[serde(serialize_with = "time")]
+    #[serde(with = "crate::time::serde_rfc3339_ms")]
     #[schema(value_type = String)]
     pub paid_at: DateTime<Utc>,
     /// When the payment was refunded; absent while it stands.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::serde_rfc3339_ms::option"
+    )]
     #[schema(value_type = Option<String>)]
     pub refunded_at: Option<DateTime<Utc>>,
-}
-
-fn opt_time<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => time(t, s),
-        None => s.serialize_none(),
-    }
 }
 
 /// Marks payments' Redis side done. The commit does not wait for its WAL

@@ -23,7 +23,9 @@
 //! `boxoffice_reconciler_failures_total{kind}` and logged at `warn`, at most
 //! once per [`WARN_EVERY`] per kind. Every step is idempotent
 //! (`confirm_sale.lua` only counts seats it newly marks), so running it on
-//! several instances at once is harmless.
+//! several instances at once is harmless; restores run under a lease per
+//! event all the same (`restore:<event>`), so each loss is restored once,
+//! with one new epoch.
 
 use std::{
     sync::{
@@ -62,7 +64,8 @@ pub struct Report {
     /// Events that could not be restored this pass (their shard down, or
     /// PostgreSQL); tried again on the next pass.
     pub events_failed: u64,
-    /// Events another instance was restoring under its lease this pass.
+    /// Events another instance was restoring under its lease this pass, or
+    /// had restored by the time this one held the lease.
     pub events_busy: u64,
     pub payments_replayed: u64,
     /// Seats that were not `sold` in Redis and now are.
@@ -300,6 +303,8 @@ pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<R
     // which this replay (end_queue off: a restore must not end entries of
     // payments long done) does not do. `finish_unconfirmed` replays those
     // with end_queue on and marks them.
+    #[cfg(feature = "failpoints")]
+    slow_restore(state).await;
     catalog::finish_restore(&state.redis, &ev.event_id, epoch).await?;
     state
         .schedule_ids
@@ -310,6 +315,22 @@ pub async fn restore_event(state: &AppState, ev: &Event, epoch: u32) -> Result<R
     metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "seat_restored")
         .increment(report.seats_fixed);
     Ok(report)
+}
+
+/// Test-only (the `failpoints` feature): `slow_restore_ms:<n>` holds every
+/// restore for `n` ms before it marks the event ready, so restores started
+/// by several instances overlap (and a test can show that only one runs).
+#[cfg(feature = "failpoints")]
+async fn slow_restore(state: &AppState) {
+    if let Some(ms) = state
+        .config
+        .failpoint
+        .as_deref()
+        .and_then(|f| f.strip_prefix("slow_restore_ms:"))
+        .and_then(|n| n.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
 }
 
 fn merge(into: &mut Report, r: &Report) {
@@ -324,8 +345,10 @@ fn merge(into: &mut Report, r: &Report) {
 }
 
 /// Restores the given events, each on its own: one that fails (its shard
-/// down) is counted and does not stop the others.
-async fn restore_each(state: &AppState, events: Vec<Event>) -> Report {
+/// down) is counted and does not stop the others. With `only_missing`, an
+/// event that is ready again by the time its lease is held (another
+/// instance restored it in between) is left alone.
+async fn restore_each(state: &AppState, events: Vec<Event>, only_missing: bool) -> Report {
     let mut report = Report::default();
     let locker = match Locker::new(
         &state.config.jobs.lock_urls,
@@ -343,7 +366,7 @@ async fn restore_each(state: &AppState, events: Vec<Event>) -> Report {
             let state = state.clone();
             let locker = locker.clone();
             async move {
-                let r = restore_leased(&state, locker.as_ref(), &ev).await;
+                let r = restore_leased(&state, locker.as_ref(), &ev, only_missing).await;
                 (ev, r)
             }
         })
@@ -369,8 +392,15 @@ async fn restore_each(state: &AppState, events: Vec<Event>) -> Report {
 /// script may. The epoch bump (the restore's PostgreSQL write) carries the
 /// lease's fencing token, so a restorer paused past its lease cannot take
 /// an epoch after a newer one did; its late Redis writes are harmless (the
-/// restore is idempotent, the hold counter only moves up). `None` when
-/// another instance holds the lease, or this one was fenced out.
+/// restore is idempotent, the hold counter only moves up). The lease is
+/// renewed while the restore runs, however long it takes.
+///
+/// The lease alone would not make a restore happen once per loss: another
+/// instance may have seen the event missing just before this one marked it
+/// ready, and take the lease right after this one gave it back. So with
+/// `only_missing` the ready mark is checked again under the lease. `None`
+/// when another instance holds the lease or restored the event meanwhile,
+/// or this one was fenced out.
 ///
 /// # Errors
 /// A store is unavailable.
@@ -378,6 +408,7 @@ async fn restore_leased(
     state: &AppState,
     locker: Option<&Locker>,
     ev: &Event,
+    only_missing: bool,
 ) -> Result<Option<Report>, StoreError> {
     let Some(locker) = locker else {
         let epoch = catalog::pg::bump_epoch(&state.pg, &ev.event_id).await?;
@@ -385,13 +416,16 @@ async fn restore_leased(
     };
     let name = format!("restore:{}", ev.event_id);
     let run = jobs::leased_once(state, locker, &name, |fence| async move {
+        if only_missing && catalog::is_ready(&state.redis, &ev.event_id).await? {
+            return Ok(None);
+        }
         let epoch = bump_epoch_fenced(state, &ev.event_id, &fence).await?;
-        Ok(restore_event(state, ev, epoch).await?)
+        Ok(Some(restore_event(state, ev, epoch).await?))
     })
     .await;
     match run {
         None | Some(Err(JobError::Fenced { .. })) => Ok(None),
-        Some(Ok(report)) => Ok(Some(report)),
+        Some(Ok(report)) => Ok(report),
         Some(Err(JobError::Store(e))) => Err(e),
     }
 }
@@ -416,7 +450,7 @@ async fn bump_epoch_fenced(
 /// PostgreSQL unavailable, or no event could be restored (Redis down).
 pub async fn rebuild(state: &AppState) -> Result<Report, StoreError> {
     let events = catalog::pg::all(&state.pg).await?;
-    let report = restore_each(state, events).await;
+    let report = restore_each(state, events, false).await;
     if report.events_failed > 0 && report.events_loaded == 0 {
         // Nothing worked: say why, as a 503.
         state.redis.ping().await?;
@@ -496,7 +530,7 @@ pub async fn restore_missing(state: &AppState) -> Result<Option<Report>, StoreEr
     if missing.is_empty() {
         return Ok(None);
     }
-    let report = restore_each(state, missing).await;
+    let report = restore_each(state, missing, true).await;
     if report.events_loaded > 0 {
         tracing::warn!(
             ?report,

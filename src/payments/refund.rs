@@ -127,14 +127,14 @@ pub struct Refund {
     pub refund_id: Uuid,
     #[schema(value_type = String, format = Uuid)]
     pub payment_id: PaymentId,
-    #[serde(serialize_with = "super::money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "100000")]
     pub amount: Decimal,
-    #[serde(serialize_with = "super::money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "150000")]
     pub balance_after: Decimal,
     pub seats: Vec<i32>,
-    #[serde(serialize_with = "super::time")]
+    #[serde(with = "crate::time::serde_rfc3339_ms")]
     #[schema(value_type = String)]
     pub refunded_at: DateTime<Utc>,
 }
@@ -393,7 +393,7 @@ impl Payments<'_> {
         Ok(Some(Cancellation {
             event_id: event.to_string(),
             schedule_id: schedule.to_string(),
-            cancelled_at: cancelled_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            cancelled_at: crate::time::rfc3339_ms(cancelled_at),
             holds_dropped,
             refunded,
             already_refunded,
@@ -426,11 +426,11 @@ pub async fn mark_cancelled(
         if let Some(at) = first {
             sqlx::query(
                 r"insert into outbox (topic, user_id, payload)
-                  values ('schedule.cancelled', '', jsonb_build_object('event_id', $1::text, 'schedule_id', $2::text, 'cancelled_at', $3::timestamptz))",
+                  values ('schedule.cancelled', '', jsonb_build_object('event_id', $1::text, 'schedule_id', $2::text, 'cancelled_at', $3::text))",
             )
             .bind(event.as_str())
             .bind(schedule.as_str())
-            .bind(at)
+            .bind(crate::time::rfc3339_ms(at))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

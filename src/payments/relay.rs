@@ -50,7 +50,10 @@ pub async fn publish_batch(redis: &Redis, pg: &Pg) -> Result<usize, StoreError> 
                     ("topic".to_owned(), m.topic.clone()),
                     ("user_id".to_owned(), m.user_id.clone()),
                     ("payload".to_owned(), m.payload.to_string()),
-                    ("created_at".to_owned(), m.created_at.to_rfc3339()),
+                    (
+                        "created_at".to_owned(),
+                        crate::time::rfc3339_ms(m.created_at),
+                    ),
                 ];
                 if redis.xadd(&stream, fields, STREAM_MAXLEN).await.is_err() {
                     // Publish what went out; the rest waits for Redis.

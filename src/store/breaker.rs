@@ -44,6 +44,11 @@ impl Breaker {
         }
     }
 
+    /// The dependency it guards.
+    pub fn dependency(&self) -> Dependency {
+        self.dep
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

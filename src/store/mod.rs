@@ -1,12 +1,14 @@
 //! Adapters to the two stores. Domain modules see only these narrow types:
 //! [`redis::Redis`] runs Lua scripts and a handful of plain commands,
 //! [`pg::Pg`] hands out a guarded `sqlx` pool. Both put a per-call timeout
-//! and a circuit breaker in front of every call (for a Redis Cluster, one
-//! breaker per master, see [`cluster`]), so a dead dependency costs
+//! and a circuit breaker in front of every call through the one
+//! [`guard::guard`] (for a Redis Cluster, one breaker per master, see
+//! [`cluster`]), so a dead dependency costs
 //! microseconds and surfaces as [`StoreError::Unavailable`] (HTTP 503).
 
 pub mod breaker;
 pub mod cluster;
+pub mod guard;
 pub mod keys;
 pub mod pg;
 pub mod redis;

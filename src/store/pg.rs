@@ -13,7 +13,11 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{Dependency, StoreError, breaker::Breaker};
+use super::{
+    Dependency, StoreError,
+    breaker::Breaker,
+    guard::{Verdict, guard},
+};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -93,30 +97,20 @@ impl Pg {
         &self,
         call: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
-        if !self.breaker.allow() {
-            metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "postgres", "kind" => "circuit_open").increment(1);
-            return Err(unavailable("circuit open"));
-        }
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(v)) => {
-                self.breaker.success();
-                Ok(v)
-            }
-            Ok(Err(e)) if is_outage(&e) => {
-                self.breaker.failure();
-                metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "postgres", "kind" => "error").increment(1);
-                Err(unavailable(e.to_string()))
-            }
-            Ok(Err(e)) => {
-                self.breaker.success();
-                Err(StoreError::internal(Dependency::Postgres, e))
-            }
-            Err(_) => {
-                self.breaker.failure();
-                metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "postgres", "kind" => "timeout").increment(1);
-                Err(unavailable("timed out"))
-            }
-        }
+        guard(
+            &self.breaker,
+            CALL_TIMEOUT,
+            call,
+            |e| {
+                if is_outage(e) {
+                    Verdict::Outage
+                } else {
+                    Verdict::Answered
+                }
+            },
+            |_| {},
+        )
+        .await
     }
 
     /// True when every migration compiled into this binary is applied.

@@ -26,6 +26,7 @@ use super::{
     Dependency, StoreError,
     breaker::Breaker,
     cluster::{self, ClusterRouter},
+    guard::{Verdict, guard},
     keys::Keys,
 };
 use std::{
@@ -180,6 +181,17 @@ fn is_outage(e: &fred::error::Error) -> bool {
     !answered
 }
 
+/// [`is_outage`] as the guard's verdict; fred's own timeout counts as one.
+fn judge(e: &fred::error::Error) -> Verdict {
+    if !is_outage(e) {
+        Verdict::Answered
+    } else if matches!(e.kind(), fred::error::ErrorKind::Timeout) {
+        Verdict::TimedOut
+    } else {
+        Verdict::Outage
+    }
+}
+
 impl Redis {
     /// Connects, failing at once if the server does not answer.
     ///
@@ -298,12 +310,12 @@ impl Redis {
         }
     }
 
-    /// After a failed or redirected call on a cluster: re-read the slot map
-    /// now rather than at the next tick.
-    fn maybe_moved(&self, e: &fred::error::Error) {
+    /// After a failed, timed-out or redirected call on a cluster: re-read
+    /// the slot map now rather than at the next tick.
+    fn after_outage(&self, e: Option<&fred::error::Error>) {
         if let Conn::Cluster(router) = &self.conn {
             router.refresh_soon();
-            if e.details().starts_with("MOVED") {
+            if let Some(e) = e.filter(|e| e.details().starts_with("MOVED")) {
                 tracing::debug!(error = %e, "slot moved; refreshing the cluster slot map");
             }
         }
@@ -316,70 +328,21 @@ impl Redis {
         call: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, StoreError> {
         let breaker = self.breakers.for_node(node);
-        if !breaker.allow() {
-            return Err(unavailable("circuit open"));
-        }
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(v)) => {
-                breaker.success();
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                breaker.failure();
-                Err(unavailable(e.to_string()))
-            }
-            Err(_) => {
-                breaker.failure();
-                Err(unavailable("timed out"))
-            }
-        }
+        guard(&breaker, CALL_TIMEOUT, call, judge, |_| {}).await
     }
 
     /// Timeout + breaker (the one of the node that serves `key`) around
-    /// one call, with metrics on failure.
+    /// one call; an outage on a cluster re-reads the slot map soon.
     async fn guard<T, F, Fut>(&self, key: Option<&str>, call: F) -> Result<T, StoreError>
     where
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<T, fred::error::Error>>,
     {
         let (breaker, client) = self.route(key)?;
-        if !breaker.allow() {
-            metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => "circuit_open").increment(1);
-            return Err(unavailable("circuit open"));
-        }
-        match tokio::time::timeout(CALL_TIMEOUT, call(client)).await {
-            Ok(Ok(v)) => {
-                breaker.success();
-                Ok(v)
-            }
-            Ok(Err(e)) if is_outage(&e) => {
-                breaker.failure();
-                self.maybe_moved(&e);
-                let kind = if matches!(e.kind(), fred::error::ErrorKind::Timeout) {
-                    "timeout"
-                } else {
-                    "error"
-                };
-                metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => kind).increment(1);
-                Err(unavailable(e.to_string()))
-            }
-            Ok(Err(e)) => {
-                // Redis answered: the connection is fine, the request was not.
-                breaker.success();
-                Err(StoreError::internal(
-                    Dependency::Redis,
-                    anyhow::anyhow!("{e}"),
-                ))
-            }
-            Err(_) => {
-                breaker.failure();
-                if let Conn::Cluster(router) = &self.conn {
-                    router.refresh_soon();
-                }
-                metrics::counter!("boxoffice_dependency_errors_total", "dependency" => "redis", "kind" => "timeout").increment(1);
-                Err(unavailable("timed out"))
-            }
-        }
+        guard(&breaker, CALL_TIMEOUT, call(client), judge, |e| {
+            self.after_outage(e)
+        })
+        .await
     }
 
     /// Runs a script and returns its JSON reply.

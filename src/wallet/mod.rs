@@ -14,13 +14,9 @@ use uuid::Uuid;
 
 use crate::{
     ids::{IdempotencyKey, UserId},
-    money::{Money, SLOT, cut_slots, format_amount},
+    money::{Money, SLOT, cut_slots},
     store::{StoreError, pg::Pg},
 };
-
-fn money<S: serde::Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_amount(*d))
-}
 
 /// A wallet's balance.
 ///
@@ -41,10 +37,10 @@ pub async fn balance(pg: &Pg, user: &UserId) -> Result<Decimal, StoreError> {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Charged {
     pub transaction_id: Uuid,
-    #[serde(serialize_with = "money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "50000")]
     pub amount: Decimal,
-    #[serde(serialize_with = "money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "75000")]
     pub balance: Decimal,
 }
@@ -116,12 +112,14 @@ pub struct LedgerEntry {
     pub transaction_id: Uuid,
     /// `charge` or `payment`.
     pub kind: String,
-    #[serde(serialize_with = "money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "-50000")]
     pub amount: Decimal,
-    #[serde(serialize_with = "money")]
+    #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "25000")]
     pub balance_after: Decimal,
+    #[serde(with = "crate::time::serde_rfc3339_ms")]
+    #[schema(value_type = String)]
     pub created_at: DateTime<Utc>,
 }
 

@@ -24,7 +24,7 @@ async fn create_list_and_conflict() {
     assert_eq!(
         r.body,
         json!({"events": [{"event_id": "concert", "name": "Event concert",
-            "schedules": [{"schedule_id": "d1", "starts_at": "2026-12-24T11:00:00Z", "price": "12000"}]}]})
+            "schedules": [{"schedule_id": "d1", "starts_at": "2026-12-24T11:00:00.000Z", "price": "12000"}]}]})
     );
 
     let r = app

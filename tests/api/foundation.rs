@@ -104,6 +104,7 @@ async fn unknown_routes_and_methods_are_problems() {
         .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.content_type(), "application/problem+json");
+    r.assert_problem(405, "invalid_request");
 }
 
 #[tokio::test]

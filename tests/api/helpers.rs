@@ -246,6 +246,11 @@ impl Resp {
                 self.text
             );
         }
+        assert_eq!(
+            self.body["status"], status,
+            "the body's status is the answer's: {}",
+            self.text
+        );
     }
 }
 

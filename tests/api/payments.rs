@@ -748,3 +748,58 @@ async fn a_payment_whose_answer_was_lost_is_settled_by_asking_again() {
         Ok(Recorded::Unknown(_))
     ));
 }
+
+/// Every timestamp that goes out (responses, outbox messages) is RFC 3339
+/// in UTC with milliseconds and a `Z`: `2026-12-24T11:00:00.000Z`.
+#[tokio::test]
+async fn every_timestamp_goes_out_with_milliseconds_in_utc() {
+    fn assert_ms(v: &Value, what: &str) {
+        let s = v
+            .as_str()
+            .unwrap_or_else(|| panic!("{what} is not a string: {v}"));
+        let (_, frac) = s.rsplit_once('.').unwrap_or_else(|| panic!("{what}: {s}"));
+        assert!(
+            frac.len() == 4 && frac.ends_with('Z') && frac[..3].bytes().all(|b| b.is_ascii_digit()),
+            "{what} is not RFC 3339 with milliseconds and Z: {s}"
+        );
+        chrono::DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("{what}: {s}: {e}"));
+    }
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 10, 60, 4).await;
+    let token = app.admitted_token("e1", "tia").await;
+    app.charge("tia", "5000", None).await;
+    let r = app
+        .hold(&token, json!({"schedule_id": "d1", "seats": [1]}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_ms(&r.body["expires_at"], "hold expires_at");
+    let paid = app
+        .pay(&token, r.body["hold_id"].as_str().unwrap(), None)
+        .await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    assert_ms(&paid.body["paid_at"], "paid_at");
+
+    let r = app
+        .admin(Method::GET, "/v1/users/tia/wallet/transactions", None)
+        .await;
+    for t in r.body["transactions"].as_array().unwrap() {
+        assert_ms(&t["created_at"], "ledger created_at");
+    }
+    let r = app.get("/v1/events").await;
+    assert_ms(
+        &r.body["events"][0]["schedules"][0]["starts_at"],
+        "starts_at",
+    );
+    let r = app
+        .admin(Method::GET, "/v1/admin/events/e1/sales", None)
+        .await;
+    assert_ms(&r.body["hourly"][0]["hour"], "sales hour");
+
+    let confirmed: Value = sqlx::query_scalar(
+        "select payload from outbox where topic = 'payment.confirmed' and user_id = 'tia'",
+    )
+    .fetch_one(app.state.pg.pool())
+    .await
+    .unwrap();
+    assert_ms(&confirmed["paid_at"], "outbox paid_at");
+}

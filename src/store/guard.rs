@@ -1,0 +1,76 @@
+//! The one timeout + circuit-breaker wrapper both stores put in front of
+//! every call: a call whose breaker is open fails at once, a call that
+//! outlives its timeout or fails with an outage counts against the breaker
+//! and answers [`StoreError::Unavailable`], and an error the server
+//! answered (a constraint, a script error) keeps the breaker closed and
+//! answers [`StoreError::Internal`]. Each failure is counted in
+//! `boxoffice_dependency_errors_total{dependency,kind}`.
+
+use std::time::Duration;
+
+use super::{StoreError, breaker::Breaker};
+
+/// How a store judges one of its client's errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The server is not answering (connection lost, pool exhausted).
+    Outage,
+    /// The client's own timeout fired: an outage counted as `timeout`.
+    TimedOut,
+    /// The server answered and said no: the connection is fine.
+    Answered,
+}
+
+/// Runs `call` under `timeout` behind `breaker`. `judge` classifies an
+/// error of the call; `on_outage` runs after every outage or timeout
+/// (`None` when the timeout fired), e.g. to refresh a cluster's routing.
+///
+/// # Errors
+/// `Unavailable` when the breaker is open, the call timed out or `judge`
+/// says outage; `Internal` wrapping the client's error otherwise.
+pub async fn guard<T, E>(
+    breaker: &Breaker,
+    timeout: Duration,
+    call: impl Future<Output = Result<T, E>>,
+    judge: impl FnOnce(&E) -> Verdict,
+    on_outage: impl FnOnce(Option<&E>),
+) -> Result<T, StoreError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let dep = breaker.dependency();
+    let failed = |kind: &'static str, reason: String| {
+        metrics::counter!("boxoffice_dependency_errors_total", "dependency" => dep.as_str(), "kind" => kind).increment(1);
+        StoreError::Unavailable { dep, reason }
+    };
+    if !breaker.allow() {
+        return Err(failed("circuit_open", "circuit open".into()));
+    }
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(v)) => {
+            breaker.success();
+            Ok(v)
+        }
+        Ok(Err(e)) => match judge(&e) {
+            Verdict::Answered => {
+                breaker.success();
+                Err(StoreError::internal(dep, e))
+            }
+            verdict => {
+                breaker.failure();
+                on_outage(Some(&e));
+                let kind = if verdict == Verdict::TimedOut {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                Err(failed(kind, e.to_string()))
+            }
+        },
+        Err(_) => {
+            breaker.failure();
+            on_outage(None);
+            Err(failed("timeout", "timed out".into()))
+        }
+    }
+}
