@@ -193,7 +193,7 @@ wait_http "$CHOST/ceiling" 20 || { tail -n 30 "$OUT/ceiling.log" >&2; echo "benc
 say "service (pid $SERVICE_PID) on $HOST, ceiling (pid $CEILING_PID) on $CHOST"
 
 # ------------------------------------------------------------ scenarios
-# The payment transaction of src/payments/mod.rs `record`, statement for
+# The payment transaction of src/payments/pay.rs `record`, statement for
 # statement, on the service's own schema (same database, migrated by it),
 # for pgbench in every pass. Its rows (event `pgb`, buyers `pgb-*`) are
 # PostgreSQL-only and break the catalog and per-user rules on purpose, so
@@ -222,7 +222,7 @@ drop sequence pgb_hold;
 SQL
 }
 cat >"$OUT/payment.pgbench.sql" <<'SQL'
--- One payment as src/payments/mod.rs `RECORD` makes it: the same single
+-- One payment as src/payments/pay.rs `RECORD` makes it: the same single
 -- statement (price, conditional debit, payment, sold seat, ledger row,
 -- response body, outbox message, idempotency answer), with pgbench's
 -- client id as the buyer and a sequence for the hold and seat.

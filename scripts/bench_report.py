@@ -609,7 +609,7 @@ def references_section(b):
     if pg:
         L.append(
             f"- **pgbench** of the payment transaction (`payment.pgbench.sql`: the one statement of "
-            f"`src/payments/mod.rs` `RECORD`: price, conditional "
+            f"`src/payments/pay.rs` `RECORD`: price, conditional "
             f"debit, payment, sold seat, ledger row, outbox message), 24 clients (the service's pool size), "
             f"prepared statements: {pg.get('tps', 0):,.0f} tps, average {fmt_ms(pg.get('avg_ms'))} ms, "
             f"p50 {fmt_ms(pg.get('p50_ms'))} ms, p99 {fmt_ms(pg.get('p99_ms'))} ms"

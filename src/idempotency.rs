@@ -1,4 +1,5 @@
-//! Exactly-once effects for charges and payments (`Idempotency-Key`).
+//! Exactly-once effects for charges, payments and refunds
+//! (`Idempotency-Key`).
 //!
 //! pretix semantics: the first request with a key claims it (an in-flight
 //! row with no status); a retry with the same key and the same request gets
@@ -8,6 +9,13 @@
 //! response is stored in the same transaction as the effect, so a replay
 //! can never disagree with what happened. A claim left behind by a crashed
 //! process is taken over after [`STALE_CLAIM_SECONDS`].
+//!
+//! One rule for every keyed request, [`once`]: [`try_processing`] claims the
+//! key or returns its saved answer ([`NextAction`], after
+//! zero-to-production); then the work runs, and a failure is either stored
+//! as the key's answer (the caller's refusals for good) or gives the claim
+//! back. Answers are stored as status and bytes ([`Saved`]); how they are
+//! written is the caller's business, so nothing here knows HTTP.
 
 use sha2::{Digest, Sha256};
 
@@ -32,101 +40,197 @@ pub fn fingerprint(parts: &[&str]) -> String {
     )
 }
 
-#[derive(Debug)]
-pub enum Claim {
-    /// This request owns the key; run it and store the response.
-    Fresh,
-    /// The stored first response.
-    Replay {
-        status: u16,
-        body: String,
-    },
-    InFlight,
-    Mismatch,
+/// A stored answer: what the first request with a key answered, replayed
+/// byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    pub status: u16,
+    pub body: String,
 }
 
-/// Claims `key` for `user`, or says why not.
+/// What to do with a request that carries a key (zero-to-production's
+/// `try_processing`).
+#[derive(Debug)]
+pub enum NextAction {
+    /// This request owns the key: run it, and its answer is stored.
+    StartProcessing,
+    /// The key's stored answer.
+    ReturnSavedResponse(Saved),
+}
+
+/// Why the key itself refuses the request; nothing ran.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRefused {
+    /// The first request with this key is still running.
+    #[error("a request with this Idempotency-Key is still being processed")]
+    InFlight,
+    /// The key was used with a different request.
+    #[error("this Idempotency-Key was used with a different request")]
+    Reused,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A request's key: scoped to a user, with the request's [`fingerprint`].
+#[derive(Debug)]
+pub struct Scope<'a> {
+    pub user: &'a UserId,
+    pub key: &'a IdempotencyKey,
+    pub fingerprint: String,
+}
+
+impl<'a> Scope<'a> {
+    /// `user`'s `key` for the request that does `parts` (what, to what).
+    pub fn new(user: &'a UserId, key: &'a IdempotencyKey, parts: &[&str]) -> Self {
+        Self {
+            user,
+            key,
+            fingerprint: fingerprint(parts),
+        }
+    }
+}
+
+/// The answer of a request run under [`once`].
+#[derive(Debug)]
+pub enum Answered<T> {
+    /// This request ran (its answer stored with its effect).
+    Fresh(T),
+    /// An earlier request with the key ran: its stored answer.
+    Replayed(Saved),
+}
+
+/// Runs `work` at most once per key (without a key, just runs it).
+///
+/// A success stores its own answer, in the effect's transaction, so a
+/// replay can never disagree with what happened. A failure that `kept`
+/// turns into an answer is stored as the key's answer (a refusal for good:
+/// insufficient funds, already paid ...); any other failure changed
+/// nothing and gives the claim back, so a retry runs again.
 ///
 /// # Errors
-/// PostgreSQL unavailable.
-pub async fn claim(
+/// The key's refusal ([`KeyRefused`]) or `work`'s error.
+pub async fn once<T, E: From<KeyRefused>>(
+    pg: &Pg,
+    scope: Option<Scope<'_>>,
+    work: impl Future<Output = Result<T, E>>,
+    kept: impl FnOnce(&E) -> Option<Saved>,
+) -> Result<Answered<T>, E> {
+    let Some(Scope {
+        user,
+        key,
+        fingerprint,
+    }) = scope
+    else {
+        return work.await.map(Answered::Fresh);
+    };
+    if let NextAction::ReturnSavedResponse(saved) =
+        try_processing(pg, user, key, &fingerprint).await?
+    {
+        return Ok(Answered::Replayed(saved));
+    }
+    let e = match work.await {
+        Ok(done) => return Ok(Answered::Fresh(done)),
+        Err(e) => e,
+    };
+    match kept(&e) {
+        Some(saved) if complete_now(pg, user, key, &saved).await.is_ok() => {}
+        _ => release(pg, user, key).await,
+    }
+    Err(e)
+}
+
+/// Claims `key` for `user`, or returns its stored answer.
+///
+/// # Errors
+/// The key is in flight or was used with another request; PostgreSQL
+/// unavailable.
+pub async fn try_processing(
     pg: &Pg,
     user: &UserId,
     key: &IdempotencyKey,
     fp: &str,
-) -> Result<Claim, StoreError> {
-    pg.guard(async {
-        // The claim's commit does not wait for its WAL flush: the effect's
-        // commit, which does, flushes everything before it, claim included;
-        // a claim lost in a crash guarded no effect.
-        let inserted = sqlx::query(
-            r"with relaxed as (select set_config('synchronous_commit', 'off', true))
+) -> Result<NextAction, KeyRefused> {
+    enum Claim {
+        Fresh,
+        Replay(Saved),
+        InFlight,
+        Mismatch,
+    }
+    let claim = pg
+        .guard(async {
+            // The claim's commit does not wait for its WAL flush: the effect's
+            // commit, which does, flushes everything before it, claim included;
+            // a claim lost in a crash guarded no effect.
+            let inserted = sqlx::query(
+                r"with relaxed as (select set_config('synchronous_commit', 'off', true))
               insert into idempotency (user_id, key, fingerprint) select $1, $2, $3 from relaxed
               on conflict (user_id, key) do nothing",
-        )
-        .bind(user.as_str())
-        .bind(key.as_str())
-        .bind(fp)
-        .execute(pg.pool())
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            return Ok(Claim::Fresh);
-        }
-        let row: Option<(String, Option<i16>, Option<String>, bool)> = sqlx::query_as(
-            r"select fingerprint, status, response,
+            )
+            .bind(user.as_str())
+            .bind(key.as_str())
+            .bind(fp)
+            .execute(pg.pool())
+            .await?
+            .rows_affected()
+                == 1;
+            if inserted {
+                return Ok(Claim::Fresh);
+            }
+            let row: Option<(String, Option<i16>, Option<String>, bool)> = sqlx::query_as(
+                r"select fingerprint, status, response,
                      created_at < now() - make_interval(secs => $3)
               from idempotency where user_id = $1 and key = $2",
-        )
-        .bind(user.as_str())
-        .bind(key.as_str())
-        .bind(STALE_CLAIM_SECONDS as f64)
-        .fetch_optional(pg.pool())
-        .await?;
-        Ok(match row {
-            // Deleted between our insert and select (an abandoned claim): retry later.
-            None => Claim::InFlight,
-            Some((f, _, _, _)) if f != fp => Claim::Mismatch,
-            Some((_, Some(status), Some(body), _)) => Claim::Replay {
-                status: status as u16,
-                body,
-            },
-            Some((_, _, _, true)) => {
-                // Abandoned by a crashed request: take it over, once.
-                let took = sqlx::query(
-                    r"update idempotency set created_at = now()
+            )
+            .bind(user.as_str())
+            .bind(key.as_str())
+            .bind(STALE_CLAIM_SECONDS as f64)
+            .fetch_optional(pg.pool())
+            .await?;
+            Ok(match row {
+                // Deleted between our insert and select (an abandoned claim): retry later.
+                None => Claim::InFlight,
+                Some((f, _, _, _)) if f != fp => Claim::Mismatch,
+                Some((_, Some(status), Some(body), _)) => Claim::Replay(Saved {
+                    status: status as u16,
+                    body,
+                }),
+                Some((_, _, _, true)) => {
+                    // Abandoned by a crashed request: take it over, once.
+                    let took = sqlx::query(
+                        r"update idempotency set created_at = now()
                       where user_id = $1 and key = $2 and status is null
                         and created_at < now() - make_interval(secs => $3)",
-                )
-                .bind(user.as_str())
-                .bind(key.as_str())
-                .bind(STALE_CLAIM_SECONDS as f64)
-                .execute(pg.pool())
-                .await?
-                .rows_affected()
-                    == 1;
-                if took { Claim::Fresh } else { Claim::InFlight }
-            }
-            Some(_) => Claim::InFlight,
+                    )
+                    .bind(user.as_str())
+                    .bind(key.as_str())
+                    .bind(STALE_CLAIM_SECONDS as f64)
+                    .execute(pg.pool())
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if took { Claim::Fresh } else { Claim::InFlight }
+                }
+                Some(_) => Claim::InFlight,
+            })
         })
-    })
-    .await
+        .await?;
+    match claim {
+        Claim::Fresh => Ok(NextAction::StartProcessing),
+        Claim::Replay(saved) => Ok(NextAction::ReturnSavedResponse(saved)),
+        Claim::InFlight => Err(KeyRefused::InFlight),
+        Claim::Mismatch => Err(KeyRefused::Reused),
+    }
 }
 
 /// Stores a refusal as the key's answer (a 402, a 410...), outside any
-/// effect. A success is stored by the effect's own statement (the charge
-/// and payment SQL in `wallet` and `payments`), so it cannot disagree with
-/// what happened.
-///
-/// # Errors
-/// PostgreSQL unavailable.
-pub async fn complete_now(
+/// effect. A success is stored by the effect's own statement (the charge,
+/// payment and refund SQL in `wallet` and `payments`), so it cannot
+/// disagree with what happened.
+async fn complete_now(
     pg: &Pg,
     user: &UserId,
     key: &IdempotencyKey,
-    status: u16,
-    body: &str,
+    saved: &Saved,
 ) -> Result<(), StoreError> {
     pg.guard(
         sqlx::query(
@@ -134,8 +238,8 @@ pub async fn complete_now(
         )
         .bind(user.as_str())
         .bind(key.as_str())
-        .bind(status as i16)
-        .bind(body)
+        .bind(saved.status as i16)
+        .bind(&saved.body)
         .execute(pg.pool()),
     )
     .await
@@ -144,7 +248,7 @@ pub async fn complete_now(
 
 /// Gives a claim back after a failure that changed nothing, so a retry can
 /// run again instead of seeing `request_in_progress`.
-pub async fn release(pg: &Pg, user: &UserId, key: &IdempotencyKey) {
+async fn release(pg: &Pg, user: &UserId, key: &IdempotencyKey) {
     let r = pg
         .guard(
             sqlx::query(

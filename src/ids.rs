@@ -1,10 +1,12 @@
 //! Identifier newtypes. Each is built only through `parse`, which enforces
 //! its alphabet and length, so a value that reaches a Redis key or a Lua
-//! argument can never contain a separator or a hash-tag brace.
+//! argument can never contain a separator or a hash-tag brace (a
+//! [`PaymentId`] is also minted, once, when its payment is recorded).
 
 use std::fmt;
 
 use serde::Serialize;
+use uuid::Uuid;
 
 /// Why an identifier was refused; the message is shown to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +97,41 @@ impl SeatNo {
     }
 }
 
+/// A payment: a UUID, minted by [`PaymentId::mint`] when a payment is
+/// recorded and otherwise only parsed (from a path) or read back from
+/// PostgreSQL, where it is the `payments` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, sqlx::Type)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct PaymentId(Uuid);
+
+impl PaymentId {
+    /// A new payment's id (UUID v7: time-ordered, so the newest sort last).
+    pub fn mint() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// # Errors
+    /// Not a UUID.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        s.parse().map(Self).map_err(|_| IdError {
+            what: "payment_id",
+            max: 36,
+            alphabet: "a UUID",
+        })
+    }
+
+    pub fn as_uuid(self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for PaymentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A hold: `<event_id>.<schedule_id>.<n>`, so the hold routes (which carry
 /// no event in their path) find the event's keys without a lookup.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -159,6 +196,15 @@ mod tests {
         assert_eq!(h.to_string(), "ev1.d1.42");
         for bad in ["ev1.d1", "ev1.d1.0", "ev1.d1.x", "a.b.c.d", "e v.d.1"] {
             assert!(HoldId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn payment_ids_are_uuids() {
+        let id = PaymentId::mint();
+        assert_eq!(PaymentId::parse(&id.to_string()), Ok(id));
+        for bad in ["", "not-a-uuid", "42", "{}"] {
+            assert!(PaymentId::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -22,7 +22,7 @@ use self::reply::{
     SeatMapHead, Sold, Swept,
 };
 use crate::{
-    ids::{EventId, HoldId, ScheduleId, SeatNo, UserId},
+    ids::{EventId, HoldId, PaymentId, ScheduleId, SeatNo, UserId},
     store::{
         StoreError,
         keys::EventKeys,
@@ -530,7 +530,7 @@ pub async fn refund_seats(
     event: &EventId,
     schedule: &ScheduleId,
     user: &str,
-    payment_id: uuid::Uuid,
+    payment_id: PaymentId,
     seats: &[i32],
 ) -> Result<Vec<u32>, StoreError> {
     let k = redis.keys().event(event);
@@ -575,7 +575,7 @@ pub struct Sale<'a> {
     pub hold_n: u64,
     /// The buyer.
     pub user: &'a str,
-    pub payment_id: uuid::Uuid,
+    pub payment_id: PaymentId,
     /// The seats paid for.
     pub seats: &'a [i32],
     /// End the buyer's queue entry too.

@@ -14,8 +14,8 @@ use super::{
     schemas::{Balance, TransactionsPage},
 };
 use crate::{
-    idempotency::{self, Claim},
-    ids::{IdempotencyKey, UserId},
+    idempotency::{self, Answered, KeyRefused, Saved, Scope},
+    ids::UserId,
     money::Money,
     state::AppState,
     wallet,
@@ -25,10 +25,8 @@ pub fn user_in_path(raw: &str) -> ApiResult<UserId> {
     UserId::parse(raw).map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
-/// A response whose JSON body is already rendered (and stored for replay):
-/// the first answer and every replay go through here, so they match
-/// byte for byte; only a replay also carries `Idempotent-Replayed: true`.
-pub fn replay(status: u16, body: String) -> Response {
+/// A response whose JSON body is already rendered (and stored for replay).
+fn stored(status: u16, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     let ct = if status.is_success() {
         "application/json"
@@ -41,24 +39,36 @@ pub fn replay(status: u16, body: String) -> Response {
     resp
 }
 
-/// Claims an idempotency key, answering for the cases that end here.
-pub async fn claim_or_answer(
-    state: &AppState,
-    user: &UserId,
-    key: &IdempotencyKey,
-    fp: &str,
-) -> Result<(), Response> {
-    match idempotency::claim(&state.pg, user, key, fp).await {
-        Ok(Claim::Fresh) => Ok(()),
-        Ok(Claim::Replay { status, body }) => {
-            let mut resp = replay(status, body);
+/// The answer of a request run under an `Idempotency-Key`
+/// ([`idempotency::once`]): the first answer and every replay are the same
+/// stored bytes; only a replay carries `Idempotent-Replayed: true`.
+pub fn answered(status: u16, answer: Answered<String>) -> Response {
+    match answer {
+        Answered::Fresh(body) => stored(status, body),
+        Answered::Replayed(Saved { status, body }) => {
+            let mut resp = stored(status, body);
             resp.headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Err(resp)
+            resp
         }
-        Ok(Claim::InFlight) => Err(ApiError::RequestInProgress.into_response()),
-        Ok(Claim::Mismatch) => Err(ApiError::IdempotencyKeyReused.into_response()),
-        Err(e) => Err(ApiError::Dependency(e).into_response()),
+    }
+}
+
+/// A refusal as a key's stored answer: the problem+json it is answered with.
+pub fn saved(e: ApiError) -> Saved {
+    Saved {
+        status: e.status().as_u16(),
+        body: e.body().to_string(),
+    }
+}
+
+impl From<KeyRefused> for ApiError {
+    fn from(e: KeyRefused) -> Self {
+        match e {
+            KeyRefused::InFlight => ApiError::RequestInProgress,
+            KeyRefused::Reused => ApiError::IdempotencyKeyReused,
+            KeyRefused::Store(e) => ApiError::Dependency(e),
+        }
     }
 }
 
@@ -124,24 +134,18 @@ pub async fn charge(
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    if let Some(key) = &key {
-        let fp = idempotency::fingerprint(&["charge", &amount.to_string()]);
-        if let Err(answer) = claim_or_answer(&state, &user, key, &fp).await {
-            return answer;
-        }
-    }
-    match wallet::charge(&state.pg, &user, amount, key.as_ref()).await {
-        Ok((_, body)) => {
-            metrics::counter!("boxoffice_wallet_charges_total", "outcome" => "ok").increment(1);
-            replay(201, body)
-        }
-        Err(e) => {
-            metrics::counter!("boxoffice_wallet_charges_total", "outcome" => "error").increment(1);
-            if let Some(key) = &key {
-                idempotency::release(&state.pg, &user, key).await;
-            }
-            ApiError::Dependency(e).into_response()
-        }
+    let scope = key
+        .as_ref()
+        .map(|key| Scope::new(&user, key, &["charge", &amount.to_string()]));
+    let charge = async {
+        let charged = wallet::charge(&state.pg, &user, amount, key.as_ref()).await;
+        let label = if charged.is_ok() { "ok" } else { "error" };
+        metrics::counter!("boxoffice_wallet_charges_total", "outcome" => label).increment(1);
+        charged.map(|(_, body)| body).map_err(ApiError::Dependency)
+    };
+    match idempotency::once(&state.pg, scope, charge, |_| None).await {
+        Ok(answer) => answered(201, answer),
+        Err(e) => e.into_response(),
     }
 }
 

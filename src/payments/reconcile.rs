@@ -36,13 +36,12 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::refund;
 use crate::{
     catalog::{self, Event, cache::ScheduleIds},
     holds,
-    ids::{EventId, HoldId, ScheduleId},
+    ids::{EventId, HoldId, PaymentId, ScheduleId},
     jobs::{
         self,
         fence::{Fence, JobError},
@@ -99,7 +98,7 @@ pub struct Report {
 
 #[derive(sqlx::FromRow)]
 struct Sold {
-    payment_id: Uuid,
+    payment_id: PaymentId,
     user_id: String,
     event_id: String,
     schedule_id: String,
@@ -261,7 +260,7 @@ pub async fn restore_event(ctx: &Context, ev: &Event, epoch: u32) -> Result<Repo
             holds::cancel_schedule(ctx.redis(), &ev.event_id, &schedule).await?;
         }
     }
-    let mut after: Option<Uuid> = None;
+    let mut after: Option<PaymentId> = None;
     loop {
         let rows: Vec<Sold> = ctx
             .pg()

@@ -12,6 +12,10 @@
 //!    the buyer's `ubought`. If the process dies before this step, the
 //!    reconciler finishes it (`refunds.redis_confirmed = false`).
 //!
+//! [`Payments::refund`] runs a refund under the request's `Idempotency-Key`
+//! the way a payment runs ([`idempotency::once`]): a [`Refusal`] is kept
+//! for replays, every other [`RefundError`] gives the claim back.
+//!
 //! Cancelling a schedule stops its sales at once (PostgreSQL and Redis),
 //! then refunds every payment of it, each in its own transaction, so a
 //! crash half-way is finished by the next call or by the reconciler.
@@ -21,16 +25,108 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::Payments;
 use crate::{
-    ids::{EventId, IdempotencyKey, ScheduleId},
-    store::{StoreError, pg::Pg, redis::Redis},
+    idempotency::{self, Answered, KeyRefused, Saved, Scope},
+    ids::{EventId, IdempotencyKey, PaymentId, ScheduleId, UserId},
+    store::{Dependency, StoreError, pg::Pg, redis::Redis},
 };
+
+/// Why a refund was refused for good: its answer, stored for the key's
+/// replays.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// The payment was refunded before, by this refund.
+    #[error("the payment is already refunded")]
+    AlreadyRefunded { refund_id: Uuid },
+}
+
+/// Why a refund did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum RefundError {
+    /// Refused for good (kept for the key's replays).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("no such payment")]
+    NoSuchPayment,
+    /// The `Idempotency-Key` refused the request; nothing ran.
+    #[error(transparent)]
+    Key(#[from] KeyRefused),
+    /// A store failed and nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RefundError {
+    /// The refusal for good, if this is one: the refund's answer.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Self::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl Payments<'_> {
+    /// `POST /v1/admin/payments/{payment_id}/refund`: the whole amount back
+    /// to the wallet and the seats back on sale, at most once per `key`
+    /// (scoped to the payment's owner, as a charge's key is to the wallet's
+    /// user). Returns the refund's body (as stored for replays), or the
+    /// key's stored answer; `answer` writes a [`Refusal`] the way the
+    /// caller answers it, to be stored as the key's answer.
+    ///
+    /// # Errors
+    /// See [`RefundError`].
+    pub async fn refund(
+        &self,
+        payment_id: PaymentId,
+        key: Option<&IdempotencyKey>,
+        answer: impl FnOnce(&Refusal) -> Saved,
+    ) -> Result<Answered<String>, RefundError> {
+        let Some((owner, _)) = super::get(self.pg, payment_id).await? else {
+            return Err(RefundError::NoSuchPayment);
+        };
+        let owner = UserId::parse(&owner).map_err(|e| StoreError::Internal {
+            dep: Dependency::Postgres,
+            source: e.into(),
+        })?;
+        let scope = key.map(|key| Scope::new(&owner, key, &["refund", &payment_id.to_string()]));
+        let work = self.refund_once(payment_id, key);
+        idempotency::once(self.pg, scope, work, |e| e.refusal().map(answer)).await
+    }
+
+    async fn refund_once(
+        &self,
+        payment_id: PaymentId,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<String, RefundError> {
+        match record(self.pg, payment_id, key).await? {
+            Refunded::Done { body, seats, .. } => {
+                metrics::counter!("boxoffice_refunds_total", "by" => "request").increment(1);
+                // Test-only crash point (the `failpoints` feature): die
+                // between the commit and the Redis step; the reconciler
+                // finishes it.
+                #[cfg(feature = "failpoints")]
+                if self.failpoint == Some("crash_after_refund_commit") {
+                    panic!("failpoint crash_after_refund_commit");
+                }
+                if let Err(e) = release_seats(self.redis, self.pg, &seats).await {
+                    tracing::warn!(%payment_id, error = %e, "refund's Redis step failed; the reconciler will finish it");
+                }
+                Ok(body)
+            }
+            Refunded::Already { refund_id } => Err(Refusal::AlreadyRefunded { refund_id }.into()),
+            Refunded::NoSuchPayment => Err(RefundError::NoSuchPayment),
+        }
+    }
+}
 
 /// A refund; serializes to the API response.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Refund {
     pub refund_id: Uuid,
-    pub payment_id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub payment_id: PaymentId,
     #[serde(with = "crate::money::serde_amount")]
     #[schema(value_type = String, example = "100000")]
     pub amount: Decimal,
@@ -46,7 +142,7 @@ pub struct Refund {
 /// What a refund needs to put the seats back in Redis.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RefundedSeats {
-    pub payment_id: Uuid,
+    pub payment_id: PaymentId,
     pub user_id: String,
     pub event_id: String,
     pub schedule_id: String,
@@ -85,7 +181,7 @@ struct Locked {
 /// PostgreSQL unavailable; nothing was written.
 pub async fn record(
     pg: &Pg,
-    payment_id: Uuid,
+    payment_id: PaymentId,
     key: Option<&IdempotencyKey>,
 ) -> Result<Refunded, StoreError> {
     pg.guard(async {
@@ -253,6 +349,51 @@ pub struct Cancellation {
     pub already_refunded: u64,
 }
 
+impl Payments<'_> {
+    /// `POST /v1/admin/events/{e}/schedules/{s}/cancel`: stops the
+    /// schedule's sales (PostgreSQL, then Redis), then refunds every payment
+    /// of it. None when there is no such schedule.
+    ///
+    /// # Errors
+    /// A store is unavailable; calling again finishes the cancellation (so
+    /// does the reconciler).
+    pub async fn cancel_schedule(
+        &self,
+        event: &EventId,
+        schedule: &ScheduleId,
+    ) -> Result<Option<Cancellation>, StoreError> {
+        let Some(cancelled_at) = mark_cancelled(self.pg, event, schedule).await? else {
+            return Ok(None);
+        };
+        // Sales stop in Redis before the refunds start: no hold or payment
+        // of this schedule succeeds from here on.
+        let holds_dropped = crate::holds::cancel_schedule(self.redis, event, schedule)
+            .await?
+            .unwrap_or(0);
+        let already_refunded = refunded_count(self.pg, event, schedule).await?;
+        // Test-only crash point (the `failpoints` feature): stop after n
+        // refunds and die.
+        let stop_after = self
+            .failpoint
+            .filter(|_| cfg!(feature = "failpoints"))
+            .and_then(|f| f.strip_prefix("crash_during_cancel_after:"))
+            .and_then(|n| n.parse().ok());
+        let refunded = refund_schedule(self.redis, self.pg, event, schedule, stop_after).await?;
+        if stop_after.is_some() {
+            panic!("failpoint crash_during_cancel_after");
+        }
+        tracing::info!(%event, %schedule, refunded, "schedule cancelled");
+        Ok(Some(Cancellation {
+            event_id: event.to_string(),
+            schedule_id: schedule.to_string(),
+            cancelled_at: crate::time::rfc3339_ms(cancelled_at),
+            holds_dropped,
+            refunded,
+            already_refunded,
+        }))
+    }
+}
+
 /// Marks a schedule cancelled in PostgreSQL (once: the first call writes
 /// the outbox message `schedule.cancelled`). None when there is no such
 /// schedule.
@@ -309,7 +450,7 @@ pub async fn live_payments(
     event: &EventId,
     schedule: &ScheduleId,
     limit: i64,
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<Vec<PaymentId>, StoreError> {
     pg.guard(
         sqlx::query_scalar(
             r"select payment_id from payments

@@ -225,6 +225,13 @@ impl Resp {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     }
+    /// The `Idempotent-Replayed` header: `Some("true")` on a replay of an
+    /// `Idempotency-Key`'s stored answer, absent on every first answer.
+    pub fn replayed(&self) -> Option<&str> {
+        self.headers
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap_or("(not text)"))
+    }
     /// Asserts a problem+json with the given status and code.
     #[track_caller]
     pub fn assert_problem(&self, status: u16, code: &str) {

@@ -288,10 +288,16 @@ async fn one_idempotency_key_debits_once() {
     let results = join_all((0..20).map(|_| app.pay(&token, &hold, Some("pay-1")))).await;
     let first = one_answer_per_key(&results);
     assert_eq!(app.balance("hal").await, "3000", "one debit");
+    let fresh = results
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED && r.replayed().is_none())
+        .count();
+    assert_eq!(fresh, 1, "only the first answer is not marked a replay");
     // After completion, and with the queue token gone: the stored response.
     let again = app.pay(&token, &hold, Some("pay-1")).await;
     assert_eq!(again.status, StatusCode::CREATED);
     assert_eq!(again.text, first.text);
+    assert_eq!(again.replayed(), Some("true"));
     app.status(&token)
         .await
         .assert_problem(410, "queue_token_expired");
@@ -364,6 +370,33 @@ async fn insufficient_funds_keeps_the_hold_and_someone_elses_hold_is_forbidden()
     assert_eq!(app.balance("poor").await, "0", "paid once");
     app.assert_script_invariants().await;
     app.assert_audit_clean().await;
+}
+
+#[tokio::test]
+async fn a_refusal_for_good_is_the_keys_answer_and_only_its_replay_says_so() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "pia").await;
+    let hold = app.hold_seats(&token, json!([5])).await;
+    let first = app.pay(&token, &hold, Some("pia-1")).await;
+    first.assert_problem(402, "insufficient_funds");
+    assert!(
+        first.replayed().is_none(),
+        "the first answer is not a replay"
+    );
+    // The money arrives, but the key's answer stays the refusal.
+    app.charge("pia", "1000", None).await;
+    let again = app.pay(&token, &hold, Some("pia-1")).await;
+    again.assert_problem(402, "insufficient_funds");
+    assert_eq!(again.text, first.text, "byte-identical replay");
+    assert_eq!(again.replayed(), Some("true"));
+    assert_eq!(app.balance("pia").await, "1000", "nothing debited");
+    // Another key pays; its first answer is no replay either.
+    let paid = app.pay(&token, &hold, Some("pia-2")).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.text);
+    assert!(paid.replayed().is_none());
+    assert_eq!(app.balance("pia").await, "0");
+    app.assert_script_invariants().await;
 }
 
 async fn wipe_prefix(prefix: &str) {

@@ -95,6 +95,10 @@ async fn twenty_concurrent_refunds_credit_once() {
         .filter(|r| r.status == StatusCode::CREATED)
         .collect();
     assert_eq!(created.len(), 1, "exactly one refund");
+    assert!(
+        created[0].replayed().is_none(),
+        "a refund without a key is no replay"
+    );
     let refund_id = created[0].body["refund_id"].as_str().unwrap();
     assert_eq!(created[0].body["amount"], "2000");
     assert_eq!(created[0].body["balance_after"], "10000");
@@ -124,9 +128,15 @@ async fn twenty_concurrent_refunds_credit_once() {
         }
     }
     assert_eq!(app.balance("ben").await, "10000");
+    let fresh = answers
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED && r.replayed().is_none())
+        .count();
+    assert_eq!(fresh, 1, "only the first answer is not marked a replay");
     let replay = app.refund(&with_key, Some("refund-ben-1")).await;
     assert_eq!(replay.status, StatusCode::CREATED);
     assert_eq!(replay.text, first.text);
+    assert_eq!(replay.replayed(), Some("true"));
 
     for user in ["ann", "ben"] {
         let rows = app
