@@ -3,7 +3,9 @@
 -- was already used, and the admission budget is a sliding window in Redis.
 --
 -- KEYS[1] cfg      hash: admit_per_second, max_active, active_ttl_ms,
---                  idle_timeout_ms, paused, open_ms, close_ms
+--                  idle_timeout_ms, paused, open_ms, close_ms,
+--                  auto_admit_per_second (the autopilot's rate, set only
+--                  in auto mode: it replaces admit_per_second)
 -- KEYS[2] wait      zset: waiting user -> score (draw score < 1 for a
 --                   pre-queue entry, else the entry: join sequence)
 -- KEYS[3] poll      hash: waiting or admitted user -> last activity (ms)
@@ -50,7 +52,7 @@
 -- line (line length / ARGV[2] steps) and, until then, counts in the
 -- positions behind it.
 
-local cfg = redis.call('HMGET', KEYS[1], 'admit_per_second', 'max_active', 'active_ttl_ms', 'idle_timeout_ms', 'paused', 'open_ms', 'close_ms')
+local cfg = redis.call('HMGET', KEYS[1], 'admit_per_second', 'max_active', 'active_ttl_ms', 'idle_timeout_ms', 'paused', 'open_ms', 'close_ms', 'auto_admit_per_second')
 if not cfg[1] then
   return cjson.encode({ status = 'no_event' })
 end
@@ -68,7 +70,7 @@ if now - last < min_interval then
 end
 redis.call('HSET', KEYS[7], 'last_tick_ms', now)
 
-local admit_per_second = tonumber(cfg[1])
+local admit_per_second = tonumber(cfg[8] or cfg[1])
 local max_active = tonumber(cfg[2])
 local active_ttl_ms = tonumber(cfg[3])
 local idle_timeout_ms = tonumber(cfg[4])

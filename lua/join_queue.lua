@@ -3,7 +3,8 @@
 --
 -- KEYS[1] cfg       hash: event config (admit_per_second, max_active,
 --                   active_ttl_ms, idle_timeout_ms, paused, pre_ms,
---                   open_ms, close_ms, pow_bits)
+--                   open_ms, close_ms, pow_bits, auto_admit_per_second:
+--                   the autopilot's rate, replacing admit_per_second when set)
 -- KEYS[2] seq       counter: join order
 -- KEYS[3] wait      zset: waiting user -> score: the draw score in [0, 1)
 --                   for a pre-queue entry, else the entry (join sequence)
@@ -52,11 +53,11 @@
 -- without anything moving at opens_at. Re-joining finds the same member.
 
 local cfg = redis.call('HMGET', KEYS[1], 'admit_per_second', 'max_active', 'active_ttl_ms',
-                       'idle_timeout_ms', 'paused', 'pre_ms', 'open_ms', 'close_ms', 'pow_bits')
+                       'idle_timeout_ms', 'paused', 'pre_ms', 'open_ms', 'close_ms', 'pow_bits', 'auto_admit_per_second')
 if not cfg[1] then
   return cjson.encode({ status = 'no_event' })
 end
-local admit_per_second = tonumber(cfg[1])
+local admit_per_second = tonumber(cfg[10] or cfg[1])
 local max_active = tonumber(cfg[2])
 local active_ttl_ms = tonumber(cfg[3])
 local idle_timeout_ms = tonumber(cfg[4])

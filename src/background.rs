@@ -25,6 +25,7 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken, set: &mut JoinS
     set.spawn(reconcile_loop(state.clone(), shutdown.clone()));
     set.spawn(relay_loop(state.clone(), shutdown.clone()));
     set.spawn(sweep_loop(state.clone(), shutdown.clone()));
+    set.spawn(queue::autopilot::run(state.clone(), shutdown.clone()));
     crate::jobs::spawn_all(state, shutdown, set);
     let limits = state.limits.clone();
     let stop = shutdown.clone();

@@ -62,6 +62,14 @@ pub fn register_metrics() {
         "boxoffice_queue_admission_rate",
         "Observed admissions per second (10 s moving average), per event"
     );
+    describe_gauge!(
+        "boxoffice_admission_rate_target",
+        "Admissions per second in use: admit_per_second, or the autopilot's rate in auto mode, per event"
+    );
+    describe_gauge!(
+        "boxoffice_admitted_p99_ms",
+        "Admitted buyers' p99 latency (seat maps, holds, payments) over the last 5 s, all instances merged, per event"
+    );
     describe_counter!(
         "boxoffice_queue_admissions_total",
         "Entries admitted by admission ticks, per event"

@@ -3,11 +3,13 @@
 //! State lives in Redis sorted sets changed only by the scripts in `lua/`
 //! (`join_queue`, `queue_status`, `leave_queue`, `admit_tick`,
 //! `stream_status`); this module holds their typed wrappers, the pure
-//! pacing rules (ETA, poll interval) and the in-process fan-out of
-//! statuses to streaming clients ([`stream`]). See `docs/QUEUE.md` for the
+//! pacing rules (ETA, poll interval), the in-process fan-out of
+//! statuses to streaming clients ([`stream`]) and the admission autopilot
+//! that steers the rate by admitted buyers' latency ([`autopilot`]). See `docs/QUEUE.md` for the
 //! data structures and why each transition is one script, and
 //! `docs/FAIRNESS.md` for the pre-queue.
 
+pub mod autopilot;
 pub mod pacing;
 pub mod stream;
 
@@ -405,6 +407,10 @@ pub struct Figures {
     /// Entries in the pre-queue (part of `waiting`).
     #[serde(default)]
     pub prequeue: u64,
+    /// The admission mode, the rate in use and admitted buyers' p99 (from
+    /// the autopilot's last step on this instance, not from the script).
+    #[serde(flatten, skip_deserializing)]
+    pub autopilot: autopilot::Figures,
 }
 
 /// # Errors

@@ -90,6 +90,8 @@ scripts! {
         STREAM_STATUS => "stream_status",
         FAIR_INFO => "fair_info",
         DRAW_ENTRIES => "draw_entries",
+        AUTOPILOT_PUBLISH => "autopilot_publish",
+        AUTOPILOT_APPLY => "autopilot_apply",
     ],
     schedule: [
         PLACE_HOLD => "place_hold",
