@@ -58,6 +58,7 @@ const STALE_MS: u64 = 3_000;
 /// How an event's admission rate is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = AdmissionMode)]
 pub enum Mode {
     /// `admit_per_second`, as configured.
     Fixed,
@@ -90,6 +91,7 @@ impl Mode {
 
 /// The autopilot's settings of one event (part of its admission settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = AutopilotSettings)]
 pub struct Settings {
     /// `fixed` or `auto`.
     #[serde(rename = "admission_mode")]
@@ -337,6 +339,7 @@ impl Window {
 
 /// What operators see of one event's admission (admin figures, dashboard).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = AdmissionFigures)]
 pub struct Figures {
     /// `fixed` or `auto`.
     pub admission_mode: String,

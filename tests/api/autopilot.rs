@@ -334,3 +334,74 @@ async fn the_autopilot_brings_admitted_buyers_back_under_target_where_a_fixed_ra
     app.stop().await;
     ops.stop().await;
 }
+
+#[tokio::test]
+async fn autopilot_settings_are_validated_stored_and_drive_the_redis_rate() {
+    let app = spawn_app().await;
+    app.wait_for_startup_restore().await;
+    app.simple_event("e1", queue_defaults(), 10, 60, 4).await;
+    let cfg = || async {
+        let key = app
+            .state
+            .redis
+            .keys()
+            .event(&boxoffice::ids::EventId::parse("e1").unwrap())
+            .config();
+        app.state
+            .redis
+            .hget(&key, "auto_admit_per_second")
+            .await
+            .unwrap()
+    };
+    // Fixed by default, with the defaults shown; no autopilot rate.
+    let r = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(r.body["queue"]["admission_mode"], "fixed", "{}", r.text);
+    assert_eq!(r.body["queue"]["target_p99_ms"], 50);
+    assert_eq!(r.body["queue"]["min_admit_per_second"], 1);
+    assert_eq!(r.body["queue"]["max_admit_per_second"], 1000);
+    assert_eq!(r.body["live"]["admission_mode"], "fixed");
+    assert_eq!(r.body["live"]["effective_admit_per_second"], 1000);
+    assert_eq!(cfg().await, None);
+
+    for bad in [
+        json!({"admission_mode": "turbo"}),
+        json!({"target_p99_ms": 0}),
+        json!({"min_admit_per_second": 0}),
+        json!({"max_admit_per_second": 100_001}),
+        json!({"min_admit_per_second": 20, "max_admit_per_second": 10}),
+    ] {
+        let r = app.patch_queue("e1", bad.clone()).await;
+        r.assert_problem(422, "invalid_request");
+        let field = bad.as_object().unwrap().keys().next().unwrap().clone();
+        assert!(r.text.contains(&field), "{bad}: {}", r.text);
+    }
+
+    // Auto: stored, and the rate starts at admit_per_second within the bounds.
+    let r = app
+        .patch_queue(
+            "e1",
+            json!({"admission_mode": "auto", "target_p99_ms": 80, "min_admit_per_second": 5, "max_admit_per_second": 300}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["queue"]["admission_mode"], "auto");
+    assert_eq!(cfg().await.as_deref(), Some("300"));
+    let r = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(r.body["queue"]["target_p99_ms"], 80, "{}", r.text);
+    assert_eq!(r.body["queue"]["min_admit_per_second"], 5);
+    // Nobody waits and nothing is slow: the rate holds where it is.
+    let held = eventually(Duration::from_secs(5), || async {
+        let r = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+        r.body["live"]["admission_mode"] == "auto"
+            && r.body["live"]["effective_admit_per_second"] == 300
+    })
+    .await;
+    assert!(held, "the autopilot's figures show the auto rate");
+
+    // Back to fixed: the autopilot's rate is gone from Redis.
+    let r = app
+        .patch_queue("e1", json!({"admission_mode": "fixed"}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(cfg().await, None);
+}
