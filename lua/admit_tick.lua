@@ -4,7 +4,9 @@
 --
 -- KEYS[1..10] Q, the queue (prelude lib/queue.lua): reads cfg
 --             (admit_per_second, max_active, active_ttl_ms,
---             idle_timeout_ms, paused, open_ms, close_ms); writes wait,
+--             idle_timeout_ms, paused, open_ms, close_ms,
+--             auto_admit_per_second: the autopilot's rate, set only in
+--             auto mode, replacing admit_per_second); writes wait,
 --             poll, adm, adm_entry, win, stats (last_tick_ms, rate_ema,
 --             rate_var, the totals, peak_active, sweep_after, adm_sweep),
 --             pre_entry, draw
@@ -44,7 +46,7 @@
 -- positions behind it.
 
 local Q = queue_keys(1)
-local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'max_active', 'active_ttl_ms', 'idle_timeout_ms', 'paused', 'open_ms', 'close_ms')
+local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'max_active', 'active_ttl_ms', 'idle_timeout_ms', 'paused', 'open_ms', 'close_ms', 'auto_admit_per_second')
 if not cfg[1] then
   return cjson.encode({ status = 'no_event' })
 end
@@ -61,7 +63,7 @@ if now - last < min_interval then
 end
 redis.call('HSET', Q.stats, 'last_tick_ms', now)
 
-local admit_per_second = tonumber(cfg[1])
+local admit_per_second = tonumber(cfg[8] or cfg[1])
 local max_active = tonumber(cfg[2])
 local active_ttl_ms = tonumber(cfg[3])
 local idle_timeout_ms = tonumber(cfg[4])

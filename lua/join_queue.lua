@@ -2,6 +2,8 @@
 -- or return their place.
 --
 -- KEYS[1..10] Q, the queue (prelude lib/queue.lua): all ten
+--                (cfg's auto_admit_per_second, the autopilot's rate, replaces
+--                admit_per_second when set)
 -- KEYS[11] pow_used string: this join's challenge, once used (any key
 --                   name when ARGV[5] is empty; then it is not touched)
 -- KEYS[12..] the event's schedule cfg hashes (seats, held, sold): sold out?
@@ -40,11 +42,12 @@
 
 local Q = queue_keys(1)
 local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'max_active', 'active_ttl_ms',
-                       'idle_timeout_ms', 'paused', 'pre_ms', 'open_ms', 'close_ms', 'pow_bits')
+                       'idle_timeout_ms', 'paused', 'pre_ms', 'open_ms', 'close_ms', 'pow_bits',
+                       'auto_admit_per_second')
 if not cfg[1] then
   return cjson.encode({ status = 'no_event' })
 end
-local admit_per_second = tonumber(cfg[1])
+local admit_per_second = tonumber(cfg[10] or cfg[1])
 local max_active = tonumber(cfg[2])
 local active_ttl_ms = tonumber(cfg[3])
 local idle_timeout_ms = tonumber(cfg[4])

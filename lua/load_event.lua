@@ -11,7 +11,10 @@
 --                  schedules: "id,id,...", public: "<public JSON>",
 --                  pre_ms, open_ms, close_ms (sale window, Redis ms, 0 = none),
 --                  pow_bits (proof-of-work difficulty, 0 = off),
---                  seed (the draw's seed, hex; never changes)}
+--                  seed (the draw's seed, hex; never changes),
+--                  admission_mode ("fixed"|"auto"), target_p99_ms,
+--                  min_admit_per_second, max_admit_per_second,
+--                  auto_start (the autopilot's first rate)}
 -- ARGV[2 + i]      schedule i JSON: {starts_at, seats, row_size, price,
 --                  hold_ms, max_per_user} (the admin view of the schedule,
 --                  whose other fields are not read)
@@ -39,7 +42,20 @@ redis.call('HSET', KEYS[1],
   'pre_ms', ev.pre_ms or 0,
   'open_ms', ev.open_ms or 0,
   'close_ms', ev.close_ms or 0,
-  'pow_bits', ev.pow_bits or 0)
+  'pow_bits', ev.pow_bits or 0,
+  'admission_mode', ev.admission_mode or 'fixed',
+  'target_p99_ms', ev.target_p99_ms or 50,
+  'min_admit_per_second', ev.min_admit_per_second or 1,
+  'max_admit_per_second', ev.max_admit_per_second or ev.admit_per_second)
+-- The autopilot's rate (src/queue/autopilot.rs) exists only in auto mode:
+-- admit_tick and join_queue use it instead of admit_per_second when set.
+-- Switching auto on starts it at auto_start; it keeps its value across
+-- other changes; switching auto off removes it.
+if ev.admission_mode == 'auto' then
+  redis.call('HSETNX', KEYS[1], 'auto_admit_per_second', ev.auto_start or ev.admit_per_second)
+else
+  redis.call('HDEL', KEYS[1], 'auto_admit_per_second')
+end
 -- The seed never changes once set: it is what the commitment names.
 if ev.seed then redis.call('HSETNX', KEYS[1], 'seed', ev.seed) end
 for i = 1, n do

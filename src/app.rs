@@ -43,9 +43,11 @@ impl Application {
         let redis = Redis::connect(&config.redis_url, keys)
             .await
             .with_context(|| format!("cannot use Redis at {}", redact(&config.redis_url)))?;
-        let pg = Pg::connect(&config.database_url).await.with_context(|| {
-            format!("cannot use PostgreSQL at {}", redact(&config.database_url))
-        })?;
+        let pg = Pg::connect_with(&config.database_url, pg_options(&config))
+            .await
+            .with_context(|| {
+                format!("cannot use PostgreSQL at {}", redact(&config.database_url))
+            })?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
@@ -71,6 +73,7 @@ impl Application {
             public_catalog: Arc::default(),
             seeds: Arc::default(),
             streams: Arc::default(),
+            autopilot: Arc::default(),
         };
         Ok(Self {
             listener,
@@ -116,7 +119,12 @@ impl Application {
         } = self;
         let mut loops = tokio::task::JoinSet::new();
         if state.config.background {
-            crate::background::spawn_all(&state.reconciler(), &shutdown, &mut loops);
+            crate::background::spawn_all(
+                &state.reconciler(),
+                &state.autopilot,
+                &shutdown,
+                &mut loops,
+            );
         }
         loops.spawn(rate_limits.clone().prune(shutdown.clone()));
         let limits = state.config.http;
@@ -147,6 +155,23 @@ impl Application {
         state.pg.close().await;
         tracing::info!("boxoffice stopped");
         Ok(())
+    }
+}
+
+/// The pool size, and the `slow_pg_ms:<n>` failpoint (test builds only).
+fn pg_options(config: &Config) -> crate::store::pg::PgOptions {
+    #[cfg(feature = "failpoints")]
+    let slow_payment = config
+        .failpoint
+        .as_deref()
+        .and_then(|f| f.strip_prefix("slow_pg_ms:"))
+        .and_then(|n| n.parse().ok())
+        .map(std::time::Duration::from_millis);
+    #[cfg(not(feature = "failpoints"))]
+    let slow_payment = None;
+    crate::store::pg::PgOptions {
+        max_connections: config.pg_max_connections,
+        slow_payment,
     }
 }
 

@@ -12,7 +12,10 @@
 //! `boxoffice_background_failures_total{loop}` and logged at `warn`, at
 //! most every 30 s per loop ([`crate::telemetry::loop_failed`]).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,14 +24,19 @@ use crate::{
     catalog, holds, idempotency,
     ids::EventId,
     payments::{reconcile, relay},
-    queue,
+    queue::{self, autopilot, autopilot::Autopilot},
     store::{Stores, redis::Redis},
     telemetry::loop_failed,
 };
 
 /// Starts every loop (and the leased jobs' runners); they end when
 /// `shutdown` is cancelled.
-pub fn spawn_all(ctx: &reconcile::Context, shutdown: &CancellationToken, set: &mut JoinSet<()>) {
+pub fn spawn_all(
+    ctx: &reconcile::Context,
+    autopilot: &Arc<Autopilot>,
+    shutdown: &CancellationToken,
+    set: &mut JoinSet<()>,
+) {
     let stores = &ctx.jobs.stores;
     let config = &ctx.jobs.config;
     set.spawn(admission_loop(
@@ -39,6 +47,11 @@ pub fn spawn_all(ctx: &reconcile::Context, shutdown: &CancellationToken, set: &m
     set.spawn(reconcile_loop(ctx.clone(), shutdown.clone()));
     set.spawn(relay_loop(stores.clone(), shutdown.clone()));
     set.spawn(sweep_loop(stores.redis.clone(), shutdown.clone()));
+    set.spawn(autopilot::run(
+        stores.clone(),
+        autopilot.clone(),
+        shutdown.clone(),
+    ));
     crate::jobs::spawn_all(&ctx.jobs, shutdown, set);
 }
 

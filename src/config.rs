@@ -108,7 +108,8 @@ pub struct Config {
     /// Test-only crash point (`crash_before_commit`, `crash_after_commit`;
     /// only with the `failpoints` feature): the payment path stops for good
     /// right before or after the PostgreSQL commit, for a test to kill the
-    /// process there.
+    /// process there. `slow_pg_ms:<n>` keeps a payment's PostgreSQL
+    /// connection n ms longer (see [`crate::store::pg::PgOptions`]).
     pub failpoint: Option<String>,
     /// The leased jobs and the public catalog cache (see `jobs`).
     pub jobs: JobsConfig,
@@ -123,6 +124,9 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Most keys each rate limiter tracks at once (bounded memory).
     pub rate_max_keys: usize,
+    /// Most PostgreSQL connections this instance opens
+    /// (`BOXOFFICE_PG_MAX_CONNECTIONS`, default 24).
+    pub pg_max_connections: u32,
 }
 
 /// Verification settings for user assertions: an HS256 secret, a PEM public
@@ -373,6 +377,7 @@ impl Config {
             })?),
         };
         let rate_max_keys = ranged("BOXOFFICE_RATE_MAX_KEYS", 100_000, 64..=100_000_000)? as usize;
+        let pg_max_connections = ranged("BOXOFFICE_PG_MAX_CONNECTIONS", 24, 1..=1_000)? as u32;
 
         Ok(Self {
             addr,
@@ -398,6 +403,7 @@ impl Config {
             http,
             metrics_addr,
             rate_max_keys,
+            pg_max_connections,
         })
     }
 
@@ -592,6 +598,7 @@ mod tests {
             ("BOXOFFICE_HTTP_MAX_BODY_BYTES", "10"),
             ("BOXOFFICE_METRICS_ADDR", "metrics"),
             ("BOXOFFICE_RATE_MAX_KEYS", "1"),
+            ("BOXOFFICE_PG_MAX_CONNECTIONS", "0"),
         ] {
             let err = Config::from_map(&env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(k), "{err} should name {k}");

@@ -40,6 +40,7 @@ pub fn demo_event() -> Event {
             active_ttl_seconds: 900,
             idle_timeout_seconds: 60,
             paused: false,
+            autopilot: crate::queue::autopilot::Settings::fixed(5),
         },
         schedules: vec![schedule("day-1", 30), schedule("day-2", 31)],
         fair: crate::fair::FairStart::new(),

@@ -15,7 +15,7 @@ use crate::{
     fair::Seeds,
     jobs,
     payments::{Confirmations, reconcile},
-    queue::stream::Hub,
+    queue::{autopilot::Autopilot, stream::Hub},
     store::{Stores, pg::Pg, redis::Redis},
     token::TokenSigner,
 };
@@ -39,6 +39,8 @@ pub struct AppState {
     pub seeds: Arc<Seeds>,
     /// Open queue streams of this instance.
     pub streams: Arc<Hub>,
+    /// Admitted buyers' latency windows and the admission autopilot's view.
+    pub autopilot: Arc<Autopilot>,
 }
 
 impl AppState {

@@ -42,6 +42,7 @@ pub const BACKGROUND_LOOPS: &[&str] = &[
     "sweep",
     "seat_gauges",
     "stream",
+    "autopilot",
 ];
 
 /// At most one `warn` line per background loop this often.
@@ -135,6 +136,14 @@ pub fn register_metrics() {
     describe_gauge!(
         "boxoffice_queue_admission_rate",
         "Observed admissions per second (10 s moving average), per event"
+    );
+    describe_gauge!(
+        "boxoffice_admission_rate_target",
+        "Admissions per second in use: admit_per_second, or the autopilot's rate in auto mode, per event"
+    );
+    describe_gauge!(
+        "boxoffice_admitted_p99_ms",
+        "Admitted buyers' p99 latency (seat maps, holds, payments) over the last 5 s, all instances merged, per event"
     );
     describe_counter!(
         "boxoffice_queue_admissions_total",

@@ -29,6 +29,10 @@ pub struct QueueSettings {
     pub active_ttl_seconds: u32,
     pub idle_timeout_seconds: u32,
     pub paused: bool,
+    /// Fixed rate or the admission autopilot, and the autopilot's target
+    /// and bounds (flat in the JSON: `queue.admission_mode`, ...).
+    #[serde(flatten)]
+    pub autopilot: crate::queue::autopilot::Settings,
 }
 
 /// One date of an event.
@@ -81,6 +85,13 @@ pub async fn load_into_redis(redis: &Redis, ev: &Event) -> Result<(), StoreError
             "active_ttl_ms": u64::from(ev.queue.active_ttl_seconds) * 1000,
             "idle_timeout_ms": u64::from(ev.queue.idle_timeout_seconds) * 1000,
             "paused": u8::from(ev.queue.paused),
+            // The autopilot's settings; `auto_start` is the rate it starts
+            // from when switched on (see `lua/load_event.lua`).
+            "admission_mode": ev.queue.autopilot.mode.as_str(),
+            "target_p99_ms": ev.queue.autopilot.target_p99_ms,
+            "min_admit_per_second": ev.queue.autopilot.min_admit_per_second,
+            "max_admit_per_second": ev.queue.autopilot.max_admit_per_second,
+            "auto_start": ev.queue.autopilot.clamp(ev.queue.admit_per_second),
             "schedules": ev.schedules.iter().map(|s| s.schedule_id.as_str()).collect::<Vec<_>>().join(","),
             "public": ev.public_json().to_string(),
             // Fair start: 0 = no such time.

@@ -19,6 +19,10 @@ struct EventRow {
     active_ttl_seconds: i32,
     idle_timeout_seconds: i32,
     paused: bool,
+    admission_mode: String,
+    target_p99_ms: i32,
+    min_admit_per_second: i32,
+    max_admit_per_second: i32,
     sale_prequeue_opens_at: Option<DateTime<Utc>>,
     sale_opens_at: Option<DateTime<Utc>>,
     sale_closes_at: Option<DateTime<Utc>>,
@@ -75,6 +79,12 @@ fn assemble(events: Vec<EventRow>, schedules: Vec<ScheduleRow>) -> Vec<Event> {
                     active_ttl_seconds: to_u32(e.active_ttl_seconds),
                     idle_timeout_seconds: to_u32(e.idle_timeout_seconds),
                     paused: e.paused,
+                    autopilot: crate::queue::autopilot::Settings {
+                        mode: crate::queue::autopilot::Mode::parse(&e.admission_mode),
+                        target_p99_ms: to_u32(e.target_p99_ms),
+                        min_admit_per_second: to_u32(e.min_admit_per_second),
+                        max_admit_per_second: to_u32(e.max_admit_per_second),
+                    },
                 },
                 schedules,
                 fair: FairStart {
@@ -106,8 +116,9 @@ pub async fn insert(pg: &Pg, ev: &Event) -> Result<bool, StoreError> {
         let mut tx = pg.pool().begin().await?;
         let inserted = sqlx::query(
             r"insert into events (event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, paused,
-                                  sale_prequeue_opens_at, sale_opens_at, sale_closes_at, challenge_difficulty_bits, draw_seed)
-              values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                  sale_prequeue_opens_at, sale_opens_at, sale_closes_at, challenge_difficulty_bits, draw_seed,
+                                  admission_mode, target_p99_ms, min_admit_per_second, max_admit_per_second)
+              values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
               on conflict (event_id) do nothing",
         )
         .bind(ev.event_id.as_str())
@@ -122,6 +133,10 @@ pub async fn insert(pg: &Pg, ev: &Event) -> Result<bool, StoreError> {
         .bind(ev.fair.sale.closes_at)
         .bind(i32::from(ev.fair.difficulty_bits))
         .bind(ev.fair.seed.as_bytes())
+        .bind(ev.queue.autopilot.mode.as_str())
+        .bind(ev.queue.autopilot.target_p99_ms as i32)
+        .bind(ev.queue.autopilot.min_admit_per_second as i32)
+        .bind(ev.queue.autopilot.max_admit_per_second as i32)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -154,7 +169,7 @@ pub async fn insert(pg: &Pg, ev: &Event) -> Result<bool, StoreError> {
 
 macro_rules! event_columns {
     () => {
-        "event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, paused, sale_prequeue_opens_at, sale_opens_at, sale_closes_at, challenge_difficulty_bits, draw_seed"
+        "event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, paused, sale_prequeue_opens_at, sale_opens_at, sale_closes_at, challenge_difficulty_bits, draw_seed, admission_mode, target_p99_ms, min_admit_per_second, max_admit_per_second"
     };
 }
 macro_rules! schedule_columns {
@@ -227,7 +242,8 @@ pub async fn update_queue(pg: &Pg, id: &EventId, q: &QueueSettings) -> Result<bo
     pg.guard(
         sqlx::query(
             r"update events set admit_per_second = $2, max_active = $3, active_ttl_seconds = $4,
-                     idle_timeout_seconds = $5, paused = $6, updated_at = now()
+                     idle_timeout_seconds = $5, paused = $6, admission_mode = $7, target_p99_ms = $8,
+                     min_admit_per_second = $9, max_admit_per_second = $10, updated_at = now()
               where event_id = $1",
         )
         .bind(id.as_str())
@@ -236,6 +252,10 @@ pub async fn update_queue(pg: &Pg, id: &EventId, q: &QueueSettings) -> Result<bo
         .bind(q.active_ttl_seconds as i32)
         .bind(q.idle_timeout_seconds as i32)
         .bind(q.paused)
+        .bind(q.autopilot.mode.as_str())
+        .bind(q.autopilot.target_p99_ms as i32)
+        .bind(q.autopilot.min_admit_per_second as i32)
+        .bind(q.autopilot.max_admit_per_second as i32)
         .execute(pg.pool()),
     )
     .await

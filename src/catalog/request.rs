@@ -10,6 +10,7 @@ use crate::{
     fair::{FairStart, SaleWindow},
     ids::{EventId, ScheduleId},
     money::{Currency, Money},
+    queue::autopilot,
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -26,6 +27,23 @@ pub struct NewQueue {
     /// Start with admission paused (joins still wait in line).
     #[serde(default)]
     pub paused: bool,
+    /// `fixed` (default: admit `admit_per_second`) or `auto` (the
+    /// autopilot steers the rate between the bounds below to keep admitted
+    /// buyers' p99 under `target_p99_ms`; see docs/QUEUE.md).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "auto")]
+    pub admission_mode: Option<String>,
+    /// The autopilot's target for admitted buyers' p99 latency (1..60000
+    /// ms; default 50).
+    #[serde(default)]
+    pub target_p99_ms: Option<i64>,
+    /// The autopilot never admits fewer per second (1..100000; default 1).
+    #[serde(default)]
+    pub min_admit_per_second: Option<i64>,
+    /// The autopilot never admits more per second (1..100000, at least the
+    /// minimum; default `admit_per_second`).
+    #[serde(default)]
+    pub max_admit_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -214,6 +232,12 @@ pub struct QueuePatch {
     pub active_ttl_seconds: Option<i64>,
     pub idle_timeout_seconds: Option<i64>,
     pub paused: Option<bool>,
+    /// `fixed` or `auto`.
+    #[schema(value_type = Option<String>, example = "auto")]
+    pub admission_mode: Option<String>,
+    pub target_p99_ms: Option<i64>,
+    pub min_admit_per_second: Option<i64>,
+    pub max_admit_per_second: Option<i64>,
 }
 
 struct Errors(Vec<String>);
@@ -232,9 +256,49 @@ impl Errors {
 
 const MAX_SCHEDULES: usize = 50;
 
+/// Highest `admit_per_second` (and autopilot bound).
+const MAX_ADMIT_PER_SECOND: i64 = 100_000;
+
+/// The autopilot's settings; absent fields take their defaults (`fixed`,
+/// 50 ms, 1, `admit_per_second`).
+fn autopilot_settings(q: &NewQueue, e: &mut Errors) -> autopilot::Settings {
+    let mode = match q.admission_mode.as_deref() {
+        None => autopilot::Mode::Fixed,
+        Some(m) => autopilot::Mode::from_request(m).unwrap_or_else(|| {
+            e.0.push("queue.admission_mode must be \"fixed\" or \"auto\"".into());
+            autopilot::Mode::Fixed
+        }),
+    };
+    let target_p99_ms = e.range(
+        "queue.target_p99_ms",
+        q.target_p99_ms
+            .unwrap_or(autopilot::DEFAULT_TARGET_P99_MS.into()),
+        1,
+        60_000,
+    );
+    let min = q.min_admit_per_second.unwrap_or(1);
+    let max = q.max_admit_per_second.unwrap_or(q.admit_per_second);
+    let min_admit_per_second = e.range("queue.min_admit_per_second", min, 1, MAX_ADMIT_PER_SECOND);
+    let max_admit_per_second = e.range("queue.max_admit_per_second", max, 1, MAX_ADMIT_PER_SECOND);
+    if min_admit_per_second > 0 && max_admit_per_second > 0 && min > max {
+        e.0.push("queue.min_admit_per_second must not exceed queue.max_admit_per_second".into());
+    }
+    autopilot::Settings {
+        mode,
+        target_p99_ms,
+        min_admit_per_second,
+        max_admit_per_second,
+    }
+}
+
 fn queue_settings(q: &NewQueue, e: &mut Errors) -> QueueSettings {
     QueueSettings {
-        admit_per_second: e.range("queue.admit_per_second", q.admit_per_second, 1, 100_000),
+        admit_per_second: e.range(
+            "queue.admit_per_second",
+            q.admit_per_second,
+            1,
+            MAX_ADMIT_PER_SECOND,
+        ),
         max_active: e.range("queue.max_active", q.max_active, 1, 10_000_000),
         active_ttl_seconds: e.range("queue.active_ttl_seconds", q.active_ttl_seconds, 1, 86_400),
         idle_timeout_seconds: e.range(
@@ -244,6 +308,7 @@ fn queue_settings(q: &NewQueue, e: &mut Errors) -> QueueSettings {
             86_400,
         ),
         paused: q.paused,
+        autopilot: autopilot_settings(q, e),
     }
 }
 
@@ -354,6 +419,10 @@ impl QueuePatch {
             && self.active_ttl_seconds.is_none()
             && self.idle_timeout_seconds.is_none()
             && self.paused.is_none()
+            && self.admission_mode.is_none()
+            && self.target_p99_ms.is_none()
+            && self.min_admit_per_second.is_none()
+            && self.max_admit_per_second.is_none()
         {
             return Err(vec![
                 "the patch changes nothing; give at least one setting".into(),
@@ -371,6 +440,23 @@ impl QueuePatch {
                 .idle_timeout_seconds
                 .unwrap_or(current.idle_timeout_seconds.into()),
             paused: self.paused.unwrap_or(current.paused),
+            admission_mode: Some(
+                self.admission_mode
+                    .clone()
+                    .unwrap_or_else(|| current.autopilot.mode.as_str().to_owned()),
+            ),
+            target_p99_ms: Some(
+                self.target_p99_ms
+                    .unwrap_or(current.autopilot.target_p99_ms.into()),
+            ),
+            min_admit_per_second: Some(
+                self.min_admit_per_second
+                    .unwrap_or(current.autopilot.min_admit_per_second.into()),
+            ),
+            max_admit_per_second: Some(
+                self.max_admit_per_second
+                    .unwrap_or(current.autopilot.max_admit_per_second.into()),
+            ),
         };
         let s = queue_settings(&q, &mut e);
         if e.0.is_empty() { Ok(s) } else { Err(e.0) }
@@ -395,6 +481,10 @@ mod tests {
                 active_ttl_seconds: 600,
                 idle_timeout_seconds: 30,
                 paused: false,
+                admission_mode: None,
+                target_p99_ms: None,
+                min_admit_per_second: None,
+                max_admit_per_second: None,
             },
             schedules: vec![NewSchedule {
                 schedule_id: "d1".into(),
@@ -457,5 +547,53 @@ mod tests {
             ..Default::default()
         };
         assert!(p.apply(&cur).is_err());
+    }
+
+    #[test]
+    fn autopilot_settings_default_and_validate() {
+        let cur = good().parse(krw()).unwrap().queue;
+        assert_eq!(cur.autopilot, autopilot::Settings::fixed(10));
+        let p = QueuePatch {
+            admission_mode: Some("auto".into()),
+            min_admit_per_second: Some(2),
+            ..Default::default()
+        };
+        let s = p.apply(&cur).unwrap().autopilot;
+        assert_eq!(s.mode, autopilot::Mode::Auto);
+        assert_eq!((s.min_admit_per_second, s.max_admit_per_second), (2, 10));
+        assert_eq!(s.target_p99_ms, 50);
+        for (patch, needle) in [
+            (
+                QueuePatch {
+                    admission_mode: Some("turbo".into()),
+                    ..Default::default()
+                },
+                "queue.admission_mode",
+            ),
+            (
+                QueuePatch {
+                    min_admit_per_second: Some(11),
+                    ..Default::default()
+                },
+                "must not exceed",
+            ),
+            (
+                QueuePatch {
+                    max_admit_per_second: Some(100_001),
+                    ..Default::default()
+                },
+                "queue.max_admit_per_second must be between",
+            ),
+            (
+                QueuePatch {
+                    target_p99_ms: Some(0),
+                    ..Default::default()
+                },
+                "queue.target_p99_ms",
+            ),
+        ] {
+            let all = patch.apply(&cur).unwrap_err().join("; ");
+            assert!(all.contains(needle), "{all} lacks {needle}");
+        }
     }
 }

@@ -140,6 +140,24 @@ pub async fn create_event(
     Ok((StatusCode::CREATED, axum::Json(event_config_json(&ev))))
 }
 
+/// The admission figures: the autopilot's last step on this instance, or,
+/// before one (loops off, just started), what the settings say.
+fn admission_figures(state: &AppState, ev: &Event) -> queue::autopilot::Figures {
+    let settings = &ev.queue;
+    state
+        .autopilot
+        .figures(&ev.event_id)
+        .unwrap_or_else(|| queue::autopilot::Figures {
+            admission_mode: settings.autopilot.mode.as_str().to_owned(),
+            effective_admit_per_second: match settings.autopilot.mode {
+                queue::autopilot::Mode::Fixed => settings.admit_per_second,
+                queue::autopilot::Mode::Auto => settings.autopilot.clamp(settings.admit_per_second),
+            },
+            admitted_p99_ms: None,
+            pool_wait_p99_ms: None,
+        })
+}
+
 async fn existing(state: &AppState, raw: &str) -> ApiResult<Event> {
     let id = event_in_path(raw)?;
     catalog::pg::get(&state.pg, &id)
@@ -176,6 +194,8 @@ pub async fn get_event(
             Err(e) => return Err(e.into()),
         }
     };
+    let mut figures = figures;
+    figures.autopilot = admission_figures(&state, &ev);
     body["restoring"] = json!(restoring);
     body["live"] = serde_json::to_value(&figures).map_err(anyhow::Error::from)?;
     body["schedules"] = serde_json::to_value(schedule_views(&state, &ev, restoring).await?)

@@ -80,11 +80,12 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let token = required_bearer(parts, "a queue token")?;
-        state
-            .tokens
-            .verify(token)
-            .map(Self)
-            .map_err(|e| token_error(&e))
+        let claims = state.tokens.verify(token).map_err(|e| token_error(&e))?;
+        // A buyer route is timed under the token's event (autopilot).
+        if let Some(slot) = parts.extensions.get::<super::admitted::AdmittedEvent>() {
+            slot.mark(&claims.event);
+        }
+        Ok(Self(claims))
     }
 }
 

@@ -2,6 +2,7 @@
 //! or problem+json. No business rule lives here.
 
 pub mod admin;
+pub mod admitted;
 pub mod auth;
 pub mod catalog;
 pub mod error;
@@ -105,6 +106,10 @@ pub fn router(state: AppState, limits: Arc<RateLimits>) -> Router {
             "/v1/admin/events/{event_id}/queue",
             patch(admin::patch_queue),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            admitted::measure,
+        ))
         .route_layer(middleware::from_fn(track_latency));
 
     let docs: Router<AppState> = utoipa_swagger_ui::SwaggerUi::new("/docs")

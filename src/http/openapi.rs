@@ -136,7 +136,9 @@ impl Modify for Security {
         super::payments::refund_payment,
         super::payments::cancel_schedule,
     ),
-    components(schemas(Problem)),
+    // The admission figures are flattened into `Figures`, which utoipa
+    // does not follow when collecting schemas.
+    components(schemas(Problem, crate::queue::autopilot::Figures)),
     modifiers(&Security, &Problems),
 )]
 pub struct ApiDoc;

@@ -374,8 +374,9 @@ pub async fn record(
     let template = serde_json::to_string(&payment).expect("serializes");
     let pieces = cut_slots(&template, &["amount", "balance_after"]);
     let result = pg
-        .guard(
-            sqlx::query_as::<_, RecordRow>(RECORD)
+        .guard(async {
+            let mut conn = pg.pool().acquire().await?;
+            let row = sqlx::query_as::<_, RecordRow>(RECORD)
                 .bind(payment.payment_id)
                 .bind(user.as_str())
                 .bind(hold.event.as_str())
@@ -388,8 +389,12 @@ pub async fn record(
                 .bind(&pieces[1])
                 .bind(&pieces[2])
                 .bind(key.map(IdempotencyKey::as_str))
-                .fetch_one(pg.pool()),
-        )
+                .fetch_one(&mut *conn)
+                .await;
+            // Only the test-only `slow_pg_ms` failpoint holds it longer.
+            pg.give_back_payment_conn(conn).await;
+            row
+        })
         .await;
     match result {
         Ok(RecordRow {

@@ -5,10 +5,12 @@
 //! `stream_status`, all run after the prelude `lua/lib/queue.lua`); this
 //! module holds their typed wrappers (`reply`: their typed replies), the pure
 //! pacing rules (ETA, poll interval) and the in-process fan-out of
-//! statuses to streaming clients ([`stream`]). See `docs/QUEUE.md` for the
+//! statuses to streaming clients ([`stream`]) and the admission autopilot
+//! that steers the rate by admitted buyers' latency ([`autopilot`]). See `docs/QUEUE.md` for the
 //! data structures and why each transition is one script, and
 //! `docs/FAIRNESS.md` for the pre-queue.
 
+pub mod autopilot;
 pub mod pacing;
 mod reply;
 pub mod stream;
@@ -293,6 +295,10 @@ pub struct Figures {
     /// Entries in the pre-queue (part of `waiting`).
     #[serde(default)]
     pub prequeue: u64,
+    /// The admission mode, the rate in use and admitted buyers' p99 (from
+    /// the autopilot's last step on this instance, not from the script).
+    #[serde(flatten, skip_deserializing)]
+    pub autopilot: autopilot::Figures,
 }
 
 /// # Errors

@@ -119,6 +119,11 @@ impl EventKeys {
     pub fn queue_stats(&self) -> String {
         self.key("q:stats")
     }
+    /// Hash: each instance's latency window for the admission autopilot
+    /// and the time of its last control step (`lua/autopilot_publish.lua`).
+    pub fn autopilot(&self) -> String {
+        self.key("q:autopilot")
+    }
     /// Hash: pre-queue user → entry id (their member in `q:wait` is
     /// scored by the draw, not by the entry).
     pub fn queue_pre_entries(&self) -> String {

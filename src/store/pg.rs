@@ -24,10 +24,32 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// Upper bound of one call (a query or a whole short transaction).
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(3_000);
 
+/// How the pool is sized (and, in tests, slowed).
+#[derive(Debug, Clone, Copy)]
+pub struct PgOptions {
+    /// Connections at most.
+    pub max_connections: u32,
+    /// Test-only (the `slow_pg_ms:<n>` failpoint): a payment's transaction
+    /// keeps its connection this much longer, so the pool completes at
+    /// most `max_connections / delay` payments per second, like a
+    /// PostgreSQL that got slow.
+    pub slow_payment: Option<Duration>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 24,
+            slow_payment: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Pg {
     pool: PgPool,
     breaker: Arc<Breaker>,
+    slow_payment: Option<Duration>,
 }
 
 fn unavailable(reason: impl Into<String>) -> StoreError {
@@ -56,16 +78,24 @@ fn is_outage(e: &sqlx::Error) -> bool {
 }
 
 impl Pg {
-    /// Connects and applies pending migrations.
+    /// Connects with the default pool and applies pending migrations.
     ///
     /// # Errors
     /// Bad URL, unreachable server, or a migration that fails.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PgOptions::default()).await
+    }
+
+    /// [`Pg::connect`] with a pool of `options`.
+    ///
+    /// # Errors
+    /// As [`Pg::connect`].
+    pub async fn connect_with(url: &str, options: PgOptions) -> Result<Self, StoreError> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| unavailable(format!("bad DATABASE_URL: {e}")))?
             .options([("statement_timeout", "2500"), ("lock_timeout", "2000")]);
         let pool = PgPoolOptions::new()
-            .max_connections(24)
+            .max_connections(options.max_connections)
             .min_connections(1)
             .acquire_timeout(Duration::from_millis(2_000))
             .connect_with(opts)
@@ -80,12 +110,23 @@ impl Pg {
         Ok(Self {
             pool,
             breaker: Arc::new(Breaker::new(Dependency::Postgres)),
+            slow_payment: options.slow_payment,
         })
     }
 
     /// The pool, for use inside [`Pg::guard`].
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Gives back the connection of a payment's transaction; with the
+    /// test-only `slow_pg_ms` failpoint it stays taken for that delay
+    /// first (see [`PgOptions::slow_payment`]).
+    pub async fn give_back_payment_conn(&self, conn: sqlx::pool::PoolConnection<sqlx::Postgres>) {
+        if let Some(delay) = self.slow_payment {
+            tokio::time::sleep(delay).await;
+        }
+        drop(conn);
     }
 
     /// Runs one query or transaction with the timeout and breaker.

@@ -117,6 +117,8 @@ scripts! {
         QUEUE_FIGURES => "queue_figures",
         STREAM_STATUS => "stream_status",
         FAIR_INFO => "fair_info",
+        AUTOPILOT_PUBLISH => "autopilot_publish",
+        AUTOPILOT_APPLY => "autopilot_apply",
     ],
     schedule: [
         PLACE_HOLD => "place_hold",

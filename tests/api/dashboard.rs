@@ -135,6 +135,10 @@ async fn dashboard_renders_seat_maps_and_figures_in_chromium() {
         dom.contains("data-testid=\"revenue-day-1\">50,000<"),
         "revenue shows 50,000"
     );
+    assert!(
+        dom.contains("data-testid=\"effective-rate\">5 / s<"),
+        "the rate in use shows the demo's fixed 5 / s"
+    );
 
     // Screenshot for the docs, on request (`BOXOFFICE_DASHBOARD_SCREENSHOT=docs/dashboard.png`).
     if let Ok(path) = std::env::var("BOXOFFICE_DASHBOARD_SCREENSHOT") {

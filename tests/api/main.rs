@@ -7,6 +7,7 @@ mod helpers;
 
 mod admin;
 mod audit;
+mod autopilot;
 mod cluster;
 mod crash;
 mod dashboard;
