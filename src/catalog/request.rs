@@ -81,6 +81,12 @@ pub struct NewEvent {
     /// Optional proof of work on joins.
     #[serde(default)]
     pub challenge: Option<ChallengeFields>,
+    /// The admission mode at the top level, as SPEC section 3 (Admin)
+    /// writes the create body: the same as `queue.admission_mode`; giving
+    /// both with different values is refused.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "auto")]
+    pub admission_mode: Option<String>,
 }
 
 /// A sale window: RFC 3339 times, each optional. In a PATCH, an absent
@@ -329,7 +335,15 @@ impl NewEvent {
         if name.chars().any(char::is_control) {
             e.0.push("name must not contain control characters".into());
         }
-        let queue = queue_settings(&self.queue, &mut e);
+        let mut queue_fields = self.queue;
+        match (&self.admission_mode, &queue_fields.admission_mode) {
+            (Some(top), Some(inner)) if top != inner => {
+                e.0.push("admission_mode and queue.admission_mode differ: give one of them".into())
+            }
+            (Some(top), _) => queue_fields.admission_mode = Some(top.clone()),
+            (None, _) => {}
+        }
+        let queue = queue_settings(&queue_fields, &mut e);
         if self.schedules.is_empty() || self.schedules.len() > MAX_SCHEDULES {
             e.0.push(format!(
                 "schedules must list 1 to {MAX_SCHEDULES} schedules"
@@ -498,6 +512,7 @@ mod tests {
             }],
             sale: None,
             challenge: None,
+            admission_mode: None,
         }
     }
 
@@ -509,6 +524,28 @@ mod tests {
             ev.schedules[0].starts_at.to_rfc3339(),
             "2026-12-24T11:00:00+00:00"
         );
+    }
+
+    #[test]
+    fn takes_the_admission_mode_at_the_top_level_as_the_spec_writes_it() {
+        let mut ev = good();
+        ev.admission_mode = Some("auto".into());
+        let parsed = ev.parse(krw()).unwrap();
+        assert_eq!(parsed.queue.autopilot.mode, autopilot::Mode::Auto);
+
+        let mut ev = good();
+        ev.admission_mode = Some("auto".into());
+        ev.queue.admission_mode = Some("fixed".into());
+        let errs = ev.parse(krw()).unwrap_err().join("; ");
+        assert!(
+            errs.contains("admission_mode and queue.admission_mode differ"),
+            "{errs}"
+        );
+
+        let mut ev = good();
+        ev.admission_mode = Some("turbo".into());
+        let errs = ev.parse(krw()).unwrap_err().join("; ");
+        assert!(errs.contains("queue.admission_mode"), "{errs}");
     }
 
     #[test]
