@@ -111,20 +111,20 @@ pub async fn load_into_redis(redis: &Redis, ev: &Event) -> Result<(), StoreError
         copy["hold_ms"] = json!(u64::from(s.hold_seconds) * 1000);
         args.push(copy.to_string());
     }
-    let reply = redis
-        .run(&crate::store::redis::LOAD_EVENT, keys, args)
+    let Done::Ok {} = redis
+        .eval_json(&crate::store::redis::LOAD_EVENT, keys, args)
         .await?;
-    let v: serde_json::Value = serde_json::from_str(&reply)
-        .map_err(|e| StoreError::internal(crate::store::Dependency::Redis, e))?;
-    if v["status"] != "ok" {
-        return Err(StoreError::internal(
-            crate::store::Dependency::Redis,
-            anyhow::anyhow!("load_event refused: {v}"),
-        ));
-    }
     redis
         .sadd(&redis.keys().events_index(), ev.event_id.as_str())
         .await
+}
+
+/// The reply of `load_event` and `finish_restore`: they validate their
+/// arguments by raising an error, so `ok` is their only answer.
+#[derive(serde::Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum Done {
+    Ok {},
 }
 
 /// The public event list, read from Redis (no PostgreSQL on this path).
@@ -190,21 +190,13 @@ pub async fn schedule_ids(
 /// Redis unavailable.
 pub async fn finish_restore(redis: &Redis, event: &EventId, epoch: u32) -> Result<(), StoreError> {
     let k = redis.keys().event(event);
-    let reply = redis
-        .run(
+    let Done::Ok {} = redis
+        .eval_json(
             &crate::store::redis::FINISH_RESTORE,
             vec![k.ready(), k.hold_seq()],
             vec![epoch.to_string()],
         )
         .await?;
-    let v: serde_json::Value = serde_json::from_str(&reply)
-        .map_err(|e| StoreError::internal(crate::store::Dependency::Redis, e))?;
-    if v["status"] != "ok" {
-        return Err(StoreError::internal(
-            crate::store::Dependency::Redis,
-            anyhow::anyhow!("finish_restore refused: {v}"),
-        ));
-    }
     Ok(())
 }
 
