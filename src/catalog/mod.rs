@@ -6,6 +6,7 @@
 //! reads it. [`load_into_redis`] is idempotent, so create, live tuning and
 //! the reconciler's restore all use it.
 
+pub mod admission;
 pub mod cache;
 pub mod pg;
 pub mod request;
@@ -32,7 +33,7 @@ pub struct QueueSettings {
     /// Fixed rate or the admission autopilot, and the autopilot's target
     /// and bounds (flat in the JSON: `queue.admission_mode`, ...).
     #[serde(flatten)]
-    pub autopilot: crate::queue::autopilot::Settings,
+    pub autopilot: admission::Settings,
 }
 
 /// One date of an event.

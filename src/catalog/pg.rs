@@ -79,8 +79,8 @@ fn assemble(events: Vec<EventRow>, schedules: Vec<ScheduleRow>) -> Vec<Event> {
                     active_ttl_seconds: to_u32(e.active_ttl_seconds),
                     idle_timeout_seconds: to_u32(e.idle_timeout_seconds),
                     paused: e.paused,
-                    autopilot: crate::queue::autopilot::Settings {
-                        mode: crate::queue::autopilot::Mode::parse(&e.admission_mode),
+                    autopilot: super::admission::Settings {
+                        mode: super::admission::Mode::parse(&e.admission_mode),
                         target_p99_ms: to_u32(e.target_p99_ms),
                         min_admit_per_second: to_u32(e.min_admit_per_second),
                         max_admit_per_second: to_u32(e.max_admit_per_second),

@@ -5,12 +5,11 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::{Event, QueueSettings, Schedule};
+use super::{Event, QueueSettings, Schedule, admission};
 use crate::{
     fair::{FairStart, SaleWindow},
     ids::{EventId, ScheduleId},
     money::{Currency, Money},
-    queue::autopilot,
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -267,18 +266,18 @@ const MAX_ADMIT_PER_SECOND: i64 = 100_000;
 
 /// The autopilot's settings; absent fields take their defaults (`fixed`,
 /// 50 ms, 1, `admit_per_second`).
-fn autopilot_settings(q: &NewQueue, e: &mut Errors) -> autopilot::Settings {
+fn autopilot_settings(q: &NewQueue, e: &mut Errors) -> admission::Settings {
     let mode = match q.admission_mode.as_deref() {
-        None => autopilot::Mode::Fixed,
-        Some(m) => autopilot::Mode::from_request(m).unwrap_or_else(|| {
+        None => admission::Mode::Fixed,
+        Some(m) => admission::Mode::from_request(m).unwrap_or_else(|| {
             e.0.push("queue.admission_mode must be \"fixed\" or \"auto\"".into());
-            autopilot::Mode::Fixed
+            admission::Mode::Fixed
         }),
     };
     let target_p99_ms = e.range(
         "queue.target_p99_ms",
         q.target_p99_ms
-            .unwrap_or(autopilot::DEFAULT_TARGET_P99_MS.into()),
+            .unwrap_or(admission::DEFAULT_TARGET_P99_MS.into()),
         1,
         60_000,
     );
@@ -289,7 +288,7 @@ fn autopilot_settings(q: &NewQueue, e: &mut Errors) -> autopilot::Settings {
     if min_admit_per_second > 0 && max_admit_per_second > 0 && min > max {
         e.0.push("queue.min_admit_per_second must not exceed queue.max_admit_per_second".into());
     }
-    autopilot::Settings {
+    admission::Settings {
         mode,
         target_p99_ms,
         min_admit_per_second,
@@ -531,7 +530,7 @@ mod tests {
         let mut ev = good();
         ev.admission_mode = Some("auto".into());
         let parsed = ev.parse(krw()).unwrap();
-        assert_eq!(parsed.queue.autopilot.mode, autopilot::Mode::Auto);
+        assert_eq!(parsed.queue.autopilot.mode, admission::Mode::Auto);
 
         let mut ev = good();
         ev.admission_mode = Some("auto".into());
@@ -589,14 +588,14 @@ mod tests {
     #[test]
     fn autopilot_settings_default_and_validate() {
         let cur = good().parse(krw()).unwrap().queue;
-        assert_eq!(cur.autopilot, autopilot::Settings::fixed(10));
+        assert_eq!(cur.autopilot, admission::Settings::fixed(10));
         let p = QueuePatch {
             admission_mode: Some("auto".into()),
             min_admit_per_second: Some(2),
             ..Default::default()
         };
         let s = p.apply(&cur).unwrap().autopilot;
-        assert_eq!(s.mode, autopilot::Mode::Auto);
+        assert_eq!(s.mode, admission::Mode::Auto);
         assert_eq!((s.min_admit_per_second, s.max_admit_per_second), (2, 10));
         assert_eq!(s.target_p99_ms, 50);
         for (patch, needle) in [

@@ -30,6 +30,12 @@ use crate::{
     token::{QueueClaims, TokenError},
 };
 
+/// A user assertion the rate limiter (`http::limit`) already verified for
+/// this request, handed to [`UserAssertion`] in the request's extensions so
+/// it is not verified twice.
+#[derive(Debug, Clone)]
+pub struct VerifiedUser(pub UserId);
+
 /// A queue token whose signature is valid and which has not expired.
 #[derive(Debug, Clone)]
 pub struct QueueToken(pub QueueClaims);
@@ -101,7 +107,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        if let Some(super::limit::VerifiedUser(user)) = parts.extensions.get() {
+        if let Some(VerifiedUser(user)) = parts.extensions.get() {
             return Ok(Self(user.clone()));
         }
         let token = required_bearer(parts, "a user assertion (the platform's JWT)")?;

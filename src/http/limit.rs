@@ -36,7 +36,11 @@ use governor::{
     clock::{Clock, DefaultClock},
 };
 
-use super::{ApiError, auth::bearer, extract::ServiceKey};
+use super::{
+    ApiError,
+    auth::{VerifiedUser, bearer},
+    extract::ServiceKey,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -60,11 +64,6 @@ pub enum LimitKey {
     /// shares the bucket).
     User(UserId),
 }
-
-/// A user assertion this middleware has already verified for this request
-/// (read by `http::auth::UserAssertion`).
-#[derive(Debug, Clone)]
-pub struct VerifiedUser(pub UserId);
 
 /// The per-credential key of a request, or `None` when it carries no
 /// credential this service can verify (then only the per-IP limit applies:
