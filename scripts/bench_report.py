@@ -545,6 +545,8 @@ def main():
             "",
         ]
 
+    L += prequeue_section(d)
+
     # References.
     L += ["## References measured in the same run", ""]
     if ceiling:
@@ -685,6 +687,25 @@ def main():
             median([max((r["p99_ms"] for r in f["requests"]), default=0) for f in done]),
         ))
     chart(svg_path, bars)
+
+
+def prequeue_section(d):
+    """The pre-queue table of scripts/bench_prequeue.sh, if that step ran."""
+    table = read_text(os.path.join(d, "prequeue.md"))
+    if not table:
+        return []
+    return [
+        "## A pre-queue of 1,000,000 entries",
+        "",
+        "One release service instance on a private redis-server holding a pre-queue seeded the way "
+        "`lua/join_queue.lua` writes it (`scripts/bench_prequeue.sh`, `loadtest prequeue`). Per phase, "
+        "Redis's own latency of each `EVALSHA` (statistics reset between phases), so the figures do "
+        "not depend on the load generator sharing the cores. Aim: no command blocks Redis for more "
+        "than a few ms.",
+        "",
+        table.strip(),
+        "",
+    ]
 
 
 def per_request_table(sm):
