@@ -543,7 +543,7 @@ async fn stream_phase(
     Ok(Phase {
         name: "stream",
         what: format!(
-            "{streams} users deep in the line hold GET /v1/queue/stream open ({events} events received; client ms = time to the response head)"
+            "{streams} users deep in the line hold GET /v1/queue/stream open ({events} events received; unexpected = no event within the phase, the far back gets fewer updates; client ms = time to the response head)"
         ),
         requests: streams as u64,
         unexpected,
