@@ -25,7 +25,8 @@
 # BENCH_USERS (64), BENCH_SECONDS (15), BENCH_BUYERS (20000), BENCH_SEATS
 # (5000), BENCH_ADMIT (1000 per second), BENCH_MAX_ACTIVE (1000),
 # BENCH_WAITING (1000000), BENCH_RUNS (2; at least 2), BENCH_PORT (18080),
-# CEILING_PORT (18081), BENCH_SKIP_BUILD=1 (use the binaries in
+# CEILING_PORT (18081), BENCH_SKIP_STREAM=1 / BENCH_SKIP_PREQUEUE=1 (leave
+# out scripts/bench_stream.sh / scripts/bench_prequeue.sh), BENCH_SKIP_BUILD=1 (use the binaries in
 # target/<profile> as they are), BENCH_PROFILE (release; `dev` only to try
 # the script itself: debug figures mean nothing), BENCH_REPORT
 # (docs/BENCHMARKS.md; the chart goes beside it in bench/throughput.svg).
@@ -369,6 +370,14 @@ if [[ ${BENCH_SKIP_STREAM:-0} != 1 ]]; then
     BENCH_SKIP_BUILD=1 STREAM_OUT="$OUT/stream_vs_poll.md" scripts/bench_stream.sh ||
         say "streaming vs polling failed; see above"
     note "BENCH_SKIP_BUILD=1 scripts/bench_stream.sh   # STREAM_SIZES='10000 50000' STREAM_WARMUP=20 STREAM_WINDOW=30"
+fi
+
+# ------------------------------------------- a pre-queue of 1,000,000 entries
+if [[ ${BENCH_SKIP_PREQUEUE:-0} != 1 ]]; then
+    say "pre-queue at 1,000,000 entries (scripts/bench_prequeue.sh)"
+    BENCH_SKIP_BUILD=1 PREQUEUE_OUT="$OUT/prequeue.md" scripts/bench_prequeue.sh ||
+        say "pre-queue bench failed; see above"
+    note "BENCH_SKIP_BUILD=1 scripts/bench_prequeue.sh   # PREQUEUE_ENTRIES=1000000 PREQUEUE_SECONDS=15 PREQUEUE_CONCURRENCY=32 PREQUEUE_STREAMS=2000"
 fi
 
 # ----------------------------------------------------------------- report

@@ -764,6 +764,7 @@ def main():
     L += flash_sale_section(b)
     L += memory_section(b)
     L += streaming_section(b)
+    L += prequeue_section(b.d)
     L += references_section(b)
     L += scenarios_section(b)
     L += interpretation(rows, b.rb_hold, b.rb_hold16, b.pg, b.s, b.audit_rc, b.runs)
@@ -772,6 +773,25 @@ def main():
     L += sales_report_section()
     write_report(md_path, L)
     chart(svg_path, chart_bars(rows, b.runs))
+
+
+def prequeue_section(d):
+    """The pre-queue table of scripts/bench_prequeue.sh, if that step ran."""
+    table = read_text(os.path.join(d, "prequeue.md"))
+    if not table:
+        return []
+    return [
+        "## A pre-queue of 1,000,000 entries",
+        "",
+        "One release service instance on a private redis-server holding a pre-queue seeded the way "
+        "`lua/join_queue.lua` writes it (`scripts/bench_prequeue.sh`, `loadtest prequeue`). Per phase, "
+        "Redis's own latency of each `EVALSHA` (statistics reset between phases), so the figures do "
+        "not depend on the load generator sharing the cores. Aim: no command blocks Redis for more "
+        "than a few ms.",
+        "",
+        table.strip(),
+        "",
+    ]
 
 
 def per_request_table(sm):

@@ -13,6 +13,10 @@
 //! with req/s and p50/p90/p99 per request name, which `scripts/bench_report.py`
 //! turns into `docs/BENCHMARKS.md`.
 //!
+//! `prequeue` is no Goose scenario but a sequence of measured phases
+//! against a pre-queue of a million entries (`prequeue.rs`,
+//! `scripts/bench_prequeue.sh`).
+//!
 //! The service's settings are read the way the service reads them
 //! (`boxoffice::config::Config::from_env`): `BOXOFFICE_SERVICE_KEY` for the
 //! admin calls, and for `poll-storm` also `REDIS_URL`,
@@ -22,6 +26,7 @@
 mod common;
 mod flash_sale;
 mod poll_storm;
+mod prequeue;
 mod redis;
 mod scenarios;
 mod setup;
@@ -46,6 +51,10 @@ scenarios:
   flash-sale  N buyers (one per Goose user, one iteration each) queue, hold, charge, pay
   poll-storm  a queue of LOADTEST_WAITING users seeded straight into Redis; users
               poll status with tokens deep in the queue (admission paused)
+  prequeue    not Goose: a pre-queue of LOADTEST_PREQUEUE entries seeded into Redis,
+              then phases (joins, polls, opens_at passing, polls, streams, the
+              admin entry list), each with Redis's own per-command latencies
+              (`loadtest prequeue --host URL`; scripts/bench_prequeue.sh)
 
 goose options: as `loadtest <scenario> --help` lists them (-H/--host, -u, -r, -t, ...).
 Defaults: --host http://127.0.0.1:18080 (18081 for ceiling), reports in loadtest/reports/.
@@ -63,6 +72,10 @@ environment:
   LOADTEST_ADMIT_PER_SECOND  flash-sale admission rate (default 1000)
   LOADTEST_MAX_ACTIVE        flash-sale admitted users at one time (default 1000)
   LOADTEST_WAITING           poll-storm queue length (default 100000)
+  LOADTEST_PREQUEUE          prequeue entries (default 1000000)
+  LOADTEST_PREQUEUE_SECONDS, LOADTEST_PREQUEUE_CONCURRENCY, LOADTEST_PREQUEUE_STREAMS
+                             prequeue phase length (15), requests in flight (32),
+                             streams of the stream phase (2000; 0 = none)
 ";
 
 #[global_allocator]
@@ -85,6 +98,9 @@ async fn run() -> anyhow::Result<()> {
     if matches!(first.as_str(), "-h" | "--help" | "help") {
         print!("{USAGE}");
         return Ok(());
+    }
+    if first == "prequeue" {
+        return prequeue::run(&args[1..]).await;
     }
     let scenario = common::Scenario::parse(&first)
         .ok_or_else(|| anyhow::anyhow!("unknown scenario {first:?}\n\n{USAGE}"))?;
