@@ -3,7 +3,8 @@
 #
 # For N waiting users (STREAM_SIZES, default "10000 50000") and each of
 # poll / stream: three release service instances (one process here may hold
-# at most 20,000 sockets, so 50,000 streams need several) share a private
+# at most 20,000 sockets, so 50,000 streams need several; each is allowed
+# 19,000 connections, above its default cap of 4,096) share a private
 # redis-server (so its command counts are ours alone) and a fresh database;
 # three `stream_bench` clients join N/3 users each into a paused event and
 # keep them waiting — polling GET /v1/queue/status every poll_after_ms, or
@@ -64,6 +65,7 @@ for i in 0 1 2; do
     env BOXOFFICE_ADDR="127.0.0.1:$((BASE_PORT + i))" DATABASE_URL="$PG_BASE/$DB" \
         REDIS_URL="redis://127.0.0.1:$RPORT" BOXOFFICE_REDIS_PREFIX="sb:" \
         BOXOFFICE_RATE_PER_IP=0 BOXOFFICE_RATE_PER_TOKEN=0 BOXOFFICE_SERVICE_KEY="$KEY" \
+        BOXOFFICE_HTTP_MAX_CONNECTIONS=19000 \
         BOXOFFICE_TOKEN_SECRET="stream-bench-secret-$TS" RUST_LOG=error \
         "$BX" serve >"$TMP/service$i.log" 2>&1 &
     PIDS+=($!)
