@@ -44,6 +44,12 @@
 -- exactly from its hold's deadline on.
 
 local K = sched_keys(1)
+-- Seat numbers as command arguments (see `int` in lib/queue.lua).
+local function ints(list)
+  local out = {}
+  for i, v in ipairs(list) do out[i] = int(v) end
+  return out
+end
 local user, mode, arg = ARGV[1], ARGV[2], ARGV[3]
 if not user or user == '' then return bad_arg('user') end
 if restoring(KEYS[13]) then return json({ status = 'restoring' }) end
@@ -83,143 +89,174 @@ local function reply(t)
   return json(t)
 end
 
-local h_user = tonumber(redis.call('HGET', K.uheld, user)) or 0
-local b_user = tonumber(redis.call('HGET', K.ubought, user)) or 0
-if cfg.max_per_user and h_user + b_user + count > cfg.max_per_user then
-  return reply({ status = 'limit', max_per_user = cfg.max_per_user, held = h_user,
-                 bought = b_user, requested = count })
+if cfg.max_per_user then
+  local h_user = tonumber(redis.call('HGET', K.uheld, user)) or 0
+  local b_user = tonumber(redis.call('HGET', K.ubought, user)) or 0
+  if h_user + b_user + count > cfg.max_per_user then
+    return reply({ status = 'limit', max_per_user = cfg.max_per_user, held = h_user,
+                   bought = b_user, requested = count })
+  end
 end
 
 -- Best available on the bitmap. The map string can be shorter than N+1
 -- bits (SETBIT grows it lazily): bits past its end are free. BITPOS with
--- an explicit end clamps to the string, hence the two helpers.
-local maplen = redis.call('STRLEN', K.map) * 8
+-- an explicit end clamps to the string, hence the two helpers. The map's
+-- length in bits is read once, when a helper first needs it. The helpers
+-- are built (a closure each) only when a search needs more than the
+-- one-seat path in best_available.
+local maplen
+local function general_search()
+  local function map_bits()
+    if not maplen then maplen = redis.call('STRLEN', K.map) * 8 end
+    return maplen
+  end
 
--- Lowest free seat in [from, to], or nil.
-local function first_free(from, to)
-  if from > to then return nil end
-  if from >= maplen then return from end
-  local p = redis.call('BITPOS', K.map, 0, from, math.min(to, maplen - 1), 'BIT')
-  if p >= 0 then return p end
-  if to >= maplen then return maplen end
-  return nil
-end
+  -- Lowest free seat in [from, to], or nil.
+  local function first_free(from, to)
+    if from > to then return nil end
+    local maplen = map_bits()
+    if from >= maplen then return from end
+    local p = redis.call('BITPOS', K.map, 0, from, math.min(to, maplen - 1), 'BIT')
+    if p >= 0 then return p end
+    if to >= maplen then return maplen end
+    return nil
+  end
 
--- Lowest taken seat in [from, to], or nil.
-local function first_taken(from, to)
-  if from > to or from >= maplen then return nil end
-  local p = redis.call('BITPOS', K.map, 1, from, math.min(to, maplen - 1), 'BIT')
-  if p >= 0 then return p end
-  return nil
-end
+  -- Lowest taken seat in [from, to], or nil.
+  local function first_taken(from, to)
+    local maplen = map_bits()
+    if from > to or from >= maplen then return nil end
+    local p = redis.call('BITPOS', K.map, 1, from, math.min(to, maplen - 1), 'BIT')
+    if p >= 0 then return p end
+    return nil
+  end
 
--- Per byte value b (8 seats), for runs of k: lead[b] free seats at its
--- start, trail[b] free seats at its end, inner[b] offset of the first k
--- free seats in a row inside it (or false). 256 entries, built only when
--- scan_run runs. Bit i is the (i % 8)-th most significant bit of byte
--- i // 8.
-local band, bor, rshift = bit.band, bit.bor, bit.rshift
-local min, sbyte = math.min, string.byte
-local function byte_tables(k)
-  local lead, trail, inner = {}, {}, {}
-  for b = 0, 255 do
-    local run, first, at = 0, nil, false
+  -- Per byte value b (8 seats), for runs of k: lead[b] free seats at its
+  -- start, trail[b] free seats at its end, inner[b] offset of the first k
+  -- free seats in a row inside it (or false). 256 entries, built only when
+  -- scan_run runs. Bit i is the (i % 8)-th most significant bit of byte
+  -- i // 8.
+  local band, bor, rshift = bit.band, bit.bor, bit.rshift
+  local min, sbyte = math.min, string.byte
+  local function byte_tables(k)
+    local lead, trail, inner = {}, {}, {}
+    for b = 0, 255 do
+      local run, first, at = 0, nil, false
+      for i = 0, 7 do
+        if band(b, rshift(128, i)) == 0 then
+          run = run + 1
+          if run == k and not at then at = i - k + 1 end
+        else
+          if not first then first = i end
+          run = 0
+        end
+      end
+      lead[b], trail[b], inner[b] = first or 8, run, at
+    end
+    return lead, trail, inner
+  end
+
+  -- Lowest run of k free seats inside one row from seat `from` on (a free
+  -- seat no earlier run can reach), reading the bitmap in Lua: one GETRANGE,
+  -- then one table step per byte. A byte that `from`, a row start or seat N
+  -- cuts is split into segments, the bits outside a segment masked as taken,
+  -- so each segment lies in one row and the tables stay exact.
+  local function scan_run(from, k)
+    local base = math.floor(from / 8)   -- byte index of the string's first byte
+    local bytes = redis.call('GETRANGE', K.map, base, math.floor(N / 8))
+    local lead, trail, inner = byte_tables(k)
+    local before, after = {}, {}        -- masks: bits < i, bits > i
     for i = 0, 7 do
-      if band(b, rshift(128, i)) == 0 then
-        run = run + 1
-        if run == k and not at then at = i - k + 1 end
+      before[i] = 0xFF - rshift(0xFF, i)
+      after[i] = rshift(0xFF, i + 1)
+    end
+    local run, s = 0, from              -- run: free seats just before s, same row
+    local off = (s - 1) % R             -- s's place in its row
+    while s <= N do
+      local lo = s % 8
+      local b0 = s - lo                 -- seat of the byte's first bit
+      local hi = min(7, N - b0, lo + R - off - 1)  -- segment: bits lo..hi
+      local byte = sbyte(bytes, b0 / 8 - base + 1) or 0  -- past the end: free
+      local m = bor(byte, before[lo], after[hi])
+      if off == 0 then run = 0 end
+      -- lo > 0 only at `from` or a row start, where run is 0.
+      if run + lead[m] >= k then return s - run end
+      if inner[m] then return b0 + inner[m] end
+      if m == 0 then run = run + 8 else run = trail[m] end
+      off = off + hi - lo + 1
+      if off >= R then off = 0 end
+      s = b0 + hi + 1
+    end
+    return nil
+  end
+
+  -- Lowest run of k adjacent free seats inside one row. Each probe jumps
+  -- with BITPOS (C speed) over a taken stretch, a free run too short, or
+  -- the rest of a row the run cannot fit in, so cost grows with the number
+  -- of free fragments, not with N: a sold-out-but-a-few map costs a few
+  -- calls. A badly fragmented map would need one Redis call per fragment;
+  -- after PROBES of them the rest is scanned in Lua, bounded by N/8 bytes
+  -- (100000 seats, every other one free, no pair anywhere: ~3 ms).
+  local PROBES = 64
+  local function find_run(k)
+    local pos = first_free(1, N)
+    local probes = 0
+    while pos do
+      probes = probes + 1
+      if probes > PROBES then return scan_run(pos, k) end
+      local row_end = math.min(N, math.ceil(pos / R) * R)
+      if pos + k - 1 > row_end then
+        pos = first_free(row_end + 1, N)
       else
-        if not first then first = i end
-        run = 0
+        local t = first_taken(pos, pos + k - 1)
+        if not t then return pos end
+        pos = first_free(t + 1, N)
       end
     end
-    lead[b], trail[b], inner[b] = first or 8, run, at
+    return nil
   end
-  return lead, trail, inner
-end
 
--- Lowest run of k free seats inside one row from seat `from` on (a free
--- seat no earlier run can reach), reading the bitmap in Lua: one GETRANGE,
--- then one table step per byte. A byte that `from`, a row start or seat N
--- cuts is split into segments, the bits outside a segment masked as taken,
--- so each segment lies in one row and the tables stay exact.
-local function scan_run(from, k)
-  local base = math.floor(from / 8)   -- byte index of the string's first byte
-  local bytes = redis.call('GETRANGE', K.map, base, math.floor(N / 8))
-  local lead, trail, inner = byte_tables(k)
-  local before, after = {}, {}        -- masks: bits < i, bits > i
-  for i = 0, 7 do
-    before[i] = 0xFF - rshift(0xFF, i)
-    after[i] = rshift(0xFF, i + 1)
-  end
-  local run, s = 0, from              -- run: free seats just before s, same row
-  local off = (s - 1) % R             -- s's place in its row
-  while s <= N do
-    local lo = s % 8
-    local b0 = s - lo                 -- seat of the byte's first bit
-    local hi = min(7, N - b0, lo + R - off - 1)  -- segment: bits lo..hi
-    local byte = sbyte(bytes, b0 / 8 - base + 1) or 0  -- past the end: free
-    local m = bor(byte, before[lo], after[hi])
-    if off == 0 then run = 0 end
-    -- lo > 0 only at `from` or a row start, where run is 0.
-    if run + lead[m] >= k then return s - run end
-    if inner[m] then return b0 + inner[m] end
-    if m == 0 then run = run + 8 else run = trail[m] end
-    off = off + hi - lo + 1
-    if off >= R then off = 0 end
-    s = b0 + hi + 1
-  end
-  return nil
-end
-
--- Lowest run of k adjacent free seats inside one row. Each probe jumps
--- with BITPOS (C speed) over a taken stretch, a free run too short, or
--- the rest of a row the run cannot fit in, so cost grows with the number
--- of free fragments, not with N: a sold-out-but-a-few map costs a few
--- calls. A badly fragmented map would need one Redis call per fragment;
--- after PROBES of them the rest is scanned in Lua, bounded by N/8 bytes
--- (100000 seats, every other one free, no pair anywhere: ~3 ms).
-local PROBES = 64
-local function find_run(k)
-  local pos = first_free(1, N)
-  local probes = 0
-  while pos do
-    probes = probes + 1
-    if probes > PROBES then return scan_run(pos, k) end
-    local row_end = math.min(N, math.ceil(pos / R) * R)
-    if pos + k - 1 > row_end then
-      pos = first_free(row_end + 1, N)
-    else
-      local t = first_taken(pos, pos + k - 1)
-      if not t then return pos end
-      pos = first_free(t + 1, N)
+  -- `count` seats by the rule above, or nil when fewer are free.
+  return function(k)
+    local start = k <= R and find_run(k) or nil
+    local seats = {}
+    if start then
+      for i = 0, k - 1 do seats[#seats + 1] = start + i end
+      return seats, true
     end
+    -- No run in any row: the k lowest free seats. Not adjacent by
+    -- construction (a run in one row would have been found above).
+    local pos = 0
+    for _ = 1, k do
+      pos = first_free(pos + 1, N)
+      if not pos then return nil end
+      seats[#seats + 1] = pos
+    end
+    return seats, false
   end
-  return nil
 end
 
 -- `count` seats by the rule above, or nil when fewer are free.
+local general
 local function best_available(k)
-  local start = k <= R and find_run(k) or nil
-  local seats = {}
-  if start then
-    for i = 0, k - 1 do seats[#seats + 1] = start + i end
-    return seats, true
+  if k == 1 then
+    -- The hot path: the lowest free seat in one BITPOS over the whole
+    -- map (bit 0 is always set, so 0 means the map is missing: then the
+    -- general search below). A map of all ones answers the bit past its
+    -- end, which is free if it is a seat.
+    local p = redis.call('BITPOS', K.map, '0')
+    if p >= 1 then
+      if p > N then return nil end
+      return { p }, true
+    end
   end
-  -- No run in any row: the k lowest free seats. Not adjacent by
-  -- construction (a run in one row would have been found above).
-  local pos = 0
-  for _ = 1, k do
-    pos = first_free(pos + 1, N)
-    if not pos then return nil end
-    seats[#seats + 1] = pos
-  end
-  return seats, false
+  general = general or general_search()
+  return general(k)
 end
 
 local seats, adjacent
 if mode == 'seats' then
-  local vals = redis.call('HMGET', K.seats, unpack(wanted))
+  local vals = redis.call('HMGET', K.seats, unpack(ints(wanted)))
   local taken = {}
   for i, s in ipairs(wanted) do
     if vals[i] then taken[#taken + 1] = s end
@@ -238,35 +275,48 @@ else
   while true do
     seats, adjacent = best_available(count)
     if not seats then return reply({ status = 'unavailable', seats = {} }) end
-    local vals = redis.call('HMGET', K.seats, unpack(seats))
+    local vals = redis.call('HMGET', K.seats, unpack(ints(seats)))
     local stale = false
     for i, s in ipairs(seats) do
       if vals[i] then
-        redis.call('SETBIT', K.map, s, 1)
+        redis.call('SETBIT', K.map, int(s), '1')
         stale = true
       end
     end
     if not stale then break end
-    maplen = redis.call('STRLEN', K.map) * 8
+    maplen = nil
   end
 end
 
 -- All checks passed: the writes.
 local n = hold_id_of(redis.call('INCR', KEYS[8]))
 local value = 'h:' .. n
+local ids = ints(seats)
 local fields = {}
-for _, s in ipairs(seats) do
-  fields[#fields + 1] = s
+for _, id in ipairs(ids) do
+  fields[#fields + 1] = id
   fields[#fields + 1] = value
-  redis.call('SETBIT', K.map, s, 1)
+  redis.call('SETBIT', K.map, id, '1')
 end
 redis.call('HSET', K.seats, unpack(fields))
-redis.call('HINCRBY', K.cfg, 'held', #seats)
+redis.call('HINCRBY', K.cfg, 'held', int(#seats))
 uheld_add(K, user, #seats)
 local deadline = now + cfg.hold_ms
-redis.call('HSET', K.holds, n, encode_hold({ user = user, seats = seats, deadline = deadline,
-  state = 'held', held_deadline = deadline, created = now }))
-redis.call('ZADD', K.dl, deadline, n)
+-- The record and the reply are written as JSON strings directly (what
+-- encode_hold and json would make of the same tables, without building
+-- and walking them): this is the hot path of a sale. A string of plain
+-- id characters needs no escaping, so cjson only sees the others.
+local function jstr(v)
+  if string.find(v, '^[%w%-_.:@]*$') then return '"' .. v .. '"' end
+  return cjson.encode(v)
+end
+local seat_list = '[' .. table.concat(ids, ',') .. ']'
+local dl_s = int(deadline)
+redis.call('HSET', K.holds, n, '{"user":' .. jstr(user) .. ',"seats":' .. seat_list
+  .. ',"deadline":' .. dl_s .. ',"state":"held","held_deadline":' .. dl_s
+  .. ',"created":' .. int(now) .. '}')
+redis.call('ZADD', K.dl, dl_s, n)
 
-return reply({ status = 'ok', hold = tonumber(n), seats = seats, adjacent = adjacent,
-               deadline = deadline, price = cfg.price })
+return '{"status":"ok","hold":' .. n .. ',"seats":' .. seat_list .. ',"adjacent":'
+  .. tostring(adjacent) .. ',"deadline":' .. dl_s .. ',"price":' .. jstr(cfg.price)
+  .. ',"expired":' .. int(expired) .. ',"expired_paying":' .. int(expired_paying) .. '}'

@@ -323,23 +323,25 @@ curl -fsS -o /dev/null -H "x-api-key: $SERVICE_KEY" -H 'content-type: applicatio
   \"queue\":{\"admit_per_second\":1000,\"max_active\":1000,\"active_ttl_seconds\":600,\"idle_timeout_seconds\":600,\"paused\":true},
   \"schedules\":[
     {\"schedule_id\":\"p1\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100},
-    {\"schedule_id\":\"p16\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}]}"
+    {\"schedule_id\":\"p16\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100},
+    {\"schedule_id\":\"probe\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":10,\"row_size\":10,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}]}"
 { cat lua/lib/queue.lua; printf '\n'; cat lua/lib/schedule.lua; printf '\n'; cat lua/place_hold.lua; } >"$OUT/place_hold.full.lua"
 SHA="$(rcli -x script load <"$OUT/place_hold.full.lua")"
 note "{ cat lua/lib/queue.lua; printf '\\n'; cat lua/lib/schedule.lua; printf '\\n'; cat lua/place_hold.lua; } | redis-cli -u $REDIS_URL -x script load   # -> $SHA; schedules p1, p16 of event $RB_EVENT created through POST /v1/admin/events (100000 seats, max_per_user 100)"
-rb_keys() { # SCHEDULE -> the 11 KEYS of place_hold (7 schedule, hold seq, 2 queue, ready mark)
+rb_keys() { # SCHEDULE -> the 13 KEYS of place_hold (7 schedule, hold seq, 4 buyer keys, ready mark)
     local k="${PREFIX}{ev:$RB_EVENT}"
     printf '%s ' "$k:s:$1:cfg" "$k:s:$1:seats" "$k:s:$1:map" "$k:s:$1:holds" "$k:s:$1:dl" "$k:s:$1:uheld" "$k:s:$1:ubought" "$k:hold:seq" \
-        "$k:q:adm" "$k:q:wait" "$k:ready"
+        "$k:q:adm" "$k:q:wait" "$k:q:adm:entry" "$k:q:poll" "$k:ready"
 }
 # place_hold checks that the user is admitted: admit every user id that
 # redis-benchmark's u__rand_int__ can produce (12-digit numbers below
-# RB_USERS), with an entry and a deadline far away.
+# RB_USERS), all with queue entry 1 (the calls' 4th argument) and a
+# deadline far away.
 RB_USERS=100000
 rcli eval "for i = 0, tonumber(ARGV[1]) - 1 do
   local u = string.format('u%012d', i)
   redis.call('ZADD', KEYS[1], 9999999999999, u)
-  redis.call('HSET', KEYS[2], u, i + 1)
+  redis.call('HSET', KEYS[2], u, 1)
 end" 2 "${PREFIX}{ev:$RB_EVENT}:q:adm" "${PREFIX}{ev:$RB_EVENT}:q:adm:entry" "$RB_USERS" >/dev/null
 rb() { # NAME REDIS-BENCHMARK-ARGS...
     local name=$1
@@ -349,14 +351,26 @@ rb() { # NAME REDIS-BENCHMARK-ARGS...
     timeout 120 redis-benchmark -u "$REDIS_URL" --csv "$@" >"$OUT/rb-$name.csv" 2>"$OUT/rb-$name.err"
     tail -n 1 "$OUT/rb-$name.csv"
 }
+# One call by hand first: it must place a hold (a wrong key list measured
+# an error path once).
 # shellcheck disable=SC2046 # the keys are words on purpose
-rb place_hold -c "$USERS" -n 60000 -r "$RB_USERS" EVALSHA "$SHA" 11 $(rb_keys p1) u__rand_int__ count 1
+RB_ONE="$(rcli evalsha "$SHA" 13 $(rb_keys probe) u000000000000 count 1 1)"
+[[ $RB_ONE == *'"status":"ok"'* ]] || { echo "bench: place_hold placed no hold: $RB_ONE" >&2; exit 1; }
 # shellcheck disable=SC2046
-rb place_hold_p16 -c "$USERS" -P 16 -n 60000 -r "$RB_USERS" EVALSHA "$SHA" 11 $(rb_keys p16) u__rand_int__ count 1
+rb place_hold -c "$USERS" -n 60000 -r "$RB_USERS" EVALSHA "$SHA" 13 $(rb_keys p1) u__rand_int__ count 1 1
+# shellcheck disable=SC2046
+rb place_hold_p16 -c "$USERS" -P 16 -n 60000 -r "$RB_USERS" EVALSHA "$SHA" 13 $(rb_keys p16) u__rand_int__ count 1 1
 for s in p1 p16; do
     printf '%s ' "$s" >>"$OUT/rb-place_hold.check"
     rcli hget "${PREFIX}{ev:$RB_EVENT}:s:$s:cfg" held >>"$OUT/rb-place_hold.check"
 done
+# place_hold next to a minimal one-key hold script, on a private Redis
+# (scripts/bench_hold_script.sh): its Redis cost per hold as a ratio.
+note "HOLD_BENCH_BIN=./target/$PROFILE/boxoffice scripts/bench_hold_script.sh"
+say "place_hold vs a minimal hold script (scripts/bench_hold_script.sh)"
+HOLD_BENCH_BIN="$BX" HOLD_BENCH_OUT="$OUT/hold_script.txt" scripts/bench_hold_script.sh >"$OUT/hold_script.log" 2>&1 ||
+    say "bench_hold_script failed; see $OUT/hold_script.log"
+tail -n 8 "$OUT/hold_script.log"
 # ZRANK in a 100k-member sorted set (the waiting room's position lookup);
 # members are the 12-digit numbers redis-benchmark's __rand_int__ makes.
 ZKEY="${PREFIX}zrank-bench"

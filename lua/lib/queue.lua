@@ -30,6 +30,14 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- An integer as a command argument. Redis 7.0 turns a Lua number given to
+-- redis.call into text with snprintf("%.17g"), which glibc does in
+-- multi-precision arithmetic: on the hot paths that cost as much as the
+-- commands themselves. '%d' is plain integer formatting, same text.
+local function int(x)
+  return string.format('%d', x)
+end
+
 local function queue_keys(i)
   return { cfg = KEYS[i], seq = KEYS[i + 1], wait = KEYS[i + 2], poll = KEYS[i + 3],
            adm = KEYS[i + 4], adm_entry = KEYS[i + 5], win = KEYS[i + 6],

@@ -68,6 +68,14 @@ end
 -- cjson (Redis' build) encodes {} as an object; every empty table in a
 -- reply is a list, so it is swapped for a marker and written as [].
 local EMPTY_ARRAY = '__boxoffice_empty_array__'
+local function has_empty_table(v)
+  if type(v) ~= 'table' then return false end
+  if next(v) == nil then return true end
+  for _, x in pairs(v) do
+    if has_empty_table(x) then return true end
+  end
+  return false
+end
 local function with_empty_arrays(v)
   if type(v) ~= 'table' then return v end
   if next(v) == nil then return EMPTY_ARRAY end
@@ -76,6 +84,8 @@ local function with_empty_arrays(v)
   return out
 end
 local function json(t)
+  -- Most replies have no empty table: encoded as they are, no copy.
+  if not has_empty_table(t) then return cjson.encode(t) end
   return (string.gsub(cjson.encode(with_empty_arrays(t)), '"' .. EMPTY_ARRAY .. '"', '[]'))
 end
 
@@ -141,7 +151,7 @@ end
 -- uheld[user] += delta; the field goes away at 0 (never stays negative).
 local function uheld_add(K, user, delta)
   if delta == 0 then return end
-  if redis.call('HINCRBY', K.uheld, user, delta) <= 0 then
+  if redis.call('HINCRBY', K.uheld, user, int(delta)) <= 0 then
     redis.call('HDEL', K.uheld, user)
   end
 end
@@ -170,7 +180,7 @@ end
 -- the schedule's last script call (sweep_holds keeps it short), each hold
 -- at most max_per_user seats.
 local function expire_due(K, now)
-  local due = redis.call('ZRANGEBYSCORE', K.dl, '-inf', now)
+  local due = redis.call('ZRANGEBYSCORE', K.dl, '-inf', int(now))
   local expired, paying = 0, 0
   for _, n in ipairs(due) do
     local rec = decode_hold(redis.call('HGET', K.holds, n))
@@ -203,7 +213,7 @@ local function admission(Q, user, entry, now)
   local deadline = redis.call('ZSCORE', Q.adm, user)
   if deadline then
     if tonumber(redis.call('HGET', Q.adm_entry, user)) == entry and tonumber(deadline) > now then
-      if Q.seen then redis.call('HSET', Q.seen, user, now) end
+      if Q.seen then redis.call('HSET', Q.seen, user, int(now)) end
       return nil
     end
     return { status = 'queue_gone' }

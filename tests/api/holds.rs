@@ -391,3 +391,56 @@ async fn waiting_and_foreign_tokens_cannot_hold() {
     }
     app.assert_script_invariants().await;
 }
+
+#[tokio::test]
+async fn one_seat_best_available_repairs_a_stale_map_and_never_sells_a_held_seat() {
+    // The one-seat hot path (one BITPOS over the map) still lets the seats
+    // hash have the last word: a lost map bit, or the whole map gone, is
+    // repaired, never held through.
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 20, 300, 10).await;
+    let t = app.admitted_users("e1", 3).await;
+    let r = app
+        .hold(&t[0], json!({"schedule_id": "d1", "seats": [1, 2]}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let k = app
+        .state
+        .redis
+        .keys()
+        .event(&boxoffice::ids::EventId::parse("e1").unwrap());
+    let map = k.seat_map(&boxoffice::ids::ScheduleId::parse("d1").unwrap());
+    redis_cli(&["SETBIT", &map, "1", "0"]).await;
+    let r = app
+        .hold(&t[1], json!({"schedule_id": "d1", "count": 1}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        seats_of(&r),
+        vec![3],
+        "seat 1 is held: its lost bit is no free seat"
+    );
+    assert_eq!(
+        redis_cli(&["GETBIT", &map, "1"]).await.trim(),
+        "1",
+        "the bit is repaired"
+    );
+    redis_cli(&["DEL", &map]).await;
+    let r = app
+        .hold(&t[2], json!({"schedule_id": "d1", "count": 1}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        seats_of(&r),
+        vec![4],
+        "seats 1 to 3 are held, the map is not"
+    );
+    for seat in ["1", "2", "3", "4"] {
+        assert_eq!(
+            redis_cli(&["GETBIT", &map, seat]).await.trim(),
+            "1",
+            "seat {seat}"
+        );
+    }
+    app.assert_script_invariants().await;
+}

@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# place_hold's Redis cost next to a minimal one-key hold script, measured
+# in the same run with redis-benchmark, pipelined (-P 16) so Redis is the
+# limit (docs/BENCHMARKS.md, "place_hold Redis cost").
+#
+# 1. starts a private redis-server on a free port (never the shared one)
+#    and the service against it and a fresh database, creates one event
+#    through the admin API (one fresh 100,000-seat schedule per run), then
+#    stops the service so nothing else runs scripts on that Redis;
+# 2. loads (a) place_hold exactly as the service sends it (lua/lib/queue.lua,
+#    a newline, lua/lib/schedule.lua, a newline, lua/place_hold.lua: see
+#    schedule_source! in src/store/redis.rs) with its 13 real KEYS, and
+#    (b) the reference: INCR a hold number + HSETNX seat -> "h:<n>";
+#    admits every user redis-benchmark's u__rand_int__ can produce;
+# 3. HOLD_BENCH_RUNS times, alternating: CONFIG RESETSTAT, redis-benchmark
+#    on one of them, INFO commandstats (evalsha usec_per_call); checks that
+#    every real call placed a hold (`held` == calls);
+# 4. prints the medians (holds/s, evalsha usec_per_call, and Redis' own
+#    main-thread CPU per call from INFO cpu) and the ratios real/minimal,
+#    and writes them to $HOLD_BENCH_OUT (key=value lines);
+# 5. stops what it started and drops its database, also on failure.
+#
+# Inputs (optional): DATABASE_URL (its server; a fresh database is used),
+# HOLD_BENCH_RUNS (5), HOLD_BENCH_CALLS (40000 per run), HOLD_BENCH_BIN
+# (target/release/boxoffice, else target/debug/boxoffice: the service only
+# creates the event, so its profile does not matter), HOLD_BENCH_OUT
+# (a file for the figures), HOLD_BENCH_CLIENTS (8), HOLD_BENCH_BEFORE (a
+# directory holding another lua/ tree, e.g. from `git archive <rev> lua`:
+# its place_hold is measured too, in the same runs, as "before").
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
+RUNS="${HOLD_BENCH_RUNS:-5}"
+CALLS="${HOLD_BENCH_CALLS:-40000}"
+CLIENTS="${HOLD_BENCH_CLIENTS:-8}"
+# redis-benchmark sends whole pipelines (-P 16) per client: round up so
+# that every request is counted.
+CALLS=$(((CALLS + CLIENTS * 16 - 1) / (CLIENTS * 16) * CLIENTS * 16))
+OUTFILE="${HOLD_BENCH_OUT:-}"
+BEFORE="${HOLD_BENCH_BEFORE:-}"
+[[ -z $BEFORE || -f $BEFORE/lib/schedule.lua ]] || { echo "bench_hold_script: HOLD_BENCH_BEFORE=$BEFORE has no lib/schedule.lua" >&2; exit 2; }
+BX="${HOLD_BENCH_BIN:-}"
+if [[ -z $BX ]]; then
+    BX="$ROOT/target/release/boxoffice"
+    [[ -x $BX ]] || BX="$ROOT/target/debug/boxoffice"
+fi
+[[ -x $BX ]] || { echo "bench_hold_script: $BX missing (cargo build)" >&2; exit 1; }
+[[ $CALLS -le 99000 ]] || { echo "bench_hold_script: HOLD_BENCH_CALLS must stay below the 100,000 seats" >&2; exit 2; }
+case "$DATABASE_URL" in
+    postgres*://*@127.0.0.1* | postgres*://*@localhost* | postgres*://127.0.0.1* | postgres*://localhost*) ;;
+    *) echo "bench_hold_script: DATABASE_URL must point at this machine" >&2; exit 2 ;;
+esac
+for tool in redis-server redis-cli redis-benchmark psql curl; do
+    command -v "$tool" >/dev/null || { echo "bench_hold_script: $tool is missing" >&2; exit 1; }
+done
+
+TS="$(date +%s)$$"
+DB="bx_holdbench_$TS"
+PG_BASE="${DATABASE_URL%%\?*}"
+PG_BASE="${PG_BASE%/*}"
+ADMIN_URL="$PG_BASE/postgres"
+KEY="holdbench-key"
+WORK="$(mktemp -d)"
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() { # FROM
+    local p
+    for ((p = $1; p < $1 + 200; p++)); do port_free "$p" && { echo "$p"; return 0; }; done
+    return 1
+}
+RPORT="$(free_port 16400)"
+HPORT="$(free_port 18400)"
+
+REDIS_PID="" SERVICE_PID="" DB_CREATED=0
+stop() { # PID
+    [[ -n $1 ]] && kill -0 "$1" 2>/dev/null || return 0
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop "$SERVICE_PID"
+    stop "$REDIS_PID"
+    if [[ $DB_CREATED -eq 1 ]]; then
+        psql -X -q "$ADMIN_URL" -c "drop database if exists \"$DB\" with (force)" >/dev/null 2>&1 ||
+            echo "bench_hold_script: could not drop database $DB" >&2
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A private Redis: no persistence, nothing else on it.
+redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+R="redis://127.0.0.1:$RPORT"
+rcli() { redis-cli -u "$R" "$@"; }
+for _ in $(seq 50); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+psql -X -q -v ON_ERROR_STOP=1 "$ADMIN_URL" -c "create database \"$DB\""
+DB_CREATED=1
+env BOXOFFICE_ADDR="127.0.0.1:$HPORT" DATABASE_URL="$PG_BASE/$DB" REDIS_URL="$R" BOXOFFICE_REDIS_PREFIX="hb:" \
+    BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="holdbench-token-secret-$TS" RUST_LOG=warn \
+    "$BX" serve >"$WORK/service.log" 2>&1 &
+SERVICE_PID=$!
+for i in $(seq 600); do
+    curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$HPORT/readyz" 2>/dev/null && break
+    [[ $i -eq 600 ]] && { tail -n 20 "$WORK/service.log" >&2; echo "bench_hold_script: service not ready" >&2; exit 1; }
+    sleep 0.1
+done
+SCHEDULES=""
+for ((i = 1; i <= RUNS; i++)); do
+    SCHEDULES+=",{\"schedule_id\":\"b$i\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}"
+    SCHEDULES+=",{\"schedule_id\":\"r$i\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}"
+done
+curl -fsS -o /dev/null -H "x-api-key: $KEY" -H 'content-type: application/json' "http://127.0.0.1:$HPORT/v1/admin/events" -d "{
+  \"event_id\":\"hb\",\"name\":\"place_hold bench\",
+  \"queue\":{\"admit_per_second\":1000,\"max_active\":1000,\"active_ttl_seconds\":600,\"idle_timeout_seconds\":600,\"paused\":true},
+  \"schedules\":[${SCHEDULES#,}]}"
+stop "$SERVICE_PID"
+SERVICE_PID=""
+
+E="hb:{ev:hb}"
+[[ $(rcli exists "$E:ready") == 1 ]] || { echo "bench_hold_script: the event has no ready mark" >&2; exit 1; }
+# Admit every user id u__rand_int__ can produce (u + 12 digits below
+# USERS), all with queue entry 1 (the 4th argument of every call).
+USERS=100000
+rcli eval "for i = 0, tonumber(ARGV[1]) - 1 do
+  local u = string.format('u%012d', i)
+  redis.call('ZADD', KEYS[1], 9999999999999, u)
+  redis.call('HSET', KEYS[2], u, 1)
+end" 2 "$E:q:adm" "$E:q:adm:entry" "$USERS" >/dev/null
+
+load_place_hold() { # LUA-DIR -> sha
+    { cat "$1/lib/queue.lua"; printf '\n'; cat "$1/lib/schedule.lua"; printf '\n'; cat "$1/place_hold.lua"; } | rcli -x script load
+}
+REAL="$(load_place_hold lua)"
+[[ -z $BEFORE ]] || OLD="$(load_place_hold "$BEFORE")"
+# The reference: a hold number and one seat taken with it (seat = the
+# number, so every call writes), the least a hold can cost.
+MINI="$(rcli script load "local n = redis.call('INCR', KEYS[2])
+redis.call('HSETNX', KEYS[1], n, 'h:' .. n)
+return n")"
+# The 13 KEYS of place_hold, in EventKeys order: the schedule's 7, the
+# hold sequence, the buyer keys (adm, wait, adm_entry, poll), ready.
+real_keys() { # SCHEDULE
+    local s="$E:s:$1"
+    echo "$s:cfg $s:seats $s:map $s:holds $s:dl $s:uheld $s:ubought $E:hold:seq $E:q:adm $E:q:wait $E:q:adm:entry $E:q:poll $E:ready"
+}
+
+# One call first, by hand: it must place a hold.
+# shellcheck disable=SC2046
+ONE="$(rcli evalsha "$REAL" 13 $(real_keys r1) u000000000001 count 1 1)"
+[[ $ONE == *'"status":"ok"'* ]] || { echo "bench_hold_script: place_hold did not place a hold: $ONE" >&2; exit 1; }
+echo "one call: $ONE"
+
+usec() { rcli info commandstats | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p'; }
+cpu() { rcli info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user)_main_thread:/ {s += $2} END {printf "%.6f", s}'; }
+bench() { # ARGS... -> "rps usec_per_call cpu_usec_per_call"
+    rcli config resetstat >/dev/null
+    local rps c0 c1
+    c0="$(cpu)"
+    rps="$(timeout 300 redis-benchmark -u "$R" -c "$CLIENTS" -P 16 -n "$CALLS" -r "$USERS" --csv "$@" 2>/dev/null | tail -n 1 | cut -d, -f2 | tr -d '"')"
+    c1="$(cpu)"
+    echo "$rps $(usec) $(awk -v a="$c0" -v b="$c1" -v n="$CALLS" 'BEGIN {printf "%.2f", (b - a) / n * 1e6}')"
+}
+real_run() { # SHA SCHEDULE -> "rps usec cpu", after checking every call placed a hold
+    local held0 held out
+    held0="$(rcli hget "$E:s:$2:cfg" held)"
+    # shellcheck disable=SC2046
+    out="$(bench EVALSHA "$1" 13 $(real_keys "$2") u__rand_int__ count 1 1)"
+    held="$(rcli hget "$E:s:$2:cfg" held)"
+    [[ $((held - ${held0:-0})) -eq $CALLS ]] ||
+        { echo "bench_hold_script: schedule $2 got $((held - ${held0:-0})) holds for $CALLS calls" >&2; return 1; }
+    echo "$out"
+}
+CMD_REAL="redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $CALLS -r $USERS --csv EVALSHA <place_hold> 13 <keys of schedule rI> u__rand_int__ count 1 1"
+CMD_MINI="redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $CALLS -r $USERS --csv EVALSHA <minimal> 2 <seats key mI> <seq key> u__rand_int__"
+echo "$CMD_REAL"
+echo "$CMD_MINI"
+: >"$WORK/real" && : >"$WORK/mini"
+show() { printf '%s %8.0f/s %6.2f us/call %6.2f us cpu/call' "$1" "$2" "$3" "$4"; }
+: >"$WORK/before"
+for ((i = 1; i <= RUNS; i++)); do
+    line="run $i:"
+    if [[ -n $BEFORE ]]; then
+        real_run "$OLD" "b$i" >>"$WORK/before"
+        line+=" $(show before $(tail -n 1 "$WORK/before")) |"
+    fi
+    real_run "$REAL" "r$i" >>"$WORK/real"
+    rcli info commandstats | tr -d '\r' | grep '^cmdstat_' >"$WORK/stats.real"
+    bench EVALSHA "$MINI" 2 "$E:m$i:seats" "$E:m:seq" u__rand_int__ >>"$WORK/mini"
+    # shellcheck disable=SC2046
+    echo "$line $(show place_hold $(tail -n 1 "$WORK/real")) | $(show minimal $(tail -n 1 "$WORK/mini"))"
+done
+median() { # FILE COLUMN
+    sort -g -k"$2","$2" "$1" | awk -v c="$2" '{v[NR] = $c} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+figures() { # NAME FILE MINI-FILE -> key=value lines: medians and ratios to the minimal script
+    awk -v name="$1" -v r="$(median "$2" 1)" -v u="$(median "$2" 2)" -v c="$(median "$2" 3)" \
+        -v mr="$(median "$3" 1)" -v mu="$(median "$3" 2)" -v mc="$(median "$3" 3)" 'BEGIN {
+      printf "%s_per_s=%.0f\n%s_usec_per_call=%.2f\n%s_cpu_usec_per_call=%.2f\n", name, r, name, u, name, c
+      printf "%s_ratio_usec=%.2f\n%s_ratio_cpu=%.2f\n%s_ratio_rate=%.2f\n", name, u / mu, name, c / mc, name, mr / r }'
+}
+RESULT="runs=$RUNS
+calls_per_run=$CALLS
+$(figures place_hold "$WORK/real" "$WORK/mini")"
+[[ -z $BEFORE ]] || RESULT+="
+$(figures before "$WORK/before" "$WORK/mini")"
+RESULT+="
+$(awk -v r="$(median "$WORK/mini" 1)" -v u="$(median "$WORK/mini" 2)" -v c="$(median "$WORK/mini" 3)" 'BEGIN {
+  printf "minimal_per_s=%.0f\nminimal_usec_per_call=%.2f\nminimal_cpu_usec_per_call=%.2f", r, u, c }')"
+echo "Redis commands of the last place_hold run (calls, usec_per_call):"
+sed 's/^cmdstat_\([a-z|]*\):calls=\([0-9]*\),usec=[0-9]*,usec_per_call=\([0-9.]*\).*/  \1 \2 \3/' "$WORK/stats.real" | sort -k2,2nr
+echo "medians of $RUNS runs:"
+echo "$RESULT"
+[[ -z $OUTFILE ]] || echo "$RESULT" >"$OUTFILE"
