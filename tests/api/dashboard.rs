@@ -136,8 +136,10 @@ async fn dashboard_renders_seat_maps_and_figures_in_chromium() {
         "revenue shows 50,000"
     );
     assert!(
-        dom.contains("data-testid=\"effective-rate\">5 / s<"),
-        "the rate in use shows the demo's fixed 5 / s"
+        dom.contains("id=\"effective-rate\">5 / s<"),
+        "the rate in use shows the demo's fixed 5 / s: {}",
+        dom.find("effective-rate")
+            .map_or("", |i| &dom[i..(i + 120).min(dom.len())])
     );
 
     // Screenshot for the docs, on request (`BOXOFFICE_DASHBOARD_SCREENSHOT=docs/dashboard.png`).
