@@ -202,8 +202,8 @@ say "service (pid $SERVICE_PID) on $HOST, ceiling (pid $CEILING_PID) on $CHOST"
 PG_CLIENTS=24 # the service's PostgreSQL pool (max_connections in src/store/pg.rs)
 pgb_setup() {
     psql -X -q -v ON_ERROR_STOP=1 "$BENCH_DB_URL" <<'SQL'
-insert into events (event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds)
-values ('pgb', 'pgbench', 1000, 1000, 600, 600);
+insert into events (event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, max_admit_per_second)
+values ('pgb', 'pgbench', 1000, 1000, 600, 600, 1000);
 insert into schedules (event_id, schedule_id, starts_at, seats, row_size, price, hold_seconds, max_per_user)
 values ('pgb', 's1', '2030-01-01T19:00:00Z', 100000, 50, 1000, 600, 100);
 insert into wallets (user_id, balance) select 'pgb-' || i, 1000000000000 from generate_series(0, 200) i;
