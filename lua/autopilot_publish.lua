@@ -61,7 +61,7 @@ local due = now - step_ms >= min_step_ms
 if due then redis.call('HSET', KEYS[2], 'step_ms', now) end
 
 local admit_per_second = tonumber(cfg[1])
-return cjson.encode({
+return json({
   status = 'ok',
   mode = cfg[2] == 'auto' and 'auto' or 'fixed',
   target_p99_ms = tonumber(cfg[3] or '50'),

@@ -65,30 +65,6 @@ local function bad_arg(what)
   return redis.error_reply('ERR boxoffice script: bad argument: ' .. what)
 end
 
--- cjson (Redis' build) encodes {} as an object; every empty table in a
--- reply is a list, so it is swapped for a marker and written as [].
-local EMPTY_ARRAY = '__boxoffice_empty_array__'
-local function has_empty_table(v)
-  if type(v) ~= 'table' then return false end
-  if next(v) == nil then return true end
-  for _, x in pairs(v) do
-    if has_empty_table(x) then return true end
-  end
-  return false
-end
-local function with_empty_arrays(v)
-  if type(v) ~= 'table' then return v end
-  if next(v) == nil then return EMPTY_ARRAY end
-  local out = {}
-  for k, x in pairs(v) do out[k] = with_empty_arrays(x) end
-  return out
-end
-local function json(t)
-  -- Most replies have no empty table: encoded as they are, no copy.
-  if not has_empty_table(t) then return cjson.encode(t) end
-  return (string.gsub(cjson.encode(with_empty_arrays(t)), '"' .. EMPTY_ARRAY .. '"', '[]'))
-end
-
 -- Hold numbers travel as decimal strings without leading zeros ("7"), the
 -- form INCR produced and every seat value "h:<n>" uses.
 local function hold_id(s)

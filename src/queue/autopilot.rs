@@ -380,23 +380,9 @@ struct Published {
     waiting: u64,
     /// This call took the event's control step for this second.
     due: bool,
-    // An empty Lua table encodes as `{}`, not `[]`.
-    #[serde(deserialize_with = "list_or_empty")]
     windows: Vec<String>,
 }
 
-fn list_or_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum L {
-        List(Vec<String>),
-        Empty {},
-    }
-    Ok(match L::deserialize(d)? {
-        L::List(v) => v,
-        L::Empty {} => Vec::new(),
-    })
-}
 
 /// `autopilot_apply.lua`'s reply.
 #[derive(Deserialize)]
