@@ -383,7 +383,6 @@ struct Published {
     windows: Vec<String>,
 }
 
-
 /// `autopilot_apply.lua`'s reply.
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]

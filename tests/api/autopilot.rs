@@ -410,3 +410,59 @@ async fn autopilot_settings_are_validated_stored_and_drive_the_redis_rate() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(cfg().await, None);
 }
+
+/// The control step is taken once per interval however many instances
+/// publish at once (`autopilot_publish.lua` hands it out on Redis TIME):
+/// 300 concurrent publishes from 30 instance fields, two intervals apart,
+/// give exactly one step in each, and every instance's window is read.
+#[tokio::test]
+async fn one_instance_takes_the_control_step_per_interval_whoever_publishes() {
+    let app = spawn_app().await;
+    let r = app
+        .create_event(
+            "e1",
+            json!({"admit_per_second": 50, "max_active": 100, "active_ttl_seconds": 600,
+                   "idle_timeout_seconds": 600, "admission_mode": "auto"}),
+            json!([{"schedule_id": "d1", "starts_at": "2026-12-24T20:00:00Z", "seats": 10,
+                    "row_size": 10, "price": "1000", "hold_seconds": 10, "max_per_user": 2}]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let redis = &app.state.redis;
+    let k = redis
+        .keys()
+        .event(&boxoffice::ids::EventId::parse("e1").unwrap());
+    let publish = |i: usize| {
+        let keys = vec![k.config(), k.autopilot(), k.queue_waiting()];
+        // Field, an empty window (no pool figure, no counts), stale after
+        // 3 s, one step per 60 s so both rounds below stay in one interval.
+        let args = vec![
+            format!("i:inst{}", i % 30),
+            ";".into(),
+            "3000".into(),
+            "60000".into(),
+        ];
+        async move {
+            let raw = redis
+                .run(&boxoffice::store::redis::AUTOPILOT_PUBLISH, keys, args)
+                .await
+                .unwrap();
+            serde_json::from_str::<Value>(&raw).unwrap()
+        }
+    };
+    let replies = join_all((0..300).map(publish)).await;
+    let steps = replies.iter().filter(|r| r["due"] == true).count();
+    assert_eq!(steps, 1, "exactly one publisher took the step");
+    assert!(replies.iter().all(|r| r["status"] == "ok"));
+    let last = replies
+        .iter()
+        .map(|r| r["windows"].as_array().map_or(0, Vec::len))
+        .max();
+    assert_eq!(last, Some(30), "every instance's window is read back");
+    // Still inside the interval: nobody gets another step.
+    let again = join_all((0..100).map(publish)).await;
+    assert!(
+        again.iter().all(|r| r["due"] == false),
+        "no second step in one interval"
+    );
+}
