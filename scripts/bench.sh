@@ -7,8 +7,11 @@
 # 3. runs BENCH_RUNS passes (at least 2), one after the other, each of:
 #    every Goose scenario at a fixed size (BENCH_USERS users, BENCH_SECONDS
 #    each), the flash sale (BENCH_BUYERS buyers for BENCH_SEATS seats, a
-#    fresh event each pass) and `pgbench` on the payment transaction; then,
-#    once, `redis-benchmark` on the real place_hold script and on ZRANK. The
+#    fresh event each time) at the fixed admission rate and again with the
+#    autopilot on, with the service's /metrics scraped around each, and
+#    `pgbench` on the payment transaction; then, once, the capacity-at-SLO
+#    search (scripts/bench_capacity.sh) and `redis-benchmark` on the real
+#    place_hold script and on ZRANK. The
 #    report gives the median of the passes with their spread, and takes
 #    every verdict on the median (one pass is not a measurement: the join
 #    moved from 48 % to 50.5 % of the ceiling between two single runs);
@@ -29,12 +32,17 @@
 # out scripts/bench_stream.sh / scripts/bench_prequeue.sh), BENCH_SKIP_BUILD=1 (use the binaries in
 # target/<profile> as they are), BENCH_PROFILE (release; `dev` only to try
 # the script itself: debug figures mean nothing), BENCH_REPORT
-# (docs/BENCHMARKS.md; the chart goes beside it in bench/throughput.svg).
+# (docs/BENCHMARKS.md; the chart goes beside it in bench/throughput.svg),
+# BENCH_METRICS_PORT (18082), BENCH_CONNECTIONS (20000 keep-alive
+# connections for the connection cost; 0 = leave it out), BENCH_SKIP_CAPACITY=1 (leave out the
+# capacity-at-SLO search, scripts/bench_capacity.sh).
 # The default sizes take about 6 minutes after the build on 2 cores.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
@@ -47,6 +55,7 @@ MAX_ACTIVE="${BENCH_MAX_ACTIVE:-1000}"
 WAITING="${BENCH_WAITING:-1000000}"
 PORT="${BENCH_PORT:-18080}"
 CPORT="${CEILING_PORT:-18081}"
+MPORT="${BENCH_METRICS_PORT:-18082}"
 RUNS="${BENCH_RUNS:-2}"
 PROFILE="${BENCH_PROFILE:-release}"
 REPORT="${BENCH_REPORT:-docs/BENCHMARKS.md}"
@@ -63,21 +72,12 @@ TOKEN_SECRET="bench-token-secret-$TS"
 HOST="http://127.0.0.1:$PORT"
 CHOST="http://127.0.0.1:$CPORT"
 
-case "$REDIS_URL" in
-    redis://127.0.0.1* | redis://localhost* | redis://\[::1\]*) ;;
-    *) echo "bench: REDIS_URL must point at this machine (127.0.0.1), got $REDIS_URL" >&2; exit 2 ;;
-esac
-case "$DATABASE_URL" in
-    postgres*://*@127.0.0.1* | postgres*://*@localhost* | postgres*://127.0.0.1* | postgres*://localhost*) ;;
-    *) echo "bench: DATABASE_URL must point at this machine (127.0.0.1)" >&2; exit 2 ;;
-esac
-PG_BASE="${DATABASE_URL%%\?*}"
-PG_BASE="${PG_BASE%/*}"
-ADMIN_URL="$PG_BASE/postgres"
-BENCH_DB_URL="$PG_BASE/$DB"
+bench_local_only
+ADMIN_URL="$(bench_admin_url)"
+BENCH_DB_URL="$(bench_db_url "$DB")"
 
 mkdir -p "$OUT"
-say() { printf '[bench %4ds] %s\n' "$(($(date +%s) - TS))" "$*"; }
+say() { bench_say "$@"; }
 rcli() { redis-cli -u "$REDIS_URL" "$@"; }
 # Every command that produces a figure is logged verbatim for the report.
 note() { printf '%s\n' "$*" >>"$OUT/commands.txt"; }
@@ -88,57 +88,28 @@ DB_CREATED=0
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    for pid in "$SERVICE_PID" "$CEILING_PID"; do
-        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
-    done
+    bench_stop "$SERVICE_PID"
+    bench_stop "$CEILING_PID"
     local n
-    n="$(rcli --scan --pattern "${PREFIX}*" 2>/dev/null | tee "$OUT/.keys" | wc -l)" || n=0
-    if [[ $n -gt 0 ]]; then
-        xargs -r -d '\n' -n 500 redis-cli -u "$REDIS_URL" unlink <"$OUT/.keys" >/dev/null || true
-    fi
-    rm -f "$OUT/.keys"
-    if [[ $DB_CREATED -eq 1 ]]; then
-        psql -X -q "$ADMIN_URL" -c "drop database if exists \"$DB\" with (force)" >/dev/null 2>&1 ||
-            echo "bench: could not drop database $DB" >&2
-    fi
+    n="$(bench_unlink_prefix "$PREFIX")"
+    [[ $DB_CREATED -eq 1 ]] && bench_drop_db "$DB"
     say "cleaned up: stopped service and ceiling server, deleted $n Redis keys under '$PREFIX', dropped $DB"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_http() { # URL SECONDS
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 # ------------------------------------------------------------------ build
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     say "building $PROFILE binaries (cargo build --profile $PROFILE -p boxoffice -p loadtest)"
     cargo build --profile "$PROFILE" -p boxoffice -p loadtest
 fi
-# Let the build's load drain first (the one-minute load average below 1.5,
-# for at most 60 s): a run started on the compiler's heels measured its
-# first scenarios on a machine still busy.
-for _ in $(seq 60); do
-    awk '{exit !($1 < 1.5)}' /proc/loadavg && break
-    sleep 1
-done
+bench_wait_quiet
 BUILT="$(date +%s.%N)"
 BX="$BIN_DIR/boxoffice"
 LT="$BIN_DIR/loadtest"
 CEIL="$BIN_DIR/ceiling"
-for b in "$BX" "$LT" "$CEIL"; do [[ -x $b ]] || { echo "bench: $b missing" >&2; exit 1; }; done
+for b in "$BX" "$LT" "$CEIL" "$BIN_DIR/conn_bench"; do [[ -x $b ]] || { echo "bench: $b missing" >&2; exit 1; }; done
 command -v pgbench >/dev/null || {
     say "pgbench missing: apt-get install -y postgresql-contrib"
     apt-get install -y postgresql-contrib >/dev/null
@@ -146,8 +117,9 @@ command -v pgbench >/dev/null || {
 for tool in redis-cli redis-benchmark psql curl python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
 done
-port_free "$PORT" || { echo "bench: port $PORT is in use (set BENCH_PORT)" >&2; exit 1; }
-port_free "$CPORT" || { echo "bench: port $CPORT is in use (set CEILING_PORT)" >&2; exit 1; }
+bench_port_free "$PORT" || { echo "bench: port $PORT is in use (set BENCH_PORT)" >&2; exit 1; }
+bench_port_free "$CPORT" || { echo "bench: port $CPORT is in use (set CEILING_PORT)" >&2; exit 1; }
+bench_port_free "$MPORT" || { echo "bench: port $MPORT is in use (set BENCH_METRICS_PORT)" >&2; exit 1; }
 
 # ------------------------------------------------------------- machine
 {
@@ -180,7 +152,10 @@ export LOADTEST_REPORT_DIR="$OUT"
 note "export REDIS_URL=$REDIS_URL BOXOFFICE_REDIS_PREFIX=$PREFIX BOXOFFICE_SERVICE_KEY=$SERVICE_KEY BOXOFFICE_TOKEN_SECRET=$TOKEN_SECRET LOADTEST_REPORT_DIR=${OUT#"$ROOT"/}"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-SERVICE_ENV=(BOXOFFICE_ADDR="127.0.0.1:$PORT" DATABASE_URL="$BENCH_DB_URL" REDIS_URL="$REDIS_URL"
+# One connection per buyer, as browsers would: the flash sale's 20,000 and
+# the capacity search's arrivals need more than the default cap (4,096).
+SERVICE_ENV=(BOXOFFICE_ADDR="127.0.0.1:$PORT" BOXOFFICE_METRICS_ADDR="127.0.0.1:$MPORT"
+    BOXOFFICE_HTTP_MAX_CONNECTIONS=60000 DATABASE_URL="$BENCH_DB_URL" REDIS_URL="$REDIS_URL"
     BOXOFFICE_REDIS_PREFIX="$PREFIX" BOXOFFICE_RATE_PER_IP=0 BOXOFFICE_RATE_PER_TOKEN=0 RUST_LOG=warn
     BOXOFFICE_SERVICE_KEY="$SERVICE_KEY" BOXOFFICE_TOKEN_SECRET="$TOKEN_SECRET")
 note "env ${SERVICE_ENV[*]} ./target/release/boxoffice serve"
@@ -189,8 +164,8 @@ SERVICE_PID=$!
 note "CEILING_ADDR=127.0.0.1:$CPORT REDIS_URL=$REDIS_URL BOXOFFICE_REDIS_PREFIX=$PREFIX ./target/release/ceiling"
 CEILING_ADDR="127.0.0.1:$CPORT" "$CEIL" >"$OUT/ceiling.log" 2>&1 &
 CEILING_PID=$!
-wait_http "$HOST/readyz" 60 || { tail -n 30 "$OUT/service.log" >&2; echo "bench: service not ready" >&2; exit 1; }
-wait_http "$CHOST/ceiling" 20 || { tail -n 30 "$OUT/ceiling.log" >&2; echo "bench: ceiling not ready" >&2; exit 1; }
+bench_wait_http "$HOST/readyz" 60 || { tail -n 30 "$OUT/service.log" >&2; echo "bench: service not ready" >&2; exit 1; }
+bench_wait_http "$CHOST/ceiling" 20 || { tail -n 30 "$OUT/ceiling.log" >&2; echo "bench: ceiling not ready" >&2; exit 1; }
 say "service (pid $SERVICE_PID) on $HOST, ceiling (pid $CEILING_PID) on $CHOST"
 
 # ------------------------------------------------------------ scenarios
@@ -273,6 +248,14 @@ lt() { # SCENARIO GOOSE-ARGS...
     sed -n '/^== /,/^loadtest: wrote/p' "$LOADTEST_REPORT_DIR/$name.log" | grep -v '^loadtest: wrote' | head -n 30 || true
 }
 STEADY=(-u "$USERS" -r "$USERS" -t "${SECS}s")
+# Around each flash sale: the service's /metrics, every component's CPU
+# time (scripts/cpu_snapshot.py) and Redis's per-command statistics, so the
+# report can say where the time went.
+snapshot() { # DIR WHEN
+    curl -fsS --max-time 10 "http://127.0.0.1:$MPORT/metrics" >"$1/metrics-$2.txt" || echo "bench: /metrics scrape failed" >&2
+    python3 scripts/cpu_snapshot.py "$SERVICE_PID" >"$1/cpu-$2.json"
+    rcli info commandstats >"$1/commandstats-$2.txt"
+}
 for ((RUN = 1; RUN <= RUNS; RUN++)); do
     export LOADTEST_REPORT_DIR="$OUT/run$RUN"
     mkdir -p "$LOADTEST_REPORT_DIR"
@@ -284,9 +267,18 @@ for ((RUN = 1; RUN <= RUNS; RUN++)); do
     lt hot-seat --host "$HOST" "${STEADY[@]}"
     lt payment --host "$HOST" "${STEADY[@]}"
     LT_ENV="LOADTEST_WAITING=$WAITING " LOADTEST_WAITING="$WAITING" lt poll-storm --host "$HOST" "${STEADY[@]}"
-    LT_ENV="LOADTEST_SEATS=$SEATS LOADTEST_ADMIT_PER_SECOND=$ADMIT LOADTEST_MAX_ACTIVE=$MAX_ACTIVE " \
-        LOADTEST_SEATS="$SEATS" LOADTEST_ADMIT_PER_SECOND="$ADMIT" LOADTEST_MAX_ACTIVE="$MAX_ACTIVE" \
-        lt flash-sale --host "$HOST" -u "$BUYERS" -r 2000
+    # The flash sale twice: at the fixed admission rate, then with the
+    # autopilot steering it (up to the same rate), each between snapshots.
+    for MODE in fixed auto; do
+        SALE_DIR="$LOADTEST_REPORT_DIR/$([[ $MODE == auto ]] && echo auto || echo .)"
+        mkdir -p "$SALE_DIR"
+        snapshot "$SALE_DIR" before
+        LT_ENV="LOADTEST_SEATS=$SEATS LOADTEST_ADMIT_PER_SECOND=$ADMIT LOADTEST_MAX_ACTIVE=$MAX_ACTIVE LOADTEST_ADMISSION=$MODE " \
+            LOADTEST_REPORT_DIR="$SALE_DIR" LOADTEST_SEATS="$SEATS" LOADTEST_ADMIT_PER_SECOND="$ADMIT" \
+            LOADTEST_MAX_ACTIVE="$MAX_ACTIVE" LOADTEST_ADMISSION="$MODE" \
+            lt flash-sale --host "$HOST" -u "$BUYERS" -r 2000
+        snapshot "$SALE_DIR" after
+    done
     note "pgbench -n -M prepared -c $PG_CLIENTS -j 2 -T $SECS -l -f payment.pgbench.sql postgres://…/$DB"
     say "pgbench: payment transaction, $PG_CLIENTS clients, ${SECS}s (pass $RUN)"
     pgb_setup
@@ -297,6 +289,25 @@ for ((RUN = 1; RUN <= RUNS; RUN++)); do
     pgb_teardown
 done
 export LOADTEST_REPORT_DIR="$OUT"
+
+# ------------------------------------------------------- capacity at SLO
+if [[ ${BENCH_SKIP_CAPACITY:-0} != 1 ]]; then
+    say "capacity at SLO (scripts/bench_capacity.sh)"
+    note "HOST=$HOST LT=./target/release/loadtest OUT=${OUT#"$ROOT"/}/capacity scripts/bench_capacity.sh"
+    HOST="$HOST" LT="$LT" OUT="$OUT/capacity" scripts/bench_capacity.sh | tee "$OUT/capacity.log" ||
+        say "capacity search failed; see $OUT/capacity.log"
+fi
+
+# ---------------------------------------------- what connections cost
+# BENCH_CONNECTIONS (20000) keep-alive connections held open on the
+# service, idle and then each polling every 5 s (loadtest's conn_bench).
+if [[ ${BENCH_CONNECTIONS:-20000} -gt 0 ]]; then
+    say "connections: ${BENCH_CONNECTIONS:-20000} keep-alive connections, idle then polling (conn_bench)"
+    note "./target/release/conn_bench 127.0.0.1:$PORT <service pid> ${BENCH_CONNECTIONS:-20000} 20 5000"
+    timeout 180 "$BIN_DIR/conn_bench" "127.0.0.1:$PORT" "$SERVICE_PID" "${BENCH_CONNECTIONS:-20000}" 20 5000 \
+        >"$OUT/connections.json" 2>"$OUT/connections.err" || say "conn_bench failed; see $OUT/connections.err"
+    cat "$OUT/connections.json"
+fi
 
 # ---------------------------------------------------------------- audit
 if "$BX" audit --help >/dev/null 2>&1; then

@@ -131,6 +131,101 @@ def service_log(dirpath):
     return errors, finished, fixed
 
 
+HISTOGRAM = "boxoffice_http_request_duration_seconds_bucket"
+DEPENDENCY_HISTOGRAM = "boxoffice_dependency_duration_seconds_bucket"
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def buckets(path, histogram=HISTOGRAM, *keys):
+    """{(label values...): {le: count}} of one latency histogram in one /metrics
+    scrape, summed over the other labels (by default: per method and route)."""
+    keys = keys or ("method", "route")
+    out = {}
+    for line in read_text(path).splitlines():
+        if not line.startswith(histogram + "{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        lab = dict(LABEL.findall(labels))
+        le = float("inf") if lab["le"] == "+Inf" else float(lab["le"])
+        per = out.setdefault(tuple(lab.get(k, "") for k in keys), {})
+        per[le] = per.get(le, 0) + float(value)
+    return out
+
+
+def quantile(q, cumulative):
+    """Prometheus's histogram_quantile: linear within the bucket that holds q."""
+    les = sorted(cumulative)
+    total = cumulative[les[-1]]
+    if total <= 0:
+        return None
+    rank, prev_le, prev_n = q * total, 0.0, 0.0
+    for le in les:
+        n = cumulative[le]
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1e-9)
+        prev_le, prev_n = le, n
+    return les[-2] if len(les) > 1 else None
+
+
+def service_p99(sale_dir, histogram=HISTOGRAM, *keys):
+    """The service's own p99 (ms) and count per route (or other labels) over
+    one flash sale: the difference of the scrapes before and after it."""
+    before = buckets(os.path.join(sale_dir, "metrics-before.txt"), histogram, *keys)
+    after = buckets(os.path.join(sale_dir, "metrics-after.txt"), histogram, *keys)
+    out = {}
+    for key, cum in after.items():
+        old = before.get(key, {})
+        diff = {le: n - old.get(le, 0) for le, n in cum.items()}
+        count = diff.get(float("inf"), 0)
+        if count > 0:
+            p99 = quantile(0.99, diff)
+            out[key] = {"count": int(count), "p99_ms": None if p99 is None else p99 * 1000}
+    return out
+
+
+def cpu_shares(sale_dir):
+    """Each component's share of the machine's CPU time over one flash sale
+    (scripts/cpu_snapshot.py before and after), with the wall time."""
+    a, z = load_json(os.path.join(sale_dir, "cpu-before.json")), load_json(os.path.join(sale_dir, "cpu-after.json"))
+    if not a or not z:
+        return None
+    m = {k: z["machine"][k] - a["machine"][k] for k in z["machine"]}
+    total = sum(m.values()) or 1e-9
+    out = {g: {"user": (z["groups"][g][0] - a["groups"][g][0]) / total, "system": (z["groups"][g][1] - a["groups"][g][1]) / total}
+           for g in z["groups"]}
+    # The generator exits before the snapshot after the sale: its own
+    # figure (the load test's CPU over the run) stands in for it.
+    gen = (load_json(os.path.join(sale_dir, "flash-sale-summary.json")) or {}).get("extra", {}).get("generator_cpu_seconds")
+    if gen is not None:
+        out["generator"] = {"user": gen / total, "system": 0.0}
+    named = sum(v["user"] + v["system"] for v in out.values())
+    out["other processes"] = {"user": max(0.0, (m["user"] + m["system"]) / total - named), "system": 0.0}
+    out["idle"] = {"user": m["idle"] / total, "system": 0.0}
+    out["_kernel"] = m["system"] / total
+    out["_wall_s"] = total / (z.get("nproc") or 1)
+    return out
+
+
+def redis_calls(sale_dir):
+    """{command: (calls, usec per call)} from INFO commandstats before and after one sale."""
+    def parse(path):
+        out = {}
+        for line in read_text(path).splitlines():
+            m = re.match(r"cmdstat_(\w+):calls=(\d+),usec=(\d+)", line.strip())
+            if m:
+                out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+        return out
+    a, z = parse(os.path.join(sale_dir, "commandstats-before.txt")), parse(os.path.join(sale_dir, "commandstats-after.txt"))
+    out = {}
+    for cmd, (calls, usec) in z.items():
+        c0, u0 = a.get(cmd, (0, 0))
+        if calls - c0 > 0:
+            out[cmd] = (calls - c0, (usec - u0) / (calls - c0))
+    return out
+
+
 def pct(sorted_values, p):
     if not sorted_values:
         return 0
@@ -257,6 +352,14 @@ def load(d):
     names = ["ceiling", "status", "join", "holds", "hot-seat", "payment", "poll-storm", "flash-sale"]
     dirs = run_dirs(d)
     runs = [{name: load_json(os.path.join(r, f"{name}-summary.json")) for name in names} for r in dirs]
+    for r, run in zip(dirs, runs):
+        run["flash-sale-auto"] = load_json(os.path.join(r, "auto", "flash-sale-summary.json"))
+        run["service-p99"] = {mode: service_p99(os.path.join(r, sub)) for mode, sub in (("fixed", "."), ("auto", "auto"))}
+        run["dependency-p99"] = {mode: service_p99(os.path.join(r, sub), DEPENDENCY_HISTOGRAM, "dependency")
+                                 for mode, sub in (("fixed", "."), ("auto", "auto"))}
+        run["cpu"] = {mode: cpu_shares(os.path.join(r, sub)) for mode, sub in (("fixed", "."), ("auto", "auto"))}
+        run["redis-calls"] = {mode: redis_calls(os.path.join(r, sub)) for mode, sub in (("fixed", "."), ("auto", "auto"))}
+    capacity = load_json(os.path.join(d, "capacity", "capacity.json"))
     pgs = [pgbench(r) for r in dirs]
     n_runs = len(dirs)
     # The first pass's summaries, for the figures that are not compared
@@ -286,7 +389,8 @@ def load(d):
     ceiling = request(s["ceiling"], "ceiling")
     return SimpleNamespace(d=d, m=m, runs=runs, pgs=pgs, n_runs=n_runs, s=s, rb_hold=rb_hold, rb_hold16=rb_hold16,
                            rb_zrank=rb_zrank, pg=pg, audit_rc=audit_rc, bench_s=bench_s, build_s=build_s,
-                           ceiling_of=ceiling_of, pgbench_of=pgbench_of, ceil_rps=ceil_rps, ceiling=ceiling)
+                           ceiling_of=ceiling_of, pgbench_of=pgbench_of, ceil_rps=ceil_rps, ceiling=ceiling,
+                           capacity=capacity)
 
 
 def summary_rows(b):
@@ -515,6 +619,188 @@ def flash_sale_section(b):
         L += per_request_table(fs)
 
     return L
+
+
+ADMITTED = ("seat-map", "hold", "pay")  # the requests a queue token opens, as the autopilot measures them
+
+
+def sale_p99s(sales):
+    """{request name: (median p50, median p99)} over the passes' sales."""
+    per = {}
+    for f in sales:
+        for r in f["requests"]:
+            per.setdefault(r["name"], []).append((r["p50_ms"], r["p99_ms"]))
+    return {k: (median(a for a, _ in v), median(b for _, b in v)) for k, v in per.items()}
+
+
+def surge_section(b):
+    """The flash sale at the fixed rate next to the same sale with the
+    autopilot on: what buyers feel (client p50/p99 per request type), the
+    service's own p99 per route, the time to sell out it costs; then the
+    capacity-at-SLO search."""
+    fixed = [r["flash-sale"] for r in b.runs if r.get("flash-sale")]
+    auto = [r["flash-sale-auto"] for r in b.runs if r.get("flash-sale-auto")]
+    L = []
+    if fixed and auto:
+        pf, pa = sale_p99s(fixed), sale_p99s(auto)
+        L += [
+            "## The surge: fixed admission and the autopilot",
+            "",
+            "The same flash sale twice per pass: admission fixed at "
+            f"{fixed[0].get('extra', {}).get('admit_per_second', '?')} per second, then `admission_mode: auto` "
+            "(target p99 50 ms, bounds 1 to that rate). Client p50 / p99 per request type (median of the passes) "
+            "as the buyers saw them (the load generator shares the 2 cores), then the service's own p99 per "
+            "route from its `boxoffice_http_request_duration_seconds` histogram (scraped before and after each "
+            "sale; linear within the bucket, as Prometheus's `histogram_quantile`). Seat map, hold and pay are "
+            "the admitted buyers' requests the autopilot steers by.",
+            "",
+            "| request | fixed: client p50 / p99 ms | auto: client p50 / p99 ms |",
+            "|---|---:|---:|",
+        ]
+        for name in sorted(set(pf) | set(pa)):
+            cell = lambda p: f"{fmt_ms(p[name][0])} / {fmt_ms(p[name][1])}" if name in p else "–"
+            mark = " (admitted)" if name in ADMITTED else ""
+            L.append(f"| {name}{mark} | {cell(pf)} | {cell(pa)} |")
+        svc = [r.get("service-p99", {}) for r in b.runs]
+        routes = sorted({k for r in svc for mode in r.values() for k in mode})
+        if routes:
+            L += ["", "| route (service's own histogram) | fixed: p99 ms (requests) | auto: p99 ms (requests) |", "|---|---:|---:|"]
+            for key in routes:
+                def cell(mode):
+                    vals = [r[mode][key] for r in svc if key in r.get(mode, {})]
+                    if not vals or any(v["p99_ms"] is None for v in vals):
+                        return "–"
+                    return f"{median(v['p99_ms'] for v in vals):.1f} ({median(v['count'] for v in vals):,.0f})"
+                L.append(f"| {key[0]} {key[1]} | {cell('fixed')} | {cell('auto')} |")
+
+        def sale_times(f):
+            x = f.get("extra", {})
+            return x.get("sold_out_ms"), x.get("queue_wait_p99_ms"), x.get("all_done_ms")
+
+        L += ["", "| | " + " | ".join(f"pass {i + 1} fixed | pass {i + 1} auto" for i in range(b.n_runs)) + " |",
+              "|---|" + "---|---|" * b.n_runs]
+        for label, idx in (("sold out after (s)", 0), ("queue wait p99 (s)", 1), ("every buyer done after (s)", 2)):
+            cells = []
+            for r in b.runs:
+                for f in (r.get("flash-sale"), r.get("flash-sale-auto")):
+                    v = sale_times(f)[idx] if f else None
+                    cells.append("–" if not v else f"{v / 1000:.1f}")
+            L.append(f"| {label} | " + " | ".join(cells) + " |")
+        worst = max((pa[n][1] for n in ADMITTED if n in pa), default=None)
+        L += ["", f"Admitted buyers' worst client p99 with the autopilot: {fmt_ms(worst)} ms (target < 50): "
+              + verdict(worst is not None and worst < 50) + ".", ""]
+    c = b.capacity
+    if c:
+        L += [
+            "## Capacity at SLO",
+            "",
+            f"The highest buyer arrival rate at which every request type of the flash sale keeps its client p99 "
+            f"under {c['slo_ms']:.0f} ms on this machine: **{c['capacity_per_second']:,} buyers per second** "
+            + (f"(first miss at {c['first_miss_per_second']:,}/s). " if c.get("first_miss_per_second") else "(no miss found). ")
+            + f"Each trial is a flash sale of {c['trial_seconds']} s of arrivals at that rate, one connection per "
+            "buyer, seats for all, admission wider than the arrivals and no pre-queue, so the shop is measured and "
+            "not the waiting room's rate (scripts/bench_capacity.sh). Above it, the waiting room is what keeps "
+            "admitted buyers under the SLO: admit at most this rate.",
+            "",
+            "| arrivals per second | verdict | worst request type | its client p99 ms |",
+            "|---:|---|---|---:|",
+        ]
+        for t in c["trials"]:
+            L.append(f"| {t['rate']:,} | {t['verdict']} | {t['worst']} | {fmt_ms(t['worst_p99_ms'])} |")
+        L.append("")
+    return L
+
+
+ROUTES = {  # flash-sale request name -> the service's route label
+    "join": ("POST", "/v1/events/{event_id}/queue"),
+    "status": ("GET", "/v1/queue/status"),
+    "schedules": ("GET", "/v1/events/{event_id}/schedules"),
+    "seat-map": ("GET", "/v1/events/{event_id}/schedules/{schedule_id}/seats"),
+    "hold": ("POST", "/v1/holds"),
+    "charge": ("POST", "/v1/users/{user_id}/wallet/charges"),
+    "pay": ("POST", "/v1/payments"),
+}
+
+
+def time_section(b):
+    """Where the flash sale's time goes: CPU per component, Redis's own time
+    per command, and each request type's client p99 set beside the service's
+    own p99 and its stores' p99 (all from the first pass)."""
+    r0 = b.runs[0]
+    cpu = r0.get("cpu") or {}
+    if not cpu.get("fixed"):
+        return []
+    L = [
+        "## Where the flash sale's time goes",
+        "",
+        "First pass, over each sale (snapshots before and after: `scripts/cpu_snapshot.py`, Redis `INFO "
+        "commandstats`, the service's `/metrics`). On 2 shared cores every p99 is mostly waiting for a core, "
+        "so the CPU shares say who the time is spent on; the p99s then split each request type's client p99 "
+        "into the service's own (its route histogram, from the request's first byte to its last) and what lies "
+        "outside the service (the generator's scheduling and the kernel's loopback TCP), and within the "
+        "service into its round trips to Redis and PostgreSQL (`boxoffice_dependency_duration_seconds`: the "
+        "whole call, pool wait included). p99s do not add up exactly; read the columns as an attribution.",
+        "",
+        "| component | fixed: share of CPU time (user + system) | auto: share of CPU time |",
+        "|---|---:|---:|",
+    ]
+    def share(mode, g):
+        c = cpu.get(mode)
+        if not c or g not in c:
+            return "–"
+        v = c[g]
+        return f"{100 * (v['user'] + v['system']):.0f} % ({100 * v['user']:.0f} + {100 * v['system']:.0f})"
+    for g in ("generator", "service", "redis", "postgres", "other processes", "idle"):
+        # (the generator's figure is its user and system time together)
+        L.append(f"| {g} | {share('fixed', g)} | {share('auto', g)} |")
+    k = lambda mode: f"{100 * cpu[mode]['_kernel']:.0f} %" if cpu.get(mode) else "–"
+    L.append(f"| kernel, whole machine (the system parts above, interrupts included) | {k('fixed')} | {k('auto')} |")
+    calls = (r0.get("redis-calls") or {}).get("fixed") or {}
+    if calls:
+        L += ["", "Redis's own time per command during the fixed-rate sale (its single thread; `INFO commandstats`):", "",
+              "| command | calls | µs per call | Redis busy (s) |", "|---|---:|---:|---:|"]
+        for cmd, (n, us) in sorted(calls.items(), key=lambda kv: -kv[1][0] * kv[1][1])[:6]:
+            L.append(f"| {cmd} | {n:,} | {us:.1f} | {n * us / 1e6:.2f} |")
+    fs = r0.get("flash-sale")
+    svc = (r0.get("service-p99") or {}).get("fixed") or {}
+    dep = (r0.get("dependency-p99") or {}).get("fixed") or {}
+    if fs and svc:
+        redis_p99 = (dep.get(("redis",)) or {}).get("p99_ms")
+        pg_p99 = (dep.get(("postgres",)) or {}).get("p99_ms")
+        L += ["", "| request (fixed rate) | client p99 ms | service's p99 ms | outside the service (generator, kernel) ms | "
+              "a Redis call's p99 ms | a PostgreSQL call's p99 ms |", "|---|---:|---:|---:|---:|---:|"]
+        for r in fs["requests"]:
+            route = svc.get(ROUTES.get(r["name"], ("", "")))
+            if not route or route["p99_ms"] is None:
+                continue
+            outside = max(0.0, r["p99_ms"] - route["p99_ms"])
+            uses_pg = r["name"] in ("pay", "charge")
+            L.append(f"| {r['name']} | {fmt_ms(r['p99_ms'])} | {route['p99_ms']:.1f} | {outside:.1f} | "
+                     f"{fmt_ms(redis_p99) if r['name'] != 'charge' else '–'} | {fmt_ms(pg_p99) if uses_pg else '–'} |")
+    L.append("")
+    return L
+
+
+def connections_section(d):
+    """What open keep-alive connections cost the service (conn_bench)."""
+    c = load_json(os.path.join(d, "connections.json"))
+    if not c:
+        return []
+    return [
+        "## What open connections cost",
+        "",
+        f"{c['connections']:,} keep-alive HTTP/1.1 connections held open on the service (one `GET /healthz` each, "
+        "as a page that has loaded), measured from `/proc/<pid>` (`loadtest/src/bin/conn_bench.rs`):",
+        "",
+        "| figure | value |",
+        "|---|---:|",
+        f"| service RSS before / with the connections open | {c['rss_before_kib'] / 1024:,.1f} MiB / {c['rss_open_kib'] / 1024:,.1f} MiB |",
+        f"| RSS per open connection | {c['rss_bytes_per_connection'] / 1024:,.1f} KiB |",
+        f"| RSS per connection after every connection polled for {c['poll_seconds']:.0f} s | {c['rss_bytes_per_connection_after_polling'] / 1024:,.1f} KiB |",
+        f"| CPU with every connection idle for {c['idle_seconds']:.0f} s | {100 * c['idle_cpu_share_of_a_core']:.2f} % of a core |",
+        f"| CPU per request while each polls every {c['poll_interval_ms'] / 1000:.0f} s ({c['poll_requests']:,} requests) | {c['poll_cpu_us_per_request']:.0f} µs |",
+        "",
+    ]
 
 
 def memory_section(b):
@@ -762,6 +1048,9 @@ def main():
     rows = summary_rows(b)
     L = overview_section(b, rows)
     L += flash_sale_section(b)
+    L += surge_section(b)
+    L += time_section(b)
+    L += connections_section(b.d)
     L += memory_section(b)
     L += streaming_section(b)
     L += prequeue_section(b.d)

@@ -99,9 +99,11 @@ impl WarnLimiter {
     }
 }
 
-/// Buckets of the `_seconds` histograms (HTTP latency), in seconds.
+/// Buckets of the `_seconds` histograms (HTTP and store call latency), in
+/// seconds: fine enough below 100 ms for a p99 to be read off them.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075,
+    0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 /// The process-wide Prometheus recorder (installed on first use).
@@ -127,6 +129,11 @@ pub fn register_metrics() {
         "boxoffice_http_request_duration_seconds",
         Unit::Seconds,
         "HTTP latency by matched route and status"
+    );
+    describe_histogram!(
+        "boxoffice_dependency_duration_seconds",
+        Unit::Seconds,
+        "Time of each Redis or PostgreSQL call, a pool's wait included, by dependency"
     );
     describe_gauge!("boxoffice_queue_waiting", "Entries waiting, per event");
     describe_gauge!(

@@ -71,6 +71,9 @@ environment:
                              before opens_at wait in the pre-queue (default 5; 0 = none)
   LOADTEST_ADMIT_PER_SECOND  flash-sale admission rate (default 1000)
   LOADTEST_MAX_ACTIVE        flash-sale admitted users at one time (default 1000)
+  LOADTEST_ADMISSION         flash-sale admission: fixed (LOADTEST_ADMIT_PER_SECOND) or
+                             auto (the autopilot, up to that rate; default fixed)
+  LOADTEST_TARGET_P99_MS     flash-sale autopilot target (default 50)
   LOADTEST_WAITING           poll-storm queue length (default 100000)
   LOADTEST_PREQUEUE          prequeue entries (default 1000000)
   LOADTEST_PREQUEUE_SECONDS, LOADTEST_PREQUEUE_CONCURRENCY, LOADTEST_PREQUEUE_STREAMS
@@ -162,7 +165,13 @@ async fn run() -> anyhow::Result<()> {
         // each buyer gives up after MAX_WAIT in the queue instead).
         attack = *attack.set_default(GooseDefault::Iterations, 1)?;
     }
+    let cpu_before = own_cpu_seconds();
     let metrics = attack.execute().await?;
+    // The generator's own CPU over the run (user + system), for the
+    // report's "where the time goes" (it shares the machine's cores).
+    if let (Some(b), Some(a)) = (cpu_before, own_cpu_seconds()) {
+        extra.insert("generator_cpu_seconds".into(), (a - b).into());
+    }
 
     let mem_after = match &redis {
         Some(r) => redis::used_memory(r).await.ok(),
@@ -183,4 +192,13 @@ async fn run() -> anyhow::Result<()> {
     summary::print(&summary);
     println!("loadtest: wrote {}", path.display());
     Ok(())
+}
+
+/// This process's CPU time so far (user + system, all threads), from
+/// /proc/self/stat; `None` where there is no /proc.
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0) // USER_HZ
 }

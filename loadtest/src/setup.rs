@@ -17,6 +17,10 @@ struct Queue {
     active_ttl_seconds: u64,
     idle_timeout_seconds: u64,
     paused: bool,
+    /// `Some(target_p99_ms)`: admission mode `auto`, the autopilot steering
+    /// the rate between 1 and `admit_per_second` to keep admitted buyers'
+    /// p99 under the target.
+    auto: Option<u64>,
 }
 
 /// Admits every join at once: nobody waits, capacity and rate never bind.
@@ -26,6 +30,7 @@ const OPEN: Queue = Queue {
     active_ttl_seconds: 3_600,
     idle_timeout_seconds: 3_600,
     paused: false,
+    auto: None,
 };
 
 fn schedule(
@@ -80,16 +85,23 @@ pub async fn admin(
 }
 
 async fn create_event(ctx: &Ctx, q: &Queue, schedules: Vec<Value>) -> anyhow::Result<()> {
+    let mut queue = json!({
+        "admit_per_second": q.admit_per_second,
+        "max_active": q.max_active,
+        "active_ttl_seconds": q.active_ttl_seconds,
+        "idle_timeout_seconds": q.idle_timeout_seconds,
+        "paused": q.paused,
+    });
+    if let Some(target) = q.auto {
+        queue["admission_mode"] = "auto".into();
+        queue["target_p99_ms"] = target.into();
+        queue["min_admit_per_second"] = 1.into();
+        queue["max_admit_per_second"] = q.admit_per_second.into();
+    }
     let body = json!({
         "event_id": ctx.event,
         "name": format!("load test {} ({})", ctx.scenario.name(), ctx.run),
-        "queue": {
-            "admit_per_second": q.admit_per_second,
-            "max_active": q.max_active,
-            "active_ttl_seconds": q.active_ttl_seconds,
-            "idle_timeout_seconds": q.idle_timeout_seconds,
-            "paused": q.paused,
-        },
+        "queue": queue,
         "schedules": schedules,
     });
     admin(ctx, reqwest::Method::POST, "/v1/admin/events", Some(body)).await?;
@@ -144,8 +156,19 @@ pub async fn prepare(
                 active_ttl_seconds: 300,
                 idle_timeout_seconds: 60,
                 paused: false,
+                auto: match std::env::var("LOADTEST_ADMISSION").as_deref() {
+                    Ok("auto") => Some(env_u64("LOADTEST_TARGET_P99_MS", 50)),
+                    Ok("fixed") | Err(_) => None,
+                    Ok(other) => {
+                        anyhow::bail!("LOADTEST_ADMISSION must be fixed or auto, not {other}")
+                    }
+                },
             };
             extra.insert("admit_per_second".into(), q.admit_per_second.into());
+            extra.insert(
+                "admission".into(),
+                (if q.auto.is_some() { "auto" } else { "fixed" }).into(),
+            );
             extra.insert("max_active".into(), q.max_active.into());
             create_event(
                 ctx,
@@ -176,6 +199,7 @@ pub async fn prepare(
                 active_ttl_seconds: 600,
                 idle_timeout_seconds: 86_400,
                 paused: true,
+                auto: None,
             };
             create_event(ctx, &q, vec![schedule("s1", 100, 10, price, 600, 10)]).await?;
             let redis = redis.ok_or_else(|| {

@@ -4,11 +4,32 @@
 //! and answers [`StoreError::Unavailable`], and an error the server
 //! answered (a constraint, a script error) keeps the breaker closed and
 //! answers [`StoreError::Internal`]. Each failure is counted in
-//! `boxoffice_dependency_errors_total{dependency,kind}`.
+//! `boxoffice_dependency_errors_total{dependency,kind}`, and every call's
+//! whole time (a pool's wait included) goes into
+//! `boxoffice_dependency_duration_seconds{dependency}`.
 
-use std::time::Duration;
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
-use super::{StoreError, breaker::Breaker};
+use super::{Dependency, StoreError, breaker::Breaker};
+
+/// Records one call's time under its dependency. The handle is looked up
+/// once per dependency (the recorder is installed before the stores
+/// connect), so a call pays one atomic push, not a registry lookup.
+fn record_duration(dep: Dependency, took: Duration) {
+    static HANDLES: [OnceLock<metrics::Histogram>; 2] = [OnceLock::new(), OnceLock::new()];
+    let i = match dep {
+        Dependency::Redis => 0,
+        Dependency::Postgres => 1,
+    };
+    HANDLES[i]
+        .get_or_init(|| {
+            metrics::histogram!("boxoffice_dependency_duration_seconds", "dependency" => dep.as_str())
+        })
+        .record(took.as_secs_f64());
+}
 
 /// How a store judges one of its client's errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +67,10 @@ where
     if !breaker.allow() {
         return Err(failed("circuit_open", "circuit open".into()));
     }
-    match tokio::time::timeout(timeout, call).await {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(timeout, call).await;
+    record_duration(dep, started.elapsed());
+    match outcome {
         Ok(Ok(v)) => {
             breaker.success();
             Ok(v)

@@ -1,0 +1,170 @@
+//! What open keep-alive connections cost the service: one process of
+//! `scripts/bench_connections.sh`.
+//!
+//! ```text
+//! conn_bench <host:port> <service_pid> <connections> <seconds> <interval_ms>
+//! ```
+//!
+//! Opens `connections` keep-alive HTTP/1.1 connections to `host:port` (500
+//! at a time), each making one `GET /healthz`, as a browser tab that has
+//! loaded the page; then measures, from `/proc/<service_pid>`:
+//! - the service's resident memory before and after (per connection);
+//! - its CPU over `seconds` with every connection idle (no byte moving);
+//! - its CPU over `seconds` with every connection making one request every
+//!   `interval_ms`, as a waiting page polling on its own connection (per
+//!   request and per connection).
+//!
+//! Prints one JSON object. Raw sockets, no HTTP client: the figures are
+//! the service's, and the client holds only its sockets.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::Semaphore,
+};
+
+const REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: bench\r\n\r\n";
+
+/// Resident memory (KiB) and CPU seconds (user + system) of `pid`.
+fn usage(pid: u32) -> anyhow::Result<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // USER_HZ is 100 on Linux.
+    Ok((rss, ticks as f64 / 100.0))
+}
+
+/// One request on `conn`, its whole response read (the head, then
+/// content-length bytes).
+async fn request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
+    conn.write_all(REQUEST).await?;
+    buf.clear();
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = conn.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])?.to_ascii_lowercase();
+            anyhow::ensure!(head.starts_with("http/1.1 200"), "answer: {head}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = conn.read(&mut chunk).await?;
+                anyhow::ensure!(n > 0, "connection closed");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(());
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let [addr, pid, n, seconds, interval_ms] = a.as_slice() else {
+        anyhow::bail!(
+            "usage: conn_bench <host:port> <service_pid> <connections> <seconds> <interval_ms>"
+        );
+    };
+    let (pid, n): (u32, usize) = (pid.parse()?, n.parse()?);
+    let window = Duration::from_secs(seconds.parse()?);
+    let interval = Duration::from_millis(interval_ms.parse()?);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss0, _) = usage(pid)?;
+    let gate = Arc::new(Semaphore::new(500));
+    let mut opening = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (gate, addr) = (gate.clone(), addr.clone());
+        opening.push(tokio::spawn(async move {
+            let _p = gate.acquire_owned().await?;
+            let mut conn = TcpStream::connect(&addr).await?;
+            conn.set_nodelay(true)?;
+            request(&mut conn, &mut Vec::new()).await?;
+            anyhow::Ok(conn)
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for o in opening {
+        conns.push(o.await??);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss1, cpu1) = usage(pid)?;
+
+    // Idle: nothing moves for the window.
+    tokio::time::sleep(window).await;
+    let (rss2, cpu2) = usage(pid)?;
+
+    // Polling: each connection one request every `interval`, spread out.
+    let start = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut conn)| {
+            let offset = interval.mul_f64(i as f64 / n as f64);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut done = 0u64;
+                tokio::time::sleep(offset).await;
+                let mut tick = tokio::time::interval(interval);
+                while start.elapsed() + interval <= window + offset {
+                    tick.tick().await;
+                    request(&mut conn, &mut buf).await?;
+                    done += 1;
+                }
+                anyhow::Ok((conn, done))
+            })
+        })
+        .collect();
+    let mut requests = 0;
+    let mut kept = Vec::with_capacity(n);
+    for t in tasks {
+        let (conn, done) = t.await??;
+        requests += done;
+        kept.push(conn);
+    }
+    let polled = start.elapsed().as_secs_f64();
+    let (rss3, cpu3) = usage(pid)?;
+    drop(kept);
+
+    let per = |kib: u64, base: u64| (kib.saturating_sub(base) as f64 * 1024.0 / n as f64).round();
+    println!(
+        "{}",
+        json!({
+            "connections": n,
+            "rss_before_kib": rss0,
+            "rss_open_kib": rss1,
+            "rss_bytes_per_connection": per(rss1, rss0),
+            "rss_after_polling_kib": rss3,
+            "rss_bytes_per_connection_after_polling": per(rss3, rss0),
+            "idle_seconds": window.as_secs_f64(),
+            "idle_cpu_seconds": cpu2 - cpu1,
+            "idle_cpu_share_of_a_core": (cpu2 - cpu1) / window.as_secs_f64(),
+            "rss_idle_kib": rss2,
+            "poll_interval_ms": interval.as_millis() as u64,
+            "poll_seconds": polled,
+            "poll_requests": requests,
+            "poll_cpu_seconds": cpu3 - cpu2,
+            "poll_cpu_us_per_request": (cpu3 - cpu2) * 1e6 / requests.max(1) as f64,
+        })
+    );
+    Ok(())
+}
