@@ -91,17 +91,14 @@ end
 local soldout = sold_out(12)
 
 local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
-local rate, rate_var = tonumber(stats[1] or '0'), tonumber(stats[2] or '0')
 
-local function reply(status, entry, state, extra)
-  local r = { status = status, entry = tonumber(entry), state = state, rate = rate, rate_var = rate_var,
-              admit_per_second = admit_per_second, paused = paused and 1 or 0,
-              idle_timeout_ms = idle_timeout_ms, now_ms = now, sold_out = soldout or cjson.null }
-  for k, v in pairs(extra) do r[k] = v end
+-- `state` is the entry's place as JSON members (',"state":...').
+local function reply(status, entry, state)
   if pow_bits > 0 then
     redis.call('SET', KEYS[11], '1', 'PX', math.max(pow_expires - now, 1))
   end
-  return cjson.encode(r)
+  return '{"status":"' .. status .. '","entry":' .. int(tonumber(entry)) .. ','
+    .. pace_json(admit_per_second, paused, idle_timeout_ms, now, stats, soldout) .. state .. '}'
 end
 
 -- An existing live entry: same place, fresh token (the caller signs it).
@@ -109,8 +106,8 @@ local deadline = redis.call('ZSCORE', Q.adm, user)
 if deadline then
   if tonumber(deadline) > now then
     redis.call('HSET', Q.poll, user, now)
-    return reply('existing', redis.call('HGET', Q.adm_entry, user), 'admitted',
-                 { admitted_until = tonumber(deadline) })
+    return reply('existing', redis.call('HGET', Q.adm_entry, user),
+                 ',"state":"admitted","admitted_until":' .. int(tonumber(deadline)))
   end
   -- Admission window over: that entry is gone.
   redis.call('ZREM', Q.adm, user)
@@ -126,9 +123,9 @@ if score then
   if seen and now - tonumber(seen) <= idle_timeout_ms then
     redis.call('HSET', Q.poll, user, now)
     if score < 1 and now < open_ms then
-      return reply('existing', entry, 'prequeue', {})
+      return reply('existing', entry, ',"state":"prequeue"')
     end
-    return reply('existing', entry, 'waiting', { position = redis.call('ZRANK', Q.wait, user) + 1 })
+    return reply('existing', entry, ',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))
   end
   -- Idle past the timeout: that entry is gone (and, before the draw, out
   -- of the draw too).
@@ -153,7 +150,7 @@ if in_prequeue then
   redis.call('HSET', Q.pre_entry, user, entry)
   redis.call('ZADD', Q.draw, draw_score, user)
   redis.call('HSET', Q.poll, user, now)
-  return reply('created', entry, 'prequeue', {})
+  return reply('created', entry, ',"state":"prequeue"')
 end
 
 -- Admit at once only if nobody waits, capacity is free and this second's
@@ -171,10 +168,10 @@ if not paused and redis.call('ZCARD', Q.wait) == 0 then
     if active + 1 > tonumber(redis.call('HGET', Q.stats, 'peak_active') or '0') then
       redis.call('HSET', Q.stats, 'peak_active', active + 1)
     end
-    return reply('created', entry, 'admitted', { admitted_until = until_ms })
+    return reply('created', entry, ',"state":"admitted","admitted_until":' .. int(until_ms))
   end
 end
 
 redis.call('ZADD', Q.wait, entry, user)
 redis.call('HSET', Q.poll, user, now)
-return reply('created', entry, 'waiting', { position = redis.call('ZRANK', Q.wait, user) + 1 })
+return reply('created', entry, ',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))

@@ -32,13 +32,11 @@ local open_ms, close_ms = tonumber(cfg[4] or '0'), tonumber(cfg[5] or '0')
 
 local now = now_ms()
 
-local function reply(extra)
-  local s = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
-  local r = { status = 'ok', rate = tonumber(s[1] or '0'), rate_var = tonumber(s[2] or '0'),
-              admit_per_second = tonumber(cfg[1]), paused = cfg[3] == '1' and 1 or 0,
-              idle_timeout_ms = idle_timeout_ms, now_ms = now, sold_out = sold_out(11) or cjson.null }
-  for k, v in pairs(extra) do r[k] = v end
-  return cjson.encode(r)
+-- `state` is the entry's place as JSON members (',"state":...').
+local function reply(state)
+  local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
+  return '{"status":"ok",' .. pace_json(tonumber(cfg[1]), cfg[3] == '1', idle_timeout_ms, now, stats, sold_out(11))
+    .. state .. '}'
 end
 local function gone(counter)
   redis.call('HINCRBY', Q.stats, counter, 1)
@@ -55,7 +53,7 @@ if deadline and tonumber(redis.call('HGET', Q.adm_entry, user)) == entry then
     return gone(tonumber(deadline) <= now and 'expired_total' or 'released_total')
   end
   redis.call('HSET', Q.poll, user, now)
-  return reply({ state = 'admitted', admitted_until = tonumber(deadline) })
+  return reply(',"state":"admitted","admitted_until":' .. int(tonumber(deadline)))
 end
 
 local score = tonumber(redis.call('ZSCORE', Q.wait, user))
@@ -76,9 +74,9 @@ if score then
     end
     redis.call('HSET', Q.poll, user, now)
     if score < 1 and now < open_ms then
-      return reply({ state = 'prequeue' })
+      return reply(',"state":"prequeue"')
     end
-    return reply({ state = 'waiting', position = redis.call('ZRANK', Q.wait, user) + 1 })
+    return reply(',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))
   end
 end
 return cjson.encode({ status = 'gone' })

@@ -61,7 +61,7 @@ impl Application {
         let tokens = Arc::new(TokenSigner::new(config.token_secret.expose()));
         let limits = Arc::new(RateLimits::new(&config));
         let confirmations = crate::payments::Confirmations::start(pg.clone());
-        let state = AppState {
+        let state = AppState::new(crate::state::Parts {
             config: Arc::new(config),
             redis,
             pg,
@@ -74,7 +74,7 @@ impl Application {
             seeds: Arc::default(),
             streams: Arc::default(),
             autopilot: Arc::default(),
-        };
+        });
         Ok(Self {
             listener,
             metrics_listener,

@@ -38,6 +38,26 @@ local function int(x)
   return string.format('%d', x)
 end
 
+-- A stored number (a hash field's text, as tostring wrote it) as a JSON
+-- number: the text itself when it is one, else 0 (inf or nan never reach
+-- a reply).
+local function jnum(s)
+  if s and string.find(s, '^%-?%d+%.?%d*[eE]?[-+]?%d*$') then return s end
+  return '0'
+end
+
+-- The pacing members every live entry reply carries (queue_status,
+-- join_queue; EntryWire in src/queue/reply.rs reads them), written as JSON
+-- text with no braces: a cjson.encode of the same table cost about 3 µs of
+-- Redis's one thread per call, a tenth of the status script. `stats` is
+-- the HMGET of stats' rate_ema and rate_var; `soldout` sold_out()'s answer.
+local function pace_json(admit_per_second, paused, idle_timeout_ms, now, stats, soldout)
+  return '"rate":' .. jnum(stats[1]) .. ',"rate_var":' .. jnum(stats[2])
+    .. ',"admit_per_second":' .. int(admit_per_second or 0) .. ',"paused":' .. (paused and '1' or '0')
+    .. ',"idle_timeout_ms":' .. int(idle_timeout_ms or 0) .. ',"now_ms":' .. int(now)
+    .. ',"sold_out":' .. (soldout and ('"' .. soldout .. '"') or 'null')
+end
+
 local function queue_keys(i)
   return { cfg = KEYS[i], seq = KEYS[i + 1], wait = KEYS[i + 2], poll = KEYS[i + 3],
            adm = KEYS[i + 4], adm_entry = KEYS[i + 5], win = KEYS[i + 6],

@@ -3,23 +3,20 @@
 //! ([`crate::queue::autopilot`]).
 //!
 //! The route is known before the handler runs, the event only once the
-//! token is verified: this middleware puts an empty [`AdmittedEvent`] in
-//! the request, the [`super::auth::QueueToken`] extractor fills it, and the
+//! token is verified: the timing middleware (`track_latency` in
+//! `http/mod.rs`) puts an empty [`AdmittedEvent`] in the request
+//! ([`watch`]), the [`super::auth::QueueToken`] extractor fills it, and the
 //! latency is recorded under that event when the response is ready. A
 //! request whose token did not verify names no event and is not counted.
 
 use std::{
     sync::{Arc, OnceLock},
-    time::Instant,
+    time::Duration,
 };
 
-use axum::{
-    extract::{MatchedPath, Request, State},
-    middleware::Next,
-    response::Response,
-};
+use axum::extract::{MatchedPath, Request};
 
-use crate::{ids::EventId, state::AppState};
+use crate::{ids::EventId, queue::autopilot::Autopilot};
 
 /// The routes admitted buyers use (queue status and streams are not: they
 /// are the waiting room's own, and a stream lasts minutes).
@@ -41,21 +38,25 @@ impl AdmittedEvent {
     }
 }
 
-/// Times the buyer routes per event (route layer).
-pub async fn measure(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let buyer = req
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|p| BUYER_ROUTES.contains(&p.as_str()));
-    if !buyer {
-        return next.run(req).await;
+/// For a request on a buyer route, the empty slot its queue token will
+/// name its event in (put into the request for the extractor); `None` on
+/// any other route. The caller records the latency under the event once
+/// the response is ready ([`AdmittedEvent::record`]).
+pub fn watch(req: &mut Request, route: Option<&MatchedPath>) -> Option<AdmittedEvent> {
+    if !route.is_some_and(|p| BUYER_ROUTES.contains(&p.as_str())) {
+        return None;
     }
     let slot = AdmittedEvent::default();
     req.extensions_mut().insert(slot.clone());
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    if let Some(event) = slot.0.get() {
-        state.autopilot.record(event, start.elapsed());
+    Some(slot)
+}
+
+impl AdmittedEvent {
+    /// Counts `took` in the autopilot's window of the event, if the token
+    /// verified.
+    pub fn record(&self, autopilot: &Autopilot, took: Duration) {
+        if let Some(event) = self.0.get() {
+            autopilot.record(event, took);
+        }
     }
-    resp
 }

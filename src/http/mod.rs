@@ -23,7 +23,7 @@ use std::{sync::Arc, time::Instant};
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, StatusCode},
     middleware::{self, Next},
     response::Response,
@@ -106,11 +106,7 @@ pub fn router(state: AppState, limits: Arc<RateLimits>) -> Router {
             "/v1/admin/events/{event_id}/queue",
             patch(admin::patch_queue),
         )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            admitted::measure,
-        ))
-        .route_layer(middleware::from_fn(track_latency));
+        .route_layer(middleware::from_fn_with_state(state.clone(), track_latency));
 
     let docs: Router<AppState> = utoipa_swagger_ui::SwaggerUi::new("/docs")
         .url(
@@ -165,23 +161,28 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Records `boxoffice_http_request_duration_seconds` by matched route
-/// (never the raw path, so label values stay bounded) and status.
-async fn track_latency(req: Request, next: Next) -> Response {
+/// Times every routed request, in one layer: into
+/// `boxoffice_http_request_duration_seconds` by matched route (never the
+/// raw path, so label values stay bounded) and status, and an admitted
+/// buyer's request also into the autopilot's window of its event
+/// ([`admitted`]).
+async fn track_latency(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let buyer = admitted::watch(&mut req, route.as_ref());
     let method = req.method().as_str().to_owned();
     let resp = next.run(req).await;
+    let took = start.elapsed();
+    if let Some(slot) = buyer {
+        slot.record(&state.autopilot, took);
+    }
     metrics::histogram!(
         "boxoffice_http_request_duration_seconds",
         "method" => method,
-        "route" => route,
+        "route" => route.as_ref().map_or("unmatched", MatchedPath::as_str).to_owned(),
         "status" => resp.status().as_u16().to_string(),
     )
-    .record(start.elapsed().as_secs_f64());
+    .record(took.as_secs_f64());
     resp
 }
 

@@ -48,25 +48,110 @@ impl Pace {
 }
 
 /// A live entry's place (`state` and its field) and the pacing figures.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub(super) struct Standing {
-    #[serde(flatten)]
     pub state: EntryState,
-    #[serde(flatten)]
     pub pace: Pace,
 }
 
 /// A joined entry: its number and where it stands.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub(super) struct JoinedEntry {
     pub entry: u64,
-    #[serde(flatten)]
     pub standing: Standing,
+}
+
+/// Every field an entry reply (`join_queue`, `queue_status`) may carry,
+/// flat, so serde decodes it in one pass; [`JoinReply`] and
+/// [`StatusReply`] are built from it by hand. (Derived internally tagged
+/// and flattened enums first copy the whole map into an intermediate tree:
+/// that showed in the status route's profile, the busiest route of a
+/// surge.)
+#[derive(Deserialize)]
+struct EntryWire {
+    status: EntryStatus,
+    entry: Option<u64>,
+    state: Option<StateTag>,
+    position: Option<u64>,
+    admitted_until: Option<i64>,
+    #[serde(default)]
+    rate: f64,
+    #[serde(default)]
+    rate_var: f64,
+    #[serde(default)]
+    admit_per_second: u32,
+    #[serde(default)]
+    paused: u8,
+    #[serde(default)]
+    idle_timeout_ms: u64,
+    #[serde(default)]
+    sold_out: Option<SoldOut>,
+    #[serde(default)]
+    opens_at: i64,
+    #[serde(default)]
+    prequeue_opens_at: i64,
+    reason: Option<ChallengeFailure>,
+}
+
+/// Every `status` an entry reply may have.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum EntryStatus {
+    NoEvent,
+    Gone,
+    Ok,
+    Created,
+    Existing,
+    SaleNotOpen,
+    SaleClosed,
+    SoldOut,
+    ChallengeFailed,
+}
+
+/// `state` of a live entry.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StateTag {
+    Prequeue,
+    Waiting,
+    Admitted,
+}
+
+impl EntryWire {
+    fn standing(&self) -> Result<Standing, String> {
+        let state = match self.state.ok_or("a live entry without its state")? {
+            StateTag::Prequeue => EntryState::Prequeue,
+            StateTag::Waiting => EntryState::Waiting {
+                position: self.position.ok_or("waiting without its position")?,
+            },
+            StateTag::Admitted => EntryState::Admitted {
+                until_ms: self
+                    .admitted_until
+                    .ok_or("admitted without admitted_until")?,
+            },
+        };
+        let pace = Pace {
+            rate: self.rate,
+            rate_var: self.rate_var,
+            admit_per_second: self.admit_per_second,
+            paused: self.paused,
+            idle_timeout_ms: self.idle_timeout_ms,
+            sold_out: self.sold_out,
+        };
+        Ok(Standing { state, pace })
+    }
+
+    fn joined(&self) -> Result<JoinedEntry, String> {
+        Ok(JoinedEntry {
+            entry: self.entry.ok_or("a joined entry without its number")?,
+            standing: self.standing()?,
+        })
+    }
 }
 
 /// `join_queue`'s reply.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[serde(try_from = "EntryWire")]
 pub(super) enum JoinReply {
     NoEvent,
     SaleNotOpen {
@@ -82,6 +167,28 @@ pub(super) enum JoinReply {
     },
     Created(JoinedEntry),
     Existing(JoinedEntry),
+}
+
+impl TryFrom<EntryWire> for JoinReply {
+    type Error = String;
+
+    fn try_from(w: EntryWire) -> Result<Self, String> {
+        Ok(match w.status {
+            EntryStatus::NoEvent => Self::NoEvent,
+            EntryStatus::SaleNotOpen => Self::SaleNotOpen {
+                opens_at: w.opens_at,
+                prequeue_opens_at: w.prequeue_opens_at,
+            },
+            EntryStatus::SaleClosed => Self::SaleClosed,
+            EntryStatus::SoldOut => Self::SoldOut,
+            EntryStatus::ChallengeFailed => Self::ChallengeFailed {
+                reason: w.reason.ok_or("challenge_failed without its reason")?,
+            },
+            EntryStatus::Created => Self::Created(w.joined()?),
+            EntryStatus::Existing => Self::Existing(w.joined()?),
+            other => return Err(format!("join_queue cannot answer {other:?}")),
+        })
+    }
 }
 
 /// Why `join_queue` refused a proof of work.
@@ -105,11 +212,24 @@ impl ChallengeFailure {
 
 /// `queue_status`'s reply.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[serde(try_from = "EntryWire")]
 pub(super) enum StatusReply {
     NoEvent,
     Gone,
     Ok(Standing),
+}
+
+impl TryFrom<EntryWire> for StatusReply {
+    type Error = String;
+
+    fn try_from(w: EntryWire) -> Result<Self, String> {
+        Ok(match w.status {
+            EntryStatus::NoEvent => Self::NoEvent,
+            EntryStatus::Gone => Self::Gone,
+            EntryStatus::Ok => Self::Ok(w.standing()?),
+            other => return Err(format!("queue_status cannot answer {other:?}")),
+        })
+    }
 }
 
 /// `leave_queue`'s reply.
