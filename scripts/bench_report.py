@@ -648,7 +648,8 @@ def surge_section(b):
             "",
             "The same flash sale twice per pass: admission fixed at "
             f"{fixed[0].get('extra', {}).get('admit_per_second', '?')} per second, then `admission_mode: auto` "
-            "(target p99 50 ms, bounds 1 to that rate). Client p50 / p99 per request type (median of the passes) "
+            f"(target p99 {auto[0].get('extra', {}).get('auto_target_p99_ms', 50)} ms, starting at "
+            f"{auto[0].get('extra', {}).get('auto_start', '?')} per second, bounds 1 to the fixed rate). Client p50 / p99 per request type (median of the passes) "
             "as the buyers saw them (the load generator shares the 2 cores), then the service's own p99 per "
             "route from its `boxoffice_http_request_duration_seconds` histogram (scraped before and after each "
             "sale; linear within the bucket, as Prometheus's `histogram_quantile`). Seat map, hold and pay are "
@@ -738,8 +739,10 @@ def time_section(b):
         "so the CPU shares say who the time is spent on; the p99s then split each request type's client p99 "
         "into the service's own (its route histogram, from the request's first byte to its last) and what lies "
         "outside the service (the generator's scheduling and the kernel's loopback TCP), and within the "
-        "service into its round trips to Redis and PostgreSQL (`boxoffice_dependency_duration_seconds`: the "
-        "whole call, pool wait included). p99s do not add up exactly; read the columns as an attribution.",
+        "service into its calls to Redis and PostgreSQL (`boxoffice_dependency_duration_seconds`: the whole "
+        "call as the service's task sees it: a pool's wait, the round trip, the server's work and, on a "
+        "saturated machine, the wait for a core before the task runs again; Redis's own time per command is "
+        "the table above). p99s do not add up exactly; read the columns as an attribution.",
         "",
         "| component | fixed: share of CPU time (user + system) | auto: share of CPU time |",
         "|---|---:|---:|",
@@ -790,7 +793,9 @@ def connections_section(d):
         "## What open connections cost",
         "",
         f"{c['connections']:,} keep-alive HTTP/1.1 connections held open on the service (one `GET /healthz` each, "
-        "as a page that has loaded), measured from `/proc/<pid>` (`loadtest/src/bin/conn_bench.rs`):",
+        "as a page that has loaded), measured from `/proc/<pid>` (`loadtest/src/bin/conn_bench.rs`). Idle "
+        "means under the header timeout (10 s), which also ends a keep-alive connection that waits longer "
+        "for its next request: a page polling less often than that reconnects each time.",
         "",
         "| figure | value |",
         "|---|---:|",

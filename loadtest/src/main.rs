@@ -74,6 +74,7 @@ environment:
   LOADTEST_ADMISSION         flash-sale admission: fixed (LOADTEST_ADMIT_PER_SECOND) or
                              auto (the autopilot, up to that rate; default fixed)
   LOADTEST_TARGET_P99_MS     flash-sale autopilot target (default 50)
+  LOADTEST_AUTO_START        flash-sale autopilot's first rate (default 200 per second)
   LOADTEST_WAITING           poll-storm queue length (default 100000)
   LOADTEST_PREQUEUE          prequeue entries (default 1000000)
   LOADTEST_PREQUEUE_SECONDS, LOADTEST_PREQUEUE_CONCURRENCY, LOADTEST_PREQUEUE_STREAMS

@@ -17,10 +17,10 @@ struct Queue {
     active_ttl_seconds: u64,
     idle_timeout_seconds: u64,
     paused: bool,
-    /// `Some(target_p99_ms)`: admission mode `auto`, the autopilot steering
-    /// the rate between 1 and `admit_per_second` to keep admitted buyers'
-    /// p99 under the target.
-    auto: Option<u64>,
+    /// `Some((target_p99_ms, start))`: admission mode `auto`, the autopilot
+    /// starting at `start` per second and steering the rate between 1 and
+    /// `admit_per_second` to keep admitted buyers' p99 under the target.
+    auto: Option<(u64, u64)>,
 }
 
 /// Admits every join at once: nobody waits, capacity and rate never bind.
@@ -92,7 +92,9 @@ async fn create_event(ctx: &Ctx, q: &Queue, schedules: Vec<Value>) -> anyhow::Re
         "idle_timeout_seconds": q.idle_timeout_seconds,
         "paused": q.paused,
     });
-    if let Some(target) = q.auto {
+    if let Some((target, start)) = q.auto {
+        // In auto mode admit_per_second is where the autopilot starts.
+        queue["admit_per_second"] = start.min(q.admit_per_second).into();
         queue["admission_mode"] = "auto".into();
         queue["target_p99_ms"] = target.into();
         queue["min_admit_per_second"] = 1.into();
@@ -157,7 +159,10 @@ pub async fn prepare(
                 idle_timeout_seconds: 60,
                 paused: false,
                 auto: match std::env::var("LOADTEST_ADMISSION").as_deref() {
-                    Ok("auto") => Some(env_u64("LOADTEST_TARGET_P99_MS", 50)),
+                    Ok("auto") => Some((
+                        env_u64("LOADTEST_TARGET_P99_MS", 50),
+                        env_u64("LOADTEST_AUTO_START", 200),
+                    )),
                     Ok("fixed") | Err(_) => None,
                     Ok(other) => {
                         anyhow::bail!("LOADTEST_ADMISSION must be fixed or auto, not {other}")
@@ -169,6 +174,10 @@ pub async fn prepare(
                 "admission".into(),
                 (if q.auto.is_some() { "auto" } else { "fixed" }).into(),
             );
+            if let Some((target, start)) = q.auto {
+                extra.insert("auto_target_p99_ms".into(), target.into());
+                extra.insert("auto_start".into(), start.min(q.admit_per_second).into());
+            }
             extra.insert("max_active".into(), q.max_active.into());
             create_event(
                 ctx,

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Where one scenario's time goes: one release service, one Goose scenario,
+# and per request the CPU time of the service and of Redis (from /proc),
+# Redis's own time per command (INFO commandstats) and a perf profile of
+# the service (perf record -g; `perf report -i <dir>/perf.data`).
+#
+#   scripts/profile_scenario.sh SCENARIO [SECONDS]     (status, join, holds, payment, ...)
+#
+# PROFILE_BIN / PROFILE_LOADTEST: other binaries (default target/release/;
+# e.g. an old revision's from scripts/bench_ab.sh's loadtest/reports/ab-*/A/).
+# PROFILE_PERF=0 leaves perf out. Results in loadtest/reports/profile-<ts>/.
+# Own database and Redis key prefix, removed afterwards; never FLUSHes.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+
+[[ $# -ge 1 ]] || { echo "usage: scripts/profile_scenario.sh SCENARIO [SECONDS]" >&2; exit 2; }
+SCENARIO=$1
+SECS="${2:-15}"
+REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
+bench_local_only
+BX="${PROFILE_BIN:-target/release/boxoffice}"
+LT="${PROFILE_LOADTEST:-target/release/loadtest}"
+PORT="${PROFILE_PORT:-18095}"
+TS="$(date +%s)"
+DB="bx_profile_$TS"
+PREFIX="profile-$TS:"
+OUT="$ROOT/loadtest/reports/profile-$TS"
+KEY="profile-service-key-$TS"
+SECRET="profile-token-secret-$TS"
+mkdir -p "$OUT"
+[[ -x $BX && -x $LT ]] || { echo "profile: build first: cargo build --release -p boxoffice -p loadtest" >&2; exit 1; }
+bench_port_free "$PORT" || { echo "profile: port $PORT in use (PROFILE_PORT)" >&2; exit 1; }
+
+SERVICE_PID=""
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    bench_stop "$SERVICE_PID"
+    bench_unlink_prefix "$PREFIX" >/dev/null
+    bench_drop_db "$DB"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+psql -X -q -v ON_ERROR_STOP=1 "$(bench_admin_url)" -c "create database \"$DB\""
+env BOXOFFICE_ADDR="127.0.0.1:$PORT" DATABASE_URL="$(bench_db_url "$DB")" REDIS_URL="$REDIS_URL" \
+    BOXOFFICE_REDIS_PREFIX="$PREFIX" BOXOFFICE_RATE_PER_IP=0 BOXOFFICE_RATE_PER_TOKEN=0 RUST_LOG=warn \
+    BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="$SECRET" BOXOFFICE_HTTP_MAX_CONNECTIONS=60000 \
+    "$BX" serve >"$OUT/service.log" 2>&1 &
+SERVICE_PID=$!
+bench_wait_http "http://127.0.0.1:$PORT/readyz" 60 || { tail "$OUT/service.log" >&2; exit 1; }
+
+python3 scripts/cpu_snapshot.py "$SERVICE_PID" >"$OUT/cpu-before.json"
+redis-cli -u "$REDIS_URL" info commandstats >"$OUT/commandstats-before.txt"
+PERF_PID=""
+if [[ ${PROFILE_PERF:-1} == 1 ]] && command -v perf >/dev/null; then
+    # The steady middle of the run: from 4 s in to 2 s before the end.
+    (sleep 4 && exec timeout -s INT $((SECS - 6)) perf record -F 499 -g -p "$SERVICE_PID" -o "$OUT/perf.data") \
+        >"$OUT/perf.log" 2>&1 &
+    PERF_PID=$!
+fi
+LOADTEST_REPORT_DIR="$OUT" BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="$SECRET" REDIS_URL="$REDIS_URL" \
+    BOXOFFICE_REDIS_PREFIX="$PREFIX" \
+    timeout $((SECS + 120)) "$LT" "$SCENARIO" --host "http://127.0.0.1:$PORT" -u 64 -r 64 -t "${SECS}s" \
+    >"$OUT/loadtest.log" 2>&1 || { tail "$OUT/loadtest.log" >&2; exit 1; }
+python3 scripts/cpu_snapshot.py "$SERVICE_PID" >"$OUT/cpu-after.json"
+redis-cli -u "$REDIS_URL" info commandstats >"$OUT/commandstats-after.txt"
+[[ -n $PERF_PID ]] && wait "$PERF_PID" 2>/dev/null || true
+
+python3 - "$OUT" "$SCENARIO" <<'PY' | tee "$OUT/profile.txt"
+import json, re, sys
+out, scenario = sys.argv[1], sys.argv[2]
+load = lambda name: json.load(open(f"{out}/{name}"))
+a, z, s = load("cpu-before.json"), load("cpu-after.json"), load(f"{scenario}-summary.json")
+n = s["total"]["count"] or 1
+print(f"{scenario}: {n:,} requests, {s['total']['rps']:,.0f}/s; " +
+      ", ".join(f"{r['name']} p50 {r['p50_ms']} / p99 {r['p99_ms']} ms" for r in s["requests"]))
+for g in ("service", "redis", "postgres"):
+    user = z["groups"][g][0] - a["groups"][g][0]
+    system = z["groups"][g][1] - a["groups"][g][1]
+    print(f"{g:9} CPU per request: {1e6 * user / n:6.1f} µs user + {1e6 * system / n:6.1f} µs system")
+gen = s.get("extra", {}).get("generator_cpu_seconds")
+if gen is not None:
+    print(f"generator CPU per request: {1e6 * gen / n:6.1f} µs")
+def stats(path):
+    d = {}
+    for line in open(path):
+        m = re.match(r"cmdstat_(\w+):calls=(\d+),usec=(\d+)", line.strip())
+        if m:
+            d[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return d
+b, e = stats(f"{out}/commandstats-before.txt"), stats(f"{out}/commandstats-after.txt")
+rows = [(k, c - b.get(k, (0, 0))[0], u - b.get(k, (0, 0))[1]) for k, (c, u) in e.items()]
+for k, c, u in sorted((r for r in rows if r[1] > 0), key=lambda r: -r[2])[:6]:
+    print(f"redis {k:10} {c:9,} calls {u / c:6.1f} µs per call")
+PY
+[[ -f $OUT/perf.data ]] && echo "perf: perf report -i ${OUT#"$ROOT"/}/perf.data --no-children --sort symbol"
