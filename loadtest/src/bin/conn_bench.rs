@@ -1,5 +1,5 @@
-//! What open keep-alive connections cost the service: one process of
-//! `scripts/bench_connections.sh`.
+//! What open keep-alive connections cost the service: a step of
+//! `make bench` (scripts/bench.sh).
 //!
 //! ```text
 //! conn_bench <host:port> <service_pid> <connections> <seconds> <interval_ms>
@@ -9,10 +9,13 @@
 //! at a time), each making one `GET /healthz`, as a browser tab that has
 //! loaded the page; then measures, from `/proc/<service_pid>`:
 //! - the service's resident memory before and after (per connection);
-//! - its CPU over `seconds` with every connection idle (no byte moving);
+//! - its CPU over 3 s with every connection idle (right after one more
+//!   request on each, so none reaches the header timeout, which also ends
+//!   a keep-alive connection waiting 10 s for its next request);
 //! - its CPU over `seconds` with every connection making one request every
 //!   `interval_ms`, as a waiting page polling on its own connection (per
-//!   request and per connection).
+//!   request); a connection the service closed is opened again, as a
+//!   browser would, and counted.
 //!
 //! Prints one JSON object. Raw sockets, no HTTP client: the figures are
 //! the service's, and the client holds only its sockets.
@@ -106,39 +109,62 @@ async fn main() -> anyhow::Result<()> {
     for o in opening {
         conns.push(o.await??);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss1, cpu1) = usage(pid)?;
+    let (rss1, _) = usage(pid)?;
 
-    // Idle: nothing moves for the window.
-    tokio::time::sleep(window).await;
+    // One more request on each (so none is near the header timeout), then
+    // nothing moves for IDLE.
+    const IDLE: Duration = Duration::from_secs(3);
+    let refresh: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            tokio::spawn(async move {
+                request(&mut conn, &mut Vec::new()).await?;
+                anyhow::Ok(conn)
+            })
+        })
+        .collect();
+    let mut conns = Vec::with_capacity(n);
+    for r in refresh {
+        conns.push(r.await??);
+    }
+    let (_, cpu1) = usage(pid)?;
+    tokio::time::sleep(IDLE).await;
     let (rss2, cpu2) = usage(pid)?;
 
-    // Polling: each connection one request every `interval`, spread out.
+    // Polling: each connection one request every `interval`, spread out;
+    // one the service closed is opened again and counted.
     let start = Instant::now();
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
         .map(|(i, mut conn)| {
             let offset = interval.mul_f64(i as f64 / n as f64);
+            let addr = addr.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut done = 0u64;
+                let (mut done, mut reopened) = (0u64, 0u64);
                 tokio::time::sleep(offset).await;
                 let mut tick = tokio::time::interval(interval);
                 while start.elapsed() + interval <= window + offset {
                     tick.tick().await;
-                    request(&mut conn, &mut buf).await?;
+                    if request(&mut conn, &mut buf).await.is_err() {
+                        conn = TcpStream::connect(&addr).await?;
+                        conn.set_nodelay(true)?;
+                        request(&mut conn, &mut buf).await?;
+                        reopened += 1;
+                    }
                     done += 1;
                 }
-                anyhow::Ok((conn, done))
+                anyhow::Ok((conn, done, reopened))
             })
         })
         .collect();
-    let mut requests = 0;
+    let (mut requests, mut reopened) = (0, 0);
     let mut kept = Vec::with_capacity(n);
     for t in tasks {
-        let (conn, done) = t.await??;
+        let (conn, done, again) = t.await??;
         requests += done;
+        reopened += again;
         kept.push(conn);
     }
     let polled = start.elapsed().as_secs_f64();
@@ -155,13 +181,14 @@ async fn main() -> anyhow::Result<()> {
             "rss_bytes_per_connection": per(rss1, rss0),
             "rss_after_polling_kib": rss3,
             "rss_bytes_per_connection_after_polling": per(rss3, rss0),
-            "idle_seconds": window.as_secs_f64(),
+            "idle_seconds": IDLE.as_secs_f64(),
             "idle_cpu_seconds": cpu2 - cpu1,
-            "idle_cpu_share_of_a_core": (cpu2 - cpu1) / window.as_secs_f64(),
+            "idle_cpu_share_of_a_core": (cpu2 - cpu1) / IDLE.as_secs_f64(),
             "rss_idle_kib": rss2,
             "poll_interval_ms": interval.as_millis() as u64,
             "poll_seconds": polled,
             "poll_requests": requests,
+            "poll_reconnects": reopened,
             "poll_cpu_seconds": cpu3 - cpu2,
             "poll_cpu_us_per_request": (cpu3 - cpu2) * 1e6 / requests.max(1) as f64,
         })
