@@ -451,7 +451,10 @@ def overview_section(b, rows):
     """The title, how the run went, the machine and the summary table with its verdicts."""
     m, n_runs, s, bench_s, build_s, rb_hold, rb_hold16 = b.m, b.n_runs, b.s, b.bench_s, b.build_s, b.rb_hold, b.rb_hold16
     L = []
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # The run's own start (machine.txt), not the time the report is written.
+    ts = m.get("ts")
+    when = datetime.fromtimestamp(int(ts), timezone.utc) if ts and ts.isdigit() else datetime.now(timezone.utc)
+    now = when.strftime("%Y-%m-%d %H:%M UTC")
     L += [
         "# Benchmarks",
         "",
@@ -810,6 +813,20 @@ def connections_section(d):
     ]
 
 
+def analyses_section(md_path):
+    """Links to the hand-written analyses kept beside the report
+    (docs/bench/*.md): they read runs like this one, and say why."""
+    folder = os.path.join(os.path.dirname(md_path) or ".", "bench")
+    found = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.md"))):
+        lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+        title = next((line[2:] for line in lines if line.startswith("# ")), lines[0].lstrip("#").strip() if lines else "")
+        found.append(f"- [bench/{os.path.basename(path)}](bench/{os.path.basename(path)}): {title}")
+    if not found:
+        return []
+    return ["## Analyses", "", "Written by hand beside this report (they are not regenerated):", ""] + found + [""]
+
+
 def memory_section(b):
     """Redis bytes per waiting user and per held seat."""
     s = b.s
@@ -1054,6 +1071,7 @@ def main():
     b = load(d)
     rows = summary_rows(b)
     L = overview_section(b, rows)
+    L += analyses_section(md_path)
     L += flash_sale_section(b)
     L += surge_section(b)
     L += time_section(b)
