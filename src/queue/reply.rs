@@ -7,19 +7,13 @@ use serde::Deserialize;
 use super::{EntryState, EntryView, SoldOut, pacing};
 
 /// The event-wide figures every entry reply carries, for pacing.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub(super) struct Pace {
-    #[serde(default)]
     rate: f64,
-    #[serde(default)]
     rate_var: f64,
-    #[serde(default)]
     admit_per_second: u32,
-    #[serde(default)]
     paused: u8,
-    #[serde(default)]
     idle_timeout_ms: u64,
-    #[serde(default)]
     sold_out: Option<SoldOut>,
 }
 
@@ -61,12 +55,12 @@ pub(super) struct JoinedEntry {
     pub standing: Standing,
 }
 
-/// Every field an entry reply (`join_queue`, `queue_status`) may carry,
-/// flat, so serde decodes it in one pass; [`JoinReply`] and
-/// [`StatusReply`] are built from it by hand. (Derived internally tagged
-/// and flattened enums first copy the whole map into an intermediate tree:
-/// that showed in the status route's profile, the busiest route of a
-/// surge.)
+/// Every field an entry reply (`join_queue`, `queue_status`,
+/// `stream_status`) may carry, flat, so serde decodes it in one pass;
+/// [`JoinReply`], [`StatusReply`] and [`StreamReply`] are built from it by
+/// hand. (Derived internally tagged and flattened enums first copy the
+/// whole map into an intermediate tree: that showed in the status route's
+/// profile, the busiest route of a surge.)
 #[derive(Deserialize)]
 struct EntryWire {
     status: EntryStatus,
@@ -91,6 +85,8 @@ struct EntryWire {
     #[serde(default)]
     prequeue_opens_at: i64,
     reason: Option<ChallengeFailure>,
+    #[serde(default)]
+    entries: Vec<BatchEntry>,
 }
 
 /// Every `status` an entry reply may have.
@@ -130,15 +126,21 @@ impl EntryWire {
                     .ok_or("admitted without admitted_until")?,
             },
         };
-        let pace = Pace {
+        Ok(Standing {
+            state,
+            pace: self.pace(),
+        })
+    }
+
+    fn pace(&self) -> Pace {
+        Pace {
             rate: self.rate,
             rate_var: self.rate_var,
             admit_per_second: self.admit_per_second,
             paused: self.paused,
             idle_timeout_ms: self.idle_timeout_ms,
             sold_out: self.sold_out,
-        };
-        Ok(Standing { state, pace })
+        }
     }
 
     fn joined(&self) -> Result<JoinedEntry, String> {
@@ -250,18 +252,31 @@ pub(super) enum FiguresReply {
 
 /// `stream_status`' reply.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[serde(try_from = "EntryWire")]
 pub(super) enum StreamReply {
     NoEvent,
     Ok(Batch),
 }
 
+impl TryFrom<EntryWire> for StreamReply {
+    type Error = String;
+
+    fn try_from(w: EntryWire) -> Result<Self, String> {
+        Ok(match w.status {
+            EntryStatus::NoEvent => Self::NoEvent,
+            EntryStatus::Ok => Self::Ok(Batch {
+                pace: w.pace(),
+                entries: w.entries,
+            }),
+            other => return Err(format!("stream_status cannot answer {other:?}")),
+        })
+    }
+}
+
 /// The entries `stream_status` looked up, in the order asked.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub(super) struct Batch {
-    #[serde(flatten)]
     pub pace: Pace,
-    #[serde(default)]
     pub entries: Vec<BatchEntry>,
 }
 
