@@ -63,7 +63,7 @@ if now - last < min_interval then
 end
 redis.call('HSET', Q.stats, 'last_tick_ms', now)
 
-local admit_per_second = tonumber(cfg[8] or cfg[1])
+local admit_per_second = rate_in_use(cfg[1], cfg[8])
 local max_active = tonumber(cfg[2])
 local active_ttl_ms = tonumber(cfg[3])
 local idle_timeout_ms = tonumber(cfg[4])

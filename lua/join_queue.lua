@@ -47,7 +47,7 @@ local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'max_active', 'active
 if not cfg[1] then
   return cjson.encode({ status = 'no_event' })
 end
-local admit_per_second = tonumber(cfg[10] or cfg[1])
+local admit_per_second = rate_in_use(cfg[1], cfg[10])
 local max_active = tonumber(cfg[2])
 local active_ttl_ms = tonumber(cfg[3])
 local idle_timeout_ms = tonumber(cfg[4])

@@ -1,7 +1,8 @@
 -- queue_status: where is this entry now? Each call is also a heartbeat.
 --
 -- KEYS[1..10] Q, the queue (prelude lib/queue.lua): reads cfg
---             (idle_timeout_ms, open_ms, close_ms, ...); writes wait, poll,
+--             (admit_per_second or, in auto mode, auto_admit_per_second,
+--             idle_timeout_ms, open_ms, close_ms, ...); writes wait, poll,
 --             adm, adm_entry, stats, pre_entry, draw
 -- KEYS[11..] the event's schedule cfg hashes (seats, held, sold)
 -- ARGV[1] entry id
@@ -22,7 +23,8 @@
 -- the next in line).
 
 local Q = queue_keys(1)
-local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'idle_timeout_ms', 'paused', 'open_ms', 'close_ms')
+local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'idle_timeout_ms', 'paused', 'open_ms', 'close_ms',
+                       'auto_admit_per_second')
 if not cfg[1] then
   return cjson.encode({ status = 'no_event' })
 end
@@ -35,7 +37,7 @@ local now = now_ms()
 -- `state` is the entry's place as JSON members (',"state":...').
 local function reply(state)
   local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
-  return '{"status":"ok",' .. pace_json(tonumber(cfg[1]), cfg[3] == '1', idle_timeout_ms, now, stats, sold_out(11))
+  return '{"status":"ok",' .. pace_json(rate_in_use(cfg[1], cfg[6]), cfg[3] == '1', idle_timeout_ms, now, stats, sold_out(11))
     .. state .. '}'
 end
 local function gone(counter)

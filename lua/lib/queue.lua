@@ -64,6 +64,14 @@ local function queue_keys(i)
            stats = KEYS[i + 7], pre_entry = KEYS[i + 8], draw = KEYS[i + 9] }
 end
 
+-- The admission rate in use, from the event's cfg: the autopilot's
+-- (`auto_admit_per_second`, present only in auto mode) or else the
+-- configured `admit_per_second`. Admission (admit_tick), joins and status
+-- answers all pace by this one rule.
+local function rate_in_use(admit_per_second, auto_admit_per_second)
+  return tonumber(auto_admit_per_second or admit_per_second)
+end
+
 -- The queue keys a buyer's admission check reads (lib/schedule.lua's
 -- `admission`), KEYS[i..i+3] in this order (EventKeys::buyer_keys builds
 -- them): adm, wait, adm_entry, seen (= poll, the buyer's last activity).

@@ -466,3 +466,50 @@ async fn one_instance_takes_the_control_step_per_interval_whoever_publishes() {
         "no second step in one interval"
     );
 }
+
+/// In auto mode every answer paces by the rate in use (the autopilot's),
+/// not the configured one: a waiting buyer's status gives the same ETA as
+/// the join did after the configured rate moved away from the autopilot's
+/// (with the loops off nothing else moves either rate, and with no
+/// admission tick the observed rate stays 0, so the ETA is position / rate).
+#[tokio::test]
+async fn status_and_join_pace_by_the_autopilots_rate_in_auto_mode() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    let r = app
+        .create_event(
+            "e1",
+            json!({"admit_per_second": 4, "max_active": 1, "active_ttl_seconds": 600,
+                   "idle_timeout_seconds": 600, "admission_mode": "auto",
+                   "min_admit_per_second": 1, "max_admit_per_second": 1000}),
+            json!([{"schedule_id": "d1", "starts_at": "2026-12-24T20:00:00Z", "seats": 10,
+                    "row_size": 10, "price": "1000", "hold_seconds": 10, "max_per_user": 2}]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // The autopilot started at 4 per second; the configured rate moves to
+    // 1000 and the autopilot's stays where it was.
+    let r = app
+        .patch_queue("e1", json!({"admit_per_second": 1000}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let mut last = None;
+    for i in 0..21 {
+        let r = app.join("e1", &format!("u{i}")).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        last = Some(r.body);
+    }
+    let joined = last.unwrap();
+    assert_eq!(joined["status"], "waiting", "{joined}");
+    assert_eq!(joined["position"], 20, "{joined}");
+    // 20 ahead at 4 per second: 5 s (at the configured 1000 it would be 1).
+    assert_eq!(joined["eta_seconds"], 5, "{joined}");
+    let token = joined["token"].as_str().unwrap();
+    let r = app.status(token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["position"], 20, "{}", r.text);
+    assert_eq!(
+        r.body["eta_seconds"], joined["eta_seconds"],
+        "status paces like the join did: {}",
+        r.text
+    );
+}
