@@ -31,6 +31,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 RUNS="${HOLD_BENCH_RUNS:-5}"
@@ -49,48 +51,27 @@ if [[ -z $BX ]]; then
 fi
 [[ -x $BX ]] || { echo "bench_hold_script: $BX missing (cargo build)" >&2; exit 1; }
 [[ $CALLS -le 99000 ]] || { echo "bench_hold_script: HOLD_BENCH_CALLS must stay below the 100,000 seats" >&2; exit 2; }
-case "$DATABASE_URL" in
-    postgres*://*@127.0.0.1* | postgres*://*@localhost* | postgres*://127.0.0.1* | postgres*://localhost*) ;;
-    *) echo "bench_hold_script: DATABASE_URL must point at this machine" >&2; exit 2 ;;
-esac
+REDIS_URL="redis://127.0.0.1" bench_local_only # (its Redis is its own)
 for tool in redis-server redis-cli redis-benchmark psql curl; do
     command -v "$tool" >/dev/null || { echo "bench_hold_script: $tool is missing" >&2; exit 1; }
 done
 
 TS="$(date +%s)$$"
 DB="bx_holdbench_$TS"
-PG_BASE="${DATABASE_URL%%\?*}"
-PG_BASE="${PG_BASE%/*}"
-ADMIN_URL="$PG_BASE/postgres"
+ADMIN_URL="$(bench_admin_url)"
 KEY="holdbench-key"
 WORK="$(mktemp -d)"
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() { # FROM
-    local p
-    for ((p = $1; p < $1 + 200; p++)); do port_free "$p" && { echo "$p"; return 0; }; done
-    return 1
-}
-RPORT="$(free_port 16400)"
-HPORT="$(free_port 18400)"
+RPORT="$(bench_free_port 16400)"
+HPORT="$(bench_free_port 18400)"
 
 REDIS_PID="" SERVICE_PID="" DB_CREATED=0
-stop() { # PID
-    [[ -n $1 ]] && kill -0 "$1" 2>/dev/null || return 0
-    kill -TERM "$1" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    stop "$SERVICE_PID"
-    stop "$REDIS_PID"
-    if [[ $DB_CREATED -eq 1 ]]; then
-        psql -X -q "$ADMIN_URL" -c "drop database if exists \"$DB\" with (force)" >/dev/null 2>&1 ||
-            echo "bench_hold_script: could not drop database $DB" >&2
-    fi
+    bench_stop "$SERVICE_PID"
+    bench_stop "$REDIS_PID"
+    [[ $DB_CREATED -eq 1 ]] && bench_drop_db "$DB"
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -98,15 +79,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # A private Redis: no persistence, nothing else on it.
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
+bench_private_redis "$RPORT" "$WORK/redis.log" --dir "$WORK"
+REDIS_PID=$BENCH_REDIS_PID
 R="redis://127.0.0.1:$RPORT"
 rcli() { redis-cli -u "$R" "$@"; }
-for _ in $(seq 50); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 psql -X -q -v ON_ERROR_STOP=1 "$ADMIN_URL" -c "create database \"$DB\""
 DB_CREATED=1
-env BOXOFFICE_ADDR="127.0.0.1:$HPORT" DATABASE_URL="$PG_BASE/$DB" REDIS_URL="$R" BOXOFFICE_REDIS_PREFIX="hb:" \
+env BOXOFFICE_ADDR="127.0.0.1:$HPORT" DATABASE_URL="$(bench_db_url "$DB")" REDIS_URL="$R" BOXOFFICE_REDIS_PREFIX="hb:" \
     BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="holdbench-token-secret-$TS" RUST_LOG=warn \
     "$BX" serve >"$WORK/service.log" 2>&1 &
 SERVICE_PID=$!
@@ -124,7 +104,7 @@ curl -fsS -o /dev/null -H "x-api-key: $KEY" -H 'content-type: application/json' 
   \"event_id\":\"hb\",\"name\":\"place_hold bench\",
   \"queue\":{\"admit_per_second\":1000,\"max_active\":1000,\"active_ttl_seconds\":600,\"idle_timeout_seconds\":600,\"paused\":true},
   \"schedules\":[${SCHEDULES#,}]}"
-stop "$SERVICE_PID"
+bench_stop "$SERVICE_PID"
 SERVICE_PID=""
 
 E="hb:{ev:hb}"

@@ -29,6 +29,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 PORT="${PREQUEUE_PORT:-18200}"
 TS="$(date +%s)"
@@ -36,8 +38,6 @@ OUT="${PREQUEUE_OUT:-$ROOT/loadtest/reports/prequeue-$TS.md}"
 DB="bx_prequeue_$TS"
 KEY="prequeue-bench-key"
 SECRET="prequeue-bench-secret-$TS"
-PG_BASE="${DATABASE_URL%%\?*}"
-PG_BASE="${PG_BASE%/*}"
 BIN_DIR="${PREQUEUE_BIN_DIR:-$ROOT/target/release}"
 BX="$BIN_DIR/boxoffice"
 LT="$BIN_DIR/loadtest"
@@ -50,10 +50,9 @@ DB_CREATED=0
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    for p in $SERVICE_PID $REDIS_PID; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 1
-    for p in $SERVICE_PID $REDIS_PID; do kill -KILL "$p" 2>/dev/null || true; done
-    [[ $DB_CREATED -eq 1 ]] && psql -X -q "$PG_BASE/postgres" -c "drop database if exists \"$DB\" with (force)" >/dev/null 2>&1
+    bench_stop "$SERVICE_PID"
+    bench_stop "$REDIS_PID"
+    [[ $DB_CREATED -eq 1 ]] && bench_drop_db "$DB"
     rm -rf "$TMP"
     exit "$rc"
 }
@@ -65,19 +64,17 @@ for b in "$BX" "$LT"; do [[ -x $b ]] || { echo "bench-prequeue: $b missing" >&2;
 
 RPORT=$((PORT + 50))
 case "${PREQUEUE_REDIS_PRIORITY:-fifo}" in
-    fifo) PRIO=(chrt -f 10) ;;
-    nice) PRIO=(nice -n -10) ;;
-    *) PRIO=() ;;
+    fifo) BENCH_REDIS_WRAP=(chrt -f 10) ;;
+    nice) BENCH_REDIS_WRAP=(nice -n -10) ;;
+    *) BENCH_REDIS_WRAP=() ;;
 esac
-"${PRIO[@]}" redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
-    --slowlog-log-slower-than 2000 --slowlog-max-len 1024 >"$TMP/redis.log" 2>&1 &
-REDIS_PID=$!
-for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-psql -X -q "$PG_BASE/postgres" -c "create database \"$DB\"" >/dev/null
+bench_private_redis "$RPORT" "$TMP/redis.log" --slowlog-log-slower-than 2000 --slowlog-max-len 1024
+REDIS_PID=$BENCH_REDIS_PID
+psql -X -q "$(bench_admin_url)" -c "create database \"$DB\"" >/dev/null
 DB_CREATED=1
 COMMON=(REDIS_URL="redis://127.0.0.1:$RPORT" BOXOFFICE_REDIS_PREFIX="pq:" BOXOFFICE_SERVICE_KEY="$KEY"
     BOXOFFICE_TOKEN_SECRET="$SECRET")
-env "${COMMON[@]}" BOXOFFICE_ADDR="127.0.0.1:$PORT" DATABASE_URL="$PG_BASE/$DB" \
+env "${COMMON[@]}" BOXOFFICE_ADDR="127.0.0.1:$PORT" DATABASE_URL="$(bench_db_url "$DB")" \
     BOXOFFICE_RATE_PER_IP=0 BOXOFFICE_RATE_PER_TOKEN=0 RUST_LOG=error \
     "$BX" serve >"$TMP/service.log" 2>&1 &
 SERVICE_PID=$!
@@ -91,7 +88,7 @@ env "${COMMON[@]}" LOADTEST_PREQUEUE="${PREQUEUE_ENTRIES:-1000000}" \
     LOADTEST_PREQUEUE_SECONDS="${PREQUEUE_SECONDS:-15}" \
     LOADTEST_PREQUEUE_CONCURRENCY="${PREQUEUE_CONCURRENCY:-32}" \
     LOADTEST_PREQUEUE_STREAMS="${PREQUEUE_STREAMS:-2000}" \
-    DATABASE_URL="$PG_BASE/$DB" "$LT" prequeue --host "http://127.0.0.1:$PORT" >"$TMP/table.md"
+    DATABASE_URL="$(bench_db_url "$DB")" "$LT" prequeue --host "http://127.0.0.1:$PORT" >"$TMP/table.md"
 echo "- redis-server scheduled as $(ps -o cls=,rtprio=,ni= -p "$REDIS_PID" | xargs) (class, RT priority, nice; PREQUEUE_REDIS_PRIORITY=${PREQUEUE_REDIS_PRIORITY:-fifo}), the service and the load generator at nice $(ps -o ni= -p "$SERVICE_PID" | tr -d ' '); \`$0\` with PREQUEUE_ENTRIES=${PREQUEUE_ENTRIES:-1000000} PREQUEUE_SECONDS=${PREQUEUE_SECONDS:-15} PREQUEUE_CONCURRENCY=${PREQUEUE_CONCURRENCY:-32} PREQUEUE_STREAMS=${PREQUEUE_STREAMS:-2000}." >>"$TMP/table.md"
 mkdir -p "$(dirname "$OUT")"
 cp "$TMP/table.md" "$OUT"

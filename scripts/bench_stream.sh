@@ -19,6 +19,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 SIZES="${STREAM_SIZES:-10000 50000}"
 WARMUP="${STREAM_WARMUP:-20}"
@@ -28,8 +30,6 @@ TS="$(date +%s)"
 OUT="${STREAM_OUT:-$ROOT/loadtest/reports/stream-$TS.md}"
 DB="bx_stream_$TS"
 KEY="stream-bench-key"
-PG_BASE="${DATABASE_URL%%\?*}"
-PG_BASE="${PG_BASE%/*}"
 BX="$ROOT/target/release/boxoffice"
 SB="$ROOT/target/release/stream_bench"
 TMP="$(mktemp -d)"
@@ -43,9 +43,8 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     for p in "${CLIENTS[@]}" "${PIDS[@]}" $REDIS_PID; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 1
-    for p in "${CLIENTS[@]}" "${PIDS[@]}" $REDIS_PID; do kill -KILL "$p" 2>/dev/null || true; done
-    [[ $DB_CREATED -eq 1 ]] && psql -X -q "$PG_BASE/postgres" -c "drop database if exists \"$DB\" with (force)" >/dev/null 2>&1
+    for p in "${CLIENTS[@]}" "${PIDS[@]}" $REDIS_PID; do bench_stop "$p"; done
+    [[ $DB_CREATED -eq 1 ]] && bench_drop_db "$DB"
     rm -rf "$TMP"
     exit "$rc"
 }
@@ -56,13 +55,12 @@ trap 'exit 130' INT TERM
 for b in "$BX" "$SB"; do [[ -x $b ]] || { echo "bench-stream: $b missing" >&2; exit 1; }; done
 
 RPORT=$((BASE_PORT + 50))
-redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no >"$TMP/redis.log" 2>&1 &
-REDIS_PID=$!
-for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-psql -X -q "$PG_BASE/postgres" -c "create database \"$DB\"" >/dev/null
+bench_private_redis "$RPORT" "$TMP/redis.log"
+REDIS_PID=$BENCH_REDIS_PID
+psql -X -q "$(bench_admin_url)" -c "create database \"$DB\"" >/dev/null
 DB_CREATED=1
 for i in 0 1 2; do
-    env BOXOFFICE_ADDR="127.0.0.1:$((BASE_PORT + i))" DATABASE_URL="$PG_BASE/$DB" \
+    env BOXOFFICE_ADDR="127.0.0.1:$((BASE_PORT + i))" DATABASE_URL="$(bench_db_url "$DB")" \
         REDIS_URL="redis://127.0.0.1:$RPORT" BOXOFFICE_REDIS_PREFIX="sb:" \
         BOXOFFICE_RATE_PER_IP=0 BOXOFFICE_RATE_PER_TOKEN=0 BOXOFFICE_SERVICE_KEY="$KEY" \
         BOXOFFICE_HTTP_MAX_CONNECTIONS=19000 \

@@ -27,6 +27,7 @@ mod common;
 mod flash_sale;
 mod poll_storm;
 mod prequeue;
+mod procstat;
 mod redis;
 mod scenarios;
 mod setup;
@@ -166,11 +167,11 @@ async fn run() -> anyhow::Result<()> {
         // each buyer gives up after MAX_WAIT in the queue instead).
         attack = *attack.set_default(GooseDefault::Iterations, 1)?;
     }
-    let cpu_before = own_cpu_seconds();
+    let cpu_before = procstat::cpu_seconds("self");
     let metrics = attack.execute().await?;
     // The generator's own CPU over the run (user + system), for the
     // report's "where the time goes" (it shares the machine's cores).
-    if let (Some(b), Some(a)) = (cpu_before, own_cpu_seconds()) {
+    if let (Some(b), Some(a)) = (cpu_before, procstat::cpu_seconds("self")) {
         extra.insert("generator_cpu_seconds".into(), (a - b).into());
     }
 
@@ -193,13 +194,4 @@ async fn run() -> anyhow::Result<()> {
     summary::print(&summary);
     println!("loadtest: wrote {}", path.display());
     Ok(())
-}
-
-/// This process's CPU time so far (user + system, all threads), from
-/// /proc/self/stat; `None` where there is no /proc.
-fn own_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0) // USER_HZ
 }

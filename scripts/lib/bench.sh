@@ -73,3 +73,29 @@ bench_drop_db() {
     psql -X -q "$(bench_admin_url)" -c "drop database if exists \"$1\" with (force)" >/dev/null 2>&1 ||
         echo "$0: could not drop database $1" >&2
 }
+
+# bench_free_port FROM: the first free port from FROM on (200 tried).
+bench_free_port() {
+    local p
+    for ((p = $1; p < $1 + 200; p++)); do bench_port_free "$p" && { echo "$p"; return 0; }; done
+    return 1
+}
+
+# bench_private_redis PORT LOGFILE [redis-server args...]: a redis-server of
+# the run's own on 127.0.0.1:PORT (never the shared one), keeping nothing
+# on disk, answering PING before it returns; its pid in BENCH_REDIS_PID
+# (for bench_stop). BENCH_REDIS_WRAP, an array, runs it under a command
+# (e.g. `chrt -f 10` for a real-time scheduling class).
+bench_private_redis() {
+    local port=$1 log=$2 _
+    shift 2
+    local wrap=("${BENCH_REDIS_WRAP[@]+"${BENCH_REDIS_WRAP[@]}"}")
+    "${wrap[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no "$@" >"$log" 2>&1 &
+    BENCH_REDIS_PID=$!
+    for _ in $(seq 50); do
+        redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "$0: redis-server on port $port did not answer (log: $log)" >&2
+    return 1
+}

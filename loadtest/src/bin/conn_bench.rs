@@ -34,21 +34,17 @@ use tokio::{
 
 const REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: bench\r\n\r\n";
 
+#[path = "../procstat.rs"]
+mod procstat;
+
 /// Resident memory (KiB) and CPU seconds (user + system) of `pid`.
 fn usage(pid: u32) -> anyhow::Result<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // USER_HZ is 100 on Linux.
-    Ok((rss, ticks as f64 / 100.0))
+    let pid = pid.to_string();
+    let gone = || anyhow::anyhow!("no /proc entry for {pid}");
+    Ok((
+        procstat::rss_kib(&pid).ok_or_else(gone)?,
+        procstat::cpu_seconds(&pid).ok_or_else(gone)?,
+    ))
 }
 
 /// One request on `conn`, its whole response read (the head, then
