@@ -335,10 +335,10 @@ else
 fi
 
 # ------------------------------------------------------ redis-benchmark
-# place_hold exactly as the service sends it: lua/lib/queue.lua, a
-# newline, lua/lib/schedule.lua, a newline, lua/place_hold.lua
-# (schedule_source! in src/store/redis.rs), on a schedule created
-# through the admin API (so its keys are the real ones), one seat per call.
+# place_hold exactly as the service calls it: its function in the
+# library the service loaded (`boxoffice lua-library`), on a schedule
+# created through the admin API (so its keys are the real ones), one seat
+# per call.
 RB_EVENT="rb$TS"
 curl -fsS -o /dev/null -H "x-api-key: $SERVICE_KEY" -H 'content-type: application/json' "$HOST/v1/admin/events" -d "{
   \"event_id\":\"$RB_EVENT\",\"name\":\"redis-benchmark\",
@@ -347,9 +347,9 @@ curl -fsS -o /dev/null -H "x-api-key: $SERVICE_KEY" -H 'content-type: applicatio
     {\"schedule_id\":\"p1\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100},
     {\"schedule_id\":\"p16\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100},
     {\"schedule_id\":\"probe\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":10,\"row_size\":10,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}]}"
-{ cat lua/lib/queue.lua; printf '\n'; cat lua/lib/schedule.lua; printf '\n'; cat lua/place_hold.lua; } >"$OUT/place_hold.full.lua"
-SHA="$(rcli -x script load <"$OUT/place_hold.full.lua")"
-note "{ cat lua/lib/queue.lua; printf '\\n'; cat lua/lib/schedule.lua; printf '\\n'; cat lua/place_hold.lua; } | redis-cli -u $REDIS_URL -x script load   # -> $SHA; schedules p1, p16 of event $RB_EVENT created through POST /v1/admin/events (100000 seats, max_per_user 100)"
+FN="$("$BX" lua-library | sed -n '1s/^#!lua name=//p')_place_hold"
+note "$BX lua-library | redis-cli -u $REDIS_URL -x function load replace   # -> FCALL $FN; schedules p1, p16 of event $RB_EVENT created through POST /v1/admin/events (100000 seats, max_per_user 100)"
+"$BX" lua-library | rcli -x function load replace >/dev/null
 rb_keys() { # SCHEDULE -> the 13 KEYS of place_hold (7 schedule, hold seq, 4 buyer keys, ready mark)
     local k="${PREFIX}{ev:$RB_EVENT}"
     printf '%s ' "$k:s:$1:cfg" "$k:s:$1:seats" "$k:s:$1:map" "$k:s:$1:holds" "$k:s:$1:dl" "$k:s:$1:uheld" "$k:s:$1:ubought" "$k:hold:seq" \
@@ -376,12 +376,12 @@ rb() { # NAME REDIS-BENCHMARK-ARGS...
 # One call by hand first: it must place a hold (a wrong key list measured
 # an error path once).
 # shellcheck disable=SC2046 # the keys are words on purpose
-RB_ONE="$(rcli evalsha "$SHA" 13 $(rb_keys probe) u000000000000 count 1 1)"
+RB_ONE="$(rcli fcall "$FN" 13 $(rb_keys probe) u000000000000 count 1 1)"
 [[ $RB_ONE == *'"status":"ok"'* ]] || { echo "bench: place_hold placed no hold: $RB_ONE" >&2; exit 1; }
 # shellcheck disable=SC2046
-rb place_hold -c "$USERS" -n 60000 -r "$RB_USERS" EVALSHA "$SHA" 13 $(rb_keys p1) u__rand_int__ count 1 1
+rb place_hold -c "$USERS" -n 60000 -r "$RB_USERS" FCALL "$FN" 13 $(rb_keys p1) u__rand_int__ count 1 1
 # shellcheck disable=SC2046
-rb place_hold_p16 -c "$USERS" -P 16 -n 60000 -r "$RB_USERS" EVALSHA "$SHA" 13 $(rb_keys p16) u__rand_int__ count 1 1
+rb place_hold_p16 -c "$USERS" -P 16 -n 60000 -r "$RB_USERS" FCALL "$FN" 13 $(rb_keys p16) u__rand_int__ count 1 1
 for s in p1 p16; do
     printf '%s ' "$s" >>"$OUT/rb-place_hold.check"
     rcli hget "${PREFIX}{ev:$RB_EVENT}:s:$s:cfg" held >>"$OUT/rb-place_hold.check"

@@ -7,15 +7,17 @@
 #    and the service against it and a fresh database, creates one event
 #    through the admin API (one fresh 100,000-seat schedule per run), then
 #    stops the service so nothing else runs scripts on that Redis;
-# 2. loads (a) place_hold exactly as the service sends it (lua/lib/queue.lua,
-#    a newline, lua/lib/schedule.lua, a newline, lua/place_hold.lua: see
-#    schedule_source! in src/store/redis.rs) with its 13 real KEYS, and
-#    (b) the reference: INCR a hold number + HSETNX seat -> "h:<n>";
-#    admits every user redis-benchmark's u__rand_int__ can produce;
+# 2. loads (a) place_hold exactly as the service calls it: the function
+#    library the binary prints (`boxoffice lua-library`, FCALL
+#    <library>_place_hold) with its 13 real KEYS, and (b) the reference,
+#    INCR a hold number + HSETNX seat -> "h:<n>", both as a function
+#    (FCALL, the real one's reference) and as a script (EVALSHA, the
+#    reference of "before", which was an EVALSHA script); admits every user
+#    redis-benchmark's u__rand_int__ can produce;
 # 3. HOLD_BENCH_RUNS times, alternating: CONFIG RESETSTAT, redis-benchmark
-#    on one of them, INFO commandstats (evalsha usec_per_call); checks that
-#    every real call placed a hold (`held` == calls);
-# 4. prints the medians (holds/s, evalsha usec_per_call, and Redis' own
+#    on one of them, INFO commandstats (fcall or evalsha usec_per_call);
+#    checks that every real call placed a hold (`held` == calls);
+# 4. prints the medians (holds/s, usec_per_call, and Redis' own
 #    main-thread CPU per call from INFO cpu) and the ratios real/minimal,
 #    and writes them to $HOLD_BENCH_OUT (key=value lines);
 # 5. stops what it started and drops its database, also on failure.
@@ -26,7 +28,9 @@
 # creates the event, so its profile does not matter), HOLD_BENCH_OUT
 # (a file for the figures), HOLD_BENCH_CLIENTS (8), HOLD_BENCH_BEFORE (a
 # directory holding another lua/ tree, e.g. from `git archive <rev> lua`:
-# its place_hold is measured too, in the same runs, as "before").
+# its place_hold, as the EVALSHA script of lib/queue.lua + lib/schedule.lua
+# + place_hold.lua that revisions before the function library sent, is
+# measured too, in the same runs, as "before").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -118,16 +122,18 @@ rcli eval "for i = 0, tonumber(ARGV[1]) - 1 do
   redis.call('HSET', KEYS[2], u, 1)
 end" 2 "$E:q:adm" "$E:q:adm:entry" "$USERS" >/dev/null
 
-load_place_hold() { # LUA-DIR -> sha
-    { cat "$1/lib/queue.lua"; printf '\n'; cat "$1/lib/schedule.lua"; printf '\n'; cat "$1/place_hold.lua"; } | rcli -x script load
-}
-REAL="$(load_place_hold lua)"
-[[ -z $BEFORE ]] || OLD="$(load_place_hold "$BEFORE")"
+# place_hold as the service calls it: its function in the library.
+REAL="FCALL $("$BX" lua-library | rcli -x function load replace)_place_hold"
+# "before": the script as the service sent it then (see HOLD_BENCH_BEFORE).
+[[ -z $BEFORE ]] || OLD="EVALSHA $({ cat "$BEFORE/lib/queue.lua"; printf '\n'; cat "$BEFORE/lib/schedule.lua"; printf '\n'; cat "$BEFORE/place_hold.lua"; } | rcli -x script load)"
 # The reference: a hold number and one seat taken with it (seat = the
-# number, so every call writes), the least a hold can cost.
-MINI="$(rcli script load "local n = redis.call('INCR', KEYS[2])
+# number, so every call writes), the least a hold can cost; as a function
+# and as a script, each the reference of the same kind of call.
+MINI_BODY="local n = redis.call('INCR', KEYS[2])
 redis.call('HSETNX', KEYS[1], n, 'h:' .. n)
-return n")"
+return n"
+MINI_F="FCALL $(printf '#!lua name=bx_minimal\nredis.register_function(\x27bx_minimal_hold\x27, function(KEYS)\n%s\nend)\n' "$MINI_BODY" | rcli -x function load replace)_hold"
+MINI_E="EVALSHA $(rcli script load "$MINI_BODY")"
 # The 13 KEYS of place_hold, in EventKeys order: the schedule's 7, the
 # hold sequence, the buyer keys (adm, wait, adm_entry, poll), ready.
 real_keys() { # SCHEDULE
@@ -137,11 +143,11 @@ real_keys() { # SCHEDULE
 
 # One call first, by hand: it must place a hold.
 # shellcheck disable=SC2046
-ONE="$(rcli evalsha "$REAL" 13 $(real_keys r1) u000000000001 count 1 1)"
+ONE="$(rcli $REAL 13 $(real_keys r1) u000000000001 count 1 1)"
 [[ $ONE == *'"status":"ok"'* ]] || { echo "bench_hold_script: place_hold did not place a hold: $ONE" >&2; exit 1; }
 echo "one call: $ONE"
 
-usec() { rcli info commandstats | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p'; }
+usec() { rcli info commandstats | sed -n 's/^cmdstat_\(fcall\|evalsha\):.*usec_per_call=\([0-9.]*\).*/\2/p'; }
 cpu() { rcli info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user)_main_thread:/ {s += $2} END {printf "%.6f", s}'; }
 bench() { # ARGS... -> "rps usec_per_call cpu_usec_per_call"
     rcli config resetstat >/dev/null
@@ -151,21 +157,20 @@ bench() { # ARGS... -> "rps usec_per_call cpu_usec_per_call"
     c1="$(cpu)"
     echo "$rps $(usec) $(awk -v a="$c0" -v b="$c1" -v n="$CALLS" 'BEGIN {printf "%.2f", (b - a) / n * 1e6}')"
 }
-real_run() { # SHA SCHEDULE -> "rps usec cpu", after checking every call placed a hold
+real_run() { # "FCALL fn"|"EVALSHA sha" SCHEDULE -> "rps usec cpu", after checking every call placed a hold
     local held0 held out
     held0="$(rcli hget "$E:s:$2:cfg" held)"
-    # shellcheck disable=SC2046
-    out="$(bench EVALSHA "$1" 13 $(real_keys "$2") u__rand_int__ count 1 1)"
+    # shellcheck disable=SC2046,SC2086
+    out="$(bench $1 13 $(real_keys "$2") u__rand_int__ count 1 1)"
     held="$(rcli hget "$E:s:$2:cfg" held)"
     [[ $((held - ${held0:-0})) -eq $CALLS ]] ||
         { echo "bench_hold_script: schedule $2 got $((held - ${held0:-0})) holds for $CALLS calls" >&2; return 1; }
     echo "$out"
 }
-CMD_REAL="redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $CALLS -r $USERS --csv EVALSHA <place_hold> 13 <keys of schedule rI> u__rand_int__ count 1 1"
-CMD_MINI="redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $CALLS -r $USERS --csv EVALSHA <minimal> 2 <seats key mI> <seq key> u__rand_int__"
-echo "$CMD_REAL"
-echo "$CMD_MINI"
-: >"$WORK/real" && : >"$WORK/mini"
+echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $CALLS -r $USERS --csv $REAL 13 <keys of schedule rI> u__rand_int__ count 1 1"
+echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $CALLS -r $USERS --csv $MINI_F 2 <seats key fI> <seq key> u__rand_int__"
+echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $CALLS -r $USERS --csv $MINI_E 2 <seats key mI> <seq key> u__rand_int__"
+: >"$WORK/real" && : >"$WORK/mini" && : >"$WORK/mini_f"
 show() { printf '%s %8.0f/s %6.2f us/call %6.2f us cpu/call' "$1" "$2" "$3" "$4"; }
 : >"$WORK/before"
 for ((i = 1; i <= RUNS; i++)); do
@@ -176,9 +181,12 @@ for ((i = 1; i <= RUNS; i++)); do
     fi
     real_run "$REAL" "r$i" >>"$WORK/real"
     rcli info commandstats | tr -d '\r' | grep '^cmdstat_' >"$WORK/stats.real"
-    bench EVALSHA "$MINI" 2 "$E:m$i:seats" "$E:m:seq" u__rand_int__ >>"$WORK/mini"
+    # shellcheck disable=SC2086
+    bench $MINI_F 2 "$E:f$i:seats" "$E:f:seq" u__rand_int__ >>"$WORK/mini_f"
+    # shellcheck disable=SC2086
+    bench $MINI_E 2 "$E:m$i:seats" "$E:m:seq" u__rand_int__ >>"$WORK/mini"
     # shellcheck disable=SC2046
-    echo "$line $(show place_hold $(tail -n 1 "$WORK/real")) | $(show minimal $(tail -n 1 "$WORK/mini"))"
+    echo "$line $(show place_hold $(tail -n 1 "$WORK/real")) | $(show minimal_fcall $(tail -n 1 "$WORK/mini_f")) | $(show minimal_evalsha $(tail -n 1 "$WORK/mini"))"
 done
 median() { # FILE COLUMN
     sort -g -k"$2","$2" "$1" | awk -v c="$2" '{v[NR] = $c} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
@@ -191,12 +199,16 @@ figures() { # NAME FILE MINI-FILE -> key=value lines: medians and ratios to the 
 }
 RESULT="runs=$RUNS
 calls_per_run=$CALLS
-$(figures place_hold "$WORK/real" "$WORK/mini")"
+$(figures place_hold "$WORK/real" "$WORK/mini_f")"
 [[ -z $BEFORE ]] || RESULT+="
 $(figures before "$WORK/before" "$WORK/mini")"
+minimal_figures() { # NAME FILE -> key=value lines: medians
+    awk -v n="$1" -v r="$(median "$2" 1)" -v u="$(median "$2" 2)" -v c="$(median "$2" 3)" 'BEGIN {
+      printf "%s_per_s=%.0f\n%s_usec_per_call=%.2f\n%s_cpu_usec_per_call=%.2f", n, r, n, u, n, c }'
+}
 RESULT+="
-$(awk -v r="$(median "$WORK/mini" 1)" -v u="$(median "$WORK/mini" 2)" -v c="$(median "$WORK/mini" 3)" 'BEGIN {
-  printf "minimal_per_s=%.0f\nminimal_usec_per_call=%.2f\nminimal_cpu_usec_per_call=%.2f", r, u, c }')"
+$(minimal_figures minimal_fcall "$WORK/mini_f")
+$(minimal_figures minimal "$WORK/mini")"
 echo "Redis commands of the last place_hold run (calls, usec_per_call):"
 sed 's/^cmdstat_\([a-z|]*\):calls=\([0-9]*\),usec=[0-9]*,usec_per_call=\([0-9.]*\).*/  \1 \2 \3/' "$WORK/stats.real" | sort -k2,2nr
 echo "medians of $RUNS runs:"

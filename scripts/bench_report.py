@@ -1099,7 +1099,7 @@ def prequeue_section(d):
         "",
         "One release service instance on a private redis-server holding a pre-queue seeded the way "
         "`lua/join_queue.lua` writes it (`scripts/bench_prequeue.sh`, `loadtest prequeue`). Per phase, "
-        "Redis's own latency of each `EVALSHA` (statistics reset between phases), so the figures do "
+        "Redis's own latency of each `FCALL` (statistics reset between phases), so the figures do "
         "not depend on the load generator sharing the cores. Aim: no command blocks Redis for more "
         "than a few ms.",
         "",

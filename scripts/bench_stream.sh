@@ -76,15 +76,15 @@ for i in 0 1 2; do
 done
 
 cpu_ticks() { local t=0 p; for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-redis_stat() { # total calls (incl. inside scripts), EVALSHA calls
+redis_stat() { # total calls (incl. inside scripts), script calls (FCALL)
     redis-cli -p "$RPORT" info commandstats | tr -d '\r' | awk -F'[=,:]' '
-        /^cmdstat_/ { total += $3; if ($1 == "cmdstat_evalsha") ev = $3 }
+        /^cmdstat_/ { total += $3; if ($1 == "cmdstat_fcall") ev = $3 }
         END { printf "%d %d\n", total, ev }'
 }
 HZ="$(getconf CLK_TCK)"
 
 {
-    echo "| users | mode | service CPU ms per waiting user per minute | Redis calls/s from clients (EVALSHA) | Redis commands/s incl. inside scripts |"
+    echo "| users | mode | service CPU ms per waiting user per minute | Redis calls/s from clients (FCALL) | Redis commands/s incl. inside scripts |"
     echo "|---:|---|---:|---:|---:|"
 } >"$TMP/table.md"
 declare -A CPU
@@ -132,7 +132,7 @@ for n in $SIZES; do
         CPU[$mode-$n]=$cpu_ms
         evs=$(python3 -c "print(f'{($e1 - $e0) / $WINDOW:.1f}')")
         tot=$(python3 -c "print(f'{($r1 - $r0) / $WINDOW:.1f}')")
-        say "$mode $n: cpu $cpu_ms ms/user/min, evalsha $evs/s, redis $tot/s"
+        say "$mode $n: cpu $cpu_ms ms/user/min, fcall $evs/s, redis $tot/s"
         [[ $placed -lt 0 ]] && mode="$mode (NOT all in place: invalid)"
         echo "| $n | $mode | $cpu_ms | $evs | $tot |" >>"$TMP/table.md"
         sleep 5

@@ -200,6 +200,12 @@ else
     die "REDIS_URL points to $REDIS_HOST:$REDIS_PORT, which does not answer PING." \
         "Start Redis there, or unset REDIS_URL to use/start a local one on 127.0.0.1:6379."
 fi
+# The scripts are a Redis function library (FUNCTION LOAD, Redis 7.0+).
+if command -v redis-cli >/dev/null 2>&1; then
+    REDIS_VERSION="$(timeout 3 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" info server 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version://p')"
+    [[ -z $REDIS_VERSION || ${REDIS_VERSION%%.*} -ge 7 ]] ||
+        die "Redis on $REDIS_SHOWN is $REDIS_VERSION; boxoffice needs Redis 7.0 or later (its scripts are a function library)."
+fi
 
 # --------------------------------------------------------------- PostgreSQL
 pg_ping() {

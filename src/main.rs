@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use boxoffice::{app::Application, config::Config, telemetry};
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: boxoffice [serve [--demo] | audit | user-token <user_id> [--ttl 1h]]\n\n  serve       run the HTTP service (default)\n  --demo      also load the demo event if it does not exist\n  audit       check the invariants in Redis and PostgreSQL; exit 1 on a violation,\n              2 when a store cannot be read\n  user-token  print a user assertion (JWT) for <user_id>, signed with\n              BOXOFFICE_USER_JWT_SECRET as the platform's login would\n              (development, demos, load tests); --ttl 30s|15m|1h|2d, default 1h\n";
+const USAGE: &str = "usage: boxoffice [serve [--demo] | audit | user-token <user_id> [--ttl 1h] | lua-library]\n\n  serve       run the HTTP service (default)\n  --demo      also load the demo event if it does not exist\n  audit       check the invariants in Redis and PostgreSQL; exit 1 on a violation,\n              2 when a store cannot be read\n  user-token  print a user assertion (JWT) for <user_id>, signed with\n              BOXOFFICE_USER_JWT_SECRET as the platform's login would\n              (development, demos, load tests); --ttl 30s|15m|1h|2d, default 1h\n  lua-library print the Redis function library of the scripts (FUNCTION LOAD\n              payload; its first line names it; benchmarks load it by hand)\n";
 
 /// `boxoffice user-token <user_id> [--ttl 1h]`.
 fn user_token(args: &[&str]) -> ExitCode {
@@ -112,6 +112,14 @@ async fn main() -> ExitCode {
             };
         }
         ["user-token", rest @ ..] => return user_token(rest),
+        ["lua-library"] => {
+            use std::io::Write;
+            let code = &boxoffice::store::redis::library().code;
+            return match std::io::stdout().write_all(code.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            };
+        }
         ["audit", "--help" | "-h"] => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -29,9 +29,9 @@
 //! - `entries`: the admin entry list, pages of 10,000 at random offsets.
 //!
 //! Before each phase `CONFIG RESETSTAT` and `SLOWLOG RESET`; after it,
-//! `INFO latencystats` (p50/p99/p99.9 of `EVALSHA`), `INFO commandstats`,
+//! `INFO latencystats` (p50/p99/p99.9 of `FCALL`, the scripts), `INFO commandstats`,
 //! `SLOWLOG GET` (the wrapper sets `slowlog-log-slower-than` 2000 µs) and
-//! `LATENCY HISTOGRAM evalsha` (an upper bound of the slowest call when
+//! `LATENCY HISTOGRAM fcall` (an upper bound of the slowest call when
 //! nothing reached the slow log). These are Redis's own timings of each
 //! command, so they hold on a loaded machine far better than the client's
 //! timings, which are given too. The Redis must be the service's alone
@@ -107,14 +107,14 @@ struct Phase {
 
 #[derive(Default)]
 struct RedisFigures {
-    evalsha_calls: u64,
+    script_calls: u64,
     usec_per_call: f64,
     p50: f64,
     p99: f64,
     p999: f64,
     /// Slow-log entries (>= the threshold) and the slowest of them, µs.
     slow: Vec<(u64, String)>,
-    /// The top of `LATENCY HISTOGRAM evalsha`'s last bucket, µs.
+    /// The top of `LATENCY HISTOGRAM fcall`'s last bucket, µs.
     hist_max: Option<u64>,
     /// The slowest command of any kind per commandstats (name, p99.9 µs).
     worst_other: Option<(String, f64)>,
@@ -591,7 +591,7 @@ async fn figures(redis: &Client) -> anyhow::Result<RedisFigures> {
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        if cmd == "evalsha" {
+        if cmd == "fcall" {
             (f.p50, f.p99, f.p999) = (p("p50="), p("p99="), p("p99.9="));
         } else if !matches!(cmd, "config" | "slowlog" | "info" | "latency")
             && f.worst_other.as_ref().is_none_or(|(_, w)| p("p99.9=") > *w)
@@ -602,10 +602,10 @@ async fn figures(redis: &Client) -> anyhow::Result<RedisFigures> {
     let stats: String = cmd(redis, "INFO", vec!["commandstats"]).await?;
     if let Some(l) = stats
         .lines()
-        .find_map(|l| l.trim().strip_prefix("cmdstat_evalsha:"))
+        .find_map(|l| l.trim().strip_prefix("cmdstat_fcall:"))
     {
         let field = |k: &str| l.split(',').find_map(|kv| kv.strip_prefix(k));
-        f.evalsha_calls = field("calls=").and_then(|v| v.parse().ok()).unwrap_or(0);
+        f.script_calls = field("calls=").and_then(|v| v.parse().ok()).unwrap_or(0);
         f.usec_per_call = field("usec_per_call=")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
@@ -616,15 +616,15 @@ async fn figures(redis: &Client) -> anyhow::Result<RedisFigures> {
         for e in entries {
             if let RedisValue::Array(e) = e {
                 let us = e.get(2).and_then(|v| v.as_u64()).unwrap_or(0);
-                // EVALSHA <sha> ...: the script's name (lua/<name>.lua);
+                // FCALL <function> ...: the script's name (lua/<name>.lua);
                 // any other command: its name.
                 let what = match e.get(3) {
                     Some(RedisValue::Array(a)) => {
                         let arg = |i: usize| a.get(i).and_then(RedisValue::as_string);
                         let name = arg(0).unwrap_or_default().to_lowercase();
-                        let sha = arg(1).unwrap_or_default();
-                        match ALL_SCRIPTS.iter().find(|s| s.sha() == sha) {
-                            Some(script) if name == "evalsha" => script.name.to_owned(),
+                        let function = arg(1).unwrap_or_default();
+                        match ALL_SCRIPTS.iter().find(|s| s.function() == function) {
+                            Some(script) if name == "fcall" => script.name.to_owned(),
                             _ => name,
                         }
                     }
@@ -635,8 +635,8 @@ async fn figures(redis: &Client) -> anyhow::Result<RedisFigures> {
         }
     }
     f.slow.sort_by_key(|s| std::cmp::Reverse(s.0));
-    // LATENCY HISTOGRAM evalsha: {evalsha: {calls, histogram_usec: {bucket: cumulative}}}.
-    let hist: RedisValue = cmd(redis, "LATENCY", vec!["HISTOGRAM", "evalsha"]).await?;
+    // LATENCY HISTOGRAM fcall: {fcall: {calls, histogram_usec: {bucket: cumulative}}}.
+    let hist: RedisValue = cmd(redis, "LATENCY", vec!["HISTOGRAM", "fcall"]).await?;
     f.hist_max = last_bucket(&hist);
     Ok(f)
 }
@@ -685,7 +685,7 @@ fn print_table(
     let mut out = String::new();
     out.push_str(&format!(
         "Pre-queue of {entries} entries (seeded in {seeded_in:.1} s; Redis used_memory {:.0} MB → {:.0} MB), \
-{} requests in flight, {} s per phase. Redis figures are Redis's own per-call timings of `EVALSHA` \
+{} requests in flight, {} s per phase. Redis figures are Redis's own per-call timings of `FCALL` \
 (`INFO latencystats`, `SLOWLOG` at 2 ms, `LATENCY HISTOGRAM`), reset before each phase; client figures are \
 the load generator's, on the same loaded cores.\n\n",
         mem_before as f64 / 1e6,
@@ -694,7 +694,7 @@ the load generator's, on the same loaded cores.\n\n",
         run.seconds,
     ));
     out.push_str(
-        "| phase | requests (unexpected) | EVALSHA calls | Redis µs/call | Redis p50 / p99 / p99.9 µs | Redis max | slow log ≥ 2 ms | client p50 / p99 / max ms | load average |\n\
+        "| phase | requests (unexpected) | script calls (FCALL) | Redis µs/call | Redis p50 / p99 / p99.9 µs | Redis max | slow log ≥ 2 ms | client p50 / p99 / max ms | load average |\n\
 |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for p in phases {
@@ -712,7 +712,7 @@ the load generator's, on the same loaded cores.\n\n",
             p.name,
             p.requests,
             p.unexpected,
-            r.evalsha_calls,
+            r.script_calls,
             r.usec_per_call,
             r.p50,
             r.p99,

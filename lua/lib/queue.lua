@@ -1,8 +1,9 @@
--- lib/queue: shared prelude of every script that reads the clock or the
--- waiting room (the queue scripts, and before lib/schedule.lua in every
--- schedule script). The Rust side puts this file in front of a script's
--- source before EVALSHA (Lua scripts cannot import), so it only defines
--- locals: no top-level return, no writes, no KEYS read outside a function.
+-- lib/queue: shared code of every script that reads the clock or the
+-- waiting room (the queue scripts, and lib/schedule.lua's). The Rust side
+-- puts this file first in the scripts' function library
+-- (src/store/redis.rs), run once when the library is loaded, so it only
+-- defines locals: no top-level return, no redis.call, no KEYS read outside
+-- a function.
 --
 -- The event's waiting room is 10 keys, always in this order (Q below is
 -- the table queue_keys(i) builds from KEYS[i..i+9]; EventKeys::queue_keys

@@ -1,8 +1,8 @@
--- lib/schedule: shared prelude of every schedule script. The Rust side
--- puts this file (after lib/queue.lua, whose now_ms and buyer_keys it
--- uses) in front of a schedule script's source before EVALSHA (Lua
--- scripts cannot import), so it only defines locals: no top-level return,
--- no writes, no KEYS read outside a function.
+-- lib/schedule: shared code of the schedule scripts. The Rust side puts
+-- this file (after lib/queue.lua, whose now_ms and buyer_keys it uses) at
+-- the top of the scripts' function library (src/store/redis.rs), run once
+-- when the library is loaded, so it only defines locals: no top-level
+-- return, no redis.call, no KEYS read outside a function.
 --
 -- One schedule is 7 keys, always in this order (K below is the table
 -- sched_keys(i) builds from KEYS[i..i+6]):

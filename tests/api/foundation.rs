@@ -139,19 +139,24 @@ async fn service_key_is_required_for_admin() {
 
 #[tokio::test]
 async fn lua_scripts_reload_after_the_server_forgets_them() {
-    // A private Redis (through a proxy we don't need) is not required: the
-    // script cache is per server, so we use a dedicated redis-server.
+    // The function library is per server, so a dedicated redis-server
+    // loses it, not the shared one.
     let Some(server) = PrivateRedis::start().await else {
         missing_tool("redis-server", "install Debian's redis-server");
         return;
     };
     let app = spawn_with(Settings::new().set("REDIS_URL", &server.url())).await;
     app.simple_event("e1", queue_defaults(), 10, 60, 4).await;
-    server.cli(&["SCRIPT", "FLUSH"]).await;
-    // The join script is gone from the server's cache: EVALSHA answers
-    // NOSCRIPT and the wrapper must send the source again.
+    server.cli(&["FUNCTION", "FLUSH"]).await;
+    // The library is gone from the server: FCALL answers "Function not
+    // found" and the wrapper must load it and call again.
     let r = app.join("e1", "u1").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let libraries = server.cli(&["FUNCTION", "LIST"]).await;
+    assert!(
+        libraries.contains(&boxoffice::store::redis::library().name),
+        "{libraries}"
+    );
     let t = app.state.redis.now_ms().await.unwrap();
     assert!(t > 1_700_000_000_000);
 }
