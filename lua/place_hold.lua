@@ -44,20 +44,29 @@
 -- exactly from its hold's deadline on.
 
 local K = sched_keys(1)
--- Seat numbers as command arguments (see `int` in lib/queue.lua).
-local function ints(list)
-  local out = {}
-  for i, v in ipairs(list) do out[i] = int(v) end
-  return out
-end
 local user, mode, arg = ARGV[1], ARGV[2], ARGV[3]
 if not user or user == '' then return bad_arg('user') end
 if restoring(KEYS[13]) then return json({ status = 'restoring' }) end
 
-local cfg = load_cfg(K)
-if not cfg then return json({ status = 'no_schedule' }) end
-if cfg.cancelled then return json({ status = 'cancelled' }) end
-local N, R = cfg.seats, cfg.row_size
+-- The config this script needs (load_cfg reads and converts more): the
+-- hot path of a sale, where every field and tonumber shows.
+local v = redis.call('HMGET', K.cfg, 'seats', 'price', 'hold_ms', 'max_per_user', 'held',
+                     'sold', 'cancelled')
+if not v[1] then return json({ status = 'no_schedule' }) end
+if v[7] == '1' then return json({ status = 'cancelled' }) end
+local N = tonumber(v[1])
+local cfg = { seats = N, price = v[2], hold_ms = tonumber(v[3]) or 0,
+              max_per_user = tonumber(v[4]), held = tonumber(v[5]) or 0,
+              sold = tonumber(v[6]) or 0 }
+-- The row size, read when a search or an adjacency check needs it.
+local R
+local function row_size()
+  if not R then
+    R = tonumber(redis.call('HGET', K.cfg, 'row_size')) or N
+    cfg.row_size = R
+  end
+  return R
+end
 
 local wanted, count
 if mode == 'seats' then
@@ -83,6 +92,7 @@ local now = now_ms()
 -- The user must be admitted (checked here rather than in a second round trip).
 local refused = admission(buyer_keys(9), user, ARGV[4], now)
 if refused then return json(refused) end
+local now_s = int(now)
 local expired, expired_paying = expire_due(K, now)
 local function reply(t)
   t.expired, t.expired_paying = expired, expired_paying
@@ -106,6 +116,7 @@ end
 -- one-seat path in best_available.
 local maplen
 local function general_search()
+  local R = row_size()
   local function map_bits()
     if not maplen then maplen = redis.call('STRLEN', K.map) * 8 end
     return maplen
@@ -254,16 +265,24 @@ local function best_available(k)
   return general(k)
 end
 
-local seats, adjacent
+-- seats: the seats to hold, ids: the same as command arguments, n: the
+-- hold number once drawn, claimed: the seats hash already has them.
+local seats, adjacent, ids, n, claimed
 if mode == 'seats' then
-  local vals = redis.call('HMGET', K.seats, unpack(ints(wanted)))
+  seats = sorted(wanted)
+  ids = ints(seats)
+  local vals = redis.call('HMGET', K.seats, unpack(ids))
   local taken = {}
-  for i, s in ipairs(wanted) do
+  for i, s in ipairs(seats) do
     if vals[i] then taken[#taken + 1] = s end
   end
-  if #taken > 0 then return reply({ status = 'unavailable', seats = sorted(taken) }) end
-  seats = sorted(wanted)
-  adjacent = is_adjacent(cfg, seats)
+  if #taken > 0 then return reply({ status = 'unavailable', seats = taken }) end
+  if #seats == 1 then
+    adjacent = true
+  else
+    row_size()
+    adjacent = is_adjacent(cfg, seats)
+  end
 else
   -- The counters are exact, so a sold-out schedule answers in O(1).
   if N - cfg.held - cfg.sold < count then
@@ -272,49 +291,56 @@ else
   -- The map only mirrors `seats`; the hash has the last word. A map bit
   -- wrongly 0 (a map lost or restored apart) must never sell a seat
   -- twice: repair it and search again. Each round fixes at least one bit.
+  -- One seat (the hot path) is checked and taken in one HSETNX, under a
+  -- hold number drawn first (a round that finds the seat taken leaves
+  -- that number unused).
   while true do
     seats, adjacent = best_available(count)
     if not seats then return reply({ status = 'unavailable', seats = {} }) end
-    local vals = redis.call('HMGET', K.seats, unpack(ints(seats)))
-    local stale = false
-    for i, s in ipairs(seats) do
-      if vals[i] then
-        redis.call('SETBIT', K.map, int(s), '1')
-        stale = true
+    ids = ints(seats)
+    if count == 1 then
+      n = n or hold_id_of(redis.call('INCR', KEYS[8]))
+      if redis.call('HSETNX', K.seats, ids[1], 'h:' .. n) == 1 then
+        claimed = true
+        break
       end
+      redis.call('SETBIT', K.map, ids[1], '1')
+    else
+      local vals = redis.call('HMGET', K.seats, unpack(ids))
+      local stale = false
+      for i, id in ipairs(ids) do
+        if vals[i] then
+          redis.call('SETBIT', K.map, id, '1')
+          stale = true
+        end
+      end
+      if not stale then break end
     end
-    if not stale then break end
     maplen = nil
   end
 end
 
 -- All checks passed: the writes.
-local n = hold_id_of(redis.call('INCR', KEYS[8]))
+n = n or hold_id_of(redis.call('INCR', KEYS[8]))
 local value = 'h:' .. n
-local ids = ints(seats)
 local fields = {}
 for _, id in ipairs(ids) do
   fields[#fields + 1] = id
   fields[#fields + 1] = value
   redis.call('SETBIT', K.map, id, '1')
 end
-redis.call('HSET', K.seats, unpack(fields))
+if not claimed then redis.call('HSET', K.seats, unpack(fields)) end
 redis.call('HINCRBY', K.cfg, 'held', int(#seats))
 uheld_add(K, user, #seats)
 local deadline = now + cfg.hold_ms
 -- The record and the reply are written as JSON strings directly (what
 -- encode_hold and json would make of the same tables, without building
--- and walking them): this is the hot path of a sale. A string of plain
--- id characters needs no escaping, so cjson only sees the others.
-local function jstr(v)
-  if string.find(v, '^[%w%-_.:@]*$') then return '"' .. v .. '"' end
-  return cjson.encode(v)
-end
+-- and walking them): this is the hot path of a sale.
 local seat_list = '[' .. table.concat(ids, ',') .. ']'
 local dl_s = int(deadline)
 redis.call('HSET', K.holds, n, '{"user":' .. jstr(user) .. ',"seats":' .. seat_list
   .. ',"deadline":' .. dl_s .. ',"state":"held","held_deadline":' .. dl_s
-  .. ',"created":' .. int(now) .. '}')
+  .. ',"created":' .. now_s .. '}')
 redis.call('ZADD', K.dl, dl_s, n)
 
 return '{"status":"ok","hold":' .. n .. ',"seats":' .. seat_list .. ',"adjacent":'

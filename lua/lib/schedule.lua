@@ -102,6 +102,21 @@ local function is_adjacent(cfg, seats)
   return s[#s] - s[1] == #s - 1
 end
 
+-- Seat numbers (or any integers) as command arguments (see `int` in
+-- lib/queue.lua).
+local function ints(list)
+  local out = {}
+  for i, v in ipairs(list) do out[i] = int(v) end
+  return out
+end
+
+-- A string as JSON: one of plain id characters needs no escaping, so
+-- cjson only sees the others (hand-written JSON on hot paths).
+local function jstr(v)
+  if string.find(v, '^[%w%-_.:@]*$') then return '"' .. v .. '"' end
+  return cjson.encode(v)
+end
+
 local function decode_hold(raw)
   if not raw then return nil end
   return cjson.decode(raw)
@@ -185,10 +200,13 @@ end
 -- That is not part of the script's transition, so it may precede the
 -- script's own validation: a refused request was still made.
 local function admission(Q, user, entry, now)
-  entry = tonumber(entry)
   local deadline = redis.call('ZSCORE', Q.adm, user)
   if deadline then
-    if tonumber(redis.call('HGET', Q.adm_entry, user)) == entry and tonumber(deadline) > now then
+    -- Entries are written and sent as '%d' text: equal text is the same
+    -- entry (no tonumber on the hot path); other text is compared as
+    -- numbers.
+    local admitted = redis.call('HGET', Q.adm_entry, user)
+    if (admitted == entry or tonumber(admitted) == tonumber(entry)) and tonumber(deadline) > now then
       if Q.seen then redis.call('HSET', Q.seen, user, int(now)) end
       return nil
     end
