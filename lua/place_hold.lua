@@ -54,16 +54,12 @@ local v = redis.call('HMGET', K.cfg, 'seats', 'price', 'hold_ms', 'max_per_user'
                      'sold', 'cancelled')
 if not v[1] then return json({ status = 'no_schedule' }) end
 if v[7] == '1' then return json({ status = 'cancelled' }) end
-local N = tonumber(v[1])
-local cfg = { seats = N, price = v[2], hold_ms = tonumber(v[3]) or 0,
-              max_per_user = tonumber(v[4]), held = tonumber(v[5]) or 0,
-              sold = tonumber(v[6]) or 0 }
+local N, price, hold_ms, max_per_user = num(v[1]), v[2], num(v[3]) or 0, num(v[4])
 -- The row size, read when a search or an adjacency check needs it.
 local R
 local function row_size()
   if not R then
-    R = tonumber(redis.call('HGET', K.cfg, 'row_size')) or N
-    cfg.row_size = R
+    R = num(redis.call('HGET', K.cfg, 'row_size')) or N
   end
   return R
 end
@@ -81,7 +77,7 @@ if mode == 'seats' then
   end
   count = #wanted
 elseif mode == 'count' then
-  count = tonumber(arg)
+  count = num(arg)
   if not count or count < 1 or count ~= math.floor(count) then return bad_arg('count') end
   if count > N then return json({ status = 'invalid', reason = 'count_too_large' }) end
 else
@@ -99,11 +95,11 @@ local function reply(t)
   return json(t)
 end
 
-if cfg.max_per_user then
-  local h_user = tonumber(redis.call('HGET', K.uheld, user)) or 0
-  local b_user = tonumber(redis.call('HGET', K.ubought, user)) or 0
-  if h_user + b_user + count > cfg.max_per_user then
-    return reply({ status = 'limit', max_per_user = cfg.max_per_user, held = h_user,
+if max_per_user then
+  local h_user = num(redis.call('HGET', K.uheld, user)) or 0
+  local b_user = num(redis.call('HGET', K.ubought, user)) or 0
+  if h_user + b_user + count > max_per_user then
+    return reply({ status = 'limit', max_per_user = max_per_user, held = h_user,
                    bought = b_user, requested = count })
   end
 end
@@ -280,12 +276,11 @@ if mode == 'seats' then
   if #seats == 1 then
     adjacent = true
   else
-    row_size()
-    adjacent = is_adjacent(cfg, seats)
+    adjacent = is_adjacent({ row_size = row_size() }, seats)
   end
 else
   -- The counters are exact, so a sold-out schedule answers in O(1).
-  if N - cfg.held - cfg.sold < count then
+  if N - (tonumber(v[5]) or 0) - (tonumber(v[6]) or 0) < count then
     return reply({ status = 'unavailable', seats = {} })
   end
   -- The map only mirrors `seats`; the hash has the last word. A map bit
@@ -332,7 +327,7 @@ end
 if not claimed then redis.call('HSET', K.seats, unpack(fields)) end
 redis.call('HINCRBY', K.cfg, 'held', int(#seats))
 uheld_add(K, user, #seats)
-local deadline = now + cfg.hold_ms
+local deadline = now + hold_ms
 -- The record and the reply are written as JSON strings directly (what
 -- encode_hold and json would make of the same tables, without building
 -- and walking them): this is the hot path of a sale.
@@ -344,5 +339,5 @@ redis.call('HSET', K.holds, n, '{"user":' .. jstr(user) .. ',"seats":' .. seat_l
 redis.call('ZADD', K.dl, dl_s, n)
 
 return '{"status":"ok","hold":' .. n .. ',"seats":' .. seat_list .. ',"adjacent":'
-  .. tostring(adjacent) .. ',"deadline":' .. dl_s .. ',"price":' .. jstr(cfg.price)
+  .. tostring(adjacent) .. ',"deadline":' .. dl_s .. ',"price":' .. jstr(price)
   .. ',"expired":' .. int(expired) .. ',"expired_paying":' .. int(expired_paying) .. '}'

@@ -33,9 +33,20 @@
 -- calls expire_due first, so no reply ever shows an expired hold and
 -- nothing depends on a background job, key TTLs or keyspace events.
 
+-- The tables are shared by the calls (a cache, see lib/queue.lua): never
+-- written to.
+local SCHED_KEYS, sched_keys_size = {}, 0
 local function sched_keys(i)
-  return { cfg = KEYS[i], seats = KEYS[i + 1], map = KEYS[i + 2], holds = KEYS[i + 3],
-           dl = KEYS[i + 4], uheld = KEYS[i + 5], ubought = KEYS[i + 6] }
+  local K = SCHED_KEYS[KEYS[i]]
+  if K and K.seats == KEYS[i + 1] and K.map == KEYS[i + 2] and K.holds == KEYS[i + 3]
+      and K.dl == KEYS[i + 4] and K.uheld == KEYS[i + 5] and K.ubought == KEYS[i + 6] then
+    return K
+  end
+  K = { cfg = KEYS[i], seats = KEYS[i + 1], map = KEYS[i + 2], holds = KEYS[i + 3],
+        dl = KEYS[i + 4], uheld = KEYS[i + 5], ubought = KEYS[i + 6] }
+  if sched_keys_size >= CACHE_MAX then SCHED_KEYS, sched_keys_size = {}, 0 end
+  SCHED_KEYS[KEYS[i]], sched_keys_size = K, sched_keys_size + 1
+  return K
 end
 
 -- The schedule's config with numbers converted, or nil when the schedule
