@@ -388,9 +388,15 @@ for s in p1 p16; do
 done
 # place_hold next to a minimal one-key hold script, on a private Redis
 # (scripts/bench_hold_script.sh): its Redis cost per hold as a ratio.
-note "HOLD_BENCH_BIN=./target/$PROFILE/boxoffice scripts/bench_hold_script.sh"
+# "before": place_hold as of issue 17's starting point, when git has it.
+HOLD_BEFORE=""
+if git cat-file -e 4b85a63^{commit} 2>/dev/null; then
+    mkdir -p "$OUT/before-4b85a63" && git archive 4b85a63 lua | tar -x -C "$OUT/before-4b85a63"
+    HOLD_BEFORE="$OUT/before-4b85a63/lua"
+fi
+note "mkdir -p before && git archive 4b85a63 lua | tar -x -C before; HOLD_BENCH_BIN=./target/$PROFILE/boxoffice HOLD_BENCH_BEFORE=before/lua scripts/bench_hold_script.sh"
 say "place_hold vs a minimal hold script (scripts/bench_hold_script.sh)"
-HOLD_BENCH_BIN="$BX" HOLD_BENCH_OUT="$OUT/hold_script.txt" scripts/bench_hold_script.sh >"$OUT/hold_script.log" 2>&1 ||
+HOLD_BENCH_BIN="$BX" HOLD_BENCH_BEFORE="$HOLD_BEFORE" HOLD_BENCH_OUT="$OUT/hold_script.txt" scripts/bench_hold_script.sh >"$OUT/hold_script.log" 2>&1 ||
     say "bench_hold_script failed; see $OUT/hold_script.log"
 tail -n 8 "$OUT/hold_script.log"
 # ZRANK in a 100k-member sorted set (the waiting room's position lookup);

@@ -813,6 +813,50 @@ def connections_section(d):
     ]
 
 
+def hold_script_section(d):
+    """place_hold's Redis cost next to a minimal hold script, same run
+    (scripts/bench_hold_script.sh, figures in hold_script.txt)."""
+    h = read_kv(os.path.join(d, "hold_script.txt"))
+    if "place_hold_cpu_usec_per_call" not in h:
+        return []
+    f = {k: float(v) for k, v in h.items()}
+    L = [
+        "## place_hold's Redis cost",
+        "",
+        f"`redis-benchmark -c 8 -P 16` (pipelined, so Redis is the limit) on a private redis-server, "
+        f"{int(f['calls_per_run']):,} one-seat holds per run on a fresh 100,000-seat schedule, "
+        f"{int(f['runs'])} runs, the scripts turn about within each run; medians "
+        "(`scripts/bench_hold_script.sh`, every real call checked to have placed a hold). The reference "
+        "is the least a hold can do: `INCR` a hold number and `HSETNX` the seat, called the same way "
+        "as the script it is the reference of. \"before\" is place_hold as of commit `4b85a63` "
+        "(issue 17's starting point), sent as the `EVALSHA` script it was then.",
+        "",
+        "| script | call | holds/s | Redis µs/call | Redis CPU µs/call | CPU ÷ its minimal |",
+        "|---|---|---:|---:|---:|---:|",
+        f"| minimal | `FCALL` | {fmt_rate(f['minimal_fcall_per_s'])} | {f['minimal_fcall_usec_per_call']:.2f} "
+        f"| {f['minimal_fcall_cpu_usec_per_call']:.2f} | 1 |",
+        f"| minimal | `EVALSHA` | {fmt_rate(f['minimal_per_s'])} | {f['minimal_usec_per_call']:.2f} "
+        f"| {f['minimal_cpu_usec_per_call']:.2f} | 1 |",
+        f"| place_hold now | `FCALL` | {fmt_rate(f['place_hold_per_s'])} | {f['place_hold_usec_per_call']:.2f} "
+        f"| {f['place_hold_cpu_usec_per_call']:.2f} | {f['place_hold_ratio_cpu']:.2f}× |",
+    ]
+    if "before_ratio_cpu" in f:
+        L.append(
+            f"| place_hold before (`4b85a63`) | `EVALSHA` | {fmt_rate(f['before_per_s'])} | "
+            f"{f['before_usec_per_call']:.2f} | {f['before_cpu_usec_per_call']:.2f} | {f['before_ratio_cpu']:.2f}× |"
+        )
+        rel = f["place_hold_ratio_cpu"] / f["before_ratio_cpu"]
+        absolute = f["place_hold_cpu_usec_per_call"] / f["before_cpu_usec_per_call"]
+        L += [
+            "",
+            f"place_hold's Redis CPU per hold relative to its minimal script is **{100 * rel:.0f} %** of "
+            f"before's (target ≤ 50 %: {'met' if rel <= 0.5 else '**missed**'}); in absolute terms it "
+            f"costs {100 * absolute:.0f} % of before's Redis CPU per hold. Where the rest goes: "
+            "docs/bench/place-hold-17.md.",
+        ]
+    return L + [""]
+
+
 def analyses_section(md_path):
     """Links to the hand-written analyses kept beside the report
     (docs/bench/*.md): they read runs like this one, and say why."""
@@ -1076,6 +1120,7 @@ def main():
     L += surge_section(b)
     L += time_section(b)
     L += connections_section(b.d)
+    L += hold_script_section(b.d)
     L += memory_section(b)
     L += streaming_section(b)
     L += prequeue_section(b.d)
