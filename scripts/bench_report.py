@@ -824,7 +824,9 @@ def hold_script_section(d):
         "## place_hold's Redis cost",
         "",
         f"`redis-benchmark -c 8 -P 16` (pipelined, so Redis is the limit) on a private redis-server, "
-        f"{int(f['calls_per_run']):,} one-seat holds per run on a fresh 100,000-seat schedule, "
+        f"{int(f['calls_per_run']):,} one-seat holds per run on a fresh 100,000-seat schedule "
+        f"({int(f.get('minimal_calls_per_run', f['calls_per_run'])):,} calls of the minimal scripts: "
+        "Redis' CPU time counts in 10 ms ticks), "
         f"{int(f['runs'])} runs, the scripts turn about within each run; medians "
         "(`scripts/bench_hold_script.sh`, every real call checked to have placed a hold). The reference "
         "is the least a hold can do: `INCR` a hold number and `HSETNX` the seat, called the same way "
