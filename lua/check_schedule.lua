@@ -17,7 +17,7 @@
 --    "paying":[[hold,created_ms,deadline_ms], ..]}
 --   Check names: seat_range, seat_value, held_counter, sold_counter,
 --   uheld, map_bits, sold_bits, hold_deadline, deadline_hold,
---   hold_record, seat_owner, max_per_user.
+--   hold_record, seat_owner, max_per_user, static_cfg.
 --   At most 50 violations are listed per check; "totals" has the exact
 --   count of each failed check: [{"check":"<name>","count":n}, ..].
 --
@@ -162,6 +162,20 @@ for user, want in pairs(want_uheld) do
 end
 if uheld_sum ~= n_h and not vcount['uheld'] then
   bad('uheld', 'sum of uheld is ' .. uheld_sum .. ' but ' .. n_h .. ' seats are h:')
+end
+
+-- The `static` field (place_hold's one read of the config) says what the
+-- fields say.
+local static = redis.call('HGET', K.cfg, 'static')
+if static then
+  local c = static_cfg(static)
+  local row_size = tonumber(redis.call('HGET', K.cfg, 'row_size')) or cfg.seats
+  if not c or c.seats ~= cfg.seats or c.row_size ~= row_size or c.price ~= cfg.price
+      or c.hold_ms ~= cfg.hold_ms or c.max_per_user ~= cfg.max_per_user then
+    bad('static_cfg', 'cfg.static is ' .. static .. ' but the fields say seats ' .. cfg.seats
+      .. ', row_size ' .. row_size .. ', price ' .. tostring(cfg.price) .. ', hold_ms '
+      .. cfg.hold_ms .. ', max_per_user ' .. tostring(cfg.max_per_user))
+  end
 end
 
 -- Seats held plus seats bought per user never exceed max_per_user.

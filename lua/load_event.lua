@@ -63,7 +63,11 @@ for i = 1, n do
   local key = KEYS[2 * i]
   redis.call('HSET', key,
     'starts_at', s.starts_at, 'seats', s.seats, 'row_size', s.row_size,
-    'price', s.price, 'hold_ms', s.hold_ms, 'max_per_user', s.max_per_user)
+    'price', s.price, 'hold_ms', s.hold_ms, 'max_per_user', s.max_per_user,
+    -- The same five as one field, for place_hold's one read (static_cfg
+    -- in lib/schedule.lua).
+    'static', cjson.encode({ seats = s.seats, row_size = s.row_size, price = s.price,
+                             hold_ms = s.hold_ms, max_per_user = s.max_per_user }))
   redis.call('HSETNX', key, 'held', 0)
   redis.call('HSETNX', key, 'sold', 0)
   -- Bit 0 is never a seat; keeping it set lets BITPOS find real seats only.

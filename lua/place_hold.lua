@@ -50,13 +50,20 @@ if restoring(KEYS[13]) then return json({ status = 'restoring' }) end
 
 -- The config this script needs (load_cfg reads and converts more): the
 -- hot path of a sale, where every field (~2,300 instructions each in an
--- HMGET) and tonumber shows.
-local v = redis.call('HMGET', K.cfg, 'seats', 'price', 'hold_ms', 'max_per_user', 'cancelled')
-if not v[1] then return json({ status = 'no_schedule' }) end
-if v[5] == '1' then return json({ status = 'cancelled' }) end
-local N, price, hold_ms, max_per_user = num(v[1]), v[2], num(v[3]) or 0, num(v[4])
+-- HMGET) and tonumber shows. The five that only the schedule's loading
+-- writes come as one field, decoded once per library (static_cfg); a
+-- schedule loaded before that field existed has them read one by one.
+local v = redis.call('HMGET', K.cfg, 'static', 'cancelled')
+local c = static_cfg(v[1])
+if not c then
+  local w = redis.call('HMGET', K.cfg, 'seats', 'price', 'hold_ms', 'max_per_user')
+  if not w[1] then return json({ status = 'no_schedule' }) end
+  c = { seats = num(w[1]), price = w[2], hold_ms = num(w[3]) or 0, max_per_user = num(w[4]) }
+end
+if v[2] == '1' then return json({ status = 'cancelled' }) end
+local N, price, hold_ms, max_per_user = c.seats, c.price, c.hold_ms, c.max_per_user
 -- The row size, read when a search or an adjacency check needs it.
-local R
+local R = c.row_size
 local function row_size()
   if not R then
     R = num(redis.call('HGET', K.cfg, 'row_size')) or N

@@ -68,6 +68,10 @@ pub const SCRIPT_CHECKS: &[(&str, &str)] = &[
         "max_per_user",
         "held + bought per user within max_per_user (Redis)",
     ),
+    (
+        "static_cfg",
+        "a schedule's one-field config copy equals its fields",
+    ),
 ];
 
 /// One check of the audit.

@@ -62,6 +62,25 @@ local function load_cfg(K)
            cancelled = v[9] == '1' }
 end
 
+-- The `static` field of a schedule's cfg (load_event.lua): seats,
+-- row_size, price, hold_ms and max_per_user as one JSON object, decoded
+-- once per distinct text (a cache, see lib/queue.lua; the table is shared:
+-- never written to). Nil when the field is absent (a schedule loaded before
+-- it existed) or not an object.
+local STATIC, static_size = {}, 0
+local function static_cfg(text)
+  if not text then return nil end
+  local c = STATIC[text]
+  if c then return c end
+  local ok, d = pcall(cjson.decode, text)
+  if not ok or type(d) ~= 'table' or type(d.seats) ~= 'number' then return nil end
+  c = { seats = d.seats, row_size = tonumber(d.row_size) or d.seats, price = tostring(d.price),
+        hold_ms = tonumber(d.hold_ms) or 0, max_per_user = tonumber(d.max_per_user) }
+  if static_size >= CACHE_MAX then STATIC, static_size = {}, 0 end
+  STATIC[text], static_size = c, static_size + 1
+  return c
+end
+
 -- The event's ready mark (KEYS entry `ready`, see finish_restore.lua) is
 -- absent while the event is missing from Redis or being restored: its sold
 -- seats may not all be back yet, so no hold may be placed or paid. Checked

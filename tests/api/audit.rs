@@ -75,6 +75,7 @@ async fn the_audit_binary_names_each_broken_invariant_and_exits_1() {
         "seat-value",
         "hold-record",
         "max-per-user",
+        "static-cfg",
         "stuck-paying",
         "redis-pg-sold",
         "other-payment",
@@ -129,6 +130,7 @@ async fn the_audit_binary_names_each_broken_invariant_and_exits_1() {
         ("seat-value", "script:seat_value"),
         ("hold-record", "script:hold_record"),
         ("max-per-user", "script:max_per_user"),
+        ("static-cfg", "script:static_cfg"),
         ("stuck-paying", "stuck_paying"),
         ("redis-pg-sold", "redis_pg_sold"),
         ("other-payment", "redis_pg_sold"),
@@ -206,6 +208,14 @@ async fn the_audit_binary_names_each_broken_invariant_and_exits_1() {
                     s("3"),
                 ])
                 .await;
+            }
+            "static-cfg" => {
+                // The copy says 3 minutes to hold, the field 5.
+                let cfg = k.schedule(&d);
+                let raw = cli(vec![s("HGET"), cfg.clone(), s("static")]).await;
+                let mut c: Value = serde_json::from_str(raw.trim()).unwrap();
+                c["hold_ms"] = json!(180_000);
+                cli(vec![s("HSET"), cfg, s("static"), c.to_string()]).await;
             }
             "stuck-paying" => {
                 // The hold entered payment long ago and never finished.

@@ -444,3 +444,46 @@ async fn one_seat_best_available_repairs_a_stale_map_and_never_sells_a_held_seat
     }
     app.assert_script_invariants().await;
 }
+
+#[tokio::test]
+async fn a_schedule_loaded_without_the_one_field_config_copy_holds_by_its_fields() {
+    // place_hold reads seats, row size, price, hold time and limit from
+    // cfg's `static` field; a schedule loaded before that field existed
+    // has only the fields, and must hold exactly as before.
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let t = app.admitted_users("e1", 2).await;
+    let k = app
+        .state
+        .redis
+        .keys()
+        .event(&boxoffice::ids::EventId::parse("e1").unwrap());
+    let cfg = k.schedule(&boxoffice::ids::ScheduleId::parse("d1").unwrap());
+    assert_eq!(redis_cli(&["HDEL", &cfg, "static"]).await.trim(), "1");
+    let before = chrono::Utc::now().timestamp_millis();
+    let r = app
+        .hold(&t[0], json!({"schedule_id": "d1", "count": 3}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(seats_of(&r), vec![1, 2, 3]);
+    assert_eq!(r.body["amount"], "3000", "price 1000 x 3 from the fields");
+    let expires = chrono::DateTime::parse_from_rfc3339(r.body["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    assert!(
+        (before + 299_000..=before + 302_000).contains(&expires),
+        "300 s hold time from the fields: {expires} vs {before}"
+    );
+    // The limit comes from the fields too: 4 per user, 3 held.
+    let r = app
+        .hold(&t[0], json!({"schedule_id": "d1", "count": 2}))
+        .await;
+    assert_eq!(r.status.as_u16(), 409, "{}", r.text);
+    // Rows of 10 from the fields: seats 10 and 11 are in two rows.
+    let r = app
+        .hold(&t[1], json!({"schedule_id": "d1", "seats": [10, 11]}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["adjacent"], false, "{}", r.text);
+    app.assert_script_invariants().await;
+}
