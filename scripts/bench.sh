@@ -185,15 +185,22 @@ insert into wallets (user_id, balance) select 'pgb-' || i, 1000000000000 from ge
 create sequence pgb_hold;
 SQL
 }
+# The service's sales rollup (src/jobs/rollup.rs) counts pgbench's
+# payments into sales_hourly too: those rows go, the table locked so the
+# job cannot add one between that delete and the schedule's.
 pgb_teardown() {
     psql -X -q -v ON_ERROR_STOP=1 "$BENCH_DB_URL" <<'SQL'
+begin;
+lock table sales_hourly in exclusive mode;
 delete from outbox where user_id like 'pgb-%';
 delete from ledger where user_id like 'pgb-%';
 delete from sold_seats where event_id = 'pgb';
 delete from payments where event_id = 'pgb';
+delete from sales_hourly where event_id = 'pgb';
 delete from wallets where user_id like 'pgb-%';
 delete from schedules where event_id = 'pgb';
 delete from events where event_id = 'pgb';
+commit;
 drop sequence pgb_hold;
 SQL
 }
