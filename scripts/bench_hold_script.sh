@@ -30,7 +30,9 @@
 # directory holding another lua/ tree, e.g. from `git archive <rev> lua`:
 # its place_hold, as the EVALSHA script of lib/queue.lua + lib/schedule.lua
 # + place_hold.lua that revisions before the function library sent, is
-# measured too, in the same runs, as "before").
+# measured too, in the same runs, as "before"), HOLD_BENCH_SAVE (a
+# directory: stop after step 2's data is in place and save it there as
+# dump.rdb, for scripts/bench_hold_callgrind.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -121,6 +123,12 @@ rcli eval "for i = 0, tonumber(ARGV[1]) - 1 do
   redis.call('ZADD', KEYS[1], 9999999999999, u)
   redis.call('HSET', KEYS[2], u, 1)
 end" 2 "$E:q:adm" "$E:q:adm:entry" "$USERS" >/dev/null
+if [[ -n ${HOLD_BENCH_SAVE:-} ]]; then
+    [[ $(rcli save) == OK ]] || { echo "bench_hold_script: SAVE failed" >&2; exit 1; }
+    cp "$WORK/dump.rdb" "$HOLD_BENCH_SAVE/dump.rdb"
+    echo "saved the bench's data to $HOLD_BENCH_SAVE/dump.rdb (event hb, schedules r1..r$RUNS and b1..b$RUNS)"
+    exit 0
+fi
 
 # place_hold as the service calls it: its function in the library.
 REAL="FCALL $("$BX" lua-library | rcli -x function load replace)_place_hold"

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# place_hold's Redis instructions per call next to the minimal hold
+# script, counted by callgrind (exact: the machine's load does not move
+# them), for docs/bench/place-hold-17.md. Slow (valgrind), not part of
+# `make bench`.
+#
+# 1. scripts/bench_hold_script.sh with HOLD_BENCH_SAVE prepares the data
+#    (the event through the service, 100,000 admitted users) and saves it;
+# 2. a private redis-server under `valgrind --tool=callgrind
+#    --instr-atstart=no` starts from it, loads the function library
+#    (`boxoffice lua-library`), the minimal hold as a function and as a
+#    script, and, with HOLD_BENCH_BEFORE (a lua/ tree, e.g. `git archive
+#    4b85a63 lua`), place_hold as the EVALSHA script it was then;
+# 3. per variant: N calls (redis-benchmark -c 1 -P 16) to warm up, then N
+#    with instrumentation on; prints the whole server's instructions per
+#    call (network and protocol included), two rounds.
+#
+# Inputs (optional): HOLD_BENCH_BEFORE, HOLD_CG_CALLS (2000), HOLD_BENCH_BIN,
+# DATABASE_URL (as bench_hold_script.sh).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+N="${HOLD_CG_CALLS:-2000}"
+BEFORE="${HOLD_BENCH_BEFORE:-}"
+for tool in valgrind callgrind_control redis-server redis-cli redis-benchmark; do
+    command -v "$tool" >/dev/null || { echo "bench_hold_callgrind: $tool is missing" >&2; exit 1; }
+done
+BX="${HOLD_BENCH_BIN:-$ROOT/target/release/boxoffice}"
+[[ -x $BX ]] || BX="$ROOT/target/debug/boxoffice"
+
+WORK="$(mktemp -d)"
+REDIS_PID=""
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -z $REDIS_PID ]] || kill -9 "$REDIS_PID" 2>/dev/null || true
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+HOLD_BENCH_RUNS=2 HOLD_BENCH_SAVE="$WORK" HOLD_BENCH_BIN="$BX" scripts/bench_hold_script.sh >"$WORK/prepare.log" 2>&1 ||
+    { tail -n 20 "$WORK/prepare.log" >&2; exit 1; }
+PORT="$(bench_free_port 16600)"
+BENCH_REDIS_WRAP=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$WORK/cg.%p")
+# (under valgrind it may take longer to answer than bench_private_redis waits)
+bench_private_redis "$PORT" "$WORK/redis.log" --dir "$WORK" || true
+REDIS_PID=$BENCH_REDIS_PID
+rcli() { redis-cli -p "$PORT" "$@"; }
+for i in $(seq 100); do
+    [[ $(rcli dbsize 2>/dev/null || echo 0) -gt 0 ]] && break
+    [[ $i -eq 100 ]] && { tail -n 20 "$WORK/redis.log" >&2; echo "bench_hold_callgrind: redis-server did not load the data" >&2; exit 1; }
+    sleep 0.3
+done
+
+E="hb:{ev:hb}"
+keys() { # SCHEDULE -> place_hold's 13 KEYS
+    local s="$E:s:$1"
+    echo "$s:cfg $s:seats $s:map $s:holds $s:dl $s:uheld $s:ubought $E:hold:seq $E:q:adm $E:q:wait $E:q:adm:entry $E:q:poll $E:ready"
+}
+NOW="$("$BX" lua-library | rcli -x function load replace)_place_hold"
+MINI_BODY="local n = redis.call('INCR', KEYS[2])
+redis.call('HSETNX', KEYS[1], n, 'h:' .. n)
+return n"
+MINI_F="$(printf '#!lua name=bx_minimal\nredis.register_function(\x27bx_minimal_hold\x27, function(KEYS)\n%s\nend)\n' "$MINI_BODY" | rcli -x function load replace)_hold"
+MINI_E="$(rcli script load "$MINI_BODY")"
+[[ -z $BEFORE ]] || OLD="$({ cat "$BEFORE/lib/queue.lua"; printf '\n'; cat "$BEFORE/lib/schedule.lua"; printf '\n'; cat "$BEFORE/place_hold.lua"; } | rcli -x script load)"
+
+measure() { # LABEL REDIS-BENCHMARK-COMMAND...
+    local label=$1 f
+    shift
+    redis-benchmark -p "$PORT" -c 1 -P 16 -n "$N" -r 100000 "$@" >/dev/null 2>&1
+    callgrind_control -i on "$REDIS_PID" >/dev/null 2>&1
+    redis-benchmark -p "$PORT" -c 1 -P 16 -n "$N" -r 100000 "$@" >/dev/null 2>&1
+    callgrind_control -i off "$REDIS_PID" >/dev/null 2>&1
+    callgrind_control -d "$REDIS_PID" >/dev/null 2>&1
+    sleep 0.5
+    f="$(ls -t "$WORK"/cg.* | head -n 1)"
+    printf '%-28s %8d instructions per call\n' "$label" "$(($(awk '/^totals:/ {print $2; exit}' "$f") / N))"
+    rm -f "$WORK"/cg.*
+}
+echo "$N calls per variant after $N to warm up; instructions of the whole server per call"
+# shellcheck disable=SC2046 # the keys are words on purpose
+for round in 1 2; do
+    [[ -z $BEFORE ]] || measure "before (EVALSHA)" EVALSHA "$OLD" 13 $(keys "b$round") u__rand_int__ count 1 1
+    measure "minimal (EVALSHA)" EVALSHA "$MINI_E" 2 "$E:m$round:seats" "$E:m:seq" u__rand_int__
+    measure "place_hold now (FCALL)" FCALL "$NOW" 13 $(keys "r$round") u__rand_int__ count 1 1
+    measure "minimal (FCALL)" FCALL "$MINI_F" 2 "$E:f$round:seats" "$E:f:seq" u__rand_int__
+done
