@@ -286,21 +286,22 @@ if mode == 'seats' then
     adjacent = is_adjacent({ row_size = row_size() }, seats)
   end
 else
-  -- The counters are exact, so a sold-out schedule answers a search for
-  -- several seats in O(1). One seat is one BITPOS either way (over at
-  -- most N/8 bytes when none is free), cheaper than reading them.
-  if count > 1 then
+  -- The counters are exact, so a sold-out schedule answers in O(1): a
+  -- search for several seats asks them first; one seat is one BITPOS
+  -- either way (over at most N/8 bytes when none is free), cheaper than
+  -- reading them, so it asks only once the map proves stale (below).
+  local function no_room()
     local c = redis.call('HMGET', K.cfg, 'held', 'sold')
-    if N - (tonumber(c[1]) or 0) - (tonumber(c[2]) or 0) < count then
-      return reply({ status = 'unavailable', seats = {} })
-    end
+    return N - (tonumber(c[1]) or 0) - (tonumber(c[2]) or 0) < count
   end
+  if count > 1 and no_room() then return reply({ status = 'unavailable', seats = {} }) end
   -- The map only mirrors `seats`; the hash has the last word. A map bit
   -- wrongly 0 (a map lost or restored apart) must never sell a seat
   -- twice: repair it and search again. Each round fixes at least one bit.
   -- One seat (the hot path) is checked and taken in one HSETNX, under a
   -- hold number drawn first (a round that finds the seat taken leaves
   -- that number unused).
+  local stale_seen = false
   while true do
     seats, adjacent = best_available(count)
     if not seats then return reply({ status = 'unavailable', seats = {} }) end
@@ -312,6 +313,10 @@ else
         break
       end
       redis.call('SETBIT', K.map, ids[1], '1')
+      -- A stale map (lost, or restored apart): without the counters a
+      -- sold-out schedule would be repaired bit by bit, N rounds.
+      if not stale_seen and no_room() then return reply({ status = 'unavailable', seats = {} }) end
+      stale_seen = true
     else
       local vals = redis.call('HMGET', K.seats, unpack(ids))
       local stale = false

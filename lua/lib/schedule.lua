@@ -236,7 +236,8 @@ local function admission(Q, user, entry, now)
     -- entry (no tonumber on the hot path); other text is compared as
     -- numbers.
     local admitted = redis.call('HGET', Q.adm_entry, user)
-    if (admitted == entry or tonumber(admitted) == tonumber(entry)) and tonumber(deadline) > now then
+    if admitted and (admitted == entry or tonumber(admitted) == tonumber(entry))
+        and tonumber(deadline) > now then
       if Q.seen then redis.call('HSET', Q.seen, user, int(now)) end
       return nil
     end

@@ -332,10 +332,7 @@ impl Redis {
     /// promoted replicas that lack it, get it on their first call).
     async fn load_scripts(&self) -> Result<(), StoreError> {
         match &self.conn {
-            Conn::Single(pool) => {
-                let client = pool.next().clone();
-                self.guard(None, |_| load_library(client)).await?;
-            }
+            Conn::Single(_) => self.guard(None, load_library).await?,
             Conn::Cluster(router) => {
                 for (node, client) in router.masters() {
                     if let Err(e) = self.guard_node(&node, load_library(client)).await {
