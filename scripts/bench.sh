@@ -114,9 +114,7 @@ command -v pgbench >/dev/null || {
     say "pgbench missing: apt-get install -y postgresql-contrib"
     apt-get install -y postgresql-contrib >/dev/null
 }
-for tool in redis-cli redis-benchmark psql curl python3; do
-    command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
-done
+bench_require redis-cli redis-benchmark psql curl python3
 bench_port_free "$PORT" || { echo "bench: port $PORT is in use (set BENCH_PORT)" >&2; exit 1; }
 bench_port_free "$CPORT" || { echo "bench: port $CPORT is in use (set CEILING_PORT)" >&2; exit 1; }
 bench_port_free "$MPORT" || { echo "bench: port $MPORT is in use (set BENCH_METRICS_PORT)" >&2; exit 1; }

@@ -25,9 +25,7 @@ cd "$ROOT"
 . scripts/lib/bench.sh
 N="${HOLD_CG_CALLS:-2000}"
 BEFORE="${HOLD_BENCH_BEFORE:-}"
-for tool in valgrind callgrind_control redis-server redis-cli redis-benchmark; do
-    command -v "$tool" >/dev/null || { echo "bench_hold_callgrind: $tool is missing" >&2; exit 1; }
-done
+bench_require valgrind callgrind_control redis-server redis-cli redis-benchmark
 BX="${HOLD_BENCH_BIN:-$ROOT/target/release/boxoffice}"
 [[ -x $BX ]] || BX="$ROOT/target/debug/boxoffice"
 

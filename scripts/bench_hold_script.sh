@@ -58,9 +58,7 @@ fi
 [[ -x $BX ]] || { echo "bench_hold_script: $BX missing (cargo build)" >&2; exit 1; }
 [[ $CALLS -le 99000 ]] || { echo "bench_hold_script: HOLD_BENCH_CALLS must stay below the 100,000 seats" >&2; exit 2; }
 REDIS_URL="redis://127.0.0.1" bench_local_only # (its Redis is its own)
-for tool in redis-server redis-cli redis-benchmark psql curl; do
-    command -v "$tool" >/dev/null || { echo "bench_hold_script: $tool is missing" >&2; exit 1; }
-done
+bench_require redis-server redis-cli redis-benchmark psql curl
 
 TS="$(date +%s)$$"
 DB="bx_holdbench_$TS"

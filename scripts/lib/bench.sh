@@ -6,6 +6,14 @@
 BENCH_T0="${BENCH_T0:-$(date +%s)}"
 bench_say() { printf '[%s %4ds] %s\n' "$(basename "$0" .sh)" "$(($(date +%s) - BENCH_T0))" "$*"; }
 
+# bench_require TOOL...: exit 1 naming the first tool not on PATH.
+bench_require() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$(basename "$0" .sh): $tool is missing" >&2; exit 1; }
+    done
+}
+
 # Refuse to run against anything but this machine.
 bench_local_only() {
     case "$REDIS_URL" in

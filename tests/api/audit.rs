@@ -11,11 +11,6 @@ fn open_queue() -> Value {
     json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
 }
 
-fn keys(app: &TestApp, event: &str) -> boxoffice::store::keys::EventKeys {
-    let e = boxoffice::ids::EventId::parse(event).unwrap();
-    app.state.redis.keys().event(&e)
-}
-
 fn d1() -> boxoffice::ids::ScheduleId {
     boxoffice::ids::ScheduleId::parse("d1").unwrap()
 }
@@ -146,7 +141,7 @@ async fn the_audit_binary_names_each_broken_invariant_and_exits_1() {
         ("no-schedule", "catalog_in_redis"),
     ];
     for (ev, check) in steps {
-        let k = keys(&app, ev);
+        let k = app.event_keys(ev);
         match ev {
             "held-counter" => {
                 cli(vec![s("HINCRBY"), k.schedule(&d), s("held"), s("1")]).await;
@@ -340,7 +335,7 @@ async fn the_checker_passes_on_live_holds_and_sales_and_sees_a_broken_counter() 
     assert_eq!((c.counts.held, c.counts.sold, c.counts.holds), (3, 2, 1));
     assert_eq!(c.sold.len(), 2);
 
-    redis_cli(&["HINCRBY", &keys(&app, "e1").user_held(&d1()), "b", "-1"]).await;
+    redis_cli(&["HINCRBY", &app.event_keys("e1").user_held(&d1()), "b", "-1"]).await;
     let c = boxoffice::holds::check::check_schedule(&app.state.redis, &e, &d1())
         .await
         .unwrap();

@@ -656,6 +656,12 @@ pub async fn run_audit_binary(app: &TestApp) -> (i32, String) {
 }
 
 impl TestApp {
+    /// Redis keys of `event`, built by the service's own key builder.
+    pub fn event_keys(&self, event: &str) -> boxoffice::store::keys::EventKeys {
+        let e = boxoffice::ids::EventId::parse(event).unwrap();
+        self.state.redis.keys().event(&e)
+    }
+
     /// Runs the script-invariant checker (`lua/check_schedule.lua`: the
     /// invariants at the top of `lua/lib/schedule.lua`) on every schedule
     /// of every event and fails the test on any violation. Called at the

@@ -404,11 +404,7 @@ async fn one_seat_best_available_repairs_a_stale_map_and_never_sells_a_held_seat
         .hold(&t[0], json!({"schedule_id": "d1", "seats": [1, 2]}))
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let k = app
-        .state
-        .redis
-        .keys()
-        .event(&boxoffice::ids::EventId::parse("e1").unwrap());
+    let k = app.event_keys("e1");
     let map = k.seat_map(&boxoffice::ids::ScheduleId::parse("d1").unwrap());
     redis_cli(&["SETBIT", &map, "1", "0"]).await;
     let r = app
@@ -453,11 +449,7 @@ async fn a_schedule_loaded_without_the_one_field_config_copy_holds_by_its_fields
     let app = spawn_app().await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
     let t = app.admitted_users("e1", 2).await;
-    let k = app
-        .state
-        .redis
-        .keys()
-        .event(&boxoffice::ids::EventId::parse("e1").unwrap());
+    let k = app.event_keys("e1");
     let cfg = k.schedule(&boxoffice::ids::ScheduleId::parse("d1").unwrap());
     assert_eq!(redis_cli(&["HDEL", &cfg, "static"]).await.trim(), "1");
     let before = chrono::Utc::now().timestamp_millis();
@@ -486,4 +478,33 @@ async fn a_schedule_loaded_without_the_one_field_config_copy_holds_by_its_fields
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["adjacent"], false, "{}", r.text);
     app.assert_script_invariants().await;
+}
+
+#[tokio::test]
+async fn a_sold_out_schedule_whose_map_is_lost_refuses_one_seat_without_walking_the_seats() {
+    // One seat is found by BITPOS alone; when the map proves stale, the
+    // exact counters must still answer a sold-out schedule at once rather
+    // than repair the map one seat per round.
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let t = app.admitted_users("e1", 6).await;
+    for (i, token) in t.iter().take(5).enumerate() {
+        let seats: Vec<u32> = (1..=4).map(|s| 4 * i as u32 + s).collect();
+        let r = app
+            .hold(token, json!({"schedule_id": "d1", "seats": seats}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let map = app
+        .event_keys("e1")
+        .seat_map(&boxoffice::ids::ScheduleId::parse("d1").unwrap());
+    redis_cli(&["DEL", &map]).await;
+    app.hold(&t[5], json!({"schedule_id": "d1", "count": 1}))
+        .await
+        .assert_problem(409, "seats_unavailable");
+    let repaired: u32 = redis_cli(&["BITCOUNT", &map]).await.trim().parse().unwrap();
+    assert!(
+        repaired <= 1,
+        "{repaired} map bits repaired for one refusal"
+    );
 }

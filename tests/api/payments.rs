@@ -13,12 +13,6 @@ fn open_queue() -> Value {
     json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
 }
 
-/// Redis keys of event `e1`, built by the service's own key builder.
-fn e1_keys(app: &TestApp) -> boxoffice::store::keys::EventKeys {
-    let e1 = boxoffice::ids::EventId::parse("e1").unwrap();
-    app.state.redis.keys().event(&e1)
-}
-
 fn d1() -> boxoffice::ids::ScheduleId {
     boxoffice::ids::ScheduleId::parse("d1").unwrap()
 }
@@ -513,7 +507,7 @@ async fn the_audit_passes_after_sales_and_catches_corruption() {
     }
 
     // Redis forgets a sold seat; a wallet drifts from its ledger.
-    let seats_key = e1_keys(&app).seats(&d1());
+    let seats_key = app.event_keys("e1").seats(&d1());
     assert_eq!(redis_cli(&["HDEL", &seats_key, "4"]).await.trim(), "1");
     sqlx::query("update wallets set balance = balance + 1 where user_id = 'olga'")
         .execute(app.state.pg.pool())
@@ -658,7 +652,7 @@ async fn postgres_refuses_a_double_sale_that_redis_no_longer_sees() {
     app.buy("e1", "sam", "5000", json!([7])).await;
 
     // Redis forgets the sale (a lost write after a failover, say).
-    let k = e1_keys(&app);
+    let k = app.event_keys("e1");
     redis_cli(&["HDEL", &k.seats(&d1()), "7"]).await;
     redis_cli(&["SETBIT", &k.seat_map(&d1()), "7", "0"]).await;
     // Racing buyers can now hold seat 7 one after another, but none can pay.
