@@ -5,8 +5,9 @@
 --               target_p99_ms, min_admit_per_second, max_admit_per_second,
 --               auto_admit_per_second)
 -- KEYS[2] ap    hash: "i:<instance>" -> "<Redis ms>;<window>" (each
---               instance's last window), step_ms (the last control step);
---               expires 10 s after the last publish
+--               instance's last window), step_ms (the last control step),
+--               cut_from (the rate the last decrease cut, written by
+--               autopilot_apply.lua); expires 10 s after the last publish
 -- KEYS[3] wait  zset: waiting entries (only counted)
 -- ARGV[1] this instance's field ("i:<instance id>")
 -- ARGV[2] this instance's window: "<pool wait p99 ms>;<c0>,<c1>,..."
@@ -18,7 +19,8 @@
 --   {"status":"no_event"}
 --   {"status":"ok","mode":"fixed"|"auto","target_p99_ms":t,"min":a,"max":b,
 --    "admit_per_second":r,"rate":e (the autopilot's rate; absent in fixed
---    mode),"waiting":w,"due":true|false,"windows":["<window>",...]}
+--    mode),"waiting":w,"cut_from":c (absent before the first decrease),
+--    "due":true|false,"windows":["<window>",...]}
 --   due: this call took the event's control step for this interval (only
 --   one caller across all instances gets it).
 --
@@ -41,11 +43,13 @@ redis.call('PEXPIRE', KEYS[2], 10000)
 
 local windows = {}
 local all = redis.call('HGETALL', KEYS[2])
-local step_ms = 0
+local step_ms, cut_from = 0, nil
 for i = 1, #all, 2 do
   local field, value = all[i], all[i + 1]
   if field == 'step_ms' then
     step_ms = tonumber(value)
+  elseif field == 'cut_from' then
+    cut_from = tonumber(value)
   elseif string.sub(field, 1, 2) == 'i:' then
     local sep = string.find(value, ';', 1, true)
     local at = sep and tonumber(string.sub(value, 1, sep - 1))
@@ -70,6 +74,7 @@ return json({
   admit_per_second = admit_per_second,
   rate = tonumber(cfg[6] or ''),
   waiting = redis.call('ZCARD', KEYS[3]),
+  cut_from = cut_from,
   due = due,
   windows = windows,
 })

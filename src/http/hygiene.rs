@@ -90,6 +90,7 @@ fn timed_out(limit: Duration, body_received: bool) -> Response {
         "party" => if body_received { "server" } else { "client" })
     .increment(1);
     if body_received {
+        tracing::warn!(limit_ms, "request cut by the whole-request timeout");
         ApiError::DeadlineExceeded { limit_ms }.into_response()
     } else {
         close(ApiError::RequestTimeout { limit_ms }.into_response())

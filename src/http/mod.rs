@@ -141,6 +141,13 @@ pub fn router(state: AppState, limits: Arc<RateLimits>) -> Router {
                         .on_request(())
                         .on_response(
                             tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG),
+                        )
+                        // A 5xx is logged once, with its cause, where it is
+                        // made (`ApiError`); a per-request ERROR line here
+                        // only repeated it, thousands of times a second when
+                        // a surge is refused.
+                        .on_failure(
+                            tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
                         ),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))

@@ -5,7 +5,7 @@
 //!   the latency of admitted buyers' requests (holds, seat maps, payments:
 //!   the routes a queue token opens, see `http::admitted`) per event, and
 //!   the PostgreSQL pool's acquire wait (sampled twice a second by a probe),
-//!   each in a [`Window`]: five one-second slots of a fixed-bucket
+//!   each in a [`Window`]: two one-second slots of a fixed-bucket
 //!   histogram of atomic counters, so recording takes a read lock and two
 //!   atomic adds.
 //! - **Share** (`lua/autopilot_publish.lua`): once a second every instance
@@ -45,8 +45,18 @@ use crate::{
 pub const DECREASE: f64 = 0.7;
 /// p99 below this share of the target (with people waiting) raises the rate.
 pub const RAISE_BELOW: f64 = 0.8;
-/// Seconds a window covers.
-pub const WINDOW_SECONDS: u64 = 5;
+/// Seconds a window covers: short, so a step judges the requests of its
+/// own rate and not those of a rate already cut (a 5 s window cut the rate
+/// five times for one slow burst: docs/QUEUE.md).
+pub const WINDOW_SECONDS: u64 = 2;
+/// Near the rate last cut (within this share of it) the rate rises by
+/// [`GENTLE_STEP`] of the maximum instead of [`STEP_UP`]: where the rate
+/// was too much once, it is approached slowly.
+pub const NEAR_CUT: f64 = 0.2;
+/// The usual rise per step, as a share of the maximum.
+pub const STEP_UP: f64 = 0.05;
+/// The rise per step near the rate last cut, as a share of the maximum.
+pub const GENTLE_STEP: f64 = 0.01;
 /// How often the control step runs (and each instance publishes).
 const STEP: Duration = Duration::from_secs(1);
 /// How often the pool probe measures the acquire wait.
@@ -66,6 +76,9 @@ pub struct Inputs {
     pub pool_wait_ms: Option<f64>,
     /// Entries waiting in line.
     pub waiting: u64,
+    /// The rate the last decrease started from (the rate that was too
+    /// much), if the event had one.
+    pub cut_from: Option<u32>,
     pub settings: Settings,
 }
 
@@ -80,8 +93,9 @@ pub enum Step {
 /// The control law (AIMD): p99 above the target, or the pool's wait above
 /// half of it → rate × [`DECREASE`] (not below the minimum); p99 under
 /// [`RAISE_BELOW`] × target with people waiting → rate + max(1, 5 % of the
-/// maximum) (not above it); otherwise hold. The result is always within
-/// the bounds.
+/// maximum), or + max(1, 1 % of it) while the rate is within 20 % of the
+/// rate last cut (not above the maximum); otherwise hold. The result is
+/// always within the bounds.
 pub fn decide(i: &Inputs) -> (Step, u32) {
     let s = i.settings;
     let rate = s.clamp(i.rate);
@@ -94,7 +108,11 @@ pub fn decide(i: &Inputs) -> (Step, u32) {
     }
     let fast = i.p99_ms.is_none_or(|p| p < RAISE_BELOW * target);
     if fast && i.waiting > 0 {
-        let step = (s.max_admit_per_second / 20).max(1);
+        let near_cut = i
+            .cut_from
+            .is_some_and(|c| (f64::from(rate) - f64::from(c)).abs() <= NEAR_CUT * f64::from(c));
+        let share = if near_cut { GENTLE_STEP } else { STEP_UP };
+        let step = ((f64::from(s.max_admit_per_second) * share) as u32).max(1);
         return (Step::Increase, s.clamp(rate.saturating_add(step)));
     }
     (Step::Hold, rate)
@@ -275,10 +293,10 @@ pub struct Figures {
     /// The rate admission uses now: `admit_per_second` in fixed mode, the
     /// autopilot's in auto mode.
     pub effective_admit_per_second: u32,
-    /// Admitted buyers' p99 latency over the last 5 s, all instances
+    /// Admitted buyers' p99 latency over the last 2 s, all instances
     /// merged (ms); null when none made a request.
     pub admitted_p99_ms: Option<f64>,
-    /// The PostgreSQL pool's acquire wait p99 over the last 5 s, worst
+    /// The PostgreSQL pool's acquire wait p99 over the last 2 s, worst
     /// instance (ms).
     pub pool_wait_p99_ms: Option<f64>,
 }
@@ -378,6 +396,9 @@ struct Published {
     #[serde(default)]
     rate: Option<u32>,
     waiting: u64,
+    /// The rate the last decrease started from.
+    #[serde(default)]
+    cut_from: Option<u32>,
     /// This call took the event's control step for this second.
     due: bool,
     windows: Vec<String>,
@@ -446,14 +467,20 @@ async fn step(redis: &Redis, ap: &Autopilot, event: &EventId) -> Result<(), Stor
             p99_ms,
             pool_wait_ms,
             waiting: r.waiting,
+            cut_from: r.cut_from,
             settings,
         });
-        if Some(next) != r.rate {
+        if Some(next) != r.rate || what == Step::Decrease {
+            let cut_from = if what == Step::Decrease {
+                effective.to_string()
+            } else {
+                String::new()
+            };
             let applied = redis
                 .eval_json(
                     &redis::AUTOPILOT_APPLY,
-                    vec![k.config()],
-                    vec![next.to_string()],
+                    vec![k.config(), k.autopilot()],
+                    vec![next.to_string(), cut_from],
                 )
                 .await?;
             match applied {
@@ -550,6 +577,7 @@ mod tests {
             p99_ms: p99,
             pool_wait_ms: pool,
             waiting,
+            cut_from: None,
             settings: auto(2, 100),
         }
     }
@@ -602,6 +630,27 @@ mod tests {
         let mut i = inputs(1, Some(1.0), None, 5);
         i.settings = auto(1, 10);
         assert_eq!(decide(&i), (Step::Increase, 2));
+    }
+
+    #[test]
+    fn near_the_rate_last_cut_the_rate_rises_gently() {
+        let near = |rate, cut| Inputs {
+            cut_from: Some(cut),
+            ..inputs(rate, Some(5.0), None, 10)
+        };
+        // Cut from 60: from 48 to 72 it rises by 1 % of the maximum.
+        assert_eq!(decide(&near(48, 60)), (Step::Increase, 49));
+        assert_eq!(decide(&near(60, 60)), (Step::Increase, 61));
+        assert_eq!(decide(&near(72, 60)), (Step::Increase, 73));
+        // Far from it, by 5 %.
+        assert_eq!(decide(&near(40, 60)), (Step::Increase, 45));
+        assert_eq!(decide(&near(73, 60)), (Step::Increase, 78));
+        // A slow p99 cuts near the rate last cut as anywhere.
+        let slow = Inputs {
+            cut_from: Some(60),
+            ..inputs(60, Some(300.0), None, 10)
+        };
+        assert_eq!(decide(&slow), (Step::Decrease, 42));
     }
 
     #[test]

@@ -31,8 +31,8 @@ const TARGET_MS: f64 = 500.0;
 /// The auto run must be back under the target by then: the buyers admitted
 /// at the starting rate's pace in the first seconds must finish (payments
 /// failing after the pool's 2 s acquire timeout and a settling query take
-/// 4 s), then their slow requests leave the 5 s window: 12-18 s measured
-/// on a loaded two-core machine.
+/// 4 s), then their slow requests leave the 2 s window: 12 s measured on
+/// a loaded two-core machine (12-18 s with the 5 s window of before).
 const BACK_WITHIN: Duration = Duration::from_secs(20);
 /// How long the auto run lasts.
 const AUTO_RUN: Duration = Duration::from_secs(30);
@@ -293,7 +293,7 @@ async fn the_autopilot_brings_admitted_buyers_back_under_target_where_a_fixed_ra
         rates.iter().any(|&r| r < u64::from(FIXED_RATE) / 10),
         "the rate came far down:\n{shown}"
     );
-    // The server's window (last 5 s, all instances merged) goes above the
+    // The server's window (last 2 s, all instances merged) goes above the
     // target while the first buyers pay, then comes back under it...
     let p99_at = |f: &Value| f["admitted_p99_ms"].as_f64();
     let over = figures
@@ -324,8 +324,13 @@ async fn the_autopilot_brings_admitted_buyers_back_under_target_where_a_fixed_ra
         auto_late < fixed_late * 0.75,
         "auto: buyers' p99 {auto_late:.0} ms after {back_at:?} vs {fixed_late:.0} ms at the fixed rate:\n{shown}"
     );
+    // Buyers wait in line while the rate is low (at the fixed rate of 100/s
+    // nobody of the 40 does). With the 2 s window the rate recovers sooner
+    // than it did with 5 s, so the line is shorter: 2-6 of 40 measured.
     assert!(
-        figures.iter().any(|(_, f)| f["waiting"].as_u64() > Some(5)),
+        figures
+            .iter()
+            .any(|(_, f)| f["waiting"].as_u64() >= Some(2)),
         "the queue absorbs the crowd:\n{shown}"
     );
     assert_eq!(last_figures(&figures)["admission_mode"], "auto");
