@@ -334,6 +334,22 @@ async fn the_autopilot_brings_admitted_buyers_back_under_target_where_a_fixed_ra
         "the queue absorbs the crowd:\n{shown}"
     );
     assert_eq!(last_figures(&figures)["admission_mode"], "auto");
+    // The rate the last decrease started from is kept for every instance
+    // (q:autopilot), so whoever steers next rises gently near it.
+    let cut_from = ops
+        .state
+        .redis
+        .hget(&ops.event_keys("e1").autopilot(), "cut_from")
+        .await
+        .expect("Redis answers");
+    let cut_from: u64 = cut_from
+        .as_deref()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("cut_from recorded: {cut_from:?}\n{shown}"));
+    assert!(
+        (2..=u64::from(FIXED_RATE)).contains(&cut_from),
+        "cut_from {cut_from} is a rate within the bounds:\n{shown}"
+    );
     let metrics = ops.get("/metrics").await.text;
     for family in [
         "boxoffice_admission_rate_target{event=\"e1\"}",
