@@ -352,24 +352,13 @@ curl -fsS -o /dev/null -H "x-api-key: $SERVICE_KEY" -H 'content-type: applicatio
     {\"schedule_id\":\"p1\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100},
     {\"schedule_id\":\"p16\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100},
     {\"schedule_id\":\"probe\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":10,\"row_size\":10,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}]}"
-FN="$("$BX" lua-library | sed -n '1s/^#!lua name=//p')_place_hold"
+FN="$(bench_load_library "$BX")_place_hold"
 note "$BX lua-library | redis-cli -u $REDIS_URL -x function load replace   # -> FCALL $FN; schedules p1, p16 of event $RB_EVENT created through POST /v1/admin/events (100000 seats, max_per_user 100)"
-"$BX" lua-library | rcli -x function load replace >/dev/null
-rb_keys() { # SCHEDULE -> the 13 KEYS of place_hold (7 schedule, hold seq, 4 buyer keys, ready mark)
-    local k="${PREFIX}{ev:$RB_EVENT}"
-    printf '%s ' "$k:s:$1:cfg" "$k:s:$1:seats" "$k:s:$1:map" "$k:s:$1:holds" "$k:s:$1:dl" "$k:s:$1:uheld" "$k:s:$1:ubought" "$k:hold:seq" \
-        "$k:q:adm" "$k:q:wait" "$k:q:adm:entry" "$k:q:poll" "$k:ready"
-}
-# place_hold checks that the user is admitted: admit every user id that
-# redis-benchmark's u__rand_int__ can produce (12-digit numbers below
-# RB_USERS), all with queue entry 1 (the calls' 4th argument) and a
-# deadline far away.
+RB_BASE="${PREFIX}{ev:$RB_EVENT}"
+rb_keys() { bench_place_hold_keys "$RB_BASE" "$1"; }
+# place_hold checks that the user is admitted (scripts/lib/bench.sh).
 RB_USERS=100000
-rcli eval "for i = 0, tonumber(ARGV[1]) - 1 do
-  local u = string.format('u%012d', i)
-  redis.call('ZADD', KEYS[1], 9999999999999, u)
-  redis.call('HSET', KEYS[2], u, 1)
-end" 2 "${PREFIX}{ev:$RB_EVENT}:q:adm" "${PREFIX}{ev:$RB_EVENT}:q:adm:entry" "$RB_USERS" >/dev/null
+bench_admit_users "$RB_BASE" "$RB_USERS"
 rb() { # NAME REDIS-BENCHMARK-ARGS...
     local name=$1
     shift
@@ -389,7 +378,7 @@ rb place_hold -c "$USERS" -n 60000 -r "$RB_USERS" FCALL "$FN" 13 $(rb_keys p1) u
 rb place_hold_p16 -c "$USERS" -P 16 -n 60000 -r "$RB_USERS" FCALL "$FN" 13 $(rb_keys p16) u__rand_int__ count 1 1
 for s in p1 p16; do
     printf '%s ' "$s" >>"$OUT/rb-place_hold.check"
-    rcli hget "${PREFIX}{ev:$RB_EVENT}:s:$s:cfg" held >>"$OUT/rb-place_hold.check"
+    rcli hget "$RB_BASE:s:$s:cfg" held >>"$OUT/rb-place_hold.check"
 done
 # place_hold next to a minimal one-key hold script, on a private Redis
 # (scripts/bench_hold_script.sh): its Redis cost per hold as a ratio.

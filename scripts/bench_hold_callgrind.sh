@@ -56,17 +56,9 @@ for i in $(seq 100); do
 done
 
 E="hb:{ev:hb}"
-keys() { # SCHEDULE -> place_hold's 13 KEYS
-    local s="$E:s:$1"
-    echo "$s:cfg $s:seats $s:map $s:holds $s:dl $s:uheld $s:ubought $E:hold:seq $E:q:adm $E:q:wait $E:q:adm:entry $E:q:poll $E:ready"
-}
-NOW="$("$BX" lua-library | rcli -x function load replace)_place_hold"
-MINI_BODY="local n = redis.call('INCR', KEYS[2])
-redis.call('HSETNX', KEYS[1], n, 'h:' .. n)
-return n"
-MINI_F="$(printf '#!lua name=bx_minimal\nredis.register_function(\x27bx_minimal_hold\x27, function(KEYS)\n%s\nend)\n' "$MINI_BODY" | rcli -x function load replace)_hold"
-MINI_E="$(rcli script load "$MINI_BODY")"
-[[ -z $BEFORE ]] || OLD="$({ cat "$BEFORE/lib/queue.lua"; printf '\n'; cat "$BEFORE/lib/schedule.lua"; printf '\n'; cat "$BEFORE/place_hold.lua"; } | rcli -x script load)"
+keys() { bench_place_hold_keys "$E" "$1"; }
+NOW="$(bench_load_library "$BX")_place_hold"
+bench_load_hold_references "$BEFORE"
 
 measure() { # LABEL REDIS-BENCHMARK-COMMAND...
     local label=$1 f
@@ -84,8 +76,8 @@ measure() { # LABEL REDIS-BENCHMARK-COMMAND...
 echo "$N calls per variant after $N to warm up; instructions of the whole server per call"
 # shellcheck disable=SC2046 # the keys are words on purpose
 for round in 1 2; do
-    [[ -z $BEFORE ]] || measure "before (EVALSHA)" EVALSHA "$OLD" 13 $(keys "b$round") u__rand_int__ count 1 1
-    measure "minimal (EVALSHA)" EVALSHA "$MINI_E" 2 "$E:m$round:seats" "$E:m:seq" u__rand_int__
+    [[ -z $BEFORE ]] || measure "before (EVALSHA)" EVALSHA "$OLD_SHA" 13 $(keys "b$round") u__rand_int__ count 1 1
+    measure "minimal (EVALSHA)" EVALSHA "$MINI_SHA" 2 "$E:m$round:seats" "$E:m:seq" u__rand_int__
     measure "place_hold now (FCALL)" FCALL "$NOW" 13 $(keys "r$round") u__rand_int__ count 1 1
-    measure "minimal (FCALL)" FCALL "$MINI_F" 2 "$E:f$round:seats" "$E:f:seq" u__rand_int__
+    measure "minimal (FCALL)" FCALL "$MINI_FN" 2 "$E:f$round:seats" "$E:f:seq" u__rand_int__
 done

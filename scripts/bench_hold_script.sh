@@ -113,14 +113,8 @@ SERVICE_PID=""
 
 E="hb:{ev:hb}"
 [[ $(rcli exists "$E:ready") == 1 ]] || { echo "bench_hold_script: the event has no ready mark" >&2; exit 1; }
-# Admit every user id u__rand_int__ can produce (u + 12 digits below
-# USERS), all with queue entry 1 (the 4th argument of every call).
 USERS=100000
-rcli eval "for i = 0, tonumber(ARGV[1]) - 1 do
-  local u = string.format('u%012d', i)
-  redis.call('ZADD', KEYS[1], 9999999999999, u)
-  redis.call('HSET', KEYS[2], u, 1)
-end" 2 "$E:q:adm" "$E:q:adm:entry" "$USERS" >/dev/null
+bench_admit_users "$E" "$USERS"
 if [[ -n ${HOLD_BENCH_SAVE:-} ]]; then
     [[ $(rcli save) == OK ]] || { echo "bench_hold_script: SAVE failed" >&2; exit 1; }
     cp "$WORK/dump.rdb" "$HOLD_BENCH_SAVE/dump.rdb"
@@ -129,23 +123,15 @@ if [[ -n ${HOLD_BENCH_SAVE:-} ]]; then
 fi
 
 # place_hold as the service calls it: its function in the library.
-REAL="FCALL $("$BX" lua-library | rcli -x function load replace)_place_hold"
-# "before": the script as the service sent it then (see HOLD_BENCH_BEFORE).
-[[ -z $BEFORE ]] || OLD="EVALSHA $({ cat "$BEFORE/lib/queue.lua"; printf '\n'; cat "$BEFORE/lib/schedule.lua"; printf '\n'; cat "$BEFORE/place_hold.lua"; } | rcli -x script load)"
-# The reference: a hold number and one seat taken with it (seat = the
-# number, so every call writes), the least a hold can cost; as a function
-# and as a script, each the reference of the same kind of call.
-MINI_BODY="local n = redis.call('INCR', KEYS[2])
-redis.call('HSETNX', KEYS[1], n, 'h:' .. n)
-return n"
-MINI_F="FCALL $(printf '#!lua name=bx_minimal\nredis.register_function(\x27bx_minimal_hold\x27, function(KEYS)\n%s\nend)\n' "$MINI_BODY" | rcli -x function load replace)_hold"
-MINI_E="EVALSHA $(rcli script load "$MINI_BODY")"
-# The 13 KEYS of place_hold, in EventKeys order: the schedule's 7, the
-# hold sequence, the buyer keys (adm, wait, adm_entry, poll), ready.
-real_keys() { # SCHEDULE
-    local s="$E:s:$1"
-    echo "$s:cfg $s:seats $s:map $s:holds $s:dl $s:uheld $s:ubought $E:hold:seq $E:q:adm $E:q:wait $E:q:adm:entry $E:q:poll $E:ready"
-}
+REAL="FCALL $(bench_load_library "$BX")_place_hold"
+# The references (scripts/lib/bench.sh): the minimal hold as a function and
+# as a script, each the reference of the same kind of call; "before", the
+# script as the service sent it then (see HOLD_BENCH_BEFORE).
+bench_load_hold_references "$BEFORE"
+MINI_F="FCALL $MINI_FN"
+MINI_E="EVALSHA $MINI_SHA"
+[[ -z $BEFORE ]] || OLD="EVALSHA $OLD_SHA"
+real_keys() { bench_place_hold_keys "$E" "$1"; }
 
 # One call first, by hand: it must place a hold.
 # shellcheck disable=SC2046

@@ -107,3 +107,53 @@ bench_private_redis() {
     echo "$0: redis-server on port $port did not answer (log: $log)" >&2
     return 1
 }
+
+# ----------------------------------------------- place_hold from the outside
+# For the scripts that call place_hold straight on Redis (redis-benchmark,
+# callgrind): bench.sh, bench_hold_script.sh, bench_hold_callgrind.sh. The
+# helpers that talk to Redis use the caller's `rcli` (redis-cli with its
+# server's address).
+
+# bench_place_hold_keys EVENT_BASE SCHEDULE: place_hold's 13 KEYS, in
+# EventKeys order (src/store/keys.rs): the schedule's 7, the event's hold
+# sequence, the buyer keys (adm, wait, adm_entry, poll), the ready mark.
+# EVENT_BASE is the event's key prefix, e.g. "hb:{ev:hb}".
+bench_place_hold_keys() {
+    local e=$1 s="$1:s:$2"
+    echo "$s:cfg $s:seats $s:map $s:holds $s:dl $s:uheld $s:ubought $e:hold:seq $e:q:adm $e:q:wait $e:q:adm:entry $e:q:poll $e:ready"
+}
+
+# bench_admit_users EVENT_BASE N: admits every user id redis-benchmark's
+# u__rand_int__ can produce (u + 12 digits, below N), all with queue entry
+# 1 (the 4th argument of every place_hold call) and a far deadline.
+bench_admit_users() {
+    rcli eval "for i = 0, tonumber(ARGV[1]) - 1 do
+  local u = string.format('u%012d', i)
+  redis.call('ZADD', KEYS[1], 9999999999999, u)
+  redis.call('HSET', KEYS[2], u, 1)
+end" 2 "$1:q:adm" "$1:q:adm:entry" "$2" >/dev/null
+}
+
+# bench_load_library BOXOFFICE: FUNCTION LOADs the service's script library
+# (`boxoffice lua-library`); prints its name (functions are <name>_<script>).
+bench_load_library() {
+    "$1" lua-library | rcli -x function load replace
+}
+
+# bench_load_hold_references [BEFORE]: the references place_hold is
+# measured against, loaded; sets MINI_FN (the minimal hold as a function),
+# MINI_SHA (the same as an EVALSHA script) and, with BEFORE (a lua/ tree,
+# e.g. `git archive 4b85a63 lua`), OLD_SHA: place_hold as the EVALSHA
+# script the service sent then (lib/ in front, as it did). The minimal hold
+# is the least a hold can do: a hold number, and one seat taken with it
+# (seat = the number, so every call writes).
+bench_load_hold_references() {
+    local body="local n = redis.call('INCR', KEYS[2])
+redis.call('HSETNX', KEYS[1], n, 'h:' .. n)
+return n"
+    MINI_FN="$(printf '#!lua name=bx_minimal\nredis.register_function(\x27bx_minimal_hold\x27, function(KEYS)\n%s\nend)\n' "$body" | rcli -x function load replace)_hold"
+    MINI_SHA="$(rcli script load "$body")"
+    OLD_SHA=""
+    [[ -z ${1:-} ]] ||
+        OLD_SHA="$({ cat "$1/lib/queue.lua"; printf '\n'; cat "$1/lib/schedule.lua"; printf '\n'; cat "$1/place_hold.lua"; } | rcli -x script load)"
+}
