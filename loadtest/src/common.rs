@@ -20,6 +20,7 @@ pub enum Scenario {
     Holds,
     HotSeat,
     Payment,
+    Pay,
     FlashSale,
     PollStorm,
 }
@@ -33,6 +34,7 @@ impl Scenario {
             "holds" => Self::Holds,
             "hot-seat" => Self::HotSeat,
             "payment" => Self::Payment,
+            "pay" => Self::Pay,
             "flash-sale" => Self::FlashSale,
             "poll-storm" => Self::PollStorm,
             _ => return None,
@@ -47,6 +49,7 @@ impl Scenario {
             Self::Holds => "holds",
             Self::HotSeat => "hot-seat",
             Self::Payment => "payment",
+            Self::Pay => "pay",
             Self::FlashSale => "flash-sale",
             Self::PollStorm => "poll-storm",
         }
@@ -96,6 +99,7 @@ impl Ctx {
             Scenario::Holds => "ho",
             Scenario::HotSeat => "hs",
             Scenario::Payment => "pa",
+            Scenario::Pay => "py",
             Scenario::FlashSale => "fs",
             Scenario::PollStorm => "ps",
         };

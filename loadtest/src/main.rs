@@ -25,6 +25,7 @@
 
 mod common;
 mod flash_sale;
+mod pay;
 mod poll_storm;
 mod prequeue;
 mod procstat;
@@ -49,6 +50,8 @@ scenarios:
   holds       admitted users hold `count: 1` on large schedules
   hot-seat    everyone holds one of seats 1..3 (409s count as successes)
   payment     per iteration: join, hold `count: 1`, pay (wallets charged up front)
+  pay         the payment path alone: LOADTEST_PAY_STOCK purchases made ready before the
+              run (a buyer each: wallet charged, joined, one seat held); each iteration pays one
   flash-sale  N buyers (one per Goose user, one iteration each) queue, hold, charge, pay
   poll-storm  a queue of LOADTEST_WAITING users seeded straight into Redis; users
               poll status with tokens deep in the queue (admission paused)
@@ -76,6 +79,8 @@ environment:
                              auto (the autopilot, up to that rate; default fixed)
   LOADTEST_TARGET_P99_MS     flash-sale autopilot target (default 50)
   LOADTEST_AUTO_START        flash-sale autopilot's first rate (default 200 per second)
+  LOADTEST_PAY_STOCK         pay: purchases made ready before the run (default 30000);
+                             the run should not use them all (the summary says if it did)
   LOADTEST_WAITING           poll-storm queue length (default 100000)
   LOADTEST_PREQUEUE          prequeue entries (default 1000000)
   LOADTEST_PREQUEUE_SECONDS, LOADTEST_PREQUEUE_CONCURRENCY, LOADTEST_PREQUEUE_STREAMS

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     common::{Auth, Ctx, Scenario as Kind, call, ctx, fail, fresh_user, join_admitted},
     flash_sale::buyer,
+    pay::pay,
     poll_storm::poll,
     setup::MAX_PER_USER,
 };
@@ -30,6 +31,7 @@ pub fn build(kind: Kind) -> Result<Scenario, GooseError> {
         Kind::Payment => s
             .register_transaction(transaction!(start_buyer).set_on_start())
             .register_transaction(transaction!(payment).set_name("payment")),
+        Kind::Pay => s.register_transaction(transaction!(pay).set_name("pay")),
         Kind::FlashSale => s.register_transaction(transaction!(buyer).set_name("buyer")),
         Kind::PollStorm => s.register_transaction(transaction!(poll).set_name("poll")),
     })
@@ -301,6 +303,7 @@ pub async fn finish(c: &Ctx, extra: &mut Map<String, Value>) {
         Kind::Payment => {
             extra.insert("payments".into(), PAID.load(Ordering::Relaxed).into());
         }
+        Kind::Pay => crate::pay::finish(extra),
         _ => {}
     }
 }

@@ -125,7 +125,7 @@ pub async fn prepare(
             ctx.seats = 100;
             create_event(ctx, &OPEN, vec![schedule("s1", 100, 10, price, 600, 10)]).await?;
         }
-        Scenario::Holds | Scenario::Payment => {
+        Scenario::Holds | Scenario::Payment | Scenario::Pay => {
             // Ten large schedules: a user may hold or buy at most 100 seats
             // per schedule, so users move on to the next schedule (and
             // after the last, to a new user id) instead of hitting the limit.
@@ -137,6 +137,10 @@ pub async fn prepare(
                 .map(|s| schedule(s, 100_000, 50, price, 3_600, MAX_PER_USER))
                 .collect();
             create_event(ctx, &OPEN, list).await?;
+            if ctx.scenario == Scenario::Pay {
+                let n = env_u64("LOADTEST_PAY_STOCK", 30_000);
+                crate::pay::stock(ctx, n, extra).await?;
+            }
         }
         Scenario::HotSeat => {
             ctx.seats = 100;
