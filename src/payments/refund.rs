@@ -219,10 +219,19 @@ pub async fn record(
             .bind(refunded_at)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(r"delete from sold_seats where payment_id = $1")
-            .bind(payment_id)
-            .execute(&mut *tx)
-            .await?;
+        // By the primary key (event, schedule, seat): sold_seats has no
+        // index on payment_id, and a scan of every sale ever made per
+        // refund would hold this payment's row lock for as long.
+        sqlx::query(
+            r"delete from sold_seats
+              where event_id = $2 and schedule_id = $3 and seat_no = any($4) and payment_id = $1",
+        )
+        .bind(payment_id)
+        .bind(&p.event_id)
+        .bind(&p.schedule_id)
+        .bind(&p.seats)
+        .execute(&mut *tx)
+        .await?;
         // A free registration (amount 0) moved no money and moves none back.
         let balance_after: Decimal = if p.amount > Decimal::ZERO {
             let balance: Decimal = sqlx::query_scalar(

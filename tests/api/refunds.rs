@@ -189,11 +189,17 @@ async fn a_refunded_seat_is_on_sale_at_once_and_the_buyer_may_buy_again() {
     // max_per_user 2: after a refund, ann may buy 2 again.
     app.simple_event("e1", open_queue(), 10, 60, 2).await;
     let payment = paid(&app, "ann", json!([1, 2])).await;
+    let kept = paid(&app, "cy", json!([5])).await;
     assert_eq!(app.seat_status("e1", 1).await, "sold");
     let r = app.refund(&payment, None).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(app.seat_status("e1", 1).await, "available");
     assert_eq!(app.seat_status("e1", 2).await, "available");
+    // Exactly the refunded payment's seats left sold_seats.
+    let sold_by = |p: &str| format!("select count(*) from sold_seats where payment_id = '{p}'");
+    assert_eq!(app.count(&sold_by(&payment)).await, 0);
+    assert_eq!(app.count(&sold_by(&kept)).await, 1);
+    assert_eq!(app.seat_status("e1", 5).await, "sold");
 
     // Another user buys seat 1 at once.
     let other = paid(&app, "bob", json!([1])).await;
