@@ -188,10 +188,16 @@ SQL
 }
 # The service's sales rollup (src/jobs/rollup.rs) counts pgbench's
 # payments into sales_hourly too: those rows go, the table locked so the
-# job cannot add one between that delete and the schedule's.
+# job cannot add one between that delete and the schedule's. Foreign-key
+# checks are off in this transaction (session_replication_role): deleting
+# a payment checks that no sold_seats row names it, a scan of every sold
+# seat per payment (no index on sold_seats.payment_id; the service never
+# deletes a payment), which took 3 to 6 minutes per pass. Their sold seats
+# go first, in the same transaction, so nothing is left dangling.
 pgb_teardown() {
     psql -X -q -v ON_ERROR_STOP=1 "$BENCH_DB_URL" <<'SQL'
 begin;
+set local session_replication_role = replica;
 lock table sales_hourly in exclusive mode;
 delete from outbox where user_id like 'pgb-%';
 delete from ledger where user_id like 'pgb-%';
