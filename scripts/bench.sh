@@ -202,6 +202,8 @@ lock table sales_hourly in exclusive mode;
 delete from outbox where user_id like 'pgb-%';
 delete from ledger where user_id like 'pgb-%';
 delete from sold_seats where event_id = 'pgb';
+delete from payments_unconfirmed where payment_id in (select payment_id from payments where event_id = 'pgb');
+delete from payments_not_rolled_up where event_id = 'pgb';
 delete from payments where event_id = 'pgb';
 delete from sales_hourly where event_id = 'pgb';
 delete from wallets where user_id like 'pgb-%';
@@ -213,8 +215,9 @@ SQL
 }
 cat >"$OUT/payment.pgbench.sql" <<'SQL'
 -- One payment as src/payments/pay.rs `RECORD` makes it: the same single
--- statement (price, conditional debit, payment, sold seat, ledger row,
--- response body, outbox message, idempotency answer), with pgbench's
+-- statement (price, conditional debit, payment, the rows of the work it
+-- still owes, sold seat, ledger row, response body, outbox message,
+-- idempotency answer), with pgbench's
 -- client id as the buyer and a sequence for the hold and seat.
 with n as (select nextval('pgb_hold')::int as n),
 price as (
@@ -228,6 +231,10 @@ price as (
     select gen_random_uuid(), 'pgb-' || :client_id, 'pgb', 's1', 'pgb.s1.' || n.n, d.amount, array[n.n], now()
     from debit d, n
     returning payment_id, seats
+), owed as (
+    insert into payments_unconfirmed (payment_id, paid_at) select payment_id, now() from paid
+), tail as (
+    insert into payments_not_rolled_up (event_id, payment_id) select 'pgb', payment_id from paid
 ), sold as (
     insert into sold_seats (event_id, schedule_id, seat_no, payment_id)
     select 'pgb', 's1', unnest(p.seats), p.payment_id from paid p

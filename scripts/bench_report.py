@@ -978,7 +978,8 @@ def references_section(b):
         L.append(
             f"- **pgbench** of the payment transaction (`payment.pgbench.sql`: the one statement of "
             f"`src/payments/pay.rs` `RECORD`: price, conditional "
-            f"debit, payment, sold seat, ledger row, outbox message), 24 clients (the service's pool size), "
+            f"debit, payment, the rows of the work it still owes (`payments_unconfirmed`, "
+            f"`payments_not_rolled_up`), sold seat, ledger row, outbox message), 24 clients (the service's pool size), "
             f"prepared statements: {pg.get('tps', 0):,.0f} tps, average {fmt_ms(pg.get('avg_ms'))} ms, "
             f"p50 {fmt_ms(pg.get('p50_ms'))} ms, p99 {fmt_ms(pg.get('p99_ms'))} ms"
             + (f", {pg['failed']} failed" if pg.get("failed") else "")
@@ -1074,8 +1075,8 @@ def service_log_section(b):
             L.append("")
         if finished or fixed:
             L += [
-                f"The reconciler finished {finished:,} committed payments left with `redis_confirmed = false` "
-                "(the Redis step or the confirming UPDATE did not complete, or the answer was lost after the "
+                f"The reconciler finished {finished:,} committed payments left in `payments_unconfirmed` "
+                "(the Redis step or the confirmation mark did not complete, or the answer was lost after the "
                 f"commit) and fixed {fixed:,} seats: invariant 4 at work under overload.",
                 "",
             ]
@@ -1285,7 +1286,8 @@ def interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc="not run", runs=Non
         "| hold | 1 (`place_hold`, which also checks that the buyer is admitted; a heavier script: "
         "best-available search, per-user limit, expiry) | – |",
         "| pay | 2: `begin_payment` (with the admitted check), `confirm_sale` | 1 statement (the "
-        "whole transaction); the `redis_confirmed` marks are batched off the answer's path |",
+        "whole transaction); the confirmation marks (deletes from `payments_unconfirmed`) are batched "
+        "off the answer's path |",
         "",
         "How to read the ratios: the ceiling is the cheapest possible request that still makes one "
         "Redis round trip through the same HTTP stack and Redis client; a service endpoint adds "

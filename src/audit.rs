@@ -216,8 +216,9 @@ pub async fn run(pg: &Pg, redis: &Redis) -> anyhow::Result<Audit> {
     let unconfirmed: Vec<(Uuid, String)> = pg
         .guard(
             sqlx::query_as(
-                r"select payment_id, user_id from payments
-                  where not redis_confirmed and paid_at < now() - interval '1 minute'",
+                r"select p.payment_id, p.user_id
+                  from payments_unconfirmed u join payments p using (payment_id)
+                  where u.paid_at < now() - interval '1 minute'",
             )
             .fetch_all(pg.pool()),
         )

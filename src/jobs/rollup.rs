@@ -4,18 +4,19 @@
 //! number of payments.
 //!
 //! A payment is in the rollup or in the tail, never both and never twice:
-//! one transaction takes a batch of payments not rolled up yet, flips their
-//! `rolled_up` flag and adds their sums, and it commits only under the
-//! newest fencing token. A late commit (a payment whose transaction ends
-//! after a later one) is simply found by the next round: the flag, not a
-//! time or id watermark, says what is done. `for update skip locked` lets a
+//! one transaction takes a batch of the tail (`payments_not_rolled_up`,
+//! a row per payment written by the payment's own statement), deletes those
+//! rows and adds their payments' sums, and it commits only under the newest
+//! fencing token. A late commit (a payment whose transaction ends after a
+//! later one) is simply found by the next round: the tail's rows, not a
+//! time or id watermark, say what is left. `for update skip locked` lets a
 //! new leader roll up around rows a paused old leader still has locked;
-//! those come back to the tail when the old leader is refused.
+//! those stay in the tail when the old leader is refused.
 //!
-//! Refunds go the same way: a `rolled_up` flag on refund rows, their seats
-//! added to `refunds` and their amount taken off `revenue` in the hour of
-//! the refund (so `revenue` is net, `seats` counts every seat ever sold and
-//! `refunds` the seats given back).
+//! Refunds go much the same way (a `rolled_up` flag on refund rows, which
+//! are few), their seats added to `refunds` and their amount taken off
+//! `revenue` in the hour of the refund (so `revenue` is net, `seats` counts
+//! every seat ever sold and `refunds` the seats given back).
 
 use chrono::{DateTime, Utc};
 
@@ -28,14 +29,17 @@ use super::{
 const BATCH: i64 = 5_000;
 
 const ROLL_UP: &str = r"
-with batch as (
-    select payment_id, event_id, schedule_id, paid_at, seats, amount
-    from payments where not rolled_up
+with taken as (
+    select event_id, payment_id from payments_not_rolled_up
     order by event_id, payment_id
     limit $1
     for update skip locked
-), flip as (
-    update payments p set rolled_up = true from batch b where p.payment_id = b.payment_id
+), done as (
+    delete from payments_not_rolled_up t using taken k
+    where t.event_id = k.event_id and t.payment_id = k.payment_id
+), batch as (
+    select p.payment_id, p.event_id, p.schedule_id, p.paid_at, p.seats, p.amount
+    from taken k join payments p using (payment_id)
 ), sums as (
     select event_id, schedule_id, date_trunc('hour', paid_at) as hour,
            count(*) as payments, sum(cardinality(seats))::int8 as seats, sum(amount) as revenue

@@ -12,7 +12,8 @@
 //!    ledger row, outbox message, idempotent response.
 //! 3. `confirm_sale.lua` marks the seats sold, drops the hold and ends the
 //!    queue entry. If the process dies before this step, the reconciler
-//!    finishes it from PostgreSQL (`redis_confirmed = false`).
+//!    finishes it from PostgreSQL (the payment's row in
+//!    `payments_unconfirmed`, deleted by the confirmation mark).
 //!
 //! The price comes from the catalog in PostgreSQL, never from the client.
 
@@ -88,8 +89,8 @@ pub async fn mark_confirmed(pg: &Pg, payment_ids: &[PaymentId]) {
         .guard(
             sqlx::query(
                 r"with relaxed as (select set_config('synchronous_commit', 'off', true))
-                  update payments set redis_confirmed = true
-                  from relaxed where payment_id = any($1)",
+                  delete from payments_unconfirmed
+                  using relaxed where payment_id = any($1)",
             )
             .bind(payment_ids)
             .execute(pg.pool()),
@@ -101,7 +102,9 @@ pub async fn mark_confirmed(pg: &Pg, payment_ids: &[PaymentId]) {
 }
 
 /// Confirmation marks, written off the answer's path in batches: one
-/// statement for every payment confirmed while the previous one ran.
+/// statement for the payments confirmed while the previous one ran and
+/// during a short linger after the first, so that a busy second's marks
+/// cost a few statements and commits rather than one per few payments.
 #[derive(Clone, Debug)]
 pub struct Confirmations(mpsc::Sender<PaymentId>);
 
@@ -110,10 +113,20 @@ impl Confirmations {
     pub fn start(pg: Pg) -> Self {
         const PENDING: usize = 10_000;
         const BATCH: usize = 500;
+        // Far below the reconciler's second: a mark is never that late.
+        const LINGER: Duration = Duration::from_millis(20);
         let (tx, mut rx) = mpsc::channel(PENDING);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
+                if batch.len() < BATCH {
+                    tokio::time::sleep(LINGER).await;
+                    while batch.len() < BATCH
+                        && let Ok(id) = rx.try_recv()
+                    {
+                        batch.push(id);
+                    }
+                }
                 mark_confirmed(&pg, &batch).await;
                 batch.clear();
             }

@@ -302,6 +302,12 @@ with price as (
     insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at)
     select $1, $2, $3, $4, $5, d.amount, $6, $7 from settled d
     returning payment_id
+), owed as (
+    -- 3b. The work the payment still owes, each row deleted when it is
+    --     done: its Redis side confirmed, its sums rolled up.
+    insert into payments_unconfirmed (payment_id, paid_at) select payment_id, $7 from paid
+), tail as (
+    insert into payments_not_rolled_up (event_id, payment_id) select $3, payment_id from paid
 ), sold as (
     -- 4. The sold seats (unique per seat: the last line against a double sale).
     insert into sold_seats (event_id, schedule_id, seat_no, payment_id)

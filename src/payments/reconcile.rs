@@ -158,10 +158,10 @@ pub async fn finish_unconfirmed(ctx: &Context) -> Result<Report, StoreError> {
         .pg()
         .guard(
             sqlx::query_as(
-                r"select payment_id, user_id, event_id, schedule_id, hold_id, seats from payments
-                  where not redis_confirmed and refunded_at is null
-                    and paid_at < now() - interval '1 second'
-                  order by paid_at limit 500",
+                r"select p.payment_id, p.user_id, p.event_id, p.schedule_id, p.hold_id, p.seats
+                  from payments_unconfirmed u join payments p using (payment_id)
+                  where p.refunded_at is null and u.paid_at < now() - interval '1 second'
+                  order by u.paid_at limit 500",
             )
             .fetch_all(ctx.pg().pool()),
         )

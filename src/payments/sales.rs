@@ -14,9 +14,10 @@ use crate::{
 };
 
 /// `sales`: the sales rows of event `$1`: the rollup plus the payments and
-/// refunds not rolled up yet (partial indexes find them; a refund counts in
-/// the hour it was made, its amount off the revenue), so a read touches
-/// about as many rows at a million payments as at a hundred.
+/// refunds not rolled up yet (`payments_not_rolled_up` and a partial index
+/// on refunds find them; a refund counts in the hour it was made, its
+/// amount off the revenue), so a read touches about as many rows at a
+/// million payments as at a hundred.
 macro_rules! sales_rows {
     () => {
         r"
@@ -24,8 +25,9 @@ with sales as (
     select schedule_id, hour, payments, seats, refunds, revenue
     from sales_hourly where event_id = $1
     union all
-    select schedule_id, date_trunc('hour', paid_at), count(*), sum(cardinality(seats))::int8, 0, sum(amount)
-    from payments where event_id = $1 and not rolled_up
+    select p.schedule_id, date_trunc('hour', p.paid_at), count(*), sum(cardinality(p.seats))::int8, 0, sum(p.amount)
+    from payments_not_rolled_up t join payments p using (payment_id)
+    where t.event_id = $1
     group by 1, 2
     union all
     select p.schedule_id, date_trunc('hour', r.created_at), 0, 0, sum(cardinality(p.seats))::int8, -sum(r.amount)

@@ -293,8 +293,10 @@ async fn the_audit_binary_names_each_broken_invariant_and_exits_1() {
             }
             "unconfirmed" => {
                 sql(&app, &format!(
-                    "update payments set redis_confirmed = false, paid_at = now() - interval '2 minutes'
-                     where event_id = '{ev}'"
+                    "update payments set paid_at = now() - interval '2 minutes' where event_id = '{ev}';
+                     insert into payments_unconfirmed (payment_id, paid_at)
+                       select payment_id, paid_at from payments where event_id = '{ev}'
+                     on conflict (payment_id) do update set paid_at = excluded.paid_at"
                 ))
                 .await;
             }

@@ -190,15 +190,24 @@ async fn one_payment_that_cannot_be_replayed_does_not_block_the_others() {
     // A payment whose Redis step can never succeed (seat 999 of a 20-seat
     // schedule), older than ann's, and ann's own step marked unfinished.
     sqlx::query(
-        r"insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at)
-          values ($1, 'bogus', 'e1', 'd1', 'e1.d1.999999', 1000, '{999}', now() - interval '10 seconds')",
+        r"with paid as (
+            insert into payments (payment_id, user_id, event_id, schedule_id, hold_id, amount, seats, paid_at)
+            values ($1, 'bogus', 'e1', 'd1', 'e1.d1.999999', 1000, '{999}', now() - interval '10 seconds')
+            returning payment_id, paid_at
+          )
+          insert into payments_unconfirmed (payment_id, paid_at) select payment_id, paid_at from paid",
     )
     .bind(uuid::Uuid::new_v4())
     .execute(pool)
     .await
     .unwrap();
     sqlx::query(
-        "update payments set redis_confirmed = false, paid_at = now() - interval '5 seconds' where payment_id = $1",
+        r"with older as (
+            update payments set paid_at = now() - interval '5 seconds' where payment_id = $1
+            returning payment_id, paid_at
+          )
+          insert into payments_unconfirmed (payment_id, paid_at) select payment_id, paid_at from older
+          on conflict (payment_id) do update set paid_at = excluded.paid_at",
     )
     .bind(uuid::Uuid::parse_str(&ann).unwrap())
     .execute(pool)
@@ -206,11 +215,13 @@ async fn one_payment_that_cannot_be_replayed_does_not_block_the_others() {
     .unwrap();
 
     let finished = eventually(Duration::from_secs(5), || async {
-        sqlx::query_scalar::<_, bool>("select redis_confirmed from payments where payment_id = $1")
-            .bind(uuid::Uuid::parse_str(&ann).unwrap())
-            .fetch_one(pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, bool>(
+            "select not exists (select 1 from payments_unconfirmed where payment_id = $1)",
+        )
+        .bind(uuid::Uuid::parse_str(&ann).unwrap())
+        .fetch_one(pool)
+        .await
+        .unwrap()
     })
     .await;
     assert!(finished, "ann's payment was finished past the broken one");

@@ -452,7 +452,7 @@ async fn the_sales_report_counts_refunds_before_and_after_the_rollup() {
             .await
             == 0
             && roller
-                .count("select count(*) from payments where not rolled_up")
+                .count("select count(*) from payments_not_rolled_up")
                 .await
                 == 0
     })
