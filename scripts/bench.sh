@@ -7,8 +7,10 @@
 # 3. runs BENCH_RUNS passes (at least 2), one after the other, each of:
 #    every Goose scenario at a fixed size (BENCH_USERS users, BENCH_SECONDS
 #    each), the flash sale (BENCH_BUYERS buyers for BENCH_SEATS seats, a
-#    fresh event each time) at the fixed admission rate and again with the
-#    autopilot on, with the service's /metrics scraped around each, and
+#    fresh event each time) at the fixed admission rate, again with the
+#    autopilot on, and a third time with the autopilot on two lanes (the
+#    waiting room's requests on a second instance at a lower CPU priority),
+#    with the service's /metrics scraped around each, and
 #    `pgbench` on the payment transaction; then, once, the capacity-at-SLO
 #    search (scripts/bench_capacity.sh) and `redis-benchmark` on the real
 #    place_hold script and on ZRANK. The
@@ -33,7 +35,9 @@
 # target/<profile> as they are), BENCH_PROFILE (release; `dev` only to try
 # the script itself: debug figures mean nothing), BENCH_REPORT
 # (docs/BENCHMARKS.md; the chart goes beside it in bench/throughput.svg),
-# BENCH_METRICS_PORT (18082), BENCH_CONNECTIONS (20000 keep-alive
+# BENCH_METRICS_PORT (18082), BENCH_QUEUE_PORT / BENCH_QUEUE_METRICS_PORT /
+# BENCH_QUEUE_NICE (18083 / 18084 / 10: the waiting room's lane of the
+# lanes sale), BENCH_CONNECTIONS (20000 keep-alive
 # connections for the connection cost; 0 = leave it out), BENCH_SKIP_CAPACITY=1 (leave out the
 # capacity-at-SLO search, scripts/bench_capacity.sh).
 # The default sizes take about 6 minutes after the build on 2 cores.
@@ -54,6 +58,9 @@ ADMIT="${BENCH_ADMIT:-1000}"
 MAX_ACTIVE="${BENCH_MAX_ACTIVE:-1000}"
 WAITING="${BENCH_WAITING:-1000000}"
 PORT="${BENCH_PORT:-18080}"
+QPORT="${BENCH_QUEUE_PORT:-18083}"
+QMPORT="${BENCH_QUEUE_METRICS_PORT:-18084}"
+QNICE="${BENCH_QUEUE_NICE:-10}"
 CPORT="${CEILING_PORT:-18081}"
 MPORT="${BENCH_METRICS_PORT:-18082}"
 RUNS="${BENCH_RUNS:-2}"
@@ -73,6 +80,7 @@ OUT="$ROOT/loadtest/reports/bench-$TS"
 SERVICE_KEY="bench-key"
 TOKEN_SECRET="bench-token-secret-$TS"
 HOST="http://127.0.0.1:$PORT"
+QHOST="http://127.0.0.1:$QPORT"
 CHOST="http://127.0.0.1:$CPORT"
 
 bench_local_only
@@ -86,12 +94,14 @@ rcli() { redis-cli -u "$REDIS_URL" "$@"; }
 note() { printf '%s\n' "$*" >>"$OUT/commands.txt"; }
 
 SERVICE_PID=""
+QUEUE_PID=""
 CEILING_PID=""
 DB_CREATED=0
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     bench_stop "$SERVICE_PID"
+    bench_stop "$QUEUE_PID"
     bench_stop "$CEILING_PID"
     local n
     n="$(bench_unlink_prefix "$PREFIX")"
@@ -121,6 +131,8 @@ bench_require redis-cli redis-benchmark psql curl python3
 bench_port_free "$PORT" || { echo "bench: port $PORT is in use (set BENCH_PORT)" >&2; exit 1; }
 bench_port_free "$CPORT" || { echo "bench: port $CPORT is in use (set CEILING_PORT)" >&2; exit 1; }
 bench_port_free "$MPORT" || { echo "bench: port $MPORT is in use (set BENCH_METRICS_PORT)" >&2; exit 1; }
+bench_port_free "$QPORT" || { echo "bench: port $QPORT is in use (set BENCH_QUEUE_PORT)" >&2; exit 1; }
+bench_port_free "$QMPORT" || { echo "bench: port $QMPORT is in use (set BENCH_QUEUE_METRICS_PORT)" >&2; exit 1; }
 
 # ------------------------------------------------------------- machine
 {
@@ -272,10 +284,31 @@ STEADY=(-u "$USERS" -r "$USERS" -t "${SECS}s")
 # Around each flash sale: the service's /metrics, every component's CPU
 # time (scripts/cpu_snapshot.py) and Redis's per-command statistics, so the
 # report can say where the time went.
+# With two instances (the lanes sale) both are scraped into one file (the
+# report sums a histogram's lines) and both count as the service's CPU.
 snapshot() { # DIR WHEN
     curl -fsS --max-time 10 "http://127.0.0.1:$MPORT/metrics" >"$1/metrics-$2.txt" || echo "bench: /metrics scrape failed" >&2
-    python3 scripts/cpu_snapshot.py "$SERVICE_PID" >"$1/cpu-$2.json"
+    if [[ -n $QUEUE_PID ]]; then
+        curl -fsS --max-time 10 "http://127.0.0.1:$QMPORT/metrics" >>"$1/metrics-$2.txt" || echo "bench: /metrics scrape failed" >&2
+    fi
+    python3 scripts/cpu_snapshot.py "$SERVICE_PID" $QUEUE_PID >"$1/cpu-$2.json"
     rcli info commandstats >"$1/commandstats-$2.txt"
+}
+# The waiting room's lane for the lanes sale: a second instance of the
+# same service (same Redis, PostgreSQL and keys) at a lower CPU priority,
+# which the buyers' join, status and leave go to; their shop requests go to
+# the first. Started for that sale only, so the other sales run as before.
+start_queue_lane() {
+    note "env ${SERVICE_ENV[*]} BOXOFFICE_ADDR=127.0.0.1:$QPORT BOXOFFICE_METRICS_ADDR=127.0.0.1:$QMPORT nice -n $QNICE ./target/release/boxoffice serve"
+    env "${SERVICE_ENV[@]}" BOXOFFICE_ADDR="127.0.0.1:$QPORT" BOXOFFICE_METRICS_ADDR="127.0.0.1:$QMPORT" \
+        nice -n "$QNICE" "$BX" serve >"$LOADTEST_REPORT_DIR/queue-lane.log" 2>&1 &
+    QUEUE_PID=$!
+    bench_wait_http "$QHOST/readyz" 60 ||
+        { tail -n 30 "$LOADTEST_REPORT_DIR/queue-lane.log" >&2; echo "bench: queue lane not ready" >&2; exit 1; }
+}
+stop_queue_lane() {
+    bench_stop "$QUEUE_PID"
+    QUEUE_PID=""
 }
 for ((RUN = 1; RUN <= RUNS; RUN++)); do
     export LOADTEST_REPORT_DIR="$OUT/run$RUN"
@@ -289,17 +322,26 @@ for ((RUN = 1; RUN <= RUNS; RUN++)); do
     LT_ENV="LOADTEST_PAY_STOCK=$PAY_STOCK " LOADTEST_PAY_STOCK="$PAY_STOCK" lt pay --host "$HOST" "${STEADY[@]}"
     lt payment --host "$HOST" "${STEADY[@]}"
     LT_ENV="LOADTEST_WAITING=$WAITING " LOADTEST_WAITING="$WAITING" lt poll-storm --host "$HOST" "${STEADY[@]}"
-    # The flash sale twice: at the fixed admission rate, then with the
-    # autopilot steering it (up to the same rate), each between snapshots.
-    for MODE in fixed auto; do
-        SALE_DIR="$LOADTEST_REPORT_DIR/$([[ $MODE == auto ]] && echo auto || echo .)"
+    # The flash sale three times: at the fixed admission rate, with the
+    # autopilot steering it (up to the same rate), and with the autopilot
+    # on two lanes (the waiting room on its own instance at nice $QNICE),
+    # each between snapshots.
+    for MODE in fixed auto lanes; do
+        SALE_DIR="$LOADTEST_REPORT_DIR/$([[ $MODE == fixed ]] && echo . || echo "$MODE")"
+        ADMISSION="$([[ $MODE == fixed ]] && echo fixed || echo auto)"
+        SALE_HOST="$HOST" SHOP_HOST=""
+        if [[ $MODE == lanes ]]; then
+            start_queue_lane
+            SALE_HOST="$QHOST" SHOP_HOST="$HOST"
+        fi
         mkdir -p "$SALE_DIR"
         snapshot "$SALE_DIR" before
-        LT_ENV="LOADTEST_SEATS=$SEATS LOADTEST_ADMIT_PER_SECOND=$ADMIT LOADTEST_MAX_ACTIVE=$MAX_ACTIVE LOADTEST_ADMISSION=$MODE " \
+        LT_ENV="LOADTEST_SEATS=$SEATS LOADTEST_ADMIT_PER_SECOND=$ADMIT LOADTEST_MAX_ACTIVE=$MAX_ACTIVE LOADTEST_ADMISSION=$ADMISSION${SHOP_HOST:+ LOADTEST_SHOP_HOST=$SHOP_HOST} " \
             LOADTEST_REPORT_DIR="$SALE_DIR" LOADTEST_SEATS="$SEATS" LOADTEST_ADMIT_PER_SECOND="$ADMIT" \
-            LOADTEST_MAX_ACTIVE="$MAX_ACTIVE" LOADTEST_ADMISSION="$MODE" \
-            lt flash-sale --host "$HOST" -u "$BUYERS" -r 2000
+            LOADTEST_MAX_ACTIVE="$MAX_ACTIVE" LOADTEST_ADMISSION="$ADMISSION" LOADTEST_SHOP_HOST="$SHOP_HOST" \
+            lt flash-sale --host "$SALE_HOST" -u "$BUYERS" -r 2000
         snapshot "$SALE_DIR" after
+        if [[ $MODE == lanes ]]; then stop_queue_lane; fi
     done
     note "pgbench -n -M prepared -c $PG_CLIENTS -j 2 -T $SECS -l -f payment.pgbench.sql postgres://…/$DB"
     say "pgbench: payment transaction, $PG_CLIENTS clients, ${SECS}s (pass $RUN)"

@@ -346,6 +346,11 @@ def spread(values, fmt):
     return f" ({fmt(min(values))}–{fmt(max(values))})"
 
 
+# The flash sale's three runs per pass: (mode, its directory in the pass).
+SALE_MODES = (("fixed", "."), ("auto", "auto"), ("lanes", "lanes"))
+SALE_KEY = {"fixed": "flash-sale", "auto": "flash-sale-auto", "lanes": "flash-sale-lanes"}
+
+
 def load(d):
     """Everything one bench run left in RESULTS_DIR `d`, read once."""
     m = read_kv(os.path.join(d, "machine.txt"))
@@ -354,11 +359,12 @@ def load(d):
     runs = [{name: load_json(os.path.join(r, f"{name}-summary.json")) for name in names} for r in dirs]
     for r, run in zip(dirs, runs):
         run["flash-sale-auto"] = load_json(os.path.join(r, "auto", "flash-sale-summary.json"))
-        run["service-p99"] = {mode: service_p99(os.path.join(r, sub)) for mode, sub in (("fixed", "."), ("auto", "auto"))}
+        run["flash-sale-lanes"] = load_json(os.path.join(r, "lanes", "flash-sale-summary.json"))
+        run["service-p99"] = {mode: service_p99(os.path.join(r, sub)) for mode, sub in SALE_MODES}
         run["dependency-p99"] = {mode: service_p99(os.path.join(r, sub), DEPENDENCY_HISTOGRAM, "dependency")
-                                 for mode, sub in (("fixed", "."), ("auto", "auto"))}
-        run["cpu"] = {mode: cpu_shares(os.path.join(r, sub)) for mode, sub in (("fixed", "."), ("auto", "auto"))}
-        run["redis-calls"] = {mode: redis_calls(os.path.join(r, sub)) for mode, sub in (("fixed", "."), ("auto", "auto"))}
+                                 for mode, sub in SALE_MODES}
+        run["cpu"] = {mode: cpu_shares(os.path.join(r, sub)) for mode, sub in SALE_MODES}
+        run["redis-calls"] = {mode: redis_calls(os.path.join(r, sub)) for mode, sub in SALE_MODES}
     capacity = load_json(os.path.join(d, "capacity", "capacity.json"))
     pgs = [pgbench(r) for r in dirs]
     n_runs = len(dirs)
@@ -650,61 +656,74 @@ def sale_p99s(sales):
 
 def surge_section(b):
     """The flash sale at the fixed rate next to the same sale with the
-    autopilot on: what buyers feel (client p50/p99 per request type), the
-    service's own p99 per route, the time to sell out it costs; then the
-    capacity-at-SLO search."""
-    fixed = [r["flash-sale"] for r in b.runs if r.get("flash-sale")]
-    auto = [r["flash-sale-auto"] for r in b.runs if r.get("flash-sale-auto")]
+    autopilot on, on one instance and on two lanes: what buyers feel
+    (client p50/p99 per request type), the service's own p99 per route, the
+    time to sell out it costs; then the capacity-at-SLO search."""
+    sales = {mode: [r[SALE_KEY[mode]] for r in b.runs if r.get(SALE_KEY[mode])] for mode, _ in SALE_MODES}
+    modes = [mode for mode, _ in SALE_MODES if sales[mode]]
     L = []
-    if fixed and auto:
-        pf, pa = sale_p99s(fixed), sale_p99s(auto)
+    if sales["fixed"] and sales["auto"]:
+        fixed, auto = sales["fixed"], sales["auto"]
+        p = {mode: sale_p99s(sales[mode]) for mode in modes}
         L += [
-            "## The surge: fixed admission and the autopilot",
+            "## The surge: fixed admission, the autopilot, and the autopilot on two lanes",
             "",
-            "The same flash sale twice per pass: admission fixed at "
-            f"{fixed[0].get('extra', {}).get('admit_per_second', '?')} per second, then `admission_mode: auto` "
+            "The same flash sale three times per pass: admission fixed at "
+            f"{fixed[0].get('extra', {}).get('admit_per_second', '?')} per second; then `admission_mode: auto` "
             f"(target p99 {auto[0].get('extra', {}).get('auto_target_p99_ms', 50)} ms, starting at "
-            f"{auto[0].get('extra', {}).get('auto_start', '?')} per second, bounds 1 to the fixed rate). Client p50 / p99 per request type (median of the passes) "
+            f"{auto[0].get('extra', {}).get('auto_start', '?')} per second, bounds 1 to the fixed rate); then the "
+            "autopilot again on **two lanes**: the buyers' join, status and leave go to a second instance of the "
+            "service (same Redis, PostgreSQL and key prefix) running at nice 10, their shop requests (schedules, "
+            "seat map, hold, wallet, pay) to the first at nice 0, as a load balancer routing by path would "
+            "(docs/OPERATIONS.md, Lanes). Client p50 / p99 per request type (median of the passes) "
             "as the buyers saw them (the load generator shares the 2 cores), then the service's own p99 per "
             "route from its `boxoffice_http_request_duration_seconds` histogram (scraped before and after each "
-            "sale; linear within the bucket, as Prometheus's `histogram_quantile`). Seat map, hold and pay are "
-            "the admitted buyers' requests the autopilot steers by.",
+            "sale, both instances summed for the lanes; linear within the bucket, as Prometheus's "
+            "`histogram_quantile`). Seat map, hold and pay are the admitted buyers' requests the autopilot "
+            "steers by.",
             "",
-            "| request | fixed: client p50 / p99 ms | auto: client p50 / p99 ms |",
-            "|---|---:|---:|",
+            "| request | " + " | ".join(f"{m}: client p50 / p99 ms" for m in modes) + " |",
+            "|---|" + "---:|" * len(modes),
         ]
-        for name in sorted(set(pf) | set(pa)):
-            cell = lambda p: f"{fmt_ms(p[name][0])} / {fmt_ms(p[name][1])}" if name in p else "–"
+        for name in sorted(set().union(*(p[m] for m in modes))):
+            cell = lambda q: f"{fmt_ms(q[name][0])} / {fmt_ms(q[name][1])}" if name in q else "–"
             mark = " (admitted)" if name in ADMITTED else ""
-            L.append(f"| {name}{mark} | {cell(pf)} | {cell(pa)} |")
+            L.append(f"| {name}{mark} | " + " | ".join(cell(p[m]) for m in modes) + " |")
         svc = [r.get("service-p99", {}) for r in b.runs]
         routes = sorted({k for r in svc for mode in r.values() for k in mode})
         if routes:
-            L += ["", "| route (service's own histogram) | fixed: p99 ms (requests) | auto: p99 ms (requests) |", "|---|---:|---:|"]
+            L += ["", "| route (service's own histogram) | " + " | ".join(f"{m}: p99 ms (requests)" for m in modes) + " |",
+                  "|---|" + "---:|" * len(modes)]
             for key in routes:
                 def cell(mode):
                     vals = [r[mode][key] for r in svc if key in r.get(mode, {})]
                     if not vals or any(v["p99_ms"] is None for v in vals):
                         return "–"
                     return f"{median(v['p99_ms'] for v in vals):.1f} ({median(v['count'] for v in vals):,.0f})"
-                L.append(f"| {key[0]} {key[1]} | {cell('fixed')} | {cell('auto')} |")
+                L.append(f"| {key[0]} {key[1]} | " + " | ".join(cell(m) for m in modes) + " |")
 
         def sale_times(f):
             x = f.get("extra", {})
             return x.get("sold_out_ms"), x.get("queue_wait_p99_ms"), x.get("all_done_ms")
 
-        L += ["", "| | " + " | ".join(f"pass {i + 1} fixed | pass {i + 1} auto" for i in range(b.n_runs)) + " |",
-              "|---|" + "---|---|" * b.n_runs]
+        L += ["", "| | " + " | ".join(f"pass {i + 1} {m}" for i in range(b.n_runs) for m in modes) + " |",
+              "|---|" + "---|" * (b.n_runs * len(modes))]
         for label, idx in (("sold out after (s)", 0), ("queue wait p99 (s)", 1), ("every buyer done after (s)", 2)):
             cells = []
             for r in b.runs:
-                for f in (r.get("flash-sale"), r.get("flash-sale-auto")):
+                for m in modes:
+                    f = r.get(SALE_KEY[m])
                     v = sale_times(f)[idx] if f else None
                     cells.append("–" if not v else f"{v / 1000:.1f}")
             L.append(f"| {label} | " + " | ".join(cells) + " |")
-        worst = max((pa[n][1] for n in ADMITTED if n in pa), default=None)
-        L += ["", f"Admitted buyers' worst client p99 with the autopilot: {fmt_ms(worst)} ms (target < 50): "
-              + verdict(worst is not None and worst < 50) + ".", ""]
+        L.append("")
+        for m, label in (("auto", "the autopilot"), ("lanes", "the autopilot on two lanes")):
+            if m not in modes:
+                continue
+            worst = max((p[m][n][1] for n in ADMITTED if n in p[m]), default=None)
+            L.append(f"Admitted buyers' worst client p99 with {label}: {fmt_ms(worst)} ms (target < 50): "
+                     + verdict(worst is not None and worst < 50) + ".")
+        L.append("")
     c = b.capacity
     if c:
         L += [
@@ -759,8 +778,8 @@ def time_section(b):
         "saturated machine, the wait for a core before the task runs again; Redis's own time per command is "
         "the table above). p99s do not add up exactly; read the columns as an attribution.",
         "",
-        "| component | fixed: share of CPU time (user + system) | auto: share of CPU time |",
-        "|---|---:|---:|",
+        "| component | " + " | ".join(f"{m}: share of CPU time (user + system)" for m, _ in SALE_MODES if cpu.get(m)) + " |",
+        "|---|" + "---:|" * sum(1 for m, _ in SALE_MODES if cpu.get(m)),
     ]
     def share(mode, g):
         c = cpu.get(mode)
@@ -770,9 +789,10 @@ def time_section(b):
         return f"{100 * (v['user'] + v['system']):.0f} % ({100 * v['user']:.0f} + {100 * v['system']:.0f})"
     for g in ("generator", "service", "redis", "postgres", "other processes", "idle"):
         # (the generator's figure is its user and system time together)
-        L.append(f"| {g} | {share('fixed', g)} | {share('auto', g)} |")
+        L.append(f"| {g} | " + " | ".join(share(m, g) for m, _ in SALE_MODES if cpu.get(m)) + " |")
     k = lambda mode: f"{100 * cpu[mode]['_kernel']:.0f} %" if cpu.get(mode) else "–"
-    L.append(f"| kernel, whole machine (the system parts above, interrupts included) | {k('fixed')} | {k('auto')} |")
+    L.append("| kernel, whole machine (the system parts above, interrupts included) | "
+             + " | ".join(k(m) for m, _ in SALE_MODES if cpu.get(m)) + " |")
     calls = (r0.get("redis-calls") or {}).get("fixed") or {}
     if calls:
         L += ["", "Redis's own time per command during the fixed-rate sale (its single thread; `INFO commandstats`):", "",

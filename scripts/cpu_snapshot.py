@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Prints one JSON snapshot of where this machine's CPU time has gone so far.
 
-usage: cpu_snapshot.py SERVICE_PID
+usage: cpu_snapshot.py SERVICE_PID [SERVICE_PID ...]
 
 Per component, user and system seconds summed over its processes (from
-/proc/<pid>/stat): the service (SERVICE_PID), the load generator (every
+/proc/<pid>/stat): the service (every SERVICE_PID: one per instance), the load generator (every
 `loadtest` process), Redis (every `redis-server`) and PostgreSQL (every
 `postgres` process: backends, WAL writer, checkpointer...); and the whole
 machine's user, system (kernel, with interrupts) and idle seconds from
@@ -32,7 +32,7 @@ def proc_times(pid):
 
 
 def main():
-    service = sys.argv[1] if len(sys.argv) > 1 else ""
+    service = set(sys.argv[1:])
     groups = {"service": [0.0, 0.0], "generator": [0.0, 0.0], "redis": [0.0, 0.0], "postgres": [0.0, 0.0]}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         t = proc_times(pid)
@@ -40,7 +40,7 @@ def main():
             continue
         name, user, system = t
         group = (
-            "service" if pid == service
+            "service" if pid in service
             else "generator" if name == "loadtest"
             else "redis" if name.startswith("redis-server")
             else "postgres" if name in ("postgres", "postmaster")

@@ -7,7 +7,14 @@
 # It shows *when* a sale is slow and who had the CPU then, which the whole
 # sale's p99 in docs/BENCHMARKS.md cannot.
 #
-#   scripts/surge_timeline.sh [auto|fixed]      (default auto)
+#   scripts/surge_timeline.sh [auto|fixed|lanes]      (default auto)
+#
+# lanes: the autopilot as in auto, on two instances of the service sharing
+# Redis and PostgreSQL: the waiting room's lane (join, status, leave) at
+# nice SURGE_QUEUE_NICE (10), the shop's lane (schedules, seat map, holds,
+# wallet, payments) at nice 0; the buyers send each request to its lane
+# (LOADTEST_SHOP_HOST). When the cores run out, the kernel gives them to
+# the shop first.
 #
 # SURGE_BUYERS (20000), SURGE_ARRIVALS (buyers per second, 2000),
 # SURGE_SEATS (5000), SURGE_ADMIT (fixed rate and the autopilot's maximum,
@@ -24,7 +31,9 @@ cd "$ROOT"
 . scripts/lib/bench.sh
 
 MODE="${1:-auto}"
-[[ $MODE == auto || $MODE == fixed ]] || { echo "usage: scripts/surge_timeline.sh [auto|fixed]" >&2; exit 2; }
+[[ $MODE == auto || $MODE == fixed || $MODE == lanes ]] ||
+    { echo "usage: scripts/surge_timeline.sh [auto|fixed|lanes]" >&2; exit 2; }
+ADMISSION="$([[ $MODE == fixed ]] && echo fixed || echo auto)"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 bench_local_only
@@ -39,13 +48,16 @@ KEY="surge-service-key-$TS"
 SECRET="surge-token-secret-$TS"
 PORT="$(bench_free_port 18300)"
 MPORT="$(bench_free_port $((PORT + 1)))"
+SHOP_PORT="$(bench_free_port $((MPORT + 1)))"
+SHOP_MPORT="$(bench_free_port $((SHOP_PORT + 1)))"
 mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-SERVICE_PID="" SAMPLER_PID=""
+SERVICE_PID="" SHOP_PID="" SAMPLER_PID=""
 cleanup() {
     [[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null
     bench_stop "$SERVICE_PID"
+    bench_stop "$SHOP_PID"
     bench_drop_db "$DB"
     bench_unlink_prefix "$PREFIX" >/dev/null
 }
@@ -53,20 +65,35 @@ trap cleanup EXIT
 
 psql -X -q -v ON_ERROR_STOP=1 "$(bench_admin_url)" -c "create database \"$DB\""
 read -r -a EXTRA <<<"${SURGE_SERVICE_ENV:-}"
-env BOXOFFICE_ADDR="127.0.0.1:$PORT" BOXOFFICE_METRICS_ADDR="127.0.0.1:$MPORT" BOXOFFICE_HTTP_MAX_CONNECTIONS=60000 \
-    DATABASE_URL="$(bench_db_url "$DB")" REDIS_URL="$REDIS_URL" BOXOFFICE_REDIS_PREFIX="$PREFIX" \
-    BOXOFFICE_RATE_PER_IP=0 BOXOFFICE_RATE_PER_TOKEN=0 RUST_LOG=warn \
-    BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="$SECRET" "${EXTRA[@]}" \
-    "$BX" serve >"$OUT/service.log" 2>&1 &
-SERVICE_PID=$!
-bench_wait_http "http://127.0.0.1:$PORT/readyz" 60 || { tail -n 20 "$OUT/service.log" >&2; exit 1; }
+serve() { # PORT METRICS-PORT LOG [COMMAND PREFIX...]: one instance, in the background
+    local port=$1 mport=$2 log=$3
+    shift 3
+    env BOXOFFICE_ADDR="127.0.0.1:$port" BOXOFFICE_METRICS_ADDR="127.0.0.1:$mport" BOXOFFICE_HTTP_MAX_CONNECTIONS=60000 \
+        DATABASE_URL="$(bench_db_url "$DB")" REDIS_URL="$REDIS_URL" BOXOFFICE_REDIS_PREFIX="$PREFIX" \
+        BOXOFFICE_RATE_PER_IP=0 BOXOFFICE_RATE_PER_TOKEN=0 RUST_LOG=warn \
+        BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="$SECRET" "${EXTRA[@]}" \
+        "$@" "$BX" serve >"$log" 2>&1 &
+}
+if [[ $MODE == lanes ]]; then
+    serve "$PORT" "$MPORT" "$OUT/service.log" nice -n "${SURGE_QUEUE_NICE:-10}"
+    SERVICE_PID=$!
+    bench_wait_http "http://127.0.0.1:$PORT/readyz" 60 || { tail -n 20 "$OUT/service.log" >&2; exit 1; }
+    serve "$SHOP_PORT" "$SHOP_MPORT" "$OUT/shop.log"
+    SHOP_PID=$!
+    bench_wait_http "http://127.0.0.1:$SHOP_PORT/readyz" 60 || { tail -n 20 "$OUT/shop.log" >&2; exit 1; }
+    export LOADTEST_SHOP_HOST="http://127.0.0.1:$SHOP_PORT"
+else
+    serve "$PORT" "$MPORT" "$OUT/service.log"
+    SERVICE_PID=$!
+    bench_wait_http "http://127.0.0.1:$PORT/readyz" 60 || { tail -n 20 "$OUT/service.log" >&2; exit 1; }
+fi
 
 # One line a second: the time, then scripts/cpu_snapshot.py's JSON.
-(while :; do echo "$(date +%s.%N) $(python3 scripts/cpu_snapshot.py "$SERVICE_PID" 2>/dev/null)"; sleep 1; done >"$OUT/cpu.log") &
+(while :; do echo "$(date +%s.%N) $(python3 scripts/cpu_snapshot.py "$SERVICE_PID" $SHOP_PID 2>/dev/null)"; sleep 1; done >"$OUT/cpu.log") &
 SAMPLER_PID=$!
 date +%s.%N >"$OUT/t0"
 BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="$SECRET" REDIS_URL="$REDIS_URL" BOXOFFICE_REDIS_PREFIX="$PREFIX" \
-    LOADTEST_REPORT_DIR="$OUT" LOADTEST_SEATS="${SURGE_SEATS:-5000}" LOADTEST_ADMISSION="$MODE" \
+    LOADTEST_REPORT_DIR="$OUT" LOADTEST_SEATS="${SURGE_SEATS:-5000}" LOADTEST_ADMISSION="$ADMISSION" \
     LOADTEST_ADMIT_PER_SECOND="${SURGE_ADMIT:-1000}" LOADTEST_MAX_ACTIVE="${SURGE_ADMIT:-1000}" \
     LOADTEST_AUTO_START="${SURGE_AUTO_START:-200}" \
     timeout 600 "$LT" flash-sale --host "http://127.0.0.1:$PORT" -u "${SURGE_BUYERS:-20000}" -r "${SURGE_ARRIVALS:-2000}" \

@@ -84,6 +84,10 @@ pub struct Ctx {
     pub tokens: Vec<String>,
     /// flash-sale: buyers expected (Goose users).
     pub buyers: u64,
+    /// flash-sale: where admitted buyers shop (schedules, seat map, holds,
+    /// wallet, payments) when that is not `host` (LOADTEST_SHOP_HOST: a
+    /// second lane of instances; the waiting room stays on `host`).
+    pub shop_host: Option<String>,
 }
 
 impl Ctx {
@@ -121,6 +125,10 @@ impl Ctx {
             seats: 0,
             tokens: Vec::new(),
             buyers: 0,
+            shop_host: std::env::var("LOADTEST_SHOP_HOST")
+                .ok()
+                .map(|h| h.trim().trim_end_matches('/').to_owned())
+                .filter(|h| !h.is_empty()),
         }
     }
 }

@@ -76,6 +76,15 @@ async fn send(
     }
 }
 
+/// A shop request's path: on the shop lane's host when there is one
+/// (LOADTEST_SHOP_HOST), else on the waiting room's.
+fn shop(c: &Ctx, path: String) -> String {
+    match &c.shop_host {
+        Some(host) => format!("{host}{path}"),
+        None => path,
+    }
+}
+
 fn since_t0_ms() -> u64 {
     T0.get().map_or(0, |t| t.elapsed().as_millis() as u64)
 }
@@ -200,7 +209,7 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
         .push(joined.elapsed().as_millis() as u64);
 
     // Shop.
-    let path = format!("/v1/events/{}/schedules", c.event);
+    let path = shop(c, format!("/v1/events/{}/schedules", c.event));
     let r = send(
         user,
         GooseMethod::Get,
@@ -228,7 +237,10 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
     let hold = loop {
         let body = if explicit || attempt > 0 {
             // Read the map (again, after a lost race) and pick free seats.
-            let path = format!("/v1/events/{}/schedules/{schedule}/seats", c.event);
+            let path = shop(
+                c,
+                format!("/v1/events/{}/schedules/{schedule}/seats", c.event),
+            );
             let r = send(
                 user,
                 GooseMethod::Get,
@@ -255,7 +267,7 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
         let r = send(
             user,
             GooseMethod::Post,
-            "/v1/holds",
+            &shop(c, "/v1/holds".into()),
             "hold",
             Auth::Bearer(&token),
             Some(&body),
@@ -283,7 +295,7 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
     let seats = hold.body()["seats"].as_array().map_or(0, Vec::len) as u64;
 
     // Pay.
-    let path = format!("/v1/users/{id}/wallet/charges");
+    let path = shop(c, format!("/v1/users/{id}/wallet/charges"));
     let r = send(
         user,
         GooseMethod::Post,
@@ -300,7 +312,7 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
     let r = send(
         user,
         GooseMethod::Post,
-        "/v1/payments",
+        &shop(c, "/v1/payments".into()),
         "pay",
         Auth::Bearer(&token),
         Some(&json!({ "hold_id": hold_id })),
