@@ -25,6 +25,9 @@ use std::{
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+/// Attempts to open one user's stream before it gives up.
+const OPEN_TRIES: u32 = 20;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
@@ -83,23 +86,42 @@ async fn main() -> anyhow::Result<()> {
 
     let in_place = Arc::new(AtomicU64::new(0));
     let events = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
     for (n, e) in entries.into_iter().enumerate() {
         let token = e["token"].as_str().unwrap_or_default().to_owned();
         let poll_ms = e["poll_after_ms"].as_u64().unwrap_or(1_000);
         let (client, streaming_client, host) =
             (client.clone(), streaming_client.clone(), host.clone());
-        let (in_place, events) = (in_place.clone(), events.clone());
+        let (in_place, events, failures) = (in_place.clone(), events.clone(), failures.clone());
         let stream = mode == "stream";
         tokio::spawn(async move {
             if stream {
                 // Spread the opening over ~5 s as real arrivals would be.
                 tokio::time::sleep(Duration::from_millis((n as u64 * 7) % 5_000)).await;
-                let Ok(mut resp) = streaming_client
-                    .get(format!("{host}/v1/queue/stream"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                else {
+                // A stream that cannot be opened (refused, timed out, a 503)
+                // is tried again as a page would, and counted: a user that
+                // gave up in silence kept the run from ever being in place.
+                let mut opened = None;
+                for _ in 0..OPEN_TRIES {
+                    match streaming_client
+                        .get(format!("{host}/v1/queue/stream"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => {
+                            opened = Some(r);
+                            break;
+                        }
+                        failed => {
+                            if failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                                eprintln!("stream: the first failed open: {failed:?}");
+                            }
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                    }
+                }
+                let Some(mut resp) = opened else {
                     return;
                 };
                 in_place.fetch_add(1, Ordering::Relaxed);
@@ -141,9 +163,10 @@ async fn main() -> anyhow::Result<()> {
     loop {
         tokio::time::sleep(Duration::from_secs(10)).await;
         eprintln!(
-            "{mode}: {} in place, {} events/requests so far",
+            "{mode}: {} in place, {} events/requests so far, {} failed stream opens",
             in_place.load(Ordering::Relaxed),
-            events.load(Ordering::Relaxed)
+            events.load(Ordering::Relaxed),
+            failures.load(Ordering::Relaxed)
         );
     }
 }
