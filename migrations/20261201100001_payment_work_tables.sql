@@ -8,6 +8,11 @@
 -- `RECORD`) and deleted when its work is done: by the batched confirmation
 -- marks or the reconciler (payments_unconfirmed), by the sales rollup
 -- (payments_not_rolled_up). What was a flag is now "has a row here".
+--
+-- Not a rolling upgrade: an instance of an earlier release would record
+-- payments without these rows (never rolled up, never finished by the
+-- reconciler). Stop every earlier instance before the first new one
+-- starts (docs/OPERATIONS.md, Health endpoints).
 
 drop index payments_unconfirmed;
 drop index payments_not_rolled_up;
