@@ -272,13 +272,14 @@ pub async fn call(
 
 /// A user assertion for `user_id`, as the platform's login would issue it.
 pub fn assertion(user_id: &str) -> Result<String, Box<TransactionError>> {
-    let user = boxoffice::ids::UserId::parse(user_id).map_err(|e| fail(e.to_string()))?;
-    boxoffice::auth::mint_with_secret(
-        &ctx().user_jwt_secret,
-        &user,
-        std::time::Duration::from_secs(3600),
-    )
-    .map_err(|e| fail(format!("cannot mint a user assertion: {e}")))
+    mint_assertion(&ctx().user_jwt_secret, user_id).map_err(|e| fail(e.to_string()))
+}
+
+/// [`assertion`] with the secret given (before the context is installed).
+pub fn mint_assertion(secret: &str, user_id: &str) -> anyhow::Result<String> {
+    let user = boxoffice::ids::UserId::parse(user_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    boxoffice::auth::mint_with_secret(secret, &user, std::time::Duration::from_secs(3600))
+        .map_err(|e| anyhow::anyhow!("cannot mint a user assertion: {e}"))
 }
 
 /// Joins with the user's own assertion.

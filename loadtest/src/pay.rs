@@ -117,8 +117,7 @@ async fn make_ready(
         &[201],
     )
     .await?;
-    let id = boxoffice::ids::UserId::parse(user).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let jwt = boxoffice::auth::mint_with_secret(secret, &id, Duration::from_secs(3600))?;
+    let jwt = crate::common::mint_assertion(secret, user)?;
     let joined = post(
         client
             .post(format!("{host}/v1/events/{event}/queue"))
