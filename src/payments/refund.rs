@@ -232,6 +232,13 @@ pub async fn record(
         .bind(&p.seats)
         .execute(&mut *tx)
         .await?;
+        // A sale refunded before its Redis side was confirmed is never
+        // finished (the reconciler skips refunded payments): its
+        // confirmation is owed no more.
+        sqlx::query(r"delete from payments_unconfirmed where payment_id = $1")
+            .bind(payment_id)
+            .execute(&mut *tx)
+            .await?;
         // A free registration (amount 0) moved no money and moves none back.
         let balance_after: Decimal = if p.amount > Decimal::ZERO {
             let balance: Decimal = sqlx::query_scalar(

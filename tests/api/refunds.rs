@@ -217,6 +217,33 @@ async fn a_refunded_seat_is_on_sale_at_once_and_the_buyer_may_buy_again() {
     app.assert_ledger_exact().await;
 }
 
+/// A payment refunded while its Redis confirmation is still owed (as after
+/// a crash between the commit and `confirm_sale`): the reconciler never
+/// finishes a refunded sale, so the refund settles what was owed and the
+/// audit does not report the payment unconfirmed forever.
+#[tokio::test]
+async fn a_refund_settles_a_confirmation_still_owed() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 10, 60, 2).await;
+    let payment = paid(&app, "ann", json!([1])).await;
+    sqlx::query(
+        r"insert into payments_unconfirmed (payment_id, paid_at)
+          values ($1, now() - interval '2 minutes')
+          on conflict (payment_id) do update set paid_at = excluded.paid_at",
+    )
+    .bind(uuid::Uuid::parse_str(&payment).unwrap())
+    .execute(app.state.pg.pool())
+    .await
+    .unwrap();
+    let r = app.refund(&payment, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        app.count("select count(*) from payments_unconfirmed").await,
+        0
+    );
+    app.assert_ledger_exact().await;
+}
+
 #[tokio::test]
 async fn refunds_racing_payments_and_charges_keep_balances_exact() {
     let app = spawn_app().await;
