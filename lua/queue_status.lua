@@ -1,21 +1,25 @@
--- queue_status: where is this entry now? Each call is also a heartbeat.
+-- queue_status: where are these entries now? Each answer is also the
+-- entry's heartbeat. One call answers every status poll of one event that
+-- one instance has gathered while its previous call was in flight
+-- (src/queue/coalesce.rs): the event-wide figures (config, pacing, sold
+-- out) are read once per call, not once per poll.
 --
 -- KEYS[1..10] Q, the queue (prelude lib/queue.lua): reads cfg
 --             (admit_per_second or, in auto mode, auto_admit_per_second,
 --             idle_timeout_ms, open_ms, close_ms, ...); writes wait, poll,
 --             adm, adm_entry, stats, pre_entry, draw
 -- KEYS[11..] the event's schedule cfg hashes (seats, held, sold)
--- ARGV[1] entry id
--- ARGV[2] user id (from the verified token)
+-- ARGV[2i-1], ARGV[2i]: user i, entry i (from verified tokens), i >= 1;
+--             answered in this order, each as if alone
 --
 -- Returns (JSON):
 --   {"status":"no_event"}
---   {"status":"gone"}      left, evicted or released as idle, admission
---                          window over, sale closed while waiting,
---                          completed by payment, or not this user's entry
---   {"status":"ok","state":"prequeue", sold_out, rate fields...}
---   {"status":"ok","state":"waiting","position":p, sold_out, rate fields...}
---   {"status":"ok","state":"admitted","admitted_until":ms, sold_out, rate fields...}
+--   {"status":"ok", rate fields, "sold_out":..., "now_ms":t,
+--    "entries":[{"s":"prequeue"|"waiting"|"admitted"|"gone",
+--                "p":position, "u":admitted_until}, ...]}  in ARGV order
+--   (stream_status' shape). "gone": left, evicted or released as idle,
+--   admission window over, sale closed while waiting, completed by
+--   payment, or not this user's entry.
 --
 -- An idle entry is dropped here too, not only by admit_tick, so the
 -- idle timeout holds even when no tick runs; the same goes for an
@@ -26,59 +30,73 @@ local Q = queue_keys(1)
 local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'idle_timeout_ms', 'paused', 'open_ms', 'close_ms',
                        'auto_admit_per_second')
 if not cfg[1] then
-  return cjson.encode({ status = 'no_event' })
+  return '{"status":"no_event"}'
 end
-local entry, user = tonumber(ARGV[1]), ARGV[2]
 local idle_timeout_ms = tonumber(cfg[2])
 local open_ms, close_ms = tonumber(cfg[4] or '0'), tonumber(cfg[5] or '0')
-
+local closed = close_ms > 0
 local now = now_ms()
+closed = closed and now >= close_ms
 
--- `state` is the entry's place as JSON members (',"state":...').
-local function reply(state)
-  local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
-  return '{"status":"ok",' .. pace_json(rate_in_use(cfg[1], cfg[6]), cfg[3] == '1', idle_timeout_ms, now, stats, sold_out(11))
-    .. state .. '}'
-end
+local GONE = '{"s":"gone"}'
+local gone_counts, alive = {}, {}
 local function gone(counter)
-  redis.call('HINCRBY', Q.stats, counter, 1)
-  return cjson.encode({ status = 'gone' })
+  gone_counts[counter] = (gone_counts[counter] or 0) + 1
+  return GONE
+end
+local function beat(user)
+  local n = #alive
+  alive[n + 1], alive[n + 2] = user, now
 end
 
-local deadline = redis.call('ZSCORE', Q.adm, user)
-if deadline and tonumber(redis.call('HGET', Q.adm_entry, user)) == entry then
-  local seen = tonumber(redis.call('HGET', Q.poll, user) or now)
-  if tonumber(deadline) <= now or now - seen > idle_timeout_ms then
-    redis.call('ZREM', Q.adm, user)
-    redis.call('HDEL', Q.adm_entry, user)
-    redis.call('HDEL', Q.poll, user)
-    return gone(tonumber(deadline) <= now and 'expired_total' or 'released_total')
+-- One entry's answer (a JSON object of stream_status' shape).
+local function status_of(user, entry)
+  local deadline = redis.call('ZSCORE', Q.adm, user)
+  if deadline and tonumber(redis.call('HGET', Q.adm_entry, user)) == entry then
+    local seen = tonumber(redis.call('HGET', Q.poll, user) or now)
+    if tonumber(deadline) <= now or now - seen > idle_timeout_ms then
+      redis.call('ZREM', Q.adm, user)
+      redis.call('HDEL', Q.adm_entry, user)
+      redis.call('HDEL', Q.poll, user)
+      return gone(tonumber(deadline) <= now and 'expired_total' or 'released_total')
+    end
+    beat(user)
+    return '{"s":"admitted","u":' .. int(tonumber(deadline)) .. '}'
   end
-  redis.call('HSET', Q.poll, user, now)
-  return reply(',"state":"admitted","admitted_until":' .. int(tonumber(deadline)))
-end
 
-local score = tonumber(redis.call('ZSCORE', Q.wait, user))
-if score then
+  local score = tonumber(redis.call('ZSCORE', Q.wait, user))
+  if not score then return GONE end
   local mine = score
   if score < 1 then mine = tonumber(redis.call('HGET', Q.pre_entry, user)) end
-  if mine == entry then
-    local seen = tonumber(redis.call('HGET', Q.poll, user) or '0')
-    local closed = close_ms > 0 and now >= close_ms
-    if closed or now - seen > idle_timeout_ms then
-      redis.call('ZREM', Q.wait, user)
-      redis.call('HDEL', Q.poll, user)
-      if score < 1 then
-        redis.call('HDEL', Q.pre_entry, user)
-        if now < open_ms then redis.call('ZREM', Q.draw, user) end
-      end
-      return gone(closed and 'closed_total' or 'evicted_total')
+  if mine ~= entry then return GONE end
+  local seen = tonumber(redis.call('HGET', Q.poll, user) or '0')
+  if closed or now - seen > idle_timeout_ms then
+    redis.call('ZREM', Q.wait, user)
+    redis.call('HDEL', Q.poll, user)
+    if score < 1 then
+      redis.call('HDEL', Q.pre_entry, user)
+      if now < open_ms then redis.call('ZREM', Q.draw, user) end
     end
-    redis.call('HSET', Q.poll, user, now)
-    if score < 1 and now < open_ms then
-      return reply(',"state":"prequeue"')
-    end
-    return reply(',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))
+    return gone(closed and 'closed_total' or 'evicted_total')
   end
+  beat(user)
+  if score < 1 and now < open_ms then
+    return '{"s":"prequeue"}'
+  end
+  return '{"s":"waiting","p":' .. int(redis.call('ZRANK', Q.wait, user) + 1) .. '}'
 end
-return cjson.encode({ status = 'gone' })
+
+local entries = {}
+for i = 1, #ARGV, 2 do
+  entries[#entries + 1] = status_of(ARGV[i], tonumber(ARGV[i + 1]))
+end
+-- The heartbeats, one write (a user polled twice in one call is seen
+-- alive by both answers: neither evicts it).
+if #alive > 0 then redis.call('HSET', Q.poll, unpack(alive)) end
+for counter, n in pairs(gone_counts) do
+  redis.call('HINCRBY', Q.stats, counter, n)
+end
+
+local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
+return '{"status":"ok",' .. pace_json(rate_in_use(cfg[1], cfg[6]), cfg[3] == '1', idle_timeout_ms, now, stats, sold_out(11))
+  .. ',"entries":[' .. table.concat(entries, ',') .. ']}'

@@ -3,7 +3,9 @@
 -- per tick replaces one status request per waiting client; it is also
 -- their heartbeat (one HSET for all of them).
 --
--- KEYS[1..10] Q, the queue (prelude lib/queue.lua): reads cfg, wait,
+-- KEYS[1..10] Q, the queue (prelude lib/queue.lua): reads cfg (the rate
+--             in use as queue_status does: auto_admit_per_second in auto
+--             mode), wait,
 --             adm, adm_entry, stats (rate_ema, rate_var), pre_entry;
 --             writes poll
 -- KEYS[11..] the event's schedule cfg hashes (seats, held, sold)
@@ -21,9 +23,10 @@
 -- due for an update, at most 250 per call.
 
 local Q = queue_keys(1)
-local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'idle_timeout_ms', 'paused', 'open_ms')
+local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'idle_timeout_ms', 'paused', 'open_ms',
+                       'auto_admit_per_second')
 if not cfg[1] then
-  return cjson.encode({ status = 'no_event' })
+  return '{"status":"no_event"}'
 end
 local open_ms = tonumber(cfg[4] or '0')
 local now = now_ms()
@@ -31,10 +34,10 @@ local now = now_ms()
 local entries, alive = {}, {}
 for i = 1, #ARGV, 2 do
   local user, entry = ARGV[i], tonumber(ARGV[i + 1])
-  local r = { s = 'gone' }
+  local r = '{"s":"gone"}'
   local deadline = redis.call('ZSCORE', Q.adm, user)
   if deadline and tonumber(deadline) > now and tonumber(redis.call('HGET', Q.adm_entry, user)) == entry then
-    r = { s = 'admitted', u = tonumber(deadline) }
+    r = '{"s":"admitted","u":' .. int(tonumber(deadline)) .. '}'
   else
     local score = tonumber(redis.call('ZSCORE', Q.wait, user))
     if score then
@@ -42,14 +45,14 @@ for i = 1, #ARGV, 2 do
       if score < 1 then mine = tonumber(redis.call('HGET', Q.pre_entry, user)) end
       if mine == entry then
         if score < 1 and now < open_ms then
-          r = { s = 'prequeue' }
+          r = '{"s":"prequeue"}'
         else
-          r = { s = 'waiting', p = redis.call('ZRANK', Q.wait, user) + 1 }
+          r = '{"s":"waiting","p":' .. int(redis.call('ZRANK', Q.wait, user) + 1) .. '}'
         end
       end
     end
   end
-  if r.s ~= 'gone' then
+  if r ~= '{"s":"gone"}' then
     alive[#alive + 1] = user
     alive[#alive + 1] = now
   end
@@ -57,11 +60,6 @@ for i = 1, #ARGV, 2 do
 end
 if #alive > 0 then redis.call('HSET', Q.poll, unpack(alive)) end
 
-local s = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
-local reply = { status = 'ok', rate = tonumber(s[1] or '0'), rate_var = tonumber(s[2] or '0'),
-                admit_per_second = tonumber(cfg[1]), paused = cfg[3] == '1' and 1 or 0,
-                idle_timeout_ms = tonumber(cfg[2]), now_ms = now,
-                sold_out = sold_out(11) or cjson.null }
--- cjson writes an empty table as {}; there is always at least one entry.
-reply.entries = entries
-return cjson.encode(reply)
+local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
+return '{"status":"ok",' .. pace_json(rate_in_use(cfg[1], cfg[5]), cfg[3] == '1', tonumber(cfg[2]), now, stats, sold_out(11))
+  .. ',"entries":[' .. table.concat(entries, ',') .. ']}'

@@ -61,9 +61,11 @@ impl Application {
         let tokens = Arc::new(TokenSigner::new(config.token_secret.expose()));
         let limits = Arc::new(RateLimits::new(&config));
         let confirmations = crate::payments::Confirmations::start(pg.clone());
+        let status_polls = Arc::new(crate::queue::coalesce::StatusPolls::new(redis.clone()));
         let state = AppState::new(crate::state::Parts {
             config: Arc::new(config),
             redis,
+            status_polls,
             pg,
             confirmations,
             metrics,

@@ -15,7 +15,7 @@ use crate::{
     fair::Seeds,
     jobs,
     payments::{Confirmations, reconcile},
-    queue::{autopilot::Autopilot, stream::Hub},
+    queue::{autopilot::Autopilot, coalesce::StatusPolls, stream::Hub},
     store::{Stores, pg::Pg, redis::Redis},
     token::TokenSigner,
 };
@@ -47,6 +47,8 @@ impl std::ops::Deref for AppState {
 pub struct Parts {
     pub config: Arc<Config>,
     pub redis: Redis,
+    /// Status polls, coalesced into one Redis call per event and batch.
+    pub status_polls: Arc<StatusPolls>,
     pub pg: Pg,
     pub metrics: PrometheusHandle,
     pub tokens: Arc<TokenSigner>,

@@ -167,7 +167,7 @@ pub async fn status(
     QueueToken(claims): QueueToken,
 ) -> ApiResult<axum::Json<QueueEntry>> {
     let schedules = super::holds::schedules_of(&state, &claims.event).await?;
-    let view = queue::status(&state.redis, &claims, &schedules).await?;
+    let view = state.status_polls.status(&claims, schedules).await?;
     Ok(axum::Json(entry(&claims, &view, None)))
 }
 

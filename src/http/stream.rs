@@ -43,7 +43,10 @@ pub async fn stream(
     QueueToken(claims): QueueToken,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let schedules = super::holds::schedules_of(&state, &claims.event).await?;
-    let first = queue::status(&state.redis, &claims, &schedules).await?;
+    let first = state
+        .status_polls
+        .status(&claims, schedules.clone())
+        .await?;
     let admitted = matches!(first.state, EntryState::Admitted { .. });
     let opening = event(
         if admitted { "admitted" } else { "status" },

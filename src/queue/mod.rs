@@ -11,13 +11,14 @@
 //! `docs/FAIRNESS.md` for the pre-queue.
 
 pub mod autopilot;
+pub mod coalesce;
 pub mod pacing;
 mod reply;
 pub mod stream;
 
 use serde::Deserialize;
 
-use self::reply::{FiguresReply, JoinReply, LeaveReply, StatusReply};
+use self::reply::{EntriesReply, FiguresReply, JoinReply, LeaveReply};
 use crate::{
     fair::challenge::Proven,
     ids::{EventId, ScheduleId, UserId},
@@ -184,26 +185,38 @@ fn entry_args(claims: &QueueClaims) -> Vec<String> {
     vec![claims.entry.to_string(), claims.user.to_string()]
 }
 
-/// The entry's current state; also the heartbeat that keeps it alive.
+/// Many entries of one event in one call of `script` (`queue_status` or
+/// `stream_status`, whose replies have one shape): `None` when the event
+/// is gone, else each entry's view in the order given (`None`: gone).
 ///
 /// # Errors
-/// Unknown event, gone entry, or Redis unavailable.
-pub async fn status(
+/// Redis unavailable.
+async fn entries(
     redis: &Redis,
-    claims: &QueueClaims,
+    script: &redis::Script,
+    event: &EventId,
     schedules: &[ScheduleId],
-) -> Result<EntryView, QueueError> {
-    let k = redis.keys().event(&claims.event);
+    claims: &[&QueueClaims],
+) -> Result<Option<Vec<Option<EntryView>>>, StoreError> {
+    let k = redis.keys().event(event);
     let mut keys = k.queue_keys();
     keys.extend(schedules.iter().map(|s| k.schedule(s)));
-    match redis
-        .eval_json(&redis::QUEUE_STATUS, keys, entry_args(claims))
-        .await?
-    {
-        StatusReply::Ok(s) => Ok(s.pace.view(claims.entry, s.state)),
-        StatusReply::NoEvent => Err(QueueError::NoEvent),
-        StatusReply::Gone => Err(QueueError::Gone),
+    let mut args = Vec::with_capacity(claims.len() * 2);
+    for c in claims {
+        args.push(c.user.to_string());
+        args.push(c.entry.to_string());
     }
+    let batch = match redis.eval_json(script, keys, args).await? {
+        EntriesReply::Ok(batch) => batch,
+        EntriesReply::NoEvent => return Ok(None),
+    };
+    Ok(Some(
+        claims
+            .iter()
+            .zip(batch.entries)
+            .map(|(c, e)| Some(batch.pace.view(c.entry, e.state()?)))
+            .collect(),
+    ))
 }
 
 /// Leaves the queue; `Ok(false)` when the entry was already gone.

@@ -57,7 +57,7 @@ pub(super) struct JoinedEntry {
 
 /// Every field an entry reply (`join_queue`, `queue_status`,
 /// `stream_status`) may carry, flat, so serde decodes it in one pass;
-/// [`JoinReply`], [`StatusReply`] and [`StreamReply`] are built from it by
+/// [`JoinReply`] and [`EntriesReply`] are built from it by
 /// hand. (Derived internally tagged and flattened enums first copy the
 /// whole map into an intermediate tree: that showed in the status route's
 /// profile, the busiest route of a surge.)
@@ -212,28 +212,6 @@ impl ChallengeFailure {
     }
 }
 
-/// `queue_status`'s reply.
-#[derive(Debug, Deserialize)]
-#[serde(try_from = "EntryWire")]
-pub(super) enum StatusReply {
-    NoEvent,
-    Gone,
-    Ok(Standing),
-}
-
-impl TryFrom<EntryWire> for StatusReply {
-    type Error = String;
-
-    fn try_from(w: EntryWire) -> Result<Self, String> {
-        Ok(match w.status {
-            EntryStatus::NoEvent => Self::NoEvent,
-            EntryStatus::Gone => Self::Gone,
-            EntryStatus::Ok => Self::Ok(w.standing()?),
-            other => return Err(format!("queue_status cannot answer {other:?}")),
-        })
-    }
-}
-
 /// `leave_queue`'s reply.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -250,15 +228,15 @@ pub(super) enum FiguresReply {
     Ok(super::Figures),
 }
 
-/// `stream_status`' reply.
+/// The reply of `queue_status` and `stream_status`: many entries at once.
 #[derive(Debug, Deserialize)]
 #[serde(try_from = "EntryWire")]
-pub(super) enum StreamReply {
+pub(super) enum EntriesReply {
     NoEvent,
     Ok(Batch),
 }
 
-impl TryFrom<EntryWire> for StreamReply {
+impl TryFrom<EntryWire> for EntriesReply {
     type Error = String;
 
     fn try_from(w: EntryWire) -> Result<Self, String> {
@@ -268,26 +246,60 @@ impl TryFrom<EntryWire> for StreamReply {
                 pace: w.pace(),
                 entries: w.entries,
             }),
-            other => return Err(format!("stream_status cannot answer {other:?}")),
+            other => return Err(format!("an entries reply cannot answer {other:?}")),
         })
     }
 }
 
-/// The entries `stream_status` looked up, in the order asked.
+/// The entries a script looked up, in the order asked.
 #[derive(Debug)]
 pub(super) struct Batch {
     pub pace: Pace,
     pub entries: Vec<BatchEntry>,
 }
 
-/// One entry of a [`Batch`] (short field names: up to 250 per reply).
+/// One entry of a [`Batch`] (short field names: up to 250 per reply),
+/// decoded flat like [`EntryWire`] and checked by hand.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "s", rename_all = "snake_case")]
+#[serde(try_from = "BatchEntryWire")]
 pub(super) enum BatchEntry {
     Prequeue,
     Waiting { p: u64 },
     Admitted { u: i64 },
     Gone,
+}
+
+#[derive(Deserialize)]
+struct BatchEntryWire {
+    s: BatchTag,
+    p: Option<u64>,
+    u: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum BatchTag {
+    Prequeue,
+    Waiting,
+    Admitted,
+    Gone,
+}
+
+impl TryFrom<BatchEntryWire> for BatchEntry {
+    type Error = String;
+
+    fn try_from(w: BatchEntryWire) -> Result<Self, String> {
+        Ok(match w.s {
+            BatchTag::Prequeue => Self::Prequeue,
+            BatchTag::Waiting => Self::Waiting {
+                p: w.p.ok_or("waiting without its position")?,
+            },
+            BatchTag::Admitted => Self::Admitted {
+                u: w.u.ok_or("admitted without its deadline")?,
+            },
+            BatchTag::Gone => Self::Gone,
+        })
+    }
 }
 
 impl BatchEntry {
@@ -319,19 +331,22 @@ mod tests {
         assert_eq!(view.entry, 12);
         assert_eq!(view.state, EntryState::Waiting { position: 3 });
         assert_eq!(view.sold_out, Some(SoldOut::ForNow));
-        let raw = br#"{"status":"ok","state":"admitted","admitted_until":77,"sold_out":null}"#;
-        let StatusReply::Ok(s) = decode_reply(&redis::QUEUE_STATUS, raw).unwrap() else {
-            panic!("not ok");
-        };
-        assert_eq!(s.state, EntryState::Admitted { until_ms: 77 });
-        let raw = br#"{"status":"ok","rate":1,"entries":[{"s":"gone"},{"s":"waiting","p":4}]}"#;
-        let StreamReply::Ok(b) = decode_reply(&redis::STREAM_STATUS, raw).unwrap() else {
+        let raw = br#"{"status":"ok","rate":1,"sold_out":null,"entries":[{"s":"gone"},
+            {"s":"waiting","p":4},{"s":"admitted","u":77},{"s":"prequeue"}]}"#;
+        let EntriesReply::Ok(b) = decode_reply(&redis::QUEUE_STATUS, raw).unwrap() else {
             panic!("not ok");
         };
         let states: Vec<_> = b.entries.iter().map(BatchEntry::state).collect();
         assert_eq!(
             states,
-            vec![None, Some(EntryState::Waiting { position: 4 })]
+            vec![
+                None,
+                Some(EntryState::Waiting { position: 4 }),
+                Some(EntryState::Admitted { until_ms: 77 }),
+                Some(EntryState::Prequeue),
+            ]
         );
+        let raw = br#"{"status":"ok","entries":[{"s":"waiting"}]}"#;
+        assert!(decode_reply::<EntriesReply>(&redis::STREAM_STATUS, raw).is_err());
     }
 }

@@ -23,10 +23,7 @@ use std::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    EntryState, EntryView,
-    reply::{BatchEntry, StreamReply},
-};
+use super::{EntryState, EntryView};
 use crate::{
     ids::{EventId, ScheduleId},
     store::{StoreError, redis, redis::Redis},
@@ -239,21 +236,9 @@ pub async fn statuses(
     schedules: &[ScheduleId],
     claims: &[&QueueClaims],
 ) -> Result<Vec<Option<EntryView>>, StoreError> {
-    let k = redis.keys().event(event);
-    let mut keys = k.queue_keys();
-    keys.extend(schedules.iter().map(|s| k.schedule(s)));
-    let mut args = Vec::with_capacity(claims.len() * 2);
-    for c in claims {
-        args.push(c.user.to_string());
-        args.push(c.entry.to_string());
-    }
-    let batch = match redis.eval_json(&redis::STREAM_STATUS, keys, args).await? {
-        StreamReply::Ok(batch) => batch,
-        StreamReply::NoEvent => return Ok(vec![None; claims.len()]),
-    };
-    Ok(claims
-        .iter()
-        .zip(batch.entries)
-        .map(|(c, e)| Some(batch.pace.view(c.entry, BatchEntry::state(&e)?)))
-        .collect())
+    Ok(
+        super::entries(redis, &redis::STREAM_STATUS, event, schedules, claims)
+            .await?
+            .unwrap_or_else(|| vec![None; claims.len()]),
+    )
 }

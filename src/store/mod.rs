@@ -62,4 +62,19 @@ impl StoreError {
             source: source.into(),
         }
     }
+
+    /// The same error again, for each of several callers one failed call
+    /// answered (an internal error's source becomes its text).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::Unavailable { dep, reason } => Self::Unavailable {
+                dep: *dep,
+                reason: reason.clone(),
+            },
+            Self::Internal { dep, source } => Self::Internal {
+                dep: *dep,
+                source: anyhow::anyhow!("{source:#}"),
+            },
+        }
+    }
 }

@@ -464,3 +464,69 @@ async fn the_sweep_racing_polls_drops_exactly_the_silent() {
         "pollers keep their join order, the gaps closed"
     );
 }
+
+/// One `/metrics` figure without labels (0 when not there yet).
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.get("/metrics").await.text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn three_hundred_concurrent_polls_are_coalesced_and_each_answered_as_if_alone() {
+    let app = spawn_app().await;
+    app.simple_event("e1", json!({"admit_per_second": 5, "max_active": 5, "active_ttl_seconds": 60, "idle_timeout_seconds": 600, "paused": true}), 10, 60, 4).await;
+    let users: Vec<String> = (0..300).map(|i| format!("u{i}")).collect();
+    let joins = join_all(users.iter().map(|u| app.join("e1", u))).await;
+    let mut line: Vec<(u64, String)> = joins
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+            (
+                r.body["position"].as_u64().unwrap(),
+                r.body["token"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    line.sort();
+    assert_eq!(
+        line.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        (1..=300).collect::<Vec<_>>()
+    );
+    // Every tenth leaves: their polls are answered gone, in the same
+    // batches as the others' places.
+    for (_, token) in line.iter().step_by(10) {
+        assert_eq!(app.leave(token).await.status, StatusCode::NO_CONTENT);
+    }
+    let (sum, count) = (
+        metric(&app, "boxoffice_queue_status_batch_sum").await,
+        metric(&app, "boxoffice_queue_status_batch_count").await,
+    );
+    let polls = join_all(line.iter().map(|(_, t)| app.status(t))).await;
+    let mut expected = 0;
+    for (i, r) in polls.iter().enumerate() {
+        if i % 10 == 0 {
+            r.assert_problem(410, "queue_token_expired");
+        } else {
+            expected += 1;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            assert_eq!(r.body["status"], "waiting", "{}", r.text);
+            assert_eq!(r.body["position"], expected, "{}", r.text);
+        }
+    }
+    assert_eq!(expected, 270);
+    let (sum, count) = (
+        metric(&app, "boxoffice_queue_status_batch_sum").await - sum,
+        metric(&app, "boxoffice_queue_status_batch_count").await - count,
+    );
+    // Other tests in this process poll too: the figures only grow, and a
+    // call per poll would make them grow alike.
+    assert!(sum >= 300.0, "every poll went through a batch: {sum}");
+    assert!(
+        count < sum,
+        "300 concurrent polls took {count} calls for {sum} polls: none coalesced"
+    );
+    let live = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(live.body["live"]["waiting"], 270);
+}
