@@ -4,7 +4,8 @@
 //! (`join_queue`, `queue_status`, `leave_queue`, `admit_tick`,
 //! `stream_status`, all run after the prelude `lua/lib/queue.lua`); this
 //! module holds their typed wrappers (`reply`: their typed replies), the pure
-//! pacing rules (ETA, poll interval) and the in-process fan-out of
+//! pacing rules (ETA, poll interval), the status polls coalesced into
+//! one call per event and batch ([`coalesce`]), the in-process fan-out of
 //! statuses to streaming clients ([`stream`]) and the admission autopilot
 //! that steers the rate by admitted buyers' latency ([`autopilot`]). See `docs/QUEUE.md` for the
 //! data structures and why each transition is one script, and
