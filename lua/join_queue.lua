@@ -1,29 +1,40 @@
--- join_queue: put a user in an event's waiting room (or its pre-queue),
--- or return their place.
+-- join_queue: put users in an event's waiting room (or its pre-queue), or
+-- return their places. One call carries every join of one event that one
+-- instance gathered while its previous call was in flight
+-- (src/queue/coalesce.rs); each is decided as if alone, in the order
+-- given, so two joins of one user in one call make one entry.
 --
--- KEYS[1..10] Q, the queue (prelude lib/queue.lua): all ten
---                (cfg's auto_admit_per_second, the autopilot's rate, replaces
---                admit_per_second when set)
--- KEYS[11] pow_used string: this join's challenge, once used (any key
---                   name when ARGV[5] is empty; then it is not touched)
--- KEYS[12..] the event's schedule cfg hashes (seats, held, sold): sold out?
--- ARGV[1] user id
--- ARGV[2] the user's draw score, HMAC-SHA256(seed, user) scaled to [0, 1)
--- ARGV[3] difficulty the caller's proof of work meets (0 = no proof)
--- ARGV[4] the challenge's expiry (Redis ms; 0 = no proof)
--- ARGV[5] the challenge's id ("" = no proof)
+-- KEYS[1..10]    Q, the queue (prelude lib/queue.lua): all ten
+--                (cfg's auto_admit_per_second, the autopilot's rate,
+--                replaces admit_per_second when set)
+-- KEYS[10+i]     join i's pow_used string: its challenge, once used (any
+--                key name when its challenge id is empty; then it is not
+--                touched), i = 1..n
+-- KEYS[11+n..]   the event's schedule cfg hashes (seats, held, sold): sold
+--                out?
+-- ARGV[1]        n, the number of joins
+-- ARGV[2+5(i-1)..6+5(i-1)], join i:
+--                user id;
+--                the user's draw score, HMAC-SHA256(seed, user) scaled to
+--                [0, 1);
+--                difficulty the caller's proof of work meets (0 = no
+--                proof);
+--                the challenge's expiry (Redis ms; 0 = no proof);
+--                the challenge's id ("" = no proof)
 --
--- Returns (JSON):
+-- Returns (JSON), for the whole call:
 --   {"status":"no_event"}
 --   {"status":"sale_not_open","opens_at":ms,"prequeue_opens_at":ms|0}
 --   {"status":"sale_closed"}
+--   {"status":"ok", "sold_out":null|"final"|"for_now", "rate":r,
+--    "rate_var":v, "admit_per_second":a, "paused":0|1,
+--    "idle_timeout_ms":i, "now_ms":t, "joins":[join, ...]}  in ARGV order,
+-- each join one of
 --   {"status":"challenge_failed","reason":"missing"|"expired"|"reused"}
 --   {"status":"sold_out"}         final: no free seat and none held
 --   {"status":"created"|"existing", "entry":n,
 --    "state":"prequeue"|"waiting"|"admitted", "position":p (waiting),
---    "admitted_until":ms (admitted), "sold_out":null|"final"|"for_now",
---    "rate":r, "rate_var":v, "admit_per_second":a, "paused":0|1,
---    "idle_timeout_ms":i, "now_ms":t}
+--    "admitted_until":ms (admitted)}
 --
 -- Why one script: "is there a live entry for this user?", "append at the
 -- tail", and "admit at once when nobody waits and capacity is free" must
@@ -45,7 +56,7 @@ local cfg = redis.call('HMGET', Q.cfg, 'admit_per_second', 'max_active', 'active
                        'idle_timeout_ms', 'paused', 'pre_ms', 'open_ms', 'close_ms', 'pow_bits',
                        'auto_admit_per_second')
 if not cfg[1] then
-  return cjson.encode({ status = 'no_event' })
+  return '{"status":"no_event"}'
 end
 local admit_per_second = rate_in_use(cfg[1], cfg[10])
 local max_active = tonumber(cfg[2])
@@ -54,11 +65,15 @@ local idle_timeout_ms = tonumber(cfg[4])
 local paused = cfg[5] == '1'
 local pre_ms, open_ms, close_ms = tonumber(cfg[6] or '0'), tonumber(cfg[7] or '0'), tonumber(cfg[8] or '0')
 local pow_bits = tonumber(cfg[9] or '0')
-local user = ARGV[1]
-local draw_score = tonumber(ARGV[2])
-local proven_bits, pow_expires, pow_id = tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0, ARGV[5] or ''
-if not draw_score or draw_score < 0 or draw_score >= 1 then
-  return redis.error_reply('ERR boxoffice script: bad argument: draw score')
+local n = tonumber(ARGV[1])
+if not n or n < 1 or #ARGV ~= 1 + 5 * n then
+  return redis.error_reply('ERR boxoffice script: bad argument: join count')
+end
+for i = 1, n do
+  local draw_score = tonumber(ARGV[3 + 5 * (i - 1)])
+  if not draw_score or draw_score < 0 or draw_score >= 1 then
+    return redis.error_reply('ERR boxoffice script: bad argument: draw score')
+  end
 end
 
 local now = now_ms()
@@ -69,109 +84,122 @@ if first_open > 0 and now < first_open then
   return cjson.encode({ status = 'sale_not_open', opens_at = open_ms, prequeue_opens_at = pre_ms })
 end
 if close_ms > 0 and now >= close_ms then
-  return cjson.encode({ status = 'sale_closed' })
+  return '{"status":"sale_closed"}'
 end
 local in_prequeue = pre_ms > 0 and now < open_ms
 
--- Proof of work: the caller checked the signature and the hash; expiry
--- (by Redis time) and single use are decided here.
-if pow_bits > 0 then
-  if pow_id == '' or proven_bits < pow_bits then
-    return cjson.encode({ status = 'challenge_failed', reason = 'missing' })
+-- Sold out: no free seat in any schedule; final when none is held either.
+-- (Joins change no seat: one answer for the whole call.)
+local soldout = sold_out(11 + n)
+
+-- One join, decided as if alone (a JSON object).
+local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
+  -- Proof of work: the caller checked the signature and the hash; expiry
+  -- (by Redis time) and single use are decided here.
+  if pow_bits > 0 then
+    if pow_id == '' or proven_bits < pow_bits then
+      return '{"status":"challenge_failed","reason":"missing"}'
+    end
+    if pow_expires <= now then
+      return '{"status":"challenge_failed","reason":"expired"}'
+    end
+    if redis.call('EXISTS', pow_key) == 1 then
+      return '{"status":"challenge_failed","reason":"reused"}'
+    end
   end
-  if pow_expires <= now then
-    return cjson.encode({ status = 'challenge_failed', reason = 'expired' })
+
+  -- `state` is the entry's place as JSON members (',"state":...'); the
+  -- challenge is spent with the join it paid for.
+  local function reply(status, entry, state)
+    if pow_bits > 0 then
+      redis.call('SET', pow_key, '1', 'PX', math.max(pow_expires - now, 1))
+    end
+    return '{"status":"' .. status .. '","entry":' .. int(tonumber(entry)) .. state .. '}'
   end
-  if redis.call('EXISTS', KEYS[11]) == 1 then
-    return cjson.encode({ status = 'challenge_failed', reason = 'reused' })
+
+  -- An existing live entry: same place, fresh token (the caller signs it).
+  local deadline = redis.call('ZSCORE', Q.adm, user)
+  if deadline then
+    if tonumber(deadline) > now then
+      redis.call('HSET', Q.poll, user, now)
+      return reply('existing', redis.call('HGET', Q.adm_entry, user),
+                   ',"state":"admitted","admitted_until":' .. int(tonumber(deadline)))
+    end
+    -- Admission window over: that entry is gone.
+    redis.call('ZREM', Q.adm, user)
+    redis.call('HDEL', Q.adm_entry, user)
+    redis.call('HDEL', Q.poll, user)
   end
+  local score = redis.call('ZSCORE', Q.wait, user)
+  if score then
+    score = tonumber(score)
+    local entry = score
+    if score < 1 then entry = redis.call('HGET', Q.pre_entry, user) end
+    local seen = redis.call('HGET', Q.poll, user)
+    if seen and now - tonumber(seen) <= idle_timeout_ms then
+      redis.call('HSET', Q.poll, user, now)
+      if score < 1 and now < open_ms then
+        return reply('existing', entry, ',"state":"prequeue"')
+      end
+      return reply('existing', entry, ',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))
+    end
+    -- Idle past the timeout: that entry is gone (and, before the draw, out
+    -- of the draw too).
+    redis.call('ZREM', Q.wait, user)
+    redis.call('HDEL', Q.poll, user)
+    if score < 1 then
+      redis.call('HDEL', Q.pre_entry, user)
+      if now < open_ms then redis.call('ZREM', Q.draw, user) end
+    end
+    redis.call('HINCRBY', Q.stats, 'evicted_total', 1)
+  end
+
+  if soldout == 'final' then
+    return '{"status":"sold_out"}'
+  end
+
+  local entry = redis.call('INCR', Q.seq)
+  redis.call('HINCRBY', Q.stats, 'joined_total', 1)
+
+  if in_prequeue then
+    redis.call('ZADD', Q.wait, draw_score, user)
+    redis.call('HSET', Q.pre_entry, user, entry)
+    redis.call('ZADD', Q.draw, draw_score, user)
+    redis.call('HSET', Q.poll, user, now)
+    return reply('created', entry, ',"state":"prequeue"')
+  end
+
+  -- Admit at once only if nobody waits, capacity is free and this second's
+  -- admission budget is not spent (the same sliding window admit_tick uses).
+  if not paused and redis.call('ZCARD', Q.wait) == 0 then
+    local active = redis.call('ZCOUNT', Q.adm, '(' .. now, '+inf')
+    redis.call('ZREMRANGEBYSCORE', Q.win, '-inf', now - 1000)
+    if active < max_active and redis.call('ZCARD', Q.win) < admit_per_second then
+      local until_ms = now + active_ttl_ms
+      redis.call('ZADD', Q.adm, until_ms, user)
+      redis.call('HSET', Q.adm_entry, user, entry)
+      redis.call('HSET', Q.poll, user, now)
+      redis.call('ZADD', Q.win, now, entry)
+      redis.call('HINCRBY', Q.stats, 'admitted_total', 1)
+      if active + 1 > tonumber(redis.call('HGET', Q.stats, 'peak_active') or '0') then
+        redis.call('HSET', Q.stats, 'peak_active', active + 1)
+      end
+      return reply('created', entry, ',"state":"admitted","admitted_until":' .. int(until_ms))
+    end
+  end
+
+  redis.call('ZADD', Q.wait, entry, user)
+  redis.call('HSET', Q.poll, user, now)
+  return reply('created', entry, ',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))
 end
 
--- Sold out: no free seat in any schedule; final when none is held either.
-local soldout = sold_out(12)
+local joins = {}
+for i = 1, n do
+  local a = 1 + 5 * (i - 1)
+  joins[i] = join(ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]) or 0, tonumber(ARGV[a + 4]) or 0,
+                  ARGV[a + 5] or '', KEYS[10 + i])
+end
 
 local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
-
--- `state` is the entry's place as JSON members (',"state":...').
-local function reply(status, entry, state)
-  if pow_bits > 0 then
-    redis.call('SET', KEYS[11], '1', 'PX', math.max(pow_expires - now, 1))
-  end
-  return '{"status":"' .. status .. '","entry":' .. int(tonumber(entry)) .. ','
-    .. pace_json(admit_per_second, paused, idle_timeout_ms, now, stats, soldout) .. state .. '}'
-end
-
--- An existing live entry: same place, fresh token (the caller signs it).
-local deadline = redis.call('ZSCORE', Q.adm, user)
-if deadline then
-  if tonumber(deadline) > now then
-    redis.call('HSET', Q.poll, user, now)
-    return reply('existing', redis.call('HGET', Q.adm_entry, user),
-                 ',"state":"admitted","admitted_until":' .. int(tonumber(deadline)))
-  end
-  -- Admission window over: that entry is gone.
-  redis.call('ZREM', Q.adm, user)
-  redis.call('HDEL', Q.adm_entry, user)
-  redis.call('HDEL', Q.poll, user)
-end
-local score = redis.call('ZSCORE', Q.wait, user)
-if score then
-  score = tonumber(score)
-  local entry = score
-  if score < 1 then entry = redis.call('HGET', Q.pre_entry, user) end
-  local seen = redis.call('HGET', Q.poll, user)
-  if seen and now - tonumber(seen) <= idle_timeout_ms then
-    redis.call('HSET', Q.poll, user, now)
-    if score < 1 and now < open_ms then
-      return reply('existing', entry, ',"state":"prequeue"')
-    end
-    return reply('existing', entry, ',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))
-  end
-  -- Idle past the timeout: that entry is gone (and, before the draw, out
-  -- of the draw too).
-  redis.call('ZREM', Q.wait, user)
-  redis.call('HDEL', Q.poll, user)
-  if score < 1 then
-    redis.call('HDEL', Q.pre_entry, user)
-    if now < open_ms then redis.call('ZREM', Q.draw, user) end
-  end
-  redis.call('HINCRBY', Q.stats, 'evicted_total', 1)
-end
-
-if soldout == 'final' then
-  return cjson.encode({ status = 'sold_out' })
-end
-
-local entry = redis.call('INCR', Q.seq)
-redis.call('HINCRBY', Q.stats, 'joined_total', 1)
-
-if in_prequeue then
-  redis.call('ZADD', Q.wait, draw_score, user)
-  redis.call('HSET', Q.pre_entry, user, entry)
-  redis.call('ZADD', Q.draw, draw_score, user)
-  redis.call('HSET', Q.poll, user, now)
-  return reply('created', entry, ',"state":"prequeue"')
-end
-
--- Admit at once only if nobody waits, capacity is free and this second's
--- admission budget is not spent (the same sliding window admit_tick uses).
-if not paused and redis.call('ZCARD', Q.wait) == 0 then
-  local active = redis.call('ZCOUNT', Q.adm, '(' .. now, '+inf')
-  redis.call('ZREMRANGEBYSCORE', Q.win, '-inf', now - 1000)
-  if active < max_active and redis.call('ZCARD', Q.win) < admit_per_second then
-    local until_ms = now + active_ttl_ms
-    redis.call('ZADD', Q.adm, until_ms, user)
-    redis.call('HSET', Q.adm_entry, user, entry)
-    redis.call('HSET', Q.poll, user, now)
-    redis.call('ZADD', Q.win, now, entry)
-    redis.call('HINCRBY', Q.stats, 'admitted_total', 1)
-    if active + 1 > tonumber(redis.call('HGET', Q.stats, 'peak_active') or '0') then
-      redis.call('HSET', Q.stats, 'peak_active', active + 1)
-    end
-    return reply('created', entry, ',"state":"admitted","admitted_until":' .. int(until_ms))
-  end
-end
-
-redis.call('ZADD', Q.wait, entry, user)
-redis.call('HSET', Q.poll, user, now)
-return reply('created', entry, ',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))
+return '{"status":"ok",' .. pace_json(admit_per_second, paused, idle_timeout_ms, now, stats, soldout)
+  .. ',"joins":[' .. table.concat(joins, ',') .. ']}'

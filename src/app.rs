@@ -61,11 +61,18 @@ impl Application {
         let tokens = Arc::new(TokenSigner::new(config.token_secret.expose()));
         let limits = Arc::new(RateLimits::new(&config));
         let confirmations = crate::payments::Confirmations::start(pg.clone());
-        let status_polls = Arc::new(crate::queue::coalesce::StatusPolls::new(redis.clone()));
+        use crate::queue::coalesce::{Coalescer, Joins, Statuses};
+        let status_polls = Arc::new(Coalescer::new(Statuses {
+            redis: redis.clone(),
+        }));
+        let joins = Arc::new(Coalescer::new(Joins {
+            redis: redis.clone(),
+        }));
         let state = AppState::new(crate::state::Parts {
             config: Arc::new(config),
             redis,
             status_polls,
+            joins,
             pg,
             confirmations,
             metrics,

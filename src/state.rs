@@ -15,7 +15,11 @@ use crate::{
     fair::Seeds,
     jobs,
     payments::{Confirmations, reconcile},
-    queue::{autopilot::Autopilot, coalesce::StatusPolls, stream::Hub},
+    queue::{
+        autopilot::Autopilot,
+        coalesce::{Coalescer, Joins, Statuses},
+        stream::Hub,
+    },
     store::{Stores, pg::Pg, redis::Redis},
     token::TokenSigner,
 };
@@ -47,8 +51,10 @@ impl std::ops::Deref for AppState {
 pub struct Parts {
     pub config: Arc<Config>,
     pub redis: Redis,
-    /// Status polls, coalesced into one Redis call per event and batch.
-    pub status_polls: Arc<StatusPolls>,
+    /// Status polls and joins, each coalesced into one Redis call per
+    /// event and batch.
+    pub status_polls: Arc<Coalescer<Statuses>>,
+    pub joins: Arc<Coalescer<Joins>>,
     pub pg: Pg,
     pub metrics: PrometheusHandle,
     pub tokens: Arc<TokenSigner>,

@@ -136,8 +136,8 @@ pub fn register_metrics() {
         "Time of each Redis or PostgreSQL call, a pool's wait included, by dependency"
     );
     describe_histogram!(
-        "boxoffice_queue_status_batch",
-        "Status polls answered per Redis call (polls of one event that arrived during the previous call are answered together)"
+        "boxoffice_queue_batch",
+        "Joins or status polls answered per Redis call, by script (requests of one event that arrived during the previous call are answered together)"
     );
     describe_gauge!("boxoffice_queue_waiting", "Entries waiting, per event");
     describe_gauge!(

@@ -1,8 +1,6 @@
 //! Fair start over HTTP: the draw's publication, proof-of-work challenges,
 //! the admin entry list and `PATCH /v1/admin/events/{event_id}`.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -16,9 +14,9 @@ use crate::{
     catalog::{self, request::EventPatch},
     fair::{
         self, DRAW_RULE,
-        challenge::{ChallengeError, ChallengeSigner, Proven},
+        challenge::{ChallengeError, ChallengeSigner},
     },
-    ids::{EventId, ScheduleId, UserId},
+    ids::{EventId, UserId},
     queue::{JoinError, JoinInput, JoinRefused},
     state::AppState,
 };
@@ -63,23 +61,6 @@ impl From<JoinError> for ApiError {
     }
 }
 
-/// What a join needs besides the event and the user, owned.
-pub struct JoinExtras {
-    schedules: Arc<Vec<ScheduleId>>,
-    draw_score: f64,
-    proof: Option<Proven>,
-}
-
-impl JoinExtras {
-    pub fn input(&self) -> JoinInput<'_> {
-        JoinInput {
-            schedules: &self.schedules,
-            draw_score: self.draw_score,
-            proof: self.proof.clone(),
-        }
-    }
-}
-
 /// Checks a challenge answer (signature, event, hash: no store touched)
 /// and computes the user's draw score from the cached seed.
 ///
@@ -90,7 +71,7 @@ pub async fn join_extras(
     event: &EventId,
     user: &UserId,
     answer: Option<&ChallengeAnswer>,
-) -> ApiResult<JoinExtras> {
+) -> ApiResult<JoinInput> {
     let proof = match answer {
         None => None,
         Some(a) => Some(
@@ -112,7 +93,7 @@ pub async fn join_extras(
         .get(&state.redis, event)
         .await?
         .ok_or_else(|| ApiError::NotFound("no such event".into()))?;
-    Ok(JoinExtras {
+    Ok(JoinInput {
         schedules,
         draw_score: fair::draw_score(&seed, user),
         proof,

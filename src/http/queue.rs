@@ -130,8 +130,17 @@ pub async fn join(
 ) -> ApiResult<impl IntoResponse> {
     let user = joining_user(caller, &body)?;
     let event = event_in_path(&event_id)?;
-    let fair = super::fair::join_extras(&state, &event, &user, body.challenge.as_ref()).await?;
-    let joined = queue::join(&state.redis, &event, &user, fair.input()).await?;
+    let input = super::fair::join_extras(&state, &event, &user, body.challenge.as_ref()).await?;
+    let joined = state
+        .joins
+        .ask(
+            &event,
+            queue::coalesce::JoinRequest {
+                user: user.clone(),
+                input,
+            },
+        )
+        .await?;
     let issued_at = chrono::Utc::now().timestamp();
     let claims = QueueClaims {
         event,
@@ -167,7 +176,16 @@ pub async fn status(
     QueueToken(claims): QueueToken,
 ) -> ApiResult<axum::Json<QueueEntry>> {
     let schedules = super::holds::schedules_of(&state, &claims.event).await?;
-    let view = state.status_polls.status(&claims, schedules).await?;
+    let view = state
+        .status_polls
+        .ask(
+            &claims.event,
+            queue::coalesce::StatusPoll {
+                claims: claims.clone(),
+                schedules,
+            },
+        )
+        .await?;
     Ok(axum::Json(entry(&claims, &view, None)))
 }
 

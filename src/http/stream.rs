@@ -45,7 +45,13 @@ pub async fn stream(
     let schedules = super::holds::schedules_of(&state, &claims.event).await?;
     let first = state
         .status_polls
-        .status(&claims, schedules.clone())
+        .ask(
+            &claims.event,
+            queue::coalesce::StatusPoll {
+                claims: claims.clone(),
+                schedules: schedules.clone(),
+            },
+        )
         .await?;
     let admitted = matches!(first.state, EntryState::Admitted { .. });
     let opening = event(

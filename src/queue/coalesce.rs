@@ -1,90 +1,101 @@
-//! Status polls coalesced per event: the busiest route of a surge (every
-//! waiting buyer polls `GET /v1/queue/status`) costs one Redis call per
-//! batch of polls instead of one per poll.
+//! The waiting room's two busiest calls, coalesced per event: every
+//! arriving buyer joins (`POST /v1/events/{e}/queue`) and every waiting
+//! buyer polls (`GET /v1/queue/status`), so in a surge they cost one
+//! Redis call per batch instead of one per request.
 //!
-//! A poll joins its event's pending list. While fewer than
+//! A request joins its event's pending list. While fewer than
 //! [`CALLS_PER_EVENT`] calls for that event are in flight, it also starts
-//! one, which takes every pending poll (up to [`MAX_BATCH`]) into one
-//! `queue_status` call and repeats until nothing is pending. So an idle
-//! instance sends each poll at once, alone (no timer, no added wait), and
-//! a busy one sends the polls that arrived during the last round trip
+//! one, which takes every pending request (up to [`MAX_BATCH`]) into one
+//! script call and repeats until nothing is pending. So an idle instance
+//! sends each request at once, alone (no timer, no added wait), and a busy
+//! one sends the requests that arrived during the last round trip
 //! together: the event's config, pacing figures and sold-out state are
-//! read once per call, and the script's call overhead (about half of a
-//! lone status call's Redis time) is paid once. Each poll is still
-//! answered as if alone (`lua/queue_status.lua`), from its own verified
-//! token; a failed call fails each of its polls with the same error.
+//! read once per call, and a call's own cost (the network, the script's
+//! dispatch: about half of a lone status call's Redis time) is paid once.
+//! Each request is still decided as if alone, in arrival order
+//! (`lua/join_queue.lua`, `lua/queue_status.lua`), from its own verified
+//! token or assertion; a failed call fails each of its requests with the
+//! same error.
 //!
 //! The calls run in tasks of their own, so a client that goes away takes
 //! only its own answer with it, never the batch it is in.
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{Arc, Mutex},
 };
 
 use tokio::sync::oneshot;
 
-use super::{EntryView, QueueError};
+use super::{EntryView, JoinError, JoinInput, Joined, QueueError};
 use crate::{
-    ids::{EventId, ScheduleId},
+    ids::{EventId, ScheduleId, UserId},
     store::{Dependency, StoreError, redis, redis::Redis},
     token::QueueClaims,
 };
 
-/// Calls in flight per event and instance: two, so one is on the wire
-/// while the other's answers are handed out.
+/// Calls in flight per event, kind and instance: two, so one is on the
+/// wire while the other's answers are handed out.
 const CALLS_PER_EVENT: usize = 2;
 
-/// Polls per call at most (the script does a few O(log n) lookups per
-/// poll: 250 stay near a millisecond of Redis with a million waiting).
+/// Requests per call at most (a few O(log n) lookups each: 250 stay near
+/// a millisecond of Redis with a million waiting).
 const MAX_BATCH: usize = 250;
 
-type Answer = Result<EntryView, QueueError>;
+/// One kind of coalesced call: what a request carries and what it gets.
+pub trait Batch: Send + Sync + 'static {
+    type Request: Send + 'static;
+    type Answer: Send + 'static;
+    /// The script, for the batch-size metric's label.
+    const SCRIPT: &'static str;
 
-struct Poll {
-    claims: QueueClaims,
-    schedules: Arc<Vec<ScheduleId>>,
-    reply: oneshot::Sender<Answer>,
+    /// Answers `requests` (all of `event`) in one call: one answer per
+    /// request, in order.
+    fn answer(
+        &self,
+        event: &EventId,
+        requests: Vec<Self::Request>,
+    ) -> impl Future<Output = Vec<Self::Answer>> + Send;
+
+    /// The answer of a request whose call ended without answering it.
+    fn lost() -> Self::Answer;
 }
 
-#[derive(Default)]
-struct Pending {
-    polls: Vec<Poll>,
+struct Waiting<B: Batch> {
+    request: B::Request,
+    reply: oneshot::Sender<B::Answer>,
+}
+
+struct Pending<B: Batch> {
+    waiting: Vec<Waiting<B>>,
     calls: usize,
 }
 
-/// The pending polls of this instance, per event.
-pub struct StatusPolls {
-    redis: Redis,
-    events: Mutex<HashMap<EventId, Pending>>,
+/// The pending requests of one kind on this instance, per event.
+pub struct Coalescer<B: Batch> {
+    batch: B,
+    events: Mutex<HashMap<EventId, Pending<B>>>,
 }
 
-impl StatusPolls {
-    pub fn new(redis: Redis) -> Self {
+impl<B: Batch> Coalescer<B> {
+    pub fn new(batch: B) -> Self {
         Self {
-            redis,
+            batch,
             events: Mutex::default(),
         }
     }
 
-    /// The entry's current state; also the heartbeat that keeps it alive.
-    ///
-    /// # Errors
-    /// Unknown event, gone entry, or Redis unavailable.
-    pub async fn status(
-        self: &Arc<Self>,
-        claims: &QueueClaims,
-        schedules: Arc<Vec<ScheduleId>>,
-    ) -> Answer {
+    /// `request`'s answer, from the next call for `event`.
+    pub async fn ask(self: &Arc<Self>, event: &EventId, request: B::Request) -> B::Answer {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut events = self.events.lock().expect("lock");
-            let pending = events.entry(claims.event.clone()).or_default();
-            pending.polls.push(Poll {
-                claims: claims.clone(),
-                schedules,
-                reply,
+            let pending = events.entry(event.clone()).or_insert_with(|| Pending {
+                waiting: Vec::new(),
+                calls: 0,
             });
+            pending.waiting.push(Waiting { request, reply });
             let start = pending.calls < CALLS_PER_EVENT;
             if start {
                 pending.calls += 1;
@@ -93,90 +104,149 @@ impl StatusPolls {
         };
         if start {
             let call = Call {
-                polls: Arc::clone(self),
-                event: claims.event.clone(),
+                coalescer: Arc::clone(self),
+                event: event.clone(),
             };
             tokio::spawn(call.run());
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(QueueError::Store(StoreError::Unavailable {
-                dep: Dependency::Redis,
-                reason: "the status call ended without an answer".into(),
-            }))
-        })
+        answer.await.unwrap_or_else(|_| B::lost())
     }
 
-    /// The next batch of `event`'s pending polls; `None` (and one call
+    /// The next batch of `event`'s pending requests; `None` (and one call
     /// fewer in flight) when none is left.
-    fn next_batch(&self, event: &EventId) -> Option<Vec<Poll>> {
+    fn next_batch(&self, event: &EventId) -> Option<Vec<Waiting<B>>> {
         let mut events = self.events.lock().expect("lock");
         let pending = events.get_mut(event)?;
-        if pending.polls.is_empty() {
+        if pending.waiting.is_empty() {
             pending.calls -= 1;
             if pending.calls == 0 {
                 events.remove(event);
             }
             return None;
         }
-        let n = pending.polls.len().min(MAX_BATCH);
-        Some(pending.polls.drain(..n).collect())
+        let n = pending.waiting.len().min(MAX_BATCH);
+        Some(pending.waiting.drain(..n).collect())
     }
 }
 
 /// One call slot of one event: answers batches until none is pending.
-struct Call {
-    polls: Arc<StatusPolls>,
+struct Call<B: Batch> {
+    coalescer: Arc<Coalescer<B>>,
     event: EventId,
 }
 
-impl Call {
+impl<B: Batch> Call<B> {
     async fn run(self) {
-        while let Some(batch) = self.polls.next_batch(&self.event) {
-            metrics::histogram!("boxoffice_queue_status_batch").record(batch.len() as f64);
-            let claims: Vec<&QueueClaims> = batch.iter().map(|p| &p.claims).collect();
-            let answers = super::entries(
-                &self.polls.redis,
-                &redis::QUEUE_STATUS,
-                &self.event,
-                &batch[0].schedules,
-                &claims,
-            )
-            .await;
-            match answers {
-                Ok(Some(views)) => {
-                    for (poll, view) in batch.into_iter().zip(views) {
-                        let _ = poll.reply.send(view.ok_or(QueueError::Gone));
-                    }
-                }
-                Ok(None) => {
-                    for poll in batch {
-                        let _ = poll.reply.send(Err(QueueError::NoEvent));
-                    }
-                }
-                Err(e) => {
-                    for poll in batch {
-                        let _ = poll.reply.send(Err(QueueError::Store(e.duplicate())));
-                    }
-                }
+        while let Some(batch) = self.coalescer.next_batch(&self.event) {
+            metrics::histogram!("boxoffice_queue_batch", "script" => B::SCRIPT)
+                .record(batch.len() as f64);
+            let (requests, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|w| (w.request, w.reply)).unzip();
+            let answers = self.coalescer.batch.answer(&self.event, requests).await;
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // The client may have gone: its answer is dropped.
+                let _ = reply.send(answer);
             }
         }
     }
 }
 
-impl Drop for Call {
-    /// A call that ends early (a panic while answering) still gives its
-    /// slot back, answering what is pending with an error rather than
-    /// leaving later polls of the event without a call to take them.
+impl<B: Batch> Drop for Call<B> {
+    /// A call that ends early (a panic while answering) gives its slot
+    /// back; when it was the event's last, the pending requests are
+    /// dropped and answered [`Batch::lost`] rather than left waiting for a
+    /// call that no longer comes.
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
-        let mut events = self.polls.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events = self
+            .coalescer
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(pending) = events.get_mut(&self.event) {
             pending.calls -= 1;
             if pending.calls == 0 {
                 events.remove(&self.event);
             }
         }
+    }
+}
+
+fn lost_call() -> StoreError {
+    StoreError::Unavailable {
+        dep: Dependency::Redis,
+        reason: "the coalesced call ended without an answer".into(),
+    }
+}
+
+/// Status polls (`queue_status`): an entry's state, and its heartbeat.
+pub struct Statuses {
+    pub redis: Redis,
+}
+
+/// One status poll: the verified token's claims and the event's schedules.
+pub struct StatusPoll {
+    pub claims: QueueClaims,
+    pub schedules: Arc<Vec<ScheduleId>>,
+}
+
+impl Batch for Statuses {
+    type Request = StatusPoll;
+    type Answer = Result<EntryView, QueueError>;
+    const SCRIPT: &'static str = "queue_status";
+
+    async fn answer(&self, event: &EventId, polls: Vec<StatusPoll>) -> Vec<Self::Answer> {
+        let claims: Vec<&QueueClaims> = polls.iter().map(|p| &p.claims).collect();
+        let reply = super::entries(
+            &self.redis,
+            &redis::QUEUE_STATUS,
+            event,
+            &polls[0].schedules,
+            &claims,
+        )
+        .await;
+        match reply {
+            Ok(Some(views)) => views
+                .into_iter()
+                .map(|v| v.ok_or(QueueError::Gone))
+                .collect(),
+            Ok(None) => polls.iter().map(|_| Err(QueueError::NoEvent)).collect(),
+            Err(e) => polls
+                .iter()
+                .map(|_| Err(QueueError::Store(e.duplicate())))
+                .collect(),
+        }
+    }
+
+    fn lost() -> Self::Answer {
+        Err(QueueError::Store(lost_call()))
+    }
+}
+
+/// Joins (`join_queue`): a new entry, or the user's live one.
+pub struct Joins {
+    pub redis: Redis,
+}
+
+/// One join: the user (from a verified assertion or the service key) and
+/// what the join needs besides.
+pub struct JoinRequest {
+    pub user: UserId,
+    pub input: JoinInput,
+}
+
+impl Batch for Joins {
+    type Request = JoinRequest;
+    type Answer = Result<Joined, JoinError>;
+    const SCRIPT: &'static str = "join_queue";
+
+    async fn answer(&self, event: &EventId, joins: Vec<JoinRequest>) -> Vec<Self::Answer> {
+        super::joins(&self.redis, event, &joins).await
+    }
+
+    fn lost() -> Self::Answer {
+        Err(lost_call().into())
     }
 }

@@ -19,10 +19,12 @@ pub mod stream;
 
 use serde::Deserialize;
 
-use self::reply::{EntriesReply, FiguresReply, JoinReply, LeaveReply};
+use std::sync::Arc;
+
+use self::reply::{EntriesReply, FiguresReply, JoinAnswer, JoinReply, LeaveReply};
 use crate::{
     fair::challenge::Proven,
-    ids::{EventId, ScheduleId, UserId},
+    ids::{EventId, ScheduleId},
     store::{StoreError, redis, redis::Redis},
     token::QueueClaims,
 };
@@ -121,9 +123,9 @@ pub struct Joined {
 
 /// What a join needs besides the event and the user.
 #[derive(Debug, Clone)]
-pub struct JoinInput<'a> {
+pub struct JoinInput {
     /// The event's schedules (to tell a sold-out event).
-    pub schedules: &'a [ScheduleId],
+    pub schedules: Arc<Vec<ScheduleId>>,
     /// [`crate::fair::draw_score`] of the user under the event's seed;
     /// used only if the join lands in the pre-queue.
     pub draw_score: f64,
@@ -131,55 +133,84 @@ pub struct JoinInput<'a> {
     pub proof: Option<Proven>,
 }
 
-/// Joins the event's queue (or pre-queue), or returns the user's live
-/// entry.
-///
-/// # Errors
-/// Unknown event, a refusal (sale window, challenge, sold out), or Redis
-/// unavailable.
-pub async fn join(
+/// Joins the event's queue (or pre-queue), or returns each user's live
+/// entry: many joins in one script call, each decided as if alone, in
+/// order ([`coalesce`] gathers them). One answer per join: a refusal
+/// (sale window, challenge, sold out), an unknown event or Redis
+/// unavailable are answers too.
+pub async fn joins(
     redis: &Redis,
     event: &EventId,
-    user: &UserId,
-    input: JoinInput<'_>,
-) -> Result<Joined, JoinError> {
+    joins: &[coalesce::JoinRequest],
+) -> Vec<Result<Joined, JoinError>> {
     let k = redis.keys().event(event);
-    let proof_id = input.proof.as_ref().map_or("", |p| p.id.as_str());
     let mut keys = k.queue_keys();
-    keys.push(k.challenge_used(if proof_id.is_empty() { "-" } else { proof_id }));
-    keys.extend(input.schedules.iter().map(|s| k.schedule(s)));
-    let args = vec![
-        user.to_string(),
-        crate::fair::score_arg(input.draw_score),
-        input.proof.as_ref().map_or(0, |p| p.bits).to_string(),
-        input.proof.as_ref().map_or(0, |p| p.expires_ms).to_string(),
-        proof_id.to_owned(),
-    ];
-    let (created, joined) = match redis.eval_json(&redis::JOIN_QUEUE, keys, args).await? {
-        JoinReply::Created(j) => (true, j),
-        JoinReply::Existing(j) => (false, j),
-        JoinReply::NoEvent => return Err(QueueError::NoEvent.into()),
-        JoinReply::SaleNotOpen {
+    let mut args = Vec::with_capacity(1 + 5 * joins.len());
+    args.push(joins.len().to_string());
+    for j in joins {
+        let proof = j.input.proof.as_ref();
+        let proof_id = proof.map_or("", |p| p.id.as_str());
+        keys.push(k.challenge_used(if proof_id.is_empty() { "-" } else { proof_id }));
+        args.extend([
+            j.user.to_string(),
+            crate::fair::score_arg(j.input.draw_score),
+            proof.map_or(0, |p| p.bits).to_string(),
+            proof.map_or(0, |p| p.expires_ms).to_string(),
+            proof_id.to_owned(),
+        ]);
+    }
+    if let Some(first) = joins.first() {
+        keys.extend(first.input.schedules.iter().map(|s| k.schedule(s)));
+    }
+    let every = |answer: &dyn Fn() -> JoinError| joins.iter().map(|_| Err(answer())).collect();
+    let batch = match redis.eval_json(&redis::JOIN_QUEUE, keys, args).await {
+        Ok(JoinReply::Ok(batch)) => batch,
+        Ok(JoinReply::NoEvent) => return every(&|| QueueError::NoEvent.into()),
+        Ok(JoinReply::SaleNotOpen {
             opens_at,
             prequeue_opens_at,
-        } => {
-            return Err(JoinRefused::SaleNotOpen {
-                opens_at_ms: opens_at,
-                prequeue_opens_at_ms: prequeue_opens_at,
-            }
-            .into());
+        }) => {
+            return every(&|| {
+                JoinRefused::SaleNotOpen {
+                    opens_at_ms: opens_at,
+                    prequeue_opens_at_ms: prequeue_opens_at,
+                }
+                .into()
+            });
         }
-        JoinReply::SaleClosed => return Err(JoinRefused::SaleClosed.into()),
-        JoinReply::SoldOut => return Err(JoinRefused::SoldOut.into()),
-        JoinReply::ChallengeFailed { reason } => {
-            return Err(JoinRefused::ChallengeFailed(reason.as_str()).into());
-        }
+        Ok(JoinReply::SaleClosed) => return every(&|| JoinRefused::SaleClosed.into()),
+        Err(e) => return every(&|| e.duplicate().into()),
     };
-    let s = joined.standing;
-    Ok(Joined {
-        created,
-        view: s.pace.view(joined.entry, s.state),
-    })
+    let mut answers: Vec<_> = batch
+        .joins
+        .into_iter()
+        .map(|j| {
+            Ok(match j {
+                JoinAnswer::Created(e) => Joined {
+                    created: true,
+                    view: batch.pace.view(e.entry, e.state),
+                },
+                JoinAnswer::Existing(e) => Joined {
+                    created: false,
+                    view: batch.pace.view(e.entry, e.state),
+                },
+                JoinAnswer::SoldOut => return Err(JoinRefused::SoldOut.into()),
+                JoinAnswer::ChallengeFailed(reason) => {
+                    return Err(JoinRefused::ChallengeFailed(reason.as_str()).into());
+                }
+            })
+        })
+        .collect();
+    // The script answers every join it is given; a short reply is a bug,
+    // and what it left out is answered as such, never silently dropped.
+    answers.resize_with(joins.len(), || {
+        Err(StoreError::internal(
+            crate::store::Dependency::Redis,
+            anyhow::anyhow!("join_queue answered fewer joins than it was given"),
+        )
+        .into())
+    });
+    answers
 }
 
 fn entry_args(claims: &QueueClaims) -> Vec<String> {

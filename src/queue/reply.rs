@@ -41,33 +41,22 @@ impl Pace {
     }
 }
 
-/// A live entry's place (`state` and its field) and the pacing figures.
-#[derive(Debug)]
-pub(super) struct Standing {
-    pub state: EntryState,
-    pub pace: Pace,
-}
-
 /// A joined entry: its number and where it stands.
 #[derive(Debug)]
 pub(super) struct JoinedEntry {
     pub entry: u64,
-    pub standing: Standing,
+    pub state: EntryState,
 }
 
 /// Every field an entry reply (`join_queue`, `queue_status`,
-/// `stream_status`) may carry, flat, so serde decodes it in one pass;
-/// [`JoinReply`] and [`EntriesReply`] are built from it by
+/// `stream_status`) may carry at its top level, flat, so serde decodes it
+/// in one pass; [`JoinReply`] and [`EntriesReply`] are built from it by
 /// hand. (Derived internally tagged and flattened enums first copy the
 /// whole map into an intermediate tree: that showed in the status route's
 /// profile, the busiest route of a surge.)
 #[derive(Deserialize)]
 struct EntryWire {
     status: EntryStatus,
-    entry: Option<u64>,
-    state: Option<StateTag>,
-    position: Option<u64>,
-    admitted_until: Option<i64>,
     #[serde(default)]
     rate: f64,
     #[serde(default)]
@@ -84,9 +73,10 @@ struct EntryWire {
     opens_at: i64,
     #[serde(default)]
     prequeue_opens_at: i64,
-    reason: Option<ChallengeFailure>,
     #[serde(default)]
     entries: Vec<BatchEntry>,
+    #[serde(default)]
+    joins: Vec<JoinAnswer>,
 }
 
 /// Every `status` an entry reply may have.
@@ -94,7 +84,6 @@ struct EntryWire {
 #[serde(rename_all = "snake_case")]
 enum EntryStatus {
     NoEvent,
-    Gone,
     Ok,
     Created,
     Existing,
@@ -114,24 +103,6 @@ enum StateTag {
 }
 
 impl EntryWire {
-    fn standing(&self) -> Result<Standing, String> {
-        let state = match self.state.ok_or("a live entry without its state")? {
-            StateTag::Prequeue => EntryState::Prequeue,
-            StateTag::Waiting => EntryState::Waiting {
-                position: self.position.ok_or("waiting without its position")?,
-            },
-            StateTag::Admitted => EntryState::Admitted {
-                until_ms: self
-                    .admitted_until
-                    .ok_or("admitted without admitted_until")?,
-            },
-        };
-        Ok(Standing {
-            state,
-            pace: self.pace(),
-        })
-    }
-
     fn pace(&self) -> Pace {
         Pace {
             rate: self.rate,
@@ -142,33 +113,19 @@ impl EntryWire {
             sold_out: self.sold_out,
         }
     }
-
-    fn joined(&self) -> Result<JoinedEntry, String> {
-        Ok(JoinedEntry {
-            entry: self.entry.ok_or("a joined entry without its number")?,
-            standing: self.standing()?,
-        })
-    }
 }
 
-/// `join_queue`'s reply.
+/// `join_queue`'s reply: about the whole call, or one answer per join.
 #[derive(Debug, Deserialize)]
 #[serde(try_from = "EntryWire")]
 pub(super) enum JoinReply {
     NoEvent,
     SaleNotOpen {
-        #[serde(default)]
         opens_at: i64,
-        #[serde(default)]
         prequeue_opens_at: i64,
     },
     SaleClosed,
-    SoldOut,
-    ChallengeFailed {
-        reason: ChallengeFailure,
-    },
-    Created(JoinedEntry),
-    Existing(JoinedEntry),
+    Ok(JoinBatch),
 }
 
 impl TryFrom<EntryWire> for JoinReply {
@@ -182,13 +139,70 @@ impl TryFrom<EntryWire> for JoinReply {
                 prequeue_opens_at: w.prequeue_opens_at,
             },
             EntryStatus::SaleClosed => Self::SaleClosed,
-            EntryStatus::SoldOut => Self::SoldOut,
-            EntryStatus::ChallengeFailed => Self::ChallengeFailed {
-                reason: w.reason.ok_or("challenge_failed without its reason")?,
-            },
-            EntryStatus::Created => Self::Created(w.joined()?),
-            EntryStatus::Existing => Self::Existing(w.joined()?),
+            EntryStatus::Ok => Self::Ok(JoinBatch {
+                pace: w.pace(),
+                joins: w.joins,
+            }),
             other => return Err(format!("join_queue cannot answer {other:?}")),
+        })
+    }
+}
+
+/// The joins one `join_queue` call decided, in the order given.
+#[derive(Debug)]
+pub(super) struct JoinBatch {
+    pub pace: Pace,
+    pub joins: Vec<JoinAnswer>,
+}
+
+/// One join's answer.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "JoinWire")]
+pub(super) enum JoinAnswer {
+    Created(JoinedEntry),
+    Existing(JoinedEntry),
+    SoldOut,
+    ChallengeFailed(ChallengeFailure),
+}
+
+/// Every field a join's answer may carry, flat (see [`EntryWire`]).
+#[derive(Deserialize)]
+struct JoinWire {
+    status: EntryStatus,
+    entry: Option<u64>,
+    state: Option<StateTag>,
+    position: Option<u64>,
+    admitted_until: Option<i64>,
+    reason: Option<ChallengeFailure>,
+}
+
+impl TryFrom<JoinWire> for JoinAnswer {
+    type Error = String;
+
+    fn try_from(w: JoinWire) -> Result<Self, String> {
+        let joined = |w: &JoinWire| -> Result<JoinedEntry, String> {
+            let state = match w.state.ok_or("a live entry without its state")? {
+                StateTag::Prequeue => EntryState::Prequeue,
+                StateTag::Waiting => EntryState::Waiting {
+                    position: w.position.ok_or("waiting without its position")?,
+                },
+                StateTag::Admitted => EntryState::Admitted {
+                    until_ms: w.admitted_until.ok_or("admitted without admitted_until")?,
+                },
+            };
+            Ok(JoinedEntry {
+                entry: w.entry.ok_or("a joined entry without its number")?,
+                state,
+            })
+        };
+        Ok(match w.status {
+            EntryStatus::Created => Self::Created(joined(&w)?),
+            EntryStatus::Existing => Self::Existing(joined(&w)?),
+            EntryStatus::SoldOut => Self::SoldOut,
+            EntryStatus::ChallengeFailed => {
+                Self::ChallengeFailed(w.reason.ok_or("challenge_failed without its reason")?)
+            }
+            other => return Err(format!("a join cannot be answered {other:?}")),
         })
     }
 }
@@ -321,16 +335,34 @@ mod tests {
 
     #[test]
     fn entry_replies_decode_their_state_and_pacing() {
-        let raw = br#"{"status":"created","entry":12,"state":"waiting","position":3,
-            "rate":2.5,"rate_var":0,"admit_per_second":5,"paused":0,"idle_timeout_ms":60000,
-            "now_ms":1,"sold_out":"for_now"}"#;
-        let JoinReply::Created(j) = decode_reply(&redis::JOIN_QUEUE, raw).unwrap() else {
-            panic!("not created");
+        let raw = br#"{"status":"ok","rate":2.5,"rate_var":0,"admit_per_second":5,"paused":0,
+            "idle_timeout_ms":60000,"now_ms":1,"sold_out":"for_now","joins":[
+            {"status":"created","entry":12,"state":"waiting","position":3},
+            {"status":"existing","entry":7,"state":"admitted","admitted_until":99},
+            {"status":"challenge_failed","reason":"reused"},{"status":"sold_out"}]}"#;
+        let JoinReply::Ok(b) = decode_reply(&redis::JOIN_QUEUE, raw).unwrap() else {
+            panic!("not ok");
         };
-        let view = j.standing.pace.view(j.entry, j.standing.state);
+        let [
+            JoinAnswer::Created(created),
+            JoinAnswer::Existing(existing),
+            JoinAnswer::ChallengeFailed(ChallengeFailure::Reused),
+            JoinAnswer::SoldOut,
+        ] = &b.joins[..]
+        else {
+            panic!("{:?}", b.joins);
+        };
+        let view = b.pace.view(created.entry, created.state);
         assert_eq!(view.entry, 12);
         assert_eq!(view.state, EntryState::Waiting { position: 3 });
         assert_eq!(view.sold_out, Some(SoldOut::ForNow));
+        assert_eq!(existing.state, EntryState::Admitted { until_ms: 99 });
+        let raw =
+            br#"{"status":"ok","joins":[{"status":"created","state":"waiting","position":3}]}"#;
+        assert!(
+            decode_reply::<JoinReply>(&redis::JOIN_QUEUE, raw).is_err(),
+            "a created entry without its number"
+        );
         let raw = br#"{"status":"ok","rate":1,"sold_out":null,"entries":[{"s":"gone"},
             {"s":"waiting","p":4},{"s":"admitted","u":77},{"s":"prequeue"}]}"#;
         let EntriesReply::Ok(b) = decode_reply(&redis::QUEUE_STATUS, raw).unwrap() else {

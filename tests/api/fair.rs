@@ -645,3 +645,56 @@ async fn a_silent_admitted_user_is_released_and_the_next_admitted() {
     let live = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
     assert_eq!(live.body["live"]["admitted_now"], 1, "{}", live.text);
 }
+
+#[tokio::test]
+async fn a_solved_challenge_shared_by_twenty_concurrent_joins_admits_one() {
+    let app = spawn_app().await;
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/admin/events",
+            Some(json!({"event_id": "e1", "name": "e1", "queue": queue_defaults(),
+                "schedules": [{"schedule_id": "d1", "starts_at": "2026-12-24T20:00:00Z", "seats": 10,
+                               "row_size": 10, "price": "1000", "hold_seconds": 60, "max_per_user": 4}],
+                "challenge": {"difficulty_bits": 8}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // Ten challenges, each solved once and presented by twenty users at
+    // once (a farm sharing its solutions): 200 joins in flight together,
+    // coalesced into few script calls, where each challenge is spent by
+    // the first join that reaches it.
+    let mut joins = Vec::new();
+    for c in 0..10 {
+        let ch = app.get("/v1/events/e1/challenge").await;
+        let ch = ch.body["challenge"].as_str().unwrap().to_owned();
+        let nonce = solve(&ch, 8);
+        for u in 0..20 {
+            let user = format!("c{c}u{u}");
+            let body = json!({"user_id": user, "challenge": {"challenge": ch, "nonce": nonce}});
+            joins.push((c, user, body));
+        }
+    }
+    let answers = join_all(joins.iter().map(|(_, user, body)| {
+        app.send(Req {
+            method: Method::POST,
+            path: "/v1/events/e1/queue",
+            body: Some(body.clone()),
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {}", user_token(user)))],
+        })
+    }))
+    .await;
+    let mut created = [0; 10];
+    for ((c, _, _), r) in joins.iter().zip(&answers) {
+        if r.status == StatusCode::CREATED {
+            created[*c] += 1;
+        } else {
+            r.assert_problem(403, "challenge_failed");
+        }
+    }
+    assert_eq!(created, [1; 10], "each challenge admits exactly one join");
+    let live = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(live.body["live"]["joined_total"], 10, "{}", live.text);
+    assert_eq!(live.body["live"]["admitted_now"], 10, "{}", live.text);
+}

@@ -465,7 +465,7 @@ async fn the_sweep_racing_polls_drops_exactly_the_silent() {
     );
 }
 
-/// One `/metrics` figure without labels (0 when not there yet).
+/// One `/metrics` figure, named with its labels (0 when not there yet).
 async fn metric(app: &TestApp, name: &str) -> f64 {
     let text = app.get("/metrics").await.text;
     text.lines()
@@ -474,11 +474,27 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
 }
 
 #[tokio::test]
-async fn three_hundred_concurrent_polls_are_coalesced_and_each_answered_as_if_alone() {
+async fn three_hundred_concurrent_joins_and_polls_are_coalesced_and_each_answered_as_if_alone() {
+    const JOIN_SUM: &str = r#"boxoffice_queue_batch_sum{script="join_queue"}"#;
+    const JOIN_COUNT: &str = r#"boxoffice_queue_batch_count{script="join_queue"}"#;
+    const STATUS_SUM: &str = r#"boxoffice_queue_batch_sum{script="queue_status"}"#;
+    const STATUS_COUNT: &str = r#"boxoffice_queue_batch_count{script="queue_status"}"#;
     let app = spawn_app().await;
     app.simple_event("e1", json!({"admit_per_second": 5, "max_active": 5, "active_ttl_seconds": 60, "idle_timeout_seconds": 600, "paused": true}), 10, 60, 4).await;
     let users: Vec<String> = (0..300).map(|i| format!("u{i}")).collect();
+    let (sum, count) = (metric(&app, JOIN_SUM).await, metric(&app, JOIN_COUNT).await);
     let joins = join_all(users.iter().map(|u| app.join("e1", u))).await;
+    let (sum, count) = (
+        metric(&app, JOIN_SUM).await - sum,
+        metric(&app, JOIN_COUNT).await - count,
+    );
+    // Other tests in this process join and poll too: the figures only
+    // grow, and a call per request would make them grow alike.
+    assert!(sum >= 300.0, "every join went through a batch: {sum}");
+    assert!(
+        count < sum,
+        "300 concurrent joins took {count} calls for {sum} joins: none coalesced"
+    );
     let mut line: Vec<(u64, String)> = joins
         .iter()
         .map(|r| {
@@ -499,10 +515,7 @@ async fn three_hundred_concurrent_polls_are_coalesced_and_each_answered_as_if_al
     for (_, token) in line.iter().step_by(10) {
         assert_eq!(app.leave(token).await.status, StatusCode::NO_CONTENT);
     }
-    let (sum, count) = (
-        metric(&app, "boxoffice_queue_status_batch_sum").await,
-        metric(&app, "boxoffice_queue_status_batch_count").await,
-    );
+    let (sum, count) = (metric(&app, STATUS_SUM).await, metric(&app, STATUS_COUNT).await);
     let polls = join_all(line.iter().map(|(_, t)| app.status(t))).await;
     let mut expected = 0;
     for (i, r) in polls.iter().enumerate() {
@@ -517,11 +530,9 @@ async fn three_hundred_concurrent_polls_are_coalesced_and_each_answered_as_if_al
     }
     assert_eq!(expected, 270);
     let (sum, count) = (
-        metric(&app, "boxoffice_queue_status_batch_sum").await - sum,
-        metric(&app, "boxoffice_queue_status_batch_count").await - count,
+        metric(&app, STATUS_SUM).await - sum,
+        metric(&app, STATUS_COUNT).await - count,
     );
-    // Other tests in this process poll too: the figures only grow, and a
-    // call per poll would make them grow alike.
     assert!(sum >= 300.0, "every poll went through a batch: {sum}");
     assert!(
         count < sum,
