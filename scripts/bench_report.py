@@ -1301,8 +1301,9 @@ def interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc="not run", runs=Non
         "| endpoint | Redis scripts | PostgreSQL |",
         "|---|---|---|",
         "| ceiling | 1 (trivial) | – |",
-        "| status | 1 (`queue_status`) | – |",
-        "| join | 1 (`join_queue`, plus an HMAC signature) | – |",
+        "| status | 1 (`queue_status`) per batch: the polls of one event that arrive during a call "
+        "are answered by the next one (docs/QUEUE.md) | – |",
+        "| join | 1 (`join_queue`) per batch, as for status; plus an HMAC signature per join | – |",
         "| hold | 1 (`place_hold`, which also checks that the buyer is admitted; a heavier script: "
         "best-available search, per-user limit, expiry) | – |",
         "| pay | 2: `begin_payment` (with the admitted check), `confirm_sale` | 1 statement (the "
