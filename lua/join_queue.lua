@@ -145,12 +145,7 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
     end
     -- Idle past the timeout: that entry is gone (and, before the draw, out
     -- of the draw too).
-    redis.call('ZREM', Q.wait, user)
-    redis.call('HDEL', Q.poll, user)
-    if score < 1 then
-      redis.call('HDEL', Q.pre_entry, user)
-      if now < open_ms then redis.call('ZREM', Q.draw, user) end
-    end
+    drop_waiting(Q, user, score, now, open_ms)
     redis.call('HINCRBY', Q.stats, 'evicted_total', 1)
   end
 

@@ -20,12 +20,7 @@ local score = tonumber(redis.call('ZSCORE', Q.wait, user))
 local mine = score
 if score and score < 1 then mine = tonumber(redis.call('HGET', Q.pre_entry, user)) end
 if score and mine == entry then
-  redis.call('ZREM', Q.wait, user)
-  redis.call('HDEL', Q.poll, user)
-  if score < 1 then
-    redis.call('HDEL', Q.pre_entry, user)
-    if now < open_ms then redis.call('ZREM', Q.draw, user) end
-  end
+  drop_waiting(Q, user, score, now, open_ms)
 elseif tonumber(redis.call('HGET', Q.adm_entry, user)) == entry then
   redis.call('ZREM', Q.adm, user)
   redis.call('HDEL', Q.adm_entry, user)

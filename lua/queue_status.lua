@@ -71,12 +71,7 @@ local function status_of(user, entry)
   if mine ~= entry then return GONE end
   local seen = tonumber(redis.call('HGET', Q.poll, user) or '0')
   if closed or now - seen > idle_timeout_ms then
-    redis.call('ZREM', Q.wait, user)
-    redis.call('HDEL', Q.poll, user)
-    if score < 1 then
-      redis.call('HDEL', Q.pre_entry, user)
-      if now < open_ms then redis.call('ZREM', Q.draw, user) end
-    end
+    drop_waiting(Q, user, score, now, open_ms)
     return gone(closed and 'closed_total' or 'evicted_total')
   end
   beat(user)

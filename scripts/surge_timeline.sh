@@ -20,7 +20,9 @@
 # SURGE_SEATS (5000), SURGE_ADMIT (fixed rate and the autopilot's maximum,
 # 1000), SURGE_AUTO_START (200), SURGE_SERVICE_ENV (extra VAR=value words
 # for the service, e.g. to try a setting). Needs target/release/boxoffice
-# and loadtest (cargo build --release -p boxoffice -p loadtest). Own
+# and loadtest (cargo build --release -p boxoffice -p loadtest), or other
+# binaries in SURGE_BIN / SURGE_LOADTEST (e.g. an old revision's from
+# scripts/bench_ab.sh's loadtest/reports/ab-*/A/). Own
 # database and Redis key prefix, removed afterwards; never FLUSHes.
 # Results in loadtest/reports/surge-<mode>-<ts>/ (timeline.md, req.csv).
 set -euo pipefail
@@ -37,8 +39,8 @@ ADMISSION="$([[ $MODE == fixed ]] && echo fixed || echo auto)"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 bench_local_only
-BX=target/release/boxoffice
-LT=target/release/loadtest
+BX="${SURGE_BIN:-target/release/boxoffice}"
+LT="${SURGE_LOADTEST:-target/release/loadtest}"
 [[ -x $BX && -x $LT ]] || { echo "surge_timeline: build first: cargo build --release -p boxoffice -p loadtest" >&2; exit 1; }
 TS="$(date +%s)"
 OUT="$ROOT/loadtest/reports/surge-$MODE-$TS"

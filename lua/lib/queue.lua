@@ -105,6 +105,18 @@ local function queue_keys(i)
            stats = KEYS[i + 7], pre_entry = KEYS[i + 8], draw = KEYS[i + 9] }
 end
 
+-- Drops a waiting entry of the queue Q: its member and last poll and, for
+-- a pre-queue entry (score < 1), its entry number and, before the draw
+-- (now < open_ms), its place in the draw. `score` is its score in wait.
+local function drop_waiting(Q, user, score, now, open_ms)
+  redis.call('ZREM', Q.wait, user)
+  redis.call('HDEL', Q.poll, user)
+  if score < 1 then
+    redis.call('HDEL', Q.pre_entry, user)
+    if now < open_ms then redis.call('ZREM', Q.draw, user) end
+  end
+end
+
 -- The admission rate in use, from the event's cfg: the autopilot's
 -- (`auto_admit_per_second`, present only in auto mode) or else the
 -- configured `admit_per_second`. Admission (admit_tick), joins and status

@@ -1,6 +1,8 @@
 //! `POST /v1/events/{event_id}/queue`, `GET /v1/queue/status`, `DELETE /v1/queue`
 //! (the stream is in `stream.rs`, fair start in `fair.rs`).
 
+use std::sync::Arc;
+
 use axum::{
     extract::{Path, State},
     http::StatusCode,
@@ -14,8 +16,8 @@ use super::{
     extract::OptionalJson,
 };
 use crate::{
-    ids::{EventId, UserId},
-    queue::{self, EntryState, EntryView},
+    ids::{EventId, ScheduleId, UserId},
+    queue::{self, EntryState, EntryView, QueueError},
     state::AppState,
     token::QueueClaims,
 };
@@ -176,17 +178,22 @@ pub async fn status(
     QueueToken(claims): QueueToken,
 ) -> ApiResult<axum::Json<QueueEntry>> {
     let schedules = super::holds::schedules_of(&state, &claims.event).await?;
-    let view = state
-        .status_polls
-        .ask(
-            &claims.event,
-            queue::coalesce::StatusPoll {
-                claims: claims.clone(),
-                schedules,
-            },
-        )
-        .await?;
+    let view = poll(&state, &claims, schedules).await?;
     Ok(axum::Json(entry(&claims, &view, None)))
+}
+
+/// The entry's state and its heartbeat, through this instance's
+/// coalesced status calls.
+pub(super) async fn poll(
+    state: &AppState,
+    claims: &QueueClaims,
+    schedules: Arc<Vec<ScheduleId>>,
+) -> Result<EntryView, QueueError> {
+    let poll = queue::coalesce::StatusPoll {
+        claims: claims.clone(),
+        schedules,
+    };
+    state.status_polls.ask(&claims.event, poll).await
 }
 
 #[utoipa::path(delete, path = "/v1/queue", tag = "queue",

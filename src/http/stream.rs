@@ -43,16 +43,7 @@ pub async fn stream(
     QueueToken(claims): QueueToken,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let schedules = super::holds::schedules_of(&state, &claims.event).await?;
-    let first = state
-        .status_polls
-        .ask(
-            &claims.event,
-            queue::coalesce::StatusPoll {
-                claims: claims.clone(),
-                schedules: schedules.clone(),
-            },
-        )
-        .await?;
+    let first = super::queue::poll(&state, &claims, schedules.clone()).await?;
     let admitted = matches!(first.state, EntryState::Admitted { .. });
     let opening = event(
         if admitted { "admitted" } else { "status" },

@@ -343,9 +343,9 @@ async fn the_sale_window_refuses_early_and_late_joins_and_admitted_users_finish(
     r.assert_problem(422, "invalid_request");
 }
 
-#[tokio::test]
-async fn proof_of_work_at_12_bits_is_checked_and_accepted_once() {
-    let app = spawn_app().await;
+/// Event `e1` (one schedule of 10 seats) whose joins need a proof of
+/// work of `bits` bits.
+async fn create_event_with_challenge(app: &TestApp, bits: u8) {
     let r = app
         .admin(
             Method::POST,
@@ -353,10 +353,16 @@ async fn proof_of_work_at_12_bits_is_checked_and_accepted_once() {
             Some(json!({"event_id": "e1", "name": "e1", "queue": queue_defaults(),
                 "schedules": [{"schedule_id": "d1", "starts_at": "2026-12-24T20:00:00Z", "seats": 10,
                                "row_size": 10, "price": "1000", "hold_seconds": 60, "max_per_user": 4}],
-                "challenge": {"difficulty_bits": 12}})),
+                "challenge": {"difficulty_bits": bits}})),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
+#[tokio::test]
+async fn proof_of_work_at_12_bits_is_checked_and_accepted_once() {
+    let app = spawn_app().await;
+    create_event_with_challenge(&app, 12).await;
     let join = |user: &str, challenge: Option<Value>| {
         let mut body = json!({"user_id": user});
         if let Some(c) = challenge {
@@ -649,17 +655,7 @@ async fn a_silent_admitted_user_is_released_and_the_next_admitted() {
 #[tokio::test]
 async fn a_solved_challenge_shared_by_twenty_concurrent_joins_admits_one() {
     let app = spawn_app().await;
-    let r = app
-        .admin(
-            Method::POST,
-            "/v1/admin/events",
-            Some(json!({"event_id": "e1", "name": "e1", "queue": queue_defaults(),
-                "schedules": [{"schedule_id": "d1", "starts_at": "2026-12-24T20:00:00Z", "seats": 10,
-                               "row_size": 10, "price": "1000", "hold_seconds": 60, "max_per_user": 4}],
-                "challenge": {"difficulty_bits": 8}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    create_event_with_challenge(&app, 8).await;
     // Ten challenges, each solved once and presented by twenty users at
     // once (a farm sharing its solutions): 200 joins in flight together,
     // coalesced into few script calls, where each challenge is spent by

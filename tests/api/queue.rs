@@ -515,7 +515,10 @@ async fn three_hundred_concurrent_joins_and_polls_are_coalesced_and_each_answere
     for (_, token) in line.iter().step_by(10) {
         assert_eq!(app.leave(token).await.status, StatusCode::NO_CONTENT);
     }
-    let (sum, count) = (metric(&app, STATUS_SUM).await, metric(&app, STATUS_COUNT).await);
+    let (sum, count) = (
+        metric(&app, STATUS_SUM).await,
+        metric(&app, STATUS_COUNT).await,
+    );
     let polls = join_all(line.iter().map(|(_, t)| app.status(t))).await;
     let mut expected = 0;
     for (i, r) in polls.iter().enumerate() {
