@@ -12,6 +12,9 @@
 --             pre_entry, draw
 -- ARGV[1] minimum interval between two ticks (ms)
 -- ARGV[2] maximum entries evicted, expired or admitted per step
+-- ARGV[3] entries each of the two sweeps (waiting, admitted) looks at per
+--         step (default ARGV[2]): the script blocks Redis while it runs,
+--         and with a long line the sweep is most of a step's time
 --
 -- Returns (JSON):
 --   {"status":"no_event"}
@@ -20,7 +23,7 @@
 --   {"status":"ticked","admitted":a,"evicted":e,"expired":x,"released":l,
 --    "waiting":w,"active":n,"rate":r}
 --
--- Order per step: sweep the next ARGV[2] waiting entries (in line order,
+-- Order per step: sweep the next ARGV[3] waiting entries (in line order,
 -- from where the last step stopped, wrapping at the tail) and drop those
 -- not polled within idle_timeout_ms; expire admitted entries past their
 -- own deadline (each member carries its deadline as its score: no TTL on
@@ -34,7 +37,7 @@
 -- draw needs no step here. After closes_at nothing is admitted and the
 -- waiting entries are dropped, ARGV[2] per step. Admitted users carry
 -- their last activity in `poll` too (every request by their token writes
--- it); a step also sweeps ARGV[2] admitted entries, from where the last
+-- it); a step also sweeps ARGV[3] admitted entries, from where the last
 -- step stopped, and releases those silent for idle_timeout_ms, before
 -- admitting, so a freed slot is refilled in the same step.
 --
@@ -42,7 +45,7 @@
 -- per waiting user), so idle entries are found by this sweep rather than a
 -- range query: the head is always exact (nobody idle is admitted); deeper
 -- in a long line an idle entry may outlive its timeout by one sweep of the
--- line (line length / ARGV[2] steps) and, until then, counts in the
+-- line (line length / ARGV[3] steps) and, until then, counts in the
 -- positions behind it.
 
 local Q = queue_keys(1)
@@ -52,6 +55,7 @@ if not cfg[1] then
 end
 local min_interval = tonumber(ARGV[1])
 local batch = tonumber(ARGV[2])
+local sweep = tonumber(ARGV[3] or ARGV[2])
 
 local now = now_ms()
 local last = tonumber(redis.call('HGET', Q.stats, 'last_tick_ms') or '0')
@@ -90,7 +94,7 @@ end
 local evicted = 0
 local after = redis.call('HGET', Q.stats, 'sweep_after') or '-inf'
 local from = after == '-inf' and '-inf' or '(' .. after
-local swept = redis.call('ZRANGEBYSCORE', Q.wait, from, '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
+local swept = redis.call('ZRANGEBYSCORE', Q.wait, from, '+inf', 'WITHSCORES', 'LIMIT', 0, sweep)
 if #swept > 0 then
   local users = {}
   for i = 1, #swept, 2 do users[#users + 1] = swept[i] end
@@ -103,7 +107,7 @@ if #swept > 0 then
     end
   end
 end
-redis.call('HSET', Q.stats, 'sweep_after', #swept < 2 * batch and '-inf' or swept[#swept])
+redis.call('HSET', Q.stats, 'sweep_after', #swept < 2 * sweep and '-inf' or swept[#swept])
 
 -- 1b. After closes_at nobody waiting can be admitted any more: drop them.
 local dropped = 0
@@ -126,7 +130,7 @@ if #expired > 0 then redis.call('HINCRBY', Q.stats, 'expired_total', #expired) e
 -- 2b. Admitted users silent for idle_timeout_ms are released.
 local released = 0
 local cursor = tonumber(redis.call('HGET', Q.stats, 'adm_sweep') or '0')
-local adm = redis.call('ZRANGE', Q.adm, cursor, cursor + batch - 1)
+local adm = redis.call('ZRANGE', Q.adm, cursor, cursor + sweep - 1)
 if #adm > 0 then
   local seen = redis.call('HMGET', Q.poll, unpack(adm))
   for i, user in ipairs(adm) do
@@ -141,7 +145,7 @@ if #adm > 0 then
     end
   end
 end
-redis.call('HSET', Q.stats, 'adm_sweep', #adm < batch and 0 or cursor + #adm - released)
+redis.call('HSET', Q.stats, 'adm_sweep', #adm < sweep and 0 or cursor + #adm - released)
 if released > 0 then redis.call('HINCRBY', Q.stats, 'released_total', released) end
 
 -- 3. Admit from the head; an idle entry there is dropped, not admitted.

@@ -297,8 +297,17 @@ pub struct Tick {
     pub rate: f64,
 }
 
-/// Entries swept for idleness, expired or admitted per step at most.
+/// Entries expired or admitted per step at most.
 const TICK_BATCH: u32 = 1_000;
+
+/// Entries each sweep for idleness (waiting, admitted) looks at per step.
+/// The step blocks Redis while it runs, and with a long line the sweep is
+/// most of it: at 1,000 a step over a million waiting took 2–7 ms, five
+/// times a second (docs/BENCHMARKS.md, the pre-queue's slow log), which
+/// every status poll arriving meanwhile waited out. At 250 the line is
+/// swept at 1,250 entries a second per ticking instance (5 steps a second
+/// at the default 200 ms tick, 10 at most across instances).
+const SWEEP_BATCH: u32 = 250;
 
 /// Runs one admission step. Safe from every instance at once: the script
 /// skips if another instance ticked less than `min_interval_ms` ago.
@@ -315,7 +324,11 @@ pub async fn tick(
         .eval_json(
             &redis::ADMIT_TICK,
             keys,
-            vec![min_interval_ms.to_string(), TICK_BATCH.to_string()],
+            vec![
+                min_interval_ms.to_string(),
+                TICK_BATCH.to_string(),
+                SWEEP_BATCH.to_string(),
+            ],
         )
         .await
 }
