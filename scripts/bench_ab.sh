@@ -135,7 +135,8 @@ done
 python3 - "$OUT" "$REV_A" "$REV_B" "$ROUNDS" "${SCENARIOS[@]}" >"$OUT/ab.md" <<'PY'
 import json, os, statistics, sys
 out, rev_a, rev_b, rounds, scenarios = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
-MAIN = {"status": "status", "join": "join", "holds": "hold", "payment": "pay", "hot-seat": "hold(hot)"}
+MAIN = {"status": "status", "join": "join", "holds": "hold", "payment": "pay", "hot-seat": "hold(hot)",
+        "pay": "pay", "poll-storm": "status(waiting)"}
 
 def rate(r, side, scenario, name):
     """(req/s, p99 ms, service CPU µs per request, Redis CPU µs per request) of one run."""
