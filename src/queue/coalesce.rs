@@ -19,6 +19,13 @@
 //!
 //! The calls run in tasks of their own, so a client that goes away takes
 //! only its own answer with it, never the batch it is in.
+//!
+//! A request waits for its answer at most [`CALL_TIMEOUT`] from the moment
+//! it joins the list, as a lone call would: with Redis hanging, the calls
+//! ahead of it each wait out a timeout of their own before the breaker
+//! opens, and a request behind them must not add theirs to its own (a
+//! burst of polls during a stall took two timeouts before this bound). It
+//! then answers 503; a request that has given up is never sent.
 
 use std::{
     collections::HashMap,
@@ -31,7 +38,10 @@ use tokio::sync::oneshot;
 use super::{EntryView, JoinError, JoinInput, Joined, QueueError};
 use crate::{
     ids::{EventId, ScheduleId, UserId},
-    store::{Dependency, StoreError, redis, redis::Redis},
+    store::{
+        Dependency, StoreError,
+        redis::{self, CALL_TIMEOUT, Redis},
+    },
     token::QueueClaims,
 };
 
@@ -58,8 +68,9 @@ pub trait Batch: Send + Sync + 'static {
         requests: Vec<Self::Request>,
     ) -> impl Future<Output = Vec<Self::Answer>> + Send;
 
-    /// The answer of a request whose call ended without answering it.
-    fn lost() -> Self::Answer;
+    /// The answer of a request that got none from a call: `reason` says
+    /// why (no answer in time, or the call ended without one).
+    fn unavailable(reason: &'static str) -> Self::Answer;
 }
 
 struct Waiting<B: Batch> {
@@ -109,7 +120,11 @@ impl<B: Batch> Coalescer<B> {
             };
             tokio::spawn(call.run());
         }
-        answer.await.unwrap_or_else(|_| B::lost())
+        match tokio::time::timeout(CALL_TIMEOUT, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => B::unavailable("the call ended without an answer"),
+            Err(_) => B::unavailable("no answer within the call timeout"),
+        }
     }
 
     /// The next batch of `event`'s pending requests; `None` (and one call
@@ -117,6 +132,10 @@ impl<B: Batch> Coalescer<B> {
     fn next_batch(&self, event: &EventId) -> Option<Vec<Waiting<B>>> {
         let mut events = self.events.lock().expect("lock");
         let pending = events.get_mut(event)?;
+        // Requests that have given up (their deadline passed, or the
+        // client went away) are not sent: a join answered 503 must not
+        // happen afterwards.
+        pending.waiting.retain(|w| !w.reply.is_closed());
         if pending.waiting.is_empty() {
             pending.calls -= 1;
             if pending.calls == 0 {
@@ -154,8 +173,8 @@ impl<B: Batch> Call<B> {
 impl<B: Batch> Drop for Call<B> {
     /// A call that ends early (a panic while answering) gives its slot
     /// back; when it was the event's last, the pending requests are
-    /// dropped and answered [`Batch::lost`] rather than left waiting for a
-    /// call that no longer comes.
+    /// dropped and answered [`Batch::unavailable`] rather than left
+    /// waiting for a call that no longer comes.
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
@@ -174,10 +193,10 @@ impl<B: Batch> Drop for Call<B> {
     }
 }
 
-fn lost_call() -> StoreError {
+fn unavailable(reason: &'static str) -> StoreError {
     StoreError::Unavailable {
         dep: Dependency::Redis,
-        reason: "the coalesced call ended without an answer".into(),
+        reason: reason.into(),
     }
 }
 
@@ -220,8 +239,8 @@ impl Batch for Statuses {
         }
     }
 
-    fn lost() -> Self::Answer {
-        Err(QueueError::Store(lost_call()))
+    fn unavailable(reason: &'static str) -> Self::Answer {
+        Err(QueueError::Store(unavailable(reason)))
     }
 }
 
@@ -246,7 +265,7 @@ impl Batch for Joins {
         super::joins(&self.redis, event, &joins).await
     }
 
-    fn lost() -> Self::Answer {
-        Err(lost_call().into())
+    fn unavailable(reason: &'static str) -> Self::Answer {
+        Err(unavailable(reason).into())
     }
 }

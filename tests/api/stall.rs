@@ -187,3 +187,63 @@ async fn postgres_stalled_pay_answers_503_in_bounded_time_while_queue_and_holds_
     app.assert_script_invariants().await;
     app.assert_audit_clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stalled_under_a_burst_of_polls_and_joins_every_one_answers_503_in_bounded_time() {
+    let proxy = FaultProxy::start(resolve(&redis_url()).await).await;
+    let app = spawn_with(
+        Settings::new()
+            .without_background()
+            .set("REDIS_URL", &via(&redis_url(), proxy.addr)),
+    )
+    .await;
+    app.simple_event("e1", json!({"admit_per_second": 1, "max_active": 1, "active_ttl_seconds": 600, "idle_timeout_seconds": 600, "paused": true}), 20, 300, 4).await;
+    let users: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
+    let mut tokens = Vec::new();
+    for u in &users {
+        let r = app.join("e1", u).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        tokens.push(r.body["token"].as_str().unwrap().to_owned());
+    }
+
+    proxy.stall();
+    // 100 polls and 100 joins at once against a Redis that hangs: they are
+    // coalesced into a few calls per kind, and the calls behind the first
+    // ones would each wait out a call timeout of their own before the
+    // breaker opens (two timeouts in all). Every request, however far back
+    // in its event's pending list, answers within one call timeout and
+    // half of one of slack, as a lone request would.
+    let t = boxoffice::store::redis::CALL_TIMEOUT;
+    let bound = t + t / 2;
+    let newcomers: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+    let polls = futures::future::join_all(tokens.iter().map(|tk| timed(app.status(tk))));
+    let joins = futures::future::join_all(newcomers.iter().map(|u| timed(app.join("e1", u))));
+    let (polls, joins) = tokio::join!(polls, joins);
+    let slowest = polls
+        .iter()
+        .chain(&joins)
+        .map(|(_, took)| *took)
+        .max()
+        .unwrap();
+    for (r, took) in polls.iter() {
+        assert_fast_503("status", r, *took, bound);
+    }
+    for (r, took) in joins.iter() {
+        assert_fast_503("join", r, *took, bound);
+    }
+    eprintln!("slowest of 200: {slowest:?}");
+
+    proxy.restore();
+    let back = eventually(Duration::from_secs(10), || async {
+        app.get("/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    assert!(back, "ready again without a restart");
+    // Every poll works again and every waiting entry kept its place.
+    let polls = futures::future::join_all(tokens.iter().map(|tk| app.status(tk))).await;
+    for (i, r) in polls.iter().enumerate() {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.body["position"], i + 1, "{}", r.text);
+    }
+    app.assert_script_invariants().await;
+}
