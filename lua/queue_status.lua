@@ -34,9 +34,8 @@ if not cfg[1] then
 end
 local idle_timeout_ms = tonumber(cfg[2])
 local open_ms, close_ms = tonumber(cfg[4] or '0'), tonumber(cfg[5] or '0')
-local closed = close_ms > 0
 local now = now_ms()
-closed = closed and now >= close_ms
+local closed = close_ms > 0 and now >= close_ms
 
 local GONE = '{"s":"gone"}'
 local gone_counts, alive = {}, {}

@@ -12,6 +12,7 @@ use crate::{
     auth::UserVerifier,
     config::Config,
     http::limit::RateLimits,
+    queue::coalesce::{Coalescer, Joins, Statuses},
     state::AppState,
     store::{keys::Keys, pg::Pg, redis::Redis},
     token::TokenSigner,
@@ -61,7 +62,6 @@ impl Application {
         let tokens = Arc::new(TokenSigner::new(config.token_secret.expose()));
         let limits = Arc::new(RateLimits::new(&config));
         let confirmations = crate::payments::Confirmations::start(pg.clone());
-        use crate::queue::coalesce::{Coalescer, Joins, Statuses};
         let status_polls = Arc::new(Coalescer::new(Statuses {
             redis: redis.clone(),
         }));

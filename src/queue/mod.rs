@@ -4,8 +4,8 @@
 //! (`join_queue`, `queue_status`, `leave_queue`, `admit_tick`,
 //! `stream_status`, all run after the prelude `lua/lib/queue.lua`); this
 //! module holds their typed wrappers (`reply`: their typed replies), the pure
-//! pacing rules (ETA, poll interval), the status polls coalesced into
-//! one call per event and batch ([`coalesce`]), the in-process fan-out of
+//! pacing rules (ETA, poll interval), joins and status polls coalesced
+//! into one call per event and batch ([`coalesce`]), the in-process fan-out of
 //! statuses to streaming clients ([`stream`]) and the admission autopilot
 //! that steers the rate by admitted buyers' latency ([`autopilot`]). See `docs/QUEUE.md` for the
 //! data structures and why each transition is one script, and
@@ -17,9 +17,9 @@ pub mod pacing;
 mod reply;
 pub mod stream;
 
-use serde::Deserialize;
-
 use std::sync::Arc;
+
+use serde::Deserialize;
 
 use self::reply::{EntriesReply, FiguresReply, JoinAnswer, JoinReply, LeaveReply};
 use crate::{
@@ -181,7 +181,10 @@ pub async fn joins(
         Ok(JoinReply::SaleClosed) => return every(&|| JoinRefused::SaleClosed.into()),
         Err(e) => return every(&|| e.duplicate().into()),
     };
-    let mut answers: Vec<_> = batch
+    if let Err(e) = one_each(&redis::JOIN_QUEUE, batch.joins.len(), joins.len()) {
+        return every(&|| e.duplicate().into());
+    }
+    batch
         .joins
         .into_iter()
         .map(|j| {
@@ -200,17 +203,20 @@ pub async fn joins(
                 }
             })
         })
-        .collect();
-    // The script answers every join it is given; a short reply is a bug,
-    // and what it left out is answered as such, never silently dropped.
-    answers.resize_with(joins.len(), || {
-        Err(StoreError::internal(
-            crate::store::Dependency::Redis,
-            anyhow::anyhow!("join_queue answered fewer joins than it was given"),
-        )
-        .into())
-    });
-    answers
+        .collect()
+}
+
+/// A batched script answers each request it was given, in order; any
+/// other count is a bug, answered as such for the whole call rather than
+/// pairing answers with the wrong requests or dropping some.
+fn one_each(script: &redis::Script, answered: usize, asked: usize) -> Result<(), StoreError> {
+    if answered == asked {
+        return Ok(());
+    }
+    Err(StoreError::internal(
+        crate::store::Dependency::Redis,
+        anyhow::anyhow!("{} answered {answered} of {asked} requests", script.name),
+    ))
 }
 
 fn entry_args(claims: &QueueClaims) -> Vec<String> {
@@ -242,6 +248,7 @@ async fn entries(
         EntriesReply::Ok(batch) => batch,
         EntriesReply::NoEvent => return Ok(None),
     };
+    one_each(script, batch.entries.len(), claims.len())?;
     Ok(Some(
         claims
             .iter()
@@ -366,5 +373,24 @@ pub async fn figures(redis: &Redis, event: &EventId) -> Result<Figures, QueueErr
     match redis.eval_json(&redis::QUEUE_FIGURES, keys, vec![]).await? {
         FiguresReply::Ok(f) => Ok(f),
         FiguresReply::NoEvent => Err(QueueError::NoEvent),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batched_reply_answers_each_request_or_the_call_fails() {
+        assert!(one_each(&redis::QUEUE_STATUS, 3, 3).is_ok());
+        for (answered, asked) in [(2, 3), (4, 3), (0, 1)] {
+            let e = one_each(&redis::JOIN_QUEUE, answered, asked).unwrap_err();
+            assert!(matches!(e, StoreError::Internal { .. }), "{e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("join_queue answered {answered} of {asked}")),
+                "{e}"
+            );
+        }
     }
 }

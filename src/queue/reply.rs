@@ -181,18 +181,13 @@ impl TryFrom<JoinWire> for JoinAnswer {
 
     fn try_from(w: JoinWire) -> Result<Self, String> {
         let joined = |w: &JoinWire| -> Result<JoinedEntry, String> {
-            let state = match w.state.ok_or("a live entry without its state")? {
-                StateTag::Prequeue => EntryState::Prequeue,
-                StateTag::Waiting => EntryState::Waiting {
-                    position: w.position.ok_or("waiting without its position")?,
-                },
-                StateTag::Admitted => EntryState::Admitted {
-                    until_ms: w.admitted_until.ok_or("admitted without admitted_until")?,
-                },
-            };
             Ok(JoinedEntry {
                 entry: w.entry.ok_or("a joined entry without its number")?,
-                state,
+                state: live_state(
+                    w.state.ok_or("a live entry without its state")?,
+                    w.position,
+                    w.admitted_until,
+                )?,
             })
         };
         Ok(match w.status {
@@ -272,16 +267,30 @@ pub(super) struct Batch {
     pub entries: Vec<BatchEntry>,
 }
 
-/// One entry of a [`Batch`] (short field names: up to 250 per reply),
-/// decoded flat like [`EntryWire`] and checked by hand.
+/// A live entry's state from its tag and the field that tag needs
+/// (`join_queue`'s and the entries replies' shared rule).
+fn live_state(
+    tag: StateTag,
+    position: Option<u64>,
+    admitted_until: Option<i64>,
+) -> Result<EntryState, String> {
+    Ok(match tag {
+        StateTag::Prequeue => EntryState::Prequeue,
+        StateTag::Waiting => EntryState::Waiting {
+            position: position.ok_or("waiting without its position")?,
+        },
+        StateTag::Admitted => EntryState::Admitted {
+            until_ms: admitted_until.ok_or("admitted without admitted_until")?,
+        },
+    })
+}
+
+/// One entry of a [`Batch`]: where it stands, `None` when it is gone.
+/// Short field names on the wire (up to 250 per reply), decoded flat like
+/// [`EntryWire`].
 #[derive(Debug, Deserialize)]
 #[serde(try_from = "BatchEntryWire")]
-pub(super) enum BatchEntry {
-    Prequeue,
-    Waiting { p: u64 },
-    Admitted { u: i64 },
-    Gone,
-}
+pub(super) struct BatchEntry(Option<EntryState>);
 
 #[derive(Deserialize)]
 struct BatchEntryWire {
@@ -303,28 +312,20 @@ impl TryFrom<BatchEntryWire> for BatchEntry {
     type Error = String;
 
     fn try_from(w: BatchEntryWire) -> Result<Self, String> {
-        Ok(match w.s {
-            BatchTag::Prequeue => Self::Prequeue,
-            BatchTag::Waiting => Self::Waiting {
-                p: w.p.ok_or("waiting without its position")?,
-            },
-            BatchTag::Admitted => Self::Admitted {
-                u: w.u.ok_or("admitted without its deadline")?,
-            },
-            BatchTag::Gone => Self::Gone,
-        })
+        let tag = match w.s {
+            BatchTag::Prequeue => StateTag::Prequeue,
+            BatchTag::Waiting => StateTag::Waiting,
+            BatchTag::Admitted => StateTag::Admitted,
+            BatchTag::Gone => return Ok(Self(None)),
+        };
+        Ok(Self(Some(live_state(tag, w.p, w.u)?)))
     }
 }
 
 impl BatchEntry {
     /// Where the entry stands; `None` when it is gone.
     pub(super) fn state(&self) -> Option<EntryState> {
-        match *self {
-            Self::Prequeue => Some(EntryState::Prequeue),
-            Self::Waiting { p } => Some(EntryState::Waiting { position: p }),
-            Self::Admitted { u } => Some(EntryState::Admitted { until_ms: u }),
-            Self::Gone => None,
-        }
+        self.0
     }
 }
 
