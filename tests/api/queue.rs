@@ -465,36 +465,56 @@ async fn the_sweep_racing_polls_drops_exactly_the_silent() {
     );
 }
 
-/// One `/metrics` figure, named with its labels (0 when not there yet).
-async fn metric(app: &TestApp, name: &str) -> f64 {
+/// `boxoffice_queue_batch`'s sum (requests) and count (calls) for one
+/// script: 0 before its first batch.
+async fn batch_figures(app: &TestApp, script: &str) -> (f64, f64) {
     let text = app.get("/metrics").await.text;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    let figure = |part: &str| {
+        let name = format!(r#"boxoffice_queue_batch_{part}{{script="{script}"}} "#);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&name)?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (figure("sum"), figure("count"))
+}
+
+/// Runs `requests` (`n` of them, at once) and checks they went through
+/// `script`'s batches in fewer calls than requests. Other tests in this
+/// process join and poll too: the figures only grow, and a call per
+/// request would make them grow alike.
+async fn coalesced<T>(
+    app: &TestApp,
+    script: &str,
+    n: usize,
+    requests: impl std::future::Future<Output = T>,
+) -> T {
+    let before = batch_figures(app, script).await;
+    let out = requests.await;
+    let after = batch_figures(app, script).await;
+    let (sum, count) = (after.0 - before.0, after.1 - before.1);
+    assert!(
+        sum >= n as f64,
+        "every request went through a {script} batch: {sum}"
+    );
+    assert!(
+        count < sum,
+        "{n} concurrent requests took {count} {script} calls for {sum}: none coalesced"
+    );
+    out
 }
 
 #[tokio::test]
 async fn three_hundred_concurrent_joins_and_polls_are_coalesced_and_each_answered_as_if_alone() {
-    const JOIN_SUM: &str = r#"boxoffice_queue_batch_sum{script="join_queue"}"#;
-    const JOIN_COUNT: &str = r#"boxoffice_queue_batch_count{script="join_queue"}"#;
-    const STATUS_SUM: &str = r#"boxoffice_queue_batch_sum{script="queue_status"}"#;
-    const STATUS_COUNT: &str = r#"boxoffice_queue_batch_count{script="queue_status"}"#;
     let app = spawn_app().await;
     app.simple_event("e1", json!({"admit_per_second": 5, "max_active": 5, "active_ttl_seconds": 60, "idle_timeout_seconds": 600, "paused": true}), 10, 60, 4).await;
     let users: Vec<String> = (0..300).map(|i| format!("u{i}")).collect();
-    let (sum, count) = (metric(&app, JOIN_SUM).await, metric(&app, JOIN_COUNT).await);
-    let joins = join_all(users.iter().map(|u| app.join("e1", u))).await;
-    let (sum, count) = (
-        metric(&app, JOIN_SUM).await - sum,
-        metric(&app, JOIN_COUNT).await - count,
-    );
-    // Other tests in this process join and poll too: the figures only
-    // grow, and a call per request would make them grow alike.
-    assert!(sum >= 300.0, "every join went through a batch: {sum}");
-    assert!(
-        count < sum,
-        "300 concurrent joins took {count} calls for {sum} joins: none coalesced"
-    );
+    let joins = coalesced(
+        &app,
+        "join_queue",
+        300,
+        join_all(users.iter().map(|u| app.join("e1", u))),
+    )
+    .await;
     let mut line: Vec<(u64, String)> = joins
         .iter()
         .map(|r| {
@@ -515,11 +535,13 @@ async fn three_hundred_concurrent_joins_and_polls_are_coalesced_and_each_answere
     for (_, token) in line.iter().step_by(10) {
         assert_eq!(app.leave(token).await.status, StatusCode::NO_CONTENT);
     }
-    let (sum, count) = (
-        metric(&app, STATUS_SUM).await,
-        metric(&app, STATUS_COUNT).await,
-    );
-    let polls = join_all(line.iter().map(|(_, t)| app.status(t))).await;
+    let polls = coalesced(
+        &app,
+        "queue_status",
+        300,
+        join_all(line.iter().map(|(_, t)| app.status(t))),
+    )
+    .await;
     let mut expected = 0;
     for (i, r) in polls.iter().enumerate() {
         if i % 10 == 0 {
@@ -532,15 +554,6 @@ async fn three_hundred_concurrent_joins_and_polls_are_coalesced_and_each_answere
         }
     }
     assert_eq!(expected, 270);
-    let (sum, count) = (
-        metric(&app, STATUS_SUM).await - sum,
-        metric(&app, STATUS_COUNT).await - count,
-    );
-    assert!(sum >= 300.0, "every poll went through a batch: {sum}");
-    assert!(
-        count < sum,
-        "300 concurrent polls took {count} calls for {sum} polls: none coalesced"
-    );
     let live = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
     assert_eq!(live.body["live"]["waiting"], 270);
 }
