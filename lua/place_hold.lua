@@ -1,5 +1,10 @@
--- place_hold: hold seats of one schedule for a user, chosen by number or
--- best available. Runs after lib/schedule.lua (prelude).
+-- place_hold: hold seats of one schedule for users, chosen by number or
+-- best available. Runs after lib/schedule.lua (prelude). One call carries
+-- every hold of one schedule that one instance gathered while its
+-- previous call was in flight (src/coalesce.rs); each is decided as if
+-- alone, in the order given, so a seat taken by one hold is unavailable
+-- to the next and a user's second hold counts its first against the
+-- limit.
 --
 -- KEYS[1] cfg       hash: schedule config and the held/sold counters
 -- KEYS[2] seats     hash: seat -> "h:<hold>" | "s:<payment_id>"
@@ -14,28 +19,34 @@
 -- KEYS[11] adm_entry hash: queue, admitted user -> entry
 -- KEYS[12] poll     hash: queue, user -> last activity (ms); written
 -- KEYS[13] ready    string: the event's ready mark (finish_restore.lua)
--- ARGV[1] user id
--- ARGV[2] mode: "seats" | "count"
--- ARGV[3] mode seats: comma-separated seat numbers (non-empty, <= 100,
---         no duplicates); mode count: number of seats (>= 1)
--- ARGV[4] the buyer's queue entry (from the verified token)
+-- ARGV[1] n, the number of holds
+-- ARGV[2+4(i-1)..5+4(i-1)], hold i:
+--         user id;
+--         mode: "seats" | "count";
+--         mode seats: comma-separated seat numbers (non-empty, <= 100,
+--         no duplicates); mode count: number of seats (>= 1);
+--         the buyer's queue entry (from the verified token)
+-- Every argument is checked before the first write: a malformed one
+-- fails the whole call, and only a broken caller sends one.
 --
--- Returns (JSON):
+-- Returns (JSON), for the whole call:
 --   {"status":"restoring"}  the event is not (yet) ready in Redis: missing
 --                           or its sold seats still being restored
 --   {"status":"no_schedule"}
 --   {"status":"cancelled"}  the schedule was cancelled: nothing is sold
+--   {"status":"ok","expired":x,"expired_paying":y,"holds":[hold, ...]}
+--       x, y: the holds this call expired on its way; holds in ARGV
+--       order, each one of
 --   {"status":"not_admitted","position":p}  still waiting in the queue
 --   {"status":"queue_gone"}  the user has no live queue entry
 --   {"status":"invalid","reason":"seat_out_of_range","seats":[..]}
 --   {"status":"invalid","reason":"count_too_large"}
---   {"status":"limit","max_per_user":m,"held":h,"bought":b,"requested":k,
---    "expired":x,"expired_paying":y}
---   {"status":"unavailable","seats":[..],"expired":x,"expired_paying":y}
+--   {"status":"limit","max_per_user":m,"held":h,"bought":b,"requested":k}
+--   {"status":"unavailable","seats":[..]}
 --       mode seats: exactly the requested seats that are taken (sorted);
 --       mode count: [] (fewer free seats than requested)
 --   {"status":"ok","hold":n,"seats":[..],"adjacent":true|false,
---    "deadline":ms,"price":"..","expired":x,"expired_paying":y}
+--    "deadline":ms,"price":".."}
 --
 -- Why a script: "are these seats free and is the user under the limit"
 -- and "take them" must be one step, or two buyers both get a seat; with
@@ -44,8 +55,28 @@
 -- exactly from its hold's deadline on.
 
 local K = sched_keys(1)
-local user, mode, arg = ARGV[1], ARGV[2], ARGV[3]
-if not user or user == '' then return bad_arg('user') end
+local n_holds = tonumber(ARGV[1])
+if not n_holds or n_holds < 1 or n_holds ~= math.floor(n_holds) or #ARGV ~= 1 + 4 * n_holds then
+  return bad_arg('hold count')
+end
+-- Each hold's request, parsed and checked before anything is written.
+local wanted_of, count_of = {}, {}
+for i = 1, n_holds do
+  local at = 4 * (i - 1)
+  local user, mode, arg = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  if not user or user == '' then return bad_arg('user') end
+  if mode == 'seats' then
+    local wanted = parse_seats(arg)
+    if not wanted then return bad_arg('seats') end
+    wanted_of[i], count_of[i] = wanted, #wanted
+  elseif mode == 'count' then
+    local count = num(arg)
+    if not count or count < 1 or count ~= math.floor(count) then return bad_arg('count') end
+    count_of[i] = count
+  else
+    return bad_arg('mode')
+  end
+end
 if restoring(KEYS[13]) then return json({ status = 'restoring' }) end
 
 -- The config this script needs (load_cfg reads and converts more): the
@@ -71,291 +102,294 @@ local function row_size()
   return R
 end
 
-local wanted, count
-if mode == 'seats' then
-  wanted = parse_seats(arg)
-  if not wanted then return bad_arg('seats') end
-  local bad = {}
-  for _, s in ipairs(wanted) do
-    if s > N then bad[#bad + 1] = s end
-  end
-  if #bad > 0 then
-    return json({ status = 'invalid', reason = 'seat_out_of_range', seats = sorted(bad) })
-  end
-  count = #wanted
-elseif mode == 'count' then
-  count = num(arg)
-  if not count or count < 1 or count ~= math.floor(count) then return bad_arg('count') end
-  if count > N then return json({ status = 'invalid', reason = 'count_too_large' }) end
-else
-  return bad_arg('mode')
-end
-
 local now = now_ms()
--- The user must be admitted (checked here rather than in a second round trip).
-local refused = admission(buyer_keys(9), user, ARGV[4], now)
-if refused then return json(refused) end
 local now_s = int(now)
 local expired, expired_paying = expire_due(K, now)
-local function reply(t)
-  t.expired, t.expired_paying = expired, expired_paying
-  return json(t)
-end
+local Q = buyer_keys(9)
+local price_json = jstr(price)
 
-if max_per_user then
-  local h_user = num(redis.call('HGET', K.uheld, user)) or 0
-  local b_user = num(redis.call('HGET', K.ubought, user)) or 0
-  if h_user + b_user + count > max_per_user then
-    return reply({ status = 'limit', max_per_user = max_per_user, held = h_user,
-                   bought = b_user, requested = count })
-  end
-end
-
--- Best available on the bitmap. The map string can be shorter than N+1
--- bits (SETBIT grows it lazily): bits past its end are free. BITPOS with
--- an explicit end clamps to the string, hence the two helpers. The map's
--- length in bits is read once, when a helper first needs it. The helpers
--- are built (a closure each) only when a search needs more than the
--- one-seat path in best_available.
-local maplen
-local function general_search()
-  local R = row_size()
-  local function map_bits()
-    if not maplen then maplen = redis.call('STRLEN', K.map) * 8 end
-    return maplen
+-- Hold i, decided against everything the holds before it in this call
+-- did: its reply as JSON text.
+local function place(i)
+  local at = 4 * (i - 1)
+  local user, entry = ARGV[at + 2], ARGV[at + 5]
+  local wanted, count = wanted_of[i], count_of[i]
+  if wanted then
+    local bad = {}
+    for _, s in ipairs(wanted) do
+      if s > N then bad[#bad + 1] = s end
+    end
+    if #bad > 0 then
+      return json({ status = 'invalid', reason = 'seat_out_of_range', seats = sorted(bad) })
+    end
+  elseif count > N then
+    return json({ status = 'invalid', reason = 'count_too_large' })
   end
 
-  -- Lowest free seat in [from, to], or nil.
-  local function first_free(from, to)
-    if from > to then return nil end
-    local maplen = map_bits()
-    if from >= maplen then return from end
-    local p = redis.call('BITPOS', K.map, 0, from, math.min(to, maplen - 1), 'BIT')
-    if p >= 0 then return p end
-    if to >= maplen then return maplen end
-    return nil
+  -- The user must be admitted (checked here rather than in a second round trip).
+  local refused = admission(Q, user, entry, now)
+  if refused then return json(refused) end
+
+  if max_per_user then
+    local h_user = num(redis.call('HGET', K.uheld, user)) or 0
+    local b_user = num(redis.call('HGET', K.ubought, user)) or 0
+    if h_user + b_user + count > max_per_user then
+      return json({ status = 'limit', max_per_user = max_per_user, held = h_user,
+                    bought = b_user, requested = count })
+    end
   end
 
-  -- Lowest taken seat in [from, to], or nil.
-  local function first_taken(from, to)
-    local maplen = map_bits()
-    if from > to or from >= maplen then return nil end
-    local p = redis.call('BITPOS', K.map, 1, from, math.min(to, maplen - 1), 'BIT')
-    if p >= 0 then return p end
-    return nil
-  end
+  -- Best available on the bitmap. The map string can be shorter than N+1
+  -- bits (SETBIT grows it lazily): bits past its end are free. BITPOS with
+  -- an explicit end clamps to the string, hence the two helpers. The map's
+  -- length in bits is read once, when a helper first needs it. The helpers
+  -- are built (a closure each) only when a search needs more than the
+  -- one-seat path in best_available.
+  local maplen
+  local function general_search()
+    local R = row_size()
+    local function map_bits()
+      if not maplen then maplen = redis.call('STRLEN', K.map) * 8 end
+      return maplen
+    end
 
-  -- Per byte value b (8 seats), for runs of k: lead[b] free seats at its
-  -- start, trail[b] free seats at its end, inner[b] offset of the first k
-  -- free seats in a row inside it (or false). 256 entries, built only when
-  -- scan_run runs. Bit i is the (i % 8)-th most significant bit of byte
-  -- i // 8.
-  local band, bor, rshift = bit.band, bit.bor, bit.rshift
-  local min, sbyte = math.min, string.byte
-  local function byte_tables(k)
-    local lead, trail, inner = {}, {}, {}
-    for b = 0, 255 do
-      local run, first, at = 0, nil, false
+    -- Lowest free seat in [from, to], or nil.
+    local function first_free(from, to)
+      if from > to then return nil end
+      local maplen = map_bits()
+      if from >= maplen then return from end
+      local p = redis.call('BITPOS', K.map, 0, from, math.min(to, maplen - 1), 'BIT')
+      if p >= 0 then return p end
+      if to >= maplen then return maplen end
+      return nil
+    end
+
+    -- Lowest taken seat in [from, to], or nil.
+    local function first_taken(from, to)
+      local maplen = map_bits()
+      if from > to or from >= maplen then return nil end
+      local p = redis.call('BITPOS', K.map, 1, from, math.min(to, maplen - 1), 'BIT')
+      if p >= 0 then return p end
+      return nil
+    end
+
+    -- Per byte value b (8 seats), for runs of k: lead[b] free seats at its
+    -- start, trail[b] free seats at its end, inner[b] offset of the first k
+    -- free seats in a row inside it (or false). 256 entries, built only when
+    -- scan_run runs. Bit i is the (i % 8)-th most significant bit of byte
+    -- i // 8.
+    local band, bor, rshift = bit.band, bit.bor, bit.rshift
+    local min, sbyte = math.min, string.byte
+    local function byte_tables(k)
+      local lead, trail, inner = {}, {}, {}
+      for b = 0, 255 do
+        local run, first, at = 0, nil, false
+        for i = 0, 7 do
+          if band(b, rshift(128, i)) == 0 then
+            run = run + 1
+            if run == k and not at then at = i - k + 1 end
+          else
+            if not first then first = i end
+            run = 0
+          end
+        end
+        lead[b], trail[b], inner[b] = first or 8, run, at
+      end
+      return lead, trail, inner
+    end
+
+    -- Lowest run of k free seats inside one row from seat `from` on (a free
+    -- seat no earlier run can reach), reading the bitmap in Lua: one GETRANGE,
+    -- then one table step per byte. A byte that `from`, a row start or seat N
+    -- cuts is split into segments, the bits outside a segment masked as taken,
+    -- so each segment lies in one row and the tables stay exact.
+    local function scan_run(from, k)
+      local base = math.floor(from / 8)   -- byte index of the string's first byte
+      local bytes = redis.call('GETRANGE', K.map, base, math.floor(N / 8))
+      local lead, trail, inner = byte_tables(k)
+      local before, after = {}, {}        -- masks: bits < i, bits > i
       for i = 0, 7 do
-        if band(b, rshift(128, i)) == 0 then
-          run = run + 1
-          if run == k and not at then at = i - k + 1 end
+        before[i] = 0xFF - rshift(0xFF, i)
+        after[i] = rshift(0xFF, i + 1)
+      end
+      local run, s = 0, from              -- run: free seats just before s, same row
+      local off = (s - 1) % R             -- s's place in its row
+      while s <= N do
+        local lo = s % 8
+        local b0 = s - lo                 -- seat of the byte's first bit
+        local hi = min(7, N - b0, lo + R - off - 1)  -- segment: bits lo..hi
+        local byte = sbyte(bytes, b0 / 8 - base + 1) or 0  -- past the end: free
+        local m = bor(byte, before[lo], after[hi])
+        if off == 0 then run = 0 end
+        -- lo > 0 only at `from` or a row start, where run is 0.
+        if run + lead[m] >= k then return s - run end
+        if inner[m] then return b0 + inner[m] end
+        if m == 0 then run = run + 8 else run = trail[m] end
+        off = off + hi - lo + 1
+        if off >= R then off = 0 end
+        s = b0 + hi + 1
+      end
+      return nil
+    end
+
+    -- Lowest run of k adjacent free seats inside one row. Each probe jumps
+    -- with BITPOS (C speed) over a taken stretch, a free run too short, or
+    -- the rest of a row the run cannot fit in, so cost grows with the number
+    -- of free fragments, not with N: a sold-out-but-a-few map costs a few
+    -- calls. A badly fragmented map would need one Redis call per fragment;
+    -- after PROBES of them the rest is scanned in Lua, bounded by N/8 bytes
+    -- (100000 seats, every other one free, no pair anywhere: ~3 ms).
+    local PROBES = 64
+    local function find_run(k)
+      local pos = first_free(1, N)
+      local probes = 0
+      while pos do
+        probes = probes + 1
+        if probes > PROBES then return scan_run(pos, k) end
+        local row_end = math.min(N, math.ceil(pos / R) * R)
+        if pos + k - 1 > row_end then
+          pos = first_free(row_end + 1, N)
         else
-          if not first then first = i end
-          run = 0
+          local t = first_taken(pos, pos + k - 1)
+          if not t then return pos end
+          pos = first_free(t + 1, N)
         end
       end
-      lead[b], trail[b], inner[b] = first or 8, run, at
+      return nil
     end
-    return lead, trail, inner
-  end
 
-  -- Lowest run of k free seats inside one row from seat `from` on (a free
-  -- seat no earlier run can reach), reading the bitmap in Lua: one GETRANGE,
-  -- then one table step per byte. A byte that `from`, a row start or seat N
-  -- cuts is split into segments, the bits outside a segment masked as taken,
-  -- so each segment lies in one row and the tables stay exact.
-  local function scan_run(from, k)
-    local base = math.floor(from / 8)   -- byte index of the string's first byte
-    local bytes = redis.call('GETRANGE', K.map, base, math.floor(N / 8))
-    local lead, trail, inner = byte_tables(k)
-    local before, after = {}, {}        -- masks: bits < i, bits > i
-    for i = 0, 7 do
-      before[i] = 0xFF - rshift(0xFF, i)
-      after[i] = rshift(0xFF, i + 1)
-    end
-    local run, s = 0, from              -- run: free seats just before s, same row
-    local off = (s - 1) % R             -- s's place in its row
-    while s <= N do
-      local lo = s % 8
-      local b0 = s - lo                 -- seat of the byte's first bit
-      local hi = min(7, N - b0, lo + R - off - 1)  -- segment: bits lo..hi
-      local byte = sbyte(bytes, b0 / 8 - base + 1) or 0  -- past the end: free
-      local m = bor(byte, before[lo], after[hi])
-      if off == 0 then run = 0 end
-      -- lo > 0 only at `from` or a row start, where run is 0.
-      if run + lead[m] >= k then return s - run end
-      if inner[m] then return b0 + inner[m] end
-      if m == 0 then run = run + 8 else run = trail[m] end
-      off = off + hi - lo + 1
-      if off >= R then off = 0 end
-      s = b0 + hi + 1
-    end
-    return nil
-  end
-
-  -- Lowest run of k adjacent free seats inside one row. Each probe jumps
-  -- with BITPOS (C speed) over a taken stretch, a free run too short, or
-  -- the rest of a row the run cannot fit in, so cost grows with the number
-  -- of free fragments, not with N: a sold-out-but-a-few map costs a few
-  -- calls. A badly fragmented map would need one Redis call per fragment;
-  -- after PROBES of them the rest is scanned in Lua, bounded by N/8 bytes
-  -- (100000 seats, every other one free, no pair anywhere: ~3 ms).
-  local PROBES = 64
-  local function find_run(k)
-    local pos = first_free(1, N)
-    local probes = 0
-    while pos do
-      probes = probes + 1
-      if probes > PROBES then return scan_run(pos, k) end
-      local row_end = math.min(N, math.ceil(pos / R) * R)
-      if pos + k - 1 > row_end then
-        pos = first_free(row_end + 1, N)
-      else
-        local t = first_taken(pos, pos + k - 1)
-        if not t then return pos end
-        pos = first_free(t + 1, N)
+    -- `count` seats by the rule above, or nil when fewer are free.
+    return function(k)
+      local start = k <= R and find_run(k) or nil
+      local seats = {}
+      if start then
+        for i = 0, k - 1 do seats[#seats + 1] = start + i end
+        return seats, true
       end
+      -- No run in any row: the k lowest free seats. Not adjacent by
+      -- construction (a run in one row would have been found above).
+      local pos = 0
+      for _ = 1, k do
+        pos = first_free(pos + 1, N)
+        if not pos then return nil end
+        seats[#seats + 1] = pos
+      end
+      return seats, false
     end
-    return nil
   end
 
   -- `count` seats by the rule above, or nil when fewer are free.
-  return function(k)
-    local start = k <= R and find_run(k) or nil
-    local seats = {}
-    if start then
-      for i = 0, k - 1 do seats[#seats + 1] = start + i end
-      return seats, true
+  local general
+  local function best_available(k)
+    if k == 1 then
+      -- The hot path: the lowest free seat in one BITPOS over the whole
+      -- map (bit 0 is always set, so 0 means the map is missing: then the
+      -- general search below). A map of all ones answers the bit past its
+      -- end, which is free if it is a seat.
+      local p = redis.call('BITPOS', K.map, '0')
+      if p >= 1 then
+        if p > N then return nil end
+        return { p }, true
+      end
     end
-    -- No run in any row: the k lowest free seats. Not adjacent by
-    -- construction (a run in one row would have been found above).
-    local pos = 0
-    for _ = 1, k do
-      pos = first_free(pos + 1, N)
-      if not pos then return nil end
-      seats[#seats + 1] = pos
-    end
-    return seats, false
+    general = general or general_search()
+    return general(k)
   end
-end
 
--- `count` seats by the rule above, or nil when fewer are free.
-local general
-local function best_available(k)
-  if k == 1 then
-    -- The hot path: the lowest free seat in one BITPOS over the whole
-    -- map (bit 0 is always set, so 0 means the map is missing: then the
-    -- general search below). A map of all ones answers the bit past its
-    -- end, which is free if it is a seat.
-    local p = redis.call('BITPOS', K.map, '0')
-    if p >= 1 then
-      if p > N then return nil end
-      return { p }, true
-    end
-  end
-  general = general or general_search()
-  return general(k)
-end
-
--- seats: the seats to hold, ids: the same as command arguments, n: the
--- hold number once drawn, claimed: the seats hash already has them.
-local seats, adjacent, ids, n, claimed
-if mode == 'seats' then
-  seats = sorted(wanted)
-  ids = ints(seats)
-  local vals = redis.call('HMGET', K.seats, unpack(ids))
-  local taken = {}
-  for i, s in ipairs(seats) do
-    if vals[i] then taken[#taken + 1] = s end
-  end
-  if #taken > 0 then return reply({ status = 'unavailable', seats = taken }) end
-  if #seats == 1 then
-    adjacent = true
-  else
-    adjacent = is_adjacent({ row_size = row_size() }, seats)
-  end
-else
-  -- The counters are exact, so a sold-out schedule answers in O(1): a
-  -- search for several seats asks them first; one seat is one BITPOS
-  -- either way (over at most N/8 bytes when none is free), cheaper than
-  -- reading them, so it asks only once the map proves stale (below).
-  local function no_room()
-    local c = redis.call('HMGET', K.cfg, 'held', 'sold')
-    return N - (tonumber(c[1]) or 0) - (tonumber(c[2]) or 0) < count
-  end
-  if count > 1 and no_room() then return reply({ status = 'unavailable', seats = {} }) end
-  -- The map only mirrors `seats`; the hash has the last word. A map bit
-  -- wrongly 0 (a map lost or restored apart) must never sell a seat
-  -- twice: repair it and search again. Each round fixes at least one bit.
-  -- One seat (the hot path) is checked and taken in one HSETNX, under a
-  -- hold number drawn first (a round that finds the seat taken leaves
-  -- that number unused).
-  local stale_seen = false
-  while true do
-    seats, adjacent = best_available(count)
-    if not seats then return reply({ status = 'unavailable', seats = {} }) end
+  -- seats: the seats to hold, ids: the same as command arguments, n: the
+  -- hold number once drawn, claimed: the seats hash already has them.
+  local seats, adjacent, ids, n, claimed
+  if wanted then
+    seats = sorted(wanted)
     ids = ints(seats)
-    if count == 1 then
-      n = n or hold_id_of(redis.call('INCR', KEYS[8]))
-      if redis.call('HSETNX', K.seats, ids[1], 'h:' .. n) == 1 then
-        claimed = true
-        break
-      end
-      redis.call('SETBIT', K.map, ids[1], '1')
-      -- A stale map (lost, or restored apart): without the counters a
-      -- sold-out schedule would be repaired bit by bit, N rounds.
-      if not stale_seen and no_room() then return reply({ status = 'unavailable', seats = {} }) end
-      stale_seen = true
-    else
-      local vals = redis.call('HMGET', K.seats, unpack(ids))
-      local stale = false
-      for i, id in ipairs(ids) do
-        if vals[i] then
-          redis.call('SETBIT', K.map, id, '1')
-          stale = true
-        end
-      end
-      if not stale then break end
+    local vals = redis.call('HMGET', K.seats, unpack(ids))
+    local taken = {}
+    for i, s in ipairs(seats) do
+      if vals[i] then taken[#taken + 1] = s end
     end
-    maplen = nil
+    if #taken > 0 then return json({ status = 'unavailable', seats = taken }) end
+    if #seats == 1 then
+      adjacent = true
+    else
+      adjacent = is_adjacent({ row_size = row_size() }, seats)
+    end
+  else
+    -- The counters are exact, so a sold-out schedule answers in O(1): a
+    -- search for several seats asks them first; one seat is one BITPOS
+    -- either way (over at most N/8 bytes when none is free), cheaper than
+    -- reading them, so it asks only once the map proves stale (below).
+    local function no_room()
+      local c = redis.call('HMGET', K.cfg, 'held', 'sold')
+      return N - (tonumber(c[1]) or 0) - (tonumber(c[2]) or 0) < count
+    end
+    if count > 1 and no_room() then return json({ status = 'unavailable', seats = {} }) end
+    -- The map only mirrors `seats`; the hash has the last word. A map bit
+    -- wrongly 0 (a map lost or restored apart) must never sell a seat
+    -- twice: repair it and search again. Each round fixes at least one bit.
+    -- One seat (the hot path) is checked and taken in one HSETNX, under a
+    -- hold number drawn first (a round that finds the seat taken leaves
+    -- that number unused).
+    local stale_seen = false
+    while true do
+      seats, adjacent = best_available(count)
+      if not seats then return json({ status = 'unavailable', seats = {} }) end
+      ids = ints(seats)
+      if count == 1 then
+        n = n or hold_id_of(redis.call('INCR', KEYS[8]))
+        if redis.call('HSETNX', K.seats, ids[1], 'h:' .. n) == 1 then
+          claimed = true
+          break
+        end
+        redis.call('SETBIT', K.map, ids[1], '1')
+        -- A stale map (lost, or restored apart): without the counters a
+        -- sold-out schedule would be repaired bit by bit, N rounds.
+        if not stale_seen and no_room() then return json({ status = 'unavailable', seats = {} }) end
+        stale_seen = true
+      else
+        local vals = redis.call('HMGET', K.seats, unpack(ids))
+        local stale = false
+        for i, id in ipairs(ids) do
+          if vals[i] then
+            redis.call('SETBIT', K.map, id, '1')
+            stale = true
+          end
+        end
+        if not stale then break end
+      end
+      maplen = nil
+    end
   end
+
+  -- All checks passed: the writes.
+  n = n or hold_id_of(redis.call('INCR', KEYS[8]))
+  for _, id in ipairs(ids) do redis.call('SETBIT', K.map, id, '1') end
+  if not claimed then
+    local value, fields = 'h:' .. n, {}
+    for _, id in ipairs(ids) do
+      fields[#fields + 1] = id
+      fields[#fields + 1] = value
+    end
+    redis.call('HSET', K.seats, unpack(fields))
+  end
+  redis.call('HINCRBY', K.cfg, 'held', int(#seats))
+  uheld_add(K, user, #seats)
+  local deadline = now + hold_ms
+  -- The record and the reply are written as JSON strings directly (what
+  -- encode_hold and json would make of the same tables, without building
+  -- and walking them): this is the hot path of a sale.
+  local seat_list = '[' .. table.concat(ids, ',') .. ']'
+  local dl_s = int(deadline)
+  redis.call('HSET', K.holds, n, '{"user":' .. jstr(user) .. ',"seats":' .. seat_list
+    .. ',"deadline":' .. dl_s .. ',"state":"held","held_deadline":' .. dl_s
+    .. ',"created":' .. now_s .. '}')
+  redis.call('ZADD', K.dl, dl_s, n)
+
+  return '{"status":"ok","hold":' .. n .. ',"seats":' .. seat_list .. ',"adjacent":'
+    .. tostring(adjacent) .. ',"deadline":' .. dl_s .. ',"price":' .. price_json .. '}'
 end
 
--- All checks passed: the writes.
-n = n or hold_id_of(redis.call('INCR', KEYS[8]))
-for _, id in ipairs(ids) do redis.call('SETBIT', K.map, id, '1') end
-if not claimed then
-  local value, fields = 'h:' .. n, {}
-  for _, id in ipairs(ids) do
-    fields[#fields + 1] = id
-    fields[#fields + 1] = value
-  end
-  redis.call('HSET', K.seats, unpack(fields))
-end
-redis.call('HINCRBY', K.cfg, 'held', int(#seats))
-uheld_add(K, user, #seats)
-local deadline = now + hold_ms
--- The record and the reply are written as JSON strings directly (what
--- encode_hold and json would make of the same tables, without building
--- and walking them): this is the hot path of a sale.
-local seat_list = '[' .. table.concat(ids, ',') .. ']'
-local dl_s = int(deadline)
-redis.call('HSET', K.holds, n, '{"user":' .. jstr(user) .. ',"seats":' .. seat_list
-  .. ',"deadline":' .. dl_s .. ',"state":"held","held_deadline":' .. dl_s
-  .. ',"created":' .. now_s .. '}')
-redis.call('ZADD', K.dl, dl_s, n)
+local replies = {}
+for i = 1, n_holds do replies[i] = place(i) end
+return '{"status":"ok","expired":' .. int(expired) .. ',"expired_paying":' .. int(expired_paying)
+  .. ',"holds":[' .. table.concat(replies, ',') .. ']}'
 
-return '{"status":"ok","hold":' .. n .. ',"seats":' .. seat_list .. ',"adjacent":'
-  .. tostring(adjacent) .. ',"deadline":' .. dl_s .. ',"price":' .. jstr(price)
-  .. ',"expired":' .. int(expired) .. ',"expired_paying":' .. int(expired_paying) .. '}'

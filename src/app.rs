@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::UserVerifier,
     config::Config,
+    holds::coalesce::Holds,
     http::limit::RateLimits,
-    queue::coalesce::{Coalescer, Joins, Statuses},
+    queue::coalesce::{Joins, Statuses},
     state::AppState,
-    store::{keys::Keys, pg::Pg, redis::Redis},
+    store::{coalesce::Coalescer, keys::Keys, pg::Pg, redis::Redis},
     token::TokenSigner,
 };
 
@@ -68,11 +69,15 @@ impl Application {
         let joins = Arc::new(Coalescer::new(Joins {
             redis: redis.clone(),
         }));
+        let holds = Arc::new(Coalescer::new(Holds {
+            redis: redis.clone(),
+        }));
         let state = AppState::new(crate::state::Parts {
             config: Arc::new(config),
             redis,
             status_polls,
             joins,
+            holds,
             pg,
             confirmations,
             metrics,

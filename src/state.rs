@@ -13,14 +13,15 @@ use crate::{
     catalog::cache::{PublicCatalog, ScheduleIds},
     config::Config,
     fair::Seeds,
+    holds::coalesce::Holds,
     jobs,
     payments::{Confirmations, reconcile},
     queue::{
         autopilot::Autopilot,
-        coalesce::{Coalescer, Joins, Statuses},
+        coalesce::{Joins, Statuses},
         stream::Hub,
     },
-    store::{Stores, pg::Pg, redis::Redis},
+    store::{Stores, coalesce::Coalescer, pg::Pg, redis::Redis},
     token::TokenSigner,
 };
 
@@ -52,9 +53,10 @@ pub struct Parts {
     pub config: Arc<Config>,
     pub redis: Redis,
     /// Status polls and joins, each coalesced into one Redis call per
-    /// event and batch.
+    /// event and batch; holds, per schedule and batch.
     pub status_polls: Arc<Coalescer<Statuses>>,
     pub joins: Arc<Coalescer<Joins>>,
+    pub holds: Arc<Coalescer<Holds>>,
     pub pg: Pg,
     pub metrics: PrometheusHandle,
     pub tokens: Arc<TokenSigner>,

@@ -136,8 +136,8 @@ pub fn register_metrics() {
         "Time of each Redis or PostgreSQL call, a pool's wait included, by dependency"
     );
     describe_histogram!(
-        "boxoffice_queue_batch",
-        "Joins or status polls answered per Redis call, by script (requests of one event that arrived during the previous call are answered together)"
+        "boxoffice_script_batch",
+        "Requests answered per Redis call, by script: joins and status polls of one event, holds of one schedule, that arrived during the previous call are answered together"
     );
     describe_gauge!("boxoffice_queue_waiting", "Entries waiting, per event");
     describe_gauge!(

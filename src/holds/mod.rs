@@ -12,19 +12,21 @@
 //! scripts' typed replies; see `docs/HOLDS.md`.
 
 pub mod check;
+pub mod coalesce;
 mod reply;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, de::IgnoredAny};
 
 use self::reply::{
-    ConfirmReply, Dropped, Freed, HoldReply, HoldView, OperatorReply, Overview, Placed, Released,
-    SeatMapHead, Sold, Swept,
+    ConfirmReply, Dropped, Freed, HoldReply, HoldView, OperatorReply, Overview, PlaceReply,
+    Released, SeatMapHead, Sold, Swept,
 };
 use crate::{
     ids::{EventId, HoldId, PaymentId, ScheduleId, SeatNo, UserId},
     store::{
         StoreError,
+        coalesce::one_each,
         keys::EventKeys,
         redis,
         redis::Redis,
@@ -124,65 +126,101 @@ fn amount(price: Decimal, seats: usize) -> Decimal {
     (price * Decimal::from(seats)).normalize()
 }
 
-/// Places a hold: all seats or none.
+/// One hold to place: the buyer (from its verified queue token) and what
+/// it asks for.
+#[derive(Debug)]
+pub struct HoldAsk {
+    pub buyer: QueueClaims,
+    pub request: HoldRequest,
+}
+
+/// Places holds on one schedule of `event` in one call of `place_hold`,
+/// each all seats or none, decided as if alone in the order given
+/// (callers coalesce them: [`coalesce::Holds`]). One answer per ask, in
+/// order.
 ///
-/// # Errors
-/// Unknown schedule, a seat out of range, the per-user limit, unavailable
-/// seats (named exactly), or Redis unavailable.
+/// Every ask must be of `event` (its token's event): the keys are that
+/// event's, and the script checks each buyer's entry in its queue.
 pub async fn place(
     redis: &Redis,
-    buyer: &QueueClaims,
+    event: &EventId,
     schedule: &ScheduleId,
-    req: &HoldRequest,
-) -> Result<Hold, HoldError> {
-    let (event, user) = (&buyer.event, &buyer.user);
+    asks: &[HoldAsk],
+) -> Vec<Result<Hold, HoldError>> {
+    debug_assert!(asks.iter().all(|a| a.buyer.event == *event));
     let k = redis.keys().event(event);
     let mut keys = k.schedule_keys(schedule);
     keys.push(k.hold_seq());
     keys.extend(k.buyer_keys());
     keys.push(k.ready());
-    let (mode, arg) = match req {
-        HoldRequest::Seats(seats) => (
-            "seats",
-            seats
-                .iter()
-                .map(|s| s.get().to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        HoldRequest::Count(n) => ("count", n.to_string()),
-    };
+    let mut args = Vec::with_capacity(1 + 4 * asks.len());
+    args.push(asks.len().to_string());
+    for ask in asks {
+        let (mode, arg) = match &ask.request {
+            HoldRequest::Seats(seats) => (
+                "seats",
+                seats
+                    .iter()
+                    .map(|s| s.get().to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            HoldRequest::Count(n) => ("count", n.to_string()),
+        };
+        args.extend([
+            ask.buyer.user.to_string(),
+            mode.into(),
+            arg,
+            ask.buyer.entry.to_string(),
+        ]);
+    }
     let reply = redis
-        .eval_json::<Swept<HoldReply<Placed>>>(
-            &redis::PLACE_HOLD,
-            keys,
-            vec![user.to_string(), mode.into(), arg, buyer.entry.to_string()],
-        )
+        .eval_json::<Swept<PlaceReply>>(&redis::PLACE_HOLD, keys, args)
         .await;
-    let outcome = match reply {
-        Ok(r) => r.counted().into_result().map(|p| Hold {
-            id: HoldId {
-                event: event.clone(),
-                schedule: schedule.clone(),
-                n: p.hold,
-            },
-            amount: amount(p.price, p.seats.len()),
-            adjacent: p.adjacent,
-            expires_at_ms: p.deadline,
-            seats: p.seats,
-            state: HoldState::Held,
-        }),
-        Err(e) => Err(e.into()),
+    let every = |e: &dyn Fn() -> HoldError| count_outcomes(asks.iter().map(|_| Err(e())).collect());
+    let placements = match reply.map(Swept::counted) {
+        Ok(PlaceReply::Ok { holds }) => holds,
+        Ok(PlaceReply::NoSchedule) => return every(&|| HoldError::NoSchedule),
+        Ok(PlaceReply::Restoring) => return every(&|| HoldError::Restoring),
+        Ok(PlaceReply::Cancelled) => return every(&|| HoldError::Cancelled),
+        Err(e) => return every(&|| e.duplicate().into()),
     };
-    let label = match &outcome {
-        Ok(_) => "placed",
-        Err(HoldError::Unavailable(_)) => "conflict",
-        Err(HoldError::Limit { .. }) => "limit",
-        Err(HoldError::Store(_)) => "error",
-        Err(_) => "invalid",
-    };
-    metrics::counter!("boxoffice_holds_total", "outcome" => label).increment(1);
-    outcome
+    if let Err(e) = one_each(&redis::PLACE_HOLD, placements.len(), asks.len()) {
+        return every(&|| e.duplicate().into());
+    }
+    let outcomes = placements
+        .into_iter()
+        .map(|p| {
+            p.into_result().map(|p| Hold {
+                id: HoldId {
+                    event: event.clone(),
+                    schedule: schedule.clone(),
+                    n: p.hold,
+                },
+                amount: amount(p.price, p.seats.len()),
+                adjacent: p.adjacent,
+                expires_at_ms: p.deadline,
+                seats: p.seats,
+                state: HoldState::Held,
+            })
+        })
+        .collect();
+    count_outcomes(outcomes)
+}
+
+/// Counts each hold's outcome (`boxoffice_holds_total`).
+fn count_outcomes(outcomes: Vec<Result<Hold, HoldError>>) -> Vec<Result<Hold, HoldError>> {
+    for outcome in &outcomes {
+        let label = match outcome {
+            Ok(_) => "placed",
+            Err(HoldError::Unavailable(_)) => "conflict",
+            Err(HoldError::Limit { .. }) => "limit",
+            Err(HoldError::Store(_)) => "error",
+            Err(_) => "invalid",
+        };
+        metrics::counter!("boxoffice_holds_total", "outcome" => label).increment(1);
+    }
+    outcomes
 }
 
 /// The keys of a script acting on one hold for its owner: the schedule,

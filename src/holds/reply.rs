@@ -151,7 +151,18 @@ pub(super) enum ConfirmReply {
     },
 }
 
-/// `place_hold`'s answer.
+/// `place_hold`'s reply: each hold's answer, in the order asked, or a
+/// refusal of the whole call.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub(super) enum PlaceReply {
+    Ok { holds: Vec<HoldReply<Placed>> },
+    NoSchedule,
+    Restoring,
+    Cancelled,
+}
+
+/// One hold's answer in `place_hold`'s reply.
 #[derive(Debug, Deserialize)]
 pub(super) struct Placed {
     pub hold: u64,
@@ -256,6 +267,37 @@ mod tests {
             r#"{"status":"ok","seats":[1],"deadline":5,"state":"paying","price":"1","adjacent":true}"#,
         );
         assert_eq!(view.into_result().unwrap().state, HoldState::Paying);
+    }
+
+    #[test]
+    fn a_batch_of_holds_decodes_each_answer_and_counts_expiry_once() {
+        let raw = br#"{"status":"ok","expired":2,"expired_paying":1,"holds":[
+            {"status":"ok","hold":7,"seats":[3],"adjacent":true,"deadline":99,"price":"5"},
+            {"status":"unavailable","seats":[3]},
+            {"status":"queue_gone"}]}"#;
+        let swept = decode_reply::<Swept<PlaceReply>>(&redis::PLACE_HOLD, raw).unwrap();
+        assert_eq!(swept.expired(), 2);
+        let PlaceReply::Ok { holds } = swept.counted() else {
+            panic!("a batch")
+        };
+        let outcomes: Vec<_> = holds.into_iter().map(HoldReply::into_result).collect();
+        assert_eq!(outcomes[0].as_ref().unwrap().seats, vec![3]);
+        assert!(matches!(&outcomes[1], Err(HoldError::Unavailable(s)) if *s == [3]));
+        assert!(matches!(outcomes[2], Err(HoldError::QueueGone)));
+        for (raw, whole) in [
+            (&br#"{"status":"restoring"}"#[..], "restoring"),
+            (br#"{"status":"cancelled"}"#, "cancelled"),
+            (br#"{"status":"no_schedule"}"#, "no_schedule"),
+        ] {
+            let reply = decode_reply::<Swept<PlaceReply>>(&redis::PLACE_HOLD, raw).unwrap();
+            let ok = matches!(
+                (reply.counted(), whole),
+                (PlaceReply::Restoring, "restoring")
+                    | (PlaceReply::Cancelled, "cancelled")
+                    | (PlaceReply::NoSchedule, "no_schedule")
+            );
+            assert!(ok, "{whole}");
+        }
     }
 
     #[test]

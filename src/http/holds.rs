@@ -317,8 +317,12 @@ pub async fn place(
     QueueToken(buyer): QueueToken,
     ApiJson(body): ApiJson<HoldBody>,
 ) -> ApiResult<impl IntoResponse> {
-    let (schedule, req) = body.parse()?;
-    let hold = holds::place(&state.redis, &buyer, &schedule, &req).await?;
+    let (schedule, request) = body.parse()?;
+    let key = (buyer.event.clone(), schedule);
+    let hold = state
+        .holds
+        .ask(&key, holds::HoldAsk { buyer, request })
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(HoldResponse::from(hold))))
 }
 

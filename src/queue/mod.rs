@@ -25,7 +25,7 @@ use self::reply::{EntriesReply, FiguresReply, JoinAnswer, JoinReply, LeaveReply}
 use crate::{
     fair::challenge::Proven,
     ids::{EventId, ScheduleId},
-    store::{StoreError, redis, redis::Redis},
+    store::{StoreError, coalesce::one_each, redis, redis::Redis},
     token::QueueClaims,
 };
 
@@ -206,19 +206,6 @@ pub async fn joins(
         .collect()
 }
 
-/// A batched script answers each request it was given, in order; any
-/// other count is a bug, answered as such for the whole call rather than
-/// pairing answers with the wrong requests or dropping some.
-fn one_each(script: &redis::Script, answered: usize, asked: usize) -> Result<(), StoreError> {
-    if answered == asked {
-        return Ok(());
-    }
-    Err(StoreError::internal(
-        crate::store::Dependency::Redis,
-        anyhow::anyhow!("{} answered {answered} of {asked} requests", script.name),
-    ))
-}
-
 fn entry_args(claims: &QueueClaims) -> Vec<String> {
     vec![claims.entry.to_string(), claims.user.to_string()]
 }
@@ -373,24 +360,5 @@ pub async fn figures(redis: &Redis, event: &EventId) -> Result<Figures, QueueErr
     match redis.eval_json(&redis::QUEUE_FIGURES, keys, vec![]).await? {
         FiguresReply::Ok(f) => Ok(f),
         FiguresReply::NoEvent => Err(QueueError::NoEvent),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_batched_reply_answers_each_request_or_the_call_fails() {
-        assert!(one_each(&redis::QUEUE_STATUS, 3, 3).is_ok());
-        for (answered, asked) in [(2, 3), (4, 3), (0, 1)] {
-            let e = one_each(&redis::JOIN_QUEUE, answered, asked).unwrap_err();
-            assert!(matches!(e, StoreError::Internal { .. }), "{e}");
-            assert!(
-                e.to_string()
-                    .contains(&format!("join_queue answered {answered} of {asked}")),
-                "{e}"
-            );
-        }
     }
 }

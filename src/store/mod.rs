@@ -9,6 +9,7 @@
 
 pub mod breaker;
 pub mod cluster;
+pub mod coalesce;
 pub mod guard;
 pub mod keys;
 pub mod pg;

@@ -919,3 +919,41 @@ impl TestApp {
         tokio::time::sleep(self.state.config.reconcile_interval).await;
     }
 }
+
+/// `boxoffice_script_batch`'s sum (requests) and count (calls) for one
+/// script: 0 before its first batch.
+pub async fn batch_figures(app: &TestApp, script: &str) -> (f64, f64) {
+    let text = app.get("/metrics").await.text;
+    let figure = |part: &str| {
+        let name = format!(r#"boxoffice_script_batch_{part}{{script="{script}"}} "#);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&name)?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (figure("sum"), figure("count"))
+}
+
+/// Runs `requests` (`n` of them, at once) and checks they went through
+/// `script`'s batches in fewer calls than requests. Other tests in this
+/// process make these calls too: the figures only grow, and a call per
+/// request would make them grow alike.
+pub async fn coalesced<T>(
+    app: &TestApp,
+    script: &str,
+    n: usize,
+    requests: impl std::future::Future<Output = T>,
+) -> T {
+    let before = batch_figures(app, script).await;
+    let out = requests.await;
+    let after = batch_figures(app, script).await;
+    let (sum, count) = (after.0 - before.0, after.1 - before.1);
+    assert!(
+        sum >= n as f64,
+        "every request went through a {script} batch: {sum}"
+    );
+    assert!(
+        count < sum,
+        "{n} concurrent requests took {count} {script} calls for {sum}: none coalesced"
+    );
+    out
+}

@@ -508,3 +508,73 @@ async fn a_sold_out_schedule_whose_map_is_lost_refuses_one_seat_without_walking_
         "{repaired} map bits repaired for one refusal"
     );
 }
+
+#[tokio::test]
+async fn three_hundred_concurrent_holds_are_coalesced_and_each_decided_as_if_alone() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 1_000, 300, 4).await;
+    let tokens = app.admitted_users("e1", 150).await;
+    let (limited, hot) = tokens.split_at(100);
+    // 100 users each ask for 2, 2 and 1 seats at once (limit 4): whatever
+    // the order, exactly two of a user's three holds fit. 50 more users
+    // race for seat 1,000.
+    let mut asks: Vec<(usize, Value)> = Vec::new();
+    for (u, _) in limited.iter().enumerate() {
+        for count in [2, 2, 1] {
+            asks.push((u, json!({"schedule_id": "d1", "count": count})));
+        }
+    }
+    for u in 0..hot.len() {
+        asks.push((100 + u, json!({"schedule_id": "d1", "seats": [1000]})));
+    }
+    let results = coalesced(
+        &app,
+        "place_hold",
+        asks.len(),
+        join_all(
+            asks.iter()
+                .map(|(u, body)| app.hold(&tokens[*u], body.clone())),
+        ),
+    )
+    .await;
+
+    let mut granted: BTreeSet<u64> = BTreeSet::new();
+    let mut per_user = vec![(0, 0); tokens.len()];
+    for ((u, _), r) in asks.iter().zip(&results) {
+        if r.status == StatusCode::CREATED {
+            for s in seats_of(r) {
+                assert!(granted.insert(s), "seat {s} is in two holds");
+            }
+            per_user[*u].0 += 1;
+            per_user[*u].1 += seats_of(r).len();
+        } else if *u < 100 {
+            r.assert_problem(409, "hold_limit_exceeded");
+            let held = r.body["held"].as_u64().unwrap();
+            assert!(
+                held >= 3,
+                "the limit counted the user's earlier holds: {held}"
+            );
+        } else {
+            r.assert_problem(409, "seats_unavailable");
+            assert_eq!(r.body["unavailable_seats"], json!([1000]));
+        }
+    }
+    for (u, (holds, seats)) in per_user[..100].iter().enumerate() {
+        assert_eq!(*holds, 2, "user {u}: exactly two of three holds fit");
+        assert!((3..=4).contains(seats), "user {u} holds {seats} seats");
+    }
+    let hot_winners = per_user[100..].iter().filter(|(h, _)| *h == 1).count();
+    assert_eq!(hot_winners, 1, "exactly one winner of seat 1000");
+    let held: BTreeSet<u64> = app
+        .seat_statuses(&tokens[0], "e1")
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "held")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        held, granted,
+        "the seat map is the union of the granted holds"
+    );
+    app.assert_script_invariants().await;
+}

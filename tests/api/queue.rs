@@ -465,44 +465,6 @@ async fn the_sweep_racing_polls_drops_exactly_the_silent() {
     );
 }
 
-/// `boxoffice_queue_batch`'s sum (requests) and count (calls) for one
-/// script: 0 before its first batch.
-async fn batch_figures(app: &TestApp, script: &str) -> (f64, f64) {
-    let text = app.get("/metrics").await.text;
-    let figure = |part: &str| {
-        let name = format!(r#"boxoffice_queue_batch_{part}{{script="{script}"}} "#);
-        text.lines()
-            .find_map(|l| l.strip_prefix(&name)?.parse().ok())
-            .unwrap_or(0.0)
-    };
-    (figure("sum"), figure("count"))
-}
-
-/// Runs `requests` (`n` of them, at once) and checks they went through
-/// `script`'s batches in fewer calls than requests. Other tests in this
-/// process join and poll too: the figures only grow, and a call per
-/// request would make them grow alike.
-async fn coalesced<T>(
-    app: &TestApp,
-    script: &str,
-    n: usize,
-    requests: impl std::future::Future<Output = T>,
-) -> T {
-    let before = batch_figures(app, script).await;
-    let out = requests.await;
-    let after = batch_figures(app, script).await;
-    let (sum, count) = (after.0 - before.0, after.1 - before.1);
-    assert!(
-        sum >= n as f64,
-        "every request went through a {script} batch: {sum}"
-    );
-    assert!(
-        count < sum,
-        "{n} concurrent requests took {count} {script} calls for {sum}: none coalesced"
-    );
-    out
-}
-
 #[tokio::test]
 async fn three_hundred_concurrent_joins_and_polls_are_coalesced_and_each_answered_as_if_alone() {
     let app = spawn_app().await;

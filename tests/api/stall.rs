@@ -189,7 +189,8 @@ async fn postgres_stalled_pay_answers_503_in_bounded_time_while_queue_and_holds_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_stalled_under_a_burst_of_polls_and_joins_every_one_answers_503_in_bounded_time() {
+async fn redis_stalled_under_a_burst_of_polls_joins_and_holds_every_one_answers_503_in_bounded_time()
+ {
     let proxy = FaultProxy::start(resolve(&redis_url()).await).await;
     let app = spawn_with(
         Settings::new()
@@ -205,10 +206,15 @@ async fn redis_stalled_under_a_burst_of_polls_and_joins_every_one_answers_503_in
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         tokens.push(r.body["token"].as_str().unwrap().to_owned());
     }
+    app.simple_event("e2", json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600}), 20, 300, 4).await;
+    let mut buyers = Vec::new();
+    for i in 0..100 {
+        buyers.push(app.admitted_token("e2", &format!("b{i}")).await);
+    }
 
     proxy.stall();
-    // 100 polls and 100 joins at once against a Redis that hangs: they are
-    // coalesced into a few calls per kind, and the calls behind the first
+    // 100 polls, 100 joins and 100 holds at once against a Redis that
+    // hangs: they are coalesced into a few calls per kind, and the calls behind the first
     // ones would each wait out a call timeout of their own before the
     // breaker opens (two timeouts in all). Every request, however far back
     // in its event's pending list, answers within one call timeout and
@@ -218,10 +224,16 @@ async fn redis_stalled_under_a_burst_of_polls_and_joins_every_one_answers_503_in
     let newcomers: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
     let polls = futures::future::join_all(tokens.iter().map(|tk| timed(app.status(tk))));
     let joins = futures::future::join_all(newcomers.iter().map(|u| timed(app.join("e1", u))));
-    let (polls, joins) = tokio::join!(polls, joins);
+    let holds = futures::future::join_all(
+        buyers
+            .iter()
+            .map(|tk| timed(app.hold(tk, json!({"schedule_id": "d1", "count": 1})))),
+    );
+    let (polls, joins, holds) = tokio::join!(polls, joins, holds);
     let slowest = polls
         .iter()
         .chain(&joins)
+        .chain(&holds)
         .map(|(_, took)| *took)
         .max()
         .unwrap();
@@ -231,7 +243,10 @@ async fn redis_stalled_under_a_burst_of_polls_and_joins_every_one_answers_503_in
     for (r, took) in joins.iter() {
         assert_fast_503("join", r, *took, bound);
     }
-    eprintln!("slowest of 200: {slowest:?}");
+    for (r, took) in holds.iter() {
+        assert_fast_503("hold", r, *took, bound);
+    }
+    eprintln!("slowest of 300: {slowest:?}");
 
     proxy.restore();
     let back = eventually(Duration::from_secs(10), || async {
