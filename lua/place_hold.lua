@@ -105,8 +105,32 @@ end
 local now = now_ms()
 local now_s = int(now)
 local expired, expired_paying = expire_due(K, now)
+-- The queue keys without the heartbeat: admission() would write each
+-- admitted buyer's `seen` field at once; the call writes them together.
 local Q = buyer_keys(9)
+local Q_check = { adm = Q.adm, wait = Q.wait, adm_entry = Q.adm_entry }
 local price_json = jstr(price)
+local deadline_s = int(now + hold_ms)
+
+-- Writes that no later hold of this call reads, made once at the end of
+-- the call: the heartbeats of admitted buyers, the hold records and their
+-- deadlines (all the same: one clock, one hold time), and the schedule's
+-- held counter (no_room() adds held_new to what it reads). Hold numbers
+-- are drawn for the whole call at the first need (one INCRBY of n_holds):
+-- each hold takes at most one, and those left over stay unused, as a
+-- number drawn by a round that found its seat taken always has.
+local seen, records, deadlines = {}, {}, {}
+local held_new = 0
+local next_n, last_n
+local function draw_hold_id()
+  if not next_n then
+    last_n = redis.call('INCRBY', KEYS[8], n_holds)
+    next_n = last_n - n_holds + 1
+  end
+  local n = next_n
+  next_n = n + 1
+  return hold_id_of(n)
+end
 
 -- Hold i, decided against everything the holds before it in this call
 -- did: its reply as JSON text.
@@ -127,8 +151,10 @@ local function place(i)
   end
 
   -- The user must be admitted (checked here rather than in a second round trip).
-  local refused = admission(Q, user, entry, now)
+  local refused = admission(Q_check, user, entry, now)
   if refused then return json(refused) end
+  seen[#seen + 1] = user
+  seen[#seen + 1] = now_s
 
   if max_per_user then
     local h_user = num(redis.call('HGET', K.uheld, user)) or 0
@@ -320,7 +346,7 @@ local function place(i)
     -- reading them, so it asks only once the map proves stale (below).
     local function no_room()
       local c = redis.call('HMGET', K.cfg, 'held', 'sold')
-      return N - (tonumber(c[1]) or 0) - (tonumber(c[2]) or 0) < count
+      return N - (tonumber(c[1]) or 0) - held_new - (tonumber(c[2]) or 0) < count
     end
     if count > 1 and no_room() then return json({ status = 'unavailable', seats = {} }) end
     -- The map only mirrors `seats`; the hash has the last word. A map bit
@@ -335,7 +361,7 @@ local function place(i)
       if not seats then return json({ status = 'unavailable', seats = {} }) end
       ids = ints(seats)
       if count == 1 then
-        n = n or hold_id_of(redis.call('INCR', KEYS[8]))
+        n = n or draw_hold_id()
         if redis.call('HSETNX', K.seats, ids[1], 'h:' .. n) == 1 then
           claimed = true
           break
@@ -361,7 +387,7 @@ local function place(i)
   end
 
   -- All checks passed: the writes.
-  n = n or hold_id_of(redis.call('INCR', KEYS[8]))
+  n = n or draw_hold_id()
   for _, id in ipairs(ids) do redis.call('SETBIT', K.map, id, '1') end
   if not claimed then
     local value, fields = 'h:' .. n, {}
@@ -371,25 +397,31 @@ local function place(i)
     end
     redis.call('HSET', K.seats, unpack(fields))
   end
-  redis.call('HINCRBY', K.cfg, 'held', int(#seats))
+  held_new = held_new + #seats
   uheld_add(K, user, #seats)
-  local deadline = now + hold_ms
   -- The record and the reply are written as JSON strings directly (what
   -- encode_hold and json would make of the same tables, without building
   -- and walking them): this is the hot path of a sale.
   local seat_list = '[' .. table.concat(ids, ',') .. ']'
-  local dl_s = int(deadline)
-  redis.call('HSET', K.holds, n, '{"user":' .. jstr(user) .. ',"seats":' .. seat_list
-    .. ',"deadline":' .. dl_s .. ',"state":"held","held_deadline":' .. dl_s
-    .. ',"created":' .. now_s .. '}')
-  redis.call('ZADD', K.dl, dl_s, n)
+  records[#records + 1] = n
+  records[#records + 1] = '{"user":' .. jstr(user) .. ',"seats":' .. seat_list
+    .. ',"deadline":' .. deadline_s .. ',"state":"held","held_deadline":' .. deadline_s
+    .. ',"created":' .. now_s .. '}'
+  deadlines[#deadlines + 1] = deadline_s
+  deadlines[#deadlines + 1] = n
 
   return '{"status":"ok","hold":' .. n .. ',"seats":' .. seat_list .. ',"adjacent":'
-    .. tostring(adjacent) .. ',"deadline":' .. dl_s .. ',"price":' .. price_json .. '}'
+    .. tostring(adjacent) .. ',"deadline":' .. deadline_s .. ',"price":' .. price_json .. '}'
 end
 
 local replies = {}
 for i = 1, n_holds do replies[i] = place(i) end
+if #seen > 0 then redis.call('HSET', Q.seen, unpack(seen)) end
+if #records > 0 then
+  redis.call('HSET', K.holds, unpack(records))
+  redis.call('ZADD', K.dl, unpack(deadlines))
+  redis.call('HINCRBY', K.cfg, 'held', int(held_new))
+end
 return '{"status":"ok","expired":' .. int(expired) .. ',"expired_paying":' .. int(expired_paying)
   .. ',"holds":[' .. table.concat(replies, ',') .. ']}'
 

@@ -578,3 +578,45 @@ async fn three_hundred_concurrent_holds_are_coalesced_and_each_decided_as_if_alo
     );
     app.assert_script_invariants().await;
 }
+
+#[tokio::test]
+async fn a_schedule_sold_out_by_concurrent_holds_holds_exactly_its_seats() {
+    let app = spawn_app().await;
+    // 11 seats, 60 buyers asking for 2 or 1 at once: the holds of one call
+    // count each other's seats (the held counter is written once per call).
+    app.simple_event("e1", open_queue(), 11, 300, 4).await;
+    let tokens = app.admitted_users("e1", 60).await;
+    let results = coalesced(
+        &app,
+        "place_hold",
+        60,
+        join_all(
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| app.hold(t, json!({"schedule_id": "d1", "count": 1 + i % 2}))),
+        ),
+    )
+    .await;
+    let mut granted: BTreeSet<u64> = BTreeSet::new();
+    for r in &results {
+        if r.status == StatusCode::CREATED {
+            for s in seats_of(r) {
+                assert!(granted.insert(s), "seat {s} is in two holds");
+            }
+        } else {
+            r.assert_problem(409, "seats_unavailable");
+        }
+    }
+    // Only a last single seat can be left when every pair asks 2.
+    assert!(granted.len() >= 10, "held {granted:?}");
+    let figures = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    let schedule = &figures.body["schedules"][0];
+    assert_eq!(
+        (schedule["held"].as_u64(), schedule["available"].as_u64()),
+        (Some(granted.len() as u64), Some(11 - granted.len() as u64)),
+        "{}",
+        figures.text
+    );
+    app.assert_script_invariants().await;
+}
