@@ -310,15 +310,27 @@ stop_queue_lane() {
     bench_stop "$QUEUE_PID"
     QUEUE_PID=""
 }
+# The service's coalesced batches (boxoffice_script_batch, sum and count
+# per script) after scenario $1: the report takes each scenario's requests
+# per Redis call from the difference to the previous scrape.
+batches() { # SCENARIO
+    { curl -fsS --max-time 10 "http://127.0.0.1:$MPORT/metrics" || echo "bench: /metrics scrape failed" >&2; } |
+        grep '^boxoffice_script_batch_\(sum\|count\)' >"$LOADTEST_REPORT_DIR/batches-$1.txt" || true
+}
 for ((RUN = 1; RUN <= RUNS; RUN++)); do
     export LOADTEST_REPORT_DIR="$OUT/run$RUN"
     mkdir -p "$LOADTEST_REPORT_DIR"
     note "# pass $RUN of $RUNS (LOADTEST_REPORT_DIR=${LOADTEST_REPORT_DIR#"$ROOT"/})"
     lt ceiling --host "$CHOST" "${STEADY[@]}"
+    batches start
     lt status --host "$HOST" "${STEADY[@]}"
+    batches status
     lt join --host "$HOST" "${STEADY[@]}"
+    batches join
     lt holds --host "$HOST" "${STEADY[@]}"
+    batches holds
     lt hot-seat --host "$HOST" "${STEADY[@]}"
+    batches hot-seat
     LT_ENV="LOADTEST_PAY_STOCK=$PAY_STOCK " LOADTEST_PAY_STOCK="$PAY_STOCK" lt pay --host "$HOST" "${STEADY[@]}"
     lt payment --host "$HOST" "${STEADY[@]}"
     LT_ENV="LOADTEST_WAITING=$WAITING " LOADTEST_WAITING="$WAITING" lt poll-storm --host "$HOST" "${STEADY[@]}"

@@ -22,6 +22,11 @@
 #    and writes them to $HOLD_BENCH_OUT (key=value lines);
 # 5. stops what it started and drops its database, also on failure.
 #
+# The real script is also measured the way the service sends it under
+# load, HOLD_BENCH_BATCH holds a call (8; src/holds/coalesce.rs gathers
+# the holds of one schedule that arrive while its previous call is in
+# flight), reported per hold.
+#
 # Inputs (optional): DATABASE_URL (its server; a fresh database is used),
 # HOLD_BENCH_RUNS (5), HOLD_BENCH_CALLS (40000 per run), HOLD_BENCH_BIN
 # (target/release/boxoffice, else target/debug/boxoffice: the service only
@@ -47,6 +52,9 @@ CLIENTS="${HOLD_BENCH_CLIENTS:-8}"
 # redis-benchmark sends whole pipelines (-P 16) per client: round up so
 # that every request is counted.
 CALLS=$(((CALLS + CLIENTS * 16 - 1) / (CLIENTS * 16) * CLIENTS * 16))
+BATCH="${HOLD_BENCH_BATCH:-8}"
+# The batched run sends CALLS holds in whole pipelines too.
+BATCH_CALLS=$(((CALLS / BATCH + CLIENTS * 16 - 1) / (CLIENTS * 16) * CLIENTS * 16))
 OUTFILE="${HOLD_BENCH_OUT:-}"
 BEFORE="${HOLD_BENCH_BEFORE:-}"
 [[ -z $BEFORE || -f $BEFORE/lib/schedule.lua ]] || { echo "bench_hold_script: HOLD_BENCH_BEFORE=$BEFORE has no lib/schedule.lua" >&2; exit 2; }
@@ -56,7 +64,7 @@ if [[ -z $BX ]]; then
     [[ -x $BX ]] || BX="$ROOT/target/debug/boxoffice"
 fi
 [[ -x $BX ]] || { echo "bench_hold_script: $BX missing (cargo build)" >&2; exit 1; }
-[[ $CALLS -le 99000 ]] || { echo "bench_hold_script: HOLD_BENCH_CALLS must stay below the 100,000 seats" >&2; exit 2; }
+[[ $CALLS -le 99000 && $((BATCH_CALLS * BATCH)) -le 99000 ]] || { echo "bench_hold_script: HOLD_BENCH_CALLS must stay below the 100,000 seats" >&2; exit 2; }
 REDIS_URL="redis://127.0.0.1" bench_local_only # (its Redis is its own)
 bench_require redis-server redis-cli redis-benchmark psql curl
 
@@ -103,6 +111,7 @@ SCHEDULES=""
 for ((i = 1; i <= RUNS; i++)); do
     SCHEDULES+=",{\"schedule_id\":\"b$i\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}"
     SCHEDULES+=",{\"schedule_id\":\"r$i\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}"
+    SCHEDULES+=",{\"schedule_id\":\"q$i\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}"
 done
 curl -fsS -o /dev/null -H "x-api-key: $KEY" -H 'content-type: application/json' "http://127.0.0.1:$HPORT/v1/admin/events" -d "{
   \"event_id\":\"hb\",\"name\":\"place_hold bench\",
@@ -159,16 +168,30 @@ real_run() { # "FCALL fn"|"EVALSHA sha" SCHEDULE [BATCH] -> "rps usec cpu", afte
     local held0 held out
     held0="$(rcli hget "$E:s:$2:cfg" held)"
     # shellcheck disable=SC2046,SC2086
-    out="$(bench "$CALLS" $1 13 $(real_keys "$2") $3 u__rand_int__ count 1 1)"
+    out="$(bench "$CALLS" $1 13 $(real_keys "$2") ${3:-} u__rand_int__ count 1 1)"
     held="$(rcli hget "$E:s:$2:cfg" held)"
     [[ $((held - ${held0:-0})) -eq $CALLS ]] ||
         { echo "bench_hold_script: schedule $2 got $((held - ${held0:-0})) holds for $CALLS calls" >&2; return 1; }
     echo "$out"
 }
+# BATCH holds a call, each of a random user: -> "holds/s usec_per_hold cpu_usec_per_hold".
+BATCH_ARGS=""
+for ((j = 0; j < BATCH; j++)); do BATCH_ARGS+=" u__rand_int__ count 1 1"; done
+batch_run() { # SCHEDULE
+    local held0 held out
+    held0="$(rcli hget "$E:s:$1:cfg" held)"
+    # shellcheck disable=SC2046,SC2086
+    out="$(bench "$BATCH_CALLS" $REAL 13 $(real_keys "$1") "$BATCH" $BATCH_ARGS)"
+    held="$(rcli hget "$E:s:$1:cfg" held)"
+    [[ $((held - ${held0:-0})) -eq $((BATCH_CALLS * BATCH)) ]] ||
+        { echo "bench_hold_script: schedule $1 got $((held - ${held0:-0})) holds for $((BATCH_CALLS * BATCH))" >&2; return 1; }
+    echo "$out" | awk -v b="$BATCH" '{printf "%.0f %.2f %.2f\n", $1 * b, $2 / b, $3 / b}'
+}
 echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $CALLS -r $USERS --csv $REAL 13 <keys of schedule rI> 1 u__rand_int__ count 1 1"
+echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $BATCH_CALLS -r $USERS --csv $REAL 13 <keys of schedule qI> $BATCH$BATCH_ARGS"
 echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $MINI_CALLS -r $USERS --csv $MINI_F 2 <seats key fI> <seq key> u__rand_int__"
 echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $MINI_CALLS -r $USERS --csv $MINI_E 2 <seats key mI> <seq key> u__rand_int__"
-: >"$WORK/real" && : >"$WORK/mini" && : >"$WORK/mini_f"
+: >"$WORK/real" && : >"$WORK/mini" && : >"$WORK/mini_f" && : >"$WORK/batch"
 show() { printf '%s %8.0f/s %6.2f us/call %6.2f us cpu/call' "$1" "$2" "$3" "$4"; }
 : >"$WORK/before"
 for ((i = 1; i <= RUNS; i++)); do
@@ -179,12 +202,13 @@ for ((i = 1; i <= RUNS; i++)); do
     fi
     real_run "$REAL" "r$i" 1 >>"$WORK/real"
     rcli info commandstats | tr -d '\r' | grep '^cmdstat_' >"$WORK/stats.real"
+    batch_run "q$i" >>"$WORK/batch"
     # shellcheck disable=SC2086
     bench "$MINI_CALLS" $MINI_F 2 "$E:f$i:seats" "$E:f:seq" u__rand_int__ >>"$WORK/mini_f"
     # shellcheck disable=SC2086
     bench "$MINI_CALLS" $MINI_E 2 "$E:m$i:seats" "$E:m:seq" u__rand_int__ >>"$WORK/mini"
     # shellcheck disable=SC2046
-    echo "$line $(show place_hold $(tail -n 1 "$WORK/real")) | $(show minimal_fcall $(tail -n 1 "$WORK/mini_f")) | $(show minimal_evalsha $(tail -n 1 "$WORK/mini"))"
+    echo "$line $(show place_hold $(tail -n 1 "$WORK/real")) | $(show "place_hold, $BATCH a call, per hold:" $(tail -n 1 "$WORK/batch")) | $(show minimal_fcall $(tail -n 1 "$WORK/mini_f")) | $(show minimal_evalsha $(tail -n 1 "$WORK/mini"))"
 done
 median() { # FILE COLUMN
     sort -g -k"$2","$2" "$1" | awk -v c="$2" '{v[NR] = $c} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
@@ -198,7 +222,9 @@ figures() { # NAME FILE MINI-FILE -> key=value lines: medians and ratios to the 
 RESULT="runs=$RUNS
 calls_per_run=$CALLS
 minimal_calls_per_run=$MINI_CALLS
-$(figures place_hold "$WORK/real" "$WORK/mini_f")"
+$(figures place_hold "$WORK/real" "$WORK/mini_f")
+batch=$BATCH
+$(figures place_hold_batch "$WORK/batch" "$WORK/mini_f")"
 [[ -z $BEFORE ]] || RESULT+="
 $(figures before "$WORK/before" "$WORK/mini")"
 minimal_figures() { # NAME FILE -> key=value lines: medians

@@ -554,6 +554,7 @@ def overview_section(b, rows):
                     f"- place_hold in redis-benchmark, {label}: {fmt_rate(rb['rps'])}/s; "
                     f"the HTTP endpoint reaches **{fmt_ratio(hold['rps'] / rb['rps'])}** of it."
                 )
+    L += batch_lines(b.d)
     L += ["", "![throughput and p99 per scenario](bench/throughput.svg)", ""]
     return L
 
@@ -845,6 +846,55 @@ def connections_section(d):
     ]
 
 
+# The steady scenarios whose requests the service coalesces, in the order
+# bench.sh runs them (each scrape of boxoffice_script_batch follows one),
+# with the script each one's main request goes to.
+BATCH_SCENARIOS = (("status", "queue_status"), ("join", "join_queue"),
+                   ("holds", "place_hold"), ("hot-seat", "place_hold"))
+
+
+def batch_figures(path):
+    """{(part, script): value} of one batches-*.txt scrape."""
+    out = {}
+    for line in read_text(path).splitlines():
+        m = re.match(r'boxoffice_script_batch_(sum|count)\{script="([a-z_]+)"\} (\S+)', line)
+        if m:
+            out[(m.group(1), m.group(2))] = float(m.group(3))
+    return out
+
+
+def batch_means(d):
+    """{scenario: [requests per Redis call of each pass]} for the steady
+    scenarios the service coalesces (bench.sh's batches-*.txt)."""
+    means = {name: [] for name, _ in BATCH_SCENARIOS}
+    for r in run_dirs(d):
+        prev = batch_figures(os.path.join(r, "batches-start.txt"))
+        for name, script in BATCH_SCENARIOS:
+            cur = batch_figures(os.path.join(r, f"batches-{name}.txt"))
+            calls = cur.get(("count", script), 0) - prev.get(("count", script), 0)
+            if prev and cur and calls > 0:
+                means[name].append((cur.get(("sum", script), 0) - prev.get(("sum", script), 0)) / calls)
+            prev = cur
+    return {k: v for k, v in means.items() if v}
+
+
+def batch_lines(d):
+    """The summary's line on coalescing: requests per Redis call."""
+    means = batch_means(d)
+    if not means:
+        return []
+    parts = [
+        f"{name} {median(v):.1f}" + spread(v, lambda x: f"{x:.1f}")
+        for name, v in means.items()
+    ]
+    return [
+        "",
+        "Requests per Redis call in those scenarios (each instance coalesces the joins and status polls "
+        "of one event and the holds of one schedule that arrive while its previous call is in flight; "
+        "`boxoffice_script_batch`, median of the passes): " + ", ".join(parts) + ".",
+    ]
+
+
 def hold_script_section(d):
     """place_hold's Redis cost next to a minimal hold script, same run
     (scripts/bench_hold_script.sh, figures in hold_script.txt)."""
@@ -874,6 +924,13 @@ def hold_script_section(d):
         f"| place_hold now | `FCALL` | {fmt_rate(f['place_hold_per_s'])} | {f['place_hold_usec_per_call']:.2f} "
         f"| {f['place_hold_cpu_usec_per_call']:.2f} | {f['place_hold_ratio_cpu']:.2f}× |",
     ]
+    if "place_hold_batch_ratio_cpu" in f:
+        L.append(
+            f"| place_hold now, {int(f['batch'])} holds a call (as the service sends them under load), "
+            f"per hold | `FCALL` | {fmt_rate(f['place_hold_batch_per_s'])} | "
+            f"{f['place_hold_batch_usec_per_call']:.2f} | {f['place_hold_batch_cpu_usec_per_call']:.2f} | "
+            f"{f['place_hold_batch_ratio_cpu']:.2f}× |"
+        )
     if "before_ratio_cpu" in f:
         L.append(
             f"| place_hold before (`4b85a63`) | `EVALSHA` | {fmt_rate(f['before_per_s'])} | "
@@ -888,6 +945,17 @@ def hold_script_section(d):
             f"costs {100 * absolute:.0f} % of before's Redis CPU per hold. Where the rest goes: "
             "docs/bench/place-hold-17.md.",
         ]
+        if "place_hold_batch_ratio_cpu" in f:
+            brel = f["place_hold_batch_ratio_cpu"] / f["before_ratio_cpu"]
+            L += [
+                "",
+                f"Sent {int(f['batch'])} holds a call, as the service coalesces the holds of one schedule "
+                f"under load (`boxoffice_script_batch{{script=\"place_hold\"}}`), a hold costs "
+                f"**{100 * brel:.0f} %** of before's relative to the minimal script "
+                f"(target ≤ 50 %: {'met' if brel <= 0.5 else '**missed**'}); "
+                f"{100 * f['place_hold_batch_cpu_usec_per_call'] / f['before_cpu_usec_per_call']:.0f} % "
+                "of before's Redis CPU per hold in absolute terms.",
+            ]
     return L + [""]
 
 

@@ -58,6 +58,7 @@ bench_wait_http "http://127.0.0.1:$PORT/readyz" 60 || { tail "$OUT/service.log" 
 
 python3 scripts/cpu_snapshot.py "$SERVICE_PID" >"$OUT/cpu-before.json"
 redis-cli -u "$REDIS_URL" info commandstats >"$OUT/commandstats-before.txt"
+curl -fsS --max-time 10 "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-before.txt" || true
 PERF_PID=""
 if [[ ${PROFILE_PERF:-1} == 1 ]] && command -v perf >/dev/null; then
     # The steady middle of the run: from 4 s in to 2 s before the end.
@@ -71,6 +72,7 @@ LOADTEST_REPORT_DIR="$OUT" BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="
     >"$OUT/loadtest.log" 2>&1 || { tail "$OUT/loadtest.log" >&2; exit 1; }
 python3 scripts/cpu_snapshot.py "$SERVICE_PID" >"$OUT/cpu-after.json"
 redis-cli -u "$REDIS_URL" info commandstats >"$OUT/commandstats-after.txt"
+curl -fsS --max-time 10 "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-after.txt" || true
 [[ -n $PERF_PID ]] && wait "$PERF_PID" 2>/dev/null || true
 
 python3 - "$OUT" "$SCENARIO" <<'PY' | tee "$OUT/profile.txt"
@@ -99,5 +101,21 @@ b, e = stats(f"{out}/commandstats-before.txt"), stats(f"{out}/commandstats-after
 rows = [(k, c - b.get(k, (0, 0))[0], u - b.get(k, (0, 0))[1]) for k, (c, u) in e.items()]
 for k, c, u in sorted((r for r in rows if r[1] > 0), key=lambda r: -r[2])[:6]:
     print(f"redis {k:10} {c:9,} calls {u / c:6.1f} µs per call")
+def batches(path):
+    d = {}
+    try:
+        for line in open(path):
+            m = re.match(r'boxoffice_script_batch_(sum|count)\{script="(\w+)"\} (\S+)', line)
+            if m:
+                d[(m.group(1), m.group(2))] = float(m.group(3))
+    except OSError:
+        pass
+    return d
+b, e = batches(f"{out}/metrics-before.txt"), batches(f"{out}/metrics-after.txt")
+for script in sorted({k[1] for k in e}):
+    calls = e.get(("count", script), 0) - b.get(("count", script), 0)
+    if calls > 0:
+        asked = e.get(("sum", script), 0) - b.get(("sum", script), 0)
+        print(f"coalesced {script:13} {asked:9,.0f} requests in {calls:9,.0f} calls: {asked / calls:5.2f} per call")
 PY
 [[ -f $OUT/perf.data ]] && echo "perf: perf report -i ${OUT#"$ROOT"/}/perf.data --no-children --sort symbol"
