@@ -42,6 +42,21 @@ impl TestApp {
     }
 }
 
+/// The seat map shows held exactly the seats of the granted holds.
+async fn assert_map_holds_exactly(app: &TestApp, token: &str, granted: &BTreeSet<u64>) {
+    let held: BTreeSet<u64> = app
+        .seat_statuses(token, "e1")
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "held")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        &held, granted,
+        "the seat map is the union of the granted holds"
+    );
+}
+
 fn seats_of(r: &Resp) -> Vec<u64> {
     r.body["seats"]
         .as_array()
@@ -118,17 +133,7 @@ async fn overlapping_pairs_never_share_a_seat_and_conflicts_are_named() {
             );
         }
     }
-    let held: BTreeSet<u64> = app
-        .seat_statuses(&tokens[0], "e1")
-        .await
-        .into_iter()
-        .filter(|(_, s)| s == "held")
-        .map(|(n, _)| n)
-        .collect();
-    assert_eq!(
-        held, granted,
-        "the seat map is the union of the granted holds"
-    );
+    assert_map_holds_exactly(&app, &tokens[0], &granted).await;
     app.assert_script_invariants().await;
 }
 
@@ -565,17 +570,7 @@ async fn three_hundred_concurrent_holds_are_coalesced_and_each_decided_as_if_alo
     }
     let hot_winners = per_user[100..].iter().filter(|(h, _)| *h == 1).count();
     assert_eq!(hot_winners, 1, "exactly one winner of seat 1000");
-    let held: BTreeSet<u64> = app
-        .seat_statuses(&tokens[0], "e1")
-        .await
-        .into_iter()
-        .filter(|(_, s)| s == "held")
-        .map(|(n, _)| n)
-        .collect();
-    assert_eq!(
-        held, granted,
-        "the seat map is the union of the granted holds"
-    );
+    assert_map_holds_exactly(&app, &tokens[0], &granted).await;
     app.assert_script_invariants().await;
 }
 
@@ -618,5 +613,6 @@ async fn a_schedule_sold_out_by_concurrent_holds_holds_exactly_its_seats() {
         "{}",
         figures.text
     );
+    assert_map_holds_exactly(&app, &tokens[0], &granted).await;
     app.assert_script_invariants().await;
 }
