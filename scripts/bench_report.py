@@ -1373,7 +1373,8 @@ def interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc="not run", runs=Non
         "are answered by the next one (docs/QUEUE.md) | – |",
         "| join | 1 (`join_queue`) per batch, as for status; plus an HMAC signature per join | – |",
         "| hold | 1 (`place_hold`, which also checks that the buyer is admitted; a heavier script: "
-        "best-available search, per-user limit, expiry) | – |",
+        "best-available search, per-user limit, expiry) per batch: the holds of one schedule that "
+        "arrive during a call go in the next one (docs/HOLDS.md) | – |",
         "| pay | 2: `begin_payment` (with the admitted check), `confirm_sale` | 1 statement (the "
         "whole transaction); the confirmation marks (deletes from `payments_unconfirmed`) are batched "
         "off the answer's path |",

@@ -1,9 +1,10 @@
 //! Seat holds: all-or-nothing, per-user limits, best available, exact
 //! expiry with no background job.
 //!
-//! Where a hold is decided: `lua/place_hold.lua`, one atomic script per
-//! hold over the schedule's keys (all under the event's hash tag, so it
-//! works on Redis Cluster unchanged). No lock is needed: Redis runs one
+//! Where a hold is decided: `lua/place_hold.lua`, one atomic script call
+//! over the schedule's keys (all under the event's hash tag, so it works on
+//! Redis Cluster unchanged) for the holds of that schedule an instance
+//! gathered ([`coalesce`]), each decided as if alone. No lock is needed: Redis runs one
 //! script at a time per shard, so check-then-write inside a script cannot
 //! interleave with another. Every schedule script first expires holds whose
 //! deadline (Redis TIME) has passed (`lua/lib/schedule.lua`), so an expired
