@@ -7,10 +7,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn open_queue() -> Value {
-    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
-}
-
 fn d1() -> boxoffice::ids::ScheduleId {
     boxoffice::ids::ScheduleId::parse("d1").unwrap()
 }

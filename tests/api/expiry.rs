@@ -12,10 +12,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn open_queue() -> Value {
-    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
-}
-
 /// Redis `TIME`, in ms: the one clock deadlines are decided by (read
 /// through the app's own client: one round trip, no process to start).
 async fn redis_now_ms(app: &TestApp) -> i64 {

@@ -560,6 +560,12 @@ where
     false
 }
 
+/// A queue that admits everyone at once and keeps them admitted: for
+/// tests about what admitted buyers do.
+pub fn open_queue() -> Value {
+    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
+}
+
 pub fn queue_defaults() -> Value {
     json!({"admit_per_second": 1000, "max_active": 10000, "active_ttl_seconds": 600, "idle_timeout_seconds": 60})
 }

@@ -11,10 +11,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn open_queue() -> Value {
-    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
-}
-
 impl TestApp {
     pub async fn seat_statuses(&self, token: &str, event: &str) -> Vec<(u64, String)> {
         let r = self

@@ -8,10 +8,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn open_queue() -> Value {
-    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
-}
-
 impl TestApp {
     async fn refund(&self, payment_id: &str, key: Option<&str>) -> Resp {
         let mut headers = vec![("x-api-key", SERVICE_KEY.to_owned())];

@@ -6,13 +6,9 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
-
-fn open_queue() -> Value {
-    json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600})
-}
 
 /// A 503 `dependency_unavailable` with `Retry-After`, in less than `bound`.
 #[track_caller]
@@ -206,7 +202,7 @@ async fn redis_stalled_under_a_burst_of_polls_joins_and_holds_every_one_answers_
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         tokens.push(r.body["token"].as_str().unwrap().to_owned());
     }
-    app.simple_event("e2", json!({"admit_per_second": 100000, "max_active": 100000, "active_ttl_seconds": 600, "idle_timeout_seconds": 600}), 20, 300, 4).await;
+    app.simple_event("e2", open_queue(), 20, 300, 4).await;
     let mut buyers = Vec::new();
     for i in 0..100 {
         buyers.push(app.admitted_token("e2", &format!("b{i}")).await);
