@@ -1,7 +1,7 @@
 -- place_hold: hold seats of one schedule for users, chosen by number or
 -- best available. Runs after lib/schedule.lua (prelude). One call carries
 -- every hold of one schedule that one instance gathered while its
--- previous call was in flight (src/coalesce.rs); each is decided as if
+-- previous call was in flight (src/holds/coalesce.rs); each is decided as if
 -- alone, in the order given, so a seat taken by one hold is unavailable
 -- to the next and a user's second hold counts its first against the
 -- limit.
@@ -121,11 +121,10 @@ local deadline_s = int(now + hold_ms)
 -- number drawn by a round that found its seat taken always has.
 local seen, records, deadlines = {}, {}, {}
 local held_new = 0
-local next_n, last_n
+local next_n
 local function draw_hold_id()
   if not next_n then
-    last_n = redis.call('INCRBY', KEYS[8], n_holds)
-    next_n = last_n - n_holds + 1
+    next_n = redis.call('INCRBY', KEYS[8], n_holds) - n_holds + 1
   end
   local n = next_n
   next_n = n + 1

@@ -36,17 +36,62 @@ use crate::{
     token::QueueClaims,
 };
 
-/// What a client asks to hold.
+/// What a client asks to hold, valid by construction ([`HoldRequest::seats`],
+/// [`HoldRequest::count`]): `place_hold` fails its whole call on a
+/// malformed request, and a call carries other buyers' holds too
+/// ([`coalesce`]), so no malformed one may reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HoldRequest {
-    /// These exact seats (non-empty, distinct).
+pub struct HoldRequest(Ask);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ask {
+    /// These exact seats (1 to [`MAX_SEATS_PER_REQUEST`], distinct).
     Seats(Vec<SeatNo>),
-    /// Best available: this many seats, adjacent in one row when possible.
+    /// Best available: this many seats (1 to [`MAX_SEATS_PER_REQUEST`]),
+    /// adjacent in one row when possible.
     Count(u32),
 }
 
 /// Most seats one request may name or count.
 pub const MAX_SEATS_PER_REQUEST: usize = 100;
+
+impl HoldRequest {
+    /// These exact seats.
+    ///
+    /// # Errors
+    /// None, more than [`MAX_SEATS_PER_REQUEST`], or one listed twice: the
+    /// message says which.
+    pub fn seats(seats: Vec<SeatNo>) -> Result<Self, String> {
+        if seats.is_empty() {
+            return Err("seats must not be empty".into());
+        }
+        if seats.len() > MAX_SEATS_PER_REQUEST {
+            return Err(format!("at most {MAX_SEATS_PER_REQUEST} seats per hold"));
+        }
+        if let Some((_, twice)) = seats
+            .iter()
+            .enumerate()
+            .find(|(i, s)| seats[..*i].contains(s))
+        {
+            return Err(format!("seat {} is listed twice", twice.get()));
+        }
+        Ok(Self(Ask::Seats(seats)))
+    }
+
+    /// The best `n` seats available.
+    ///
+    /// # Errors
+    /// `n` is 0 or more than [`MAX_SEATS_PER_REQUEST`].
+    pub fn count(n: u32) -> Result<Self, String> {
+        if (1..=MAX_SEATS_PER_REQUEST as u32).contains(&n) {
+            Ok(Self(Ask::Count(n)))
+        } else {
+            Err(format!(
+                "count must be an integer from 1 to {MAX_SEATS_PER_REQUEST}"
+            ))
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
@@ -157,8 +202,8 @@ pub async fn place(
     let mut args = Vec::with_capacity(1 + 4 * asks.len());
     args.push(asks.len().to_string());
     for ask in asks {
-        let (mode, arg) = match &ask.request {
-            HoldRequest::Seats(seats) => (
+        let (mode, arg) = match &ask.request.0 {
+            Ask::Seats(seats) => (
                 "seats",
                 seats
                     .iter()
@@ -166,7 +211,7 @@ pub async fn place(
                     .collect::<Vec<_>>()
                     .join(","),
             ),
-            HoldRequest::Count(n) => ("count", n.to_string()),
+            Ask::Count(n) => ("count", n.to_string()),
         };
         args.extend([
             ask.buyer.user.to_string(),
@@ -661,7 +706,8 @@ fn seats_arg(seats: &[i32]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{SeatMap, row_label};
+    use super::{HoldRequest, SeatMap, row_label};
+    use crate::ids::SeatNo;
 
     #[test]
     fn seat_map_reads_bits_in_redis_order() {
@@ -680,6 +726,30 @@ mod tests {
         assert_eq!(map.status(8), "available");
         assert_eq!(map.status(12), "available", "past the bitmap's end");
         assert_eq!(map.sold().collect::<Vec<_>>(), vec![9]);
+    }
+
+    #[test]
+    fn only_a_well_formed_request_can_be_built() {
+        let seat = |n| SeatNo::new(n).unwrap();
+        assert!(HoldRequest::seats(vec![seat(3), seat(1)]).is_ok());
+        assert_eq!(
+            HoldRequest::seats(vec![]).unwrap_err(),
+            "seats must not be empty"
+        );
+        assert_eq!(
+            HoldRequest::seats(vec![seat(2), seat(5), seat(2)]).unwrap_err(),
+            "seat 2 is listed twice"
+        );
+        let many = (1..=101).map(seat).collect();
+        assert!(
+            HoldRequest::seats(many)
+                .unwrap_err()
+                .contains("at most 100")
+        );
+        assert!(HoldRequest::count(1).is_ok() && HoldRequest::count(100).is_ok());
+        for n in [0, 101, u32::MAX] {
+            assert!(HoldRequest::count(n).is_err(), "{n}");
+        }
     }
 
     #[test]

@@ -233,36 +233,26 @@ impl HoldBody {
             (Some(_), Some(_)) => return Err(bad("give either seats or count, not both")),
             (None, None) => return Err(bad("give seats (a list of seat numbers) or count")),
             (Some(list), None) => {
-                if list.is_empty() {
-                    return Err(bad("seats must not be empty"));
-                }
+                // Bounded before anything is converted.
                 if list.len() > MAX_SEATS_PER_REQUEST {
                     return Err(bad("at most 100 seats per hold"));
                 }
-                let mut seats = Vec::with_capacity(list.len());
-                for v in list {
-                    let n = v
-                        .as_i64()
-                        .filter(|_| v.is_i64() || v.is_u64())
-                        .ok_or_else(|| bad("seats must be positive integers"))?;
-                    let seat =
-                        SeatNo::new(n).map_err(|_| bad("seats must be positive integers"))?;
-                    if seats.contains(&seat) {
-                        return Err(ApiError::InvalidRequest(format!(
-                            "seat {n} is listed twice"
-                        )));
-                    }
-                    seats.push(seat);
-                }
-                HoldRequest::Seats(seats)
+                let seats = list
+                    .iter()
+                    .map(|v| {
+                        v.as_i64()
+                            .filter(|_| v.is_i64() || v.is_u64())
+                            .and_then(|n| SeatNo::new(n).ok())
+                            .ok_or_else(|| bad("seats must be positive integers"))
+                    })
+                    .collect::<ApiResult<Vec<_>>>()?;
+                HoldRequest::seats(seats).map_err(ApiError::InvalidRequest)?
             }
-            (None, Some(v)) => {
-                let n = v
-                    .as_i64()
-                    .filter(|n| v.is_i64() && (1..=MAX_SEATS_PER_REQUEST as i64).contains(n))
-                    .ok_or_else(|| bad("count must be an integer from 1 to 100"))?;
-                HoldRequest::Count(n as u32)
-            }
+            (None, Some(v)) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .and_then(|n| HoldRequest::count(n).ok())
+                .ok_or_else(|| bad("count must be an integer from 1 to 100"))?,
         };
         Ok((schedule, req))
     }
