@@ -53,6 +53,13 @@ async fn assert_map_holds_exactly(app: &TestApp, token: &str, granted: &BTreeSet
     );
 }
 
+/// Adds a granted hold's seats to `granted`: none may be there already.
+fn grant(granted: &mut BTreeSet<u64>, hold: &Resp) {
+    for s in seats_of(hold) {
+        assert!(granted.insert(s), "seat {s} is in two holds");
+    }
+}
+
 fn seats_of(r: &Resp) -> Vec<u64> {
     r.body["seats"]
         .as_array()
@@ -102,9 +109,7 @@ async fn overlapping_pairs_never_share_a_seat_and_conflicts_are_named() {
     .await;
     let mut granted: BTreeSet<u64> = BTreeSet::new();
     for r in results.iter().filter(|r| r.status == StatusCode::CREATED) {
-        for s in seats_of(r) {
-            assert!(granted.insert(s), "seat {s} is in two holds");
-        }
+        grant(&mut granted, r);
     }
     assert!(!granted.is_empty());
     for (i, r) in results
@@ -543,9 +548,7 @@ async fn three_hundred_concurrent_holds_are_coalesced_and_each_decided_as_if_alo
     let mut per_user = vec![(0, 0); tokens.len()];
     for ((u, _), r) in asks.iter().zip(&results) {
         if r.status == StatusCode::CREATED {
-            for s in seats_of(r) {
-                assert!(granted.insert(s), "seat {s} is in two holds");
-            }
+            grant(&mut granted, r);
             per_user[*u].0 += 1;
             per_user[*u].1 += seats_of(r).len();
         } else if *u < 100 {
@@ -592,9 +595,7 @@ async fn a_schedule_sold_out_by_concurrent_holds_holds_exactly_its_seats() {
     let mut granted: BTreeSet<u64> = BTreeSet::new();
     for r in &results {
         if r.status == StatusCode::CREATED {
-            for s in seats_of(r) {
-                assert!(granted.insert(s), "seat {s} is in two holds");
-            }
+            grant(&mut granted, r);
         } else {
             r.assert_problem(409, "seats_unavailable");
         }
