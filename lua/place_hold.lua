@@ -1,26 +1,29 @@
--- place_hold: hold seats of one schedule for users, chosen by number or
--- best available. Runs after lib/schedule.lua (prelude). One call carries
--- every hold of one schedule that one instance gathered while its
--- previous call was in flight (src/holds/coalesce.rs); each is decided as if
--- alone, in the order given, so a seat taken by one hold is unavailable
--- to the next and a user's second hold counts its first against the
--- limit.
+-- place_hold: hold seats of an event's schedules for users, chosen by
+-- number or best available. Runs after lib/schedule.lua (prelude). One
+-- call carries every hold of one event that one instance gathered while
+-- its previous call was in flight (src/holds/coalesce.rs), on any of the
+-- event's schedules; each is decided as if alone, in the order given, so
+-- a seat taken by one hold is unavailable to the next and a user's second
+-- hold on a schedule counts its first against that schedule's limit.
 --
--- KEYS[1] cfg       hash: schedule config and the held/sold counters
--- KEYS[2] seats     hash: seat -> "h:<hold>" | "s:<payment_id>"
--- KEYS[3] map       bitmap: bit i = seat i taken
--- KEYS[4] holds     hash: hold -> JSON record
--- KEYS[5] dl        zset: hold -> deadline (ms)
--- KEYS[6] uheld     hash: user -> seats held or paying
--- KEYS[7] ubought   hash: user -> seats bought
--- KEYS[8] hold_seq  counter: hold numbers of the event
--- KEYS[9] adm       zset: queue, admitted user -> deadline (ms)
--- KEYS[10] wait     zset: queue, waiting user -> entry
--- KEYS[11] adm_entry hash: queue, admitted user -> entry
--- KEYS[12] poll     hash: queue, user -> last activity (ms); written
--- KEYS[13] ready    string: the event's ready mark (finish_restore.lua)
+-- KEYS[1] hold_seq  counter: hold numbers of the event
+-- KEYS[2] adm       zset: queue, admitted user -> deadline (ms)
+-- KEYS[3] wait      zset: queue, waiting user -> entry
+-- KEYS[4] adm_entry hash: queue, admitted user -> entry
+-- KEYS[5] poll      hash: queue, user -> last activity (ms); written
+-- KEYS[6] ready     string: the event's ready mark (finish_restore.lua)
+-- KEYS[7+7(j-1)..13+7(j-1)], schedule j >= 1: its 7 keys in
+--         lib/schedule.lua's order:
+--   cfg     hash: schedule config and the held/sold counters
+--   seats   hash: seat -> "h:<hold>" | "s:<payment_id>"
+--   map     bitmap: bit i = seat i taken
+--   holds   hash: hold -> JSON record
+--   dl      zset: hold -> deadline (ms)
+--   uheld   hash: user -> seats held or paying
+--   ubought hash: user -> seats bought
 -- ARGV[1] n, the number of holds
--- ARGV[2+4(i-1)..5+4(i-1)], hold i:
+-- ARGV[2+5(i-1)..6+5(i-1)], hold i:
+--         the schedule's number j in KEYS;
 --         user id;
 --         mode: "seats" | "count";
 --         mode seats: comma-separated seat numbers (non-empty, <= 100,
@@ -32,11 +35,11 @@
 -- Returns (JSON), for the whole call:
 --   {"status":"restoring"}  the event is not (yet) ready in Redis: missing
 --                           or its sold seats still being restored
+--   {"status":"ok","expired":x,"expired_paying":y,"holds":[hold, ...]}
+--       x, y: the holds this call expired on its way (on the schedules
+--       its holds name); holds in ARGV order, each one of
 --   {"status":"no_schedule"}
 --   {"status":"cancelled"}  the schedule was cancelled: nothing is sold
---   {"status":"ok","expired":x,"expired_paying":y,"holds":[hold, ...]}
---       x, y: the holds this call expired on its way; holds in ARGV
---       order, each one of
 --   {"status":"not_admitted","position":p}  still waiting in the queue
 --   {"status":"queue_gone"}  the user has no live queue entry
 --   {"status":"invalid","reason":"seat_out_of_range","seats":[..]}
@@ -54,16 +57,19 @@
 -- hot schedule. Expiry runs in the same step, so a seat is free again
 -- exactly from its hold's deadline on.
 
-local K = sched_keys(1)
+local n_sched = (#KEYS - 6) / 7
+if n_sched < 1 or n_sched ~= math.floor(n_sched) then return bad_arg('keys') end
 local n_holds = tonumber(ARGV[1])
-if not n_holds or n_holds < 1 or n_holds ~= math.floor(n_holds) or #ARGV ~= 1 + 4 * n_holds then
+if not n_holds or n_holds < 1 or n_holds ~= math.floor(n_holds) or #ARGV ~= 1 + 5 * n_holds then
   return bad_arg('hold count')
 end
 -- Each hold's request, parsed and checked before anything is written.
-local wanted_of, count_of = {}, {}
+local sched_of, wanted_of, count_of = {}, {}, {}
 for i = 1, n_holds do
-  local at = 4 * (i - 1)
-  local user, mode, arg = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  local at = 5 * (i - 1)
+  local j, user, mode, arg = num(ARGV[at + 2]), ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
+  if not j or j < 1 or j > n_sched or j ~= math.floor(j) then return bad_arg('schedule') end
+  sched_of[i] = j
   if not user or user == '' then return bad_arg('user') end
   if mode == 'seats' then
     local wanted = parse_seats(arg)
@@ -77,65 +83,91 @@ for i = 1, n_holds do
     return bad_arg('mode')
   end
 end
-if restoring(KEYS[13]) then return json({ status = 'restoring' }) end
-
--- The config this script needs (load_cfg reads and converts more): the
--- hot path of a sale, where every field (~2,300 instructions each in an
--- HMGET) and tonumber shows. The five that only the schedule's loading
--- writes come as one field, decoded once per library (static_cfg); a
--- schedule loaded before that field existed has them read one by one.
-local v = redis.call('HMGET', K.cfg, 'static', 'cancelled')
-local c = static_cfg(v[1])
-if not c then
-  local w = redis.call('HMGET', K.cfg, 'seats', 'price', 'hold_ms', 'max_per_user')
-  if not w[1] then return json({ status = 'no_schedule' }) end
-  c = { seats = num(w[1]), price = w[2], hold_ms = num(w[3]) or 0, max_per_user = num(w[4]) }
-end
-if v[2] == '1' then return json({ status = 'cancelled' }) end
-local N, price, hold_ms, max_per_user = c.seats, c.price, c.hold_ms, c.max_per_user
--- The row size, read when a search or an adjacency check needs it.
-local R = c.row_size
-local function row_size()
-  if not R then
-    R = num(redis.call('HGET', K.cfg, 'row_size')) or N
-  end
-  return R
-end
+if restoring(KEYS[6]) then return json({ status = 'restoring' }) end
 
 local now = now_ms()
 local now_s = int(now)
-local expired, expired_paying = expire_due(K, now)
 -- The queue keys without the heartbeat: admission() would write each
 -- admitted buyer's `seen` field at once; the call writes them together.
-local Q = buyer_keys(9)
+local Q = buyer_keys(2)
 local Q_check = { adm = Q.adm, wait = Q.wait, adm_entry = Q.adm_entry }
-local price_json = jstr(price)
-local deadline_s = int(now + hold_ms)
+local expired, expired_paying = 0, 0
 
 -- Writes that no later hold of this call reads, made once at the end of
--- the call: the heartbeats of admitted buyers, the hold records and their
--- deadlines (all the same: one clock, one hold time), and the schedule's
--- held counter (no_room() adds held_new to what it reads). Hold numbers
--- are drawn for the whole call at the first need (one INCRBY of n_holds):
--- each hold takes at most one, and those left over stay unused, as a
--- number drawn by a round that found its seat taken always has.
-local seen, records, deadlines = {}, {}, {}
-local held_new = 0
+-- the call: the heartbeats of admitted buyers, and per schedule the hold
+-- records and their deadlines (all the same: one clock, one hold time)
+-- and its held counter (no_room() adds held_new to what it reads). Hold
+-- numbers are drawn for the whole call at the first need (one INCRBY of
+-- n_holds): each hold takes at most one, and those left over stay
+-- unused, as a number drawn by a round that found its seat taken always
+-- has.
+local seen = {}
 local next_n
 local function draw_hold_id()
   if not next_n then
-    next_n = redis.call('INCRBY', KEYS[8], n_holds) - n_holds + 1
+    next_n = redis.call('INCRBY', KEYS[1], n_holds) - n_holds + 1
   end
   local n = next_n
   next_n = n + 1
   return hold_id_of(n)
 end
 
+-- Schedule j as this call uses it, read at its first hold: its keys, the
+-- config this script needs (load_cfg reads and converts more), its due
+-- holds expired, and the writes deferred to the end of the call; or
+-- `refused`, the answer of each of its holds (no schedule, cancelled).
+-- The config is the hot path of a sale, where every field (~2,300
+-- instructions each in an HMGET) and tonumber shows: the five that only
+-- the schedule's loading writes come as one field, decoded once per
+-- library (static_cfg); a schedule loaded before that field existed has
+-- them read one by one.
+local schedules, used = {}, {}
+local function schedule(j)
+  local S = schedules[j]
+  if S then return S end
+  local K = sched_keys(7 + 7 * (j - 1))
+  local v = redis.call('HMGET', K.cfg, 'static', 'cancelled')
+  local c = static_cfg(v[1])
+  if not c then
+    local w = redis.call('HMGET', K.cfg, 'seats', 'price', 'hold_ms', 'max_per_user')
+    if w[1] then
+      c = { seats = num(w[1]), price = w[2], hold_ms = num(w[3]) or 0, max_per_user = num(w[4]) }
+    end
+  end
+  if not c then
+    S = { refused = '{"status":"no_schedule"}' }
+  elseif v[2] == '1' then
+    S = { refused = '{"status":"cancelled"}' }
+  else
+    local x, y = expire_due(K, now)
+    expired, expired_paying = expired + x, expired_paying + y
+    S = { K = K, N = c.seats, R = c.row_size, max_per_user = c.max_per_user,
+          price_json = jstr(c.price), deadline_s = int(now + c.hold_ms),
+          held_new = 0, records = {}, deadlines = {} }
+    used[#used + 1] = S
+  end
+  schedules[j] = S
+  return S
+end
+
+-- Schedule S's row size, read when a search or an adjacency check needs
+-- it (static_cfg has it; a schedule loaded before `static` existed does
+-- not).
+local function row_size(S)
+  if not S.R then
+    S.R = num(redis.call('HGET', S.K.cfg, 'row_size')) or S.N
+  end
+  return S.R
+end
+
 -- Hold i, decided against everything the holds before it in this call
 -- did: its reply as JSON text.
 local function place(i)
-  local at = 4 * (i - 1)
-  local user, entry = ARGV[at + 2], ARGV[at + 5]
+  local S = schedule(sched_of[i])
+  if S.refused then return S.refused end
+  local K, N = S.K, S.N
+  local at = 5 * (i - 1)
+  local user, entry = ARGV[at + 3], ARGV[at + 6]
   local wanted, count = wanted_of[i], count_of[i]
   if wanted then
     local bad = {}
@@ -155,6 +187,7 @@ local function place(i)
   seen[#seen + 1] = user
   seen[#seen + 1] = now_s
 
+  local max_per_user = S.max_per_user
   if max_per_user then
     local h_user = num(redis.call('HGET', K.uheld, user)) or 0
     local b_user = num(redis.call('HGET', K.ubought, user)) or 0
@@ -172,7 +205,7 @@ local function place(i)
   -- one-seat path in best_available.
   local maplen
   local function general_search()
-    local R = row_size()
+    local R = row_size(S)
     local function map_bits()
       if not maplen then maplen = redis.call('STRLEN', K.map) * 8 end
       return maplen
@@ -336,7 +369,7 @@ local function place(i)
     if #seats == 1 then
       adjacent = true
     else
-      adjacent = is_adjacent({ row_size = row_size() }, seats)
+      adjacent = is_adjacent({ row_size = row_size(S) }, seats)
     end
   else
     -- The counters are exact, so a sold-out schedule answers in O(1): a
@@ -345,7 +378,7 @@ local function place(i)
     -- reading them, so it asks only once the map proves stale (below).
     local function no_room()
       local c = redis.call('HMGET', K.cfg, 'held', 'sold')
-      return N - (tonumber(c[1]) or 0) - held_new - (tonumber(c[2]) or 0) < count
+      return N - (tonumber(c[1]) or 0) - S.held_new - (tonumber(c[2]) or 0) < count
     end
     if count > 1 and no_room() then return json({ status = 'unavailable', seats = {} }) end
     -- The map only mirrors `seats`; the hash has the last word. A map bit
@@ -396,12 +429,13 @@ local function place(i)
     end
     redis.call('HSET', K.seats, unpack(fields))
   end
-  held_new = held_new + #seats
+  S.held_new = S.held_new + #seats
   uheld_add(K, user, #seats)
   -- The record and the reply are written as JSON strings directly (what
   -- encode_hold and json would make of the same tables, without building
   -- and walking them): this is the hot path of a sale.
   local seat_list = '[' .. table.concat(ids, ',') .. ']'
+  local records, deadlines, deadline_s = S.records, S.deadlines, S.deadline_s
   records[#records + 1] = n
   records[#records + 1] = '{"user":' .. jstr(user) .. ',"seats":' .. seat_list
     .. ',"deadline":' .. deadline_s .. ',"state":"held","held_deadline":' .. deadline_s
@@ -410,17 +444,18 @@ local function place(i)
   deadlines[#deadlines + 1] = n
 
   return '{"status":"ok","hold":' .. n .. ',"seats":' .. seat_list .. ',"adjacent":'
-    .. tostring(adjacent) .. ',"deadline":' .. deadline_s .. ',"price":' .. price_json .. '}'
+    .. tostring(adjacent) .. ',"deadline":' .. deadline_s .. ',"price":' .. S.price_json .. '}'
 end
 
 local replies = {}
 for i = 1, n_holds do replies[i] = place(i) end
 if #seen > 0 then redis.call('HSET', Q.seen, unpack(seen)) end
-if #records > 0 then
-  redis.call('HSET', K.holds, unpack(records))
-  redis.call('ZADD', K.dl, unpack(deadlines))
-  redis.call('HINCRBY', K.cfg, 'held', int(held_new))
+for _, S in ipairs(used) do
+  if #S.records > 0 then
+    redis.call('HSET', S.K.holds, unpack(S.records))
+    redis.call('ZADD', S.K.dl, unpack(S.deadlines))
+    redis.call('HINCRBY', S.K.cfg, 'held', int(S.held_new))
+  end
 end
 return '{"status":"ok","expired":' .. int(expired) .. ',"expired_paying":' .. int(expired_paying)
   .. ',"holds":[' .. table.concat(replies, ',') .. ']}'
-

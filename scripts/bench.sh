@@ -441,12 +441,12 @@ rb() { # NAME REDIS-BENCHMARK-ARGS...
 # One call by hand first: it must place a hold (a wrong key list measured
 # an error path once).
 # shellcheck disable=SC2046 # the keys are words on purpose
-RB_ONE="$(rcli fcall "$FN" 13 $(rb_keys probe) 1 u000000000000 count 1 1)"
+RB_ONE="$(rcli fcall "$FN" 13 $(rb_keys probe) 1 1 u000000000000 count 1 1)"
 [[ $RB_ONE == *'"holds":[{"status":"ok"'* ]] || { echo "bench: place_hold placed no hold: $RB_ONE" >&2; exit 1; }
 # shellcheck disable=SC2046
-rb place_hold -c "$USERS" -n 60000 -r "$RB_USERS" FCALL "$FN" 13 $(rb_keys p1) 1 u__rand_int__ count 1 1
+rb place_hold -c "$USERS" -n 60000 -r "$RB_USERS" FCALL "$FN" 13 $(rb_keys p1) 1 1 u__rand_int__ count 1 1
 # shellcheck disable=SC2046
-rb place_hold_p16 -c "$USERS" -P 16 -n 60000 -r "$RB_USERS" FCALL "$FN" 13 $(rb_keys p16) 1 u__rand_int__ count 1 1
+rb place_hold_p16 -c "$USERS" -P 16 -n 60000 -r "$RB_USERS" FCALL "$FN" 13 $(rb_keys p16) 1 1 u__rand_int__ count 1 1
 for s in p1 p16; do
     printf '%s ' "$s" >>"$OUT/rb-place_hold.check"
     rcli hget "$RB_BASE:s:$s:cfg" held >>"$OUT/rb-place_hold.check"

@@ -76,8 +76,8 @@ measure() { # LABEL REDIS-BENCHMARK-COMMAND...
 echo "$N calls per variant after $N to warm up; instructions of the whole server per call"
 # shellcheck disable=SC2046 # the keys are words on purpose
 for round in 1 2; do
-    [[ -z $BEFORE ]] || measure "before (EVALSHA)" EVALSHA "$OLD_SHA" 13 $(keys "b$round") u__rand_int__ count 1 1
+    [[ -z $BEFORE ]] || measure "before (EVALSHA)" EVALSHA "$OLD_SHA" 13 $(bench_place_hold_keys_before "$E" "b$round") u__rand_int__ count 1 1
     measure "minimal (EVALSHA)" EVALSHA "$MINI_SHA" 2 "$E:m$round:seats" "$E:m:seq" u__rand_int__
-    measure "place_hold now (FCALL)" FCALL "$NOW" 13 $(keys "r$round") 1 u__rand_int__ count 1 1
+    measure "place_hold now (FCALL)" FCALL "$NOW" 13 $(keys "r$round") 1 1 u__rand_int__ count 1 1
     measure "minimal (FCALL)" FCALL "$MINI_FN" 2 "$E:f$round:seats" "$E:f:seq" u__rand_int__
 done

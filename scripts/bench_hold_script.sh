@@ -144,7 +144,7 @@ real_keys() { bench_place_hold_keys "$E" "$1"; }
 
 # One call first, by hand: it must place a hold.
 # shellcheck disable=SC2046
-ONE="$(rcli $REAL 13 $(real_keys r1) 1 u000000000001 count 1 1)"
+ONE="$(rcli $REAL 13 $(real_keys r1) 1 1 u000000000001 count 1 1)"
 [[ $ONE == *'"holds":[{"status":"ok"'* ]] || { echo "bench_hold_script: place_hold did not place a hold: $ONE" >&2; exit 1; }
 echo "one call: $ONE"
 
@@ -162,13 +162,18 @@ bench() { # CALLS ARGS... -> "rps usec_per_call cpu_usec_per_call"
     c1="$(cpu)"
     echo "$rps $(usec) $(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN {printf "%.2f", (b - a) / n * 1e6}')"
 }
-# The holds count in front of each call's hold: place_hold takes a batch
-# (ARGV[1] = 1 here); the script of 4b85a63 took one hold.
-real_run() { # "FCALL fn"|"EVALSHA sha" SCHEDULE [BATCH] -> "rps usec cpu", after checking every call placed a hold
+# In front of each call's hold, the number of holds and the hold's schedule
+# number: place_hold takes a batch over the event's schedules
+# (both 1 here); the script of 4b85a63 took one hold, keys in its order.
+real_run() { # "FCALL fn"|"EVALSHA sha" SCHEDULE now|before -> "rps usec cpu", after checking every call placed a hold
     local held0 held out
     held0="$(rcli hget "$E:s:$2:cfg" held)"
     # shellcheck disable=SC2046,SC2086
-    out="$(bench "$CALLS" $1 13 $(real_keys "$2") ${3:-} u__rand_int__ count 1 1)"
+    if [[ $3 == now ]]; then
+        out="$(bench "$CALLS" $1 13 $(real_keys "$2") 1 1 u__rand_int__ count 1 1)"
+    else
+        out="$(bench "$CALLS" $1 13 $(bench_place_hold_keys_before "$E" "$2") u__rand_int__ count 1 1)"
+    fi
     held="$(rcli hget "$E:s:$2:cfg" held)"
     [[ $((held - ${held0:-0})) -eq $CALLS ]] ||
         { echo "bench_hold_script: schedule $2 got $((held - ${held0:-0})) holds for $CALLS calls" >&2; return 1; }
@@ -176,7 +181,7 @@ real_run() { # "FCALL fn"|"EVALSHA sha" SCHEDULE [BATCH] -> "rps usec cpu", afte
 }
 # BATCH holds a call, each of a random user: -> "holds/s usec_per_hold cpu_usec_per_hold".
 BATCH_ARGS=""
-for ((j = 0; j < BATCH; j++)); do BATCH_ARGS+=" u__rand_int__ count 1 1"; done
+for ((j = 0; j < BATCH; j++)); do BATCH_ARGS+=" 1 u__rand_int__ count 1 1"; done
 batch_run() { # SCHEDULE
     local held0 held out
     held0="$(rcli hget "$E:s:$1:cfg" held)"
@@ -187,7 +192,7 @@ batch_run() { # SCHEDULE
         { echo "bench_hold_script: schedule $1 got $((held - ${held0:-0})) holds for $((BATCH_CALLS * BATCH))" >&2; return 1; }
     echo "$out" | awk -v b="$BATCH" '{printf "%.0f %.2f %.2f\n", $1 * b, $2 / b, $3 / b}'
 }
-echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $CALLS -r $USERS --csv $REAL 13 <keys of schedule rI> 1 u__rand_int__ count 1 1"
+echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $CALLS -r $USERS --csv $REAL 13 <keys of schedule rI> 1 1 u__rand_int__ count 1 1"
 echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $BATCH_CALLS -r $USERS --csv $REAL 13 <keys of schedule qI> $BATCH$BATCH_ARGS"
 echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $MINI_CALLS -r $USERS --csv $MINI_F 2 <seats key fI> <seq key> u__rand_int__"
 echo "redis-benchmark -u redis://127.0.0.1:PORT -c $CLIENTS -P 16 -n $MINI_CALLS -r $USERS --csv $MINI_E 2 <seats key mI> <seq key> u__rand_int__"
@@ -197,10 +202,10 @@ show() { printf '%s %8.0f/s %6.2f us/call %6.2f us cpu/call' "$1" "$2" "$3" "$4"
 for ((i = 1; i <= RUNS; i++)); do
     line="run $i:"
     if [[ -n $BEFORE ]]; then
-        real_run "$OLD" "b$i" >>"$WORK/before"
+        real_run "$OLD" "b$i" before >>"$WORK/before"
         line+=" $(show before $(tail -n 1 "$WORK/before")) |"
     fi
-    real_run "$REAL" "r$i" 1 >>"$WORK/real"
+    real_run "$REAL" "r$i" now >>"$WORK/real"
     rcli info commandstats | tr -d '\r' | grep '^cmdstat_' >"$WORK/stats.real"
     batch_run "q$i" >>"$WORK/batch"
     # shellcheck disable=SC2086

@@ -114,18 +114,28 @@ bench_private_redis() {
 # helpers that talk to Redis use the caller's `rcli` (redis-cli with its
 # server's address).
 
-# bench_place_hold_keys EVENT_BASE SCHEDULE: place_hold's 13 KEYS, in
-# EventKeys order (src/store/keys.rs): the schedule's 7, the event's hold
-# sequence, the buyer keys (adm, wait, adm_entry, poll), the ready mark.
+# bench_place_hold_keys EVENT_BASE SCHEDULE: place_hold's 13 KEYS for
+# holds on one schedule, in EventKeys order (src/store/keys.rs): the
+# event's hold sequence, the buyer keys (adm, wait, adm_entry, poll), the
+# ready mark, then the schedule's 7 (the schedule numbered 1 in each
+# hold's arguments: "1 USER count 1 ENTRY").
 # EVENT_BASE is the event's key prefix, e.g. "hb:{ev:hb}".
 bench_place_hold_keys() {
+    local e=$1 s="$1:s:$2"
+    echo "$e:hold:seq $e:q:adm $e:q:wait $e:q:adm:entry $e:q:poll $e:ready $s:cfg $s:seats $s:map $s:holds $s:dl $s:uheld $s:ubought"
+}
+# bench_place_hold_keys_before EVENT_BASE SCHEDULE: the same 13 keys in
+# the order place_hold took them as of issue 17's starting point (the
+# "before" reference, one hold a call: "USER count 1 ENTRY"): the
+# schedule's 7, the hold sequence, the buyer keys, the ready mark.
+bench_place_hold_keys_before() {
     local e=$1 s="$1:s:$2"
     echo "$s:cfg $s:seats $s:map $s:holds $s:dl $s:uheld $s:ubought $e:hold:seq $e:q:adm $e:q:wait $e:q:adm:entry $e:q:poll $e:ready"
 }
 
 # bench_admit_users EVENT_BASE N: admits every user id redis-benchmark's
 # u__rand_int__ can produce (u + 12 digits, below N), all with queue entry
-# 1 (the 4th argument of every place_hold call) and a far deadline.
+# 1 (the last argument of each hold in a place_hold call) and a far deadline.
 bench_admit_users() {
     rcli eval "for i = 0, tonumber(ARGV[1]) - 1 do
   local u = string.format('u%012d', i)

@@ -16,6 +16,8 @@ pub mod check;
 pub mod coalesce;
 mod reply;
 
+use std::collections::HashMap;
+
 use rust_decimal::Decimal;
 use serde::{Deserialize, de::IgnoredAny};
 
@@ -172,15 +174,16 @@ fn amount(price: Decimal, seats: usize) -> Decimal {
     (price * Decimal::from(seats)).normalize()
 }
 
-/// One hold to place: the buyer (from its verified queue token) and what
-/// it asks for.
+/// One hold to place: the buyer (from its verified queue token), the
+/// schedule of its event and what it asks for.
 #[derive(Debug)]
 pub struct HoldAsk {
     pub buyer: QueueClaims,
+    pub schedule: ScheduleId,
     pub request: HoldRequest,
 }
 
-/// Places holds on one schedule of `event` in one call of `place_hold`,
+/// Places holds on the schedules of `event` in one call of `place_hold`,
 /// each all seats or none, decided as if alone in the order given
 /// (callers coalesce them: [`coalesce::Holds`]). One answer per ask, in
 /// order.
@@ -190,18 +193,24 @@ pub struct HoldAsk {
 pub async fn place(
     redis: &Redis,
     event: &EventId,
-    schedule: &ScheduleId,
     asks: &[HoldAsk],
 ) -> Vec<Result<Hold, HoldError>> {
     debug_assert!(asks.iter().all(|a| a.buyer.event == *event));
     let k = redis.keys().event(event);
-    let mut keys = k.schedule_keys(schedule);
-    keys.push(k.hold_seq());
+    let mut keys = vec![k.hold_seq()];
     keys.extend(k.buyer_keys());
     keys.push(k.ready());
-    let mut args = Vec::with_capacity(1 + 4 * asks.len());
+    // Each schedule's keys once, in the order of its first hold; a hold
+    // names its schedule by number.
+    let mut numbers: HashMap<&ScheduleId, usize> = HashMap::new();
+    let mut args = Vec::with_capacity(1 + 5 * asks.len());
     args.push(asks.len().to_string());
     for ask in asks {
+        let next = numbers.len() + 1;
+        let number = *numbers.entry(&ask.schedule).or_insert_with(|| {
+            keys.extend(k.schedule_keys(&ask.schedule));
+            next
+        });
         let (mode, arg) = match &ask.request.0 {
             Ask::Seats(seats) => (
                 "seats",
@@ -214,6 +223,7 @@ pub async fn place(
             Ask::Count(n) => ("count", n.to_string()),
         };
         args.extend([
+            number.to_string(),
             ask.buyer.user.to_string(),
             mode.into(),
             arg,
@@ -226,9 +236,7 @@ pub async fn place(
     let every = |e: &dyn Fn() -> HoldError| count_outcomes(asks.iter().map(|_| Err(e())).collect());
     let placements = match reply.map(Swept::counted) {
         Ok(PlaceReply::Ok { holds }) => holds,
-        Ok(PlaceReply::NoSchedule) => return every(&|| HoldError::NoSchedule),
         Ok(PlaceReply::Restoring) => return every(&|| HoldError::Restoring),
-        Ok(PlaceReply::Cancelled) => return every(&|| HoldError::Cancelled),
         Err(e) => return every(&|| e.duplicate().into()),
     };
     if let Err(e) = one_each(&redis::PLACE_HOLD, placements.len(), asks.len()) {
@@ -236,11 +244,12 @@ pub async fn place(
     }
     let outcomes = placements
         .into_iter()
-        .map(|p| {
+        .zip(asks)
+        .map(|(p, ask)| {
             p.into_result().map(|p| Hold {
                 id: HoldId {
                     event: event.clone(),
-                    schedule: schedule.clone(),
+                    schedule: ask.schedule.clone(),
                     n: p.hold,
                 },
                 amount: amount(p.price, p.seats.len()),

@@ -308,11 +308,13 @@ pub async fn place(
     ApiJson(body): ApiJson<HoldBody>,
 ) -> ApiResult<impl IntoResponse> {
     let (schedule, request) = body.parse()?;
-    let key = (buyer.event.clone(), schedule);
-    let hold = state
-        .holds
-        .ask(&key, holds::HoldAsk { buyer, request })
-        .await?;
+    let event = buyer.event.clone();
+    let ask = holds::HoldAsk {
+        buyer,
+        schedule,
+        request,
+    };
+    let hold = state.holds.ask(&event, ask).await?;
     Ok((StatusCode::CREATED, axum::Json(HoldResponse::from(hold))))
 }
 

@@ -1,7 +1,7 @@
 //! Seat holds: invariants 1, 7, 8 under concurrency.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     time::Duration,
 };
 
@@ -13,8 +13,20 @@ use crate::helpers::*;
 
 impl TestApp {
     pub async fn seat_statuses(&self, token: &str, event: &str) -> Vec<(u64, String)> {
+        self.seat_statuses_of(token, event, "d1").await
+    }
+
+    pub async fn seat_statuses_of(
+        &self,
+        token: &str,
+        event: &str,
+        schedule: &str,
+    ) -> Vec<(u64, String)> {
         let r = self
-            .get_with_token(&format!("/v1/events/{event}/schedules/d1/seats"), token)
+            .get_with_token(
+                &format!("/v1/events/{event}/schedules/{schedule}/seats"),
+                token,
+            )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         r.body["seats"]
@@ -38,10 +50,21 @@ impl TestApp {
     }
 }
 
-/// The seat map shows held exactly the seats of the granted holds.
+/// The seat map of `d1` shows held exactly the seats of the granted holds.
 async fn assert_map_holds_exactly(app: &TestApp, token: &str, granted: &BTreeSet<u64>) {
+    assert_schedule_holds_exactly(app, token, "d1", granted).await;
+}
+
+/// The seat map of `schedule` shows held exactly the seats of the granted
+/// holds.
+async fn assert_schedule_holds_exactly(
+    app: &TestApp,
+    token: &str,
+    schedule: &str,
+    granted: &BTreeSet<u64>,
+) {
     let held: BTreeSet<u64> = app
-        .seat_statuses(token, "e1")
+        .seat_statuses_of(token, "e1", schedule)
         .await
         .into_iter()
         .filter(|(_, s)| s == "held")
@@ -570,6 +593,86 @@ async fn three_hundred_concurrent_holds_are_coalesced_and_each_decided_as_if_alo
     let hot_winners = per_user[100..].iter().filter(|(h, _)| *h == 1).count();
     assert_eq!(hot_winners, 1, "exactly one winner of seat 1000");
     assert_map_holds_exactly(&app, &tokens[0], &granted).await;
+    app.assert_script_invariants().await;
+}
+
+#[tokio::test]
+async fn concurrent_holds_on_several_schedules_share_calls_and_each_schedule_decides_its_own() {
+    let app = spawn_app().await;
+    // One event, four schedule ids: `small` (10 seats), `big` (limit 2 a
+    // user), `gone` (cancelled) and `nope` (no such schedule). Each of 60
+    // users asks for one seat of `small`, three times one of `big`, one of
+    // `gone` and one of `nope`, all at once: 360 holds, coalesced per
+    // event, so a call carries holds of several schedules.
+    let schedule = |id: &str, seats: u32, limit: u32| {
+        json!({"schedule_id": id, "starts_at": "2026-12-24T20:00:00Z", "seats": seats,
+               "row_size": 10, "price": "1000", "hold_seconds": 300, "max_per_user": limit})
+    };
+    let r = app
+        .create_event(
+            "e1",
+            open_queue(),
+            json!([
+                schedule("small", 10, 4),
+                schedule("big", 1_000, 2),
+                schedule("gone", 50, 4)
+            ]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/admin/events/e1/schedules/gone/cancel",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let tokens = app.admitted_users("e1", 60).await;
+    let mut asks: Vec<(usize, &str)> = Vec::new();
+    for u in 0..tokens.len() {
+        for schedule in ["small", "big", "big", "big", "gone", "nope"] {
+            asks.push((u, schedule));
+        }
+    }
+    let results = coalesced(
+        &app,
+        "place_hold",
+        asks.len(),
+        join_all(asks.iter().map(|(u, schedule)| {
+            app.hold(&tokens[*u], json!({"schedule_id": schedule, "count": 1}))
+        })),
+    )
+    .await;
+
+    let mut granted: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    let mut big_per_user = vec![0; tokens.len()];
+    for ((u, schedule), r) in asks.iter().zip(&results) {
+        match (*schedule, r.status) {
+            (_, StatusCode::CREATED) => {
+                assert_eq!(r.body["schedule_id"], json!(schedule), "{}", r.text);
+                grant(granted.entry(schedule).or_default(), r);
+                if *schedule == "big" {
+                    big_per_user[*u] += 1;
+                }
+            }
+            ("small", _) => r.assert_problem(409, "seats_unavailable"),
+            ("big", _) => r.assert_problem(409, "hold_limit_exceeded"),
+            ("gone", _) => r.assert_problem(409, "sale_closed"),
+            ("nope", _) => r.assert_problem(404, "not_found"),
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(granted["small"].len(), 10, "every seat of small, once");
+    assert!(
+        big_per_user.iter().all(|n| *n == 2),
+        "each user got exactly two of three holds on big: {big_per_user:?}"
+    );
+    assert_eq!(granted["big"].len(), 2 * tokens.len());
+    assert!(!granted.contains_key("gone") && !granted.contains_key("nope"));
+    for (schedule, seats) in &granted {
+        assert_schedule_holds_exactly(&app, &tokens[0], schedule, seats).await;
+    }
     app.assert_script_invariants().await;
 }
 
