@@ -8,9 +8,11 @@
 # comparable (the ceiling itself moved from 19,645/s to 30,228/s between
 # two machines); this script is the comparison that is. It
 #
-# 1. builds the release binaries of both revisions (REV_A from a detached
-#    worktree under target/, sharing the target directory's dependencies;
-#    each side uses its own load test, so each is driven as it expects);
+# 1. builds the release binaries of both revisions (a named revision from
+#    a detached worktree under target/, in a target directory of its own,
+#    target/ab-A or target/ab-B, kept between runs; the working tree in
+#    target/; each side uses its own load test, so each is driven as it
+#    expects), and says so when both sides' services are the same binary;
 # 2. starts both services side by side, each with its own database and
 #    Redis key prefix, and the working tree's `ceiling` server;
 # 3. runs AB_ROUNDS rounds (3) of: the ceiling, then each scenario of
@@ -64,20 +66,28 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ build
 build() { # SIDE REV-OR-worktree
-    local side=$1 rev=$2 src="$ROOT"
+    local side=$1 rev=$2 src="$ROOT" target="$ROOT/target"
     mkdir -p "$OUT/$side"
     if [[ $rev != worktree ]]; then
         src="$ROOT/target/ab-src-$rev"
+        # A target directory of its own per side: cargo names a workspace
+        # member's build by package, not by path, and decides it is up to
+        # date by comparing the sources' times with the last build's. In
+        # one shared directory, a working tree edited before REV_A's build
+        # was "up to date" with REV_A's binary, and both sides ran REV_A.
+        target="$ROOT/target/ab-$side"
         git worktree remove --force "$src" 2>/dev/null || true
         git worktree add --detach "$src" "$rev" >/dev/null
         WORKTREES+=("$src")
     fi
-    bench_say "building $side ($rev) in ${src#"$ROOT"/}"
-    (cd "$src" && CARGO_TARGET_DIR="$ROOT/target" cargo build --release -p boxoffice -p loadtest)
-    cp "$ROOT"/target/release/{boxoffice,loadtest,ceiling} "$OUT/$side/"
+    bench_say "building $side ($rev) in ${src#"$ROOT"/} (target ${target#"$ROOT"/})"
+    (cd "$src" && CARGO_TARGET_DIR="$target" cargo build --release -p boxoffice -p loadtest)
+    cp "$target"/release/{boxoffice,loadtest,ceiling} "$OUT/$side/"
 }
 build A "$REV_A"
 build B "$REV_B"
+cmp -s "$OUT/A/boxoffice" "$OUT/B/boxoffice" &&
+    bench_say "warning: A and B are the same service binary: any difference below is noise"
 bench_wait_quiet
 
 # ------------------------------------------------------------- services

@@ -52,8 +52,8 @@ impl std::ops::Deref for AppState {
 pub struct Parts {
     pub config: Arc<Config>,
     pub redis: Redis,
-    /// Status polls and joins, each coalesced into one Redis call per
-    /// event and batch; holds, per schedule and batch.
+    /// Status polls, joins and holds, each coalesced into one Redis call
+    /// per event and batch.
     pub status_polls: Arc<Coalescer<Statuses>>,
     pub joins: Arc<Coalescer<Joins>>,
     pub holds: Arc<Coalescer<Holds>>,

@@ -2,9 +2,10 @@
 //! expiry with no background job.
 //!
 //! Where a hold is decided: `lua/place_hold.lua`, one atomic script call
-//! over the schedule's keys (all under the event's hash tag, so it works on
-//! Redis Cluster unchanged) for the holds of that schedule an instance
-//! gathered ([`coalesce`]), each decided as if alone. No lock is needed: Redis runs one
+//! over the keys of the event's schedules it names (all under the event's
+//! hash tag, so it works on Redis Cluster unchanged) for the holds of that
+//! event an instance gathered ([`coalesce`]), each decided as if alone. No
+//! lock is needed: Redis runs one
 //! script at a time per shard, so check-then-write inside a script cannot
 //! interleave with another. Every schedule script first expires holds whose
 //! deadline (Redis TIME) has passed (`lua/lib/schedule.lua`), so an expired

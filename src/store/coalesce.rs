@@ -3,7 +3,7 @@
 //! admitted buyer's hold) cost one script call per batch instead of one
 //! per request. [`Batch`] says what one kind of call answers; the queue
 //! (`crate::queue::coalesce`) and the holds (`crate::holds::coalesce`)
-//! implement it, keyed by event or by schedule.
+//! implement it, each keyed by event.
 //!
 //! A request joins its key's pending list. While fewer than
 //! [`CALLS_PER_KEY`] calls for that key are in flight, it also starts

@@ -139,7 +139,32 @@ impl LocalCluster {
             me.wait_healthy(Duration::from_secs(20)).await,
             "cluster becomes healthy"
         );
+        // Healthy is not yet complete: a node that `cluster create` asked
+        // to replicate can still be an empty master for a moment on a busy
+        // machine, and a test that kills a master needs its replica.
+        let in_sync = eventually(Duration::from_secs(20), || async {
+            me.replicas_in_sync().await == masters * replicas
+        })
+        .await;
+        assert!(
+            in_sync,
+            "every master has its {replicas} replica(s) in sync"
+        );
         Some(me)
+    }
+
+    /// How many nodes are replicas with their link to the master up.
+    async fn replicas_in_sync(&self) -> usize {
+        let mut n = 0;
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            if let Ok(repl) = cli(node.port, &["info", "replication"]).await
+                && repl.contains("role:slave")
+                && repl.contains("master_link_status:up")
+            {
+                n += 1;
+            }
+        }
+        n
     }
 
     fn spawn(&self, port: u16) -> Child {
