@@ -889,8 +889,8 @@ def batch_lines(d):
     ]
     return [
         "",
-        "Requests per Redis call in those scenarios (each instance coalesces the joins and status polls "
-        "of one event and the holds of one schedule that arrive while its previous call is in flight; "
+        "Requests per Redis call in those scenarios (each instance coalesces the joins, status polls "
+        "and holds of one event that arrive while its previous call is in flight; "
         "`boxoffice_script_batch`, median of the passes): " + ", ".join(parts) + ".",
     ]
 
@@ -949,7 +949,7 @@ def hold_script_section(d):
             brel = f["place_hold_batch_ratio_cpu"] / f["before_ratio_cpu"]
             L += [
                 "",
-                f"Sent {int(f['batch'])} holds a call, as the service coalesces the holds of one schedule "
+                f"Sent {int(f['batch'])} holds a call, as the service coalesces the holds of one event "
                 f"under load (`boxoffice_script_batch{{script=\"place_hold\"}}`), a hold costs "
                 f"**{100 * brel:.0f} %** of before's relative to the minimal script "
                 f"(target ≤ 50 %: {'met' if brel <= 0.5 else '**missed**'}); "
@@ -1373,7 +1373,7 @@ def interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc="not run", runs=Non
         "are answered by the next one (docs/QUEUE.md) | – |",
         "| join | 1 (`join_queue`) per batch, as for status; plus an HMAC signature per join | – |",
         "| hold | 1 (`place_hold`, which also checks that the buyer is admitted; a heavier script: "
-        "best-available search, per-user limit, expiry) per batch: the holds of one schedule that "
+        "best-available search, per-user limit, expiry) per batch: the holds of one event that "
         "arrive during a call go in the next one (docs/HOLDS.md) | – |",
         "| pay | 2: `begin_payment` (with the admitted check), `confirm_sale` | 1 statement (the "
         "whole transaction); the confirmation marks (deletes from `payments_unconfirmed`) are batched "
