@@ -50,34 +50,26 @@ end
 
 -- One entry's answer (a JSON object of stream_status' shape).
 local function status_of(user, entry)
-  local deadline = redis.call('ZSCORE', Q.adm, user)
-  if deadline and tonumber(redis.call('HGET', Q.adm_entry, user)) == entry then
+  local kind, at = find_entry(Q, user, entry)
+  if kind == 'admitted' then
     local seen = tonumber(redis.call('HGET', Q.poll, user) or now)
-    if tonumber(deadline) <= now or now - seen > idle_timeout_ms then
+    if at <= now or now - seen > idle_timeout_ms then
       redis.call('ZREM', Q.adm, user)
       redis.call('HDEL', Q.adm_entry, user)
       redis.call('HDEL', Q.poll, user)
-      return gone(tonumber(deadline) <= now and 'expired_total' or 'released_total')
+      return gone(at <= now and 'expired_total' or 'released_total')
     end
     beat(user)
-    return '{"s":"admitted","u":' .. int(tonumber(deadline)) .. '}'
+    return '{"s":"admitted","u":' .. int(at) .. '}'
   end
-
-  local score = tonumber(redis.call('ZSCORE', Q.wait, user))
-  if not score then return GONE end
-  local mine = score
-  if score < 1 then mine = tonumber(redis.call('HGET', Q.pre_entry, user)) end
-  if mine ~= entry then return GONE end
+  if not kind then return GONE end
   local seen = tonumber(redis.call('HGET', Q.poll, user) or '0')
   if closed or now - seen > idle_timeout_ms then
-    drop_waiting(Q, user, score, now, open_ms)
+    drop_waiting(Q, user, at, now, open_ms)
     return gone(closed and 'closed_total' or 'evicted_total')
   end
   beat(user)
-  if score < 1 and now < open_ms then
-    return '{"s":"prequeue"}'
-  end
-  return '{"s":"waiting","p":' .. int(redis.call('ZRANK', Q.wait, user) + 1) .. '}'
+  return waiting_json(Q, user, at, now, open_ms)
 end
 
 local entries = {}

@@ -33,30 +33,19 @@ local now = now_ms()
 
 local entries, alive = {}, {}
 for i = 1, #ARGV, 2 do
-  local user, entry = ARGV[i], tonumber(ARGV[i + 1])
-  local r = '{"s":"gone"}'
-  local deadline = redis.call('ZSCORE', Q.adm, user)
-  if deadline and tonumber(deadline) > now and tonumber(redis.call('HGET', Q.adm_entry, user)) == entry then
-    r = '{"s":"admitted","u":' .. int(tonumber(deadline)) .. '}'
-  else
-    local score = tonumber(redis.call('ZSCORE', Q.wait, user))
-    if score then
-      local mine = score
-      if score < 1 then mine = tonumber(redis.call('HGET', Q.pre_entry, user)) end
-      if mine == entry then
-        if score < 1 and now < open_ms then
-          r = '{"s":"prequeue"}'
-        else
-          r = '{"s":"waiting","p":' .. int(redis.call('ZRANK', Q.wait, user) + 1) .. '}'
-        end
-      end
-    end
+  local user = ARGV[i]
+  local kind, at = find_entry(Q, user, tonumber(ARGV[i + 1]))
+  local r
+  if kind == 'admitted' and at > now then
+    r = '{"s":"admitted","u":' .. int(at) .. '}'
+  elseif kind == 'waiting' then
+    r = waiting_json(Q, user, at, now, open_ms)
   end
-  if r ~= '{"s":"gone"}' then
+  if r then
     alive[#alive + 1] = user
     alive[#alive + 1] = now
   end
-  entries[#entries + 1] = r
+  entries[#entries + 1] = r or '{"s":"gone"}'
 end
 if #alive > 0 then redis.call('HSET', Q.poll, unpack(alive)) end
 

@@ -117,6 +117,32 @@ local function drop_waiting(Q, user, score, now, open_ms)
   end
 end
 
+-- Where `entry` (the entry a verified token names, a number) of `user`
+-- stands in the queue Q: 'admitted' and its admission deadline (ms), even
+-- if past; 'waiting' and its score in wait (< 1: in the pre-queue, scored
+-- by the draw); or nil when that entry is not live (left, evicted, ended,
+-- or another entry of the user's). queue_status and stream_status answer
+-- from it; what each does with an expired or idle entry is its own.
+local function find_entry(Q, user, entry)
+  local deadline = redis.call('ZSCORE', Q.adm, user)
+  if deadline and tonumber(redis.call('HGET', Q.adm_entry, user)) == entry then
+    return 'admitted', tonumber(deadline)
+  end
+  local score = tonumber(redis.call('ZSCORE', Q.wait, user))
+  if not score then return nil end
+  local mine = score
+  if score < 1 then mine = tonumber(redis.call('HGET', Q.pre_entry, user)) end
+  if mine ~= entry then return nil end
+  return 'waiting', score
+end
+
+-- A live waiting entry's answer (find_entry's score): in the pre-queue
+-- until opens_at, then its position in line.
+local function waiting_json(Q, user, score, now, open_ms)
+  if score < 1 and now < open_ms then return '{"s":"prequeue"}' end
+  return '{"s":"waiting","p":' .. int(redis.call('ZRANK', Q.wait, user) + 1) .. '}'
+end
+
 -- The admission rate in use, from the event's cfg: the autopilot's
 -- (`auto_admit_per_second`, present only in auto mode) or else the
 -- configured `admit_per_second`. Admission (admit_tick), joins and status
