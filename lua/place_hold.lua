@@ -87,10 +87,9 @@ if restoring(KEYS[6]) then return json({ status = 'restoring' }) end
 
 local now = now_ms()
 local now_s = int(now)
--- The queue keys without the heartbeat: admission() would write each
--- admitted buyer's `seen` field at once; the call writes them together.
+-- The queue keys (admission_of checks each buyer; the call writes the
+-- admitted buyers' heartbeats together, at its end).
 local Q = buyer_keys(2)
-local Q_check = { adm = Q.adm, wait = Q.wait, adm_entry = Q.adm_entry }
 local expired, expired_paying = 0, 0
 
 -- Writes that no later hold of this call reads, made once at the end of
@@ -182,7 +181,7 @@ local function place(i)
   end
 
   -- The user must be admitted (checked here rather than in a second round trip).
-  local refused = admission(Q_check, user, entry, now)
+  local refused = admission_of(Q, user, entry, now)
   if refused then return json(refused) end
   seen[#seen + 1] = user
   seen[#seen + 1] = now_s

@@ -224,12 +224,8 @@ end
 -- position=p} while that entry waits, {status="queue_gone"} when it is not
 -- live (left, evicted, window over, completed by a payment, or replaced:
 -- a token of an entry that ended stays dead even after the user joins
--- again).
--- Its one write: an admitted buyer's request is recorded as activity in
--- `seen` (admit_tick releases admitted users silent for idle_timeout_ms).
--- That is not part of the script's transition, so it may precede the
--- script's own validation: a refused request was still made.
-local function admission(Q, user, entry, now)
+-- again). Reads only: see `admission` for the heartbeat.
+local function admission_of(Q, user, entry, now)
   local deadline = redis.call('ZSCORE', Q.adm, user)
   if deadline then
     -- Entries are written and sent as '%d' text: equal text is the same
@@ -238,7 +234,6 @@ local function admission(Q, user, entry, now)
     local admitted = redis.call('HGET', Q.adm_entry, user)
     if admitted and (admitted == entry or tonumber(admitted) == tonumber(entry))
         and tonumber(deadline) > now then
-      if Q.seen then redis.call('HSET', Q.seen, user, int(now)) end
       return nil
     end
     return { status = 'queue_gone' }
@@ -248,6 +243,18 @@ local function admission(Q, user, entry, now)
   local rank = redis.call('ZRANK', Q.wait, user)
   if rank then return { status = 'not_admitted', position = rank + 1 } end
   return { status = 'queue_gone' }
+end
+
+-- admission_of, and an admitted buyer's request recorded as activity in
+-- `seen` (admit_tick releases admitted users silent for idle_timeout_ms).
+-- That is not part of the script's transition, so it may precede the
+-- script's own validation: a refused request was still made. place_hold,
+-- which checks many buyers in one call, uses admission_of and writes the
+-- heartbeats together.
+local function admission(Q, user, entry, now)
+  local refused = admission_of(Q, user, entry, now)
+  if not refused then redis.call('HSET', Q.seen, user, int(now)) end
+  return refused
 end
 
 -- The common opening of the scripts that act on one existing hold
