@@ -59,6 +59,16 @@
 
 local n_sched = (#KEYS - 6) / 7
 if n_sched < 1 or n_sched ~= math.floor(n_sched) then return bad_arg('keys') end
+-- Each schedule once: two numbers for one schedule would split its
+-- deferred writes and its held_new in two (no_room would miss some).
+if n_sched > 1 then
+  local named = {}
+  for j = 1, n_sched do
+    local cfg = KEYS[7 + 7 * (j - 1)]
+    if named[cfg] then return bad_arg('schedule named twice') end
+    named[cfg] = true
+  end
+end
 local n_holds = tonumber(ARGV[1])
 if not n_holds or n_holds < 1 or n_holds ~= math.floor(n_holds) or #ARGV ~= 1 + 5 * n_holds then
   return bad_arg('hold count')
