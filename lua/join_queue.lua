@@ -92,6 +92,30 @@ local in_prequeue = pre_ms > 0 and now < open_ms
 -- (Joins change no seat: one answer for the whole call.)
 local soldout = sold_out(11 + n)
 
+-- Figures the joins of this call share, read once and then kept up to
+-- date here (nothing but this call writes these keys while it runs): the
+-- waiting count, the admitted count and this second's admissions (the
+-- window, trimmed once: one clock for the call); the counters and the
+-- heartbeats are written once, at the end of the call. A later join of
+-- the same user in this call reads its heartbeat from `seen`.
+local wait_n, active_n, win_n
+local joined_n, admitted_n = 0, 0
+local seen, seen_args = {}, {}
+local function touch(user)
+  if not seen[user] then
+    seen[user] = true
+    seen_args[#seen_args + 1] = user
+    seen_args[#seen_args + 1] = now
+  end
+end
+local function waiting_count()
+  if not wait_n then wait_n = redis.call('ZCARD', Q.wait) end
+  return wait_n
+end
+local function added_waiting()
+  if wait_n then wait_n = wait_n + 1 end
+end
+
 -- One join, decided as if alone (a JSON object).
 local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
   -- Proof of work: the caller checked the signature and the hash; expiry
@@ -121,7 +145,7 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
   local deadline = redis.call('ZSCORE', Q.adm, user)
   if deadline then
     if tonumber(deadline) > now then
-      redis.call('HSET', Q.poll, user, now)
+      touch(user)
       return reply('existing', redis.call('HGET', Q.adm_entry, user),
                    ',"state":"admitted","admitted_until":' .. int(tonumber(deadline)))
     end
@@ -135,9 +159,9 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
     score = tonumber(score)
     local entry = score
     if score < 1 then entry = redis.call('HGET', Q.pre_entry, user) end
-    local seen = redis.call('HGET', Q.poll, user)
-    if seen and now - tonumber(seen) <= idle_timeout_ms then
-      redis.call('HSET', Q.poll, user, now)
+    local last = seen[user] and now or redis.call('HGET', Q.poll, user)
+    if last and now - tonumber(last) <= idle_timeout_ms then
+      touch(user)
       if score < 1 and now < open_ms then
         return reply('existing', entry, ',"state":"prequeue"')
       end
@@ -146,6 +170,7 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
     -- Idle past the timeout: that entry is gone (and, before the draw, out
     -- of the draw too).
     drop_waiting(Q, user, score, now, open_ms)
+    wait_n = nil
     redis.call('HINCRBY', Q.stats, 'evicted_total', 1)
   end
 
@@ -154,37 +179,39 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
   end
 
   local entry = redis.call('INCR', Q.seq)
-  redis.call('HINCRBY', Q.stats, 'joined_total', 1)
+  joined_n = joined_n + 1
 
   if in_prequeue then
     redis.call('ZADD', Q.wait, draw_score, user)
     redis.call('HSET', Q.pre_entry, user, entry)
     redis.call('ZADD', Q.draw, draw_score, user)
-    redis.call('HSET', Q.poll, user, now)
+    added_waiting()
+    touch(user)
     return reply('created', entry, ',"state":"prequeue"')
   end
 
   -- Admit at once only if nobody waits, capacity is free and this second's
   -- admission budget is not spent (the same sliding window admit_tick uses).
-  if not paused and redis.call('ZCARD', Q.wait) == 0 then
-    local active = redis.call('ZCOUNT', Q.adm, '(' .. now, '+inf')
-    redis.call('ZREMRANGEBYSCORE', Q.win, '-inf', now - 1000)
-    if active < max_active and redis.call('ZCARD', Q.win) < admit_per_second then
+  if not paused and waiting_count() == 0 then
+    if not active_n then
+      active_n = redis.call('ZCOUNT', Q.adm, '(' .. now, '+inf')
+      redis.call('ZREMRANGEBYSCORE', Q.win, '-inf', now - 1000)
+      win_n = redis.call('ZCARD', Q.win)
+    end
+    if active_n < max_active and win_n < admit_per_second then
       local until_ms = now + active_ttl_ms
       redis.call('ZADD', Q.adm, until_ms, user)
       redis.call('HSET', Q.adm_entry, user, entry)
-      redis.call('HSET', Q.poll, user, now)
+      touch(user)
       redis.call('ZADD', Q.win, now, entry)
-      redis.call('HINCRBY', Q.stats, 'admitted_total', 1)
-      if active + 1 > tonumber(redis.call('HGET', Q.stats, 'peak_active') or '0') then
-        redis.call('HSET', Q.stats, 'peak_active', active + 1)
-      end
+      active_n, win_n, admitted_n = active_n + 1, win_n + 1, admitted_n + 1
       return reply('created', entry, ',"state":"admitted","admitted_until":' .. int(until_ms))
     end
   end
 
   redis.call('ZADD', Q.wait, entry, user)
-  redis.call('HSET', Q.poll, user, now)
+  added_waiting()
+  touch(user)
   return reply('created', entry, ',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))
 end
 
@@ -195,6 +222,15 @@ for i = 1, n do
                   ARGV[a + 5] or '', KEYS[10 + i])
 end
 
+if #seen_args > 0 then redis.call('HSET', Q.poll, unpack(seen_args)) end
+if joined_n > 0 then redis.call('HINCRBY', Q.stats, 'joined_total', joined_n) end
+if admitted_n > 0 then
+  redis.call('HINCRBY', Q.stats, 'admitted_total', admitted_n)
+  -- active_n only grew in this call: its last value is the call's peak.
+  if active_n > tonumber(redis.call('HGET', Q.stats, 'peak_active') or '0') then
+    redis.call('HSET', Q.stats, 'peak_active', active_n)
+  end
+end
 local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
 return '{"status":"ok",' .. pace_json(admit_per_second, paused, idle_timeout_ms, now, stats, soldout)
   .. ',"joins":[' .. table.concat(joins, ',') .. ']}'

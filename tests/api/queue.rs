@@ -414,6 +414,64 @@ async fn concurrent_joins_of_one_user_make_one_place() {
 }
 
 #[tokio::test]
+async fn concurrent_joins_on_an_open_queue_admit_exactly_up_to_capacity_at_once() {
+    let a = spawn_app().await;
+    let b = spawn_sibling(&a).await;
+    // Open, room for 50 at once, no rate limit that binds: the first 50
+    // joins are admitted on the spot (joins in one call share the counts
+    // the script reads once), everyone after them waits in join order.
+    a.simple_event("e1", json!({"admit_per_second": 10000, "max_active": 50, "active_ttl_seconds": 600, "idle_timeout_seconds": 600}), 10, 60, 4).await;
+    let users: Vec<String> = (0..300).map(|i| format!("u{i}")).collect();
+    let joins = coalesced(
+        &a,
+        "join_queue",
+        150,
+        join_all(
+            users
+                .iter()
+                .enumerate()
+                .map(|(i, u)| [&a, &b][i % 2].join("e1", u)),
+        ),
+    )
+    .await;
+    let mut positions = Vec::new();
+    let mut admitted = 0;
+    for r in &joins {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        match r.body["status"].as_str() {
+            Some("admitted") => admitted += 1,
+            Some("waiting") => positions.push(r.body["position"].as_u64().unwrap()),
+            _ => panic!("{}", r.text),
+        }
+    }
+    assert_eq!(admitted, 50, "exactly max_active admitted at once");
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=250).collect::<Vec<_>>());
+    let live = a.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(live.body["live"]["admitted_now"], 50, "{}", live.text);
+    assert_eq!(live.body["live"]["admitted_total"], 50);
+    assert_eq!(live.body["live"]["joined_total"], 300);
+    assert_eq!(live.body["live"]["waiting"], 250);
+    assert_eq!(live.body["live"]["peak_active"], 50);
+    // Everyone's heartbeat was written: nobody is swept as idle, and a
+    // second join of each finds the same place.
+    let again = join_all(users.iter().map(|u| b.join("e1", u))).await;
+    let mut places = Vec::new();
+    for r in &again {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if r.body["status"] == "waiting" {
+            places.push(r.body["position"].as_u64().unwrap());
+        }
+    }
+    places.sort_unstable();
+    assert_eq!(places, (1..=250).collect::<Vec<_>>());
+    assert_eq!(
+        a.admin(Method::GET, "/v1/admin/events/e1", None).await.body["live"]["joined_total"],
+        300
+    );
+}
+
+#[tokio::test]
 async fn the_sweep_racing_polls_drops_exactly_the_silent() {
     let app = spawn_app().await;
     // The idle timeout leaves room for 200 sequential joins on a busy
