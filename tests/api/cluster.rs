@@ -30,10 +30,6 @@ async fn app_on(cluster: &LocalCluster) -> TestApp {
     .await
 }
 
-fn open_queue() -> serde_json::Value {
-    queue_defaults()
-}
-
 /// Seats sold per schedule d1 of `event`, from PostgreSQL.
 pub async fn sold_in_pg(app: &TestApp, event: &str) -> Vec<i32> {
     let mut seats: Vec<i32> = sqlx::query_scalar(
@@ -78,7 +74,7 @@ async fn the_purchase_flow_works_on_events_spread_over_three_masters() {
     let events = cluster.events_on_each_master("flow").await;
     assert_eq!(events.len(), 3, "one event per master: {events:?}");
     for (i, (event, _)) in events.iter().enumerate() {
-        app.simple_event(event, open_queue(), 20, 300, 4).await;
+        app.simple_event(event, queue_defaults(), 20, 300, 4).await;
         let user = format!("buyer{i}");
         let (token, paid) = app.buy(event, &user, "5000", json!([3, 4])).await;
         assert_eq!(paid.body["seats"], json!([3, 4]), "{}", paid.text);
@@ -238,7 +234,7 @@ async fn a_master_killed_mid_sale_fails_over_and_only_its_events_wait() {
     let placed = cluster.events_on_each_master("fo").await;
     let events: Vec<String> = placed.iter().map(|(e, _)| e.clone()).collect();
     for e in &events {
-        app.simple_event(e, open_queue(), 2000, 300, 4).await;
+        app.simple_event(e, queue_defaults(), 2000, 300, 4).await;
     }
     let victim_port = placed[0].1;
     let replica = cluster.replica_of(victim_port).await.expect("a replica");
@@ -452,7 +448,7 @@ async fn a_master_without_replica_that_comes_back_empty_is_restored_by_itself() 
     let app = Arc::new(app_on(&cluster).await);
     let placed = cluster.events_on_each_master("re").await;
     for (e, _) in &placed {
-        app.simple_event(e, open_queue(), 200, 300, 4).await;
+        app.simple_event(e, queue_defaults(), 200, 300, 4).await;
     }
     let (victim, victim_port) = placed[0].clone();
     let healthy = placed[1].0.clone();
