@@ -96,18 +96,11 @@ local soldout = sold_out(11 + n)
 -- date here (nothing but this call writes these keys while it runs): the
 -- waiting count, the admitted count and this second's admissions (the
 -- window, trimmed once: one clock for the call); the counters and the
--- heartbeats are written once, at the end of the call. A later join of
--- the same user in this call reads its heartbeat from `seen`.
+-- heartbeats are written once, at the end of the call (a later join of
+-- the same user in this call reads its heartbeat from `beats`).
 local wait_n, active_n, win_n
 local joined_n, admitted_n = 0, 0
-local seen, seen_args = {}, {}
-local function touch(user)
-  if not seen[user] then
-    seen[user] = true
-    seen_args[#seen_args + 1] = user
-    seen_args[#seen_args + 1] = now
-  end
-end
+local beats = new_beats(now)
 local function waiting_count()
   if not wait_n then wait_n = redis.call('ZCARD', Q.wait) end
   return wait_n
@@ -145,7 +138,7 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
   local deadline = redis.call('ZSCORE', Q.adm, user)
   if deadline then
     if tonumber(deadline) > now then
-      touch(user)
+      beat(beats, user)
       return reply('existing', redis.call('HGET', Q.adm_entry, user),
                    ',"state":"admitted","admitted_until":' .. int(tonumber(deadline)))
     end
@@ -159,9 +152,9 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
     score = tonumber(score)
     local entry = score
     if score < 1 then entry = redis.call('HGET', Q.pre_entry, user) end
-    local last = seen[user] and now or redis.call('HGET', Q.poll, user)
+    local last = beats.seen[user] and now or redis.call('HGET', Q.poll, user)
     if last and now - tonumber(last) <= idle_timeout_ms then
-      touch(user)
+      beat(beats, user)
       if score < 1 and now < open_ms then
         return reply('existing', entry, ',"state":"prequeue"')
       end
@@ -186,7 +179,7 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
     redis.call('HSET', Q.pre_entry, user, entry)
     redis.call('ZADD', Q.draw, draw_score, user)
     added_waiting()
-    touch(user)
+    beat(beats, user)
     return reply('created', entry, ',"state":"prequeue"')
   end
 
@@ -202,7 +195,7 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
       local until_ms = now + active_ttl_ms
       redis.call('ZADD', Q.adm, until_ms, user)
       redis.call('HSET', Q.adm_entry, user, entry)
-      touch(user)
+      beat(beats, user)
       redis.call('ZADD', Q.win, now, entry)
       active_n, win_n, admitted_n = active_n + 1, win_n + 1, admitted_n + 1
       return reply('created', entry, ',"state":"admitted","admitted_until":' .. int(until_ms))
@@ -211,7 +204,7 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
 
   redis.call('ZADD', Q.wait, entry, user)
   added_waiting()
-  touch(user)
+  beat(beats, user)
   return reply('created', entry, ',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))
 end
 
@@ -222,7 +215,7 @@ for i = 1, n do
                   ARGV[a + 5] or '', KEYS[10 + i])
 end
 
-if #seen_args > 0 then redis.call('HSET', Q.poll, unpack(seen_args)) end
+write_beats(beats, Q.poll)
 if joined_n > 0 then redis.call('HINCRBY', Q.stats, 'joined_total', joined_n) end
 if admitted_n > 0 then
   redis.call('HINCRBY', Q.stats, 'admitted_total', admitted_n)

@@ -110,7 +110,7 @@ local expired, expired_paying = 0, 0
 -- n_holds): each hold takes at most one, and those left over stay
 -- unused, as a number drawn by a round that found its seat taken always
 -- has.
-local seen = {}
+local beats = new_beats(now)
 local next_n
 local function draw_hold_id()
   if not next_n then
@@ -193,8 +193,7 @@ local function place(i)
   -- The user must be admitted (checked here rather than in a second round trip).
   local refused = admission_of(Q, user, entry, now)
   if refused then return json(refused) end
-  seen[#seen + 1] = user
-  seen[#seen + 1] = now_s
+  beat(beats, user)
 
   local max_per_user = S.max_per_user
   if max_per_user then
@@ -458,7 +457,7 @@ end
 
 local replies = {}
 for i = 1, n_holds do replies[i] = place(i) end
-if #seen > 0 then redis.call('HSET', Q.seen, unpack(seen)) end
+write_beats(beats, Q.seen)
 for _, S in ipairs(used) do
   if #S.records > 0 then
     redis.call('HSET', S.K.holds, unpack(S.records))

@@ -38,14 +38,10 @@ local now = now_ms()
 local closed = close_ms > 0 and now >= close_ms
 
 local GONE = '{"s":"gone"}'
-local gone_counts, alive = {}, {}
+local gone_counts, beats = {}, new_beats(now)
 local function gone(counter)
   gone_counts[counter] = (gone_counts[counter] or 0) + 1
   return GONE
-end
-local function beat(user)
-  local n = #alive
-  alive[n + 1], alive[n + 2] = user, now
 end
 
 -- One entry's answer (a JSON object of stream_status' shape).
@@ -59,7 +55,7 @@ local function status_of(user, entry)
       redis.call('HDEL', Q.poll, user)
       return gone(at <= now and 'expired_total' or 'released_total')
     end
-    beat(user)
+    beat(beats, user)
     return '{"s":"admitted","u":' .. int(at) .. '}'
   end
   if not kind then return GONE end
@@ -68,7 +64,7 @@ local function status_of(user, entry)
     drop_waiting(Q, user, at, now, open_ms)
     return gone(closed and 'closed_total' or 'evicted_total')
   end
-  beat(user)
+  beat(beats, user)
   return waiting_json(Q, user, at, now, open_ms)
 end
 
@@ -78,7 +74,7 @@ for i = 1, #ARGV, 2 do
 end
 -- The heartbeats, one write (a user polled twice in one call is seen
 -- alive by both answers: neither evicts it).
-if #alive > 0 then redis.call('HSET', Q.poll, unpack(alive)) end
+write_beats(beats, Q.poll)
 for counter, n in pairs(gone_counts) do
   redis.call('HINCRBY', Q.stats, counter, n)
 end

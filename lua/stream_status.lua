@@ -31,7 +31,7 @@ end
 local open_ms = tonumber(cfg[4] or '0')
 local now = now_ms()
 
-local entries, alive = {}, {}
+local entries, beats = {}, new_beats(now)
 for i = 1, #ARGV, 2 do
   local user = ARGV[i]
   local kind, at = find_entry(Q, user, tonumber(ARGV[i + 1]))
@@ -41,13 +41,10 @@ for i = 1, #ARGV, 2 do
   elseif kind == 'waiting' then
     r = waiting_json(Q, user, at, now, open_ms)
   end
-  if r then
-    alive[#alive + 1] = user
-    alive[#alive + 1] = now
-  end
+  if r then beat(beats, user) end
   entries[#entries + 1] = r or '{"s":"gone"}'
 end
-if #alive > 0 then redis.call('HSET', Q.poll, unpack(alive)) end
+write_beats(beats, Q.poll)
 
 local stats = redis.call('HMGET', Q.stats, 'rate_ema', 'rate_var')
 return '{"status":"ok",' .. pace_json(rate_in_use(cfg[1], cfg[5]), cfg[3] == '1', tonumber(cfg[2]), now, stats, sold_out(11))

@@ -105,6 +105,24 @@ local function queue_keys(i)
            stats = KEYS[i + 7], pre_entry = KEYS[i + 8], draw = KEYS[i + 9] }
 end
 
+-- The heartbeats of one call, written together at its end: a script that
+-- answers many requests records each active user once with beat(H, user)
+-- and writes them all in one HSET with write_beats(H, key) (the queue's
+-- `poll` hash). H.seen[user] tells a later request of the call that its
+-- user is already seen now, which the hash does not show until the end.
+local function new_beats(now)
+  return { seen = {}, args = {}, now = int(now) }
+end
+local function beat(H, user)
+  if H.seen[user] then return end
+  H.seen[user] = true
+  local args, n = H.args, #H.args
+  args[n + 1], args[n + 2] = user, H.now
+end
+local function write_beats(H, key)
+  if #H.args > 0 then redis.call('HSET', key, unpack(H.args)) end
+end
+
 -- Drops a waiting entry of the queue Q: its member and last poll and, for
 -- a pre-queue entry (score < 1), its entry number and, before the draw
 -- (now < open_ms), its place in the draw. `score` is its score in wait.
