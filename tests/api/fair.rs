@@ -51,10 +51,7 @@ async fn open_in(app: &TestApp, id: &str, in_ms: i64) {
 /// The published rule, written out independently of the service's code:
 /// first 13 hex digits of HMAC-SHA256(seed, user), ties by user id.
 fn rule_order(seed_hex: &str, users: &[String]) -> Vec<String> {
-    let seed: Vec<u8> = (0..seed_hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&seed_hex[i..i + 2], 16).unwrap())
-        .collect();
+    let seed = hex_bytes(seed_hex);
     let key = |u: &String| {
         let mut mac = Hmac::<Sha256>::new_from_slice(&seed).unwrap();
         mac.update(u.as_bytes());

@@ -434,19 +434,38 @@ async fn concurrent_joins_on_an_open_queue_admit_exactly_up_to_capacity_at_once(
         ),
     )
     .await;
-    let mut positions = Vec::new();
-    let mut admitted = 0;
+    // (entry, position): the entry is the join order, from the token.
+    let mut admitted = Vec::new();
+    let mut waiting = Vec::new();
     for r in &joins {
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let entry = a
+            .state
+            .tokens
+            .verify(r.body["token"].as_str().unwrap())
+            .unwrap()
+            .entry;
         match r.body["status"].as_str() {
-            Some("admitted") => admitted += 1,
-            Some("waiting") => positions.push(r.body["position"].as_u64().unwrap()),
+            Some("admitted") => admitted.push(entry),
+            Some("waiting") => waiting.push((entry, r.body["position"].as_u64().unwrap())),
             _ => panic!("{}", r.text),
         }
     }
-    assert_eq!(admitted, 50, "exactly max_active admitted at once");
-    positions.sort_unstable();
-    assert_eq!(positions, (1..=250).collect::<Vec<_>>());
+    assert_eq!(admitted.len(), 50, "exactly max_active admitted at once");
+    // FIFO: the first 50 joins are the admitted ones, and the line is the
+    // rest in join order.
+    waiting.sort_unstable();
+    let first_waiting = waiting[0].0;
+    assert!(
+        admitted.iter().all(|&e| e < first_waiting),
+        "a later join was admitted ahead of an earlier one: {admitted:?}, first waiting {first_waiting}"
+    );
+    let positions: Vec<u64> = waiting.iter().map(|&(_, p)| p).collect();
+    assert_eq!(
+        positions,
+        (1..=250).collect::<Vec<_>>(),
+        "positions follow join order"
+    );
     let live = a.admin(Method::GET, "/v1/admin/events/e1", None).await;
     assert_eq!(live.body["live"]["admitted_now"], 50, "{}", live.text);
     assert_eq!(live.body["live"]["admitted_total"], 50);
