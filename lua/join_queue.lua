@@ -101,6 +101,9 @@ local soldout = sold_out(11 + n)
 local wait_n, active_n, win_n
 local joined_n, admitted_n = 0, 0
 local beats = new_beats(now)
+-- Numbers written as arguments, as text made once (int(): not Redis
+-- 7.0's %.17g of a Lua number).
+local now_s = int(now)
 local function waiting_count()
   if not wait_n then wait_n = redis.call('ZCARD', Q.wait) end
   return wait_n
@@ -172,11 +175,12 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
   end
 
   local entry = redis.call('INCR', Q.seq)
+  local entry_s = int(entry)
   joined_n = joined_n + 1
 
   if in_prequeue then
     redis.call('ZADD', Q.wait, draw_score, user)
-    redis.call('HSET', Q.pre_entry, user, entry)
+    redis.call('HSET', Q.pre_entry, user, entry_s)
     redis.call('ZADD', Q.draw, draw_score, user)
     added_waiting()
     beat(beats, user)
@@ -193,16 +197,16 @@ local function join(user, draw_score, proven_bits, pow_expires, pow_id, pow_key)
     end
     if active_n < max_active and win_n < admit_per_second then
       local until_ms = now + active_ttl_ms
-      redis.call('ZADD', Q.adm, until_ms, user)
-      redis.call('HSET', Q.adm_entry, user, entry)
+      redis.call('ZADD', Q.adm, int(until_ms), user)
+      redis.call('HSET', Q.adm_entry, user, entry_s)
       beat(beats, user)
-      redis.call('ZADD', Q.win, now, entry)
+      redis.call('ZADD', Q.win, now_s, entry_s)
       active_n, win_n, admitted_n = active_n + 1, win_n + 1, admitted_n + 1
       return reply('created', entry, ',"state":"admitted","admitted_until":' .. int(until_ms))
     end
   end
 
-  redis.call('ZADD', Q.wait, entry, user)
+  redis.call('ZADD', Q.wait, entry_s, user)
   added_waiting()
   beat(beats, user)
   return reply('created', entry, ',"state":"waiting","position":' .. int(redis.call('ZRANK', Q.wait, user) + 1))
