@@ -57,6 +57,13 @@ pub const NEAR_CUT: f64 = 0.2;
 pub const STEP_UP: f64 = 0.05;
 /// The rise per step near the rate last cut, as a share of the maximum.
 pub const GENTLE_STEP: f64 = 0.01;
+/// Admitted requests a window needs before its p99 may raise the rate:
+/// this many, or one per buyer the window's rate admits (2 × rate) when
+/// that is fewer. No requests, or a handful, is no evidence that a higher
+/// rate would be served (before `opens_at` nobody is admitted at all, and
+/// a rate raised then meets the sale's first second untested:
+/// docs/QUEUE.md).
+pub const RAISE_EVIDENCE: u64 = 20;
 /// How often the control step runs (and each instance publishes).
 const STEP: Duration = Duration::from_secs(1);
 /// How often the pool probe measures the acquire wait.
@@ -70,8 +77,10 @@ pub struct Inputs {
     /// The rate now.
     pub rate: u32,
     /// Admitted buyers' p99 over the window (ms); `None` when nobody
-    /// admitted made a request (nothing is slow).
+    /// admitted made a request.
     pub p99_ms: Option<f64>,
+    /// How many admitted requests the window holds.
+    pub samples: u64,
     /// The PostgreSQL pool's acquire wait p99 (ms), worst instance.
     pub pool_wait_ms: Option<f64>,
     /// Entries waiting in line.
@@ -91,11 +100,11 @@ pub enum Step {
 }
 
 /// The control law (AIMD): p99 above the target, or the pool's wait above
-/// half of it → rate × [`DECREASE`] (not below the minimum); p99 under
-/// [`RAISE_BELOW`] × target with people waiting → rate + max(1, 5 % of the
-/// maximum), or + max(1, 1 % of it) while the rate is within 20 % of the
-/// rate last cut (not above the maximum); otherwise hold. The result is
-/// always within the bounds.
+/// half of it → rate × [`DECREASE`] (not below the minimum); p99 of enough
+/// requests ([`RAISE_EVIDENCE`]) under [`RAISE_BELOW`] × target with
+/// people waiting → rate + max(1, 5 % of the maximum), or + max(1, 1 % of
+/// it) while the rate is within 20 % of the rate last cut (not above the
+/// maximum); otherwise hold. The result is always within the bounds.
 pub fn decide(i: &Inputs) -> (Step, u32) {
     let s = i.settings;
     let rate = s.clamp(i.rate);
@@ -106,7 +115,8 @@ pub fn decide(i: &Inputs) -> (Step, u32) {
         let cut = (f64::from(rate) * DECREASE).floor() as u32;
         return (Step::Decrease, s.clamp(cut));
     }
-    let fast = i.p99_ms.is_none_or(|p| p < RAISE_BELOW * target);
+    let evidence = RAISE_EVIDENCE.min(2 * u64::from(rate));
+    let fast = i.samples >= evidence && i.p99_ms.is_some_and(|p| p < RAISE_BELOW * target);
     if fast && i.waiting > 0 {
         let near_cut = i
             .cut_from
@@ -465,6 +475,7 @@ async fn step(redis: &Redis, ap: &Autopilot, event: &EventId) -> Result<(), Stor
         let (what, next) = decide(&Inputs {
             rate: effective,
             p99_ms,
+            samples: merged.count(),
             pool_wait_ms,
             waiting: r.waiting,
             cut_from: r.cut_from,
@@ -575,6 +586,7 @@ mod tests {
         Inputs {
             rate,
             p99_ms: p99,
+            samples: if p99.is_some() { RAISE_EVIDENCE } else { 0 },
             pool_wait_ms: pool,
             waiting,
             cut_from: None,
@@ -624,8 +636,6 @@ mod tests {
             decide(&inputs(10, Some(100.0), None, 1)),
             (Step::Increase, 15)
         );
-        // Nobody admitted made a request: nothing is slow.
-        assert_eq!(decide(&inputs(10, None, None, 1)), (Step::Increase, 15));
         // At least one per second.
         let mut i = inputs(1, Some(1.0), None, 5);
         i.settings = auto(1, 10);
@@ -677,6 +687,39 @@ mod tests {
         assert_eq!(decide(&inputs(40, Some(200.0), None, 10)), (Step::Hold, 40));
         // Fast, but nobody waits: a higher rate would admit nobody more.
         assert_eq!(decide(&inputs(40, Some(5.0), None, 0)), (Step::Hold, 40));
+    }
+
+    #[test]
+    fn without_evidence_the_rate_holds() {
+        // Nobody admitted made a request (before opens_at nobody is
+        // admitted at all): no sign that a higher rate would be served.
+        assert_eq!(decide(&inputs(10, None, None, 1)), (Step::Hold, 10));
+        // A fast p99 of too few requests is no evidence either...
+        let few = Inputs {
+            samples: RAISE_EVIDENCE - 1,
+            ..inputs(10, Some(1.0), None, 1)
+        };
+        assert_eq!(decide(&few), (Step::Hold, 10));
+        // ...one more request is.
+        let enough = Inputs {
+            samples: RAISE_EVIDENCE,
+            ..few
+        };
+        assert_eq!(decide(&enough), (Step::Increase, 15));
+        // At a low rate, one request per buyer the window admitted is.
+        let low = Inputs {
+            samples: 6,
+            ..inputs(3, Some(1.0), None, 1)
+        };
+        assert_eq!(decide(&low), (Step::Increase, 8));
+        let fewer = Inputs { samples: 5, ..low };
+        assert_eq!(decide(&fewer), (Step::Hold, 3));
+        // A slow p99 cuts whatever the count: one slow request is a fact.
+        let slow = Inputs {
+            samples: 1,
+            ..inputs(10, Some(900.0), None, 1)
+        };
+        assert_eq!(decide(&slow), (Step::Decrease, 7));
     }
 
     #[test]

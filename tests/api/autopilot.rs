@@ -534,3 +534,56 @@ async fn status_and_join_pace_by_the_autopilots_rate_in_auto_mode() {
         r.text
     );
 }
+
+/// Before `opens_at` nobody is admitted, so no admitted buyer measures
+/// anything: the autopilot holds its starting rate through the pre-queue
+/// instead of raising it every second on no evidence (it used to, and the
+/// bench's sale then opened at 2.5 times a rate never tried:
+/// docs/bench/surge-17.md, "Ninth run").
+#[tokio::test]
+async fn the_autopilot_does_not_raise_the_rate_without_admitted_buyers_to_judge_it() {
+    let app = spawn_app().await;
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/admin/events",
+            Some(json!({"event_id": "e1", "name": "e1",
+                "queue": {"admit_per_second": 20, "max_active": 100, "active_ttl_seconds": 600,
+                          "idle_timeout_seconds": 600, "admission_mode": "auto",
+                          "min_admit_per_second": 2, "max_admit_per_second": 1000},
+                "schedules": [{"schedule_id": "d1", "starts_at": "2026-12-24T20:00:00Z", "seats": 10,
+                               "row_size": 10, "price": "1000", "hold_seconds": 60, "max_per_user": 4}],
+                "sale": {"prequeue_opens_at": (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339(),
+                         "opens_at": (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339()}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    for i in 0..5 {
+        let r = app.join("e1", &format!("u{i}")).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.body["status"], "prequeue", "{}", r.text);
+    }
+    // Five control steps with people waiting and nobody admitted. The old
+    // law raised by 5 % of the maximum each time: 20 → 270.
+    let started = Instant::now();
+    let mut steps = Vec::new();
+    while started.elapsed() < Duration::from_millis(5_500) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let l = live(&app).await;
+        steps.push((
+            l["effective_admit_per_second"].clone(),
+            l["admitted_p99_ms"].clone(),
+            l["waiting"].clone(),
+        ));
+    }
+    assert!(
+        steps.iter().any(|(_, _, w)| w.as_u64() == Some(5)),
+        "the pre-queue counts as waiting, so the old law would have raised: {steps:?}"
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|(rate, p99, _)| rate == &json!(20) && p99.is_null()),
+        "no admitted request, no rise: {steps:?}"
+    );
+}
