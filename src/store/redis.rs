@@ -537,25 +537,49 @@ impl Redis {
         .await
     }
 
-    /// Appends fields to a stream with an automatic id, capped near `maxlen`.
+    /// Appends entries (each its fields) to a stream with automatic ids,
+    /// capped near `maxlen`, in one pipeline: one round trip for the lot.
+    /// Returns how many entries, from the first on, were appended; the
+    /// rest were not (an error ends the count even if a later one went in,
+    /// so the caller never takes a later entry for published before an
+    /// earlier one).
     ///
     /// # Errors
-    /// On an outage.
-    pub async fn xadd(
+    /// On an outage (nothing was appended, as far as the caller knows).
+    pub async fn xadd_all(
         &self,
         key: &str,
-        fields: Vec<(String, String)>,
+        entries: Vec<Vec<(String, String)>>,
         maxlen: i64,
-    ) -> Result<String, StoreError> {
+    ) -> Result<usize, StoreError> {
         use fred::types::streams::{XCap, XCapKind, XCapTrim};
-        let cap: XCap = (XCapKind::MaxLen, XCapTrim::AlmostExact, maxlen)
-            .try_into()
-            .map_err(|e: fred::error::Error| {
-                StoreError::internal(Dependency::Redis, anyhow::anyhow!("{e}"))
-            })?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let cap = || -> Result<XCap, StoreError> {
+            (XCapKind::MaxLen, XCapTrim::AlmostExact, maxlen)
+                .try_into()
+                .map_err(|e: fred::error::Error| {
+                    StoreError::internal(Dependency::Redis, anyhow::anyhow!("{e}"))
+                })
+        };
+        let caps = entries
+            .iter()
+            .map(|_| cap())
+            .collect::<Result<Vec<_>, _>>()?;
         self.guard(Some(key), |c| async move {
-            c.xadd::<String, _, _, _, _>(key, false, cap, "*", fields)
-                .await
+            let pipe = c.pipeline();
+            for (fields, cap) in entries.into_iter().zip(caps) {
+                pipe.xadd::<(), _, _, _, _>(key, false, cap, "*", fields)
+                    .await?;
+            }
+            let replies: Vec<Result<fred::types::Value, fred::error::Error>> = pipe.try_all().await;
+            let added = replies.iter().take_while(|r| r.is_ok()).count();
+            match replies.into_iter().find_map(Result::err) {
+                // Nothing went in: the call failed, for the breaker to judge.
+                Some(e) if added == 0 => Err(e),
+                _ => Ok(added),
+            }
         })
         .await
     }

@@ -793,3 +793,50 @@ async fn every_timestamp_goes_out_with_milliseconds_in_utc() {
     .unwrap();
     assert_ms(&confirmed["paid_at"], "outbox paid_at");
 }
+
+/// A backlog larger than a batch goes out in batches of 200, one pipeline
+/// each, every message once and in id order, and the rows are marked.
+#[tokio::test]
+async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    let pool = app.state.pg.pool();
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "insert into outbox (topic, user_id, payload)
+         select 'test.backlog', 'u' || g, jsonb_build_object('n', g) from generate_series(1, 450) g
+         returning id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let stores = boxoffice::store::Stores {
+        redis: app.state.redis.clone(),
+        pg: app.state.pg.clone(),
+    };
+    let mut sent = Vec::new();
+    loop {
+        let n = boxoffice::payments::relay::publish_batch(&stores)
+            .await
+            .unwrap();
+        sent.push(n);
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(sent, [200, 200, 50, 0]);
+    let stream = app.state.redis.keys().outbox_stream();
+    let out = redis_cli(&["XRANGE", &stream, "-", "+"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    let relayed: Vec<i64> = lines
+        .windows(2)
+        .filter(|w| w[0] == "outbox_id")
+        .map(|w| w[1].parse().unwrap())
+        .collect();
+    let mut expected = ids.clone();
+    expected.sort_unstable();
+    assert_eq!(relayed, expected, "each message once, in id order");
+    let pending: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+}
