@@ -43,28 +43,34 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
             )
             .fetch_all(&mut *tx)
             .await?;
-            let entries = batch
-                .iter()
-                .map(|m| {
-                    vec![
-                        ("message_id".to_owned(), m.message_id.to_string()),
-                        ("outbox_id".to_owned(), m.id.to_string()),
-                        ("topic".to_owned(), m.topic.clone()),
-                        ("user_id".to_owned(), m.user_id.clone()),
-                        ("payload".to_owned(), m.payload.to_string()),
-                        (
-                            "created_at".to_owned(),
-                            crate::time::rfc3339_ms(m.created_at),
-                        ),
-                    ]
-                })
-                .collect();
-            // One round trip for the batch; what went out is marked, the
-            // rest waits for Redis.
-            let sent = redis
-                .xadd_all(&stream, entries, STREAM_MAXLEN)
-                .await
-                .unwrap_or(0);
+            let mut args = Vec::with_capacity(1 + 6 * batch.len());
+            args.push(STREAM_MAXLEN.to_string());
+            for m in &batch {
+                args.extend([
+                    m.message_id.to_string(),
+                    m.id.to_string(),
+                    m.topic.clone(),
+                    m.user_id.clone(),
+                    m.payload.to_string(),
+                    crate::time::rfc3339_ms(m.created_at),
+                ]);
+            }
+            // One call for the batch, in order (`lua/relay_publish.lua`);
+            // what went out is marked, the rest waits for Redis.
+            let sent = if batch.is_empty() {
+                0
+            } else {
+                redis
+                    .run(
+                        &crate::store::redis::RELAY_PUBLISH,
+                        vec![stream.clone()],
+                        args,
+                    )
+                    .await
+                    .ok()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .map_or(0, |n| n.min(batch.len()))
+            };
             let ids: Vec<i64> = batch[..sent].iter().map(|m| m.id).collect();
             sqlx::query(r"update outbox set published_at = now() where id = any($1)")
                 .bind(&ids)

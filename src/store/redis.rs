@@ -18,10 +18,7 @@ use std::{sync::OnceLock, time::Duration};
 
 use fred::{
     clients::{Client, Pool},
-    interfaces::{
-        ClientLike, FunctionInterface, HashesInterface, KeysInterface, SetsInterface,
-        StreamsInterface,
-    },
+    interfaces::{ClientLike, FunctionInterface, HashesInterface, KeysInterface, SetsInterface},
     prelude::{Builder, Config, ReconnectPolicy},
 };
 
@@ -157,6 +154,7 @@ scripts! {
     REFUND_SEATS => "refund_seats",
     CANCEL_SCHEDULE => "cancel_schedule",
     CHECK_SCHEDULE => "check_schedule",
+    RELAY_PUBLISH => "relay_publish",
 }
 
 #[derive(Clone)]
@@ -533,53 +531,6 @@ impl Redis {
     pub async fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.guard(Some(key), |c| async move {
             c.set::<(), _, _>(key, value, None, None, false).await
-        })
-        .await
-    }
-
-    /// Appends entries (each its fields) to a stream with automatic ids,
-    /// capped near `maxlen`, in one pipeline: one round trip for the lot.
-    /// Returns how many entries, from the first on, were appended; the
-    /// rest were not (an error ends the count even if a later one went in,
-    /// so the caller never takes a later entry for published before an
-    /// earlier one).
-    ///
-    /// # Errors
-    /// On an outage (nothing was appended, as far as the caller knows).
-    pub async fn xadd_all(
-        &self,
-        key: &str,
-        entries: Vec<Vec<(String, String)>>,
-        maxlen: i64,
-    ) -> Result<usize, StoreError> {
-        use fred::types::streams::{XCap, XCapKind, XCapTrim};
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        let cap = || -> Result<XCap, StoreError> {
-            (XCapKind::MaxLen, XCapTrim::AlmostExact, maxlen)
-                .try_into()
-                .map_err(|e: fred::error::Error| {
-                    StoreError::internal(Dependency::Redis, anyhow::anyhow!("{e}"))
-                })
-        };
-        let caps = entries
-            .iter()
-            .map(|_| cap())
-            .collect::<Result<Vec<_>, _>>()?;
-        self.guard(Some(key), |c| async move {
-            let pipe = c.pipeline();
-            for (fields, cap) in entries.into_iter().zip(caps) {
-                pipe.xadd::<(), _, _, _, _>(key, false, cap, "*", fields)
-                    .await?;
-            }
-            let replies: Vec<Result<fred::types::Value, fred::error::Error>> = pipe.try_all().await;
-            let added = replies.iter().take_while(|r| r.is_ok()).count();
-            match replies.into_iter().find_map(Result::err) {
-                // Nothing went in: the call failed, for the breaker to judge.
-                Some(e) if added == 0 => Err(e),
-                _ => Ok(added),
-            }
         })
         .await
     }
