@@ -564,7 +564,8 @@ async fn the_autopilot_does_not_raise_the_rate_without_admitted_buyers_to_judge_
         assert_eq!(r.body["status"], "prequeue", "{}", r.text);
     }
     // Five control steps with people waiting and nobody admitted. The old
-    // law raised by 5 % of the maximum each time: 20 → 270.
+    // law raised the rate at each of them (by 5 % of the maximum then:
+    // 20 → 270).
     let started = Instant::now();
     let mut steps = Vec::new();
     while started.elapsed() < Duration::from_millis(5_500) {
