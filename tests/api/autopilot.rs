@@ -543,21 +543,15 @@ async fn status_and_join_pace_by_the_autopilots_rate_in_auto_mode() {
 #[tokio::test]
 async fn the_autopilot_does_not_raise_the_rate_without_admitted_buyers_to_judge_it() {
     let app = spawn_app().await;
-    let r = app
-        .admin(
-            Method::POST,
-            "/v1/admin/events",
-            Some(json!({"event_id": "e1", "name": "e1",
-                "queue": {"admit_per_second": 20, "max_active": 100, "active_ttl_seconds": 600,
-                          "idle_timeout_seconds": 600, "admission_mode": "auto",
-                          "min_admit_per_second": 2, "max_admit_per_second": 1000},
-                "schedules": [{"schedule_id": "d1", "starts_at": "2026-12-24T20:00:00Z", "seats": 10,
-                               "row_size": 10, "price": "1000", "hold_seconds": 60, "max_per_user": 4}],
-                "sale": {"prequeue_opens_at": (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339(),
-                         "opens_at": (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339()}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    prequeue_event(
+        &app,
+        "e1",
+        json!({"admit_per_second": 20, "max_active": 100, "active_ttl_seconds": 600,
+               "idle_timeout_seconds": 600, "admission_mode": "auto",
+               "min_admit_per_second": 2, "max_admit_per_second": 1000}),
+        60_000,
+    )
+    .await;
     for i in 0..5 {
         let r = app.join("e1", &format!("u{i}")).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);

@@ -12,28 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
 
-fn rfc3339_in(ms: i64) -> String {
-    (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 fn token(r: &Resp) -> String {
     r.body["token"].as_str().unwrap_or_default().to_owned()
-}
-
-/// An event whose pre-queue is open now and whose draw is `opens_in_ms` away.
-async fn prequeue_event(app: &TestApp, id: &str, queue: Value, opens_in_ms: i64) {
-    let r = app
-        .admin(
-            Method::POST,
-            "/v1/admin/events",
-            Some(json!({"event_id": id, "name": id, "queue": queue,
-                "schedules": [{"schedule_id": "d1", "starts_at": "2026-12-24T20:00:00Z", "seats": 10,
-                               "row_size": 10, "price": "1000", "hold_seconds": 60, "max_per_user": 4}],
-                "sale": {"prequeue_opens_at": rfc3339_in(-1_000), "opens_at": rfc3339_in(opens_in_ms)}})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }
 
 /// Moves `opens_at` to `in_ms` from now (allowed: it has not passed).
