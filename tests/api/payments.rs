@@ -794,6 +794,18 @@ async fn every_timestamp_goes_out_with_milliseconds_in_utc() {
     assert_ms(&confirmed["paid_at"], "outbox paid_at");
 }
 
+/// The `outbox_id` of every message in the event stream, in stream order.
+async fn relayed_outbox_ids(app: &TestApp) -> Vec<i64> {
+    let stream = app.state.redis.keys().outbox_stream();
+    let out = redis_cli(&["XRANGE", &stream, "-", "+"]).await;
+    out.lines()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "outbox_id")
+        .map(|w| w[1].parse().unwrap())
+        .collect()
+}
+
 /// A backlog larger than a batch goes out in batches of 200, one pipeline
 /// each, every message once and in id order, and the rows are marked.
 #[tokio::test]
@@ -832,13 +844,7 @@ async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
         }
     }
     assert_eq!(sent, [200, 200, 50, 0]);
-    let out = redis_cli(&["XRANGE", &stream, "-", "+"]).await;
-    let lines: Vec<&str> = out.lines().collect();
-    let relayed: Vec<i64> = lines
-        .windows(2)
-        .filter(|w| w[0] == "outbox_id")
-        .map(|w| w[1].parse().unwrap())
-        .collect();
+    let relayed = relayed_outbox_ids(&app).await;
     let mut expected = ids.clone();
     expected.sort_unstable();
     assert_eq!(relayed, expected, "each message once, in id order");
@@ -847,4 +853,45 @@ async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
         .await
         .unwrap();
     assert_eq!(pending, 0);
+}
+
+/// Relays on several instances at once (`for update skip locked`): with
+/// nobody dying, every message reaches the stream exactly once.
+#[tokio::test]
+async fn concurrent_relays_publish_each_message_exactly_once() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    let pool = app.state.pg.pool();
+    let mut ids: Vec<i64> = sqlx::query_scalar(
+        "insert into outbox (topic, user_id, payload)
+         select 'test.backlog', 'u' || g, jsonb_build_object('n', g) from generate_series(1, 1000) g
+         returning id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let stores = boxoffice::store::Stores {
+        redis: app.state.redis.clone(),
+        pg: app.state.pg.clone(),
+    };
+    let relays = (0..8).map(|_| {
+        let stores = stores.clone();
+        async move {
+            let mut total = 0;
+            loop {
+                match boxoffice::payments::relay::publish_batch(&stores)
+                    .await
+                    .unwrap()
+                {
+                    0 => return total,
+                    n => total += n,
+                }
+            }
+        }
+    });
+    let totals = join_all(relays).await;
+    assert_eq!(totals.iter().sum::<usize>(), 1000, "{totals:?}");
+    let mut relayed = relayed_outbox_ids(&app).await;
+    relayed.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(relayed, ids, "each message exactly once");
 }
