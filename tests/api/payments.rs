@@ -794,6 +794,27 @@ async fn every_timestamp_goes_out_with_milliseconds_in_utc() {
     assert_ms(&confirmed["paid_at"], "outbox paid_at");
 }
 
+/// An instance without background loops (so no relay runs by itself), `n`
+/// messages waiting in its outbox (their ids), and its stores for calling
+/// the relay by hand.
+async fn outbox_backlog(n: i64) -> (TestApp, boxoffice::store::Stores, Vec<i64>) {
+    let app = spawn_with(Settings::new().without_background()).await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "insert into outbox (topic, user_id, payload)
+         select 'test.backlog', 'u' || g, jsonb_build_object('n', g) from generate_series(1, $1) g
+         returning id",
+    )
+    .bind(n)
+    .fetch_all(app.state.pg.pool())
+    .await
+    .unwrap();
+    let stores = boxoffice::store::Stores {
+        redis: app.state.redis.clone(),
+        pg: app.state.pg.clone(),
+    };
+    (app, stores, ids)
+}
+
 /// The `outbox_id` of every message in the event stream, in stream order.
 async fn relayed_outbox_ids(app: &TestApp) -> Vec<i64> {
     let stream = app.state.redis.keys().outbox_stream();
@@ -810,20 +831,8 @@ async fn relayed_outbox_ids(app: &TestApp) -> Vec<i64> {
 /// each, every message once and in id order, and the rows are marked.
 #[tokio::test]
 async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
-    let app = spawn_with(Settings::new().without_background()).await;
+    let (app, stores, ids) = outbox_backlog(450).await;
     let pool = app.state.pg.pool();
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "insert into outbox (topic, user_id, payload)
-         select 'test.backlog', 'u' || g, jsonb_build_object('n', g) from generate_series(1, 450) g
-         returning id",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let stores = boxoffice::store::Stores {
-        redis: app.state.redis.clone(),
-        pg: app.state.pg.clone(),
-    };
     // The stream refuses every XADD (its key holds a string): nothing is
     // marked published, and the batch goes out once the stream takes it.
     let stream = app.state.redis.keys().outbox_stream();
@@ -859,20 +868,7 @@ async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
 /// nobody dying, every message reaches the stream exactly once.
 #[tokio::test]
 async fn concurrent_relays_publish_each_message_exactly_once() {
-    let app = spawn_with(Settings::new().without_background()).await;
-    let pool = app.state.pg.pool();
-    let mut ids: Vec<i64> = sqlx::query_scalar(
-        "insert into outbox (topic, user_id, payload)
-         select 'test.backlog', 'u' || g, jsonb_build_object('n', g) from generate_series(1, 1000) g
-         returning id",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let stores = boxoffice::store::Stores {
-        redis: app.state.redis.clone(),
-        pg: app.state.pg.clone(),
-    };
+    let (app, stores, mut ids) = outbox_backlog(1000).await;
     let relays = (0..8).map(|_| {
         let stores = stores.clone();
         async move {
