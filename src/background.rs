@@ -64,7 +64,8 @@ async fn pause(shutdown: &CancellationToken, every: Duration) -> bool {
 }
 
 /// Restores events missing from Redis (per event, so per cluster shard)
-/// and finishes interrupted payments; runs at start and then every
+/// and the event stream if it was lost, and finishes interrupted payments;
+/// runs at start and then every
 /// `BOXOFFICE_RECONCILE_MS`.
 async fn reconcile_loop(ctx: reconcile::Context, shutdown: CancellationToken) {
     let Stores { redis, pg } = &ctx.jobs.stores;
@@ -75,6 +76,9 @@ async fn reconcile_loop(ctx: reconcile::Context, shutdown: CancellationToken) {
         // (PostgreSQL down, say).
         if let Err(e) = reconcile::restore_missing(&ctx).await {
             loop_failed("reconcile_restore", &e);
+        }
+        if let Err(e) = relay::restore_stream(&ctx.jobs).await {
+            loop_failed("reconcile_stream", &e);
         }
         if let Err(e) = reconcile::finish_unconfirmed(&ctx).await {
             loop_failed("reconcile_payments", &e);

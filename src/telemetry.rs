@@ -37,6 +37,7 @@ pub const BACKGROUND_LOOPS: &[&str] = &[
     "reconcile_restore",
     "reconcile_payments",
     "reconcile_refunds",
+    "reconcile_stream",
     "idempotency_purge",
     "relay",
     "sweep",

@@ -446,10 +446,11 @@ pub async fn rebuild(ctx: &Context) -> Result<Report, StoreError> {
 }
 
 /// After a Redis Cluster failover the promoted replica may lack the old
-/// master's last writes (a sale's seats, the last hold numbers): the events
-/// in the slots that moved lose their ready mark here, so the pass below
-/// restores them (sold seats replayed, hold ids in a new epoch) while their
-/// holds answer 503. A mark that cannot be removed now is retried next
+/// master's last writes (a sale's seats, the last hold numbers, the last
+/// stream messages): the events in the slots that moved lose their ready
+/// mark here, so the pass below restores them (sold seats replayed, hold
+/// ids in a new epoch) while their holds answer 503; so does the event
+/// stream, which `relay::restore_stream` then fills again. A mark that cannot be removed now is retried next
 /// round.
 async fn forget_failed_over(ctx: &Context, events: &[Event]) {
     let moved = ctx.redis().take_moved_slots();
@@ -457,15 +458,19 @@ async fn forget_failed_over(ctx: &Context, events: &[Event]) {
         return;
     }
     let mut retry = false;
-    for ev in events {
-        let key = ctx.redis().keys().event(&ev.event_id).ready();
+    let keys = ctx.redis().keys();
+    let marks = events
+        .iter()
+        .map(|ev| (ev.event_id.as_str(), keys.event(&ev.event_id).ready()))
+        .chain([("event stream", keys.outbox_stream_ready())]);
+    for (what, key) in marks {
         let slot = crate::store::redis::Redis::slot_of(&key);
         if !moved.iter().any(|&(a, b)| (a..=b).contains(&slot)) {
             continue;
         }
-        tracing::warn!(event_id = %ev.event_id, "event's shard failed over; restoring it");
+        tracing::warn!(what, "shard failed over; restoring it");
         if let Err(e) = ctx.redis().del(&key).await {
-            failed("failover_reset", ev.event_id.as_str(), &e);
+            failed("failover_reset", what, &e);
             retry = true;
         }
     }

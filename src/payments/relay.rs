@@ -7,14 +7,30 @@
 //! off the same rows, so a message is published twice only if a relay dies
 //! between XADD and its commit. Rows are taken in id order, so one relay
 //! publishes each user's messages in order.
+//!
+//! Redis may lose the stream (restarted empty, flushed, a failed-over
+//! shard) after the rows were marked. The stream's ready mark goes with
+//! it, and the relay then publishes nothing until the reconciler has put
+//! every row PostgreSQL still keeps back in line
+//! ([`super::reconcile::restore_stream`]): those messages reach the new
+//! stream again, ahead of newer ones, and consumers drop what they already
+//! had by `message_id`.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::store::{StoreError, Stores};
+use crate::{
+    jobs::{
+        self,
+        fence::{Fence, JobError},
+    },
+    store::{StoreError, Stores},
+};
 
 /// Stream length kept (approximately).
 const STREAM_MAXLEN: i64 = 1_000_000;
+/// The lease (and `job_fences` name) of [`restore_stream`].
+const RESTORE_LEASE: &str = "restore:outbox";
 
 #[derive(sqlx::FromRow)]
 struct Message {
@@ -32,7 +48,10 @@ struct Message {
 /// A store is unavailable (the batch is retried later).
 pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
     let Stores { redis, pg } = stores;
-    let stream = redis.keys().outbox_stream();
+    let keys = vec![
+        redis.keys().outbox_stream(),
+        redis.keys().outbox_stream_ready(),
+    ];
     let published = pg
         .guard(async {
             let mut tx = pg.pool().begin().await?;
@@ -56,16 +75,13 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
                 ]);
             }
             // One call for the batch, in order (`lua/relay_publish.lua`);
-            // what went out is marked, the rest waits for Redis.
+            // what went out is marked, the rest waits for Redis (or, when
+            // the script answers `lost`, for the stream's restore).
             let sent = if batch.is_empty() {
                 0
             } else {
                 redis
-                    .run(
-                        &crate::store::redis::RELAY_PUBLISH,
-                        vec![stream.clone()],
-                        args,
-                    )
+                    .run(&crate::store::redis::RELAY_PUBLISH, keys, args)
                     .await
                     .ok()
                     .and_then(|n| n.parse::<usize>().ok())
@@ -98,4 +114,87 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
     metrics::gauge!("boxoffice_outbox_lag_seconds").set(lag.unwrap_or(0.0));
     metrics::counter!("boxoffice_outbox_published_total").increment(published as u64);
     Ok(published)
+}
+
+/// Puts the stream back after Redis lost it: when its ready mark is gone,
+/// every outbox row PostgreSQL still keeps (the relayed ones until the
+/// purge drops them, `BOXOFFICE_OUTBOX_RETENTION_SECONDS`) is made pending
+/// again and the mark is set, so the relay sends them all again, in id
+/// order, before anything newer. Returns how many were made pending, or
+/// `None` when the stream was not lost (or another instance restores it).
+///
+/// Runs under the lease `restore:outbox`, its write fenced, so one loss is
+/// restored once. Before making rows pending it waits for every relay
+/// holding a batch (it locks the pending rows): a relay whose `XADD` went
+/// into the lost stream just before the loss commits its marks first, and
+/// they are undone with the rest. A relay that takes a batch after that is
+/// refused by the script until the mark is set.
+///
+/// # Errors
+/// A store is unavailable (tried again next round).
+pub async fn restore_stream(ctx: &jobs::Context) -> Result<Option<u64>, StoreError> {
+    let redis = &ctx.stores.redis;
+    let mark = redis.keys().outbox_stream_ready();
+    if redis.exists(&mark).await? {
+        return Ok(None);
+    }
+    let work = |fence: Fence| async move {
+        if redis.exists(&mark).await? {
+            return Ok(None);
+        }
+        let pending_again = requeue_relayed(ctx, &fence).await?;
+        redis.set(&mark, "1").await?;
+        Ok(Some(pending_again))
+    };
+    let run = match ctx.locker() {
+        Ok(locker) => jobs::leased_once(ctx, &locker, RESTORE_LEASE, work).await,
+        // No lease client (a lock URL it cannot parse): still fenced.
+        Err(e) => {
+            tracing::warn!(error = %e, "restoring the event stream without a lease");
+            Some(
+                match Fence::take(&ctx.stores.pg, RESTORE_LEASE, &ctx.holder()).await {
+                    Ok(fence) => work(fence).await,
+                    Err(e) => Err(e.into()),
+                },
+            )
+        }
+    };
+    match run {
+        None | Some(Err(JobError::Fenced { .. })) => Ok(None),
+        Some(Ok(n)) => {
+            // A new deployment's first round finds no mark and nothing
+            // relayed: not worth a warning.
+            if let Some(n @ 1..) = n {
+                tracing::warn!(
+                    messages = n,
+                    "the event stream was lost from Redis; every outbox message still kept is relayed again"
+                );
+            }
+            Ok(n)
+        }
+        Some(Err(JobError::Store(e))) => Err(e),
+    }
+}
+
+/// Marks every relayed row pending again, once the relays holding a batch
+/// have committed (see [`restore_stream`]). A day of a busy sale's rows is
+/// more than the service's 2.5 s statement timeout allows, and this runs
+/// rarely and off every request's path, so it gets minutes.
+async fn requeue_relayed(ctx: &jobs::Context, fence: &Fence) -> Result<u64, JobError> {
+    let mut tx = ctx.stores.pg.pool().begin().await?;
+    let started = Utc::now();
+    sqlx::query(r"set local statement_timeout = '300s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        r"select count(*) from (select 1 from outbox where published_at is null for update) locked",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let n = sqlx::query(r"update outbox set published_at = null where published_at is not null")
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    fence.commit(tx, started, n as i64).await?;
+    Ok(n)
 }

@@ -42,6 +42,15 @@ impl Keys {
     pub fn outbox_stream(&self) -> String {
         format!("{}boxoffice:events", self.prefix)
     }
+
+    /// The stream's ready mark: set once every outbox row PostgreSQL still
+    /// keeps is in this Redis's stream or waiting to be relayed to it
+    /// (`payments::reconcile::restore_stream`); the relay publishes only
+    /// while it is there. Its hash tag is the stream's whole name, so it
+    /// shares the stream's slot and one script sees both.
+    pub fn outbox_stream_ready(&self) -> String {
+        format!("{{{}boxoffice:events}}:ready", self.prefix)
+    }
 }
 
 /// Keys of one event; all share the event's hash tag.
@@ -219,6 +228,20 @@ mod tests {
             k.ready(),
         ] {
             assert!(key.starts_with("t1:{ev:e1}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_stream_and_its_ready_mark_share_a_slot() {
+        use crate::store::redis::Redis;
+        for prefix in ["", "t1:", "bench-7:"] {
+            let k = Keys::new(prefix);
+            assert_eq!(
+                Redis::slot_of(&k.outbox_stream()),
+                Redis::slot_of(&k.outbox_stream_ready()),
+                "{prefix}"
+            );
+            assert_ne!(k.outbox_stream(), k.outbox_stream_ready());
         }
     }
 }

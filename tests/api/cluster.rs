@@ -231,7 +231,12 @@ async fn a_master_killed_mid_sale_fails_over_and_only_its_events_wait() {
         return;
     };
     let app = Arc::new(app_on(&cluster).await);
-    let placed = cluster.events_on_each_master("fo").await;
+    let mut placed = cluster.events_on_each_master("fo").await;
+    // The victim also serves the event stream.
+    let stream = app.state.redis.keys().outbox_stream();
+    let stream_master = cluster.master_of_key(&stream).await;
+    let first = placed.iter().position(|p| p.1 == stream_master).unwrap();
+    placed.swap(0, first);
     let events: Vec<String> = placed.iter().map(|(e, _)| e.clone()).collect();
     for e in &events {
         app.simple_event(e, queue_defaults(), 2000, 300, 4).await;
@@ -344,6 +349,40 @@ async fn a_master_killed_mid_sale_fails_over_and_only_its_events_wait() {
             .unwrap();
         assert_eq!(n > 1_000_000_000, i == 0, "event {e}: hold {n}");
     }
+    // The promoted replica may also have missed the stream's last
+    // messages: the stream is sent again from the outbox, so it ends with
+    // every message PostgreSQL keeps, each once, after the ones it had.
+    // (Sorted: payments that commit out of id order while the restored
+    // stream is being sent are relayed in commit order.)
+    let kept: Vec<i64> = sqlx::query_scalar("select id from outbox order by id")
+        .fetch_all(app.state.pg.pool())
+        .await
+        .unwrap();
+    let in_stream = || async {
+        outbox_ids_in(
+            &cluster
+                .cli_for(&stream, &["XRANGE", &stream, "-", "+"])
+                .await,
+        )
+    };
+    let resent = eventually(Duration::from_secs(10), || async {
+        let ids = in_stream().await;
+        if ids.len() <= kept.len() {
+            return false;
+        }
+        let mut tail = ids[ids.len() - kept.len()..].to_vec();
+        tail.sort_unstable();
+        tail == kept
+    })
+    .await;
+    let ids = in_stream().await;
+    assert!(
+        resent,
+        "the failed-over stream was not sent again: {} messages kept, {} in the stream, ending {:?}",
+        kept.len(),
+        ids.len(),
+        &ids[ids.len().saturating_sub(5)..]
+    );
 }
 
 /// What a hold probe saw.

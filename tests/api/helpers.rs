@@ -984,3 +984,15 @@ pub async fn prequeue_event(app: &TestApp, id: &str, queue: Value, opens_in_ms: 
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }
+
+/// The `outbox_id` of every message in an `XRANGE` of the event stream
+/// (as `redis-cli` prints it), in stream order.
+pub fn outbox_ids_in(xrange: &str) -> Vec<i64> {
+    xrange
+        .lines()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "outbox_id")
+        .map(|w| w[1].parse().unwrap())
+        .collect()
+}

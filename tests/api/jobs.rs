@@ -1054,6 +1054,15 @@ async fn the_purge_drops_expired_idempotency_records_and_relayed_outbox_rows() {
         spawn_with(fast_jobs(Settings::new()).set("BOXOFFICE_OUTBOX_RETENTION_SECONDS", "60"))
             .await;
     let db = pool(&app.settings).await;
+    // Rows marked relayed stay so only once this Redis's stream is in place:
+    // before, the reconciler's stream restore would send them again.
+    let mark = app.state.redis.keys().outbox_stream_ready();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.state.redis.exists(&mark).await.unwrap()
+        })
+        .await
+    );
     sqlx::query(
         r"insert into idempotency (user_id, key, fingerprint, status, response, created_at) values
           ('u', 'old', 'f', 201, '{}', now() - interval '26 hours'),

@@ -260,7 +260,17 @@ impl LocalCluster {
 
     /// The port of the master serving an event's keys now.
     pub async fn master_of(&self, event: &str) -> u16 {
-        let slot = hash_slot(&format!("{{ev:{event}}}"));
+        self.master_of_key(&format!("{{ev:{event}}}")).await
+    }
+
+    /// `redis-cli` on the master serving `key` now.
+    pub async fn cli_for(&self, key: &str, args: &[&str]) -> String {
+        cli(self.master_of_key(key).await, args).await.unwrap()
+    }
+
+    /// The port of the master serving `key`'s slot now.
+    pub async fn master_of_key(&self, key: &str) -> u16 {
+        let slot = hash_slot(key);
         self.masters()
             .await
             .into_iter()

@@ -139,7 +139,7 @@ async fn the_admin_view_of_an_event_missing_from_redis_says_restoring() {
     .await;
     app.simple_event("e1", queue_defaults(), 20, 300, 4).await;
     let token = app.admitted_token("e1", "early").await;
-    let r = redis_cli_on(&redis, &["FLUSHALL"]).await;
+    let r = redis_cli_on(redis.port, &["FLUSHALL"]).await;
     assert_eq!(r.trim(), "OK");
 
     let r = app
@@ -170,9 +170,81 @@ async fn the_admin_view_of_an_event_missing_from_redis_says_restoring() {
     assert_eq!(r.body["restoring"], false, "{}", r.text);
 }
 
-async fn redis_cli_on(redis: &SingleRedis, args: &[&str]) -> String {
+/// The event stream lives only in Redis. Restarted empty, it gets every
+/// message PostgreSQL still keeps again, in outbox order and ahead of any
+/// newer one (at least once: consumers drop repeats by `message_id`).
+#[tokio::test]
+async fn a_redis_restarted_empty_gets_every_kept_outbox_message_again() {
+    let Some(mut redis) = SingleRedis::start().await else {
+        return;
+    };
+    let app = spawn_with(Settings::new().set("REDIS_URL", &redis.url())).await;
+    app.simple_event("e1", queue_defaults(), 20, 300, 4).await;
+    app.buy("e1", "ann", "5000", serde_json::json!([1])).await;
+    app.buy("e1", "bob", "5000", serde_json::json!([2])).await;
+    let kept = || async {
+        sqlx::query_scalar::<_, i64>("select id from outbox order by id")
+            .fetch_all(app.state.pg.pool())
+            .await
+            .unwrap()
+    };
+    let stream = app.state.redis.keys().outbox_stream();
+    let port = redis.port;
+    let in_stream =
+        || async { outbox_ids_in(&redis_cli_on(port, &["XRANGE", &stream, "-", "+"]).await) };
+    let before = kept().await;
+    assert_eq!(before.len(), 4, "two charges and two payments");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            in_stream().await == before
+        })
+        .await,
+        "relayed before the loss: {:?}",
+        in_stream().await
+    );
+
+    redis.kill().await;
+    redis.restart_empty().await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            in_stream().await == before
+        })
+        .await,
+        "the lost stream was not refilled: {:?} of {before:?}",
+        in_stream().await
+    );
+    // The sale goes on (once its event is restored) and newer messages
+    // follow the old ones.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.admin(reqwest::Method::GET, "/v1/admin/events/e1", None)
+                .await
+                .body["restoring"]
+                == false
+        })
+        .await
+    );
+    app.buy("e1", "cat", "5000", serde_json::json!([3])).await;
+    let after = kept().await;
+    assert_eq!(after.len(), 6);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            in_stream().await == after
+        })
+        .await,
+        "each kept message once, in id order: {:?} of {after:?}",
+        in_stream().await
+    );
+    let pending: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
+        .fetch_one(app.state.pg.pool())
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+}
+
+async fn redis_cli_on(port: u16, args: &[&str]) -> String {
     let out = tokio::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string()])
+        .args(["-p", &port.to_string()])
         .args(args)
         .output()
         .await
