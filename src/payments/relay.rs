@@ -27,6 +27,8 @@ use crate::{
     store::{StoreError, Stores},
 };
 
+/// Messages per batch, at most.
+pub const BATCH: usize = 200;
 /// Stream length kept (approximately).
 const STREAM_MAXLEN: i64 = 1_000_000;
 /// The lease (and `job_fences` name) of [`restore_stream`].
@@ -57,9 +59,10 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
             let mut tx = pg.pool().begin().await?;
             let batch: Vec<Message> = sqlx::query_as(
                 r"select id, message_id, topic, user_id, payload, created_at from outbox
-                  where published_at is null order by id limit 200
+                  where published_at is null order by id limit $1
                   for update skip locked",
             )
+            .bind(BATCH as i64)
             .fetch_all(&mut *tx)
             .await?;
             let mut args = Vec::with_capacity(1 + 6 * batch.len());
