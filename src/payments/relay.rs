@@ -3,18 +3,22 @@
 //! the Redis stream `boxoffice:events` (under the key prefix), at least
 //! once, with the outbox row's `message_id` as the stable event id.
 //!
-//! Several instances may run it: `for update skip locked` keeps two relays
-//! off the same rows, so a message is published twice only if a relay dies
-//! between XADD and its commit. Rows are taken in id order, so one relay
-//! publishes each user's messages in order.
+//! Every instance runs it, and one at a time publishes: each batch's
+//! transaction first takes a transaction-level advisory lock
+//! ([`RELAY_LOCK`]), and a relay that finds it taken publishes nothing that
+//! round. So the stream holds the messages in the order their rows are
+//! taken (by id, among the committed ones), whichever instances relay, and
+//! a message is published twice only if a relay dies between its `XADD`s
+//! and its commit. Several relays taking batches side by side (`for update
+//! skip locked`, as before) could append a later batch ahead of an earlier
+//! one: a refund ahead of the payment it refunds.
 //!
 //! Redis may lose the stream (restarted empty, flushed, a failed-over
 //! shard) after the rows were marked. The stream's ready mark goes with
 //! it, and the relay then publishes nothing until the reconciler has put
-//! every row PostgreSQL still keeps back in line
-//! ([`super::reconcile::restore_stream`]): those messages reach the new
-//! stream again, ahead of newer ones, and consumers drop what they already
-//! had by `message_id`.
+//! every row PostgreSQL still keeps back in line ([`restore_stream`]):
+//! those messages reach the new stream again, ahead of newer ones, and
+//! consumers drop what they already had by `message_id`.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -33,6 +37,10 @@ pub const BATCH: usize = 200;
 const STREAM_MAXLEN: i64 = 1_000_000;
 /// The lease (and `job_fences` name) of [`restore_stream`].
 const RESTORE_LEASE: &str = "restore:outbox";
+/// The advisory lock (`pg_try_advisory_xact_lock`) a relay holds while it
+/// publishes a batch, and [`restore_stream`] while it makes rows pending
+/// again: "boxout" in ASCII.
+pub const RELAY_LOCK: i64 = 0x626f_786f_7574;
 
 #[derive(sqlx::FromRow)]
 struct Message {
@@ -44,7 +52,8 @@ struct Message {
     created_at: DateTime<Utc>,
 }
 
-/// Publishes up to one batch; returns how many were published.
+/// Publishes up to one batch; returns how many were published (0 also
+/// when another relay is publishing).
 ///
 /// # Errors
 /// A store is unavailable (the batch is retried later).
@@ -57,10 +66,16 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
     let published = pg
         .guard(async {
             let mut tx = pg.pool().begin().await?;
+            let mine: bool = sqlx::query_scalar(r"select pg_try_advisory_xact_lock($1)")
+                .bind(RELAY_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !mine {
+                return Ok(0);
+            }
             let batch: Vec<Message> = sqlx::query_as(
                 r"select id, message_id, topic, user_id, payload, created_at from outbox
-                  where published_at is null order by id limit $1
-                  for update skip locked",
+                  where published_at is null order by id limit $1",
             )
             .bind(BATCH as i64)
             .fetch_all(&mut *tx)
@@ -127,11 +142,11 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
 /// `None` when the stream was not lost (or another instance restores it).
 ///
 /// Runs under the lease `restore:outbox`, its write fenced, so one loss is
-/// restored once. Before making rows pending it waits for every relay
-/// holding a batch (it locks the pending rows): a relay whose `XADD` went
-/// into the lost stream just before the loss commits its marks first, and
-/// they are undone with the rest. A relay that takes a batch after that is
-/// refused by the script until the mark is set.
+/// restored once. Before making rows pending it takes the relays' lock
+/// ([`RELAY_LOCK`]), so it waits for the relay holding a batch: one whose
+/// `XADD`s went into the lost stream just before the loss commits its marks
+/// first, and they are undone with the rest. A relay that takes a batch
+/// after that is refused by the script until the mark is set.
 ///
 /// # Errors
 /// A store is unavailable (tried again next round).
@@ -179,8 +194,8 @@ pub async fn restore_stream(ctx: &jobs::Context) -> Result<Option<u64>, StoreErr
     }
 }
 
-/// Marks every relayed row pending again, once the relays holding a batch
-/// have committed (see [`restore_stream`]). A day of a busy sale's rows is
+/// Marks every relayed row pending again, once the relay holding a batch
+/// has committed (see [`restore_stream`]). A day of a busy sale's rows is
 /// more than the service's 2.5 s statement timeout allows, and this runs
 /// rarely and off every request's path, so it gets minutes.
 async fn requeue_relayed(ctx: &jobs::Context, fence: &Fence) -> Result<u64, JobError> {
@@ -189,11 +204,10 @@ async fn requeue_relayed(ctx: &jobs::Context, fence: &Fence) -> Result<u64, JobE
     sqlx::query(r"set local statement_timeout = '300s'")
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        r"select count(*) from (select 1 from outbox where published_at is null for update) locked",
-    )
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query(r"select pg_advisory_xact_lock($1)")
+        .bind(RELAY_LOCK)
+        .execute(&mut *tx)
+        .await?;
     let n = sqlx::query(r"update outbox set published_at = null where published_at is not null")
         .execute(&mut *tx)
         .await?

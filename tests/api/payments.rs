@@ -882,8 +882,46 @@ async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
     assert_eq!(pending, 0);
 }
 
-/// Relays on several instances at once (`for update skip locked`): with
-/// nobody dying, every message reaches the stream exactly once.
+/// A relay that finds another in the middle of a batch publishes nothing:
+/// taking the rows after that batch would put them in the stream ahead of
+/// it (a refund ahead of its payment, say).
+#[tokio::test]
+async fn a_relay_publishes_nothing_while_another_holds_a_batch() {
+    let (app, stores, mut ids) = outbox_backlog(300).await;
+    boxoffice::payments::relay::restore_stream(&app.state.jobs())
+        .await
+        .unwrap();
+    // The other relay, mid-batch: it holds what any relay holds then, the
+    // relays' lock and its rows.
+    let mut other = app.state.pg.pool().begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(boxoffice::payments::relay::RELAY_LOCK)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("select id from outbox order by id limit 200 for update")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let sent = boxoffice::payments::relay::publish_batch(&stores)
+        .await
+        .unwrap();
+    assert_eq!(sent, 0);
+    assert_eq!(relayed_outbox_ids(&app).await, Vec::<i64>::new());
+    // It gave up its batch (rolled back): everything goes out, in order.
+    other.rollback().await.unwrap();
+    while boxoffice::payments::relay::publish_batch(&stores)
+        .await
+        .unwrap()
+        > 0
+    {}
+    ids.sort_unstable();
+    assert_eq!(relayed_outbox_ids(&app).await, ids);
+}
+
+/// Relays on several instances at once: one publishes at a time (the
+/// relays' advisory lock), so with nobody dying every message reaches the
+/// stream exactly once and in id order.
 #[tokio::test]
 async fn concurrent_relays_publish_each_message_exactly_once() {
     let (app, stores, mut ids) = outbox_backlog(1000).await;
@@ -907,8 +945,7 @@ async fn concurrent_relays_publish_each_message_exactly_once() {
     });
     let totals = join_all(relays).await;
     assert_eq!(totals.iter().sum::<usize>(), 1000, "{totals:?}");
-    let mut relayed = relayed_outbox_ids(&app).await;
-    relayed.sort_unstable();
+    let relayed = relayed_outbox_ids(&app).await;
     ids.sort_unstable();
-    assert_eq!(relayed, ids, "each message exactly once");
+    assert_eq!(relayed, ids, "each message exactly once, in id order");
 }
