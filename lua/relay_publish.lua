@@ -2,7 +2,8 @@
 -- onto the event stream, in one call, in order.
 --
 -- KEYS[1]  the stream (`boxoffice:events` under the key prefix)
--- KEYS[2]  its ready mark (`{boxoffice:events}:ready`, the same slot)
+-- KEYS[2]  its ready mark (`<prefix>{<prefix>boxoffice:events}:ready`, the
+--          same slot)
 -- ARGV[1]  its approximate MAXLEN
 -- ARGV[2..] six values per message, in outbox id order: message_id,
 --          outbox_id, topic, user_id, payload, created_at

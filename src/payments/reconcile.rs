@@ -37,7 +37,7 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::refund;
+use super::{refund, relay};
 use crate::{
     catalog::{self, Event, cache::ScheduleIds},
     holds,
@@ -94,6 +94,9 @@ pub struct Report {
     pub payments_finished: u64,
     /// Payments whose replay failed this pass (tried again next pass).
     pub payments_failed: u64,
+    /// Outbox messages made pending again so the event stream gets them
+    /// again (`POST /v1/admin/reconcile` only; see `relay::restore_stream`).
+    pub stream_messages_requeued: u64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -430,14 +433,29 @@ async fn bump_epoch_fenced(ctx: &Context, event: &EventId, fence: &Fence) -> Res
 }
 
 /// Restores the catalog and every sold seat of every event from PostgreSQL,
-/// and forgets every cached schedule list.
+/// sends every kept outbox message to the event stream again, and forgets
+/// every cached schedule list.
 ///
 /// # Errors
 /// PostgreSQL unavailable, or no event could be restored (Redis down).
 pub async fn rebuild(ctx: &Context) -> Result<Report, StoreError> {
     let events = catalog::pg::all(ctx.pg()).await?;
-    let report = restore_each(ctx, events, false).await;
+    let mut report = restore_each(ctx, events, false).await;
     ctx.schedule_ids.clear();
+    // The stream too may have missed writes the service cannot see (a
+    // Sentinel failover, an AOF restart): send it again as after a loss.
+    let stream = match ctx
+        .redis()
+        .del(&ctx.redis().keys().outbox_stream_ready())
+        .await
+    {
+        Ok(()) => relay::restore_stream(&ctx.jobs).await,
+        Err(e) => Err(e),
+    };
+    match stream {
+        Ok(n) => report.stream_messages_requeued = n.unwrap_or(0),
+        Err(e) => failed("restore_stream", "event stream", &e),
+    }
     if report.events_failed > 0 && report.events_loaded == 0 {
         // Nothing worked: say why, as a 503.
         ctx.redis().ping().await?;

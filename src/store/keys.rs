@@ -45,11 +45,13 @@ impl Keys {
 
     /// The stream's ready mark: set once every outbox row PostgreSQL still
     /// keeps is in this Redis's stream or waiting to be relayed to it
-    /// (`payments::reconcile::restore_stream`); the relay publishes only
-    /// while it is there. Its hash tag is the stream's whole name, so it
-    /// shares the stream's slot and one script sees both.
+    /// (`payments::relay::restore_stream`); the relay publishes only while
+    /// it is there. `<prefix>{<prefix>boxoffice:events}:ready`: its hash
+    /// tag is the stream's whole name (which has none), so it shares the
+    /// stream's slot and one script sees both, and like every key it
+    /// starts with the prefix.
     pub fn outbox_stream_ready(&self) -> String {
-        format!("{{{}boxoffice:events}}:ready", self.prefix)
+        format!("{p}{{{p}boxoffice:events}}:ready", p = self.prefix)
     }
 }
 
@@ -242,6 +244,7 @@ mod tests {
                 "{prefix}"
             );
             assert_ne!(k.outbox_stream(), k.outbox_stream_ready());
+            assert!(k.outbox_stream_ready().starts_with(prefix));
         }
     }
 }

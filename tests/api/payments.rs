@@ -435,11 +435,32 @@ async fn an_emptied_redis_is_restored_from_postgres() {
     // On demand, with a report of what changed: on an instance without
     // background loops, once the looping one is gone, so no loop can win
     // the race and the report is exact.
+    let relayed = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>("select count(*) from outbox where published_at is not null")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // The wipe took the stream too; the looping instance sent the charge
+    // and the payment again.
+    let pool = app.state.pg.pool().clone();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            relayed(pool.clone()).await == 2
+        })
+        .await
+    );
     let quiet = spawn_with(app.settings.clone().without_background()).await;
     app.stop().await;
+    let pool = quiet.state.pg.pool().clone();
+    let before = relayed(pool.clone()).await;
     let r = quiet.admin(Method::POST, "/v1/admin/reconcile", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["seats_fixed"], 0, "nothing to fix now: {}", r.text);
+    // The stream may have missed writes too (a Sentinel failover): every
+    // kept message is pending again, for the relay to send once more.
+    assert_eq!(r.body["stream_messages_requeued"], before, "{}", r.text);
+    assert_eq!(relayed(pool).await, 0);
     wipe_prefix(&prefix).await;
     let r = quiet.admin(Method::POST, "/v1/admin/reconcile", None).await;
     assert_eq!(r.status, StatusCode::OK);
