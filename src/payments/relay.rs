@@ -183,6 +183,8 @@ pub async fn restore_stream(ctx: &jobs::Context) -> Result<Option<u64>, StoreErr
             // A new deployment's first round finds no mark and nothing
             // relayed: not worth a warning.
             if let Some(n @ 1..) = n {
+                metrics::counter!("boxoffice_reconciler_fixes_total", "kind" => "stream_requeued")
+                    .increment(n);
                 tracing::warn!(
                     messages = n,
                     "the event stream was lost from Redis; every outbox message still kept is relayed again"

@@ -926,6 +926,16 @@ impl TestApp {
     }
 }
 
+/// One sample of `/metrics` (`name` with its labels, as printed), 0 when
+/// absent. The recorder is the process's: other tests add to it too.
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.get("/metrics").await.text;
+    let name = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&name)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `boxoffice_script_batch`'s sum (requests) and count (calls) for one
 /// script: 0 before its first batch.
 pub async fn batch_figures(app: &TestApp, script: &str) -> (f64, f64) {

@@ -170,6 +170,9 @@ async fn the_admin_view_of_an_event_missing_from_redis_says_restoring() {
     assert_eq!(r.body["restoring"], false, "{}", r.text);
 }
 
+/// The outbox messages made pending again because the stream was lost.
+const FIXES_STREAM: &str = r#"boxoffice_reconciler_fixes_total{kind="stream_requeued"}"#;
+
 /// The event stream lives only in Redis. Restarted empty, it gets every
 /// message PostgreSQL still keeps again, in outbox order and ahead of any
 /// newer one (at least once: consumers drop repeats by `message_id`).
@@ -203,6 +206,7 @@ async fn a_redis_restarted_empty_gets_every_kept_outbox_message_again() {
         in_stream().await
     );
 
+    let requeued_before = metric(&app, FIXES_STREAM).await;
     redis.kill().await;
     redis.restart_empty().await;
     assert!(
@@ -212,6 +216,12 @@ async fn a_redis_restarted_empty_gets_every_kept_outbox_message_again() {
         .await,
         "the lost stream was not refilled: {:?} of {before:?}",
         in_stream().await
+    );
+    // Counted (the recorder is the test process's: others may add to it).
+    let requeued = metric(&app, FIXES_STREAM).await;
+    assert!(
+        requeued >= requeued_before + 4.0,
+        "{requeued_before} -> {requeued}"
     );
     // The sale goes on (once its event is restored) and newer messages
     // follow the old ones.
