@@ -817,7 +817,8 @@ async fn every_timestamp_goes_out_with_milliseconds_in_utc() {
 
 /// An instance without background loops (so no relay runs by itself), `n`
 /// messages waiting in its outbox (their ids), and its stores for calling
-/// the relay by hand.
+/// the relay by hand; its event stream restored (as the reconciler would),
+/// so the relay may publish.
 async fn outbox_backlog(n: i64) -> (TestApp, boxoffice::store::Stores, Vec<i64>) {
     let app = spawn_with(Settings::new().without_background()).await;
     let ids: Vec<i64> = sqlx::query_scalar(
@@ -833,6 +834,16 @@ async fn outbox_backlog(n: i64) -> (TestApp, boxoffice::store::Stores, Vec<i64>)
         redis: app.state.redis.clone(),
         pg: app.state.pg.clone(),
     };
+    // This Redis never had the stream: the relay sends nothing until the
+    // stream's restore has run (nothing was relayed, so nothing is pending
+    // again), which runs once.
+    let relay = || boxoffice::payments::relay::publish_batch(&stores);
+    assert_eq!(relay().await.unwrap(), 0);
+    assert_eq!(relayed_outbox_ids(&app).await, Vec::<i64>::new());
+    let jobs = app.state.jobs();
+    let restore = || boxoffice::payments::relay::restore_stream(&jobs);
+    assert_eq!(restore().await.unwrap(), Some(0));
+    assert_eq!(restore().await.unwrap(), None, "restored once");
     (app, stores, ids)
 }
 
@@ -848,30 +859,6 @@ async fn relayed_outbox_ids(app: &TestApp) -> Vec<i64> {
 async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
     let (app, stores, ids) = outbox_backlog(450).await;
     let pool = app.state.pg.pool();
-    // This Redis never had the stream: the relay sends nothing until the
-    // stream's restore has run (nothing was relayed, so nothing is pending
-    // again).
-    assert_eq!(
-        boxoffice::payments::relay::publish_batch(&stores)
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(relayed_outbox_ids(&app).await, Vec::<i64>::new());
-    let jobs = app.state.jobs();
-    assert_eq!(
-        boxoffice::payments::relay::restore_stream(&jobs)
-            .await
-            .unwrap(),
-        Some(0)
-    );
-    assert_eq!(
-        boxoffice::payments::relay::restore_stream(&jobs)
-            .await
-            .unwrap(),
-        None,
-        "restored once"
-    );
     // The stream refuses every XADD (its key holds a string): nothing is
     // marked published, and the batch goes out once the stream takes it.
     let stream = app.state.redis.keys().outbox_stream();
@@ -909,9 +896,6 @@ async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
 #[tokio::test]
 async fn a_relay_publishes_nothing_while_another_holds_a_batch() {
     let (app, stores, mut ids) = outbox_backlog(300).await;
-    boxoffice::payments::relay::restore_stream(&app.state.jobs())
-        .await
-        .unwrap();
     // The other relay, mid-batch: it holds what any relay holds then, the
     // relays' lock and its rows.
     let mut other = app.state.pg.pool().begin().await.unwrap();
@@ -946,9 +930,6 @@ async fn a_relay_publishes_nothing_while_another_holds_a_batch() {
 #[tokio::test]
 async fn concurrent_relays_publish_each_message_exactly_once() {
     let (app, stores, mut ids) = outbox_backlog(1000).await;
-    boxoffice::payments::relay::restore_stream(&app.state.jobs())
-        .await
-        .unwrap();
     let relays = (0..8).map(|_| {
         let stores = stores.clone();
         async move {

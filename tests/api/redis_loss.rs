@@ -192,31 +192,26 @@ async fn a_redis_restarted_empty_gets_every_kept_outbox_message_again() {
             .unwrap()
     };
     let stream = app.state.redis.keys().outbox_stream();
+    // Waits until the stream holds exactly `want` (outbox ids, in order).
     let port = redis.port;
-    let in_stream =
-        || async { outbox_ids_in(&redis_cli_on(port, &["XRANGE", &stream, "-", "+"]).await) };
+    let shows = |want: Vec<i64>, what: &'static str| {
+        let stream = stream.clone();
+        async move {
+            let seen = || async {
+                outbox_ids_in(&redis_cli_on(port, &["XRANGE", &stream, "-", "+"]).await)
+            };
+            let ok = eventually(Duration::from_secs(15), || async { seen().await == want }).await;
+            assert!(ok, "{what}: {:?}, want {want:?}", seen().await);
+        }
+    };
     let before = kept().await;
     assert_eq!(before.len(), 4, "two charges and two payments");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            in_stream().await == before
-        })
-        .await,
-        "relayed before the loss: {:?}",
-        in_stream().await
-    );
+    shows(before.clone(), "relayed before the loss").await;
 
     let requeued_before = metric(&app, FIXES_STREAM).await;
     redis.kill().await;
     redis.restart_empty().await;
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            in_stream().await == before
-        })
-        .await,
-        "the lost stream was not refilled: {:?} of {before:?}",
-        in_stream().await
-    );
+    shows(before, "the lost stream, refilled").await;
     // Counted (the recorder is the test process's: others may add to it).
     let requeued = metric(&app, FIXES_STREAM).await;
     assert!(
@@ -237,14 +232,7 @@ async fn a_redis_restarted_empty_gets_every_kept_outbox_message_again() {
     app.buy("e1", "cat", "5000", serde_json::json!([3])).await;
     let after = kept().await;
     assert_eq!(after.len(), 6);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            in_stream().await == after
-        })
-        .await,
-        "each kept message once, in id order: {:?} of {after:?}",
-        in_stream().await
-    );
+    shows(after, "each kept message once, in id order").await;
     let pending: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
         .fetch_one(app.state.pg.pool())
         .await
