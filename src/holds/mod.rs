@@ -232,8 +232,12 @@ pub async fn place(
         ]);
     }
     let reply = redis
-        .eval_json::<Swept<PlaceReply>>(&redis::PLACE_HOLD, keys, args)
-        .await;
+        .run(&redis::PLACE_HOLD, keys, args)
+        .await
+        .and_then(|raw| {
+            Swept::<PlaceReply>::decode(&raw)
+                .map_err(|e| bad_reply(&redis::PLACE_HOLD, format_args!("{e} in {raw}")))
+        });
     let every = |e: &dyn Fn() -> HoldError| count_outcomes(asks.iter().map(|_| Err(e())).collect());
     let placements = match reply.map(Swept::counted) {
         Ok(PlaceReply::Ok { holds }) => holds,
