@@ -211,7 +211,12 @@ async fn a_redis_restarted_empty_gets_every_kept_outbox_message_again() {
     let requeued_before = metric(&app, FIXES_STREAM).await;
     redis.kill().await;
     redis.restart_empty().await;
+    let restarted = Instant::now();
     shows(before, "the lost stream, refilled").await;
+    eprintln!(
+        "event stream lost with Redis: refilled {:?} after the restart",
+        restarted.elapsed()
+    );
     // Counted (the recorder is the test process's: others may add to it).
     let requeued = metric(&app, FIXES_STREAM).await;
     assert!(
