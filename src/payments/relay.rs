@@ -28,7 +28,7 @@ use crate::{
         self,
         fence::{Fence, JobError},
     },
-    store::{StoreError, Stores},
+    store::{StoreError, Stores, redis::RELAY_PUBLISH, reply::bad_reply},
 };
 
 /// Messages per batch, at most.
@@ -56,14 +56,18 @@ struct Message {
 /// when another relay is publishing).
 ///
 /// # Errors
-/// A store is unavailable (the batch is retried later).
+/// A store is unavailable or the script's reply makes no sense (the batch
+/// is retried later; nothing of it was marked).
 pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
     let Stores { redis, pg } = stores;
     let keys = vec![
         redis.keys().outbox_stream(),
         redis.keys().outbox_stream_ready(),
     ];
-    let published = pg
+    // A Redis that fails the call comes out as `Ok(Err(..))`: the
+    // transaction is dropped (nothing marked) and the error is returned
+    // after the lag gauge, which must keep growing through an outage.
+    let outcome = pg
         .guard(async {
             let mut tx = pg.pool().begin().await?;
             let mine: bool = sqlx::query_scalar(r"select pg_try_advisory_xact_lock($1)")
@@ -71,7 +75,7 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
                 .fetch_one(&mut *tx)
                 .await?;
             if !mine {
-                return Ok(0);
+                return Ok(Ok(0));
             }
             let batch: Vec<Message> = sqlx::query_as(
                 r"select id, message_id, topic, user_id, payload, created_at from outbox
@@ -80,6 +84,9 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
             .bind(BATCH as i64)
             .fetch_all(&mut *tx)
             .await?;
+            if batch.is_empty() {
+                return Ok(Ok(0));
+            }
             let mut args = Vec::with_capacity(1 + 6 * batch.len());
             args.push(STREAM_MAXLEN.to_string());
             for m in &batch {
@@ -95,23 +102,24 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
             // One call for the batch, in order (`lua/relay_publish.lua`);
             // what went out is marked, the rest waits for Redis (or, when
             // the script answers `lost`, for the stream's restore).
-            let sent = if batch.is_empty() {
-                0
-            } else {
-                redis
-                    .run(&crate::store::redis::RELAY_PUBLISH, keys, args)
-                    .await
-                    .ok()
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .map_or(0, |n| n.min(batch.len()))
+            let sent = match redis.run(&RELAY_PUBLISH, keys, args).await {
+                Ok(reply) if reply == "lost" => 0,
+                Ok(reply) => match reply.parse::<usize>() {
+                    Ok(n) if n <= batch.len() => n,
+                    _ => return Ok(Err(bad_reply(&RELAY_PUBLISH, reply))),
+                },
+                Err(e) => return Ok(Err(e)),
             };
+            if sent == 0 {
+                return Ok(Ok(0));
+            }
             let ids: Vec<i64> = batch[..sent].iter().map(|m| m.id).collect();
             sqlx::query(r"update outbox set published_at = now() where id = any($1)")
                 .bind(&ids)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(ids.len())
+            Ok(Ok(ids.len()))
         })
         .await?;
     // The age of the oldest message waiting, by id: one step of the
@@ -130,6 +138,7 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
         )
         .await?;
     metrics::gauge!("boxoffice_outbox_lag_seconds").set(lag.unwrap_or(0.0));
+    let published = outcome?;
     metrics::counter!("boxoffice_outbox_published_total").increment(published as u64);
     Ok(published)
 }

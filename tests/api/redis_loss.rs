@@ -245,6 +245,70 @@ async fn a_redis_restarted_empty_gets_every_kept_outbox_message_again() {
     assert_eq!(pending, 0);
 }
 
+/// A relay whose Redis is gone marks nothing and says so (the relay loop
+/// counts it in `boxoffice_background_failures_total{loop="relay"}`); once
+/// Redis is back and the stream restored, every message goes out once.
+#[tokio::test]
+async fn a_relay_whose_redis_is_killed_marks_nothing_and_fails_loud() {
+    let Some(mut redis) = SingleRedis::start().await else {
+        return;
+    };
+    let app = spawn_with(
+        Settings::new()
+            .set("REDIS_URL", &redis.url())
+            .without_background(),
+    )
+    .await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "insert into outbox (topic, user_id, payload)
+         select 'test.outage', 'u' || g, '{}' from generate_series(1, 30) g returning id",
+    )
+    .fetch_all(app.state.pg.pool())
+    .await
+    .unwrap();
+    let stores = boxoffice::store::Stores {
+        redis: app.state.redis.clone(),
+        pg: app.state.pg.clone(),
+    };
+    let jobs = app.state.jobs();
+    let relay = || boxoffice::payments::relay::publish_batch(&stores);
+    boxoffice::payments::relay::restore_stream(&jobs)
+        .await
+        .unwrap();
+    let pending = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from outbox where published_at is null")
+            .fetch_one(app.state.pg.pool())
+            .await
+            .unwrap()
+    };
+
+    redis.kill().await;
+    let r = relay().await;
+    assert!(r.is_err(), "a dead Redis is an error, not 0 sent: {r:?}");
+    assert_eq!(pending().await, 30, "nothing marked");
+
+    redis.restart_empty().await;
+    // Back empty: refused until the stream is restored, then all of it.
+    let back = eventually(Duration::from_secs(10), || async {
+        relay().await.is_ok_and(|n| n == 0)
+    })
+    .await;
+    assert!(back, "the relay works again once Redis answers");
+    assert_eq!(pending().await, 30);
+    assert!(
+        boxoffice::payments::relay::restore_stream(&jobs)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(relay().await.unwrap(), 30);
+    let stream = app.state.redis.keys().outbox_stream();
+    assert_eq!(
+        outbox_ids_in(&redis_cli_on(redis.port, &["XRANGE", &stream, "-", "+"]).await),
+        ids
+    );
+}
+
 async fn redis_cli_on(port: u16, args: &[&str]) -> String {
     let out = tokio::process::Command::new("redis-cli")
         .args(["-p", &port.to_string()])
