@@ -924,6 +924,75 @@ async fn a_relay_publishes_nothing_while_another_holds_a_batch() {
     assert_eq!(relayed_outbox_ids(&app).await, ids);
 }
 
+/// The stream's restore waits for the relay holding a batch: a relay whose
+/// messages went into the stream just before it was lost, and that marks
+/// them after the restore began, has its marks undone with the rest, so
+/// those messages are sent again too.
+#[tokio::test]
+async fn the_stream_restore_waits_for_a_relay_caught_mid_batch() {
+    let (app, _stores, ids) = outbox_backlog(10).await;
+    let pool = app.state.pg.pool();
+    let mark = |ids: &[i64]| {
+        sqlx::query("update outbox set published_at = now() where id = any($1)").bind(ids.to_vec())
+    };
+    mark(&ids[..5]).execute(pool).await.unwrap();
+    // A relay mid-batch: the relays' lock, its five rows marked, not yet
+    // committed; its XADDs went into the stream that is now lost.
+    let mut relay = pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(boxoffice::payments::relay::RELAY_LOCK)
+        .execute(&mut *relay)
+        .await
+        .unwrap();
+    mark(&ids[5..]).execute(&mut *relay).await.unwrap();
+    app.state
+        .redis
+        .del(&app.state.redis.keys().outbox_stream_ready())
+        .await
+        .unwrap();
+    let jobs = app.state.jobs();
+    let restore =
+        tokio::spawn(async move { boxoffice::payments::relay::restore_stream(&jobs).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!restore.is_finished(), "the restore waits for the relay");
+    relay.commit().await.unwrap();
+    assert_eq!(restore.await.unwrap().unwrap(), Some(10));
+    let pending: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 10, "every message is sent again");
+}
+
+/// However many instances find the stream lost at once, it is restored
+/// once (the lease `restore:outbox`, its fencing token, and the mark
+/// checked again under it; with neither lease nor token two restore).
+#[tokio::test]
+async fn a_lost_stream_is_restored_once_by_concurrent_reconcilers() {
+    let (app, stores, _) = outbox_backlog(50).await;
+    while boxoffice::payments::relay::publish_batch(&stores)
+        .await
+        .unwrap()
+        > 0
+    {}
+    app.state
+        .redis
+        .del(&app.state.redis.keys().outbox_stream_ready())
+        .await
+        .unwrap();
+    let restores = join_all((0..8).map(|_| {
+        let jobs = app.state.jobs();
+        async move {
+            boxoffice::payments::relay::restore_stream(&jobs)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(restores.iter().flatten().count(), 1, "{restores:?}");
+    assert_eq!(restores.iter().flatten().sum::<u64>(), 50, "{restores:?}");
+}
+
 /// Relays on several instances at once: one publishes at a time (the
 /// relays' advisory lock), so with nobody dying every message reaches the
 /// stream exactly once and in id order.
