@@ -34,7 +34,7 @@ use crate::{
         keys::EventKeys,
         redis,
         redis::Redis,
-        reply::{bad_reply, decode_reply},
+        reply::{bad_reply, decode_reply, decode_reply_with},
     },
     token::QueueClaims,
 };
@@ -235,8 +235,11 @@ pub async fn place(
         .run(&redis::PLACE_HOLD, keys, args)
         .await
         .and_then(|raw| {
-            Swept::<PlaceReply>::decode(&raw)
-                .map_err(|e| bad_reply(&redis::PLACE_HOLD, format_args!("{e} in {raw}")))
+            decode_reply_with(
+                &redis::PLACE_HOLD,
+                raw.as_bytes(),
+                Swept::<PlaceReply>::decode,
+            )
         });
     let every = |e: &dyn Fn() -> HoldError| count_outcomes(asks.iter().map(|_| Err(e())).collect());
     let placements = match reply.map(Swept::counted) {

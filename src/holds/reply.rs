@@ -173,7 +173,7 @@ impl Swept<PlaceReply> {
     ///
     /// # Errors
     /// The reply does not decode.
-    pub(super) fn decode(raw: &str) -> serde_json::Result<Self> {
+    pub(super) fn decode(raw: &[u8]) -> serde_json::Result<Self> {
         /// The prefix of every reply written by hand as `ok`.
         const OK: &str = r#"{"status":"ok","#;
         #[derive(Deserialize)]
@@ -185,10 +185,10 @@ impl Swept<PlaceReply> {
             #[serde(borrow)]
             holds: Vec<&'a serde_json::value::RawValue>,
         }
-        if !raw.starts_with(OK) {
-            return serde_json::from_str(raw);
+        if !raw.starts_with(OK.as_bytes()) {
+            return serde_json::from_slice(raw);
         }
-        let batch: Batch = serde_json::from_str(raw)?;
+        let batch: Batch = serde_json::from_slice(raw)?;
         let holds = batch
             .holds
             .into_iter()
@@ -342,7 +342,7 @@ mod tests {
         ];
         for raw in &cases {
             let derived = decode_reply::<Swept<PlaceReply>>(&redis::PLACE_HOLD, raw.as_bytes());
-            let by_hand = Swept::<PlaceReply>::decode(raw);
+            let by_hand = Swept::<PlaceReply>::decode(raw.as_bytes());
             assert_eq!(by_hand.is_ok(), derived.is_ok(), "{raw}");
             assert_eq!(
                 format!("{:?}", by_hand.ok()),

@@ -28,7 +28,20 @@ pub fn bad_reply(script: &Script, what: impl std::fmt::Display) -> StoreError {
 /// # Errors
 /// Internal, naming the script, the decoding error and the reply.
 pub fn decode_reply<T: DeserializeOwned>(script: &Script, raw: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(raw).map_err(|e| {
+    decode_reply_with(script, raw, |raw| serde_json::from_slice(raw))
+}
+
+/// [`decode_reply`] with the reply type's own decoder (e.g. a hand-read
+/// fast path, `holds::reply::Swept::<PlaceReply>::decode`), failing alike.
+///
+/// # Errors
+/// Internal, naming the script, the decoding error and the reply.
+pub fn decode_reply_with<'a, T>(
+    script: &Script,
+    raw: &'a [u8],
+    decode: impl FnOnce(&'a [u8]) -> serde_json::Result<T>,
+) -> Result<T, StoreError> {
+    decode(raw).map_err(|e| {
         bad_reply(
             script,
             format_args!("{e} in {}", String::from_utf8_lossy(raw)),
