@@ -468,8 +468,8 @@ pub async fn rebuild(ctx: &Context) -> Result<Report, StoreError> {
 /// stream messages): the events in the slots that moved lose their ready
 /// mark here, so the pass below restores them (sold seats replayed, hold
 /// ids in a new epoch) while their holds answer 503; so does the event
-/// stream, which `relay::restore_stream` then fills again. A mark that cannot be removed now is retried next
-/// round.
+/// stream, which `relay::restore_stream` then fills again. A mark that
+/// cannot be removed now is retried next round.
 async fn forget_failed_over(ctx: &Context, events: &[Event]) {
     let moved = ctx.redis().take_moved_slots();
     if moved.is_empty() {
@@ -506,10 +506,11 @@ async fn forget_failed_over(ctx: &Context, events: &[Event]) {
 /// PostgreSQL unavailable.
 pub async fn restore_missing(ctx: &Context) -> Result<Option<Report>, StoreError> {
     let events = catalog::pg::all(ctx.pg()).await?;
+    // Also without events: the stream (wallet charges) may have moved.
+    forget_failed_over(ctx, &events).await;
     if events.is_empty() {
         return Ok(None);
     }
-    forget_failed_over(ctx, &events).await;
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     if let Err(e) = ctx
         .redis()
