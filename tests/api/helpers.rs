@@ -929,7 +929,11 @@ impl TestApp {
 /// One sample of `/metrics` (`name` with its labels, as printed), 0 when
 /// absent. The recorder is the process's: other tests add to it too.
 pub async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app.get("/metrics").await.text;
+    sample(&app.get("/metrics").await.text, name)
+}
+
+/// One sample of a `/metrics` text, 0 when absent.
+fn sample(text: &str, name: &str) -> f64 {
     let name = format!("{name} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&name)?.parse().ok())
@@ -939,12 +943,13 @@ pub async fn metric(app: &TestApp, name: &str) -> f64 {
 /// `boxoffice_script_batch`'s sum (requests) and count (calls) for one
 /// script: 0 before its first batch.
 pub async fn batch_figures(app: &TestApp, script: &str) -> (f64, f64) {
+    // Both from one scrape: other tests' batches land between two.
     let text = app.get("/metrics").await.text;
     let figure = |part: &str| {
-        let name = format!(r#"boxoffice_script_batch_{part}{{script="{script}"}} "#);
-        text.lines()
-            .find_map(|l| l.strip_prefix(&name)?.parse().ok())
-            .unwrap_or(0.0)
+        sample(
+            &text,
+            &format!(r#"boxoffice_script_batch_{part}{{script="{script}"}}"#),
+        )
     };
     (figure("sum"), figure("count"))
 }
