@@ -1000,6 +1000,60 @@ pub async fn prequeue_event(app: &TestApp, id: &str, queue: Value, opens_in_ms: 
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }
 
+/// An instance on `settings` without background loops (so no relay runs
+/// by itself), `n` messages waiting in its outbox (their ids), and its
+/// stores for calling the relay by hand; its event stream restored (as the
+/// reconciler would), so the relay may publish.
+pub async fn outbox_backlog(
+    settings: Settings,
+    n: i64,
+) -> (TestApp, boxoffice::store::Stores, Vec<i64>) {
+    let app = spawn_with(settings.without_background()).await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "insert into outbox (topic, user_id, payload)
+         select 'test.backlog', 'u' || g, jsonb_build_object('n', g) from generate_series(1, $1) g
+         returning id",
+    )
+    .bind(n)
+    .fetch_all(app.state.pg.pool())
+    .await
+    .unwrap();
+    let stores = boxoffice::store::Stores {
+        redis: app.state.redis.clone(),
+        pg: app.state.pg.clone(),
+    };
+    // This Redis never had the stream: the relay sends nothing until the
+    // stream's restore has run (nothing was relayed, so nothing is pending
+    // again), which runs once.
+    let relay = || boxoffice::payments::relay::publish_batch(&stores);
+    assert_eq!(relay().await.unwrap(), 0);
+    assert_eq!(outbox_stream_ids(&app).await, Vec::<i64>::new());
+    let jobs = app.state.jobs();
+    let restore = || boxoffice::payments::relay::restore_stream(&jobs);
+    assert_eq!(restore().await.unwrap(), Some(0));
+    assert_eq!(restore().await.unwrap(), None, "restored once");
+    (app, stores, ids)
+}
+
+/// Outbox rows waiting to be relayed, and rows marked relayed.
+pub async fn outbox_rows(pool: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "select count(*) filter (where published_at is null),
+                count(*) filter (where published_at is not null) from outbox",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The `outbox_id` of every message in the app's event stream (on the app's
+/// own Redis), in stream order.
+pub async fn outbox_stream_ids(app: &TestApp) -> Vec<i64> {
+    let stream = app.state.redis.keys().outbox_stream();
+    let server = &app.settings.env["REDIS_URL"];
+    outbox_ids_in(&run_redis_cli(&["-u", server], &["XRANGE", &stream, "-", "+"]).await)
+}
+
 /// The `outbox_id` of every message in an `XRANGE` of the event stream
 /// (as `redis-cli` prints it), in stream order.
 pub fn outbox_ids_in(xrange: &str) -> Vec<i64> {

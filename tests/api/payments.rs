@@ -435,32 +435,25 @@ async fn an_emptied_redis_is_restored_from_postgres() {
     // On demand, with a report of what changed: on an instance without
     // background loops, once the looping one is gone, so no loop can win
     // the race and the report is exact.
-    let relayed = |pool: sqlx::PgPool| async move {
-        sqlx::query_scalar::<_, i64>("select count(*) from outbox where published_at is not null")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
     // The wipe took the stream too; the looping instance sent the charge
     // and the payment again.
-    let pool = app.state.pg.pool().clone();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            relayed(pool.clone()).await == 2
+            outbox_rows(app.state.pg.pool()).await.1 == 2
         })
         .await
     );
     let quiet = spawn_with(app.settings.clone().without_background()).await;
     app.stop().await;
-    let pool = quiet.state.pg.pool().clone();
-    let before = relayed(pool.clone()).await;
+    let pool = quiet.state.pg.pool();
+    let (_, before) = outbox_rows(pool).await;
     let r = quiet.admin(Method::POST, "/v1/admin/reconcile", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["seats_fixed"], 0, "nothing to fix now: {}", r.text);
     // The stream may have missed writes too (a Sentinel failover): every
     // kept message is pending again, for the relay to send once more.
     assert_eq!(r.body["stream_messages_requeued"], before, "{}", r.text);
-    assert_eq!(relayed(pool).await, 0);
+    assert_eq!(outbox_rows(pool).await.1, 0);
     wipe_prefix(&prefix).await;
     let r = quiet.admin(Method::POST, "/v1/admin/reconcile", None).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -815,49 +808,11 @@ async fn every_timestamp_goes_out_with_milliseconds_in_utc() {
     assert_ms(&confirmed["paid_at"], "outbox paid_at");
 }
 
-/// An instance without background loops (so no relay runs by itself), `n`
-/// messages waiting in its outbox (their ids), and its stores for calling
-/// the relay by hand; its event stream restored (as the reconciler would),
-/// so the relay may publish.
-async fn outbox_backlog(n: i64) -> (TestApp, boxoffice::store::Stores, Vec<i64>) {
-    let app = spawn_with(Settings::new().without_background()).await;
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "insert into outbox (topic, user_id, payload)
-         select 'test.backlog', 'u' || g, jsonb_build_object('n', g) from generate_series(1, $1) g
-         returning id",
-    )
-    .bind(n)
-    .fetch_all(app.state.pg.pool())
-    .await
-    .unwrap();
-    let stores = boxoffice::store::Stores {
-        redis: app.state.redis.clone(),
-        pg: app.state.pg.clone(),
-    };
-    // This Redis never had the stream: the relay sends nothing until the
-    // stream's restore has run (nothing was relayed, so nothing is pending
-    // again), which runs once.
-    let relay = || boxoffice::payments::relay::publish_batch(&stores);
-    assert_eq!(relay().await.unwrap(), 0);
-    assert_eq!(relayed_outbox_ids(&app).await, Vec::<i64>::new());
-    let jobs = app.state.jobs();
-    let restore = || boxoffice::payments::relay::restore_stream(&jobs);
-    assert_eq!(restore().await.unwrap(), Some(0));
-    assert_eq!(restore().await.unwrap(), None, "restored once");
-    (app, stores, ids)
-}
-
-/// The `outbox_id` of every message in the event stream, in stream order.
-async fn relayed_outbox_ids(app: &TestApp) -> Vec<i64> {
-    let stream = app.state.redis.keys().outbox_stream();
-    outbox_ids_in(&redis_cli(&["XRANGE", &stream, "-", "+"]).await)
-}
-
 /// A backlog larger than a batch goes out in batches of 200, one pipeline
 /// each, every message once and in id order, and the rows are marked.
 #[tokio::test]
 async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
-    let (app, stores, ids) = outbox_backlog(450).await;
+    let (app, stores, ids) = outbox_backlog(Settings::new(), 450).await;
     let pool = app.state.pg.pool();
     // The stream refuses every XADD (its key holds a string): nothing is
     // marked published, and the batch goes out once the stream takes it.
@@ -879,14 +834,11 @@ async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
         }
     }
     assert_eq!(sent, [200, 200, 50, 0]);
-    let relayed = relayed_outbox_ids(&app).await;
+    let relayed = outbox_stream_ids(&app).await;
     let mut expected = ids.clone();
     expected.sort_unstable();
     assert_eq!(relayed, expected, "each message once, in id order");
-    let pending: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let (pending, _) = outbox_rows(pool).await;
     assert_eq!(pending, 0);
 }
 
@@ -895,7 +847,7 @@ async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
 /// it (a refund ahead of its payment, say).
 #[tokio::test]
 async fn a_relay_publishes_nothing_while_another_holds_a_batch() {
-    let (app, stores, mut ids) = outbox_backlog(300).await;
+    let (app, stores, mut ids) = outbox_backlog(Settings::new(), 300).await;
     // The other relay, mid-batch: it holds what any relay holds then, the
     // relays' lock and its rows.
     let mut other = app.state.pg.pool().begin().await.unwrap();
@@ -912,7 +864,7 @@ async fn a_relay_publishes_nothing_while_another_holds_a_batch() {
         .await
         .unwrap();
     assert_eq!(sent, 0);
-    assert_eq!(relayed_outbox_ids(&app).await, Vec::<i64>::new());
+    assert_eq!(outbox_stream_ids(&app).await, Vec::<i64>::new());
     // It gave up its batch (rolled back): everything goes out, in order.
     other.rollback().await.unwrap();
     while boxoffice::payments::relay::publish_batch(&stores)
@@ -921,7 +873,7 @@ async fn a_relay_publishes_nothing_while_another_holds_a_batch() {
         > 0
     {}
     ids.sort_unstable();
-    assert_eq!(relayed_outbox_ids(&app).await, ids);
+    assert_eq!(outbox_stream_ids(&app).await, ids);
 }
 
 /// The stream's restore waits for the relay holding a batch: a relay whose
@@ -930,7 +882,7 @@ async fn a_relay_publishes_nothing_while_another_holds_a_batch() {
 /// those messages are sent again too.
 #[tokio::test]
 async fn the_stream_restore_waits_for_a_relay_caught_mid_batch() {
-    let (app, _stores, ids) = outbox_backlog(10).await;
+    let (app, _stores, ids) = outbox_backlog(Settings::new(), 10).await;
     let pool = app.state.pg.pool();
     let mark = |ids: &[i64]| {
         sqlx::query("update outbox set published_at = now() where id = any($1)").bind(ids.to_vec())
@@ -957,10 +909,7 @@ async fn the_stream_restore_waits_for_a_relay_caught_mid_batch() {
     assert!(!restore.is_finished(), "the restore waits for the relay");
     relay.commit().await.unwrap();
     assert_eq!(restore.await.unwrap().unwrap(), Some(10));
-    let pending: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let (pending, _) = outbox_rows(pool).await;
     assert_eq!(pending, 10, "every message is sent again");
 }
 
@@ -969,7 +918,7 @@ async fn the_stream_restore_waits_for_a_relay_caught_mid_batch() {
 /// checked again under it; with neither lease nor token two restore).
 #[tokio::test]
 async fn a_lost_stream_is_restored_once_by_concurrent_reconcilers() {
-    let (app, stores, _) = outbox_backlog(50).await;
+    let (app, stores, _) = outbox_backlog(Settings::new(), 50).await;
     while boxoffice::payments::relay::publish_batch(&stores)
         .await
         .unwrap()
@@ -998,7 +947,7 @@ async fn a_lost_stream_is_restored_once_by_concurrent_reconcilers() {
 /// stream exactly once and in id order.
 #[tokio::test]
 async fn concurrent_relays_publish_each_message_exactly_once() {
-    let (app, stores, mut ids) = outbox_backlog(1000).await;
+    let (app, stores, mut ids) = outbox_backlog(Settings::new(), 1000).await;
     let relays = (0..8).map(|_| {
         let stores = stores.clone();
         async move {
@@ -1016,7 +965,7 @@ async fn concurrent_relays_publish_each_message_exactly_once() {
     });
     let totals = join_all(relays).await;
     assert_eq!(totals.iter().sum::<usize>(), 1000, "{totals:?}");
-    let relayed = relayed_outbox_ids(&app).await;
+    let relayed = outbox_stream_ids(&app).await;
     ids.sort_unstable();
     assert_eq!(relayed, ids, "each message exactly once, in id order");
 }

@@ -191,15 +191,11 @@ async fn a_redis_restarted_empty_gets_every_kept_outbox_message_again() {
             .await
             .unwrap()
     };
-    let stream = app.state.redis.keys().outbox_stream();
     // Waits until the stream holds exactly `want` (outbox ids, in order).
-    let port = redis.port;
     let shows = |want: Vec<i64>, what: &'static str| {
-        let stream = stream.clone();
+        let app = &app;
         async move {
-            let seen = || async {
-                outbox_ids_in(&redis_cli_on(port, &["XRANGE", &stream, "-", "+"]).await)
-            };
+            let seen = || outbox_stream_ids(app);
             let ok = eventually(Duration::from_secs(15), || async { seen().await == want }).await;
             assert!(ok, "{what}: {:?}, want {want:?}", seen().await);
         }
@@ -238,11 +234,11 @@ async fn a_redis_restarted_empty_gets_every_kept_outbox_message_again() {
     let after = kept().await;
     assert_eq!(after.len(), 6);
     shows(after, "each kept message once, in id order").await;
-    let pending: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
-        .fetch_one(app.state.pg.pool())
-        .await
-        .unwrap();
-    assert_eq!(pending, 0);
+    assert_eq!(
+        outbox_rows(app.state.pg.pool()).await.0,
+        0,
+        "nothing pending"
+    );
 }
 
 /// A relay whose Redis is gone marks nothing and says so (the relay loop
@@ -253,34 +249,11 @@ async fn a_relay_whose_redis_is_killed_marks_nothing_and_fails_loud() {
     let Some(mut redis) = SingleRedis::start().await else {
         return;
     };
-    let app = spawn_with(
-        Settings::new()
-            .set("REDIS_URL", &redis.url())
-            .without_background(),
-    )
-    .await;
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "insert into outbox (topic, user_id, payload)
-         select 'test.outage', 'u' || g, '{}' from generate_series(1, 30) g returning id",
-    )
-    .fetch_all(app.state.pg.pool())
-    .await
-    .unwrap();
-    let stores = boxoffice::store::Stores {
-        redis: app.state.redis.clone(),
-        pg: app.state.pg.clone(),
-    };
+    let (app, stores, ids) =
+        outbox_backlog(Settings::new().set("REDIS_URL", &redis.url()), 30).await;
     let jobs = app.state.jobs();
     let relay = || boxoffice::payments::relay::publish_batch(&stores);
-    boxoffice::payments::relay::restore_stream(&jobs)
-        .await
-        .unwrap();
-    let pending = || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from outbox where published_at is null")
-            .fetch_one(app.state.pg.pool())
-            .await
-            .unwrap()
-    };
+    let pending = || async { outbox_rows(app.state.pg.pool()).await.0 };
 
     redis.kill().await;
     let r = relay().await;
@@ -302,11 +275,7 @@ async fn a_relay_whose_redis_is_killed_marks_nothing_and_fails_loud() {
             .is_some()
     );
     assert_eq!(relay().await.unwrap(), 30);
-    let stream = app.state.redis.keys().outbox_stream();
-    assert_eq!(
-        outbox_ids_in(&redis_cli_on(redis.port, &["XRANGE", &stream, "-", "+"]).await),
-        ids
-    );
+    assert_eq!(outbox_stream_ids(&app).await, ids);
 }
 
 async fn redis_cli_on(port: u16, args: &[&str]) -> String {
