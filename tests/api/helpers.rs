@@ -87,10 +87,176 @@ async fn clean_old_databases() {
     }
 }
 
+/// The Redis key prefix of one test instance: `t-<unix seconds>-<uuid>:`.
+/// The time tells a later run that the keys are old
+/// ([`clean_old_redis_keys`]).
+fn test_prefix() -> String {
+    format!(
+        "t-{}-{}:",
+        chrono::Utc::now().timestamp(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// When a key of this suite was made, read from its prefix:
+/// `Some(Some(seconds))` for `t-<unix seconds>-<32 hex>:…`, `Some(None)`
+/// for the earlier shape without the time, `t-<32 hex>:…`, and `None` for
+/// anything else, which is not this suite's.
+/// A key with a space, quote or backslash is never counted: the clean-up
+/// sends keys to `redis-cli` one command a line, and such a key would be
+/// read as something else.
+fn test_key_made(key: &str) -> Option<Option<i64>> {
+    if key.contains(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '\\')) {
+        return None;
+    }
+    let (head, _) = key.strip_prefix("t-")?.split_once(':')?;
+    let uuid = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match head.split_once('-') {
+        None if uuid(head) => Some(None),
+        Some((secs, id)) if uuid(id) && secs.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(Some(secs.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
+/// Removes what earlier runs of this suite left in the shared Redis, as
+/// [`clean_old_databases`] does with their databases: the keys under a
+/// test prefix made more than an hour ago. An instance does not delete its
+/// keys when it stops (a sibling, or the same instance restarted, goes on
+/// with them), so every run leaves its keys until a later run clears them.
+/// A key of the earlier prefix shape, which carries no time, goes once
+/// Redis has seen it unused for an hour (`OBJECT IDLETIME`; a string
+/// holding a small integer is a value Redis shares, idle since the server
+/// started, so such a key goes an hour after that). Only keys of
+/// these two shapes are touched: the shared Redis holds others' keys too.
+async fn clean_old_redis_keys() {
+    let server = ["-u", &redis_url()].map(str::to_owned);
+    let Some(listed) = redis_cli_lines(&server, &["--scan", "--pattern", "t-*"], None).await else {
+        return;
+    };
+    let cutoff = chrono::Utc::now().timestamp() - 3600;
+    let (mut old, mut undated) = (Vec::new(), Vec::new());
+    for key in listed {
+        match test_key_made(&key) {
+            Some(Some(made)) if made < cutoff => old.push(key),
+            Some(None) => undated.push(key),
+            _ => {}
+        }
+    }
+    if !undated.is_empty() {
+        let asks: String = undated
+            .iter()
+            .map(|k| format!("OBJECT IDLETIME {k}\n"))
+            .collect();
+        if let Some(idle) = redis_cli_lines(&server, &[], Some(asks)).await {
+            let idle_long = |s: &String| s.parse::<i64>().is_ok_and(|s| s > 3600);
+            old.extend(
+                undated
+                    .into_iter()
+                    .zip(idle)
+                    .filter_map(|(k, s)| idle_long(&s).then_some(k)),
+            );
+        }
+    }
+    for keys in old.chunks(500) {
+        let unlink = format!("UNLINK {}\n", keys.join(" "));
+        redis_cli_lines(&server, &[], Some(unlink)).await;
+    }
+}
+
+#[test]
+fn test_keys_are_told_by_their_prefix() {
+    let id = "0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        test_key_made(&format!("t-1796140000-{id}:{{ev:e1}}:q:wait")),
+        Some(Some(1_796_140_000))
+    );
+    assert_eq!(test_key_made(&format!("t-{id}:ready")), Some(None));
+    assert_eq!(
+        test_key_made(&test_prefix()).map(|t| t.is_some()),
+        Some(true)
+    );
+    for other in [
+        format!("t-{id}"),
+        format!("t-1796140000-{id}"),
+        format!("t-1796140000-{}:x", &id[1..]),
+        format!("t-17x6-{id}:x"),
+        format!("t--{id}:x"),
+        format!("t-1796140000-{id}:a b"),
+        format!("t-{id}:\"x\""),
+        format!("bench-1796140000:{id}:x"),
+        "t-mine:x".to_owned(),
+    ] {
+        assert_eq!(test_key_made(&other), None, "{other}");
+    }
+}
+
+/// On the shared Redis: an hour-old test key goes; a fresh one, one of the
+/// earlier shape that was just used, and a key of another shape stay.
+#[tokio::test]
+async fn old_test_keys_are_cleaned_and_nothing_else() {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let now = chrono::Utc::now().timestamp();
+    let old = format!("t-{}-{id}:x", now - 7200);
+    let kept = [
+        format!("t-{now}-{id}:x"),
+        format!("t-{id}:x"),
+        format!("t-other-{id}:x"),
+    ];
+    for key in std::iter::once(&old).chain(&kept) {
+        // Not a small integer: Redis shares those, and a shared value's
+        // idle time is the server's, not the key's.
+        redis_cli(&["set", key, "kept"]).await;
+    }
+    clean_old_redis_keys().await;
+    assert_eq!(redis_cli(&["exists", &old]).await.trim(), "0");
+    for key in &kept {
+        assert_eq!(redis_cli(&["exists", key]).await.trim(), "1", "{key}");
+    }
+    redis_cli(&[&["del"][..], &kept.each_ref().map(String::as_str)].concat()).await;
+}
+
+/// `redis-cli` with `args`, and `input` (commands, one a line) on its
+/// standard input; its output's lines, or `None` when it could not run or
+/// failed. Best effort: for housekeeping, never for what a test asserts.
+async fn redis_cli_lines(
+    server: &[String],
+    args: &[&str],
+    input: Option<String>,
+) -> Option<Vec<String>> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("redis-cli")
+        .args(server)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    stdin
+        .write_all(input.unwrap_or_default().as_bytes())
+        .await
+        .ok()?;
+    drop(stdin);
+    let out = child.wait_with_output().await.ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
 /// Creates an empty database for one test.
 pub async fn create_database() -> String {
     static CLEANED: OnceCell<()> = OnceCell::const_new();
-    CLEANED.get_or_init(clean_old_databases).await;
+    CLEANED
+        .get_or_init(|| async {
+            clean_old_databases().await;
+            clean_old_redis_keys().await;
+        })
+        .await;
     let name = format!(
         "bx_test_{}_{}",
         chrono::Utc::now().timestamp(),
@@ -127,10 +293,7 @@ impl Settings {
             env.insert(k.to_owned(), v.to_owned());
         }
         env.insert("REDIS_URL".into(), redis_url());
-        env.insert(
-            "BOXOFFICE_REDIS_PREFIX".into(),
-            format!("t-{}:", uuid::Uuid::new_v4().simple()),
-        );
+        env.insert("BOXOFFICE_REDIS_PREFIX".into(), test_prefix());
         Self { env }
     }
 
