@@ -102,6 +102,7 @@ fn test_prefix() -> String {
 /// `Some(Some(seconds))` for `t-<unix seconds>-<32 hex>:…`, `Some(None)`
 /// for the earlier shape without the time, `t-<32 hex>:…`, and `None` for
 /// anything else, which is not this suite's.
+///
 /// A key with a space, quote or backslash is never counted: the clean-up
 /// sends keys to `redis-cli` one command a line, and such a key would be
 /// read as something else.
