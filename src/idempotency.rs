@@ -10,6 +10,13 @@
 //! can never disagree with what happened. A claim left behind by a crashed
 //! process is taken over after [`STALE_CLAIM_SECONDS`].
 //!
+//! The effect's statement runs only under an open claim and locks it first
+//! ([`CLAIM_SQL`]). A statement can outlive our timeout on the server (the
+//! timeout counts the wait for a connection too) and commit afterwards. So
+//! a claim is given back ([`release`]) only in a way that either comes
+//! first, and the statement then writes nothing, or waits for the
+//! statement and finds its answer, which is then the request's answer.
+//!
 //! One rule for every keyed request, [`once`]: [`try_processing`] claims the
 //! key or returns its saved answer ([`NextAction`], after
 //! zero-to-production); then the work runs, and a failure is either stored
@@ -134,7 +141,14 @@ pub async fn once<T, E: From<KeyRefused>>(
     };
     match kept(&e) {
         Some(saved) if complete_now(pg, user, key, &saved).await.is_ok() => {}
-        _ => release(pg, user, key).await,
+        // The work may have failed only in our eyes: its statement timed
+        // out here and committed on the server. Then the key holds that
+        // statement's answer, and that is this request's answer too.
+        _ => {
+            if let Ok(Released::Settled(saved)) = release(pg, user, key).await {
+                return Ok(Answered::Replayed(saved));
+            }
+        }
     }
     Err(e)
 }
@@ -246,21 +260,86 @@ async fn complete_now(
     .map(drop)
 }
 
-/// Gives a claim back after a failure that changed nothing, so a retry can
-/// run again instead of seeing `request_in_progress`.
-async fn release(pg: &Pg, user: &UserId, key: &IdempotencyKey) {
-    let r = pg
-        .guard(
-            sqlx::query(
+/// What giving a claim back found ([`release`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Released {
+    /// The claim was still unanswered and is gone now: no statement that
+    /// checks it ([`CLAIM_SQL`]) can take effect any more.
+    GivenBack,
+    /// A statement under the claim committed first: its stored answer.
+    Settled(Saved),
+    /// No claim under this key (given back before).
+    Gone,
+}
+
+/// The lines an effect's statement starts with so that it takes effect
+/// only under its request's claim: `claimed` has one row when the
+/// statement may write, none when it may not. `$user` and `$key` are the
+/// statement's parameters for the user and the key (the key `NULL` when
+/// the request has none: then it always may). The claim row stays locked
+/// to the end of the statement, so [`release`] waits for it: a claim is
+/// either given back before the effect, which then does nothing, or
+/// answered by it.
+pub const CLAIM_SQL: &str = r"claim as (
+    select 1 from idempotency where user_id = $user and key = $key and status is null for update
+), claimed as (
+    select 1 as ok where $key::text is null or exists (select 1 from claim)
+)";
+
+/// [`CLAIM_SQL`] with the statement's parameter numbers for the user and
+/// the key.
+pub fn claim_sql(user: &str, key: &str) -> String {
+    CLAIM_SQL.replace("$user", user).replace("$key", key)
+}
+
+/// Gives a claim back after a failure, so a retry can run again instead
+/// of seeing `request_in_progress`; or finds that the effect took place
+/// after all (a statement that outlived our timeout and committed), and
+/// its answer.
+///
+/// # Errors
+/// PostgreSQL unavailable (the claim then expires after
+/// [`STALE_CLAIM_SECONDS`]).
+pub async fn release(pg: &Pg, user: &UserId, key: &IdempotencyKey) -> Result<Released, StoreError> {
+    // Two statements: when the delete waited for a statement holding the
+    // claim, that statement's answer committed after the delete's
+    // snapshot was taken, so only a later statement can read it.
+    let row: Result<Option<Option<(i16, String)>>, StoreError> = pg
+        .guard(async {
+            let given = sqlx::query(
                 r"delete from idempotency where user_id = $1 and key = $2 and status is null",
             )
             .bind(user.as_str())
             .bind(key.as_str())
-            .execute(pg.pool()),
-        )
+            .execute(pg.pool())
+            .await?
+            .rows_affected()
+                == 1;
+            if given {
+                return Ok(None);
+            }
+            sqlx::query_as(
+                r"select status, response from idempotency
+                  where user_id = $1 and key = $2 and status is not null and response is not null",
+            )
+            .bind(user.as_str())
+            .bind(key.as_str())
+            .fetch_optional(pg.pool())
+            .await
+            .map(Some)
+        })
         .await;
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "could not release an idempotency claim; it expires in {STALE_CLAIM_SECONDS} s");
+    match row {
+        Ok(None) => Ok(Released::GivenBack),
+        Ok(Some(Some((status, body)))) => Ok(Released::Settled(Saved {
+            status: status as u16,
+            body,
+        })),
+        Ok(Some(None)) => Ok(Released::Gone),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not release an idempotency claim; it expires in {STALE_CLAIM_SECONDS} s");
+            Err(e)
+        }
     }
 }
 

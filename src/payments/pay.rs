@@ -8,6 +8,8 @@
 //! claim is given back and a retry runs again). Errors are domain reasons;
 //! the HTTP layer maps them to problems.
 
+use std::sync::LazyLock;
+
 use chrono::{SubsecRound, Utc};
 use rust_decimal::Decimal;
 
@@ -17,7 +19,7 @@ use crate::{
     idempotency::{self, Answered, KeyRefused, Saved, Scope},
     ids::{HoldId, IdempotencyKey, PaymentId, UserId},
     money::{SLOT, cut_slots},
-    store::{StoreError, pg::Pg, pg::constraint_of},
+    store::{Dependency, StoreError, pg::Pg, pg::constraint_of},
     token::QueueClaims,
 };
 
@@ -277,8 +279,17 @@ pub async fn paid_hold(pg: &Pg, hold: &HoldId) -> Result<Option<(PaymentId, Stri
 /// `$5` hold id, `$6` seats, `$7` paid at, `$8` ledger transaction id,
 /// `$9 $10 $11` the response body cut around its amount and balance
 /// (`money::cut_slots`), `$12` the `Idempotency-Key` (or null).
-const RECORD: &str = r"
-with price as (
+static RECORD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "with {}, {RECORD_EFFECT}",
+        idempotency::claim_sql("$2", "$12")
+    )
+});
+const RECORD_EFFECT: &str = r"
+-- 0. Under a key, nothing is settled unless the request's claim is still
+--    unanswered (`claimed`, idempotency::CLAIM_SQL): a claim given back
+--    after our timeout cannot be followed by the debit.
+price as (
     -- 1. The price, from the catalog (never from the client); no row
     --    when the schedule is cancelled.
     select price * cardinality($6::int[]) as amount
@@ -286,14 +297,14 @@ with price as (
 ), debit as (
     -- 2a. The conditional debit: no row when the balance is short.
     update wallets w set balance = w.balance - p.amount, updated_at = now()
-    from price p
+    from price p, claimed
     where w.user_id = $2 and p.amount > 0 and w.balance >= p.amount
     returning w.balance, p.amount
 ), free as (
     -- 2b. A free schedule: no wallet row is written (or created), no ledger
     --     row; the zero-amount payment is the registration.
     select coalesce((select balance from wallets where user_id = $2), 0) as balance, p.amount
-    from price p where p.amount = 0
+    from price p, claimed where p.amount = 0
 ), settled as (
     -- 2. The money settled (balance after, amount): one row or none.
     select balance, amount from debit union all select balance, amount from free
@@ -333,7 +344,8 @@ with price as (
 -- 9. One row whatever happened (see RecordRow).
 select p.amount, d.balance as balance_after, b.text as body,
        (select balance from wallets where user_id = $2) as balance_before,
-       (select payment_id from payments where hold_id = $5) as paid_before
+       (select payment_id from payments where hold_id = $5) as paid_before,
+       exists (select 1 from claimed) as claimed
 from (select) one left join price p on true left join settled d on true left join body b on true";
 
 /// What [`RECORD`] returns. The snapshot is the statement's own, so
@@ -350,6 +362,9 @@ struct RecordRow {
     balance_before: Option<Decimal>,
     /// The payment of this hold, if it was paid before.
     paid_before: Option<PaymentId>,
+    /// False when the request's claim was no longer open: nothing was
+    /// settled.
+    claimed: bool,
 }
 
 /// Step 2: the one PostgreSQL transaction of a payment ([`RECORD`]). When
@@ -382,7 +397,7 @@ pub async fn record(
     let result = pg
         .guard(async {
             let mut conn = pg.pool().acquire().await?;
-            let row = sqlx::query_as::<_, RecordRow>(RECORD)
+            let row = sqlx::query_as::<_, RecordRow>(RECORD.as_str())
                 .bind(payment.payment_id)
                 .bind(user.as_str())
                 .bind(hold.event.as_str())
@@ -403,6 +418,12 @@ pub async fn record(
         })
         .await;
     match result {
+        // The claim was given back or answered by another request with the
+        // key (`idempotency::once` finds out which).
+        Ok(RecordRow { claimed: false, .. }) => Err(StoreError::Unavailable {
+            dep: Dependency::Postgres,
+            reason: "the request's Idempotency-Key claim is no longer open".into(),
+        }),
         Ok(RecordRow {
             amount: Some(amount),
             balance_after: Some(balance_after),
@@ -430,7 +451,7 @@ pub async fn record(
             balance: balance_before.unwrap_or_default().normalize(),
             amount: amount.normalize(),
         }),
-        Err(e @ StoreError::Unavailable { .. }) => settle(pg, hold, e).await,
+        Err(e @ StoreError::Unavailable { .. }) => settle(pg, user, hold, key, e).await,
         Err(e) => match constraint_of(&e).as_deref() {
             Some("sold_seats_once") => Ok(Recorded::SeatTaken),
             // A hold paid before.
@@ -444,11 +465,28 @@ pub async fn record(
 }
 
 /// After an outage error the statement may still have committed (sent,
-/// then the answer lost): asks PostgreSQL whether this hold was paid.
+/// then the answer lost), or still be running on the server: asks
+/// PostgreSQL whether this hold was paid. Under a key the claim is given
+/// back first ([`idempotency::release`]), which waits for a statement
+/// still holding it; after that none can commit, so "not paid" stays true
+/// and the hold may go back to *held*.
 ///
 /// # Errors
 /// `e` itself when the hold was not paid (nothing was written).
-pub async fn settle(pg: &Pg, hold: &HoldId, e: StoreError) -> Result<Recorded, StoreError> {
+pub async fn settle(
+    pg: &Pg,
+    user: &UserId,
+    hold: &HoldId,
+    key: Option<&IdempotencyKey>,
+    e: StoreError,
+) -> Result<Recorded, StoreError> {
+    if let Some(key) = key
+        && idempotency::release(pg, user, key).await.is_err()
+    {
+        // Whether a statement is still running is not known: neither
+        // "paid" nor "not paid" may be answered yet.
+        return Ok(Recorded::Unknown(e));
+    }
     let paid = match payment_of_hold(pg, hold).await {
         Ok(Some(id)) => get(pg, id).await,
         Ok(None) => return Err(e),

@@ -7,15 +7,18 @@
 //! on the row lock and none is lost. `check (balance >= 0)` is the last
 //! line. Amounts are `rust_decimal`; they are never floats.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
+    idempotency,
     ids::{IdempotencyKey, UserId},
     money::{Money, SLOT, cut_slots},
-    store::{StoreError, pg::Pg},
+    store::{Dependency, StoreError, pg::Pg},
 };
 
 /// A wallet's balance.
@@ -47,10 +50,19 @@ pub struct Charged {
 
 /// A charge as one statement (one round trip, one commit): credit the
 /// wallet (created on first use), ledger row, outbox message and the
-/// idempotent response, all or nothing.
-const CHARGE: &str = r"
-with wallet as (
-    insert into wallets (user_id, balance) values ($1, $2)
+/// idempotent response, all or nothing; under a key, only while the
+/// request's claim is unanswered ([`idempotency::CLAIM_SQL`]), so a claim
+/// given back after our timeout cannot be followed by the credit. No row
+/// when nothing was written.
+static CHARGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "with {}, {CHARGE_EFFECT}",
+        idempotency::claim_sql("$1", "$6")
+    )
+});
+const CHARGE_EFFECT: &str = r"
+wallet as (
+    insert into wallets (user_id, balance) select $1, $2::numeric from claimed
     on conflict (user_id) do update set balance = wallets.balance + excluded.balance, updated_at = now()
     returning balance
 ), entry as (
@@ -87,18 +99,26 @@ pub async fn charge(
     };
     let template = serde_json::to_string(&charged).expect("serializes");
     let pieces = cut_slots(&template, &["balance"]);
-    let (balance, body): (Decimal, String) = pg
+    let charged_row: Option<(Decimal, String)> = pg
         .guard(
-            sqlx::query_as(CHARGE)
+            sqlx::query_as(CHARGE.as_str())
                 .bind(user.as_str())
                 .bind(amount.amount())
                 .bind(charged.transaction_id)
                 .bind(&pieces[0])
                 .bind(&pieces[1])
                 .bind(key.map(IdempotencyKey::as_str))
-                .fetch_one(pg.pool()),
+                .fetch_optional(pg.pool()),
         )
         .await?;
+    // The claim was given back or answered by another request with the
+    // key (`idempotency::once` finds out which): nothing was written.
+    let Some((balance, body)) = charged_row else {
+        return Err(StoreError::Unavailable {
+            dep: Dependency::Postgres,
+            reason: "the request's Idempotency-Key claim is no longer open".into(),
+        });
+    };
     charged.balance = balance.normalize();
     debug_assert_eq!(body, serde_json::to_string(&charged).expect("serializes"));
     Ok((charged, body))

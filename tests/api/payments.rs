@@ -8,6 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use sqlx::{Connection, Executor, PgConnection};
 
 fn d1() -> boxoffice::ids::ScheduleId {
     boxoffice::ids::ScheduleId::parse("d1").unwrap()
@@ -738,17 +739,24 @@ async fn a_payment_whose_answer_was_lost_is_settled_by_asking_again() {
     };
 
     // Committed, answer lost: paid after all, with the same body.
-    match settle(&app.state.pg, &paid, lost()).await.unwrap() {
+    match settle(&app.state.pg, &user, &paid, None, lost())
+        .await
+        .unwrap()
+    {
         Recorded::Paid { body: again, .. } => assert_eq!(again, body),
         other => panic!("{other:?}"),
     }
     // Never committed: the error stands (the caller may undo).
     let unpaid = HoldId::parse("e1.d1.2").unwrap();
-    assert!(settle(&app.state.pg, &unpaid, lost()).await.is_err());
+    assert!(
+        settle(&app.state.pg, &user, &unpaid, None, lost())
+            .await
+            .is_err()
+    );
     // Cannot ask: unknown, so nothing may be undone.
     proxy.cut();
     assert!(matches!(
-        settle(&app.state.pg, &unpaid, lost()).await,
+        settle(&app.state.pg, &user, &unpaid, None, lost()).await,
         Ok(Recorded::Unknown(_))
     ));
 }
@@ -968,4 +976,185 @@ async fn concurrent_relays_publish_each_message_exactly_once() {
     let relayed = outbox_stream_ids(&app).await;
     ids.sort_unstable();
     assert_eq!(relayed, ids, "each message exactly once, in id order");
+}
+
+/// A keyed charge whose statement outlives our timeout and commits on the
+/// server (it waited for a pool connection, then for the wallet's row
+/// lock): the request had already failed in our eyes, and its claim was
+/// given back, so the client's retry with the same key credited again.
+/// Here the work fails at once, as a timed-out call does, while its
+/// statement waits on the wallet a test transaction holds. Giving the
+/// claim back now waits for that statement and finds its answer, which
+/// becomes the request's answer; the retry replays it: one credit.
+#[tokio::test]
+async fn a_keyed_charge_that_commits_after_our_timeout_is_answered_and_never_credited_twice() {
+    use boxoffice::{
+        idempotency::{Answered, KeyRefused, Scope, once},
+        ids::{IdempotencyKey, UserId},
+        money::Money,
+        wallet,
+    };
+    /// The work's failure: a timed-out call.
+    #[derive(Debug)]
+    struct Failed;
+    impl From<KeyRefused> for Failed {
+        fn from(e: KeyRefused) -> Self {
+            panic!("the key refused: {e}")
+        }
+    }
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.charge("tove", "1000", None).await;
+    let pg = app.state.pg.clone();
+    let (user, key) = (
+        UserId::parse("tove").unwrap(),
+        IdempotencyKey::parse("topup-7").unwrap(),
+    );
+    let amount = Money::parse_amount("500", app.state.config.currency, 10_000.into()).unwrap();
+    let scope = || Some(Scope::new(&user, &key, &["charge", "tove", "500"]));
+
+    let mut lock = PgConnection::connect(&app.settings.env["DATABASE_URL"])
+        .await
+        .unwrap();
+    lock.execute("begin").await.unwrap();
+    lock.execute("select 1 from wallets where user_id = 'tove' for update")
+        .await
+        .unwrap();
+    let statement = std::sync::Arc::new(tokio::sync::OnceCell::new());
+    let work = {
+        let (pg, user, key, statement) = (pg.clone(), user.clone(), key.clone(), statement.clone());
+        async move {
+            let running =
+                tokio::spawn(async move { wallet::charge(&pg, &user, amount, Some(&key)).await });
+            // The statement is on the server, waiting for the row lock.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            statement.set(running).unwrap();
+            Err::<(), _>(Failed)
+        }
+    };
+    let unlock = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        lock.execute("commit").await.unwrap();
+    });
+    let answered = once(&pg, scope(), work, |_| None).await.unwrap();
+    unlock.await.unwrap();
+    let Answered::Replayed(saved) = answered else {
+        panic!("the committed charge's answer, not a fresh run");
+    };
+    assert_eq!(saved.status, 201);
+    let running = std::sync::Arc::into_inner(statement)
+        .and_then(tokio::sync::OnceCell::into_inner)
+        .unwrap();
+    let (charged, body) = running.await.unwrap().unwrap();
+    assert_eq!(saved.body, body, "the statement's own answer");
+    assert_eq!(charged.balance.to_string(), "1500");
+
+    // The client retries with the key: the same answer, no second credit.
+    let ran_again = async { panic!("ran again") };
+    let retry: Answered<()> = once(&pg, scope(), ran_again, |_: &Failed| None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(retry, Answered::Replayed(ref s) if s.body == body),
+        "{retry:?}"
+    );
+    assert_eq!(app.balance("tove").await, "1500");
+    let charges: i64 = sqlx::query_scalar("select count(*) from ledger where user_id = 'tove'")
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+    assert_eq!(charges, 2, "the first charge and this one, once");
+}
+
+/// A claim given back before the effect's statement reaches it (the
+/// statement was still on its way when our timeout fired): the statement
+/// then writes nothing, so a retry that claims the key again is the only
+/// credit. Unkeyed, the same statement credits as before.
+#[tokio::test]
+async fn a_charge_whose_claim_was_given_back_writes_nothing() {
+    use boxoffice::{
+        idempotency::{NextAction, Released, release, try_processing},
+        ids::{IdempotencyKey, UserId},
+        money::Money,
+        store::StoreError,
+        wallet,
+    };
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.charge("ulla", "1000", None).await;
+    let pg = &app.state.pg;
+    let (user, key) = (
+        UserId::parse("ulla").unwrap(),
+        IdempotencyKey::parse("topup-8").unwrap(),
+    );
+    let amount = Money::parse_amount("500", app.state.config.currency, 10_000.into()).unwrap();
+    assert!(matches!(
+        try_processing(pg, &user, &key, "fp").await.unwrap(),
+        NextAction::StartProcessing
+    ));
+    assert_eq!(release(pg, &user, &key).await.unwrap(), Released::GivenBack);
+    assert!(matches!(
+        wallet::charge(pg, &user, amount, Some(&key)).await,
+        Err(StoreError::Unavailable { .. })
+    ));
+    assert_eq!(app.balance("ulla").await, "1000", "nothing was credited");
+    assert_eq!(release(pg, &user, &key).await.unwrap(), Released::Gone);
+    let (charged, _) = wallet::charge(pg, &user, amount, None).await.unwrap();
+    assert_eq!(charged.balance.to_string(), "1500");
+}
+
+/// A keyed payment whose statement is still running on the server when
+/// our call times out (it waits for the wallet's row lock): "not paid"
+/// would put the hold back to *held* and give the key back, and the debit
+/// would commit after. Settling gives the claim back first, which waits for
+/// that statement: the answer is "paid", with its own body.
+#[tokio::test]
+async fn a_keyed_payment_still_running_after_our_timeout_is_settled_as_paid() {
+    use boxoffice::{
+        idempotency::{NextAction, try_processing},
+        ids::{HoldId, IdempotencyKey, UserId},
+        payments::{Recorded, record, settle},
+        store::{Dependency, StoreError},
+    };
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    app.charge("vera", "5000", None).await;
+    let pg = app.state.pg.clone();
+    let (user, key, hold) = (
+        UserId::parse("vera").unwrap(),
+        IdempotencyKey::parse("pay-1").unwrap(),
+        HoldId::parse("e1.d1.1").unwrap(),
+    );
+    assert!(matches!(
+        try_processing(&pg, &user, &key, "fp").await.unwrap(),
+        NextAction::StartProcessing
+    ));
+    let mut lock = PgConnection::connect(&app.settings.env["DATABASE_URL"])
+        .await
+        .unwrap();
+    lock.execute("begin").await.unwrap();
+    lock.execute("select 1 from wallets where user_id = 'vera' for update")
+        .await
+        .unwrap();
+    let running = {
+        let (pg, user, key, hold) = (pg.clone(), user.clone(), key.clone(), hold.clone());
+        tokio::spawn(async move { record(&pg, &user, &hold, &[1], Some(&key)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let unlock = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        lock.execute("commit").await.unwrap();
+    });
+    let lost = StoreError::Unavailable {
+        dep: Dependency::Postgres,
+        reason: "timed out".into(),
+    };
+    let settled = settle(&pg, &user, &hold, Some(&key), lost).await.unwrap();
+    unlock.await.unwrap();
+    let Ok(Recorded::Paid { body, .. }) = running.await.unwrap() else {
+        panic!("the statement paid");
+    };
+    match settled {
+        Recorded::Paid { body: again, .. } => assert_eq!(again, body),
+        other => panic!("settled as {other:?} while the payment committed"),
+    }
+    assert_eq!(app.balance("vera").await, "4000");
 }
