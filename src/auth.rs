@@ -92,6 +92,10 @@ impl UserVerifier {
         // `algorithms` is set per token in `verify`; the rest is shared.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = MAX_SKEW.as_secs();
+        // An assertion issued for later (`nbf`, optional) counts only from
+        // then, with the same skew as `exp`; the library leaves it
+        // unchecked unless asked.
+        validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
         match &config.audience {
             Some(aud) => {

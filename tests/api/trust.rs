@@ -76,7 +76,7 @@ async fn joining_as_someone_else_is_impossible_and_writes_nothing() {
     )
     .await
     .assert_problem(403, "forbidden");
-    // Forged, expired, and alg:none assertions.
+    // Forged, expired, not yet valid (nbf), and alg:none assertions.
     let forged = hs256(
         b"not-the-platform-secret-0123456789abcdef",
         &json!({"sub": "alice", "exp": now() + 600}),
@@ -85,6 +85,10 @@ async fn joining_as_someone_else_is_impossible_and_writes_nothing() {
     let no_exp = hs256(secret, &json!({"sub": "alice"}));
     let no_sub = hs256(secret, &json!({"exp": now() + 600}));
     let bad_sub = hs256(secret, &json!({"sub": "a b", "exp": now() + 600}));
+    let not_yet = hs256(
+        secret,
+        &json!({"sub": "alice", "nbf": now() + 120, "exp": now() + 600}),
+    );
     let alg_none = format!(
         "{}.{}.",
         b64(br#"{"alg":"none","typ":"JWT"}"#),
@@ -99,6 +103,7 @@ async fn joining_as_someone_else_is_impossible_and_writes_nothing() {
         no_exp,
         no_sub,
         bad_sub,
+        not_yet,
         alg_none,
         queue_token,
         "garbage".into(),
@@ -121,9 +126,12 @@ async fn joining_as_someone_else_is_impossible_and_writes_nothing() {
         "only carol's own join wrote anything"
     );
 
-    // Within 30 s of skew an assertion still counts; the Bearer scheme is
+    // Within 30 s of skew (exp and nbf) an assertion still counts; the Bearer scheme is
     // case-insensitive.
-    let skewed = hs256(secret, &json!({"sub": "alice", "exp": now() - 10}));
+    let skewed = hs256(
+        secret,
+        &json!({"sub": "alice", "nbf": now() + 10, "exp": now() - 10}),
+    );
     let r = app
         .join_with(
             "e1",
