@@ -211,7 +211,7 @@ pub fn register_metrics() {
     );
     describe_counter!(
         "boxoffice_dependency_errors_total",
-        "Failed calls to Redis or PostgreSQL by kind (error, timeout, circuit_open)"
+        "Failed calls to Redis or PostgreSQL by kind (error, timeout, circuit_open, busy)"
     );
     describe_counter!(
         "boxoffice_circuit_opened_total",

@@ -40,6 +40,11 @@ pub enum Verdict {
     TimedOut,
     /// The server answered and said no: the connection is fine.
     Answered,
+    /// The server answered "not now" (a lock wait or a serialization
+    /// conflict it gave up on): the connection is fine, but the request may
+    /// be retried, so it answers `Unavailable` without counting against the
+    /// breaker: contention on one hot row must not shut out everyone.
+    Busy,
 }
 
 /// Runs `call` under `timeout` behind `breaker`. `judge` classifies an
@@ -79,6 +84,10 @@ where
             Verdict::Answered => {
                 breaker.success();
                 Err(StoreError::internal(dep, e))
+            }
+            Verdict::Busy => {
+                breaker.success();
+                Err(failed("busy", e.to_string()))
             }
             verdict => {
                 breaker.failure();

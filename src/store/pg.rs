@@ -77,6 +77,14 @@ fn is_outage(e: &sqlx::Error) -> bool {
     }
 }
 
+/// The server gave up on a row it had to wait for: 55P03 lock not
+/// available (`lock_timeout`), 40P01 deadlock, 40001 serialization
+/// failure. Nothing was written; the same request may succeed again.
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().is_some_and(|c| matches!(c.as_ref(), "55P03" | "40P01" | "40001")))
+}
+
 impl Pg {
     /// Connects with the default pool and applies pending migrations.
     ///
@@ -145,6 +153,8 @@ impl Pg {
             |e| {
                 if is_outage(e) {
                     Verdict::Outage
+                } else if is_busy(e) {
+                    Verdict::Busy
                 } else {
                     Verdict::Answered
                 }

@@ -1158,3 +1158,43 @@ async fn a_keyed_payment_still_running_after_our_timeout_is_settled_as_paid() {
     }
     assert_eq!(app.balance("vera").await, "4000");
 }
+
+/// PostgreSQL gives up on a row lock (`lock_timeout`, 2 s): a busy wallet,
+/// not a failing database. Each charge answers 503 with `Retry-After` (not
+/// a 500) and writes nothing, and the breaker stays closed: eight such
+/// answers at once (five open it) leave the next request, another user's,
+/// served at once instead of refused with `circuit_open`.
+#[tokio::test]
+async fn a_lock_timeout_is_a_retryable_503_that_leaves_the_breaker_closed() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.charge("wenke", "1000", None).await;
+    let mut lock = PgConnection::connect(&app.settings.env["DATABASE_URL"])
+        .await
+        .unwrap();
+    lock.execute("begin").await.unwrap();
+    lock.execute("select 1 from wallets where user_id = 'wenke' for update")
+        .await
+        .unwrap();
+    let errors = |kind: &str| {
+        format!(r#"boxoffice_dependency_errors_total{{dependency="postgres",kind="{kind}"}}"#)
+    };
+    let busy = metric(&app, &errors("busy")).await;
+    let open = metric(&app, &errors("circuit_open")).await;
+    let answers = join_all((0..8).map(|_| app.charge("wenke", "500", None))).await;
+    for r in &answers {
+        r.assert_problem(503, "dependency_unavailable");
+        assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    }
+    // Most give up on the lock (`busy`); a waiter queued behind the others
+    // may reach the statement timeout first, an `error`. Five consecutive
+    // failures would open the breaker.
+    assert!(metric(&app, &errors("busy")).await >= busy + 5.0);
+    let r = app.charge("xenia", "500", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(metric(&app, &errors("circuit_open")).await, open);
+    lock.execute("rollback").await.unwrap();
+    assert_eq!(app.balance("wenke").await, "1000", "nothing was written");
+    let r = app.charge("wenke", "500", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(app.balance("wenke").await, "1500");
+}
