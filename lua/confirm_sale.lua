@@ -33,6 +33,9 @@
 --       overrode:   seats another hold had; sold anyway (the payment is
 --                   the truth), that hold's begin_payment will find them
 --                   gone
+--   {"status":"ok","newly_sold":0,"refunded":true,"expired":x,...}
+--       the payment was refunded before this call (refund_seats marked
+--       it): nothing is sold; its hold, if still there, is dropped
 --
 -- Per seat: "s:<payment_id>" -> nothing; "s:<other>" -> conflict;
 -- "h:<n>" (this hold) or free or "h:<m>" (other hold) -> sold. The hold
@@ -59,6 +62,19 @@ if #bad > 0 then
 end
 
 local expired, expired_paying = expire_due(K, now_ms())
+
+-- Refunded before its seats were marked sold (a reconciler that read the
+-- payment before the refund, or the request's step 3 after it): selling
+-- them now would keep them off sale for good, since nothing finishes a
+-- refunded payment. The hold goes instead, freeing what it still has.
+if redis.call('HEXISTS', K.cfg, 'refunded:' .. payment) == 1 then
+  if n ~= '0' then
+    local rec = decode_hold(redis.call('HGET', K.holds, n))
+    if rec then drop_hold(K, n, rec) end
+  end
+  return json({ status = 'ok', newly_sold = 0, refunded = true, expired = expired,
+                expired_paying = expired_paying })
+end
 
 local sold_value, mine = 's:' .. payment, 'h:' .. n
 local rec = nil

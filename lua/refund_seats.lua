@@ -24,6 +24,13 @@
 -- Why a script: "still sold to this payment?" and "free it, fix the
 -- counters" must be one step, or a replay racing a new sale of the seat
 -- could free a seat somebody else just bought.
+--
+-- The payment is also marked refunded in cfg (`refunded:<payment_id>`),
+-- for good: a confirm_sale of it that comes later (the request's own step
+-- 3, or a reconciler that read the payment before the refund) must not
+-- sell its seats again. Here its seats may still be its hold's ("h:<n>"),
+-- which this call does not free; that confirm_sale, or the hold's paying
+-- deadline, does.
 
 local K = sched_keys(1)
 local user, payment = ARGV[1], ARGV[2]
@@ -34,6 +41,7 @@ if not seats then return bad_arg('seats') end
 local cfg = load_cfg(K)
 if not cfg then return json({ status = 'no_schedule' }) end
 local expired, expired_paying = expire_due(K, now_ms())
+redis.call('HSET', K.cfg, 'refunded:' .. payment, '1')
 
 local sold_value = 's:' .. payment
 local freed = {}

@@ -9,7 +9,8 @@
 --   cfg      hash: starts_at, seats (N, numbered 1..N), row_size, price,
 --            hold_ms, max_per_user, held (seats held or paying),
 --            sold (seats sold), cancelled ("1" once the schedule is
---            cancelled: no new holds or payments)
+--            cancelled: no new holds or payments), refunded:<payment_id>
+--            ("1" once that payment is refunded: never sold again)
 --   seats    hash: seat -> "h:<hold>" (held or paying) | "s:<payment_id>"
 --            (sold); absent = free
 --   map      bitmap: bit i = 1 when seat i is in `seats`; bit 0 is set

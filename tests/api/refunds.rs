@@ -493,3 +493,62 @@ async fn the_sales_report_counts_refunds_before_and_after_the_rollup() {
         1
     );
 }
+
+/// A refund that lands between a payment's commit and its Redis step 3
+/// (`confirm_sale`), which then runs anyway: the request's own step after
+/// the refund, or a reconciler that read the payment before it. The refund
+/// found the seat still the hold's, so it freed nothing; the late
+/// confirmation then sold it to the refunded payment, and nothing ever
+/// undid that: a seat off sale for good, the buyer's bought count and the
+/// schedule's sold count too high. Now the late confirmation sells nothing
+/// and drops the hold: the seat is on sale at once.
+#[tokio::test]
+async fn a_confirmation_that_comes_after_the_refund_sells_nothing() {
+    use boxoffice::{
+        holds,
+        ids::HoldId,
+        payments::{Recorded, record},
+    };
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 10, 60, 2).await;
+    let token = app.admitted_token("e1", "cleo").await;
+    app.charge("cleo", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([3])).await;
+    let id = HoldId::parse(&hold).unwrap();
+    let buyer = app.state.tokens.verify(&token).unwrap();
+    // Steps 1 and 2 of the payment: paying in Redis, committed in PostgreSQL.
+    holds::begin_payment(&app.state.redis, &id, &buyer, 30_000)
+        .await
+        .unwrap();
+    let Recorded::Paid { payment, .. } = record(&app.state.pg, &buyer.user, &id, &[3], None)
+        .await
+        .unwrap()
+    else {
+        panic!("paid");
+    };
+    let r = app.refund(&payment.payment_id.to_string(), None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(app.balance("cleo").await, "5000");
+
+    // Step 3, late.
+    let late = holds::confirm_sale(
+        &app.state.redis,
+        holds::Sale {
+            event: &id.event,
+            schedule: &id.schedule,
+            hold_n: id.n,
+            user: "cleo",
+            payment_id: payment.payment_id,
+            seats: &[3],
+            end_queue: true,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(late.newly_sold, 0);
+    assert_eq!(app.admin_seat("e1", 3).await, "available");
+    app.assert_script_invariants().await;
+    let other = app.admitted_token("e1", "dora").await;
+    app.hold_seats(&other, json!([3])).await;
+    app.assert_ledger_exact().await;
+}
