@@ -21,6 +21,7 @@ use super::{
 use crate::{
     holds::{self, Hold, HoldError, HoldRequest, MAX_SEATS_PER_REQUEST},
     ids::{EventId, HoldId, ScheduleId, SeatNo},
+    payments::{self, Refusal},
     state::AppState,
     store::{Dependency, StoreError},
     token::QueueClaims,
@@ -343,9 +344,23 @@ pub async fn get(
     Path(hold_id): Path<String>,
 ) -> ApiResult<axum::Json<HoldResponse>> {
     let id = hold_in_path(&hold_id, &token)?;
-    Ok(axum::Json(
-        holds::get(&state.redis, &id, &token.0).await?.into(),
-    ))
+    match holds::get(&state.redis, &id, &token.0).await {
+        Err(HoldError::Gone) => Err(gone(&state, &token.0, &id).await),
+        hold => Ok(axum::Json(hold?.into())),
+    }
+}
+
+/// A hold gone from Redis, answered as the payment route answers it
+/// (`payments::why_gone`): someone else's paid hold is `403`, a hold never
+/// minted `404`, and the caller's own hold, paid or expired or released,
+/// `410 hold_expired` (these routes read or release a live hold).
+async fn gone(state: &AppState, buyer: &QueueClaims, id: &HoldId) -> ApiError {
+    match payments::why_gone(&state.pg, &state.redis, &buyer.user, id).await {
+        Ok(Refusal::NotYours) => HoldError::Forbidden.into(),
+        Ok(Refusal::NoSuchHold) => ApiError::NotFound("no such hold".into()),
+        Ok(_) => ApiError::HoldExpired,
+        Err(e) => ApiError::Dependency(e),
+    }
 }
 
 #[utoipa::path(delete, path = "/v1/holds/{hold_id}", tag = "holds",
@@ -364,6 +379,8 @@ pub async fn release(
     Path(hold_id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = hold_in_path(&hold_id, &token)?;
-    holds::release(&state.redis, &id, &token.0).await?;
-    Ok(StatusCode::NO_CONTENT)
+    match holds::release(&state.redis, &id, &token.0).await {
+        Err(HoldError::Gone) => Err(gone(&state, &token.0, &id).await),
+        released => released.map(|_| StatusCode::NO_CONTENT).map_err(Into::into),
+    }
 }

@@ -30,7 +30,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-pub use pay::{PayError, Recorded, Refusal, record, settle};
+pub use pay::{PayError, Recorded, Refusal, record, settle, why_gone};
 pub use refund::RefundError;
 
 use crate::{

@@ -19,7 +19,7 @@ use crate::{
     idempotency::{self, Answered, KeyRefused, Saved, Scope},
     ids::{HoldId, IdempotencyKey, PaymentId, UserId},
     money::{SLOT, cut_slots},
-    store::{Dependency, StoreError, pg::Pg, pg::constraint_of},
+    store::{Dependency, StoreError, pg::Pg, pg::constraint_of, redis::Redis},
     token::QueueClaims,
 };
 
@@ -134,7 +134,11 @@ impl Payments<'_> {
         let paying_ms = self.paying_timeout.as_millis() as u64;
         let paying = match holds::begin_payment(self.redis, hold, buyer, paying_ms).await {
             Ok(p) => p,
-            Err(HoldError::Gone) => return Err(self.why_gone(buyer, hold).await?.into()),
+            Err(HoldError::Gone) => {
+                return Err(why_gone(self.pg, self.redis, &buyer.user, hold)
+                    .await?
+                    .into());
+            }
             Err(e) => return Err(e.into()),
         };
         self.failpoint("crash_before_commit").await;
@@ -166,19 +170,6 @@ impl Payments<'_> {
             tracing::warn!(%hold, error = %e, "could not return the hold to held; it frees at its paying deadline");
         }
         Err(refused)
-    }
-
-    /// A hold gone from Redis: paid, expired, or never minted. Only the
-    /// buyer's own paid hold names its payment.
-    async fn why_gone(&self, buyer: &QueueClaims, hold: &HoldId) -> Result<Refusal, StoreError> {
-        Ok(match paid_hold(self.pg, hold).await? {
-            Some((payment_id, owner)) if owner == buyer.user.as_str() => {
-                Refusal::AlreadyPaid { payment_id }
-            }
-            Some(_) => Refusal::NotYours,
-            None if holds::ever_minted(self.redis, hold).await? => Refusal::HoldExpired,
-            None => Refusal::NoSuchHold,
-        })
     }
 
     /// Step 3: seats sold, hold dropped, queue entry ended. If Redis fails
@@ -257,6 +248,27 @@ pub async fn payment_of_hold(pg: &Pg, hold: &HoldId) -> Result<Option<PaymentId>
 ///
 /// # Errors
 /// PostgreSQL unavailable.
+/// A hold gone from Redis, as `user` may be told: paid (naming the payment
+/// only to its own buyer), someone else's paid hold, expired or released,
+/// or never minted. The payment route and the hold routes answer from it
+/// alike.
+///
+/// # Errors
+/// PostgreSQL or Redis unavailable.
+pub async fn why_gone(
+    pg: &Pg,
+    redis: &Redis,
+    user: &UserId,
+    hold: &HoldId,
+) -> Result<Refusal, StoreError> {
+    Ok(match paid_hold(pg, hold).await? {
+        Some((payment_id, owner)) if owner == user.as_str() => Refusal::AlreadyPaid { payment_id },
+        Some(_) => Refusal::NotYours,
+        None if holds::ever_minted(redis, hold).await? => Refusal::HoldExpired,
+        None => Refusal::NoSuchHold,
+    })
+}
+
 pub async fn paid_hold(pg: &Pg, hold: &HoldId) -> Result<Option<(PaymentId, String)>, StoreError> {
     pg.guard(
         sqlx::query_as(r"select payment_id, user_id from payments where hold_id = $1")

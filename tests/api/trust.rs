@@ -436,14 +436,48 @@ async fn refusals_about_holds_leak_nothing() {
     app.pay(&mallory, &live, None)
         .await
         .assert_problem(403, "forbidden");
-    // Someone else's paid hold: 403, and its payment id is never shown.
+    let delete = |hold: &str| {
+        let path = format!("/v1/holds/{hold}");
+        let headers = bearer(&mallory);
+        let app = &app;
+        async move {
+            app.send(Req {
+                method: Method::DELETE,
+                path: &path,
+                body: None,
+                raw: None,
+                headers,
+            })
+            .await
+        }
+    };
+    // Someone else's paid hold: 403 on every route (the hold routes said
+    // 410 once it was gone from Redis), and its payment id is never shown.
     let r = app.pay(&mallory, &paid_hold, None).await;
     r.assert_problem(403, "forbidden");
     assert!(!r.text.contains(&payment_id), "{}", r.text);
-    // A hold that never existed: 404.
-    app.pay(&mallory, "e1.d1.99999999999999", None)
+    for r in [
+        app.get_with_token(&format!("/v1/holds/{paid_hold}"), &mallory)
+            .await,
+        delete(paid_hold.as_str()).await,
+    ] {
+        r.assert_problem(403, "forbidden");
+        assert!(!r.text.contains(&payment_id), "{}", r.text);
+    }
+    // A hold that never existed: 404 on every route.
+    let never = "e1.d1.99999999999999";
+    app.pay(&mallory, never, None)
         .await
         .assert_problem(404, "not_found");
+    app.get_with_token(&format!("/v1/holds/{never}"), &mallory)
+        .await
+        .assert_problem(404, "not_found");
+    delete(never).await.assert_problem(404, "not_found");
+    // alice's own paid hold, read by alice: gone from the live holds, 410.
+    let alice_again = app.admitted_token("e1", "alice").await;
+    app.get_with_token(&format!("/v1/holds/{paid_hold}"), &alice_again)
+        .await
+        .assert_problem(410, "hold_expired");
     // The payment itself: the owner's assertion and the service key read
     // it; another user cannot.
     let path = format!("/v1/payments/{payment_id}");
@@ -476,6 +510,12 @@ async fn refusals_about_holds_leak_nothing() {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     app.pay(&mallory, &own, None)
+        .await
+        .assert_problem(410, "hold_expired");
+    app.get_with_token(&format!("/v1/holds/{own}"), &mallory)
+        .await
+        .assert_problem(410, "hold_expired");
+    delete(own.as_str())
         .await
         .assert_problem(410, "hold_expired");
     assert_eq!(app.balance("mallory").await, "5000", "nothing moved");
