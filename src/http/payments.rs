@@ -21,6 +21,7 @@ use crate::{
     ids::{HoldId, PaymentId, ScheduleId},
     money::format_amount,
     payments::{self, PayError, Payments, RefundError, Refusal, reconcile, refund},
+    queue,
     state::AppState,
 };
 
@@ -164,7 +165,14 @@ pub async fn get_payment(
     let allowed = match &reader {
         PaymentReader::Service => true,
         PaymentReader::User(u) => u.as_str() == owner,
-        PaymentReader::Queue(t) => t.user.as_str() == owner && t.event.as_str() == payment.event_id,
+        PaymentReader::Queue(t) => {
+            // A queue token speaks only while its entry lives, on this
+            // route as on every other.
+            if !queue::entry_live(&state.redis, t).await? {
+                return Err(ApiError::QueueTokenExpired);
+            }
+            t.user.as_str() == owner && t.event.as_str() == payment.event_id
+        }
     };
     if !allowed {
         return Err(ApiError::Forbidden(

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use self::reply::{EntriesReply, FiguresReply, JoinAnswer, JoinReply, LeaveReply};
+use self::reply::{EntriesReply, FiguresReply, JoinAnswer, JoinReply, LeaveReply, LiveReply};
 use crate::{
     fair::challenge::Proven,
     ids::{EventId, ScheduleId},
@@ -243,6 +243,19 @@ async fn entries(
             .map(|(c, e)| Some(batch.pace.view(c.entry, e.state()?)))
             .collect(),
     ))
+}
+
+/// Whether the entry `claims` names is still live (waiting, or admitted
+/// and within its admission); a read, no heartbeat.
+///
+/// # Errors
+/// Redis unavailable.
+pub async fn entry_live(redis: &Redis, claims: &QueueClaims) -> Result<bool, QueueError> {
+    let keys = redis.keys().event(&claims.event).queue_keys();
+    let r = redis
+        .eval_json(&redis::ENTRY_LIVE, keys, entry_args(claims))
+        .await?;
+    Ok(matches!(r, LiveReply::Live))
 }
 
 /// Leaves the queue; `Ok(false)` when the entry was already gone.

@@ -229,6 +229,14 @@ pub(super) enum LeaveReply {
     Gone,
 }
 
+/// `entry_live`'s reply.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub(super) enum LiveReply {
+    Live,
+    Gone,
+}
+
 /// `queue_figures`' reply.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

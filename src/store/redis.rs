@@ -135,6 +135,7 @@ scripts! {
     JOIN_QUEUE => "join_queue",
     QUEUE_STATUS => "queue_status",
     LEAVE_QUEUE => "leave_queue",
+    ENTRY_LIVE => "entry_live",
     ADMIT_TICK => "admit_tick",
     QUEUE_FIGURES => "queue_figures",
     STREAM_STATUS => "stream_status",

@@ -398,6 +398,16 @@ async fn a_token_of_a_gone_entry_is_refused_everywhere() {
     app.hold(&new, json!({"schedule_id": "d1", "seats": [3]}))
         .await
         .assert_problem(410, "queue_token_expired");
+    // Reading the payment it made, too (it answered 200 until the token's
+    // own expiry); a live entry's token reads it, as does the assertion.
+    let payment = format!("/v1/payments/{}", r.body["payment_id"].as_str().unwrap());
+    app.get_with_token(&payment, &new)
+        .await
+        .assert_problem(410, "queue_token_expired");
+    let again = app.admitted_token("e1", "alice").await;
+    let read = app.get_with_token(&payment, &again).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text);
+    assert_eq!(app.get_as(&payment, "alice").await.status, StatusCode::OK);
     // An assertion past its exp (beyond 30 s of skew) is a 401.
     let expired = hs256(
         USER_JWT_SECRET.as_bytes(),
