@@ -555,6 +555,18 @@ impl TestApp {
         self.get_with_token("/v1/queue/status", token).await
     }
 
+    /// `DELETE /v1/holds/{hold}` with a queue token.
+    pub async fn release_hold(&self, token: &str, hold: &str) -> Resp {
+        self.send(Req {
+            method: Method::DELETE,
+            path: &format!("/v1/holds/{hold}"),
+            body: None,
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {token}"))],
+        })
+        .await
+    }
+
     pub async fn leave(&self, token: &str) -> Resp {
         self.send(Req {
             method: Method::DELETE,

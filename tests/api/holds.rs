@@ -338,22 +338,9 @@ async fn release_is_owner_only() {
         .await;
     let id = r.body["hold_id"].as_str().unwrap().to_owned();
     let path = format!("/v1/holds/{id}");
-    let del = |token: &str| {
-        let path = path.clone();
-        let token = token.to_owned();
-        let app = &app;
-        async move {
-            app.send(Req {
-                method: Method::DELETE,
-                path: &path,
-                body: None,
-                raw: None,
-                headers: vec![("authorization", format!("Bearer {token}"))],
-            })
-            .await
-        }
-    };
-    del(&t[1]).await.assert_problem(403, "forbidden");
+    app.release_hold(&t[1], &id)
+        .await
+        .assert_problem(403, "forbidden");
     app.get_with_token(&path, &t[1])
         .await
         .assert_problem(403, "forbidden");
@@ -365,13 +352,18 @@ async fn release_is_owner_only() {
     let r = app.get_with_token(&path, &t[0]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["seats"], json!([7]));
-    assert_eq!(del(&t[0]).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.release_hold(&t[0], &id).await.status,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(
         app.seat_statuses(&t[0], "e1").await[6].1,
         "available",
         "free at once"
     );
-    del(&t[0]).await.assert_problem(410, "hold_expired");
+    app.release_hold(&t[0], &id)
+        .await
+        .assert_problem(410, "hold_expired");
     app.get_with_token("/v1/holds/not-a-hold", &t[0])
         .await
         .assert_problem(404, "not_found");

@@ -30,6 +30,22 @@ impl TestApp {
         .await
     }
 
+    /// A transaction of its own that holds `user`'s wallet row locked
+    /// until it ends (`commit` or `rollback` on the connection returned),
+    /// as a concurrent payment or charge would.
+    pub async fn lock_wallet(&self, user: &str) -> PgConnection {
+        let mut lock = PgConnection::connect(&self.settings.env["DATABASE_URL"])
+            .await
+            .unwrap();
+        lock.execute("begin").await.unwrap();
+        sqlx::query("select 1 from wallets where user_id = $1 for update")
+            .bind(user)
+            .execute(&mut lock)
+            .await
+            .unwrap();
+        lock
+    }
+
     pub async fn balance(&self, user: &str) -> String {
         let r = self
             .admin(Method::GET, &format!("/v1/users/{user}/wallet"), None)
@@ -1012,13 +1028,7 @@ async fn a_keyed_charge_that_commits_after_our_timeout_is_answered_and_never_cre
     let amount = Money::parse_amount("500", app.state.config.currency, 10_000.into()).unwrap();
     let scope = || Some(Scope::new(&user, &key, &["charge", "tove", "500"]));
 
-    let mut lock = PgConnection::connect(&app.settings.env["DATABASE_URL"])
-        .await
-        .unwrap();
-    lock.execute("begin").await.unwrap();
-    lock.execute("select 1 from wallets where user_id = 'tove' for update")
-        .await
-        .unwrap();
+    let mut lock = app.lock_wallet("tove").await;
     let statement = std::sync::Arc::new(tokio::sync::OnceCell::new());
     let work = {
         let (pg, user, key, statement) = (pg.clone(), user.clone(), key.clone(), statement.clone());
@@ -1127,13 +1137,7 @@ async fn a_keyed_payment_still_running_after_our_timeout_is_settled_as_paid() {
         try_processing(&pg, &user, &key, "fp").await.unwrap(),
         NextAction::StartProcessing
     ));
-    let mut lock = PgConnection::connect(&app.settings.env["DATABASE_URL"])
-        .await
-        .unwrap();
-    lock.execute("begin").await.unwrap();
-    lock.execute("select 1 from wallets where user_id = 'vera' for update")
-        .await
-        .unwrap();
+    let mut lock = app.lock_wallet("vera").await;
     let running = {
         let (pg, user, key, hold) = (pg.clone(), user.clone(), key.clone(), hold.clone());
         tokio::spawn(async move { record(&pg, &user, &hold, &[1], Some(&key)).await })
@@ -1168,13 +1172,7 @@ async fn a_keyed_payment_still_running_after_our_timeout_is_settled_as_paid() {
 async fn a_lock_timeout_is_a_retryable_503_that_leaves_the_breaker_closed() {
     let app = spawn_with(Settings::new().without_background()).await;
     app.charge("wenke", "1000", None).await;
-    let mut lock = PgConnection::connect(&app.settings.env["DATABASE_URL"])
-        .await
-        .unwrap();
-    lock.execute("begin").await.unwrap();
-    lock.execute("select 1 from wallets where user_id = 'wenke' for update")
-        .await
-        .unwrap();
+    let mut lock = app.lock_wallet("wenke").await;
     let errors = |kind: &str| {
         format!(r#"boxoffice_dependency_errors_total{{dependency="postgres",kind="{kind}"}}"#)
     };

@@ -434,33 +434,12 @@ async fn refusals_about_holds_leak_nothing() {
     app.get_with_token(&format!("/v1/holds/{live}"), &mallory)
         .await
         .assert_problem(403, "forbidden");
-    app.send(Req {
-        method: Method::DELETE,
-        path: &format!("/v1/holds/{live}"),
-        body: None,
-        raw: None,
-        headers: bearer(&mallory),
-    })
-    .await
-    .assert_problem(403, "forbidden");
+    app.release_hold(&mallory, &live)
+        .await
+        .assert_problem(403, "forbidden");
     app.pay(&mallory, &live, None)
         .await
         .assert_problem(403, "forbidden");
-    let delete = |hold: &str| {
-        let path = format!("/v1/holds/{hold}");
-        let headers = bearer(&mallory);
-        let app = &app;
-        async move {
-            app.send(Req {
-                method: Method::DELETE,
-                path: &path,
-                body: None,
-                raw: None,
-                headers,
-            })
-            .await
-        }
-    };
     // Someone else's paid hold: 403 on every route (the hold routes said
     // 410 once it was gone from Redis), and its payment id is never shown.
     let r = app.pay(&mallory, &paid_hold, None).await;
@@ -469,7 +448,7 @@ async fn refusals_about_holds_leak_nothing() {
     for r in [
         app.get_with_token(&format!("/v1/holds/{paid_hold}"), &mallory)
             .await,
-        delete(paid_hold.as_str()).await,
+        app.release_hold(&mallory, &paid_hold).await,
     ] {
         r.assert_problem(403, "forbidden");
         assert!(!r.text.contains(&payment_id), "{}", r.text);
@@ -482,7 +461,9 @@ async fn refusals_about_holds_leak_nothing() {
     app.get_with_token(&format!("/v1/holds/{never}"), &mallory)
         .await
         .assert_problem(404, "not_found");
-    delete(never).await.assert_problem(404, "not_found");
+    app.release_hold(&mallory, never)
+        .await
+        .assert_problem(404, "not_found");
     // alice's own paid hold, read by alice: gone from the live holds, 410.
     let alice_again = app.admitted_token("e1", "alice").await;
     app.get_with_token(&format!("/v1/holds/{paid_hold}"), &alice_again)
@@ -509,15 +490,7 @@ async fn refusals_about_holds_leak_nothing() {
     );
     // The caller's own hold, gone (released): 410.
     let own = app.hold_seats(&mallory, json!([3])).await;
-    let r = app
-        .send(Req {
-            method: Method::DELETE,
-            path: &format!("/v1/holds/{own}"),
-            body: None,
-            raw: None,
-            headers: bearer(&mallory),
-        })
-        .await;
+    let r = app.release_hold(&mallory, &own).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     app.pay(&mallory, &own, None)
         .await
@@ -525,7 +498,7 @@ async fn refusals_about_holds_leak_nothing() {
     app.get_with_token(&format!("/v1/holds/{own}"), &mallory)
         .await
         .assert_problem(410, "hold_expired");
-    delete(own.as_str())
+    app.release_hold(&mallory, &own)
         .await
         .assert_problem(410, "hold_expired");
     assert_eq!(app.balance("mallory").await, "5000", "nothing moved");
