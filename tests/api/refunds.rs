@@ -552,3 +552,42 @@ async fn a_confirmation_that_comes_after_the_refund_sells_nothing() {
     app.hold_seats(&other, json!([3])).await;
     app.assert_ledger_exact().await;
 }
+
+/// A keyed refund whose claim was given back before its transaction
+/// reached it (the request had timed out): the transaction writes nothing,
+/// so the retry that claims the key again is the only refund and answers
+/// 201, not `409 already_refunded`.
+#[tokio::test]
+async fn a_refund_whose_claim_was_given_back_writes_nothing() {
+    use boxoffice::{
+        idempotency::{NextAction, Released, release, try_processing},
+        ids::{IdempotencyKey, PaymentId, UserId},
+        payments::refund::{Refunded, record},
+    };
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 10, 60, 2).await;
+    let payment = paid(&app, "eli", json!([1])).await;
+    let pg = &app.state.pg;
+    let (owner, key) = (
+        UserId::parse("eli").unwrap(),
+        IdempotencyKey::parse("refund-1").unwrap(),
+    );
+    assert!(matches!(
+        try_processing(pg, &owner, &key, "fp").await.unwrap(),
+        NextAction::StartProcessing
+    ));
+    assert_eq!(
+        release(pg, &owner, &key).await.unwrap(),
+        Released::GivenBack
+    );
+    let id = PaymentId::parse(&payment).unwrap();
+    assert!(matches!(
+        record(pg, id, Some(&key)).await.unwrap(),
+        Refunded::ClaimClosed
+    ));
+    assert_eq!(app.balance("eli").await, "9000", "nothing came back");
+    let r = app.refund(&payment, Some("refund-1")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(app.balance("eli").await, "10000");
+    app.assert_ledger_exact().await;
+}
