@@ -275,8 +275,8 @@ pub enum Released {
 /// The lines an effect's statement starts with so that it takes effect
 /// only under its request's claim: `claimed` has one row when the
 /// statement may write, none when it may not. `$user` and `$key` are the
-/// statement's parameters for the user and the key (the key `NULL` when
-/// the request has none: then it always may). The claim row stays locked
+/// statement's parameters for the user and the key (a request without a
+/// key runs the statement with [`NO_CLAIM_SQL`] instead). The claim row stays locked
 /// to the end of the statement, so [`release`] waits for it: a claim is
 /// either given back before the effect, which then does nothing, or
 /// answered by it.
@@ -291,6 +291,12 @@ pub const CLAIM_SQL: &str = r"claim as (
 pub fn claim_sql(user: &str, key: &str) -> String {
     CLAIM_SQL.replace("$user", user).replace("$key", key)
 }
+
+/// What an effect's statement starts with when its request has no key:
+/// `claimed` always has its row, and the statement reads no claim and
+/// locks nothing in `idempotency` (its own prepared statement, so an
+/// unkeyed payment's plan has no claim in it at all).
+pub const NO_CLAIM_SQL: &str = "claimed as (select 1 as ok)";
 
 /// Gives a claim back after a failure, so a retry can run again instead
 /// of seeing `request_in_progress`; or finds that the effect took place

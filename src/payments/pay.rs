@@ -291,12 +291,14 @@ pub async fn paid_hold(pg: &Pg, hold: &HoldId) -> Result<Option<(PaymentId, Stri
 /// `$5` hold id, `$6` seats, `$7` paid at, `$8` ledger transaction id,
 /// `$9 $10 $11` the response body cut around its amount and balance
 /// (`money::cut_slots`), `$12` the `Idempotency-Key` (or null).
-static RECORD: LazyLock<String> = LazyLock::new(|| {
+static RECORD_KEYED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with {}, {RECORD_EFFECT}",
         idempotency::claim_sql("$2", "$12")
     )
 });
+static RECORD: LazyLock<String> =
+    LazyLock::new(|| format!("with {}, {RECORD_EFFECT}", idempotency::NO_CLAIM_SQL));
 const RECORD_EFFECT: &str = r"
 -- 0. Under a key, nothing is settled unless the request's claim is still
 --    unanswered (`claimed`, idempotency::CLAIM_SQL): a claim given back
@@ -409,7 +411,12 @@ pub async fn record(
     let result = pg
         .guard(async {
             let mut conn = pg.pool().acquire().await?;
-            let row = sqlx::query_as::<_, RecordRow>(RECORD.as_str())
+            let statement = if key.is_some() {
+                &RECORD_KEYED
+            } else {
+                &RECORD
+            };
+            let row = sqlx::query_as::<_, RecordRow>(statement.as_str())
                 .bind(payment.payment_id)
                 .bind(user.as_str())
                 .bind(hold.event.as_str())

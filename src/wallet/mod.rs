@@ -54,12 +54,14 @@ pub struct Charged {
 /// request's claim is unanswered ([`idempotency::CLAIM_SQL`]), so a claim
 /// given back after our timeout cannot be followed by the credit. No row
 /// when nothing was written.
-static CHARGE: LazyLock<String> = LazyLock::new(|| {
+static CHARGE_KEYED: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with {}, {CHARGE_EFFECT}",
         idempotency::claim_sql("$1", "$6")
     )
 });
+static CHARGE: LazyLock<String> =
+    LazyLock::new(|| format!("with {}, {CHARGE_EFFECT}", idempotency::NO_CLAIM_SQL));
 const CHARGE_EFFECT: &str = r"
 wallet as (
     insert into wallets (user_id, balance) select $1, $2::numeric from claimed
@@ -101,14 +103,21 @@ pub async fn charge(
     let pieces = cut_slots(&template, &["balance"]);
     let charged_row: Option<(Decimal, String)> = pg
         .guard(
-            sqlx::query_as(CHARGE.as_str())
-                .bind(user.as_str())
-                .bind(amount.amount())
-                .bind(charged.transaction_id)
-                .bind(&pieces[0])
-                .bind(&pieces[1])
-                .bind(key.map(IdempotencyKey::as_str))
-                .fetch_optional(pg.pool()),
+            sqlx::query_as(
+                if key.is_some() {
+                    &CHARGE_KEYED
+                } else {
+                    &CHARGE
+                }
+                .as_str(),
+            )
+            .bind(user.as_str())
+            .bind(amount.amount())
+            .bind(charged.transaction_id)
+            .bind(&pieces[0])
+            .bind(&pieces[1])
+            .bind(key.map(IdempotencyKey::as_str))
+            .fetch_optional(pg.pool()),
         )
         .await?;
     // The claim was given back or answered by another request with the
