@@ -11,7 +11,7 @@
 //! process is taken over after [`STALE_CLAIM_SECONDS`].
 //!
 //! The effect's statement runs only under an open claim and locks it first
-//! ([`CLAIM_SQL`]). A statement can outlive our timeout on the server (the
+//! ([`CLAIM_ROW`]). A statement can outlive our timeout on the server (the
 //! timeout counts the wait for a connection too) and commit afterwards. So
 //! a claim is given back ([`release`]) only in a way that either comes
 //! first, and the statement then writes nothing, or waits for the
@@ -264,7 +264,7 @@ async fn complete_now(
 #[derive(Debug, PartialEq, Eq)]
 pub enum Released {
     /// The claim was still unanswered and is gone now: no statement that
-    /// checks it ([`CLAIM_SQL`]) can take effect any more.
+    /// checks it ([`CLAIM_ROW`]) can take effect any more.
     GivenBack,
     /// A statement under the claim committed first: its stored answer.
     Settled(Saved),
@@ -272,31 +272,75 @@ pub enum Released {
     Gone,
 }
 
-/// The lines an effect's statement starts with so that it takes effect
-/// only under its request's claim: `claimed` has one row when the
-/// statement may write, none when it may not. `$user` and `$key` are the
-/// statement's parameters for the user and the key (a request without a
-/// key runs the statement with [`NO_CLAIM_SQL`] instead). The claim row stays locked
-/// to the end of the statement, so [`release`] waits for it: a claim is
-/// either given back before the effect, which then does nothing, or
-/// answered by it.
-pub const CLAIM_SQL: &str = r"claim as (
-    select 1 from idempotency where user_id = $user and key = $key and status is null for update
-), claimed as (
-    select 1 as ok where $key::text is null or exists (select 1 from claim)
-)";
+/// The open claim of a user's key, locked to the end of the
+/// transaction: one row while the claim is unanswered, none once it was
+/// given back or answered. An effect runs only under it, so [`release`]
+/// either comes first, and the effect then does nothing, or waits for the
+/// effect and finds its answer. The refund's transaction runs it as it is
+/// ([`lock_claim`]); one-statement effects start with it ([`Gated`]).
+const CLAIM_ROW: &str = "select 1 as ok from idempotency where user_id = {user} and key = {key} and status is null for update";
 
-/// [`CLAIM_SQL`] with the statement's parameter numbers for the user and
-/// the key.
-pub fn claim_sql(user: &str, key: &str) -> String {
-    CLAIM_SQL.replace("$user", user).replace("$key", key)
+/// [`CLAIM_ROW`] with the parameter numbers (`"$2"`) of the user and the
+/// key.
+fn claim_row(user: &str, key: &str) -> String {
+    CLAIM_ROW.replace("{user}", user).replace("{key}", key)
 }
 
-/// What an effect's statement starts with when its request has no key:
-/// `claimed` always has its row, and the statement reads no claim and
-/// locks nothing in `idempotency` (its own prepared statement, so an
+/// An effect's one statement in its two forms: `effect` (the text after
+/// `with`) reads the CTE `claimed`, which has one row when the statement
+/// may write. Under a key, `claimed` is the request's open claim
+/// ([`CLAIM_ROW`]); without one it always has its row and nothing in
+/// `idempotency` is read or locked (its own prepared statement, so an
 /// unkeyed payment's plan has no claim in it at all).
-pub const NO_CLAIM_SQL: &str = "claimed as (select 1 as ok)";
+pub struct Gated {
+    keyed: String,
+    unkeyed: String,
+}
+
+impl Gated {
+    /// `effect`'s two forms; `user` and `key` are its parameter numbers
+    /// (`"$2"`) for the user and the `Idempotency-Key`.
+    pub fn new(effect: &str, user: &str, key: &str) -> Self {
+        let claim = claim_row(user, key);
+        Self {
+            keyed: format!("with claimed as ({claim}), {effect}"),
+            unkeyed: format!("with claimed as (select 1 as ok), {effect}"),
+        }
+    }
+
+    /// The form for a request with or without a key.
+    pub fn sql(&self, keyed: bool) -> &str {
+        if keyed { &self.keyed } else { &self.unkeyed }
+    }
+}
+
+/// Locks the open claim of `user`'s `key` in `tx` ([`CLAIM_ROW`]): false
+/// when it was given back or answered, and the effect must not run.
+///
+/// # Errors
+/// The query failed.
+pub async fn lock_claim(
+    tx: &mut sqlx::PgConnection,
+    user: &str,
+    key: &IdempotencyKey,
+) -> Result<bool, sqlx::Error> {
+    let open: Option<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(claim_row("$1", "$2")))
+        .bind(user)
+        .bind(key.as_str())
+        .fetch_optional(tx)
+        .await?;
+    Ok(open.is_some())
+}
+
+/// The error of an effect that found its claim no longer open: nothing
+/// was written. [`once`] then finds out whether another statement answered
+/// the key (its answer is this request's) or it was given back (retry).
+pub fn claim_closed() -> StoreError {
+    StoreError::Unavailable {
+        dep: crate::store::Dependency::Postgres,
+        reason: "the request's Idempotency-Key claim is no longer open".into(),
+    }
+}
 
 /// Gives a claim back after a failure, so a retry can run again instead
 /// of seeing `request_in_progress`; or finds that the effect took place

@@ -19,7 +19,7 @@ use crate::{
     idempotency::{self, Answered, KeyRefused, Saved, Scope},
     ids::{HoldId, IdempotencyKey, PaymentId, UserId},
     money::{SLOT, cut_slots},
-    store::{Dependency, StoreError, pg::Pg, pg::constraint_of, redis::Redis},
+    store::{StoreError, pg::Pg, pg::constraint_of, redis::Redis},
     token::QueueClaims,
 };
 
@@ -291,17 +291,11 @@ pub async fn paid_hold(pg: &Pg, hold: &HoldId) -> Result<Option<(PaymentId, Stri
 /// `$5` hold id, `$6` seats, `$7` paid at, `$8` ledger transaction id,
 /// `$9 $10 $11` the response body cut around its amount and balance
 /// (`money::cut_slots`), `$12` the `Idempotency-Key` (or null).
-static RECORD_KEYED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "with {}, {RECORD_EFFECT}",
-        idempotency::claim_sql("$2", "$12")
-    )
-});
-static RECORD: LazyLock<String> =
-    LazyLock::new(|| format!("with {}, {RECORD_EFFECT}", idempotency::NO_CLAIM_SQL));
+static RECORD: LazyLock<idempotency::Gated> =
+    LazyLock::new(|| idempotency::Gated::new(RECORD_EFFECT, "$2", "$12"));
 const RECORD_EFFECT: &str = r"
 -- 0. Under a key, nothing is settled unless the request's claim is still
---    unanswered (`claimed`, idempotency::CLAIM_SQL): a claim given back
+--    unanswered (`claimed`, idempotency::Gated): a claim given back
 --    after our timeout cannot be followed by the debit.
 price as (
     -- 1. The price, from the catalog (never from the client); no row
@@ -411,12 +405,7 @@ pub async fn record(
     let result = pg
         .guard(async {
             let mut conn = pg.pool().acquire().await?;
-            let statement = if key.is_some() {
-                &RECORD_KEYED
-            } else {
-                &RECORD
-            };
-            let row = sqlx::query_as::<_, RecordRow>(statement.as_str())
+            let row = sqlx::query_as::<_, RecordRow>(RECORD.sql(key.is_some()))
                 .bind(payment.payment_id)
                 .bind(user.as_str())
                 .bind(hold.event.as_str())
@@ -439,10 +428,7 @@ pub async fn record(
     match result {
         // The claim was given back or answered by another request with the
         // key (`idempotency::once` finds out which).
-        Ok(RecordRow { claimed: false, .. }) => Err(StoreError::Unavailable {
-            dep: Dependency::Postgres,
-            reason: "the request's Idempotency-Key claim is no longer open".into(),
-        }),
+        Ok(RecordRow { claimed: false, .. }) => Err(idempotency::claim_closed()),
         Ok(RecordRow {
             amount: Some(amount),
             balance_after: Some(balance_after),

@@ -118,11 +118,7 @@ impl Payments<'_> {
             Refunded::Already { refund_id } => Err(Refusal::AlreadyRefunded { refund_id }.into()),
             Refunded::NoSuchPayment => Err(RefundError::NoSuchPayment),
             // `idempotency::once` finds out who answered the key.
-            Refunded::ClaimClosed => Err(StoreError::Unavailable {
-                dep: Dependency::Postgres,
-                reason: "the request's Idempotency-Key claim is no longer open".into(),
-            }
-            .into()),
+            Refunded::ClaimClosed => Err(idempotency::claim_closed().into()),
         }
     }
 }
@@ -217,20 +213,12 @@ pub async fn record(
         }
         // Under a key, the effect only while the request's claim is open,
         // and the claim locked to the commit: the rule the charge and
-        // payment statements follow (`idempotency::CLAIM_SQL`), so a claim
+        // payment statements follow (`idempotency::Gated`), so a claim
         // given back after our timeout is never followed by the refund.
-        if let Some(key) = key {
-            let open: Option<i32> = sqlx::query_scalar(
-                r"select 1 from idempotency
-                  where user_id = $1 and key = $2 and status is null for update",
-            )
-            .bind(&p.user_id)
-            .bind(key.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if open.is_none() {
-                return Ok(Refunded::ClaimClosed);
-            }
+        if let Some(key) = key
+            && !idempotency::lock_claim(&mut tx, &p.user_id, key).await?
+        {
+            return Ok(Refunded::ClaimClosed);
         }
         let refunded_at = Utc::now().trunc_subsecs(6);
         let refund_id = Uuid::now_v7();

@@ -18,7 +18,7 @@ use crate::{
     idempotency,
     ids::{IdempotencyKey, UserId},
     money::{Money, SLOT, cut_slots},
-    store::{Dependency, StoreError, pg::Pg},
+    store::{StoreError, pg::Pg},
 };
 
 /// A wallet's balance.
@@ -51,17 +51,11 @@ pub struct Charged {
 /// A charge as one statement (one round trip, one commit): credit the
 /// wallet (created on first use), ledger row, outbox message and the
 /// idempotent response, all or nothing; under a key, only while the
-/// request's claim is unanswered ([`idempotency::CLAIM_SQL`]), so a claim
+/// request's claim is unanswered ([`idempotency::Gated`]), so a claim
 /// given back after our timeout cannot be followed by the credit. No row
 /// when nothing was written.
-static CHARGE_KEYED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "with {}, {CHARGE_EFFECT}",
-        idempotency::claim_sql("$1", "$6")
-    )
-});
-static CHARGE: LazyLock<String> =
-    LazyLock::new(|| format!("with {}, {CHARGE_EFFECT}", idempotency::NO_CLAIM_SQL));
+static CHARGE: LazyLock<idempotency::Gated> =
+    LazyLock::new(|| idempotency::Gated::new(CHARGE_EFFECT, "$1", "$6"));
 const CHARGE_EFFECT: &str = r"
 wallet as (
     insert into wallets (user_id, balance) select $1, $2::numeric from claimed
@@ -103,30 +97,20 @@ pub async fn charge(
     let pieces = cut_slots(&template, &["balance"]);
     let charged_row: Option<(Decimal, String)> = pg
         .guard(
-            sqlx::query_as(
-                if key.is_some() {
-                    &CHARGE_KEYED
-                } else {
-                    &CHARGE
-                }
-                .as_str(),
-            )
-            .bind(user.as_str())
-            .bind(amount.amount())
-            .bind(charged.transaction_id)
-            .bind(&pieces[0])
-            .bind(&pieces[1])
-            .bind(key.map(IdempotencyKey::as_str))
-            .fetch_optional(pg.pool()),
+            sqlx::query_as(CHARGE.sql(key.is_some()))
+                .bind(user.as_str())
+                .bind(amount.amount())
+                .bind(charged.transaction_id)
+                .bind(&pieces[0])
+                .bind(&pieces[1])
+                .bind(key.map(IdempotencyKey::as_str))
+                .fetch_optional(pg.pool()),
         )
         .await?;
     // The claim was given back or answered by another request with the
     // key (`idempotency::once` finds out which): nothing was written.
     let Some((balance, body)) = charged_row else {
-        return Err(StoreError::Unavailable {
-            dep: Dependency::Postgres,
-            reason: "the request's Idempotency-Key claim is no longer open".into(),
-        });
+        return Err(idempotency::claim_closed());
     };
     charged.balance = balance.normalize();
     debug_assert_eq!(body, serde_json::to_string(&charged).expect("serializes"));
