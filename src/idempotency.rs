@@ -379,18 +379,23 @@ pub async fn release(pg: &Pg, user: &UserId, key: &IdempotencyKey) -> Result<Rel
             .map(Some)
         })
         .await;
-    match row {
-        Ok(None) => Ok(Released::GivenBack),
-        Ok(Some(Some((status, body)))) => Ok(Released::Settled(Saved {
-            status: status as u16,
-            body,
-        })),
-        Ok(Some(None)) => Ok(Released::Gone),
+    let (found, released) = match row {
+        Ok(None) => ("given_back", Ok(Released::GivenBack)),
+        Ok(Some(Some((status, body)))) => (
+            "settled",
+            Ok(Released::Settled(Saved {
+                status: status as u16,
+                body,
+            })),
+        ),
+        Ok(Some(None)) => ("gone", Ok(Released::Gone)),
         Err(e) => {
             tracing::warn!(error = %e, "could not release an idempotency claim; it expires in {STALE_CLAIM_SECONDS} s");
-            Err(e)
+            ("failed", Err(e))
         }
-    }
+    };
+    metrics::counter!("boxoffice_idempotency_releases_total", "found" => found).increment(1);
+    released
 }
 
 /// Deletes records older than 25 hours (the promise is at least 24).

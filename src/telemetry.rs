@@ -252,6 +252,9 @@ pub fn register_metrics() {
     metrics::counter!("boxoffice_outbox_published_total").increment(0);
     metrics::gauge!("boxoffice_outbox_lag_seconds").set(0.0);
     metrics::counter!("boxoffice_rate_limited_total", "by" => "ip").increment(0);
+    for found in ["given_back", "settled", "gone", "failed"] {
+        metrics::counter!("boxoffice_idempotency_releases_total", "found" => found).increment(0);
+    }
     register_http_metrics();
 }
 

@@ -1196,3 +1196,259 @@ async fn a_lock_timeout_is_a_retryable_503_that_leaves_the_breaker_closed() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(app.balance("wenke").await, "1500");
 }
+
+/// The claim gate under a storm of requests, through HTTP. 50 keyed
+/// top-ups of one wallet, each key sent 4 times, 200 requests spread over
+/// 4 s, through a pool of 4 connections while a transaction locks the
+/// wallet three times for 1.7 s: requests time out waiting for a
+/// connection or behind statements blocked on the lock, the breaker
+/// opens, and claims whose release failed stay open (taken over after
+/// 60 s; the test ages them). However each request ends, every key
+/// credits exactly once once it is retried, and every 201 of a key (first
+/// answer or replay) is byte for byte the same.
+#[tokio::test]
+async fn a_storm_of_keyed_charges_through_a_starved_pool_credits_each_key_once() {
+    const KEYS: usize = 50;
+    let app = spawn_with(
+        Settings::new()
+            .set("BOXOFFICE_PG_MAX_CONNECTIONS", "4")
+            .without_background(),
+    )
+    .await;
+    app.charge("vera", "1000", None).await;
+    let app = &app;
+    let locker = async {
+        for _ in 0..3 {
+            let mut lock = app.lock_wallet("vera").await;
+            tokio::time::sleep(Duration::from_millis(1_700)).await;
+            lock.execute("commit").await.unwrap();
+        }
+    };
+    let key = |i: usize| format!("storm-{}", i % KEYS);
+    let storm = join_all((0..4 * KEYS).map(|i| async move {
+        tokio::time::sleep(Duration::from_millis((i * 37 % 4_000) as u64)).await;
+        (key(i), app.charge("vera", "10", Some(&key(i))).await)
+    }));
+    let ((), storm) = tokio::join!(locker, storm);
+
+    let mut answers: std::collections::HashMap<String, Vec<Resp>> = Default::default();
+    let (mut created, mut unavailable) = (0, 0);
+    for (k, r) in storm {
+        match r.status.as_u16() {
+            201 => created += 1,
+            409 => r.assert_problem(409, "request_in_progress"),
+            503 => {
+                unavailable += 1;
+                assert!(
+                    matches!(r.code(), "dependency_unavailable" | "circuit_open"),
+                    "{}",
+                    r.text
+                );
+                assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+            }
+            _ => panic!("{}: {}", r.status, r.text),
+        }
+        answers.entry(k).or_default().push(r);
+    }
+    assert!(
+        created > 0 && unavailable > 0,
+        "the storm both credited and failed: {created} created, {unavailable} unavailable"
+    );
+
+    // Every statement the storm started has ended by now (statement
+    // timeout 2.5 s). Claims whose release failed are still open: age
+    // them past the takeover, as the clock would.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let aged = sqlx::query(
+        "update idempotency set created_at = created_at - interval '61 seconds'
+         where user_id = 'vera' and status is null",
+    )
+    .execute(app.state.pg.pool())
+    .await
+    .unwrap()
+    .rows_affected();
+    assert!(aged > 0, "some claims were left open by failed releases");
+    for i in 0..KEYS {
+        let mut tries = 0;
+        loop {
+            let r = app.charge("vera", "10", Some(&key(i))).await;
+            let done = r.status == StatusCode::CREATED;
+            answers.get_mut(&key(i)).unwrap().push(r);
+            if done {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 50, "{} never settled", key(i));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for (k, rs) in &answers {
+        let bodies: std::collections::HashSet<&str> = rs
+            .iter()
+            .filter(|r| r.status == StatusCode::CREATED)
+            .map(|r| r.text.as_str())
+            .collect();
+        assert_eq!(bodies.len(), 1, "{k}: one answer, replayed: {bodies:?}");
+    }
+    assert_one_credit_per_key(app, "vera", 1000, 10, KEYS).await;
+}
+
+/// `user`'s wallet holds `start` plus `amount` for each of `keys` keyed
+/// charges, one ledger row each, and no claim of theirs is left open.
+async fn assert_one_credit_per_key(
+    app: &TestApp,
+    user: &str,
+    start: i64,
+    amount: i64,
+    keys: usize,
+) {
+    let expected = rust_decimal::Decimal::from(start + amount * keys as i64);
+    assert_eq!(app.balance(user).await, expected.to_string());
+    let (sum, rows) = app.ledger(user).await;
+    assert_eq!((sum, rows), (expected, 1 + keys as i64), "one credit a key");
+    let open: i64 = sqlx::query_scalar(
+        "select count(*) from idempotency where user_id = $1 and status is null",
+    )
+    .bind(user)
+    .fetch_one(app.state.pg.pool())
+    .await
+    .unwrap();
+    assert_eq!(open, 0, "no claim left open");
+}
+
+/// The race the claim gate exists for, 200 times: a request gives its
+/// claim back while its own statement is on the server. 50 keys, 4
+/// requests each, run as a keyed charge runs (`idempotency::once`); each
+/// request's statement runs on a task of its own, as it would on the
+/// server whatever became of the request, and the request fails after up
+/// to 400 ms, as a timeout would, or at once, before its statement is
+/// sent, while a transaction locks the wallet on and off. So releases meet statements not yet at the claim (which then
+/// write nothing), waiting on the wallet (the release waits for them and
+/// finds their answer) and done. Then every key is retried until it
+/// answers: one credit and one answer a key.
+#[tokio::test]
+async fn keyed_charges_timing_out_while_their_statements_run_credit_each_key_once() {
+    use boxoffice::{
+        idempotency::{Answered, KeyRefused, Scope, once},
+        ids::{IdempotencyKey, UserId},
+        money::Money,
+        wallet,
+    };
+    const KEYS: usize = 50;
+    #[derive(Debug)]
+    enum Failed {
+        TimedOut,
+        Refused(KeyRefused),
+    }
+    impl From<KeyRefused> for Failed {
+        fn from(e: KeyRefused) -> Self {
+            Self::Refused(e)
+        }
+    }
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.charge("wim", "1000", None).await;
+    let pg = &app.state.pg;
+    let user = UserId::parse("wim").unwrap();
+    let keys: Vec<IdempotencyKey> = (0..KEYS)
+        .map(|k| IdempotencyKey::parse(&format!("race-{k}")).unwrap())
+        .collect();
+    let amount = Money::parse_amount("10", app.state.config.currency, 10_000.into()).unwrap();
+    let scope = |k: usize| Some(Scope::new(&user, &keys[k], &["charge", "wim", "10"]));
+    let behind = std::sync::Mutex::new(Vec::new());
+
+    let locker = async {
+        for _ in 0..8 {
+            let mut lock = app.lock_wallet("wim").await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            lock.execute("commit").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    };
+    let request = |i: usize| {
+        let (user, key, behind) = (user.clone(), keys[i % KEYS].clone(), &behind);
+        let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ran_out = timed_out.clone();
+        let work = async move {
+            let pg = pg.clone();
+            // Every fifth fails at once, before its statement reaches
+            // the server (as a call still waiting for a connection does).
+            let (late, timeout) = match i % 5 {
+                0 => (20, 0),
+                _ => (0, (i * 53 % 400) as u64),
+            };
+            let mut statement = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(late)).await;
+                wallet::charge(&pg, &user, amount, Some(&key)).await
+            });
+            let timeout = Duration::from_millis(timeout);
+            tokio::select! {
+                done = &mut statement => match done.unwrap() {
+                    Ok((_, body)) => Ok(body),
+                    Err(_) => Err(Failed::TimedOut),
+                },
+                () = tokio::time::sleep(timeout) => {
+                    ran_out.store(true, std::sync::atomic::Ordering::Relaxed);
+                    behind.lock().unwrap().push(statement);
+                    Err(Failed::TimedOut)
+                }
+            }
+        };
+        async move {
+            tokio::time::sleep(Duration::from_millis((i * 13 % 2_000) as u64)).await;
+            let answered = once(pg, scope(i % KEYS), work, |_| None).await;
+            (
+                i % KEYS,
+                timed_out.load(std::sync::atomic::Ordering::Relaxed),
+                answered,
+            )
+        }
+    };
+    let ((), storm) = tokio::join!(locker, join_all((0..4 * KEYS).map(request)));
+    let mut bodies: Vec<std::collections::HashSet<String>> = vec![Default::default(); KEYS];
+    let (mut settled, mut given_back) = (0, 0);
+    for (k, timed_out, answered) in storm {
+        match answered {
+            Ok(Answered::Fresh(body)) => drop(bodies[k].insert(body)),
+            Ok(Answered::Replayed(saved)) => {
+                assert_eq!(saved.status, 201);
+                // After its own work timed out, a request is answered
+                // with a replay only when its statement committed after
+                // all, while the release waited for it.
+                settled += usize::from(timed_out);
+                bodies[k].insert(saved.body);
+            }
+            Err(Failed::TimedOut) if timed_out => given_back += 1,
+            Err(Failed::TimedOut | Failed::Refused(KeyRefused::InFlight)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    // The statements left running end once the wallet is free.
+    for statement in behind.into_inner().unwrap() {
+        let _ = statement.await.unwrap();
+    }
+    assert!(
+        settled > 0,
+        "some statements committed after their request failed"
+    );
+    assert!(
+        given_back > 0,
+        "some claims were given back before their statement"
+    );
+
+    // Each key retried until it answers, as a client would.
+    for (k, seen) in bodies.iter_mut().enumerate() {
+        let retry = async {
+            wallet::charge(pg, &user, amount, Some(&keys[k]))
+                .await
+                .map(|(_, body)| body)
+                .map_err(|_| Failed::TimedOut)
+        };
+        match once(pg, scope(k), retry, |_| None).await {
+            Ok(Answered::Fresh(body)) => drop(seen.insert(body)),
+            Ok(Answered::Replayed(saved)) => drop(seen.insert(saved.body)),
+            Err(e) => panic!("race-{k}: {e:?}"),
+        }
+        assert_eq!(seen.len(), 1, "race-{k}: one answer: {seen:?}");
+    }
+    assert_one_credit_per_key(&app, "wim", 1000, 10, KEYS).await;
+}
