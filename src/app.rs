@@ -142,6 +142,7 @@ impl Application {
         }
         loops.spawn(rate_limits.clone().prune(shutdown.clone()));
         let limits = state.config.http;
+        warn_if_polls_reconnect(limits);
         if let Some(l) = metrics_listener {
             tracing::info!(addr = %l.local_addr()?, "metrics listening");
             let router = crate::http::metrics_router(state.clone());
@@ -223,8 +224,40 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
+/// A keep-alive connection waits for its next request at most the smaller
+/// of the header-read and idle timeouts; a waiting page that polls less
+/// often than that reconnects for every poll (in a measured sale, two
+/// connections a buyer instead of one: docs/bench/surge-17.md).
+fn warn_if_polls_reconnect(limits: crate::config::HttpLimits) {
+    if polls_reconnect(limits) {
+        let keep_alive = limits.header_timeout.min(limits.idle_timeout);
+        let longest_poll = std::time::Duration::from_millis(crate::queue::pacing::MAX_POLL_MS);
+        tracing::warn!(
+            keep_alive_ms = keep_alive.as_millis() as u64,
+            longest_poll_ms = longest_poll.as_millis() as u64,
+            "BOXOFFICE_HTTP_HEADER_TIMEOUT_MS or BOXOFFICE_HTTP_IDLE_TIMEOUT_MS is at most the longest poll interval: waiting pages reconnect for their polls"
+        );
+    }
+}
+
+/// Whether a page polling at the longest interval the queue hands out
+/// would find its keep-alive connection closed.
+fn polls_reconnect(limits: crate::config::HttpLimits) -> bool {
+    let keep_alive = limits.header_timeout.min(limits.idle_timeout);
+    keep_alive.as_millis() <= u128::from(crate::queue::pacing::MAX_POLL_MS)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_default_limits_keep_a_polling_page_connected() {
+        let defaults = std::collections::HashMap::new();
+        let mut limits = crate::config::Config::from_map(&defaults).unwrap().http;
+        assert!(!super::polls_reconnect(limits));
+        limits.header_timeout = std::time::Duration::from_secs(10);
+        assert!(super::polls_reconnect(limits));
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(

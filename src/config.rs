@@ -149,6 +149,10 @@ pub struct UserJwtConfig {
 pub struct HttpLimits {
     /// Time allowed for a request's head (request line and headers) to
     /// arrive, from the moment the connection waits for it (slowloris).
+    /// hyper counts a keep-alive connection's wait for its next request
+    /// too, so the default (20 s) is above the longest poll interval the
+    /// queue hands out (`queue::pacing::MAX_POLL_MS`, 15 s): a waiting page
+    /// keeps its connection between polls.
     pub header_timeout: Duration,
     /// A connection with no request in flight and no byte moving either
     /// way for this long is closed.
@@ -352,7 +356,7 @@ impl Config {
         let http = HttpLimits {
             header_timeout: Duration::from_millis(ranged(
                 "BOXOFFICE_HTTP_HEADER_TIMEOUT_MS",
-                10_000,
+                20_000,
                 100..=600_000,
             )?),
             idle_timeout: Duration::from_millis(ranged(

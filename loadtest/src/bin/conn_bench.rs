@@ -11,7 +11,7 @@
 //! - the service's resident memory before and after (per connection);
 //! - its CPU over 3 s with every connection idle (right after one more
 //!   request on each, so none reaches the header timeout, which also ends
-//!   a keep-alive connection waiting 10 s for its next request);
+//!   a keep-alive connection waiting 20 s, by default, for its next request);
 //! - its CPU over `seconds` with every connection making one request every
 //!   `interval_ms`, as a waiting page polling on its own connection (per
 //!   request); a connection the service closed is opened again, as a
