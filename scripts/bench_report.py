@@ -570,7 +570,8 @@ def flash_sale_section(b):
         L += [
             "## Flash sale",
             "",
-            f"{x.get('buyers', '?')} buyers (one Goose user each, launched at 2000 per second) for "
+            f"{x.get('buyers', '?')} buyers (one Goose user each, launched at 2000 per second, each with its own "
+            "HTTP client, so its own keep-alive connection, from its own address in 127.0.0.0/8) for "
             f"{x.get('seats', '?')} seats in one schedule, once per pass (a fresh event each time); admission "
             f"{x.get('admit_per_second', '?')} per second, at most {x.get('max_active', '?')} admitted at once. "
             "Each buyer joins, polls status honouring `poll_after_ms`, reads the schedules and (every other "
