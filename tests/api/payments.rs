@@ -1322,10 +1322,11 @@ async fn assert_one_credit_per_key(
 /// request's statement runs on a task of its own, as it would on the
 /// server whatever became of the request, and the request fails after up
 /// to 400 ms, as a timeout would, or at once, before its statement is
-/// sent, while a transaction locks the wallet on and off. So releases meet statements not yet at the claim (which then
-/// write nothing), waiting on the wallet (the release waits for them and
-/// finds their answer) and done. Then every key is retried until it
-/// answers: one credit and one answer a key.
+/// sent, while a transaction locks the wallet on and off. So releases
+/// meet statements not yet at the claim (which then write nothing),
+/// waiting on the wallet (the release waits for them and finds their
+/// answer) and done. Then every key is retried until it answers: one
+/// credit and one answer a key.
 #[tokio::test]
 async fn keyed_charges_timing_out_while_their_statements_run_credit_each_key_once() {
     use boxoffice::{
