@@ -379,8 +379,8 @@ fi
 # ---------------------------------------------- what connections cost
 # BENCH_CONNECTIONS (20000) keep-alive connections held open on the
 # service, idle for 8 s and then each polling every 5 s for 8 s (loadtest's
-# conn_bench). Idle stays under the header timeout (20 s), which also ends
-# a keep-alive connection waiting longer for its next request.
+# conn_bench). Idle stays under the idle timeout (60 s), which ends a
+# keep-alive connection waiting longer for its next request.
 # A process here may hold at most `ulimit -n` descriptors (20,000 on the
 # 2026-11 machines, not raisable without CAP_SYS_RESOURCE): the client
 # then holds 1,000 fewer connections than that, and the report says so.

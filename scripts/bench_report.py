@@ -831,8 +831,8 @@ def connections_section(d):
         "",
         f"{c['connections']:,} keep-alive HTTP/1.1 connections held open on the service (one `GET /healthz` each, "
         "as a page that has loaded), measured from `/proc/<pid>` (`loadtest/src/bin/conn_bench.rs`). Idle "
-        "means under the header timeout (20 s), which also ends a keep-alive connection that waits longer "
-        "for its next request: a page polling less often than that reconnects each time."
+        "means under the idle timeout (60 s), which ends a keep-alive connection that waits longer "
+        "for its next request."
         + (" Fewer than 20,000: a process on this machine may hold at most 20,000 descriptors "
            "(`ulimit -n`, not raisable here), the client's sockets included." if c["connections"] < 20000 else ""),
         "",

@@ -224,18 +224,16 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
-/// A keep-alive connection waits for its next request at most the smaller
-/// of the header-read and idle timeouts; a waiting page that polls less
-/// often than that reconnects for every poll (in a measured sale, two
-/// connections a buyer instead of one: docs/bench/surge-17.md).
+/// A keep-alive connection waits for its next request at most the idle
+/// timeout; a waiting page that polls less often than that reconnects for
+/// every poll (in a measured sale, two connections a buyer instead of one:
+/// docs/bench/surge-17.md).
 fn warn_if_polls_reconnect(limits: crate::config::HttpLimits) {
     if polls_reconnect(limits) {
-        let keep_alive = limits.header_timeout.min(limits.idle_timeout);
-        let longest_poll = std::time::Duration::from_millis(crate::queue::pacing::MAX_POLL_MS);
         tracing::warn!(
-            keep_alive_ms = keep_alive.as_millis() as u64,
-            longest_poll_ms = longest_poll.as_millis() as u64,
-            "BOXOFFICE_HTTP_HEADER_TIMEOUT_MS or BOXOFFICE_HTTP_IDLE_TIMEOUT_MS is at most the longest poll interval: waiting pages reconnect for their polls"
+            idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+            longest_poll_ms = crate::queue::pacing::MAX_POLL_MS,
+            "BOXOFFICE_HTTP_IDLE_TIMEOUT_MS is at most the longest poll interval: waiting pages reconnect for their polls"
         );
     }
 }
@@ -243,8 +241,7 @@ fn warn_if_polls_reconnect(limits: crate::config::HttpLimits) {
 /// Whether a page polling at the longest interval the queue hands out
 /// would find its keep-alive connection closed.
 fn polls_reconnect(limits: crate::config::HttpLimits) -> bool {
-    let keep_alive = limits.header_timeout.min(limits.idle_timeout);
-    keep_alive.as_millis() <= u128::from(crate::queue::pacing::MAX_POLL_MS)
+    limits.idle_timeout.as_millis() <= u128::from(crate::queue::pacing::MAX_POLL_MS)
 }
 
 #[cfg(test)]
@@ -254,7 +251,10 @@ mod tests {
         let defaults = std::collections::HashMap::new();
         let mut limits = crate::config::Config::from_map(&defaults).unwrap().http;
         assert!(!super::polls_reconnect(limits));
-        limits.header_timeout = std::time::Duration::from_secs(10);
+        // The header-read timeout no longer bounds the wait between polls.
+        limits.header_timeout = std::time::Duration::from_secs(1);
+        assert!(!super::polls_reconnect(limits));
+        limits.idle_timeout = std::time::Duration::from_secs(10);
         assert!(super::polls_reconnect(limits));
     }
 

@@ -148,14 +148,15 @@ pub struct UserJwtConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
     /// Time allowed for a request's head (request line and headers) to
-    /// arrive, from the moment the connection waits for it (slowloris).
-    /// hyper counts a keep-alive connection's wait for its next request
-    /// too, so the default (20 s) is above the longest poll interval the
-    /// queue hands out (`queue::pacing::MAX_POLL_MS`, 15 s): a waiting page
-    /// keeps its connection between polls.
+    /// arrive complete (slowloris): from the connection's start for its
+    /// first request, from the head's first byte for the next ones.
     pub header_timeout: Duration,
     /// A connection with no request in flight and no byte moving either
-    /// way for this long is closed.
+    /// way for this long is closed. It bounds a keep-alive connection's
+    /// wait for its next request, so its default (60 s) is far above the
+    /// longest poll interval the queue hands out
+    /// (`queue::pacing::MAX_POLL_MS`, 15 s): a waiting page keeps its
+    /// connection between polls.
     pub idle_timeout: Duration,
     /// Time allowed for a whole request, body included, until its response
     /// head is ready.
@@ -356,7 +357,7 @@ impl Config {
         let http = HttpLimits {
             header_timeout: Duration::from_millis(ranged(
                 "BOXOFFICE_HTTP_HEADER_TIMEOUT_MS",
-                20_000,
+                10_000,
                 100..=600_000,
             )?),
             idle_timeout: Duration::from_millis(ranged(

@@ -5,14 +5,17 @@
 //! with prior knowledge). Each limit answers one way a client can tie the
 //! server up (see `docs/OPERATIONS.md`, "HTTP limits"):
 //!
-//! - **header-read timeout** (hyper's, HTTP/1): a request head must arrive
-//!   complete within it, counted from the moment the connection waits for
-//!   one, so slowloris connections are closed; the first head of a
-//!   connection is also timed here, because hyper-util's protocol detection
-//!   runs before hyper's timer starts;
+//! - **header-read timeout**: a request head must arrive complete within
+//!   it, so slowloris connections are closed. The first head is timed from
+//!   the connection's start (protocol detection included), each later
+//!   HTTP/1 head from its first byte. hyper's own header timer is off: it
+//!   also times a keep-alive connection's wait for its next request, so it
+//!   would close a waiting page's connection between its polls (up to
+//!   15 s apart) unless the slowloris bound were as long as that;
 //! - **idle timeout**: a connection with no request in flight and no byte
-//!   moving either way for this long is closed (hyper has no such setting;
-//!   the connection's reads and writes are timed here);
+//!   moving either way for this long is closed (hyper has no such setting).
+//!   It alone bounds a keep-alive connection's wait for its next request.
+//!   The connection's reads and writes are timed here for both;
 //! - **connection cap**: a semaphore; beyond it a new connection gets a
 //!   canned `503 over_capacity` and is closed at once, and the connections
 //!   already open are served as before;
@@ -80,7 +83,8 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // Timed here instead (`Activity::head_overdue`).
+        .header_read_timeout(None)
         // The read buffer bounds a request head: a larger one is refused
         // with hyper's 431 (its default would take 400 KiB).
         .max_buf_size(MAX_HEAD_BYTES)
@@ -137,8 +141,8 @@ pub async fn serve(
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 }
-                () = activity.no_request_within(limits.header_timeout) => {
-                    tracing::debug!(%peer, "closed a connection that sent no request head in time");
+                () = activity.head_overdue(limits.header_timeout) => {
+                    tracing::debug!(%peer, "closed a connection whose request head did not arrive in time");
                 }
                 () = activity.idle_for(limits.idle_timeout) => {
                     metrics::counter!("boxoffice_http_idle_closed_total").increment(1);
@@ -201,9 +205,22 @@ struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
-    /// Whether a first request head has been parsed.
-    served: AtomicBool,
+    /// When the request head being read began (ms since `start`), or
+    /// [`NO_HEAD`]: the connection's start for its first request, then the
+    /// first byte read while no request is in flight (HTTP/1 only).
+    head_since_ms: AtomicU64,
+    /// Whether anything was read yet.
+    read_any: AtomicBool,
+    /// HTTP/2 with prior knowledge: the frames it sends between requests
+    /// (pings, window updates) are not a request head.
+    http2: AtomicBool,
 }
+
+/// `head_since_ms` while no request head is being read.
+const NO_HEAD: u64 = u64::MAX;
+
+/// How an HTTP/2 connection with prior knowledge opens.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Marks a request in flight until dropped.
 struct Busy(Arc<Activity>);
@@ -221,7 +238,9 @@ impl Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
-            served: AtomicBool::new(false),
+            head_since_ms: AtomicU64::new(0),
+            read_any: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
         }
     }
 
@@ -233,21 +252,55 @@ impl Activity {
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
+    /// `bytes` were read from the client. The first byte read while no
+    /// request is in flight starts the next HTTP/1 head's clock.
+    fn read(&self, bytes: &[u8]) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if !self.read_any.swap(true, Ordering::Relaxed) {
+            let n = bytes.len().min(HTTP2_PREFACE.len());
+            if bytes[..n] == HTTP2_PREFACE[..n] {
+                self.http2.store(true, Ordering::Relaxed);
+            }
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.http2.load(Ordering::Relaxed) {
+            // Keeps the start of a head already being read.
+            let _ = self.head_since_ms.compare_exchange(
+                NO_HEAD,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A request head arrived complete: its request is in flight.
     fn busy(self: &Arc<Self>) -> Busy {
-        self.served.store(true, Ordering::Relaxed);
+        self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
     }
 
-    /// Resolves if no first request head arrived within `limit`; never
-    /// otherwise. hyper's own header timer covers every HTTP/1 request
-    /// head once the connection is known to speak HTTP/1, but not the
-    /// auto builder's protocol detection before it (a connection that sends
-    /// nothing, or a few bytes of the HTTP/2 preface, and stalls).
-    async fn no_request_within(&self, limit: Duration) {
-        tokio::time::sleep(limit).await;
-        if self.served.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
+    /// Resolves once a request head has been on its way for `limit`: from
+    /// the connection's start for the first (a connection that sends
+    /// nothing, or a few bytes of the HTTP/2 preface, and stalls), from its
+    /// first byte for each later HTTP/1 head. While no head is being read
+    /// it checks every `limit`, which still finds a head that starts in
+    /// between at its own deadline.
+    async fn head_overdue(&self, limit: Duration) {
+        let limit_ms = limit.as_millis() as u64;
+        loop {
+            let since = self.head_since_ms.load(Ordering::Relaxed);
+            let wait = if since == NO_HEAD {
+                limit_ms
+            } else {
+                let age = self.now_ms().saturating_sub(since);
+                if age >= limit_ms {
+                    return;
+                }
+                limit_ms - age
+            };
+            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
         }
     }
 
@@ -287,7 +340,7 @@ impl AsyncRead for Timed {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read(&buf.filled()[before..]);
         }
         res
     }

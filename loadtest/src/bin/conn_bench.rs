@@ -10,8 +10,8 @@
 //! loaded the page; then measures, from `/proc/<service_pid>`:
 //! - the service's resident memory before and after (per connection);
 //! - its CPU over 3 s with every connection idle (right after one more
-//!   request on each, so none reaches the header timeout, which also ends
-//!   a keep-alive connection waiting 20 s, by default, for its next request);
+//!   request on each, so none reaches the idle timeout, which ends a
+//!   keep-alive connection waiting 60 s, by default, for its next request);
 //! - its CPU over `seconds` with every connection making one request every
 //!   `interval_ms`, as a waiting page polling on its own connection (per
 //!   request); a connection the service closed is opened again, as a
@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let (rss1, _) = usage(pid)?;
 
-    // One more request on each (so none is near the header timeout), then
+    // One more request on each (so none is near the idle timeout), then
     // nothing moves for IDLE.
     const IDLE: Duration = Duration::from_secs(3);
     let refresh: Vec<_> = conns
