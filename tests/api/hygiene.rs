@@ -574,6 +574,45 @@ async fn a_head_begun_on_a_keep_alive_connection_must_arrive_within_the_header_t
     }
 }
 
+/// An HTTP/2 connection (prior knowledge) is held to the header-read
+/// timeout only until its first request: the frames it sends between
+/// requests (here a ping every 100 ms) are not a request head, so it is
+/// still served after four times the header timeout.
+#[tokio::test]
+async fn an_http2_connection_is_not_cut_by_the_header_timeout_between_requests() {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let app = spawn_with(
+        Settings::new()
+            .set("BOXOFFICE_HTTP_IDLE_TIMEOUT_MS", "60000")
+            .set("BOXOFFICE_HTTP_HEADER_TIMEOUT_MS", "300"),
+    )
+    .await;
+    let stream = TcpStream::connect(app.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let get = || {
+        hyper::Request::get(format!("http://{}/healthz", app.addr))
+            .body(String::new())
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let r = sender
+            .send_request(get())
+            .await
+            .expect("served over HTTP/2");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), hyper::Version::HTTP_2);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert!(!driver.is_finished(), "the connection is still open");
+}
+
 /// Sends raw bytes on a fresh connection; the first answer read.
 async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
