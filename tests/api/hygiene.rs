@@ -34,6 +34,25 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<(Vec<
     }
 }
 
+/// Asserts that the server closes `stream` without an answer, `lo` to
+/// `hi` after `since`.
+async fn assert_closed_between(stream: &mut TcpStream, since: Instant, lo: Duration, hi: Duration) {
+    let (bytes, at) = closed_within(stream, hi)
+        .await
+        .unwrap_or_else(|| panic!("still open {hi:?} after"));
+    assert!(bytes.is_empty(), "closed without an answer");
+    let after = at.duration_since(since);
+    assert!(after >= lo && after < hi, "closed {after:?} after");
+}
+
+/// An app with these idle and header-read timeouts (ms).
+async fn with_timeouts(idle_ms: u64, header_ms: u64) -> TestApp {
+    let settings = Settings::new()
+        .set("BOXOFFICE_HTTP_IDLE_TIMEOUT_MS", &idle_ms.to_string())
+        .set("BOXOFFICE_HTTP_HEADER_TIMEOUT_MS", &header_ms.to_string());
+    spawn_with(settings).await
+}
+
 /// One parsed HTTP/1.1 response.
 #[derive(Debug)]
 struct RawResp {
@@ -130,19 +149,13 @@ async fn slow_header_connections_are_closed_by_the_header_timeout() {
     }
     // The server still serves others while the 200 dangle.
     assert_eq!(Conn::open(app.addr).await.get("/healthz").await.status, 200);
-    let closed = join_all(
+    // Closed by the timeout, not at once.
+    let (lo, hi) = (Duration::from_millis(500), Duration::from_secs(5));
+    join_all(
         slow.iter_mut()
-            .map(|s| closed_within(s, Duration::from_secs(5))),
+            .map(|s| assert_closed_between(s, opened, lo, hi)),
     )
     .await;
-    for c in &closed {
-        let (bytes, at) = c.as_ref().expect("closed by the header timeout within 5 s");
-        assert!(bytes.is_empty(), "closed without an answer");
-        assert!(
-            at.duration_since(opened) >= Duration::from_millis(500),
-            "closed by the timeout, not at once"
-        );
-    }
     // New connections are served as before (raw ones: a pooled keep-alive
     // connection idle for longer than the header timeout is closed too).
     assert_eq!(Conn::open(app.addr).await.get("/healthz").await.status, 200);
@@ -237,12 +250,7 @@ async fn connections_over_the_cap_are_refused_while_open_ones_are_served() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    let app = spawn_with(
-        Settings::new()
-            .set("BOXOFFICE_HTTP_IDLE_TIMEOUT_MS", "500")
-            .set("BOXOFFICE_HTTP_HEADER_TIMEOUT_MS", "10000"),
-    )
-    .await;
+    let app = with_timeouts(500, 10000).await;
     // A connection in use stays open past the idle timeout...
     let mut busy = Conn::open(app.addr).await;
     let first = Instant::now();
@@ -255,15 +263,8 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let mut idle = Conn::open(app.addr).await;
     assert_eq!(idle.get("/healthz").await.status, 200);
     let last = Instant::now();
-    let (bytes, at) = closed_within(&mut idle.stream, Duration::from_secs(5))
-        .await
-        .expect("the idle connection is closed");
-    assert!(bytes.is_empty());
-    let after = at.duration_since(last);
-    assert!(
-        after >= Duration::from_millis(400) && after < Duration::from_secs(3),
-        "closed {after:?} after its last response"
-    );
+    let (lo, hi) = (Duration::from_millis(400), Duration::from_secs(3));
+    assert_closed_between(&mut idle.stream, last, lo, hi).await;
 }
 
 #[tokio::test]
@@ -504,12 +505,7 @@ async fn metrics_can_move_to_their_own_address() {
 /// timer it was closed between polls, and every poll reconnected).
 #[tokio::test]
 async fn a_keep_alive_connection_waits_for_its_next_request_until_the_idle_timeout() {
-    let app = spawn_with(
-        Settings::new()
-            .set("BOXOFFICE_HTTP_IDLE_TIMEOUT_MS", "1500")
-            .set("BOXOFFICE_HTTP_HEADER_TIMEOUT_MS", "400"),
-    )
-    .await;
+    let app = with_timeouts(1500, 400).await;
     let mut conn = Conn::open(app.addr).await;
     for _ in 0..3 {
         assert_eq!(conn.get("/healthz").await.status, 200);
@@ -518,15 +514,8 @@ async fn a_keep_alive_connection_waits_for_its_next_request_until_the_idle_timeo
     }
     assert_eq!(conn.get("/healthz").await.status, 200, "still open");
     let last = Instant::now();
-    let (bytes, at) = closed_within(&mut conn.stream, Duration::from_secs(5))
-        .await
-        .expect("closed by the idle timeout");
-    assert!(bytes.is_empty());
-    let after = at.duration_since(last);
-    assert!(
-        after >= Duration::from_millis(1_300) && after < Duration::from_secs(4),
-        "{after:?}"
-    );
+    let (lo, hi) = (Duration::from_millis(1_300), Duration::from_secs(4));
+    assert_closed_between(&mut conn.stream, last, lo, hi).await;
 }
 
 /// On a keep-alive connection, the header-read timeout starts at the next
@@ -534,12 +523,7 @@ async fn a_keep_alive_connection_waits_for_its_next_request_until_the_idle_timeo
 /// connection had waited before it.
 #[tokio::test]
 async fn a_head_begun_on_a_keep_alive_connection_must_arrive_within_the_header_timeout() {
-    let app = spawn_with(
-        Settings::new()
-            .set("BOXOFFICE_HTTP_IDLE_TIMEOUT_MS", "60000")
-            .set("BOXOFFICE_HTTP_HEADER_TIMEOUT_MS", "700"),
-    )
-    .await;
+    let app = with_timeouts(60000, 700).await;
     let mut conns = Vec::new();
     for _ in 0..20 {
         let mut conn = Conn::open(app.addr).await;
@@ -557,21 +541,13 @@ async fn a_head_begun_on_a_keep_alive_connection_must_arrive_within_the_header_t
         };
         conn.stream.write_all(part).await.unwrap();
     }
-    let closed = join_all(
+    let (lo, hi) = (Duration::from_millis(600), Duration::from_secs(3));
+    join_all(
         conns
             .iter_mut()
-            .map(|c| closed_within(&mut c.stream, Duration::from_secs(5))),
+            .map(|c| assert_closed_between(&mut c.stream, started, lo, hi)),
     )
     .await;
-    for c in &closed {
-        let (bytes, at) = c.as_ref().expect("closed by the header timeout");
-        assert!(bytes.is_empty(), "closed without an answer");
-        let after = at.duration_since(started);
-        assert!(
-            after >= Duration::from_millis(600) && after < Duration::from_secs(3),
-            "{after:?} after the head began"
-        );
-    }
 }
 
 /// An HTTP/2 connection (prior knowledge) is held to the header-read
@@ -581,12 +557,7 @@ async fn a_head_begun_on_a_keep_alive_connection_must_arrive_within_the_header_t
 #[tokio::test]
 async fn an_http2_connection_is_not_cut_by_the_header_timeout_between_requests() {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let app = spawn_with(
-        Settings::new()
-            .set("BOXOFFICE_HTTP_IDLE_TIMEOUT_MS", "60000")
-            .set("BOXOFFICE_HTTP_HEADER_TIMEOUT_MS", "300"),
-    )
-    .await;
+    let app = with_timeouts(60000, 300).await;
     let stream = TcpStream::connect(app.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
