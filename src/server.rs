@@ -83,7 +83,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        // Timed here instead (`Activity::head_overdue`).
+        // Timed here instead (`HeadOverdue`).
         .header_read_timeout(None)
         // The read buffer bounds a request head: a larger one is refused
         // with hyper's 431 (its default would take 400 KiB).
@@ -136,12 +136,15 @@ pub async fn serve(
             });
             let conn = watcher.watch(builder.serve_connection(io, service));
             tokio::select! {
+                // The connection first: a read it makes can start a head,
+                // which `HeadOverdue`, polled next, then times.
+                biased;
                 res = conn => {
                     if let Err(e) = res {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 }
-                () = activity.head_overdue(limits.header_timeout) => {
+                () = HeadOverdue::new(&activity, limits.header_timeout) => {
                     tracing::debug!(%peer, "closed a connection whose request head did not arrive in time");
                 }
                 () = activity.idle_for(limits.idle_timeout) => {
@@ -281,29 +284,6 @@ impl Activity {
         Busy(self.clone())
     }
 
-    /// Resolves once a request head has been on its way for `limit`: from
-    /// the connection's start for the first (a connection that sends
-    /// nothing, or a few bytes of the HTTP/2 preface, and stalls), from its
-    /// first byte for each later HTTP/1 head. While no head is being read
-    /// it checks every `limit`, which still finds a head that starts in
-    /// between at its own deadline.
-    async fn head_overdue(&self, limit: Duration) {
-        let limit_ms = limit.as_millis() as u64;
-        loop {
-            let since = self.head_since_ms.load(Ordering::Relaxed);
-            let wait = if since == NO_HEAD {
-                limit_ms
-            } else {
-                let age = self.now_ms().saturating_sub(since);
-                if age >= limit_ms {
-                    return;
-                }
-                limit_ms - age
-            };
-            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
-        }
-    }
-
     /// Resolves once no request has been in flight and no byte has moved
     /// for `limit`.
     async fn idle_for(&self, limit: Duration) {
@@ -322,6 +302,63 @@ impl Activity {
             };
             tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
         }
+    }
+}
+
+/// Resolves once a request head has been on its way for the header-read
+/// timeout: from the connection's start for the first (a connection that
+/// sends nothing, or a few bytes of the HTTP/2 preface, and stalls), from
+/// its first byte for each later HTTP/1 head. Polled right after the
+/// connection in the same task, so it sees a head that a read has just
+/// started and sets its timer then; while no head is on its way it has no
+/// timer running, so an idle keep-alive connection costs no wake-ups.
+struct HeadOverdue<'a> {
+    activity: &'a Activity,
+    limit_ms: u64,
+    /// The deadline (ms since the connection's start) the timer is set to.
+    timer: Option<(u64, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl<'a> HeadOverdue<'a> {
+    fn new(activity: &'a Activity, limit: Duration) -> Self {
+        Self {
+            activity,
+            limit_ms: limit.as_millis() as u64,
+            timer: None,
+        }
+    }
+}
+
+impl Future for HeadOverdue<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let since = self.activity.head_since_ms.load(Ordering::Relaxed);
+        if since == NO_HEAD {
+            // A later poll, after the read that starts a head, sets it.
+            return Poll::Pending;
+        }
+        let deadline = since.saturating_add(self.limit_ms);
+        if self.activity.now_ms() >= deadline {
+            return Poll::Ready(());
+        }
+        let at =
+            tokio::time::Instant::from_std(self.activity.start + Duration::from_millis(deadline));
+        let timer = match &mut self.timer {
+            Some((set, timer)) => {
+                if *set != deadline {
+                    timer.as_mut().reset(at);
+                    *set = deadline;
+                }
+                timer
+            }
+            none => {
+                &mut none
+                    .insert((deadline, Box::pin(tokio::time::sleep_until(at))))
+                    .1
+            }
+        };
+        timer.as_mut().poll(cx)
     }
 }
 
