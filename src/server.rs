@@ -126,7 +126,7 @@ pub async fn serve(
             let seen = activity.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
-                let busy = seen.busy();
+                let busy = seen.busy(req.version() == hyper::Version::HTTP_2);
                 let router = router.clone();
                 async move {
                     let resp = router.oneshot(req).await;
@@ -212,18 +212,16 @@ struct Activity {
     /// [`NO_HEAD`]: the connection's start for its first request, then the
     /// first byte read while no request is in flight (HTTP/1 only).
     head_since_ms: AtomicU64,
-    /// Whether anything was read yet.
-    read_any: AtomicBool,
-    /// HTTP/2 with prior knowledge: the frames it sends between requests
-    /// (pings, window updates) are not a request head.
+    /// Its requests arrive over HTTP/2: the frames it sends between them
+    /// (pings, window updates) are not a request head. Known from the
+    /// first request's version, not from the first bytes: an HTTP/1
+    /// client whose first read is the `P` of `POST` looks like the start
+    /// of the HTTP/2 preface, and would escape the header timeout.
     http2: AtomicBool,
 }
 
 /// `head_since_ms` while no request head is being read.
 const NO_HEAD: u64 = u64::MAX;
-
-/// How an HTTP/2 connection with prior knowledge opens.
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Marks a request in flight until dropped.
 struct Busy(Arc<Activity>);
@@ -242,7 +240,6 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             head_since_ms: AtomicU64::new(0),
-            read_any: AtomicBool::new(false),
             http2: AtomicBool::new(false),
         }
     }
@@ -257,28 +254,25 @@ impl Activity {
 
     /// `bytes` were read from the client. The first byte read while no
     /// request is in flight starts the next HTTP/1 head's clock.
-    fn read(&self, bytes: &[u8]) {
+    fn read(&self) {
         let now = self.now_ms();
         self.last_ms.store(now, Ordering::Relaxed);
-        if !self.read_any.swap(true, Ordering::Relaxed) {
-            let n = bytes.len().min(HTTP2_PREFACE.len());
-            if bytes[..n] == HTTP2_PREFACE[..n] {
-                self.http2.store(true, Ordering::Relaxed);
-            }
-        }
-        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.http2.load(Ordering::Relaxed) {
-            // Keeps the start of a head already being read.
-            let _ = self.head_since_ms.compare_exchange(
-                NO_HEAD,
-                now,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+        // Reads and `busy` run on the connection's task: no race between
+        // the load and the store. A head already being read keeps its start.
+        if self.head_since_ms.load(Ordering::Relaxed) == NO_HEAD
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.http2.load(Ordering::Relaxed)
+        {
+            self.head_since_ms.store(now, Ordering::Relaxed);
         }
     }
 
-    /// A request head arrived complete: its request is in flight.
-    fn busy(self: &Arc<Self>) -> Busy {
+    /// A request head arrived complete (over HTTP/2 when `http2`): its
+    /// request is in flight.
+    fn busy(self: &Arc<Self>, http2: bool) -> Busy {
+        if http2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
@@ -377,7 +371,7 @@ impl AsyncRead for Timed {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.read(&buf.filled()[before..]);
+            self.activity.read();
         }
         res
     }

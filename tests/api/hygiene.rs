@@ -550,6 +550,34 @@ async fn a_head_begun_on_a_keep_alive_connection_must_arrive_within_the_header_t
     .await;
 }
 
+/// An HTTP/1 client whose first bytes look like the start of the HTTP/2
+/// preface (a lone `P` of `POST`) is still held to the header-read timeout
+/// on every later head: what exempts a connection is the protocol its
+/// requests arrive in, not how its first read begins.
+#[tokio::test]
+async fn an_http1_connection_that_starts_like_http2_is_still_timed_on_later_heads() {
+    let app = with_timeouts(60_000, 700).await;
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"OST /healthz HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 "), "served over HTTP/1.1");
+    // Longer than the header timeout with no head on the way; then a head
+    // that trickles.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let started = Instant::now();
+    s.write_all(b"GET /healthz HT").await.unwrap();
+    let (lo, hi) = (Duration::from_millis(600), Duration::from_secs(3));
+    assert_closed_between(&mut s, started, lo, hi).await;
+}
+
 /// An HTTP/2 connection (prior knowledge) is held to the header-read
 /// timeout only until its first request: the frames it sends between
 /// requests (here a ping every 100 ms) are not a request head, so it is
