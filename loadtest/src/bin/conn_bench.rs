@@ -9,9 +9,10 @@
 //! at a time), each making one `GET /healthz`, as a browser tab that has
 //! loaded the page; then measures, from `/proc/<service_pid>`:
 //! - the service's resident memory before and after (per connection);
-//! - its CPU over 3 s with every connection idle (right after one more
-//!   request on each, so none reaches the idle timeout, which ends a
-//!   keep-alive connection waiting 60 s, by default, for its next request);
+//! - its CPU over 3 s (`CONN_BENCH_IDLE_SECONDS`) with every connection
+//!   idle (right after one more request on each, so none reaches the idle
+//!   timeout, which ends a keep-alive connection waiting 60 s, by default,
+//!   for its next request);
 //! - its CPU over `seconds` with every connection making one request every
 //!   `interval_ms`, as a waiting page polling on its own connection (per
 //!   request); a connection the service closed is opened again, as a
@@ -108,8 +109,11 @@ async fn main() -> anyhow::Result<()> {
     let (rss1, _) = usage(pid)?;
 
     // One more request on each (so none is near the idle timeout), then
-    // nothing moves for IDLE.
-    const IDLE: Duration = Duration::from_secs(3);
+    // nothing moves for `idle`.
+    let idle = Duration::from_secs(match std::env::var("CONN_BENCH_IDLE_SECONDS") {
+        Ok(v) => v.parse()?,
+        Err(_) => 3,
+    });
     let refresh: Vec<_> = conns
         .into_iter()
         .map(|mut conn| {
@@ -124,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
         conns.push(r.await??);
     }
     let (_, cpu1) = usage(pid)?;
-    tokio::time::sleep(IDLE).await;
+    tokio::time::sleep(idle).await;
     let (rss2, cpu2) = usage(pid)?;
 
     // Polling: each connection one request every `interval`, spread out;
@@ -177,9 +181,9 @@ async fn main() -> anyhow::Result<()> {
             "rss_bytes_per_connection": per(rss1, rss0),
             "rss_after_polling_kib": rss3,
             "rss_bytes_per_connection_after_polling": per(rss3, rss0),
-            "idle_seconds": IDLE.as_secs_f64(),
+            "idle_seconds": idle.as_secs_f64(),
             "idle_cpu_seconds": cpu2 - cpu1,
-            "idle_cpu_share_of_a_core": (cpu2 - cpu1) / IDLE.as_secs_f64(),
+            "idle_cpu_share_of_a_core": (cpu2 - cpu1) / idle.as_secs_f64(),
             "rss_idle_kib": rss2,
             "poll_interval_ms": interval.as_millis() as u64,
             "poll_seconds": polled,
