@@ -8,7 +8,11 @@
 #
 # PROFILE_BIN / PROFILE_LOADTEST: other binaries (default target/release/;
 # e.g. an old revision's from scripts/bench_ab.sh's loadtest/reports/ab-*/A/).
-# PROFILE_PERF=0 leaves perf out. Results in loadtest/reports/profile-<ts>/.
+# PROFILE_SERVICE_ENV: extra VAR=value settings for the service (space
+# separated). PROFILE_PERF=0 leaves perf out. Results in loadtest/reports/profile-<ts>/.
+# CPU and request counts are taken over the steady window only: from 3 s
+# after Goose starts (after any setup, such as pay's purchases made ready)
+# to 2 s before its end; requests counted by the service's own histogram.
 # Own database and Redis key prefix, removed afterwards; never FLUSHes.
 set -euo pipefail
 
@@ -52,44 +56,63 @@ psql -X -q -v ON_ERROR_STOP=1 "$(bench_admin_url)" -c "create database \"$DB\""
 env BOXOFFICE_ADDR="127.0.0.1:$PORT" DATABASE_URL="$(bench_db_url "$DB")" REDIS_URL="$REDIS_URL" \
     BOXOFFICE_REDIS_PREFIX="$PREFIX" BOXOFFICE_RATE_PER_IP=0 BOXOFFICE_RATE_PER_TOKEN=0 RUST_LOG=warn \
     BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="$SECRET" BOXOFFICE_HTTP_MAX_CONNECTIONS=60000 \
-    "$BX" serve >"$OUT/service.log" 2>&1 &
+    ${PROFILE_SERVICE_ENV:-} "$BX" serve >"$OUT/service.log" 2>&1 &
 SERVICE_PID=$!
 bench_wait_http "http://127.0.0.1:$PORT/readyz" 60 || { tail "$OUT/service.log" >&2; exit 1; }
 
-python3 scripts/cpu_snapshot.py "$SERVICE_PID" >"$OUT/cpu-before.json"
-redis-cli -u "$REDIS_URL" info commandstats >"$OUT/commandstats-before.txt"
-curl -fsS --max-time 10 "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-before.txt" || true
-PERF_PID=""
-if [[ ${PROFILE_PERF:-1} == 1 ]] && command -v perf >/dev/null; then
-    # The steady middle of the run: from 4 s in to 2 s before the end.
-    (sleep 4 && exec timeout -s INT $((SECS - 6)) perf record -F 499 -g -p "$SERVICE_PID" -o "$OUT/perf.data") \
-        >"$OUT/perf.log" 2>&1 &
-    PERF_PID=$!
-fi
+snapshot() { # which: before | after
+    python3 scripts/cpu_snapshot.py "$SERVICE_PID" >"$OUT/cpu-$1.json"
+    redis-cli -u "$REDIS_URL" info commandstats >"$OUT/commandstats-$1.txt"
+    curl -fsS --max-time 10 "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-$1.txt" || true
+}
+(( SECS >= 8 )) || { echo "profile: SECONDS must be at least 8 (3 s warm-up, 2 s wind-down)" >&2; exit 2; }
 LOADTEST_REPORT_DIR="$OUT" BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="$SECRET" REDIS_URL="$REDIS_URL" \
     BOXOFFICE_REDIS_PREFIX="$PREFIX" \
     timeout $((SECS + 120)) "$LT" "$SCENARIO" --host "http://127.0.0.1:$PORT" -u 64 -r 64 -t "${SECS}s" \
-    >"$OUT/loadtest.log" 2>&1 || { tail "$OUT/loadtest.log" >&2; exit 1; }
-python3 scripts/cpu_snapshot.py "$SERVICE_PID" >"$OUT/cpu-after.json"
-redis-cli -u "$REDIS_URL" info commandstats >"$OUT/commandstats-after.txt"
-curl -fsS --max-time 10 "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics-after.txt" || true
+    >"$OUT/loadtest.log" 2>&1 &
+LT_PID=$!
+# Goose starts once the scenario's setup is done.
+until grep -q "entering GooseAttack phase" "$OUT/loadtest.log" 2>/dev/null; do
+    kill -0 "$LT_PID" 2>/dev/null || break
+    sleep 0.2
+done
+sleep 3
+snapshot before
+WINDOW_START=$(date +%s.%N)
+PERF_PID=""
+if [[ ${PROFILE_PERF:-1} == 1 ]] && command -v perf >/dev/null; then
+    timeout -s INT $((SECS - 5)) perf record -F 499 -g -p "$SERVICE_PID" -o "$OUT/perf.data" >"$OUT/perf.log" 2>&1 &
+    PERF_PID=$!
+fi
+sleep $((SECS - 5))
+snapshot after
+WINDOW=$(echo "$(date +%s.%N) - $WINDOW_START" | bc)
+wait "$LT_PID" || { tail "$OUT/loadtest.log" >&2; exit 1; }
 [[ -n $PERF_PID ]] && wait "$PERF_PID" 2>/dev/null || true
 
-python3 - "$OUT" "$SCENARIO" <<'PY' | tee "$OUT/profile.txt"
+python3 - "$OUT" "$SCENARIO" "$WINDOW" <<'PY' | tee "$OUT/profile.txt"
 import json, re, sys
-out, scenario = sys.argv[1], sys.argv[2]
+out, scenario, window = sys.argv[1], sys.argv[2], float(sys.argv[3])
 load = lambda name: json.load(open(f"{out}/{name}"))
 a, z, s = load("cpu-before.json"), load("cpu-after.json"), load(f"{scenario}-summary.json")
-n = s["total"]["count"] or 1
-print(f"{scenario}: {n:,} requests, {s['total']['rps']:,.0f}/s; " +
+def served(path):
+    total = 0.0
+    for line in open(path):
+        m = re.match(r'boxoffice_http_request_duration_seconds_count\{[^}]*route="([^"]*)"[^}]*\} (\S+)', line)
+        if m and m.group(1) not in ("/metrics", "/readyz"):
+            total += float(m.group(2))
+    return total
+n = max(served(f"{out}/metrics-after.txt") - served(f"{out}/metrics-before.txt"), 1)
+print(f"{scenario}: whole run {s['total']['count']:,} requests, {s['total']['rps']:,.0f}/s; " +
       ", ".join(f"{r['name']} p50 {r['p50_ms']} / p99 {r['p99_ms']} ms" for r in s["requests"]))
-for g in ("service", "redis", "postgres"):
+print(f"steady window: {n:,.0f} requests in {window:.1f} s, {n / window:,.0f}/s (the service's count)")
+for g in ("service", "generator", "redis", "postgres"):
     user = z["groups"][g][0] - a["groups"][g][0]
     system = z["groups"][g][1] - a["groups"][g][1]
     print(f"{g:9} CPU per request: {1e6 * user / n:6.1f} µs user + {1e6 * system / n:6.1f} µs system")
-gen = s.get("extra", {}).get("generator_cpu_seconds")
-if gen is not None:
-    print(f"generator CPU per request: {1e6 * gen / n:6.1f} µs")
+m = [z["machine"][k] - a["machine"][k] for k in ("user", "system", "idle")] if "machine" in z else None
+if m:
+    print(f"machine   CPU per request: {1e6 * m[0] / n:6.1f} µs user + {1e6 * m[1] / n:6.1f} µs system; idle {100 * m[2] / sum(m):.0f} %")
 def stats(path):
     d = {}
     for line in open(path):
