@@ -78,7 +78,7 @@ until grep -q "entering GooseAttack phase" "$OUT/loadtest.log" 2>/dev/null; do
 done
 sleep 3
 snapshot before
-WINDOW_START=$(date +%s.%N)
+WINDOW_START=$(date +%s%N)
 PERF_PID=""
 if [[ ${PROFILE_PERF:-1} == 1 ]] && command -v perf >/dev/null; then
     timeout -s INT $((SECS - 5)) perf record -F 499 -g -p "$SERVICE_PID" -o "$OUT/perf.data" >"$OUT/perf.log" 2>&1 &
@@ -86,13 +86,13 @@ if [[ ${PROFILE_PERF:-1} == 1 ]] && command -v perf >/dev/null; then
 fi
 sleep $((SECS - 5))
 snapshot after
-WINDOW=$(echo "$(date +%s.%N) - $WINDOW_START" | bc)
+WINDOW_NS=$(($(date +%s%N) - WINDOW_START))
 wait "$LT_PID" || { tail "$OUT/loadtest.log" >&2; exit 1; }
 [[ -n $PERF_PID ]] && wait "$PERF_PID" 2>/dev/null || true
 
-python3 - "$OUT" "$SCENARIO" "$WINDOW" <<'PY' | tee "$OUT/profile.txt"
+python3 - "$OUT" "$SCENARIO" "$WINDOW_NS" <<'PY' | tee "$OUT/profile.txt"
 import json, re, sys
-out, scenario, window = sys.argv[1], sys.argv[2], float(sys.argv[3])
+out, scenario, window = sys.argv[1], sys.argv[2], int(sys.argv[3]) / 1e9
 load = lambda name: json.load(open(f"{out}/{name}"))
 a, z, s = load("cpu-before.json"), load("cpu-after.json"), load(f"{scenario}-summary.json")
 def served(path):
