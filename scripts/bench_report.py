@@ -245,9 +245,13 @@ def fmt_ms(x):
     return f"{x:.2f}"
 
 
-def fmt_ratio(x):
+def fmt_ratio(x, target=None):
+    """A ratio as a whole percentage; with one decimal when that would
+    round onto `target` and hide which side of it the ratio is on."""
     if x is None:
         return "–"
+    if target is not None and round(100 * x) == round(100 * target) and x != target:
+        return f"{100 * x:.1f} %"
     return f"{100 * x:.0f} %"
 
 
@@ -522,7 +526,7 @@ def overview_section(b, rows):
         L.append(
             f"| {x['label']} | {fmt_rate(r['rps'])}{spread(x['rps_all'], fmt_rate)} | {fmt_ms(r['p50_ms'])} | "
             f"{fmt_ms(r['p99_ms'])}{spread(x['p99_all'], fmt_ms)} | "
-            f"{ref} | {fmt_ratio(x['ratio'])}{spread(x['ratio_all'], fmt_ratio)} | {target} | {p99ok} |"
+            f"{ref} | {fmt_ratio(x['ratio'], x['target'])}{spread(x['ratio_all'], fmt_ratio)} | {target} | {p99ok} |"
         )
     unstable = [
         x for x in rows if x["target"] and any(r is not None for r in x["ratio_all"])
@@ -1297,7 +1301,7 @@ def interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc="not run", runs=Non
         r = x["r"]
         ok = x["ratio"] is not None and x["ratio"] >= x["target"]
         out.append(
-            f"- {x['label']}: {fmt_ratio(x['ratio'])} of {x['ref_label']}"
+            f"- {x['label']}: {fmt_ratio(x['ratio'], x['target'])} of {x['ref_label']}"
             f"{spread(x['ratio_all'], fmt_ratio)} (target ≥ {100 * x['target']:.0f} %): "
             + ("met." if ok else "**missed**.")
         )
