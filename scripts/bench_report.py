@@ -1073,6 +1073,7 @@ def references_section(b):
             f"`src/payments/pay.rs` `RECORD`: price, conditional "
             f"debit, payment, the rows of the work it still owes (`payments_unconfirmed`, "
             f"`payments_not_rolled_up`), sold seat, ledger row, outbox message), 24 clients (the service's pool size), "
+            f"run alone (the service and the ceiling server paused), "
             f"prepared statements: {pg.get('tps', 0):,.0f} tps, average {fmt_ms(pg.get('avg_ms'))} ms, "
             f"p50 {fmt_ms(pg.get('p50_ms'))} ms, p99 {fmt_ms(pg.get('p99_ms'))} ms"
             + (f", {pg['failed']} failed" if pg.get("failed") else "")
@@ -1397,7 +1398,7 @@ def interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc="not run", runs=Non
         "Redis round trip through the same HTTP stack and Redis client; a service endpoint adds "
         "routing, middleware (request id, tracing span, latency histogram), token verification, "
         "JSON parsing and a heavier script. pgbench runs the payment's SQL without HTTP, Redis or the "
-        "service; a service payment also moves the hold to *paying* and then *sold* in Redis (two "
+        "service (both paused while it runs); a service payment also moves the hold to *paying* and then *sold* in Redis (two "
         "scripts around the statement). The pay row is that payment alone (its join and hold were made "
         "before the run); the whole-purchase row spends two thirds of its requests on the join and the "
         "hold of each purchase, on the same two cores.",
