@@ -71,9 +71,11 @@ LOADTEST_REPORT_DIR="$OUT" BOXOFFICE_SERVICE_KEY="$KEY" BOXOFFICE_TOKEN_SECRET="
     timeout $((SECS + 120)) "$LT" "$SCENARIO" --host "http://127.0.0.1:$PORT" -u 64 -r 64 -t "${SECS}s" \
     >"$OUT/loadtest.log" 2>&1 &
 LT_PID=$!
-# Goose starts once the scenario's setup is done.
+# Goose starts once the scenario's setup is done. A loadtest that ends
+# before that (a failed setup, or Goose's log line changed) stops the
+# profile here: its window would measure nothing.
 until grep -q "entering GooseAttack phase" "$OUT/loadtest.log" 2>/dev/null; do
-    kill -0 "$LT_PID" 2>/dev/null || break
+    kill -0 "$LT_PID" 2>/dev/null || { tail "$OUT/loadtest.log" >&2; echo "profile: Goose never started" >&2; exit 1; }
     sleep 0.2
 done
 sleep 3
