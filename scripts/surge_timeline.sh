@@ -19,7 +19,9 @@
 # SURGE_BUYERS (20000), SURGE_ARRIVALS (buyers per second, 2000),
 # SURGE_SEATS (5000), SURGE_ADMIT (fixed rate and the autopilot's maximum,
 # 1000), SURGE_AUTO_START (200), SURGE_SERVICE_ENV (extra VAR=value words
-# for the service, e.g. to try a setting). Needs target/release/boxoffice
+# for the service, e.g. to try a setting; in lanes mode for both
+# instances), SURGE_QUEUE_ENV (lanes mode: more words for the waiting
+# room's instance only, e.g. TOKIO_WORKER_THREADS=1). Needs target/release/boxoffice
 # and loadtest (cargo build --release -p boxoffice -p loadtest), or other
 # binaries in SURGE_BIN / SURGE_LOADTEST (e.g. an old revision's from
 # scripts/bench_ab.sh's loadtest/reports/ab-*/A/). Own
@@ -67,6 +69,7 @@ trap cleanup EXIT
 
 psql -X -q -v ON_ERROR_STOP=1 "$(bench_admin_url)" -c "create database \"$DB\""
 read -r -a EXTRA <<<"${SURGE_SERVICE_ENV:-}"
+read -r -a QUEUE_EXTRA <<<"${SURGE_QUEUE_ENV:-}"
 serve() { # PORT METRICS-PORT LOG [COMMAND PREFIX...]: one instance, in the background
     local port=$1 mport=$2 log=$3
     shift 3
@@ -77,7 +80,7 @@ serve() { # PORT METRICS-PORT LOG [COMMAND PREFIX...]: one instance, in the back
         "$@" "$BX" serve >"$log" 2>&1 &
 }
 if [[ $MODE == lanes ]]; then
-    serve "$PORT" "$MPORT" "$OUT/service.log" nice -n "${SURGE_QUEUE_NICE:-10}"
+    serve "$PORT" "$MPORT" "$OUT/service.log" env "${QUEUE_EXTRA[@]}" nice -n "${SURGE_QUEUE_NICE:-10}"
     SERVICE_PID=$!
     bench_wait_http "http://127.0.0.1:$PORT/readyz" 60 || { tail -n 20 "$OUT/service.log" >&2; exit 1; }
     serve "$SHOP_PORT" "$SHOP_MPORT" "$OUT/shop.log"
