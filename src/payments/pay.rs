@@ -404,7 +404,7 @@ pub async fn record(
     let pieces = cut_slots(&template, &["amount", "balance_after"]);
     let result = pg
         .guard(async {
-            let mut conn = pg.pool().acquire().await?;
+            let mut conn = pg.payment_conn().await?;
             let row = sqlx::query_as::<_, RecordRow>(RECORD.sql(key.is_some()))
                 .bind(payment.payment_id)
                 .bind(user.as_str())
@@ -421,7 +421,8 @@ pub async fn record(
                 .fetch_one(&mut *conn)
                 .await;
             // Only the test-only `slow_pg_ms` failpoint holds it longer.
-            pg.give_back_payment_conn(conn).await;
+            let answered = matches!(row, Ok(_) | Err(sqlx::Error::Database(_)));
+            pg.give_back_payment_conn(conn, answered).await;
             row
         })
         .await;

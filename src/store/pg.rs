@@ -5,11 +5,16 @@
 //! money, confirmed payments, idempotency records, the outbox. It is never
 //! touched on the queue or hold paths.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use sqlx::{
-    PgPool,
+    Connection as _, PgPool, Postgres,
     migrate::Migrator,
+    pool::PoolConnection,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -23,6 +28,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Upper bound of one call (a query or a whole short transaction).
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(3_000);
+
+/// A pooled connection idle at least this long is pinged before use.
+const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
 
 /// How the pool is sized (and, in tests, slowed).
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +58,23 @@ pub struct Pg {
     pool: PgPool,
     breaker: Arc<Breaker>,
     slow_payment: Option<Duration>,
+    kept: Arc<Kept>,
+}
+
+/// Connections the payment statement keeps out of the pool between
+/// payments ([`Pg::payment_conn`]). sqlx pings every connection it takes
+/// back into its pool, a round trip per statement that pgbench does not
+/// make; a connection kept here skips it, and its next payment skips the
+/// pool's bookkeeping too. At most a quarter of the pool (one at least)
+/// is kept, and only while the pool could still serve a waiter (it has an
+/// idle connection or room for a new one), so the other statements always
+/// have the rest; one kept for a second or more goes back to the pool
+/// when the next payment finds it.
+#[derive(Debug)]
+struct Kept {
+    conns: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    most: usize,
+    pool_max: u32,
 }
 
 fn unavailable(reason: impl Into<String>) -> StoreError {
@@ -106,6 +131,19 @@ impl Pg {
             .max_connections(options.max_connections)
             .min_connections(1)
             .acquire_timeout(Duration::from_millis(2_000))
+            // sqlx pings every connection it hands out (a round trip
+            // before each statement). A connection in steady use was
+            // alive a moment ago; one that sat idle (PostgreSQL may have
+            // restarted meanwhile) is still checked first.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_PING_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(opts)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
@@ -119,6 +157,11 @@ impl Pg {
             pool,
             breaker: Arc::new(Breaker::new(Dependency::Postgres)),
             slow_payment: options.slow_payment,
+            kept: Arc::new(Kept {
+                conns: Mutex::new(Vec::new()),
+                most: (options.max_connections as usize / 4).max(1),
+                pool_max: options.max_connections,
+            }),
         })
     }
 
@@ -127,12 +170,52 @@ impl Pg {
         &self.pool
     }
 
+    /// A connection for a payment's transaction: the one a payment gave
+    /// back last, if it was given back within the second (see [`Kept`]),
+    /// else one from the pool.
+    ///
+    /// # Errors
+    /// As `PgPool::acquire`.
+    pub async fn payment_conn(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let kept = lock(&self.kept.conns).pop();
+        if let Some((conn, since)) = kept {
+            if since.elapsed() < IDLE_PING_AFTER {
+                return Ok(conn);
+            }
+            // Unused for a while: back to the pool (which checks it).
+            drop(conn);
+        }
+        self.pool.acquire().await
+    }
+
     /// Gives back the connection of a payment's transaction; with the
     /// test-only `slow_pg_ms` failpoint it stays taken for that delay
-    /// first (see [`PgOptions::slow_payment`]).
-    pub async fn give_back_payment_conn(&self, conn: sqlx::pool::PoolConnection<sqlx::Postgres>) {
+    /// first (see [`PgOptions::slow_payment`]). `answered`: the statement
+    /// got its answer (committed, refused, or failed on a constraint), so
+    /// the connection is ready for the next one and may be kept. Otherwise
+    /// (the connection failed) it goes back to the pool, which checks it;
+    /// a call cut short never gets here, and its connection, dropped, goes
+    /// the same way.
+    pub async fn give_back_payment_conn(&self, conn: PoolConnection<Postgres>, answered: bool) {
         if let Some(delay) = self.slow_payment {
             tokio::time::sleep(delay).await;
+        }
+        if !answered {
+            return drop(conn);
+        }
+        let Kept {
+            conns,
+            most,
+            pool_max,
+        } = &*self.kept;
+        // Keep it only while a waiter of the pool could still be served
+        // without it.
+        if self.pool.num_idle() > 0 || self.pool.size() < *pool_max {
+            let mut conns = lock(conns);
+            if conns.len() < *most {
+                conns.push((conn, Instant::now()));
+                return;
+            }
         }
         drop(conn);
     }
@@ -180,8 +263,15 @@ impl Pg {
     }
 
     pub async fn close(&self) {
+        lock(&self.kept.conns).clear();
         self.pool.close().await;
     }
+}
+
+/// The kept connections' lock; a panic while it was held left only a
+/// plain list behind.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The name of the constraint a failed statement violated, if any.

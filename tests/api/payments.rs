@@ -1197,6 +1197,82 @@ async fn a_lock_timeout_is_a_retryable_503_that_leaves_the_breaker_closed() {
     assert_eq!(app.balance("wenke").await, "1500");
 }
 
+/// A payment keeps its PostgreSQL connection out of the pool for the next
+/// one (`Pg::payment_conn`: sqlx would ping it on its way back), but never
+/// the pool's last: with a pool of one connection, a charge right after a
+/// payment gets the connection at once instead of waiting out the pool's
+/// acquire timeout (2 s) and answering 503.
+#[tokio::test]
+async fn a_payment_never_keeps_the_last_connection_of_the_pool() {
+    let app = spawn_with(
+        Settings::new()
+            .set("BOXOFFICE_PG_MAX_CONNECTIONS", "1")
+            .without_background(),
+    )
+    .await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    for (i, user) in ["kim", "lea", "max"].into_iter().enumerate() {
+        app.buy("e1", user, "5000", json!([i + 1])).await;
+        let started = std::time::Instant::now();
+        let r = app.charge(user, "10", None).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the charge waited {:?} for a connection",
+            started.elapsed()
+        );
+    }
+}
+
+/// The payment's kept connections: the next payment gets the one given
+/// back last (same backend), a connection given back unanswered goes back
+/// to the pool instead, and at most a quarter of the pool is kept.
+#[tokio::test]
+async fn payments_reuse_their_kept_connection_and_keep_at_most_a_quarter_of_the_pool() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    let pg = &app.state.pg;
+    async fn backend(conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>) -> i32 {
+        sqlx::query_scalar("select pg_backend_pid()")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap()
+    }
+    let mut first = pg.payment_conn().await.unwrap();
+    let pid = backend(&mut first).await;
+    pg.give_back_payment_conn(first, true).await;
+    let mut again = pg.payment_conn().await.unwrap();
+    assert_eq!(
+        backend(&mut again).await,
+        pid,
+        "the kept connection is reused"
+    );
+    pg.give_back_payment_conn(again, false).await;
+    // Given back unanswered: not kept, so the pool's count of connections
+    // out drops back to none.
+    let out = || pg.pool().size() as usize - pg.pool().num_idle();
+    wait_until(|| out() == 0).await;
+
+    // Eight payments at once on the default pool of 24: six are kept.
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(pg.payment_conn().await.unwrap());
+    }
+    for conn in conns {
+        pg.give_back_payment_conn(conn, true).await;
+    }
+    wait_until(|| out() == 6).await;
+}
+
+async fn wait_until(done: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(done(), "not within 2 s");
+}
+
 /// The claim gate under a storm of requests, through HTTP. 50 keyed
 /// top-ups of one wallet, each key sent 4 times, 200 requests spread over
 /// 4 s, through a pool of 4 connections while a transaction locks the
