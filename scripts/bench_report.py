@@ -1391,8 +1391,9 @@ def interpretation(rows, rb_hold, rb_hold16, pg, s, audit_rc="not run", runs=Non
         "best-available search, per-user limit, expiry) per batch: the holds of one event that "
         "arrive during a call go in the next one (docs/HOLDS.md) | – |",
         "| pay | 2: `begin_payment` (with the admitted check), `confirm_sale` | 1 statement (the "
-        "whole transaction); the confirmation marks (deletes from `payments_unconfirmed`) are batched "
-        "off the answer's path |",
+        "whole transaction), on the connection a payment gave back last where one is kept (no pool "
+        "round trips: src/store/pg.rs); the confirmation marks (deletes from `payments_unconfirmed`) "
+        "are batched off the answer's path |",
         "",
         "How to read the ratios: the ceiling is the cheapest possible request that still makes one "
         "Redis round trip through the same HTTP stack and Redis client; a service endpoint adds "
