@@ -421,8 +421,7 @@ pub async fn record(
                 .fetch_one(&mut *conn)
                 .await;
             // Only the test-only `slow_pg_ms` failpoint holds it longer.
-            let answered = matches!(row, Ok(_) | Err(sqlx::Error::Database(_)));
-            pg.give_back_payment_conn(conn, answered).await;
+            pg.give_back_payment_conn(conn, &row).await;
             row
         })
         .await;

@@ -7,7 +7,10 @@
 
 use std::{
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -31,6 +34,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(3_000);
 
 /// A pooled connection idle at least this long is pinged before use.
 const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
+
+/// For this long after a connection was found lost, every connection is
+/// pinged before use and none is kept ([`Lost`]).
+const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
 /// How the pool is sized (and, in tests, slowed).
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +66,35 @@ pub struct Pg {
     breaker: Arc<Breaker>,
     slow_payment: Option<Duration>,
     kept: Arc<Kept>,
+    lost: Arc<Lost>,
+}
+
+/// When a connection was last found lost (its backend ended, its socket
+/// failed). The others were opened to the same server and may be gone
+/// too: a restart or a failover ends them all. Connections are not
+/// pinged before use while they are in steady use, so for [`SUSPECT_FOR`]
+/// after such a loss each one is, and no payment keeps one; a request
+/// after a restart then meets at most the one dead connection that told.
+#[derive(Debug)]
+struct Lost {
+    epoch: Instant,
+    /// Milliseconds since `epoch` plus one; 0: never.
+    at: AtomicU64,
+}
+
+impl Lost {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn mark(&self) {
+        self.at.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn recent(&self) -> bool {
+        let at = self.at.load(Ordering::Relaxed);
+        at != 0 && self.now() - at < SUSPECT_FOR.as_millis() as u64
+    }
 }
 
 /// Connections the payment statement keeps out of the pool between
@@ -85,18 +121,28 @@ fn unavailable(reason: impl Into<String>) -> StoreError {
 }
 
 fn is_outage(e: &sqlx::Error) -> bool {
+    connection_lost(e)
+        || match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            // 53300 too many connections, 57014 statement timeout.
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| matches!(c.as_ref(), "53300" | "57014")),
+            _ => false,
+        }
+}
+
+/// The connection itself is gone: its socket failed, or the server ended
+/// its backend (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
+/// connect now, 08xxx connection exceptions).
+fn connection_lost(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => true,
-        // 57P01 admin shutdown, 57P03 cannot connect now, 53300 too many
-        // connections, 08xxx connection exceptions, 57014 statement timeout.
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            c.starts_with("08")
-                || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "57014")
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
         }),
         _ => false,
     }
@@ -127,6 +173,11 @@ impl Pg {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| unavailable(format!("bad DATABASE_URL: {e}")))?
             .options([("statement_timeout", "2500"), ("lock_timeout", "2000")]);
+        let lost = Arc::new(Lost {
+            epoch: Instant::now(),
+            at: AtomicU64::new(0),
+        });
+        let suspect = Arc::clone(&lost);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .min_connections(1)
@@ -134,11 +185,13 @@ impl Pg {
             // sqlx pings every connection it hands out (a round trip
             // before each statement). A connection in steady use was
             // alive a moment ago; one that sat idle (PostgreSQL may have
-            // restarted meanwhile) is still checked first.
+            // restarted meanwhile), or any while another was just found
+            // lost ([`Lost`]), is still checked first.
             .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
+            .before_acquire(move |conn, meta| {
+                let check = meta.idle_for >= IDLE_PING_AFTER || suspect.recent();
                 Box::pin(async move {
-                    if meta.idle_for >= IDLE_PING_AFTER {
+                    if check {
                         conn.ping().await?;
                     }
                     Ok(true)
@@ -162,6 +215,7 @@ impl Pg {
                 most: (options.max_connections as usize / 4).max(1),
                 pool_max: options.max_connections,
             }),
+            lost,
         })
     }
 
@@ -172,12 +226,19 @@ impl Pg {
 
     /// A connection for a payment's transaction: the one a payment gave
     /// back last, if it was given back within the second (see [`Kept`]),
-    /// else one from the pool.
+    /// else one from the pool. Just after a connection was found lost
+    /// ([`Lost`]) every kept one goes back to the pool, which checks it.
     ///
     /// # Errors
     /// As `PgPool::acquire`.
     pub async fn payment_conn(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        let kept = lock(&self.kept.conns).pop();
+        let kept = if self.lost.recent() {
+            // Dropped outside the lock (each drop spawns sqlx's return).
+            drop(std::mem::take(&mut *lock(&self.kept.conns)));
+            None
+        } else {
+            lock(&self.kept.conns).pop()
+        };
         if let Some((conn, since)) = kept {
             if since.elapsed() < IDLE_PING_AFTER {
                 return Ok(conn);
@@ -188,19 +249,27 @@ impl Pg {
         self.pool.acquire().await
     }
 
-    /// Gives back the connection of a payment's transaction; with the
-    /// test-only `slow_pg_ms` failpoint it stays taken for that delay
-    /// first (see [`PgOptions::slow_payment`]). `answered`: the statement
-    /// got its answer (committed, refused, or failed on a constraint), so
-    /// the connection is ready for the next one and may be kept. Otherwise
-    /// (the connection failed) it goes back to the pool, which checks it;
-    /// a call cut short never gets here, and its connection, dropped, goes
-    /// the same way.
-    pub async fn give_back_payment_conn(&self, conn: PoolConnection<Postgres>, answered: bool) {
+    /// Gives back the connection of a payment's transaction with what its
+    /// statement returned; with the test-only `slow_pg_ms` failpoint it
+    /// stays taken for that delay first (see [`PgOptions::slow_payment`]).
+    /// A statement that got PostgreSQL's answer (a row, a refusal, a
+    /// constraint) left the connection ready for the next one, and it may
+    /// be kept. Otherwise (the connection failed, or the server ended it)
+    /// it goes back to the pool, which checks it; a call cut short never
+    /// gets here, and its connection, dropped, goes the same way.
+    pub async fn give_back_payment_conn<T>(
+        &self,
+        conn: PoolConnection<Postgres>,
+        outcome: &Result<T, sqlx::Error>,
+    ) {
         if let Some(delay) = self.slow_payment {
             tokio::time::sleep(delay).await;
         }
-        if !answered {
+        let answered = match outcome {
+            Ok(_) => true,
+            Err(e) => matches!(e, sqlx::Error::Database(_)) && !connection_lost(e),
+        };
+        if !answered || self.lost.recent() {
             return drop(conn);
         }
         let Kept {
@@ -242,7 +311,11 @@ impl Pg {
                     Verdict::Answered
                 }
             },
-            |_| {},
+            |e| {
+                if e.is_some_and(connection_lost) {
+                    self.lost.mark();
+                }
+            },
         )
         .await
     }
@@ -271,7 +344,7 @@ impl Pg {
 /// The kept connections' lock; a panic while it was held left only a
 /// plain list behind.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The name of the constraint a failed statement violated, if any.
