@@ -110,7 +110,6 @@ impl Lost {
 struct Kept {
     conns: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
     most: usize,
-    pool_max: u32,
 }
 
 fn unavailable(reason: impl Into<String>) -> StoreError {
@@ -213,7 +212,6 @@ impl Pg {
             kept: Arc::new(Kept {
                 conns: Mutex::new(Vec::new()),
                 most: (options.max_connections as usize / 4).max(1),
-                pool_max: options.max_connections,
             }),
             lost,
         })
@@ -272,16 +270,12 @@ impl Pg {
         if !answered || self.lost.recent() {
             return drop(conn);
         }
-        let Kept {
-            conns,
-            most,
-            pool_max,
-        } = &*self.kept;
         // Keep it only while a waiter of the pool could still be served
         // without it.
-        if self.pool.num_idle() > 0 || self.pool.size() < *pool_max {
-            let mut conns = lock(conns);
-            if conns.len() < *most {
+        let pool = &self.pool;
+        if pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections() {
+            let mut conns = lock(&self.kept.conns);
+            if conns.len() < self.kept.most {
                 conns.push((conn, Instant::now()));
                 return;
             }
