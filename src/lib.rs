@@ -14,6 +14,7 @@
 //! - [`app`]: the wiring (builds the state, serves, runs the loops of
 //!   [`background`] with the parts they need).
 //! - [`money`], [`time`]: how amounts and timestamps are written out.
+//! - [`process`]: settings of the whole process, made at its start.
 
 pub mod app;
 pub mod audit;
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod jobs;
 pub mod money;
 pub mod payments;
+pub mod process;
 pub mod queue;
 pub mod server;
 pub mod state;

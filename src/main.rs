@@ -99,6 +99,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let huge_pages = boxoffice::process::no_transparent_huge_pages();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let demo = match args.as_slice() {
@@ -146,6 +147,7 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(config.log_format);
+    tracing::debug!(?huge_pages, "transparent huge pages");
     if let Some(var) = config.dev_secret_variable() {
         tracing::warn!(
             "{var} has its public development default: allowed on a loopback address only; set BOXOFFICE_SERVICE_KEY, BOXOFFICE_TOKEN_SECRET and BOXOFFICE_USER_JWT_SECRET (or BOXOFFICE_USER_JWT_PUBLIC_KEY) in production"

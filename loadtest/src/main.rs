@@ -93,6 +93,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
+    // As the service does: the buyers' clients are on the service's cores.
+    let _ = boxoffice::process::no_transparent_huge_pages();
     if let Err(e) = run().await {
         eprintln!("loadtest: {e:#}");
         std::process::exit(1);

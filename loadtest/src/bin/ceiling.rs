@@ -52,6 +52,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The service's process settings, so the reference differs only in
+    // what it serves.
+    let _ = boxoffice::process::no_transparent_huge_pages();
     let addr = std::env::var("CEILING_ADDR").unwrap_or_else(|_| "127.0.0.1:18081".into());
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = std::env::var("BOXOFFICE_REDIS_PREFIX").unwrap_or_default();
