@@ -368,6 +368,25 @@ fn bit(map: &[u8], seat: u32) -> bool {
 }
 
 impl SeatMap {
+    /// A map from its parts: the bitmaps as the script returns them (bit
+    /// `s` of each is seat `s`).
+    #[cfg(test)]
+    pub(crate) fn from_parts(
+        seats_total: u32,
+        row_size: u32,
+        available: u32,
+        taken: &[u8],
+        sold: &[u8],
+    ) -> Self {
+        Self {
+            seats_total,
+            row_size,
+            available,
+            taken: bytes::Bytes::copy_from_slice(taken),
+            sold: bytes::Bytes::copy_from_slice(sold),
+        }
+    }
+
     /// `available`, `held` (also while being paid) or `sold`.
     pub fn status(&self, seat: u32) -> &'static str {
         if bit(&self.sold, seat) {
