@@ -158,7 +158,7 @@ fn seat_map_text(map: &holds::SeatMap) -> Vec<u8> {
         if n > 1 {
             out.push(b',');
         }
-        if n == 1 || (n - 1) % per_row == 0 {
+        if (n - 1) % per_row == 0 {
             // `,"row":"<label>","status":"`, for the seats of this row.
             row.clear();
             row.extend_from_slice(br#","row":"#);
