@@ -1265,6 +1265,18 @@ async fn payments_reuse_their_kept_connection_and_keep_at_most_a_quarter_of_the_
     assert!(eventually(Duration::from_secs(2), || async { out() == 6 }).await);
 }
 
+/// Ends every backend of the test's database but `admin`'s own, as a
+/// PostgreSQL restart or failover would; how many it ended.
+async fn end_every_other_backend(admin: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
+         where datname = current_database() and pid <> pg_backend_pid()) t",
+    )
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
 /// A real fault under the connections payments keep (`Pg::payment_conn`):
 /// PostgreSQL ends every backend of the service (as a restart or a
 /// failover does) right after a payment. Payments then go on at once,
@@ -1293,13 +1305,7 @@ async fn payments_right_after_postgresql_ends_every_backend_lose_nothing() {
     let mut admin = PgConnection::connect(&app.settings.env["DATABASE_URL"])
         .await
         .unwrap();
-    let ended: i64 = sqlx::query_scalar(
-        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
-         where datname = current_database() and pid <> pg_backend_pid()) t",
-    )
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
+    let ended = end_every_other_backend(&mut admin).await;
     assert!(ended >= 1, "no backend of the service was ended");
 
     let mut refused = 0;
@@ -1362,14 +1368,7 @@ async fn payments_racing_postgresql_ending_every_backend_charge_each_buyer_at_mo
         let mut ended = 0;
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(40)).await;
-            let n: i64 = sqlx::query_scalar(
-                "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
-                 where datname = current_database() and pid <> pg_backend_pid()) t",
-            )
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-            ended += n;
+            ended += end_every_other_backend(&mut admin).await;
         }
         ended
     });
