@@ -8,7 +8,9 @@
 //! while the first is still running, `409 request_in_progress`. The
 //! response is stored in the same transaction as the effect, so a replay
 //! can never disagree with what happened. A claim left behind by a crashed
-//! process is taken over after [`STALE_CLAIM_SECONDS`].
+//! process is taken over after [`STALE_CLAIM_SECONDS`]; one whose release
+//! failed in a live process (PostgreSQL did not answer) is given back in
+//! the background as soon as PostgreSQL answers again ([`once`]).
 //!
 //! The effect's statement runs only under an open claim and locks it first
 //! ([`CLAIM_ROW`]). A statement can outlive our timeout on the server (the
@@ -24,6 +26,11 @@
 //! back. Answers are stored as status and bytes ([`Saved`]); how they are
 //! written is the caller's business, so nothing here knows HTTP.
 
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -33,6 +40,11 @@ use crate::{
 
 /// An in-flight claim older than this is considered abandoned.
 pub const STALE_CLAIM_SECONDS: i64 = 60;
+
+/// When PostgreSQL stamped a claim (`created_at`, stamped again when a
+/// stale claim is taken over): it tells a request's own claim from a later
+/// one under the same key.
+pub type Stamp = chrono::DateTime<chrono::Utc>;
 
 /// A request's identity for idempotency: what it does, to what.
 pub fn fingerprint(parts: &[&str]) -> String {
@@ -130,11 +142,10 @@ pub async fn once<T, E: From<KeyRefused>>(
     else {
         return work.await.map(Answered::Fresh);
     };
-    if let NextAction::ReturnSavedResponse(saved) =
-        try_processing(pg, user, key, &fingerprint).await?
-    {
-        return Ok(Answered::Replayed(saved));
-    }
+    let stamp = match claim(pg, user, key, &fingerprint).await? {
+        Claimed::Fresh(stamp) => stamp,
+        Claimed::Saved(saved) => return Ok(Answered::Replayed(saved)),
+    };
     let e = match work.await {
         Ok(done) => return Ok(Answered::Fresh(done)),
         Err(e) => e,
@@ -144,11 +155,14 @@ pub async fn once<T, E: From<KeyRefused>>(
         // The work may have failed only in our eyes: its statement timed
         // out here and committed on the server. Then the key holds that
         // statement's answer, and that is this request's answer too.
-        _ => {
-            if let Ok(Released::Settled(saved)) = release(pg, user, key).await {
-                return Ok(Answered::Replayed(saved));
-            }
-        }
+        _ => match give_back(pg, user, key, Some(stamp)).await {
+            Ok(Released::Settled(saved)) => return Ok(Answered::Replayed(saved)),
+            Ok(Released::GivenBack | Released::Gone) => {}
+            // PostgreSQL did not answer: the claim stays open, and the
+            // client's retries would meet `request_in_progress` until it
+            // goes stale. Given back as soon as PostgreSQL answers again.
+            Err(_) => release_later(pg, user, key, stamp),
+        },
     }
     Err(e)
 }
@@ -164,8 +178,34 @@ pub async fn try_processing(
     key: &IdempotencyKey,
     fp: &str,
 ) -> Result<NextAction, KeyRefused> {
+    Ok(match claim(pg, user, key, fp).await? {
+        Claimed::Fresh(_) => NextAction::StartProcessing,
+        Claimed::Saved(saved) => NextAction::ReturnSavedResponse(saved),
+    })
+}
+
+/// What [`claim`] found: the key is this request's now, stamped; or its
+/// stored answer.
+#[derive(Debug)]
+pub enum Claimed {
+    /// This request owns the key, under this claim.
+    Fresh(Stamp),
+    /// The key's stored answer.
+    Saved(Saved),
+}
+
+/// [`try_processing`], with the claim's stamp.
+///
+/// # Errors
+/// As [`try_processing`].
+pub async fn claim(
+    pg: &Pg,
+    user: &UserId,
+    key: &IdempotencyKey,
+    fp: &str,
+) -> Result<Claimed, KeyRefused> {
     enum Claim {
-        Fresh,
+        Fresh(Stamp),
         Replay(Saved),
         InFlight,
         Mismatch,
@@ -175,20 +215,18 @@ pub async fn try_processing(
             // The claim's commit does not wait for its WAL flush: the effect's
             // commit, which does, flushes everything before it, claim included;
             // a claim lost in a crash guarded no effect.
-            let inserted = sqlx::query(
+            let inserted: Option<Stamp> = sqlx::query_scalar(
                 r"with relaxed as (select set_config('synchronous_commit', 'off', true))
               insert into idempotency (user_id, key, fingerprint) select $1, $2, $3 from relaxed
-              on conflict (user_id, key) do nothing",
+              on conflict (user_id, key) do nothing returning created_at",
             )
             .bind(user.as_str())
             .bind(key.as_str())
             .bind(fp)
-            .execute(pg.pool())
-            .await?
-            .rows_affected()
-                == 1;
-            if inserted {
-                return Ok(Claim::Fresh);
+            .fetch_optional(pg.pool())
+            .await?;
+            if let Some(stamp) = inserted {
+                return Ok(Claim::Fresh(stamp));
             }
             let row: Option<(String, Option<i16>, Option<String>, bool)> = sqlx::query_as(
                 r"select fingerprint, status, response,
@@ -210,27 +248,26 @@ pub async fn try_processing(
                 }),
                 Some((_, _, _, true)) => {
                     // Abandoned by a crashed request: take it over, once.
-                    let took = sqlx::query(
+                    let took: Option<Stamp> = sqlx::query_scalar(
                         r"update idempotency set created_at = now()
                       where user_id = $1 and key = $2 and status is null
-                        and created_at < now() - make_interval(secs => $3)",
+                        and created_at < now() - make_interval(secs => $3)
+                      returning created_at",
                     )
                     .bind(user.as_str())
                     .bind(key.as_str())
                     .bind(STALE_CLAIM_SECONDS as f64)
-                    .execute(pg.pool())
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if took { Claim::Fresh } else { Claim::InFlight }
+                    .fetch_optional(pg.pool())
+                    .await?;
+                    took.map_or(Claim::InFlight, Claim::Fresh)
                 }
                 Some(_) => Claim::InFlight,
             })
         })
         .await?;
     match claim {
-        Claim::Fresh => Ok(NextAction::StartProcessing),
-        Claim::Replay(saved) => Ok(NextAction::ReturnSavedResponse(saved)),
+        Claim::Fresh(stamp) => Ok(Claimed::Fresh(stamp)),
+        Claim::Replay(saved) => Ok(Claimed::Saved(saved)),
         Claim::InFlight => Err(KeyRefused::InFlight),
         Claim::Mismatch => Err(KeyRefused::Reused),
     }
@@ -351,16 +388,33 @@ pub fn claim_closed() -> StoreError {
 /// PostgreSQL unavailable (the claim then expires after
 /// [`STALE_CLAIM_SECONDS`]).
 pub async fn release(pg: &Pg, user: &UserId, key: &IdempotencyKey) -> Result<Released, StoreError> {
+    give_back(pg, user, key, None).await
+}
+
+/// [`release`] of the claim stamped `stamp` only, when given: a claim
+/// that went stale and was taken over by a later request is that
+/// request's, and is left alone ([`Released::Gone`]).
+///
+/// # Errors
+/// As [`release`].
+pub async fn give_back(
+    pg: &Pg,
+    user: &UserId,
+    key: &IdempotencyKey,
+    stamp: Option<Stamp>,
+) -> Result<Released, StoreError> {
     // Two statements: when the delete waited for a statement holding the
     // claim, that statement's answer committed after the delete's
     // snapshot was taken, so only a later statement can read it.
     let row: Result<Option<Option<(i16, String)>>, StoreError> = pg
         .guard(async {
             let given = sqlx::query(
-                r"delete from idempotency where user_id = $1 and key = $2 and status is null",
+                r"delete from idempotency where user_id = $1 and key = $2 and status is null
+                  and ($3::timestamptz is null or created_at = $3)",
             )
             .bind(user.as_str())
             .bind(key.as_str())
+            .bind(stamp)
             .execute(pg.pool())
             .await?
             .rows_affected()
@@ -390,12 +444,57 @@ pub async fn release(pg: &Pg, user: &UserId, key: &IdempotencyKey) -> Result<Rel
         ),
         Ok(Some(None)) => ("gone", Ok(Released::Gone)),
         Err(e) => {
-            tracing::warn!(error = %e, "could not release an idempotency claim; it expires in {STALE_CLAIM_SECONDS} s");
+            tracing::warn!(error = %e, "could not release an idempotency claim");
             ("failed", Err(e))
         }
     };
     metrics::counter!("boxoffice_idempotency_releases_total", "found" => found).increment(1);
     released
+}
+
+/// Claims being given back in the background at most ([`release_later`]);
+/// past it a failed release leaves its claim to go stale, as a crash does.
+const LATER_MAX: usize = 10_000;
+
+/// Claims being given back in the background now.
+static LATER: AtomicUsize = AtomicUsize::new(0);
+
+/// Gives back, in the background, a claim whose release failed: tried
+/// again after 250 ms, then at doubling intervals up to 2 s (each try
+/// through the breaker, so an outage costs PostgreSQL nothing), until
+/// PostgreSQL answers or the claim is stale, when any request may take it
+/// over anyway. Only that claim (`stamp`) is given back, so a retry that
+/// took the key over in the meantime keeps it; and a statement that
+/// committed under it meanwhile is found as its answer, as by [`release`].
+/// The client's retries meet `409 request_in_progress` until then, not for
+/// the whole [`STALE_CLAIM_SECONDS`].
+fn release_later(pg: &Pg, user: &UserId, key: &IdempotencyKey, stamp: Stamp) {
+    if LATER.fetch_add(1, Ordering::Relaxed) >= LATER_MAX {
+        LATER.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(
+            "{LATER_MAX} claims already being given back: this one expires in {STALE_CLAIM_SECONDS} s"
+        );
+        return;
+    }
+    let (pg, user, key) = (pg.clone(), user.clone(), key.clone());
+    tokio::spawn(async move {
+        let stale = Instant::now() + Duration::from_secs(STALE_CLAIM_SECONDS as u64);
+        let mut pause = Duration::from_millis(250);
+        let found = loop {
+            tokio::time::sleep(pause).await;
+            match give_back(&pg, &user, &key, Some(stamp)).await {
+                Ok(Released::GivenBack) => break "given_back",
+                Ok(Released::Settled(_)) => break "settled",
+                Ok(Released::Gone) => break "gone",
+                Err(_) if Instant::now() < stale => pause = (pause * 2).min(Duration::from_secs(2)),
+                Err(_) => break "stale",
+            }
+        };
+        LATER.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(found, "retried the release of an idempotency claim");
+        metrics::counter!("boxoffice_idempotency_late_releases_total", "found" => found)
+            .increment(1);
+    });
 }
 
 /// Deletes records older than 25 hours (the promise is at least 24).

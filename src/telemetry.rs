@@ -255,6 +255,10 @@ pub fn register_metrics() {
     for found in ["given_back", "settled", "gone", "failed"] {
         metrics::counter!("boxoffice_idempotency_releases_total", "found" => found).increment(0);
     }
+    for found in ["given_back", "settled", "gone", "stale"] {
+        metrics::counter!("boxoffice_idempotency_late_releases_total", "found" => found)
+            .increment(0);
+    }
     register_http_metrics();
 }
 
