@@ -13,7 +13,9 @@
 #    4b85a63 lua`), place_hold as the EVALSHA script it was then;
 # 3. per variant: N calls (redis-benchmark -c 1 -P 16) to warm up, then N
 #    with instrumentation on; prints the whole server's instructions per
-#    call (network and protocol included), two rounds.
+#    call (network and protocol included), two rounds. place_hold is
+#    measured with one hold a call and with 8 (as the service coalesces
+#    them under load; also per hold).
 #
 # Inputs (optional): HOLD_BENCH_BEFORE, HOLD_CG_CALLS (2000), HOLD_BENCH_BIN,
 # DATABASE_URL (as bench_hold_script.sh).
@@ -73,6 +75,11 @@ measure() { # LABEL REDIS-BENCHMARK-COMMAND...
     printf '%-28s %8d instructions per call\n' "$label" "$(($(awk '/^totals:/ {print $2; exit}' "$f") / N))"
     rm -f "$WORK"/cg.*
 }
+# The way the service sends holds under load (src/holds/coalesce.rs):
+# BATCH of them a call, reported per hold.
+BATCH=8
+BATCH_ARGS=()
+for ((j = 0; j < BATCH; j++)); do BATCH_ARGS+=(1 u__rand_int__ count 1 1); done
 echo "$N calls per variant after $N to warm up; instructions of the whole server per call"
 # shellcheck disable=SC2046 # the keys are words on purpose
 for round in 1 2; do
@@ -80,4 +87,6 @@ for round in 1 2; do
     measure "minimal (EVALSHA)" EVALSHA "$MINI_SHA" 2 "$E:m$round:seats" "$E:m:seq" u__rand_int__
     measure "place_hold now (FCALL)" FCALL "$NOW" 13 $(keys "r$round") 1 1 u__rand_int__ count 1 1
     measure "minimal (FCALL)" FCALL "$MINI_FN" 2 "$E:f$round:seats" "$E:f:seq" u__rand_int__
+    measure "place_hold now, $BATCH a call" FCALL "$NOW" 13 $(keys "q$round") "$BATCH" "${BATCH_ARGS[@]}" |
+        awk -v b="$BATCH" '{printf "%s (per hold: %d)\n", $0, $(NF - 3) / b}'
 done
