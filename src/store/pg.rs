@@ -70,11 +70,12 @@ pub struct Pg {
 }
 
 /// When a connection was last found lost (its backend ended, its socket
-/// failed). The others were opened to the same server and may be gone
-/// too: a restart or a failover ends them all. Connections are not
-/// pinged before use while they are in steady use, so for [`SUSPECT_FOR`]
-/// after such a loss each one is, and no payment keeps one; a request
-/// after a restart then meets at most the one dead connection that told.
+/// failed, or its ping before use failed). The others were opened to the
+/// same server and may be gone too: a restart or a failover ends them all.
+/// Connections are not pinged before use while they are in steady use, so
+/// for [`SUSPECT_FOR`] after such a loss each one is, and no payment keeps
+/// one; a request after a restart then meets at most the one dead
+/// connection that told, and none when a ping told first.
 #[derive(Debug)]
 struct Lost {
     epoch: Instant,
@@ -185,13 +186,19 @@ impl Pg {
             // before each statement). A connection in steady use was
             // alive a moment ago; one that sat idle (PostgreSQL may have
             // restarted meanwhile), or any while another was just found
-            // lost ([`Lost`]), is still checked first.
+            // lost ([`Lost`]), is still checked first. A check that
+            // fails finds a connection lost as a failed call does: the
+            // others, kept ones included, are suspect from then on.
             .test_before_acquire(false)
             .before_acquire(move |conn, meta| {
                 let check = meta.idle_for >= IDLE_PING_AFTER || suspect.recent();
+                let suspect = Arc::clone(&suspect);
                 Box::pin(async move {
-                    if check {
-                        conn.ping().await?;
+                    if check && let Err(e) = conn.ping().await {
+                        if connection_lost(&e) {
+                            suspect.mark();
+                        }
+                        return Err(e);
                     }
                     Ok(true)
                 })

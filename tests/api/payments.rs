@@ -1391,6 +1391,56 @@ async fn payments_right_after_postgresql_ends_every_backend_lose_nothing() {
     assert_eq!(sold, 7);
 }
 
+/// The same fault, first noticed by the check a connection idle for a
+/// second gets before use: that connection is found dead, and so are the
+/// others suspect, the one the last payment kept included. The payment
+/// right after does not meet it: it pays at once, on a connection that
+/// was checked. (Before, only a failed call marked the others suspect:
+/// the payment took the kept connection unchecked and answered 503.)
+#[tokio::test]
+async fn a_connection_found_dead_before_use_keeps_the_next_payment_off_the_others() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let mut buyers = Vec::new();
+    for i in 0..2 {
+        let user = format!("checked{i}");
+        let token = app.admitted_token("e1", &user).await;
+        app.charge(&user, "5000", None).await;
+        let hold = app.hold_seats(&token, json!([i + 1])).await;
+        buyers.push((token, hold));
+    }
+    let pool = app.state.pg.pool();
+    // Several pooled connections, then all of them idle past the second
+    // after which a connection is checked before use.
+    join_all((0..4).map(|_| sqlx::query("select pg_sleep(0.05)").execute(pool))).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // The first payment checks an idle connection, pays, and keeps it.
+    let r = app.pay(&buyers[0].0, &buyers[0].1, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    let mut admin = PgConnection::connect(&app.settings.env["DATABASE_URL"])
+        .await
+        .unwrap();
+    let ended = end_every_other_backend(&mut admin).await;
+    assert!(ended >= 2, "the service's backends were ended: {ended}");
+    // Any statement now takes an idle connection, whose check fails; the
+    // pool then opens a new one.
+    let mut read = false;
+    for _ in 0..5 {
+        if sqlx::query("select 1").execute(pool).await.is_ok() {
+            read = true;
+            break;
+        }
+    }
+    assert!(read, "the pool opened a new connection");
+    // Within the second the kept connection would be used unchecked.
+    let r = app.pay(&buyers[1].0, &buyers[1].1, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(app.balance("checked1").await, "4000");
+    let (sum, rows) = app.ledger("checked1").await;
+    assert_eq!((sum, rows), (rust_decimal::Decimal::from(4000), 2));
+}
+
 /// The same fault under concurrency: 60 buyers pay at once, each with its
 /// own `Idempotency-Key`, while PostgreSQL ends every backend of the
 /// service three times. A payment pays (201), or answers 503 with
