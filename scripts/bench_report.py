@@ -834,7 +834,8 @@ def connections_section(d):
         "## What open connections cost",
         "",
         f"{c['connections']:,} keep-alive HTTP/1.1 connections held open on the service (one `GET /healthz` each, "
-        "as a page that has loaded), measured from `/proc/<pid>` (`loadtest/src/bin/conn_bench.rs`). Idle "
+        "as a page that has loaded; each from its own address in 127.1.0.0/16, as clients come from many), "
+        "measured from `/proc/<pid>` (`loadtest/src/bin/conn_bench.rs`). Idle "
         "means under the idle timeout (60 s), which ends a keep-alive connection that waits longer "
         "for its next request."
         + (" Fewer than 20,000: a process on this machine may hold at most 20,000 descriptors "

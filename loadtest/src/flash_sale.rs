@@ -140,18 +140,10 @@ pub async fn buyer(user: &mut GooseUser) -> TransactionResult {
 }
 
 /// The buyer's own source address when the service is on this machine's
-/// loopback: one of 4,096 in 127.0.0.0/8, as buyers come from many
-/// addresses. From one address, 20,000 connections to one port fill the
-/// kernel's ephemeral port range, and each `connect` then searched it for
-/// a free port: 45 % of the generator's CPU during the arrivals (perf).
+/// loopback (`loopback::source`).
 fn loopback_source(user: &GooseUser) -> Option<std::net::IpAddr> {
-    let on_loopback = user
-        .base_url
-        .host_str()
-        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
-        .is_some_and(|ip| ip.is_loopback() && ip.is_ipv4());
-    let n = (user.weighted_users_index % 4_096) as u32;
-    on_loopback.then(|| std::net::Ipv4Addr::from(0x7f01_0000 | (n / 64) << 8 | (n % 64 + 1)).into())
+    let server = user.base_url.host_str()?.parse().ok()?;
+    crate::loopback::source(server, user.weighted_users_index)
 }
 
 async fn leave(user: &mut GooseUser, token: &str) -> Result<(), Box<TransactionError>> {

@@ -25,6 +25,7 @@
 
 mod common;
 mod flash_sale;
+mod loopback;
 mod pay;
 mod poll_storm;
 mod prequeue;

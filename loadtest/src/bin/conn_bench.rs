@@ -22,6 +22,7 @@
 //! the service's, and the client holds only its sockets.
 
 use std::{
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -29,7 +30,7 @@ use std::{
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
     sync::Semaphore,
 };
 
@@ -37,6 +38,24 @@ const REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: bench\r\n\r\n";
 
 #[path = "../procstat.rs"]
 mod procstat;
+
+#[path = "../loopback.rs"]
+mod loopback;
+
+/// Connection `index` to `server`, from its own loopback source address
+/// (`loopback::source`), with Nagle off.
+async fn open(server: SocketAddr, index: usize) -> anyhow::Result<TcpStream> {
+    let conn = match loopback::source(server.ip(), index) {
+        Some(from) => {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(from, 0))?;
+            socket.connect(server).await?
+        }
+        None => TcpStream::connect(server).await?,
+    };
+    conn.set_nodelay(true)?;
+    Ok(conn)
+}
 
 /// Resident memory (KiB) and CPU seconds (user + system) of `pid`.
 fn usage(pid: u32) -> anyhow::Result<(u64, f64)> {
@@ -85,6 +104,10 @@ async fn main() -> anyhow::Result<()> {
         );
     };
     let (pid, n): (u32, usize) = (pid.parse()?, n.parse()?);
+    let server = tokio::net::lookup_host(addr.as_str())
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{addr}: no address"))?;
     let window = Duration::from_secs(seconds.parse()?);
     let interval = Duration::from_millis(interval_ms.parse()?);
 
@@ -92,12 +115,11 @@ async fn main() -> anyhow::Result<()> {
     let (rss0, _) = usage(pid)?;
     let gate = Arc::new(Semaphore::new(500));
     let mut opening = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (gate, addr) = (gate.clone(), addr.clone());
+    for i in 0..n {
+        let gate = gate.clone();
         opening.push(tokio::spawn(async move {
             let _p = gate.acquire_owned().await?;
-            let mut conn = TcpStream::connect(&addr).await?;
-            conn.set_nodelay(true)?;
+            let mut conn = open(server, i).await?;
             request(&mut conn, &mut Vec::new()).await?;
             anyhow::Ok(conn)
         }));
@@ -139,7 +161,6 @@ async fn main() -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, mut conn)| {
             let offset = interval.mul_f64(i as f64 / n as f64);
-            let addr = addr.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let (mut done, mut reopened) = (0u64, 0u64);
@@ -148,8 +169,7 @@ async fn main() -> anyhow::Result<()> {
                 while start.elapsed() + interval <= window + offset {
                     tick.tick().await;
                     if request(&mut conn, &mut buf).await.is_err() {
-                        conn = TcpStream::connect(&addr).await?;
-                        conn.set_nodelay(true)?;
+                        conn = open(server, i).await?;
                         request(&mut conn, &mut buf).await?;
                         reopened += 1;
                     }
