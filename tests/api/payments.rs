@@ -103,6 +103,26 @@ impl TestApp {
         (token, paid)
     }
 
+    /// Buyers `<prefix>0`.. of `event`, `n` of them, each admitted with
+    /// 5000 in its wallet and seat `first + i` held: (token, hold) each.
+    pub async fn ready_to_pay(
+        &self,
+        event: &str,
+        prefix: &str,
+        n: usize,
+        first: usize,
+    ) -> Vec<(String, String)> {
+        let mut buyers = Vec::new();
+        for i in 0..n {
+            let user = format!("{prefix}{i}");
+            let token = self.admitted_token(event, &user).await;
+            self.charge(&user, "5000", None).await;
+            let hold = self.hold_seats(&token, json!([first + i])).await;
+            buyers.push((token, hold));
+        }
+        buyers
+    }
+
     /// Ledger sum and row count straight from PostgreSQL.
     pub async fn ledger(&self, user: &str) -> (rust_decimal::Decimal, i64) {
         sqlx::query_as("select coalesce(sum(amount), 0), count(*) from ledger where user_id = $1")
@@ -1340,17 +1360,7 @@ async fn payments_right_after_postgresql_ends_every_backend_lose_nothing() {
     let app = spawn_with(Settings::new().without_background()).await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
     app.buy("e1", "warm", "5000", json!([1])).await;
-    let buyers: Vec<(String, String)> = {
-        let mut v = Vec::new();
-        for i in 0..6 {
-            let user = format!("after{i}");
-            let token = app.admitted_token("e1", &user).await;
-            app.charge(&user, "5000", None).await;
-            let hold = app.hold_seats(&token, json!([i + 2])).await;
-            v.push((token, hold));
-        }
-        v
-    };
+    let buyers = app.ready_to_pay("e1", "after", 6, 2).await;
     // Each buyer just paid or charged: the kept connection and the pool's
     // were all busy within the second.
     let mut admin = PgConnection::connect(&app.settings.env["DATABASE_URL"])
@@ -1401,14 +1411,7 @@ async fn payments_right_after_postgresql_ends_every_backend_lose_nothing() {
 async fn a_connection_found_dead_before_use_keeps_the_next_payment_off_the_others() {
     let app = spawn_with(Settings::new().without_background()).await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
-    let mut buyers = Vec::new();
-    for i in 0..2 {
-        let user = format!("checked{i}");
-        let token = app.admitted_token("e1", &user).await;
-        app.charge(&user, "5000", None).await;
-        let hold = app.hold_seats(&token, json!([i + 1])).await;
-        buyers.push((token, hold));
-    }
+    let buyers = app.ready_to_pay("e1", "checked", 2, 1).await;
     let pool = app.state.pg.pool();
     // Several pooled connections, then all of them idle past the second
     // after which a connection is checked before use.
