@@ -48,8 +48,6 @@ cd "$ROOT"
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
 
-REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 USERS="${BENCH_USERS:-64}"
 SECS="${BENCH_SECONDS:-15}"
 BUYERS="${BENCH_BUYERS:-20000}"

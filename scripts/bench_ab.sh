@@ -39,8 +39,6 @@ ROUNDS="${AB_ROUNDS:-3}"
 SECS="${AB_SECONDS:-15}"
 USERS="${AB_USERS:-64}"
 read -r -a SCENARIOS <<<"${AB_SCENARIOS:-status join holds payment}"
-REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 bench_local_only
 TS="$(date +%s)"
 OUT="$ROOT/loadtest/reports/ab-$TS"
@@ -115,7 +113,8 @@ bench_wait_http "http://127.0.0.1:$CPORT/ceiling" 20 || { echo "bench_ab: ceilin
 
 # ----------------------------------------------------------------- rounds
 # CPU seconds (user + system) a process has used so far.
-cpu_of() { awk '{printf "%.2f\n", ($14 + $15) / 100}' "/proc/$1/stat"; }
+HZ="$(getconf CLK_TCK)"
+cpu_of() { awk -v t="$(bench_cpu_ticks "$1")" -v hz="$HZ" 'BEGIN { printf "%.2f\n", t / hz }'; }
 REDIS_PID="$(redis-cli -u "$REDIS_URL" info server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')"
 run() { # ROUND SIDE SCENARIO HOST SERVICE-PID
     local dir="$OUT/round$1/$2" svc0 red0

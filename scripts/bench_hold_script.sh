@@ -45,7 +45,6 @@ cd "$ROOT"
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
 
-DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 RUNS="${HOLD_BENCH_RUNS:-5}"
 CALLS="${HOLD_BENCH_CALLS:-40000}"
 CLIENTS="${HOLD_BENCH_CLIENTS:-8}"

@@ -31,7 +31,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
-DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 PORT="${PREQUEUE_PORT:-18200}"
 TS="$(date +%s)"
 OUT="${PREQUEUE_OUT:-$ROOT/loadtest/reports/prequeue-$TS.md}"

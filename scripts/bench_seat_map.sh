@@ -21,8 +21,6 @@ cd "$ROOT"
 [[ $# -ge 1 ]] || { echo "usage: scripts/bench_seat_map.sh BINARY [REQUESTS]" >&2; exit 2; }
 BX=$1
 N="${2:-2000}"
-REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 bench_local_only
 bench_require curl
 TS="$(date +%s%N)"
@@ -59,12 +57,11 @@ curl -fsS -o /dev/null -X POST "$API/v1/admin/events" -H "x-api-key: $KEY" -H 'c
 URL="$API/v1/admin/events/seatmap/schedules/s1/seats"
 BYTES="$(curl -fsS -H "x-api-key: $KEY" "$URL" | wc -c)"
 
-cpu() { awk '{print $14 + $15}' "/proc/$SERVICE_PID/stat"; }
 URLS="$(mktemp)"
 for _ in $(seq "$N"); do echo "url = \"$URL\""; echo 'output = "/dev/null"'; done >"$URLS"
-C0="$(cpu)" T0="$(date +%s%N)"
+C0="$(bench_cpu_ticks "$SERVICE_PID")" T0="$(date +%s%N)"
 curl -fsS -H "x-api-key: $KEY" -K "$URLS"
-C1="$(cpu)" T1="$(date +%s%N)"
+C1="$(bench_cpu_ticks "$SERVICE_PID")" T1="$(date +%s%N)"
 rm -f "$URLS"
 awk -v b="$BYTES" -v n="$N" -v c="$((C1 - C0))" -v hz="$(getconf CLK_TCK)" -v ns="$((T1 - T0))" -v bx="$BX" \
     'BEGIN { printf "%s: %d bytes, %.0f µs service CPU per seat map, %.0f/s\n", bx, b, 1e6 * c / hz / n, n / (ns / 1e9) }'

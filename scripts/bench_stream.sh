@@ -21,7 +21,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # shellcheck source=scripts/lib/bench.sh
 . scripts/lib/bench.sh
-DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 SIZES="${STREAM_SIZES:-10000 50000}"
 WARMUP="${STREAM_WARMUP:-20}"
 WINDOW="${STREAM_WINDOW:-30}"
@@ -75,7 +74,6 @@ for i in 0 1 2; do
     done
 done
 
-cpu_ticks() { local t=0 p; for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 redis_stat() { # total calls (incl. inside scripts), script calls (FCALL)
     redis-cli -p "$RPORT" info commandstats | tr -d '\r' | awk -F'[=,:]' '
         /^cmdstat_/ { total += $3; if ($1 == "cmdstat_fcall") ev = $3 }
@@ -121,9 +119,9 @@ for n in $SIZES; do
             fi
         done
         sleep "$WARMUP"
-        c0="$(cpu_ticks)"; read -r r0 e0 < <(redis_stat)
+        c0="$(bench_cpu_ticks "${PIDS[@]}")"; read -r r0 e0 < <(redis_stat)
         sleep "$WINDOW"
-        c1="$(cpu_ticks)"; read -r r1 e1 < <(redis_stat)
+        c1="$(bench_cpu_ticks "${PIDS[@]}")"; read -r r1 e1 < <(redis_stat)
         reqs="$(cat "$TMP"/client-$mode-$n-*.log | grep -c . || true)"
         for p in "${CLIENTS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
         for p in "${CLIENTS[@]}"; do wait "$p" 2>/dev/null || true; done

@@ -24,8 +24,6 @@ cd "$ROOT"
 [[ $# -ge 1 ]] || { echo "usage: scripts/profile_scenario.sh SCENARIO [SECONDS]" >&2; exit 2; }
 SCENARIO=$1
 SECS="${2:-15}"
-REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 bench_local_only
 BX="${PROFILE_BIN:-target/release/boxoffice}"
 LT="${PROFILE_LOADTEST:-target/release/loadtest}"

@@ -38,8 +38,6 @@ MODE="${1:-auto}"
 [[ $MODE == auto || $MODE == fixed || $MODE == lanes ]] ||
     { echo "usage: scripts/surge_timeline.sh [auto|fixed|lanes]" >&2; exit 2; }
 ADMISSION="$([[ $MODE == fixed ]] && echo fixed || echo auto)"
-REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/boxoffice}"
 bench_local_only
 BX="${SURGE_BIN:-target/release/boxoffice}"
 LT="${SURGE_LOADTEST:-target/release/loadtest}"

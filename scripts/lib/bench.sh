@@ -1,6 +1,9 @@
 # Shared pieces of the bench scripts (sourced, not run): log lines, local-only
 # guards, waiting for ports and load, and the clean-up of what a run made.
-# Expects REDIS_URL and DATABASE_URL to be set by the caller.
+# REDIS_URL and DATABASE_URL default to this machine's servers (those
+# scripts/deps.sh finds or starts); a caller may set either first.
+: "${REDIS_URL:=redis://127.0.0.1:6379}"
+: "${DATABASE_URL:=postgres://postgres@127.0.0.1:5432/boxoffice}"
 
 # bench_say MESSAGE: a log line with the seconds since the run began.
 BENCH_T0="${BENCH_T0:-$(date +%s)}"
@@ -30,6 +33,14 @@ bench_local_only() {
 bench_pg_base() { local b="${DATABASE_URL%%\?*}"; echo "${b%/*}"; }
 bench_admin_url() { echo "$(bench_pg_base)/postgres"; }
 bench_db_url() { echo "$(bench_pg_base)/$1"; }
+
+# bench_cpu_ticks PID...: CPU time (user + system) the processes have used
+# so far, in clock ticks (getconf CLK_TCK a second), from /proc/<pid>/stat.
+bench_cpu_ticks() {
+    local t=0 p
+    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$t"
+}
 
 bench_port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
