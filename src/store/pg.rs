@@ -191,10 +191,12 @@ impl Pg {
             // others, kept ones included, are suspect from then on.
             .test_before_acquire(false)
             .before_acquire(move |conn, meta| {
-                let check = meta.idle_for >= IDLE_PING_AFTER || suspect.recent();
-                let suspect = Arc::clone(&suspect);
+                let check = (meta.idle_for >= IDLE_PING_AFTER || suspect.recent())
+                    .then(|| Arc::clone(&suspect));
                 Box::pin(async move {
-                    if check && let Err(e) = conn.ping().await {
+                    if let Some(suspect) = check
+                        && let Err(e) = conn.ping().await
+                    {
                         if connection_lost(&e) {
                             suspect.mark();
                         }

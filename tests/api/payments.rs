@@ -1458,14 +1458,13 @@ async fn payments_racing_postgresql_ending_every_backend_charge_each_buyer_at_mo
     const BUYERS: usize = 60;
     let app = spawn_app().await;
     app.simple_event("e1", open_queue(), 100, 300, 4).await;
-    let mut buyers = Vec::new();
-    for i in 0..BUYERS {
-        let user = format!("race{i}");
-        let token = app.admitted_token("e1", &user).await;
-        app.charge(&user, "5000", None).await;
-        let hold = app.hold_seats(&token, json!([i + 1])).await;
-        buyers.push((user, token, hold));
-    }
+    let buyers: Vec<(String, String, String)> = app
+        .ready_to_pay("e1", "race", BUYERS, 1)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(i, (token, hold))| (format!("race{i}"), token, hold))
+        .collect();
     let url = app.settings.env["DATABASE_URL"].clone();
     let killer = tokio::spawn(async move {
         let mut admin = PgConnection::connect(&url).await.unwrap();
