@@ -122,3 +122,104 @@ async fn startup_fails_fast_with_a_clear_message() {
     );
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+/// PostgreSQL goes down while a keyed request runs: its work fails and the
+/// release of its claim finds nothing to answer, so the claim stays open
+/// and the key answers `request_in_progress`. Once PostgreSQL is back the
+/// instance gives that claim back by itself within seconds (not after the
+/// 60 s that let any request take a claim over), and the key runs again.
+#[tokio::test]
+async fn a_claim_left_open_by_postgresql_going_down_is_given_back_once_it_is_up() {
+    use boxoffice::{
+        idempotency::{Claimed, KeyRefused, Scope, claim, once},
+        ids::{IdempotencyKey, UserId},
+    };
+    use sqlx::Connection;
+    /// The work's failure, or the key's refusal (printed by the panic).
+    #[derive(Debug)]
+    enum Failed {
+        Down,
+        Refused(#[allow(dead_code)] KeyRefused),
+    }
+    impl From<KeyRefused> for Failed {
+        fn from(e: KeyRefused) -> Self {
+            Self::Refused(e)
+        }
+    }
+    let db = create_database().await;
+    let proxy = Proxy::start(resolve(&db).await).await;
+    let app = spawn_with(
+        Settings::new()
+            .set("DATABASE_URL", &via(&db, proxy.addr))
+            .without_background(),
+    )
+    .await;
+    let pg = &app.state.pg;
+    let (user, key) = (
+        UserId::parse("dora").unwrap(),
+        IdempotencyKey::parse("topup-down").unwrap(),
+    );
+    let parts = ["charge", "dora", "10"];
+    // The work runs under the claim and meets PostgreSQL gone.
+    let failed = once(
+        pg,
+        Some(Scope::new(&user, &key, &parts)),
+        async {
+            proxy.cut();
+            Err::<(), _>(Failed::Down)
+        },
+        |_| None,
+    )
+    .await;
+    assert!(matches!(failed, Err(Failed::Down)), "{failed:?}");
+    // Seen on a connection of our own, around the proxy: the claim is open.
+    let mut direct = sqlx::PgConnection::connect(&db).await.unwrap();
+    let open = async |c: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar(
+            "select count(*) from idempotency where user_id = 'dora' and status is null",
+        )
+        .fetch_one(c)
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        open(&mut direct).await,
+        1,
+        "the release could not reach PostgreSQL"
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        open(&mut direct).await,
+        1,
+        "nothing gave it back while PostgreSQL was down"
+    );
+
+    proxy.restore();
+    let start = Instant::now();
+    let mut given_back = false;
+    while start.elapsed() < Duration::from_secs(10) {
+        if open(&mut direct).await == 0 {
+            given_back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        given_back,
+        "the claim is still open 10 s after PostgreSQL came back"
+    );
+    eprintln!(
+        "given back {:?} after PostgreSQL came back",
+        start.elapsed()
+    );
+    assert!(matches!(
+        claim(
+            pg,
+            &user,
+            &key,
+            &boxoffice::idempotency::fingerprint(&parts)
+        )
+        .await,
+        Ok(Claimed::Fresh(_))
+    ));
+}
