@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::UserVerifier,
     config::Config,
+    effects::Effects,
     holds::coalesce::Holds,
     http::limit::RateLimits,
     queue::coalesce::{Joins, Statuses},
@@ -18,6 +19,11 @@ use crate::{
     store::{coalesce::Coalescer, keys::Keys, pg::Pg, redis::Redis},
     token::TokenSigner,
 };
+
+/// How long a stopping service waits for the payments, charges and
+/// refunds still running to their end after their connections are gone
+/// (each of their waits is bounded by a store's timeout, seconds at most).
+const EFFECTS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A built, bound, not yet running service.
 pub struct Application {
@@ -88,6 +94,7 @@ impl Application {
             seeds: Arc::default(),
             streams: Arc::default(),
             autopilot: Arc::default(),
+            effects: Effects::default(),
         });
         Ok(Self {
             listener,
@@ -165,6 +172,11 @@ impl Application {
             .await
             .context("server error")?;
         shutdown.cancel();
+        // Requests that run to their end outlive their connections; their
+        // every wait is bounded by a store's timeout.
+        if !state.effects.finish(EFFECTS_GRACE).await {
+            tracing::warn!("payments or charges still running at shutdown");
+        }
         while loops.join_next().await.is_some() {}
         state.redis.quit().await;
         state.pg.close().await;

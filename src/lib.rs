@@ -23,6 +23,7 @@ pub mod background;
 pub mod catalog;
 pub mod config;
 pub mod demo;
+pub mod effects;
 pub mod fair;
 pub mod holds;
 pub mod http;

@@ -12,6 +12,7 @@ use crate::{
     auth::UserVerifier,
     catalog::cache::{PublicCatalog, ScheduleIds},
     config::Config,
+    effects::Effects,
     fair::Seeds,
     holds::coalesce::Holds,
     jobs,
@@ -73,6 +74,9 @@ pub struct Parts {
     pub streams: Arc<Hub>,
     /// Admitted buyers' latency windows and the admission autopilot's view.
     pub autopilot: Arc<Autopilot>,
+    /// Payments, charges and refunds running to their end
+    /// (`crate::http::to_the_end`).
+    pub effects: Effects,
 }
 
 impl AppState {

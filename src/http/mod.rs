@@ -17,6 +17,7 @@ pub mod payments;
 pub mod queue;
 pub mod schemas;
 pub mod stream;
+pub mod to_the_end;
 pub mod wallet;
 
 use std::{sync::Arc, time::Instant};

@@ -14,6 +14,7 @@ use super::{
     auth::{Caller, PaymentReader, QueueToken},
     extract::{ApiJson, OptionalIdempotencyKey, ServiceKey},
     queue::event_in_path,
+    to_the_end::to_the_end,
     wallet::{answered, saved, user_in_path},
 };
 use crate::{
@@ -123,25 +124,29 @@ pub async fn pay(
         Ok(_) => return ApiError::NotFound("no such hold for this event".into()).into_response(),
         Err(e) => return ApiError::InvalidRequest(e.to_string()).into_response(),
     };
-    let paid = payments(&state)
-        .pay(&claims, &hold, key.as_ref(), |r| saved(r.clone().into()))
-        .await;
-    match paid {
-        Ok(answer) => {
-            if let Answered::Fresh(_) = answer {
-                outcome("paid");
+    let effects = state.effects.clone();
+    to_the_end(&effects, async move {
+        let paid = payments(&state)
+            .pay(&claims, &hold, key.as_ref(), |r| saved(r.clone().into()))
+            .await;
+        match paid {
+            Ok(answer) => {
+                if let Answered::Fresh(_) = answer {
+                    outcome("paid");
+                }
+                answered(201, answer)
             }
-            answered(201, answer)
-        }
-        Err(e) => {
-            let ran = !matches!(e, PayError::Key(_));
-            let e = ApiError::from(e);
-            if ran {
-                outcome(e.code());
+            Err(e) => {
+                let ran = !matches!(e, PayError::Key(_));
+                let e = ApiError::from(e);
+                if ran {
+                    outcome(e.code());
+                }
+                e.into_response()
             }
-            e.into_response()
         }
-    }
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/payments/{payment_id}", tag = "payments",
@@ -260,13 +265,17 @@ pub async fn refund_payment(
     let Ok(payment_id) = PaymentId::parse(&id) else {
         return ApiError::NotFound("no such payment".into()).into_response();
     };
-    match payments(&state)
-        .refund(payment_id, key.as_ref(), |r| saved(r.clone().into()))
-        .await
-    {
-        Ok(answer) => answered(201, answer),
-        Err(e) => ApiError::from(e).into_response(),
-    }
+    let effects = state.effects.clone();
+    to_the_end(&effects, async move {
+        match payments(&state)
+            .refund(payment_id, key.as_ref(), |r| saved(r.clone().into()))
+            .await
+        {
+            Ok(answer) => answered(201, answer),
+            Err(e) => ApiError::from(e).into_response(),
+        }
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/admin/events/{event_id}/schedules/{schedule_id}/cancel", tag = "admin",

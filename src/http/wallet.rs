@@ -12,6 +12,7 @@ use super::{
     auth::{Caller, PlatformOnly},
     extract::{ApiJson, ApiQuery, OptionalIdempotencyKey},
     schemas::{Balance, TransactionsPage},
+    to_the_end::to_the_end,
 };
 use crate::{
     idempotency::{self, Answered, KeyRefused, Saved, Scope},
@@ -134,19 +135,23 @@ pub async fn charge(
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let scope = key
-        .as_ref()
-        .map(|key| Scope::new(&user, key, &["charge", &amount.to_string()]));
-    let charge = async {
-        let charged = wallet::charge(&state.pg, &user, amount, key.as_ref()).await;
-        let label = if charged.is_ok() { "ok" } else { "error" };
-        metrics::counter!("boxoffice_wallet_charges_total", "outcome" => label).increment(1);
-        charged.map(|(_, body)| body).map_err(ApiError::Dependency)
-    };
-    match idempotency::once(&state.pg, scope, charge, |_| None).await {
-        Ok(answer) => answered(201, answer),
-        Err(e) => e.into_response(),
-    }
+    let effects = state.effects.clone();
+    to_the_end(&effects, async move {
+        let scope = key
+            .as_ref()
+            .map(|key| Scope::new(&user, key, &["charge", &amount.to_string()]));
+        let charge = async {
+            let charged = wallet::charge(&state.pg, &user, amount, key.as_ref()).await;
+            let label = if charged.is_ok() { "ok" } else { "error" };
+            metrics::counter!("boxoffice_wallet_charges_total", "outcome" => label).increment(1);
+            charged.map(|(_, body)| body).map_err(ApiError::Dependency)
+        };
+        match idempotency::once(&state.pg, scope, charge, |_| None).await {
+            Ok(answer) => answered(201, answer),
+            Err(e) => e.into_response(),
+        }
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]

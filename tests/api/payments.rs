@@ -1131,6 +1131,63 @@ async fn a_charge_whose_claim_was_given_back_writes_nothing() {
     assert_eq!(charged.balance.to_string(), "1500");
 }
 
+/// A keyed charge whose client gave up while PostgreSQL was slow to take
+/// its claim (the connection closed, as a gateway's timeout does) runs to
+/// its end anyway: the retry with the same key gets that charge, credited
+/// once, not `409 request_in_progress` until the claim goes stale a minute
+/// later. PostgreSQL is made slow at exactly that step by another
+/// transaction inserting the same claim and holding it uncommitted.
+#[tokio::test]
+async fn a_charge_whose_client_gave_up_runs_to_its_end() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    let mut other = PgConnection::connect(&app.settings.env["DATABASE_URL"])
+        .await
+        .unwrap();
+    other.execute("begin").await.unwrap();
+    other
+        .execute(
+            "insert into idempotency (user_id, key, fingerprint) values ('vera', 'topup-gone', 'x')",
+        )
+        .await
+        .unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/v1/users/vera/wallet/charges", app.base))
+        .header("x-api-key", SERVICE_KEY)
+        .header("idempotency-key", "topup-gone")
+        .json(&json!({"amount": "700"}))
+        .send()
+        .await;
+    assert!(
+        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client gave up: {gave_up:?}"
+    );
+    drop(impatient);
+    other.execute("rollback").await.unwrap();
+
+    let start = std::time::Instant::now();
+    let retry = loop {
+        let r = app.charge("vera", "700", Some("topup-gone")).await;
+        if r.code() != "request_in_progress" || start.elapsed() > Duration::from_secs(5) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(retry.status, StatusCode::CREATED, "retry: {}", retry.text);
+    assert_eq!(
+        retry.replayed(),
+        Some("true"),
+        "the charge the first request made: {}",
+        retry.text
+    );
+    eprintln!("the retry got the charge after {:?}", start.elapsed());
+    assert_eq!(app.balance("vera").await, "700", "credited once");
+    assert_eq!(app.ledger("vera").await.1, 1);
+}
+
 /// A claim is given back only by its own request: once a stale claim was
 /// taken over, giving back the first request's claim (as its background
 /// retry would, late) leaves the new one open, and the new request's own

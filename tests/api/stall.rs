@@ -258,3 +258,66 @@ async fn redis_stalled_under_a_burst_of_polls_joins_and_holds_every_one_answers_
     }
     app.assert_script_invariants().await;
 }
+
+/// A payment whose client gave up while the service waited for a hung
+/// Redis (the connection closed, as a browser's or a gateway's timeout
+/// does) runs to its end anyway: the hold does not stay *paying* with
+/// nobody paying it, and the client's retry with the same
+/// `Idempotency-Key` gets the payment that was made, not `409
+/// request_in_progress` until the claim goes stale a minute later.
+#[tokio::test]
+async fn a_payment_whose_client_gave_up_runs_to_its_end() {
+    let proxy = FaultProxy::start(resolve(&redis_url()).await).await;
+    let app = spawn_with(
+        Settings::new()
+            .without_background()
+            .set("REDIS_URL", &via(&redis_url(), proxy.addr)),
+    )
+    .await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "u1").await;
+    app.charge("u1", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([1])).await;
+
+    proxy.stall();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{}/v1/payments", app.base))
+        .bearer_auth(&token)
+        .header("idempotency-key", "pay-once")
+        .json(&json!({"hold_id": hold}))
+        .send()
+        .await;
+    assert!(
+        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client gave up: {gave_up:?}"
+    );
+    drop(impatient);
+    // Redis answers again well within the service's own call timeout:
+    // the calls in flight get their answers.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.restore();
+
+    let start = Instant::now();
+    let retry = loop {
+        let r = app.pay(&token, &hold, Some("pay-once")).await;
+        if r.code() != "request_in_progress" || start.elapsed() > Duration::from_secs(5) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(retry.status, StatusCode::CREATED, "retry: {}", retry.text);
+    assert_eq!(
+        retry.replayed(),
+        Some("true"),
+        "the payment the first request made"
+    );
+    eprintln!("the retry got the payment after {:?}", start.elapsed());
+    assert_eq!(app.balance("u1").await, "4000", "paid once");
+    assert_eq!(app.admin_seat("e1", 1).await, "sold");
+    app.assert_script_invariants().await;
+    app.assert_audit_clean().await;
+}
