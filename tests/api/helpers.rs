@@ -1156,6 +1156,42 @@ pub async fn coalesced<T>(
 }
 
 /// An RFC 3339 time `ms` milliseconds from now (negative: in the past).
+/// Sends a request from a client of its own that gives up after `after`,
+/// closing its connection (as a browser or a gateway's timeout does), and
+/// asserts that it gave up before any answer came.
+pub async fn give_up_after(
+    after: Duration,
+    request: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
+) {
+    let impatient = reqwest::Client::builder().timeout(after).build().unwrap();
+    let r = request(&impatient).send().await;
+    assert!(
+        r.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client gave up: {r:?}"
+    );
+}
+
+/// Retries a keyed request while it is answered `409
+/// request_in_progress`, for 5 s at most; asserts that its last answer is
+/// a 201 and returns it.
+pub async fn retry_while_in_progress<F, Fut>(mut retry: F) -> Resp
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let start = std::time::Instant::now();
+    let r = loop {
+        let r = retry().await;
+        if r.code() != "request_in_progress" || start.elapsed() > Duration::from_secs(5) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r.status, StatusCode::CREATED, "retry: {}", r.text);
+    eprintln!("the retry got a 201 after {:?}", start.elapsed());
+    r
+}
+
 pub fn rfc3339_in(ms: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

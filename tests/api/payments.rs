@@ -1150,40 +1150,22 @@ async fn a_charge_whose_client_gave_up_runs_to_its_end() {
         )
         .await
         .unwrap();
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let gave_up = impatient
-        .post(format!("{}/v1/users/vera/wallet/charges", app.base))
-        .header("x-api-key", SERVICE_KEY)
-        .header("idempotency-key", "topup-gone")
-        .json(&json!({"amount": "700"}))
-        .send()
-        .await;
-    assert!(
-        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
-        "the client gave up: {gave_up:?}"
-    );
-    drop(impatient);
+    give_up_after(Duration::from_millis(300), |c| {
+        c.post(format!("{}/v1/users/vera/wallet/charges", app.base))
+            .header("x-api-key", SERVICE_KEY)
+            .header("idempotency-key", "topup-gone")
+            .json(&json!({"amount": "700"}))
+    })
+    .await;
     other.execute("rollback").await.unwrap();
 
-    let start = std::time::Instant::now();
-    let retry = loop {
-        let r = app.charge("vera", "700", Some("topup-gone")).await;
-        if r.code() != "request_in_progress" || start.elapsed() > Duration::from_secs(5) {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(retry.status, StatusCode::CREATED, "retry: {}", retry.text);
+    let retry = retry_while_in_progress(|| app.charge("vera", "700", Some("topup-gone"))).await;
     assert_eq!(
         retry.replayed(),
         Some("true"),
         "the charge the first request made: {}",
         retry.text
     );
-    eprintln!("the retry got the charge after {:?}", start.elapsed());
     assert_eq!(app.balance("vera").await, "700", "credited once");
     assert_eq!(app.ledger("vera").await.1, 1);
 }

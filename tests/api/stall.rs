@@ -28,18 +28,25 @@ async fn timed<F: std::future::Future<Output = Resp>>(f: F) -> (Resp, Duration) 
     (r, start.elapsed())
 }
 
-#[tokio::test]
-async fn redis_stalled_join_status_hold_and_pay_answer_503_in_bounded_time_and_recover() {
+/// An instance whose Redis is behind a proxy that can stall it, with
+/// `settings` and the background loops off (their calls would trip the
+/// breaker first, and the routes would never meet the hung server
+/// themselves).
+async fn with_stallable_redis(settings: Settings) -> (FaultProxy, TestApp) {
     let proxy = FaultProxy::start(resolve(&redis_url()).await).await;
-    // Background loops off: their calls would trip the breaker first, and
-    // the routes would never meet the hung server themselves.
     let app = spawn_with(
-        Settings::new()
+        settings
             .without_background()
-            .set("REDIS_URL", &via(&redis_url(), proxy.addr))
-            .set("BOXOFFICE_PAYING_TIMEOUT_SECONDS", "2"),
+            .set("REDIS_URL", &via(&redis_url(), proxy.addr)),
     )
     .await;
+    (proxy, app)
+}
+
+#[tokio::test]
+async fn redis_stalled_join_status_hold_and_pay_answer_503_in_bounded_time_and_recover() {
+    let (proxy, app) =
+        with_stallable_redis(Settings::new().set("BOXOFFICE_PAYING_TIMEOUT_SECONDS", "2")).await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
     let token = app.admitted_token("e1", "u1").await;
     app.charge("u1", "5000", None).await;
@@ -187,13 +194,7 @@ async fn postgres_stalled_pay_answers_503_in_bounded_time_while_queue_and_holds_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stalled_under_a_burst_of_polls_joins_and_holds_every_one_answers_503_in_bounded_time()
  {
-    let proxy = FaultProxy::start(resolve(&redis_url()).await).await;
-    let app = spawn_with(
-        Settings::new()
-            .without_background()
-            .set("REDIS_URL", &via(&redis_url(), proxy.addr)),
-    )
-    .await;
+    let (proxy, app) = with_stallable_redis(Settings::new()).await;
     app.simple_event("e1", json!({"admit_per_second": 1, "max_active": 1, "active_ttl_seconds": 600, "idle_timeout_seconds": 600, "paused": true}), 20, 300, 4).await;
     let users: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
     let mut tokens = Vec::new();
@@ -267,55 +268,32 @@ async fn redis_stalled_under_a_burst_of_polls_joins_and_holds_every_one_answers_
 /// request_in_progress` until the claim goes stale a minute later.
 #[tokio::test]
 async fn a_payment_whose_client_gave_up_runs_to_its_end() {
-    let proxy = FaultProxy::start(resolve(&redis_url()).await).await;
-    let app = spawn_with(
-        Settings::new()
-            .without_background()
-            .set("REDIS_URL", &via(&redis_url(), proxy.addr)),
-    )
-    .await;
+    let (proxy, app) = with_stallable_redis(Settings::new()).await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
     let token = app.admitted_token("e1", "u1").await;
     app.charge("u1", "5000", None).await;
     let hold = app.hold_seats(&token, json!([1])).await;
 
     proxy.stall();
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let gave_up = impatient
-        .post(format!("{}/v1/payments", app.base))
-        .bearer_auth(&token)
-        .header("idempotency-key", "pay-once")
-        .json(&json!({"hold_id": hold}))
-        .send()
-        .await;
-    assert!(
-        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
-        "the client gave up: {gave_up:?}"
-    );
-    drop(impatient);
+    give_up_after(Duration::from_millis(200), |c| {
+        c.post(format!("{}/v1/payments", app.base))
+            .bearer_auth(&token)
+            .header("idempotency-key", "pay-once")
+            .json(&json!({"hold_id": hold}))
+    })
+    .await;
     // Redis answers again well within the service's own call timeout:
     // the calls in flight get their answers.
     tokio::time::sleep(Duration::from_millis(200)).await;
     proxy.restore();
 
-    let start = Instant::now();
-    let retry = loop {
-        let r = app.pay(&token, &hold, Some("pay-once")).await;
-        if r.code() != "request_in_progress" || start.elapsed() > Duration::from_secs(5) {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(retry.status, StatusCode::CREATED, "retry: {}", retry.text);
+    let retry = retry_while_in_progress(|| app.pay(&token, &hold, Some("pay-once"))).await;
     assert_eq!(
         retry.replayed(),
         Some("true"),
-        "the payment the first request made"
+        "the payment the first request made: {}",
+        retry.text
     );
-    eprintln!("the retry got the payment after {:?}", start.elapsed());
     assert_eq!(app.balance("u1").await, "4000", "paid once");
     assert_eq!(app.admin_seat("e1", 1).await, "sold");
     app.assert_script_invariants().await;
