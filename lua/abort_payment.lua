@@ -12,6 +12,8 @@
 -- KEYS[7] ubought   hash: user -> seats bought
 -- ARGV[1] hold number
 -- ARGV[2] user id (the hold's owner)
+-- ARGV[3] the payment attempt (optional, begin_payment's ARGV[5]): only a
+--         hold paying for this attempt goes back to held
 --
 -- Returns (JSON), every reply but no_schedule with "expired":x,
 -- "expired_paying":y:
@@ -21,7 +23,8 @@
 --                            hold is dropped and its seats freed now
 --   {"status":"gone"}        no such hold (the payment deadline passed
 --                            and it expired, or it was sold)
---   {"status":"not_paying"}  the hold is held, not paying; untouched
+--   {"status":"not_paying"}  the hold is held, not paying (or paying for
+--                            another attempt than ARGV[3]); untouched
 --   {"status":"forbidden"}   the hold belongs to another user; untouched
 --                            (a caller bug: the owner comes from the hold)
 
@@ -29,6 +32,9 @@ local h, stop = open_hold()
 if not h then return stop end
 local K, n, now, rec, reply = h.K, h.n, h.now, h.rec, h.reply
 if rec.state ~= 'paying' then return reply({ status = 'not_paying' }) end
+if ARGV[3] and ARGV[3] ~= '' and rec.attempt ~= ARGV[3] then
+  return reply({ status = 'not_paying' })
+end
 
 -- Same rule as expire_due: dead from the deadline on.
 if rec.held_deadline <= now then
@@ -38,6 +44,7 @@ end
 
 rec.state = 'held'
 rec.deadline = rec.held_deadline
+rec.attempt = nil
 redis.call('HSET', K.holds, n, encode_hold(rec))
 redis.call('ZADD', K.dl, rec.deadline, n)
 return reply({ status = 'restored', deadline = rec.deadline })

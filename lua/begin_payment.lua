@@ -18,6 +18,10 @@
 -- ARGV[2] user id (from the verified token)
 -- ARGV[3] payment timeout (ms): the paying deadline is now + this
 -- ARGV[4] the buyer's queue entry (from the verified token)
+-- ARGV[5] the payment attempt (optional): kept in the paying hold, so
+--         that abort_payment by this attempt gives back only what this
+--         call did, also when this call reached Redis after its caller had
+--         given up on it
 --
 -- Returns (JSON), every reply but restoring and no_schedule with
 -- "expired":x, "expired_paying":y:
@@ -64,6 +68,7 @@ end
 
 rec.state = 'paying'
 rec.deadline = now + timeout
+if ARGV[5] and ARGV[5] ~= '' then rec.attempt = ARGV[5] end
 redis.call('HSET', K.holds, n, encode_hold(rec))
 redis.call('ZADD', K.dl, rec.deadline, n)
 

@@ -259,6 +259,9 @@ pub fn register_metrics() {
         metrics::counter!("boxoffice_idempotency_late_releases_total", "found" => found)
             .increment(0);
     }
+    for found in ["restored", "expired", "gone", "never_paying", "unanswered"] {
+        metrics::counter!("boxoffice_payment_late_aborts_total", "found" => found).increment(0);
+    }
     register_http_metrics();
 }
 

@@ -558,7 +558,9 @@ pub struct Paying {
 }
 
 /// Moves a held hold to *paying* (it can no longer expire or be released
-/// until `paying_ms` from now), if the buyer is still admitted.
+/// until `paying_ms` from now), if the buyer is still admitted. The hold
+/// keeps `attempt`, which [`abort_payment`] names to give back only what
+/// this call did.
 ///
 /// # Errors
 /// Gone (expired), someone else's, already paying, or Redis unavailable.
@@ -567,6 +569,7 @@ pub async fn begin_payment(
     id: &HoldId,
     buyer: &QueueClaims,
     paying_ms: u64,
+    attempt: &str,
 ) -> Result<Paying, HoldError> {
     let user = &buyer.user;
     let k = redis.keys().event(&id.event);
@@ -582,6 +585,7 @@ pub async fn begin_payment(
                 user.to_string(),
                 paying_ms.to_string(),
                 buyer.entry.to_string(),
+                attempt.to_owned(),
             ],
         )
         .await?
@@ -601,15 +605,16 @@ pub enum Aborted {
     Expired,
     /// No such hold (its payment deadline passed, or it was sold).
     Gone,
-    /// The hold is held, not paying: untouched.
+    /// The hold is held, not paying (or paying for another attempt):
+    /// untouched.
     NotPaying,
     /// The hold belongs to another user: untouched.
     Forbidden,
     NoSchedule,
 }
 
-/// Gives a *paying* hold back to *held* with its original deadline (or
-/// frees it if that deadline has passed).
+/// Gives a hold paying for `attempt` ([`begin_payment`]) back to *held*
+/// with its original deadline (or frees it if that deadline has passed).
 ///
 /// # Errors
 /// Redis unavailable.
@@ -617,13 +622,14 @@ pub async fn abort_payment(
     redis: &Redis,
     id: &HoldId,
     user: &UserId,
+    attempt: &str,
 ) -> Result<Aborted, StoreError> {
     let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
     Ok(redis
         .eval_json::<Swept<Aborted>>(
             &redis::ABORT_PAYMENT,
             keys,
-            vec![id.n.to_string(), user.to_string()],
+            vec![id.n.to_string(), user.to_string(), attempt.to_owned()],
         )
         .await?
         .counted())

@@ -8,14 +8,20 @@
 //! claim is given back and a retry runs again). Errors are domain reasons;
 //! the HTTP layer maps them to problems.
 
-use std::sync::LazyLock;
+use std::{
+    sync::{
+        LazyLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use chrono::{SubsecRound, Utc};
 use rust_decimal::Decimal;
 
 use super::{Payment, Payments, get};
 use crate::{
-    holds::{self, HoldError},
+    holds::{self, Aborted, HoldError},
     idempotency::{self, Answered, KeyRefused, Saved, Scope},
     ids::{HoldId, IdempotencyKey, PaymentId, UserId},
     money::{SLOT, cut_slots},
@@ -132,12 +138,22 @@ impl Payments<'_> {
         // Step 1: held -> paying; the script checks that the buyer is still
         // admitted, the owner and the deadline, atomically.
         let paying_ms = self.paying_timeout.as_millis() as u64;
-        let paying = match holds::begin_payment(self.redis, hold, buyer, paying_ms).await {
+        let attempt = uuid::Uuid::new_v4().simple().to_string();
+        let begun = holds::begin_payment(self.redis, hold, buyer, paying_ms, &attempt).await;
+        let paying = match begun {
             Ok(p) => p,
             Err(HoldError::Gone) => {
                 return Err(why_gone(self.pg, self.redis, &buyer.user, hold)
                     .await?
                     .into());
+            }
+            // The call may still run: it may be on its way to Redis or
+            // waiting there (a hung or partitioned server), and make the
+            // hold *paying* after we gave up, with nobody paying it. No
+            // money moved for this attempt, so its hold is given back.
+            Err(HoldError::Store(e)) => {
+                abort_later(self.redis, hold, &buyer.user, attempt, self.paying_timeout);
+                return Err(PayError::Store(e));
             }
             Err(e) => return Err(e.into()),
         };
@@ -166,7 +182,7 @@ impl Payments<'_> {
             Err(e) => e.into(),
         };
         // Nothing was written: the hold goes back to *held*.
-        if let Err(e) = holds::abort_payment(self.redis, hold, &buyer.user).await {
+        if let Err(e) = holds::abort_payment(self.redis, hold, &buyer.user, &attempt).await {
             tracing::warn!(%hold, error = %e, "could not return the hold to held; it frees at its paying deadline");
         }
         Err(refused)
@@ -209,6 +225,55 @@ impl Payments<'_> {
         #[cfg(not(feature = "failpoints"))]
         let _ = name;
     }
+}
+
+/// Late aborts running at most ([`abort_later`]); past it a hold left
+/// *paying* by a lost call frees at its paying deadline.
+const LATE_ABORTS_MAX: usize = 10_000;
+
+/// Late aborts running now.
+static LATE_ABORTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Gives back, in the background, a hold that `attempt`'s lost
+/// `begin_payment` call may yet make *paying*: `abort_payment` by that
+/// attempt, tried after 250 ms, then at doubling intervals up to 4 s
+/// (about a dozen calls, through the breaker, so a Redis that is down
+/// costs nothing and an overloaded one little) for `window` (the paying
+/// timeout), until it finds the hold paying for the attempt (held again)
+/// or done with (gone, expired, someone else's). A call that arrives
+/// later still is not caught: its hold frees at its paying deadline, as
+/// before. Meanwhile a retry meets `409 request_in_progress` for seconds
+/// instead of the whole paying timeout, after which the hold would be
+/// dropped and the seat lost. Another attempt's payment is never touched.
+fn abort_later(redis: &Redis, hold: &HoldId, user: &UserId, attempt: String, window: Duration) {
+    if LATE_ABORTS.fetch_add(1, Ordering::Relaxed) >= LATE_ABORTS_MAX {
+        LATE_ABORTS.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let (redis, hold, user) = (redis.clone(), hold.clone(), user.clone());
+    tokio::spawn(async move {
+        let until = Instant::now() + window;
+        let mut pause = Duration::from_millis(250);
+        let found = loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(4));
+            match holds::abort_payment(&redis, &hold, &user, &attempt).await {
+                Ok(Aborted::Restored { .. }) => break "restored",
+                Ok(Aborted::Expired) => break "expired",
+                Ok(Aborted::Gone | Aborted::Forbidden | Aborted::NoSchedule) => break "gone",
+                // Not (yet) paying for this attempt, or no answer: the
+                // call may still arrive.
+                Ok(Aborted::NotPaying) | Err(_) if Instant::now() < until => {}
+                Ok(Aborted::NotPaying) => break "never_paying",
+                Err(_) => break "unanswered",
+            }
+        };
+        LATE_ABORTS.fetch_sub(1, Ordering::Relaxed);
+        if found != "never_paying" {
+            tracing::info!(%hold, found, "gave back a hold a lost payment call had made paying");
+        }
+        metrics::counter!("boxoffice_payment_late_aborts_total", "found" => found).increment(1);
+    });
 }
 
 /// What the payment transaction decided.

@@ -144,7 +144,7 @@ async fn a_paying_hold_past_its_paying_deadline_frees_its_seats_and_moves_no_mon
         let hold = app.hold_seats(&owner, json!([first, first + 1])).await;
         let id = boxoffice::ids::HoldId::parse(&hold).unwrap();
         let before = redis_now_ms(&app).await;
-        boxoffice::holds::begin_payment(&app.state.redis, &id, &buyer, paying_ms)
+        boxoffice::holds::begin_payment(&app.state.redis, &id, &buyer, paying_ms, "test")
             .await
             .unwrap();
         let after = redis_now_ms(&app).await;

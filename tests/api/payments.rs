@@ -358,7 +358,7 @@ async fn expired_and_in_flight_holds_cannot_be_paid() {
     let hold = app.hold_seats(&token, json!([2])).await;
     let id = boxoffice::ids::HoldId::parse(&hold).unwrap();
     let buyer = app.state.tokens.verify(&token).unwrap();
-    boxoffice::holds::begin_payment(&app.state.redis, &id, &buyer, 30_000)
+    boxoffice::holds::begin_payment(&app.state.redis, &id, &buyer, 30_000, "test")
         .await
         .unwrap();
     app.pay(&token, &hold, None)

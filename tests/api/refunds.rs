@@ -517,7 +517,7 @@ async fn a_confirmation_that_comes_after_the_refund_sells_nothing() {
     let id = HoldId::parse(&hold).unwrap();
     let buyer = app.state.tokens.verify(&token).unwrap();
     // Steps 1 and 2 of the payment: paying in Redis, committed in PostgreSQL.
-    holds::begin_payment(&app.state.redis, &id, &buyer, 30_000)
+    holds::begin_payment(&app.state.redis, &id, &buyer, 30_000, "test")
         .await
         .unwrap();
     let Recorded::Paid { payment, .. } = record(&app.state.pg, &buyer.user, &id, &[3], None)
