@@ -259,7 +259,14 @@ pub fn register_metrics() {
         metrics::counter!("boxoffice_idempotency_late_releases_total", "found" => found)
             .increment(0);
     }
-    for found in ["restored", "expired", "gone", "never_paying", "unanswered"] {
+    for found in [
+        "restored",
+        "expired",
+        "gone",
+        "paid",
+        "never_paying",
+        "unanswered",
+    ] {
         metrics::counter!("boxoffice_payment_late_aborts_total", "found" => found).increment(0);
     }
     register_http_metrics();

@@ -74,9 +74,10 @@ pub enum PayError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The payment statement was sent but its answer was lost, and asking
-    /// again failed too: it may have committed. The hold stays *paying*:
-    /// its paying deadline frees it, or the reconciler finishes a payment
-    /// that did commit.
+    /// again failed too: it may have committed. The hold stays *paying*
+    /// until PostgreSQL answers: then it goes back to *held* if unpaid
+    /// (`abort_later`), or the reconciler finishes a payment that did
+    /// commit.
     #[error("the payment's outcome is unknown: {0}")]
     Unknown(StoreError),
 }
@@ -152,7 +153,15 @@ impl Payments<'_> {
             // hold *paying* after we gave up, with nobody paying it. No
             // money moved for this attempt, so its hold is given back.
             Err(HoldError::Store(e)) => {
-                abort_later(self.redis, hold, &buyer.user, attempt, self.paying_timeout);
+                let lost = Lost::Begin;
+                abort_later(
+                    self.redis,
+                    hold,
+                    &buyer.user,
+                    attempt,
+                    lost,
+                    self.paying_timeout,
+                );
                 return Err(PayError::Store(e));
             }
             Err(e) => return Err(e.into()),
@@ -170,7 +179,22 @@ impl Payments<'_> {
             Ok(Recorded::AlreadyPaid { payment_id }) => {
                 return Err(Refusal::AlreadyPaid { payment_id }.into());
             }
-            Ok(Recorded::Unknown(e)) => return Err(PayError::Unknown(e)),
+            // PostgreSQL could not say whether the statement committed. If
+            // it did not, the hold would stay *paying* with nobody paying
+            // it until its paying deadline, and the seat be lost: asked
+            // again once PostgreSQL answers, and given back if unpaid.
+            Ok(Recorded::Unknown(e)) => {
+                let lost = Lost::Record(self.pg.clone());
+                abort_later(
+                    self.redis,
+                    hold,
+                    &buyer.user,
+                    attempt,
+                    lost,
+                    self.paying_timeout,
+                );
+                return Err(PayError::Unknown(e));
+            }
             Ok(Recorded::InsufficientFunds { balance, amount }) => {
                 PayError::from(Refusal::InsufficientFunds { balance, amount })
             }
@@ -234,18 +258,37 @@ const LATE_ABORTS_MAX: usize = 10_000;
 /// Late aborts running now.
 static LATE_ABORTS: AtomicUsize = AtomicUsize::new(0);
 
-/// Gives back, in the background, a hold that `attempt`'s lost
-/// `begin_payment` call may yet make *paying*: `abort_payment` by that
-/// attempt, tried after 250 ms, then at doubling intervals up to 4 s
-/// (about a dozen calls, through the breaker, so a Redis that is down
-/// costs nothing and an overloaded one little) for `window` (the paying
-/// timeout), until it finds the hold paying for the attempt (held again)
-/// or done with (gone, expired, someone else's). A call that arrives
-/// later still is not caught: its hold frees at its paying deadline, as
-/// before. Meanwhile a retry meets `409 request_in_progress` for seconds
-/// instead of the whole paying timeout, after which the hold would be
-/// dropped and the seat lost. Another attempt's payment is never touched.
-fn abort_later(redis: &Redis, hold: &HoldId, user: &UserId, attempt: String, window: Duration) {
+/// Which step of a payment attempt lost its answer ([`abort_later`]).
+enum Lost {
+    /// `begin_payment`: the call may yet reach Redis and make the hold
+    /// *paying*.
+    Begin,
+    /// The PostgreSQL statement, with no PostgreSQL to ask whether it
+    /// committed: the hold is *paying*, paid or not.
+    Record(Pg),
+}
+
+/// Gives back, in the background, the hold of a payment attempt that lost
+/// its answer ([`Lost`]) and moved no money, so that the buyer's retry
+/// meets `409 request_in_progress` for seconds instead of the whole paying
+/// timeout, after which the hold would be dropped and the seat lost:
+/// `abort_payment` by that attempt (after [`Lost::Record`], only once
+/// PostgreSQL says the hold was not paid; a paid one is the reconciler's),
+/// tried after 250 ms, then at doubling intervals up to 4 s (about a dozen
+/// tries, each through the breakers, so a store that is down costs nothing
+/// and an overloaded one little) for `window` (the paying timeout), until
+/// it finds the hold paying for the attempt (held again), or done with
+/// (paid, gone, expired, someone else's). A `begin_payment` call that
+/// arrives later still is not caught: its hold frees at its paying
+/// deadline, as before. Another attempt's payment is never touched.
+fn abort_later(
+    redis: &Redis,
+    hold: &HoldId,
+    user: &UserId,
+    attempt: String,
+    lost: Lost,
+    window: Duration,
+) {
     if LATE_ABORTS.fetch_add(1, Ordering::Relaxed) >= LATE_ABORTS_MAX {
         LATE_ABORTS.fetch_sub(1, Ordering::Relaxed);
         return;
@@ -257,12 +300,21 @@ fn abort_later(redis: &Redis, hold: &HoldId, user: &UserId, attempt: String, win
         let found = loop {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(4));
-            match holds::abort_payment(&redis, &hold, &user, &attempt).await {
+            let unpaid = match &lost {
+                Lost::Begin => Ok(true),
+                Lost::Record(pg) => payment_of_hold(pg, &hold).await.map(|p| p.is_none()),
+            };
+            let aborted = match unpaid {
+                Ok(true) => holds::abort_payment(&redis, &hold, &user, &attempt).await,
+                Ok(false) => break "paid",
+                Err(e) => Err(e),
+            };
+            match aborted {
                 Ok(Aborted::Restored { .. }) => break "restored",
                 Ok(Aborted::Expired) => break "expired",
                 Ok(Aborted::Gone | Aborted::Forbidden | Aborted::NoSchedule) => break "gone",
                 // Not (yet) paying for this attempt, or no answer: the
-                // call may still arrive.
+                // lost call may still arrive, the stores answer later.
                 Ok(Aborted::NotPaying) | Err(_) if Instant::now() < until => {}
                 Ok(Aborted::NotPaying) => break "never_paying",
                 Err(_) => break "unanswered",
@@ -270,7 +322,7 @@ fn abort_later(redis: &Redis, hold: &HoldId, user: &UserId, attempt: String, win
         };
         LATE_ABORTS.fetch_sub(1, Ordering::Relaxed);
         if found != "never_paying" {
-            tracing::info!(%hold, found, "gave back a hold a lost payment call had made paying");
+            tracing::info!(%hold, found, "settled the hold of a payment attempt that lost its answer");
         }
         metrics::counter!("boxoffice_payment_late_aborts_total", "found" => found).increment(1);
     });
@@ -297,7 +349,8 @@ pub enum Recorded {
     Cancelled,
     /// The statement was sent but its answer was lost (a timeout, a
     /// connection gone), and asking again failed too: it may have
-    /// committed. Nothing may be undone on this basis.
+    /// committed. Nothing may be undone before PostgreSQL has been asked
+    /// again.
     Unknown(StoreError),
 }
 

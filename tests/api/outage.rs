@@ -223,3 +223,72 @@ async fn a_claim_left_open_by_postgresql_going_down_is_given_back_once_it_is_up(
         Ok(Claimed::Fresh(_))
     ));
 }
+
+/// A payment whose statement's fate PostgreSQL could not tell (the
+/// connection lost while the statement waited on the server, and
+/// PostgreSQL then unreachable to ask) answers 503 and leaves its hold
+/// *paying*. Once PostgreSQL answers that the hold was not paid, the
+/// instance gives the hold back, and the buyer's retry pays it. Without
+/// that the retry is refused as in progress for the whole paying timeout
+/// (30 s), and the hold is then dropped and the seat lost.
+#[tokio::test]
+async fn a_payment_whose_fate_was_unknown_gives_its_hold_back_once_postgresql_answers() {
+    use sqlx::{Connection, Executor, PgConnection};
+    let db = create_database().await;
+    let proxy = Proxy::start(resolve(&db).await).await;
+    let app = spawn_with(
+        Settings::new()
+            .set("DATABASE_URL", &via(&db, proxy.addr))
+            .without_background(),
+    )
+    .await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "u1").await;
+    app.charge("u1", "5000", None).await;
+    let hold = app.hold_seats(&token, serde_json::json!([1])).await;
+    // On connections of our own, around the proxy: the wallet locked, so
+    // the payment's statement waits on the server.
+    let mut lock = PgConnection::connect(&db).await.unwrap();
+    lock.execute("begin").await.unwrap();
+    lock.execute("select 1 from wallets where user_id = 'u1' for update")
+        .await
+        .unwrap();
+    let mut admin = PgConnection::connect(&db).await.unwrap();
+    let (paid, ()) = tokio::join!(app.pay(&token, &hold, None), async {
+        let waiting = "select count(*) from pg_stat_activity
+                       where datname = current_database() and wait_event_type = 'Lock'";
+        let start = Instant::now();
+        while sqlx::query_scalar::<_, i64>(waiting)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap()
+            == 0
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no statement waits"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The service cut off from PostgreSQL, and the statement ended on
+        // the server before it could commit.
+        proxy.cut();
+        admin
+            .execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity
+                 where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .await
+            .unwrap();
+        lock.execute("rollback").await.unwrap();
+    });
+    paid.assert_problem(503, "dependency_unavailable");
+    assert_eq!(app.admin_seat("e1", 1).await, "held", "paying, in Redis");
+
+    proxy.restore();
+    retry_while_in_progress(|| app.pay(&token, &hold, None)).await;
+    assert_eq!(app.balance("u1").await, "4000", "paid once");
+    assert_eq!(app.admin_seat("e1", 1).await, "sold");
+    app.assert_script_invariants().await;
+    app.assert_audit_clean().await;
+}
