@@ -113,7 +113,7 @@ fn assemble(events: Vec<EventRow>, schedules: Vec<ScheduleRow>) -> Vec<Event> {
 /// PostgreSQL unavailable.
 pub async fn insert(pg: &Pg, ev: &Event) -> Result<bool, StoreError> {
     pg.guard(async {
-        let mut tx = pg.pool().begin().await?;
+        let mut tx = pg.begin().await?;
         let inserted = sqlx::query(
             r"insert into events (event_id, name, admit_per_second, max_active, active_ttl_seconds, idle_timeout_seconds, paused,
                                   sale_prequeue_opens_at, sale_opens_at, sale_closes_at, challenge_difficulty_bits, draw_seed,

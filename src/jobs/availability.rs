@@ -154,7 +154,7 @@ pub async fn gauge_loop(ctx: Context, shutdown: CancellationToken) {
 /// Fenced out, or a store failed (nothing of the round stays).
 pub async fn round(ctx: &Context, fence: &Fence) -> Result<i64, JobError> {
     let all = figures(&ctx.stores.redis).await?;
-    let mut tx = ctx.stores.pg.pool().begin().await?;
+    let mut tx = ctx.stores.pg.begin().await?;
     let started: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()")
         .fetch_one(&mut *tx)
         .await?;

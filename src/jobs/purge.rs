@@ -37,7 +37,7 @@ pub async fn round(ctx: &Context, fence: &Fence) -> Result<i64, JobError> {
     let retention = ctx.config.jobs.outbox_retention.as_secs_f64();
     let mut total = 0;
     loop {
-        let mut tx = ctx.stores.pg.pool().begin().await?;
+        let mut tx = ctx.stores.pg.begin().await?;
         let started: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()")
             .fetch_one(&mut *tx)
             .await?;

@@ -85,7 +85,7 @@ select count(*) from batch";
 pub async fn round(ctx: &Context, fence: &Fence) -> Result<i64, JobError> {
     let mut total = 0;
     loop {
-        let mut tx = ctx.stores.pg.pool().begin().await?;
+        let mut tx = ctx.stores.pg.begin().await?;
         let started: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()")
             .fetch_one(&mut *tx)
             .await?;
@@ -107,7 +107,7 @@ pub async fn round(ctx: &Context, fence: &Fence) -> Result<i64, JobError> {
     }
     metrics::counter!("boxoffice_rollup_payments_total").increment(total as u64);
     loop {
-        let mut tx = ctx.stores.pg.pool().begin().await?;
+        let mut tx = ctx.stores.pg.begin().await?;
         let started: DateTime<Utc> = sqlx::query_scalar("select clock_timestamp()")
             .fetch_one(&mut *tx)
             .await?;

@@ -425,7 +425,7 @@ async fn restore_leased(
 /// [`catalog::pg::bump_epoch`] in a transaction that commits only under
 /// the newest fencing token of the event's restore lease.
 async fn bump_epoch_fenced(ctx: &Context, event: &EventId, fence: &Fence) -> Result<u32, JobError> {
-    let mut tx = ctx.pg().pool().begin().await?;
+    let mut tx = ctx.pg().begin().await?;
     let started = chrono::Utc::now();
     let epoch = catalog::pg::bump_epoch_in(&mut tx, event).await?;
     fence.commit(tx, started, 1).await?;

@@ -190,7 +190,7 @@ pub async fn record(
     key: Option<&IdempotencyKey>,
 ) -> Result<Refunded, StoreError> {
     pg.guard(async {
-        let mut tx = pg.pool().begin().await?;
+        let mut tx = pg.begin().await?;
         // The row lock orders concurrent refunds of one payment; the
         // unique `refunds_once` would stop a second one anyway.
         let locked: Option<Locked> = sqlx::query_as(
@@ -436,7 +436,7 @@ pub async fn mark_cancelled(
     schedule: &ScheduleId,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
     pg.guard(async {
-        let mut tx = pg.pool().begin().await?;
+        let mut tx = pg.begin().await?;
         let first: Option<DateTime<Utc>> = sqlx::query_scalar(
             r"update schedules set cancelled_at = now()
               where event_id = $1 and schedule_id = $2 and cancelled_at is null

@@ -69,7 +69,7 @@ pub async fn publish_batch(stores: &Stores) -> Result<usize, StoreError> {
     // after the lag gauge, which must keep growing through an outage.
     let outcome = pg
         .guard(async {
-            let mut tx = pg.pool().begin().await?;
+            let mut tx = pg.begin().await?;
             let mine: bool = sqlx::query_scalar(r"select pg_try_advisory_xact_lock($1)")
                 .bind(RELAY_LOCK)
                 .fetch_one(&mut *tx)
@@ -210,7 +210,7 @@ pub async fn restore_stream(ctx: &jobs::Context) -> Result<Option<u64>, StoreErr
 /// more than the service's 2.5 s statement timeout allows, and this runs
 /// rarely and off every request's path, so it gets minutes.
 async fn requeue_relayed(ctx: &jobs::Context, fence: &Fence) -> Result<u64, JobError> {
-    let mut tx = ctx.stores.pg.pool().begin().await?;
+    let mut tx = ctx.stores.pg.begin().await?;
     let started = Utc::now();
     sqlx::query(r"set local statement_timeout = '300s'")
         .execute(&mut *tx)

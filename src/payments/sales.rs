@@ -100,7 +100,7 @@ pub struct HourSales {
 /// planner price it like the whole table and prefer scanning a million
 /// rolled-up payments instead.
 async fn snapshot(pg: &Pg) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
-    let mut tx = pg.pool().begin().await?;
+    let mut tx = pg.begin().await?;
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;

@@ -231,6 +231,34 @@ impl Pg {
         &self.pool
     }
 
+    /// Starts a transaction on a pooled connection; every transaction
+    /// starts here, never with `PgPool::begin`.
+    ///
+    /// sqlx (0.9) counts a transaction only once its `BEGIN` is answered.
+    /// A `BEGIN` cancelled before that (our timeouts cancel) still runs on
+    /// the server, and its connection went back to the pool inside a
+    /// transaction nobody would end: every later statement on it seemed to
+    /// succeed and never committed (a payment answered 201 that never
+    /// happened, seen once in the PostgreSQL stall test). So the `BEGIN`
+    /// runs on a task of its own: cancelled, it still ends, and the
+    /// transaction it opened is dropped, so rolled back, before its
+    /// connection returns to the pool.
+    ///
+    /// # Errors
+    /// As `PgPool::begin`.
+    #[allow(clippy::disallowed_methods)] // the one place it may be called
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        let pool = self.pool.clone();
+        match tokio::spawn(async move { pool.begin().await }).await {
+            Ok(begun) => begun,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Aborted: only when the runtime stops under it.
+                Err(_) => Err(sqlx::Error::PoolClosed),
+            },
+        }
+    }
+
     /// A connection for a payment's transaction: the one a payment gave
     /// back last, if it was given back within the second (see [`Kept`]),
     /// else one from the pool. Just after a connection was found lost

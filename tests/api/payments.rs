@@ -894,7 +894,7 @@ async fn a_relay_publishes_nothing_while_another_holds_a_batch() {
     let (app, stores, mut ids) = outbox_backlog(Settings::new(), 300).await;
     // The other relay, mid-batch: it holds what any relay holds then, the
     // relays' lock and its rows.
-    let mut other = app.state.pg.pool().begin().await.unwrap();
+    let mut other = app.state.pg.begin().await.unwrap();
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(boxoffice::payments::relay::RELAY_LOCK)
         .execute(&mut *other)
@@ -934,7 +934,7 @@ async fn the_stream_restore_waits_for_a_relay_caught_mid_batch() {
     mark(&ids[..5]).execute(pool).await.unwrap();
     // A relay mid-batch: the relays' lock, its five rows marked, not yet
     // committed; its XADDs went into the stream that is now lost.
-    let mut relay = pool.begin().await.unwrap();
+    let mut relay = app.state.pg.begin().await.unwrap();
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(boxoffice::payments::relay::RELAY_LOCK)
         .execute(&mut *relay)

@@ -321,3 +321,49 @@ async fn a_lost_begin_payment_call_does_not_keep_the_hold_paying() {
     app.assert_script_invariants().await;
     app.assert_audit_clean().await;
 }
+
+/// A transaction whose `BEGIN` was cancelled before its answer (our
+/// timeouts cancel; here PostgreSQL hangs) must not leave its connection
+/// inside a transaction nobody ends: sqlx counts a transaction only once
+/// `BEGIN` is answered, so the server ran it, the connection went back to
+/// the pool, and every later statement on it "succeeded" and never
+/// committed (a payment answered 201 that never happened). A statement
+/// after the cancelled transaction commits.
+#[tokio::test]
+async fn a_transaction_cancelled_in_its_begin_leaves_no_connection_inside_it() {
+    use sqlx::{Connection, Executor};
+    let db = create_database().await;
+    let proxy = FaultProxy::start(resolve(&db).await).await;
+    let pg = boxoffice::store::pg::Pg::connect_with(
+        &via(&db, proxy.addr),
+        boxoffice::store::pg::PgOptions {
+            max_connections: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    pg.pool()
+        .execute("create table marks (n int)")
+        .await
+        .unwrap();
+
+    // The connection back in the pool (its release pings it) before the
+    // stall, so the BEGIN, not the wait for a connection, is cancelled.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.stall();
+    let begun = tokio::time::timeout(Duration::from_millis(300), pg.begin()).await;
+    assert!(begun.is_err(), "BEGIN hangs with PostgreSQL");
+    proxy.restore();
+    // The pool's only connection: whatever the cancelled BEGIN left on it.
+    sqlx::query("insert into marks values (1)")
+        .execute(pg.pool())
+        .await
+        .unwrap();
+    let mut direct = sqlx::PgConnection::connect(&db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("select count(*) from marks")
+        .fetch_one(&mut direct)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the insert after the cancelled BEGIN committed");
+}
