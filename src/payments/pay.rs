@@ -153,15 +153,7 @@ impl Payments<'_> {
             // hold *paying* after we gave up, with nobody paying it. No
             // money moved for this attempt, so its hold is given back.
             Err(HoldError::Store(e)) => {
-                let lost = Lost::Begin;
-                abort_later(
-                    self.redis,
-                    hold,
-                    &buyer.user,
-                    attempt,
-                    lost,
-                    self.paying_timeout,
-                );
+                self.abort_later(hold, buyer, attempt, Lost::Begin);
                 return Err(PayError::Store(e));
             }
             Err(e) => return Err(e.into()),
@@ -184,15 +176,7 @@ impl Payments<'_> {
             // it until its paying deadline, and the seat be lost: asked
             // again once PostgreSQL answers, and given back if unpaid.
             Ok(Recorded::Unknown(e)) => {
-                let lost = Lost::Record(self.pg.clone());
-                abort_later(
-                    self.redis,
-                    hold,
-                    &buyer.user,
-                    attempt,
-                    lost,
-                    self.paying_timeout,
-                );
+                self.abort_later(hold, buyer, attempt, Lost::Record(self.pg.clone()));
                 return Err(PayError::Unknown(e));
             }
             Ok(Recorded::InsufficientFunds { balance, amount }) => {
@@ -240,6 +224,19 @@ impl Payments<'_> {
     /// stops here for good and the process says so on stderr, so a test can
     /// kill the process (SIGKILL) at exactly this point, skipping every
     /// clean-up a process that really died would skip.
+    /// [`abort_later`] for this payment's `attempt` on `hold`, within the
+    /// paying timeout.
+    fn abort_later(&self, hold: &HoldId, buyer: &QueueClaims, attempt: String, lost: Lost) {
+        abort_later(
+            self.redis,
+            hold,
+            &buyer.user,
+            attempt,
+            lost,
+            self.paying_timeout,
+        );
+    }
+
     async fn failpoint(&self, name: &str) {
         #[cfg(feature = "failpoints")]
         if self.failpoint == Some(name) {

@@ -7,6 +7,20 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
+/// An instance whose PostgreSQL (a database of its own, returned) is
+/// behind a proxy that can cut it, with the background loops off.
+async fn with_cuttable_postgres() -> (String, Proxy, TestApp) {
+    let db = create_database().await;
+    let proxy = Proxy::start(resolve(&db).await).await;
+    let app = spawn_with(
+        Settings::new()
+            .set("DATABASE_URL", &via(&db, proxy.addr))
+            .without_background(),
+    )
+    .await;
+    (db, proxy, app)
+}
+
 #[tokio::test]
 async fn redis_outage_is_a_fast_503_and_recovers() {
     let proxy = Proxy::start(resolve(&redis_url()).await).await;
@@ -146,14 +160,7 @@ async fn a_claim_left_open_by_postgresql_going_down_is_given_back_once_it_is_up(
             Self::Refused(e)
         }
     }
-    let db = create_database().await;
-    let proxy = Proxy::start(resolve(&db).await).await;
-    let app = spawn_with(
-        Settings::new()
-            .set("DATABASE_URL", &via(&db, proxy.addr))
-            .without_background(),
-    )
-    .await;
+    let (db, proxy, app) = with_cuttable_postgres().await;
     let pg = &app.state.pg;
     let (user, key) = (
         UserId::parse("dora").unwrap(),
@@ -234,14 +241,7 @@ async fn a_claim_left_open_by_postgresql_going_down_is_given_back_once_it_is_up(
 #[tokio::test]
 async fn a_payment_whose_fate_was_unknown_gives_its_hold_back_once_postgresql_answers() {
     use sqlx::{Connection, Executor, PgConnection};
-    let db = create_database().await;
-    let proxy = Proxy::start(resolve(&db).await).await;
-    let app = spawn_with(
-        Settings::new()
-            .set("DATABASE_URL", &via(&db, proxy.addr))
-            .without_background(),
-    )
-    .await;
+    let (db, proxy, app) = with_cuttable_postgres().await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
     let token = app.admitted_token("e1", "u1").await;
     app.charge("u1", "5000", None).await;
