@@ -191,7 +191,8 @@ impl Payments<'_> {
         };
         // Nothing was written: the hold goes back to *held*.
         if let Err(e) = holds::abort_payment(self.redis, hold, &buyer.user, &attempt).await {
-            tracing::warn!(%hold, error = %e, "could not return the hold to held; it frees at its paying deadline");
+            tracing::warn!(%hold, error = %e, "could not return the hold to held yet; trying again in the background");
+            self.abort_later(hold, buyer, attempt, Lost::Abort);
         }
         Err(refused)
     }
@@ -260,6 +261,9 @@ enum Lost {
     /// `begin_payment`: the call may yet reach Redis and make the hold
     /// *paying*.
     Begin,
+    /// `abort_payment` after a payment that moved no money: the hold is
+    /// *paying* for the attempt until one answers.
+    Abort,
     /// The PostgreSQL statement, with no PostgreSQL to ask whether it
     /// committed: the hold is *paying*, paid or not.
     Record(Pg),
@@ -298,7 +302,7 @@ fn abort_later(
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(4));
             let unpaid = match &lost {
-                Lost::Begin => Ok(true),
+                Lost::Begin | Lost::Abort => Ok(true),
                 Lost::Record(pg) => payment_of_hold(pg, &hold).await.map(|p| p.is_none()),
             };
             let aborted = match unpaid {

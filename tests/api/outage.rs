@@ -286,6 +286,11 @@ async fn a_payment_whose_fate_was_unknown_gives_its_hold_back_once_postgresql_an
     assert_eq!(app.admin_seat("e1", 1).await, "held", "paying, in Redis");
 
     proxy.restore();
+    let back = eventually(Duration::from_secs(10), || async {
+        app.get("/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    assert!(back, "PostgreSQL reached again");
     retry_while_in_progress(|| app.pay(&token, &hold, None)).await;
     assert_eq!(app.balance("u1").await, "4000", "paid once");
     assert_eq!(app.admin_seat("e1", 1).await, "sold");

@@ -367,3 +367,37 @@ async fn a_transaction_cancelled_in_its_begin_leaves_no_connection_inside_it() {
         .unwrap();
     assert_eq!(n, 1, "the insert after the cancelled BEGIN committed");
 }
+
+/// A payment refused for good (402) gives its hold back to *held*; when
+/// Redis is gone at that moment, the instance gives it back once Redis
+/// answers again, so the buyer can top up and pay the same hold instead
+/// of meeting `409` for the whole paying timeout and then losing the seat.
+#[tokio::test]
+async fn a_refused_payment_whose_abort_failed_gives_its_hold_back_later() {
+    // The payment's connection is kept 1.5 s after its statement answered
+    // (the test-only slow_pg_ms failpoint): Redis goes away in between.
+    let (proxy, app) =
+        with_stallable_redis(Settings::new().set("BOXOFFICE_FAILPOINT", "slow_pg_ms:1500")).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "u1").await;
+    app.charge("u1", "500", None).await;
+    let hold = app.hold_seats(&token, json!([1])).await;
+    let (paid, ()) = tokio::join!(app.pay(&token, &hold, None), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.cut();
+    });
+    paid.assert_problem(402, "insufficient_funds");
+    proxy.restore();
+    let back = eventually(Duration::from_secs(10), || async {
+        app.get("/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    assert!(back, "Redis reached again");
+
+    app.charge("u1", "500", None).await;
+    retry_while_in_progress(|| app.pay(&token, &hold, None)).await;
+    assert_eq!(app.balance("u1").await, "0", "paid once");
+    assert_eq!(app.admin_seat("e1", 1).await, "sold");
+    app.assert_script_invariants().await;
+    app.assert_audit_clean().await;
+}
