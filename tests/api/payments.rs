@@ -852,8 +852,8 @@ async fn every_timestamp_goes_out_with_milliseconds_in_utc() {
     assert_ms(&confirmed["paid_at"], "outbox paid_at");
 }
 
-/// A backlog larger than a batch goes out in batches of 200, one pipeline
-/// each, every message once and in id order, and the rows are marked.
+/// A backlog larger than a batch goes out in batches of 200, every
+/// message once and in id order, and the rows are marked.
 #[tokio::test]
 async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
     let (app, stores, ids) = outbox_backlog(Settings::new(), 450).await;
@@ -884,6 +884,35 @@ async fn an_outbox_backlog_is_relayed_once_each_in_id_order() {
     assert_eq!(relayed, expected, "each message once, in id order");
     let (pending, _) = outbox_rows(pool).await;
     assert_eq!(pending, 0);
+}
+
+/// A batch goes out in script calls of at most 50 messages (each call
+/// holds Redis, which runs one script at a time), still in id order and
+/// marked in one commit: 200 messages, 4 calls. Counted on a Redis of the
+/// test's own, where nothing else calls scripts.
+#[tokio::test]
+async fn a_relay_batch_goes_out_in_calls_of_fifty() {
+    use boxoffice::payments::relay::publish_batch;
+    let Some(redis) = PrivateRedis::start().await else {
+        return missing_tool("redis-server", "apt-get install redis-server");
+    };
+    let (app, stores, ids) =
+        outbox_backlog(Settings::new().set("REDIS_URL", &redis.url()), 200).await;
+    let calls = async || -> u64 {
+        let stats = redis.cli(&["INFO", "commandstats"]).await;
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+            .and_then(|l| l.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let before = calls().await;
+    assert_eq!(publish_batch(&stores).await.unwrap(), 200);
+    assert_eq!(calls().await - before, 4, "200 messages in calls of 50");
+    let mut expected = ids.clone();
+    expected.sort_unstable();
+    assert_eq!(outbox_stream_ids(&app).await, expected, "in id order");
+    assert_eq!(outbox_rows(app.state.pg.pool()).await, (0, 200));
 }
 
 /// A relay that finds another in the middle of a batch publishes nothing:
