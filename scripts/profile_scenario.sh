@@ -141,4 +141,6 @@ for script in sorted({k[1] for k in e}):
         asked = e.get(("sum", script), 0) - b.get(("sum", script), 0)
         print(f"coalesced {script:13} {asked:9,.0f} requests in {calls:9,.0f} calls: {asked / calls:5.2f} per call")
 PY
-[[ -f $OUT/perf.data ]] && echo "perf: perf report -i ${OUT#"$ROOT"/}/perf.data --no-children --sort symbol"
+if [[ -f $OUT/perf.data ]]; then
+    echo "perf: perf report -i ${OUT#"$ROOT"/}/perf.data --no-children --sort symbol"
+fi
