@@ -26,15 +26,13 @@
 //! back. Answers are stored as status and bytes ([`Saved`]); how they are
 //! written is the caller's business, so nothing here knows HTTP.
 
-use std::{
-    sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::{
     ids::{IdempotencyKey, UserId},
+    later::{self, Later, Step},
     store::{StoreError, pg::Pg},
 };
 
@@ -452,45 +450,40 @@ pub async fn give_back(
     released
 }
 
-/// Claims being given back in the background at most ([`release_later`]);
-/// past it a failed release leaves its claim to go stale, as a crash does.
-const LATER_MAX: usize = 10_000;
+/// Claims being given back in the background ([`release_later`]), at
+/// most 10,000 at once; past that a failed release leaves its claim to go
+/// stale, as a crash does.
+static LATER: Later = Later::new(10_000);
 
-/// Claims being given back in the background now.
-static LATER: AtomicUsize = AtomicUsize::new(0);
-
-/// Gives back, in the background, a claim whose release failed: tried
-/// again after 250 ms, then at doubling intervals up to 2 s (each try
-/// through the breaker, so an outage costs PostgreSQL nothing), until
-/// PostgreSQL answers or the claim is stale, when any request may take it
-/// over anyway. Only that claim (`stamp`) is given back, so a retry that
-/// took the key over in the meantime keeps it; and a statement that
-/// committed under it meanwhile is found as its answer, as by [`release`].
-/// The client's retries meet `409 request_in_progress` until then, not for
-/// the whole [`STALE_CLAIM_SECONDS`].
+/// Gives back, in the background, a claim whose release failed
+/// ([`later::retry`], at most every 2 s), until PostgreSQL answers or the
+/// claim is stale, when any request may take it over anyway. Only that
+/// claim (`stamp`) is given back, so a retry that took the key over in
+/// the meantime keeps it; and a statement that committed under it
+/// meanwhile is found as its answer, as by [`release`]. The client's
+/// retries meet `409 request_in_progress` until then, not for the whole
+/// [`STALE_CLAIM_SECONDS`].
 fn release_later(pg: &Pg, user: &UserId, key: &IdempotencyKey, stamp: Stamp) {
-    if LATER.fetch_add(1, Ordering::Relaxed) >= LATER_MAX {
-        LATER.fetch_sub(1, Ordering::Relaxed);
+    let Some(slot) = LATER.slot() else {
         tracing::warn!(
-            "{LATER_MAX} claims already being given back: this one expires in {STALE_CLAIM_SECONDS} s"
+            "{} claims already being given back: this one expires in {STALE_CLAIM_SECONDS} s",
+            LATER.most()
         );
         return;
-    }
+    };
     let (pg, user, key) = (pg.clone(), user.clone(), key.clone());
     tokio::spawn(async move {
-        let stale = Instant::now() + Duration::from_secs(STALE_CLAIM_SECONDS as u64);
-        let mut pause = Duration::from_millis(250);
-        let found = loop {
-            tokio::time::sleep(pause).await;
+        let stale = Duration::from_secs(STALE_CLAIM_SECONDS as u64);
+        let found = later::retry(stale, Duration::from_secs(2), || async {
             match give_back(&pg, &user, &key, Some(stamp)).await {
-                Ok(Released::GivenBack) => break "given_back",
-                Ok(Released::Settled(_)) => break "settled",
-                Ok(Released::Gone) => break "gone",
-                Err(_) if Instant::now() < stale => pause = (pause * 2).min(Duration::from_secs(2)),
-                Err(_) => break "stale",
+                Ok(Released::GivenBack) => Step::Done("given_back"),
+                Ok(Released::Settled(_)) => Step::Done("settled"),
+                Ok(Released::Gone) => Step::Done("gone"),
+                Err(_) => Step::Again("stale"),
             }
-        };
-        LATER.fetch_sub(1, Ordering::Relaxed);
+        })
+        .await;
+        drop(slot);
         tracing::info!(found, "retried the release of an idempotency claim");
         metrics::counter!("boxoffice_idempotency_late_releases_total", "found" => found)
             .increment(1);

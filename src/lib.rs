@@ -30,6 +30,7 @@ pub mod http;
 pub mod idempotency;
 pub mod ids;
 pub mod jobs;
+pub mod later;
 pub mod money;
 pub mod payments;
 pub mod process;

@@ -8,13 +8,7 @@
 //! claim is given back and a retry runs again). Errors are domain reasons;
 //! the HTTP layer maps them to problems.
 
-use std::{
-    sync::{
-        LazyLock,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::LazyLock, time::Duration};
 
 use chrono::{SubsecRound, Utc};
 use rust_decimal::Decimal;
@@ -24,6 +18,7 @@ use crate::{
     holds::{self, Aborted, HoldError},
     idempotency::{self, Answered, KeyRefused, Saved, Scope},
     ids::{HoldId, IdempotencyKey, PaymentId, UserId},
+    later::{self, Later, Step},
     money::{SLOT, cut_slots},
     store::{StoreError, pg::Pg, pg::constraint_of, redis::Redis},
     token::QueueClaims,
@@ -249,12 +244,9 @@ impl Payments<'_> {
     }
 }
 
-/// Late aborts running at most ([`abort_later`]); past it a hold left
-/// *paying* by a lost call frees at its paying deadline.
-const LATE_ABORTS_MAX: usize = 10_000;
-
-/// Late aborts running now.
-static LATE_ABORTS: AtomicUsize = AtomicUsize::new(0);
+/// Late aborts ([`abort_later`]), at most 10,000 at once; past that a hold
+/// left *paying* by a lost call frees at its paying deadline.
+static LATE_ABORTS: Later = Later::new(10_000);
 
 /// Which step of a payment attempt lost its answer ([`abort_later`]).
 enum Lost {
@@ -275,9 +267,8 @@ enum Lost {
 /// timeout, after which the hold would be dropped and the seat lost:
 /// `abort_payment` by that attempt (after [`Lost::Record`], only once
 /// PostgreSQL says the hold was not paid; a paid one is the reconciler's),
-/// tried after 250 ms, then at doubling intervals up to 4 s (about a dozen
-/// tries, each through the breakers, so a store that is down costs nothing
-/// and an overloaded one little) for `window` (the paying timeout), until
+/// tried ([`later::retry`], at most every 4 s: about a dozen tries) for
+/// `window` (the paying timeout), until
 /// it finds the hold paying for the attempt (held again), or done with
 /// (paid, gone, expired, someone else's). A `begin_payment` call that
 /// arrives later still is not caught: its hold frees at its paying
@@ -290,38 +281,33 @@ fn abort_later(
     lost: Lost,
     window: Duration,
 ) {
-    if LATE_ABORTS.fetch_add(1, Ordering::Relaxed) >= LATE_ABORTS_MAX {
-        LATE_ABORTS.fetch_sub(1, Ordering::Relaxed);
+    let Some(slot) = LATE_ABORTS.slot() else {
         return;
-    }
+    };
     let (redis, hold, user) = (redis.clone(), hold.clone(), user.clone());
     tokio::spawn(async move {
-        let until = Instant::now() + window;
-        let mut pause = Duration::from_millis(250);
-        let found = loop {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(4));
+        let found = later::retry(window, Duration::from_secs(4), || async {
             let unpaid = match &lost {
                 Lost::Begin | Lost::Abort => Ok(true),
                 Lost::Record(pg) => payment_of_hold(pg, &hold).await.map(|p| p.is_none()),
             };
             let aborted = match unpaid {
                 Ok(true) => holds::abort_payment(&redis, &hold, &user, &attempt).await,
-                Ok(false) => break "paid",
+                Ok(false) => return Step::Done("paid"),
                 Err(e) => Err(e),
             };
             match aborted {
-                Ok(Aborted::Restored { .. }) => break "restored",
-                Ok(Aborted::Expired) => break "expired",
-                Ok(Aborted::Gone | Aborted::Forbidden | Aborted::NoSchedule) => break "gone",
+                Ok(Aborted::Restored { .. }) => Step::Done("restored"),
+                Ok(Aborted::Expired) => Step::Done("expired"),
+                Ok(Aborted::Gone | Aborted::Forbidden | Aborted::NoSchedule) => Step::Done("gone"),
                 // Not (yet) paying for this attempt, or no answer: the
                 // lost call may still arrive, the stores answer later.
-                Ok(Aborted::NotPaying) | Err(_) if Instant::now() < until => {}
-                Ok(Aborted::NotPaying) => break "never_paying",
-                Err(_) => break "unanswered",
+                Ok(Aborted::NotPaying) => Step::Again("never_paying"),
+                Err(_) => Step::Again("unanswered"),
             }
-        };
-        LATE_ABORTS.fetch_sub(1, Ordering::Relaxed);
+        })
+        .await;
+        drop(slot);
         if found != "never_paying" {
             tracing::info!(%hold, found, "settled the hold of a payment attempt that lost its answer");
         }
