@@ -12,8 +12,8 @@
 -- KEYS[7] ubought   hash: user -> seats bought
 -- ARGV[1] hold number
 -- ARGV[2] user id (the hold's owner)
--- ARGV[3] the payment attempt (optional, begin_payment's ARGV[5]): only a
---         hold paying for this attempt goes back to held
+-- ARGV[3] the payment attempt (begin_payment's ARGV[5]): only a hold
+--         paying for this attempt goes back to held
 --
 -- Returns (JSON), every reply but no_schedule with "expired":x,
 -- "expired_paying":y:
@@ -28,13 +28,12 @@
 --   {"status":"forbidden"}   the hold belongs to another user; untouched
 --                            (a caller bug: the owner comes from the hold)
 
+if not ARGV[3] or ARGV[3] == '' then return bad_arg('attempt') end
 local h, stop = open_hold()
 if not h then return stop end
 local K, n, now, rec, reply = h.K, h.n, h.now, h.rec, h.reply
 if rec.state ~= 'paying' then return reply({ status = 'not_paying' }) end
-if ARGV[3] and ARGV[3] ~= '' and rec.attempt ~= ARGV[3] then
-  return reply({ status = 'not_paying' })
-end
+if rec.attempt ~= ARGV[3] then return reply({ status = 'not_paying' }) end
 
 -- Same rule as expire_due: dead from the deadline on.
 if rec.held_deadline <= now then

@@ -18,7 +18,7 @@
 -- ARGV[2] user id (from the verified token)
 -- ARGV[3] payment timeout (ms): the paying deadline is now + this
 -- ARGV[4] the buyer's queue entry (from the verified token)
--- ARGV[5] the payment attempt (optional): kept in the paying hold, so
+-- ARGV[5] the payment attempt (non-empty): kept in the paying hold, so
 --         that abort_payment by this attempt gives back only what this
 --         call did, also when this call reached Redis after its caller had
 --         given up on it
@@ -48,6 +48,8 @@
 
 local timeout = tonumber(ARGV[3])
 if not timeout or timeout < 1 or timeout ~= math.floor(timeout) then return bad_arg('timeout') end
+local attempt = ARGV[5]
+if not attempt or attempt == '' then return bad_arg('attempt') end
 if restoring(KEYS[12]) then return json({ status = 'restoring' }) end
 local h, stop = open_hold(function(_, _, user, now)
   local refused = admission(buyer_keys(8), user, ARGV[4], now)
@@ -68,7 +70,7 @@ end
 
 rec.state = 'paying'
 rec.deadline = now + timeout
-if ARGV[5] and ARGV[5] ~= '' then rec.attempt = ARGV[5] end
+rec.attempt = attempt
 redis.call('HSET', K.holds, n, encode_hold(rec))
 redis.call('ZADD', K.dl, rec.deadline, n)
 

@@ -124,8 +124,7 @@ pub async fn pay(
         Ok(_) => return ApiError::NotFound("no such hold for this event".into()).into_response(),
         Err(e) => return ApiError::InvalidRequest(e.to_string()).into_response(),
     };
-    let effects = state.effects.clone();
-    to_the_end(&effects, async move {
+    to_the_end(state.effects.clone(), async move {
         let paid = payments(&state)
             .pay(&claims, &hold, key.as_ref(), |r| saved(r.clone().into()))
             .await;
@@ -265,8 +264,7 @@ pub async fn refund_payment(
     let Ok(payment_id) = PaymentId::parse(&id) else {
         return ApiError::NotFound("no such payment".into()).into_response();
     };
-    let effects = state.effects.clone();
-    to_the_end(&effects, async move {
+    to_the_end(state.effects.clone(), async move {
         match payments(&state)
             .refund(payment_id, key.as_ref(), |r| saved(r.clone().into()))
             .await

@@ -24,7 +24,7 @@ use crate::effects::Effects;
 /// Runs `work` (a whole request's answer) on a task of its own and waits
 /// for it: dropping this future does not stop `work`. A panic in `work`
 /// is this request's panic (answered 500 as any other).
-pub async fn to_the_end<F>(effects: &Effects, work: F) -> Response
+pub async fn to_the_end<F>(effects: Effects, work: F) -> Response
 where
     F: Future<Output = Response> + Send + 'static,
 {

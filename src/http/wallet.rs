@@ -135,8 +135,7 @@ pub async fn charge(
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let effects = state.effects.clone();
-    to_the_end(&effects, async move {
+    to_the_end(state.effects.clone(), async move {
         let scope = key
             .as_ref()
             .map(|key| Scope::new(&user, key, &["charge", &amount.to_string()]));

@@ -368,6 +368,39 @@ async fn expired_and_in_flight_holds_cannot_be_paid() {
     app.assert_script_invariants().await;
 }
 
+/// A paying hold goes back to *held* only by the payment attempt that made
+/// it paying: another request's abort, arriving late, leaves it alone.
+#[tokio::test]
+async fn only_its_own_attempt_gives_a_paying_hold_back() {
+    use boxoffice::holds::{Aborted, abort_payment, begin_payment};
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "ivy").await;
+    app.charge("ivy", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([2])).await;
+    let id = boxoffice::ids::HoldId::parse(&hold).unwrap();
+    let buyer = app.state.tokens.verify(&token).unwrap();
+    let redis = &app.state.redis;
+    begin_payment(redis, &id, &buyer, 30_000, "test")
+        .await
+        .unwrap();
+    let other = abort_payment(redis, &id, &buyer.user, "other")
+        .await
+        .unwrap();
+    assert_eq!(other, Aborted::NotPaying);
+    app.pay(&token, &hold, None)
+        .await
+        .assert_problem(409, "request_in_progress");
+    let own = abort_payment(redis, &id, &buyer.user, "test")
+        .await
+        .unwrap();
+    assert!(matches!(own, Aborted::Restored { .. }), "{own:?}");
+    let r = app.pay(&token, &hold, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(app.balance("ivy").await, "4000");
+    app.assert_script_invariants().await;
+}
+
 #[tokio::test]
 async fn insufficient_funds_keeps_the_hold_and_someone_elses_hold_is_forbidden() {
     let app = spawn_app().await;
