@@ -1192,6 +1192,16 @@ where
     r
 }
 
+impl TestApp {
+    /// Whether `/readyz` answers 200 within `within` (polled).
+    pub async fn ready_within(&self, within: Duration) -> bool {
+        eventually(within, || async {
+            self.get("/readyz").await.status == StatusCode::OK
+        })
+        .await
+    }
+}
+
 pub fn rfc3339_in(ms: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

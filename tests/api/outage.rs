@@ -50,10 +50,7 @@ async fn redis_outage_is_a_fast_503_and_recovers() {
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
 
     proxy.restore();
-    let back = eventually(Duration::from_secs(10), || async {
-        app.get("/readyz").await.status == StatusCode::OK
-    })
-    .await;
+    let back = app.ready_within(Duration::from_secs(10)).await;
     assert!(back, "ready again without a restart");
     let r = app.join("e1", "after").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -108,10 +105,7 @@ async fn postgres_outage_is_a_fast_503_while_the_queue_keeps_working() {
     r.assert_problem(503, "dependency_unavailable");
 
     proxy.restore();
-    let back = eventually(Duration::from_secs(10), || async {
-        app.get("/readyz").await.status == StatusCode::OK
-    })
-    .await;
+    let back = app.ready_within(Duration::from_secs(10)).await;
     assert!(back, "ready again without a restart");
     assert_eq!(
         app.admin(reqwest::Method::GET, "/v1/admin/events/e1", None)
@@ -286,10 +280,7 @@ async fn a_payment_whose_fate_was_unknown_gives_its_hold_back_once_postgresql_an
     assert_eq!(app.admin_seat("e1", 1).await, "held", "paying, in Redis");
 
     proxy.restore();
-    let back = eventually(Duration::from_secs(10), || async {
-        app.get("/readyz").await.status == StatusCode::OK
-    })
-    .await;
+    let back = app.ready_within(Duration::from_secs(10)).await;
     assert!(back, "PostgreSQL reached again");
     retry_while_in_progress(|| app.pay(&token, &hold, None)).await;
     assert_eq!(app.balance("u1").await, "4000", "paid once");

@@ -83,10 +83,7 @@ async fn redis_stalled_join_status_hold_and_pay_answer_503_in_bounded_time_and_r
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
 
     proxy.restore();
-    let back = eventually(Duration::from_secs(10), || async {
-        app.get("/readyz").await.status == StatusCode::OK
-    })
-    .await;
+    let back = app.ready_within(Duration::from_secs(10)).await;
     assert!(back, "ready again without a restart");
     // Every route works again.
     let r = app.join("e1", "after").await;
@@ -108,7 +105,7 @@ async fn redis_stalled_join_status_hold_and_pay_answer_503_in_bounded_time_and_r
     // The first hold's begin_payment, sent before the stall and answered
     // 503, may likewise have reached Redis late and made the hold *paying*
     // with nobody paying it; the instance gives that attempt back, so a
-    // retry pays the hold (a_lost_begin_payment_... below shows it).
+    // retry pays the hold (a_lost_begin_payment_call_does_not_keep_the_hold_paying).
     assert_eq!(app.balance("u1").await, "5000", "no money moved");
     retry_while_in_progress(|| app.pay(&token, &hold, None)).await;
     assert_eq!(app.balance("u1").await, "4000");
@@ -157,10 +154,7 @@ async fn postgres_stalled_pay_answers_503_in_bounded_time_while_queue_and_holds_
     assert_fast_503("pay again", &r, took, bound);
 
     proxy.restore();
-    let back = eventually(Duration::from_secs(10), || async {
-        app.get("/readyz").await.status == StatusCode::OK
-    })
-    .await;
+    let back = app.ready_within(Duration::from_secs(10)).await;
     assert!(back, "ready again without a restart");
     // Nothing was committed while PostgreSQL hung; once the paying
     // deadline has passed the holds are held again or gone, and a new
@@ -232,10 +226,7 @@ async fn redis_stalled_under_a_burst_of_polls_joins_and_holds_every_one_answers_
     eprintln!("slowest of 300: {slowest:?}");
 
     proxy.restore();
-    let back = eventually(Duration::from_secs(10), || async {
-        app.get("/readyz").await.status == StatusCode::OK
-    })
-    .await;
+    let back = app.ready_within(Duration::from_secs(10)).await;
     assert!(back, "ready again without a restart");
     // Every poll works again and every waiting entry kept its place.
     let polls = futures::future::join_all(tokens.iter().map(|tk| app.status(tk))).await;
@@ -388,10 +379,7 @@ async fn a_refused_payment_whose_abort_failed_gives_its_hold_back_later() {
     });
     paid.assert_problem(402, "insufficient_funds");
     proxy.restore();
-    let back = eventually(Duration::from_secs(10), || async {
-        app.get("/readyz").await.status == StatusCode::OK
-    })
-    .await;
+    let back = app.ready_within(Duration::from_secs(10)).await;
     assert!(back, "Redis reached again");
 
     app.charge("u1", "500", None).await;
