@@ -12,7 +12,7 @@
 -- KEYS[4] adm_entry hash: queue, admitted user -> entry
 -- KEYS[5] poll      hash: queue, user -> last activity (ms); written
 -- KEYS[6] ready     string: the event's ready mark (finish_restore.lua)
--- KEYS[7+7(j-1)..13+7(j-1)], schedule j >= 1: its 7 keys in
+-- KEYS[7+7(j-1)..13+7(j-1)], schedule j >= 1 (of m): its 7 keys in
 --         lib/schedule.lua's order:
 --   cfg     hash: schedule config and the held/sold counters
 --   seats   hash: seat -> "h:<hold>" | "s:<payment_id>"
@@ -21,6 +21,8 @@
 --   dl      zset: hold -> deadline (ms)
 --   uheld   hash: user -> seats held or paying
 --   ubought hash: user -> seats bought
+-- KEYS[7+7m+(k-1)], keyed hold k >= 1 (of r, below): its key's string,
+--         "<fingerprint>\n<the hold's ok reply>" until the hold's deadline
 -- ARGV[1] n, the number of holds
 -- ARGV[2+5(i-1)..6+5(i-1)], hold i:
 --         the schedule's number j in KEYS;
@@ -29,6 +31,11 @@
 --         mode seats: comma-separated seat numbers (non-empty, <= 100,
 --         no duplicates); mode count: number of seats (>= 1);
 --         the buyer's queue entry (from the verified token)
+-- ARGV[2+5n+2(k-1)..3+5n+2(k-1)], keyed hold k (r >= 0 of them, after
+--         every hold): the number i of a hold that carries an
+--         Idempotency-Key, and the fingerprint of its request (schedule and
+--         seats asked for). A call without keyed holds is the call of
+--         before: nothing of this is read.
 -- Every argument is checked before the first write: a malformed one
 -- fails the whole call, and only a broken caller sends one.
 --
@@ -50,6 +57,11 @@
 --       mode count: [] (fewer free seats than requested)
 --   {"status":"ok","hold":n,"seats":[..],"adjacent":true|false,
 --    "deadline":ms,"price":".."}
+--   {"status":"ok","replayed":true,...}  a keyed hold whose key already
+--       made a hold (still before its deadline): that hold's reply again,
+--       and nothing else is done (docs/HOLDS.md, "A hold whose answer was
+--       lost")
+--   {"status":"key_reused"}  the key made a hold for another request
 --
 -- Why a script: "are these seats free and is the user under the limit"
 -- and "take them" must be one step, or two buyers both get a seat; with
@@ -57,7 +69,15 @@
 -- hot schedule. Expiry runs in the same step, so a seat is free again
 -- exactly from its hold's deadline on.
 
-local n_sched = (#KEYS - 6) / 7
+local n_holds = tonumber(ARGV[1])
+if not n_holds or n_holds < 1 or n_holds ~= math.floor(n_holds) then
+  return bad_arg('hold count')
+end
+local n_keyed = (#ARGV - 1 - 5 * n_holds) / 2
+if n_keyed < 0 or n_keyed > n_holds or n_keyed ~= math.floor(n_keyed) then
+  return bad_arg('hold count')
+end
+local n_sched = (#KEYS - 6 - n_keyed) / 7
 if n_sched < 1 or n_sched ~= math.floor(n_sched) then return bad_arg('keys') end
 -- Each schedule once: two numbers for one schedule would split its
 -- deferred writes and its held_new in two (no_room would miss some).
@@ -68,10 +88,6 @@ if n_sched > 1 then
     if named[cfg] then return bad_arg('schedule named twice') end
     named[cfg] = true
   end
-end
-local n_holds = tonumber(ARGV[1])
-if not n_holds or n_holds < 1 or n_holds ~= math.floor(n_holds) or #ARGV ~= 1 + 5 * n_holds then
-  return bad_arg('hold count')
 end
 -- Each hold's request, parsed and checked before anything is written.
 local sched_of, wanted_of, count_of = {}, {}, {}
@@ -91,6 +107,21 @@ for i = 1, n_holds do
     count_of[i] = count
   else
     return bad_arg('mode')
+  end
+end
+-- The keyed holds: hold i's key (a KEYS name) and its request's
+-- fingerprint; each hold at most once.
+local key_of, print_of
+if n_keyed > 0 then
+  key_of, print_of = {}, {}
+  local keys_at, args_at = 6 + 7 * n_sched, 1 + 5 * n_holds
+  for k = 1, n_keyed do
+    local i, fp = num(ARGV[args_at + 2 * k - 1]), ARGV[args_at + 2 * k]
+    if not i or i < 1 or i > n_holds or i ~= math.floor(i) or key_of[i] then
+      return bad_arg('keyed hold')
+    end
+    if fp == '' or string.find(fp, '\n', 1, true) then return bad_arg('fingerprint') end
+    key_of[i], print_of[i] = KEYS[keys_at + k], fp
   end
 end
 if restoring(KEYS[6]) then return json({ status = 'restoring' }) end
@@ -172,6 +203,19 @@ end
 -- Hold i, decided against everything the holds before it in this call
 -- did: its reply as JSON text.
 local function place(i)
+  -- A key that already made a hold answers that hold, whatever else has
+  -- changed since (the buyer's entry, the schedule): the request was
+  -- decided when its key was first used.
+  local key = key_of and key_of[i]
+  if key then
+    local saved = redis.call('GET', key)
+    if saved then
+      local cut = string.find(saved, '\n', 1, true)
+      if string.sub(saved, 1, cut - 1) ~= print_of[i] then return '{"status":"key_reused"}' end
+      -- '{"status":"ok",' is 15 bytes.
+      return '{"status":"ok","replayed":true,' .. string.sub(saved, cut + 16)
+    end
+  end
   local S = schedule(sched_of[i])
   if S.refused then return S.refused end
   local K, N = S.K, S.N
@@ -451,8 +495,12 @@ local function place(i)
   deadlines[#deadlines + 1] = deadline_s
   deadlines[#deadlines + 1] = n
 
-  return '{"status":"ok","hold":' .. n .. ',"seats":' .. seat_list .. ',"adjacent":'
+  local reply = '{"status":"ok","hold":' .. n .. ',"seats":' .. seat_list .. ',"adjacent":'
     .. tostring(adjacent) .. ',"deadline":' .. deadline_s .. ',"price":' .. S.price_json .. '}'
+  -- The key remembers the hold for as long as the hold can be held: a
+  -- retry after its deadline finds neither and holds anew.
+  if key then redis.call('SET', key, print_of[i] .. '\n' .. reply, 'PXAT', deadline_s) end
+  return reply
 end
 
 local replies = {}

@@ -9,7 +9,7 @@
 //! second hold on a schedule counts the first against its limit, and no
 //! seat is ever held twice, as with one call per hold.
 
-use super::{Hold, HoldAsk, HoldError};
+use super::{HoldAsk, HoldError, Placement};
 use crate::{
     ids::EventId,
     store::{
@@ -26,7 +26,7 @@ pub struct Holds {
 impl Batch for Holds {
     type Key = EventId;
     type Request = HoldAsk;
-    type Answer = Result<Hold, HoldError>;
+    type Answer = Result<Placement, HoldError>;
     const SCRIPT: &'static str = "place_hold";
 
     async fn answer(&self, key: &Self::Key, asks: Vec<HoldAsk>) -> Vec<Self::Answer> {

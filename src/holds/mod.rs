@@ -27,7 +27,8 @@ use self::reply::{
     Released, SeatMapHead, Sold, Swept,
 };
 use crate::{
-    ids::{EventId, HoldId, PaymentId, ScheduleId, SeatNo, UserId},
+    idempotency,
+    ids::{EventId, HoldId, IdempotencyKey, PaymentId, ScheduleId, SeatNo, UserId},
     store::{
         StoreError,
         coalesce::one_each,
@@ -130,6 +131,10 @@ pub enum HoldError {
     /// The schedule was cancelled: nothing of it is sold any more.
     #[error("the schedule was cancelled")]
     Cancelled,
+    /// The request's `Idempotency-Key` already made a hold for another
+    /// request.
+    #[error("this Idempotency-Key was used with a different request")]
+    KeyReused,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -176,12 +181,39 @@ fn amount(price: Decimal, seats: usize) -> Decimal {
 }
 
 /// One hold to place: the buyer (from its verified queue token), the
-/// schedule of its event and what it asks for.
+/// schedule of its event and what it asks for, and the request's
+/// `Idempotency-Key` if it has one.
 #[derive(Debug)]
 pub struct HoldAsk {
     pub buyer: QueueClaims,
     pub schedule: ScheduleId,
     pub request: HoldRequest,
+    pub key: Option<IdempotencyKey>,
+}
+
+impl HoldAsk {
+    /// What a key remembers of the request, to tell a retry from another
+    /// request under the same key: the schedule and the seats asked for
+    /// (in any order) or their count.
+    fn fingerprint(&self) -> String {
+        let (mode, arg) = match &self.request.0 {
+            Ask::Seats(seats) => {
+                let mut seats: Vec<u32> = seats.iter().map(|s| s.get()).collect();
+                seats.sort_unstable();
+                ("seats", seats_arg(&seats))
+            }
+            Ask::Count(n) => ("count", n.to_string()),
+        };
+        idempotency::fingerprint(&["hold", self.schedule.as_str(), mode, &arg])
+    }
+}
+
+/// A hold a request made, or the one its `Idempotency-Key` made before
+/// (`replayed`: the same answer again, nothing done).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub hold: Hold,
+    pub replayed: bool,
 }
 
 /// Places holds on the schedules of `event` in one call of `place_hold`,
@@ -195,7 +227,7 @@ pub async fn place(
     redis: &Redis,
     event: &EventId,
     asks: &[HoldAsk],
-) -> Vec<Result<Hold, HoldError>> {
+) -> Vec<Result<Placement, HoldError>> {
     debug_assert!(asks.iter().all(|a| a.buyer.event == *event));
     let k = redis.keys().event(event);
     let mut keys = vec![k.hold_seq()];
@@ -206,6 +238,15 @@ pub async fn place(
     let mut numbers: HashMap<&ScheduleId, usize> = HashMap::new();
     let mut args = Vec::with_capacity(1 + 5 * asks.len());
     args.push(asks.len().to_string());
+    // The keyed holds, after every hold: their numbers and fingerprints in
+    // ARGV, their keys' strings after the schedules' keys.
+    let (mut key_names, mut key_args) = (Vec::new(), Vec::new());
+    for (i, ask) in asks.iter().enumerate() {
+        if let Some(key) = &ask.key {
+            key_names.push(k.hold_key(&ask.buyer.user, key));
+            key_args.extend([(i + 1).to_string(), ask.fingerprint()]);
+        }
+    }
     for ask in asks {
         let next = numbers.len() + 1;
         let number = *numbers.entry(&ask.schedule).or_insert_with(|| {
@@ -215,11 +256,7 @@ pub async fn place(
         let (mode, arg) = match &ask.request.0 {
             Ask::Seats(seats) => (
                 "seats",
-                seats
-                    .iter()
-                    .map(|s| s.get().to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
+                seats_arg(&seats.iter().map(|s| s.get()).collect::<Vec<_>>()),
             ),
             Ask::Count(n) => ("count", n.to_string()),
         };
@@ -231,6 +268,8 @@ pub async fn place(
             ask.buyer.entry.to_string(),
         ]);
     }
+    keys.extend(key_names);
+    args.extend(key_args);
     let reply = redis
         .run(&redis::PLACE_HOLD, keys, args)
         .await
@@ -254,17 +293,20 @@ pub async fn place(
         .into_iter()
         .zip(asks)
         .map(|(p, ask)| {
-            p.into_result().map(|p| Hold {
-                id: HoldId {
-                    event: event.clone(),
-                    schedule: ask.schedule.clone(),
-                    n: p.hold,
+            p.into_result().map(|p| Placement {
+                hold: Hold {
+                    id: HoldId {
+                        event: event.clone(),
+                        schedule: ask.schedule.clone(),
+                        n: p.hold,
+                    },
+                    amount: amount(p.price, p.seats.len()),
+                    adjacent: p.adjacent,
+                    expires_at_ms: p.deadline,
+                    seats: p.seats,
+                    state: HoldState::Held,
                 },
-                amount: amount(p.price, p.seats.len()),
-                adjacent: p.adjacent,
-                expires_at_ms: p.deadline,
-                seats: p.seats,
-                state: HoldState::Held,
+                replayed: p.replayed,
             })
         })
         .collect();
@@ -272,9 +314,12 @@ pub async fn place(
 }
 
 /// Counts each hold's outcome (`boxoffice_holds_total`).
-fn count_outcomes(outcomes: Vec<Result<Hold, HoldError>>) -> Vec<Result<Hold, HoldError>> {
+fn count_outcomes(
+    outcomes: Vec<Result<Placement, HoldError>>,
+) -> Vec<Result<Placement, HoldError>> {
     for outcome in &outcomes {
         let label = match outcome {
+            Ok(p) if p.replayed => "replayed",
             Ok(_) => "placed",
             Err(HoldError::Unavailable(_)) => "conflict",
             Err(HoldError::Limit { .. }) => "limit",
@@ -738,7 +783,7 @@ pub async fn confirm_sale(redis: &Redis, sale: Sale<'_>) -> Result<Confirmed, St
 }
 
 /// Seats as the scripts take them: comma-separated.
-fn seats_arg(seats: &[i32]) -> String {
+fn seats_arg(seats: &[impl ToString]) -> String {
     seats
         .iter()
         .map(ToString::to_string)

@@ -81,6 +81,8 @@ pub(super) enum HoldReply<T> {
     Unavailable {
         seats: Vec<u32>,
     },
+    /// The hold's `Idempotency-Key` made a hold for another request.
+    KeyReused,
 }
 
 /// Why a script found its request invalid.
@@ -125,6 +127,7 @@ impl<T> HoldReply<T> {
                 requested,
             },
             Self::Unavailable { seats } => HoldError::Unavailable(seats),
+            Self::KeyReused => HoldError::KeyReused,
         })
     }
 }
@@ -218,6 +221,9 @@ pub(super) struct Placed {
     pub deadline: i64,
     #[serde(with = "rust_decimal::serde::str")]
     pub price: Decimal,
+    /// The hold an earlier request with the same key made, answered again.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 /// `hold_info`'s answer.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{
     ApiError, ApiResult,
     auth::QueueToken,
-    extract::{ApiJson, ServiceKey},
+    extract::{ApiJson, OptionalIdempotencyKey, ServiceKey},
     queue::event_in_path,
 };
 use crate::{
@@ -54,6 +54,7 @@ impl From<HoldError> for ApiError {
                 reason: "the event is being restored from PostgreSQL".into(),
             }),
             HoldError::Cancelled => ApiError::ScheduleCancelled,
+            HoldError::KeyReused => ApiError::IdempotencyKeyReused,
             HoldError::Store(e) => ApiError::Dependency(e),
         }
     }
@@ -314,12 +315,13 @@ impl From<Hold> for HoldResponse {
 
 #[utoipa::path(post, path = "/v1/holds", tag = "holds",
     security(("queue_token" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Scoped to the buyer: while the hold it made lasts, a retry with the same key and body answers that hold again (with Idempotent-Replayed: true) and holds nothing more; a refused request made nothing and is decided anew")),
     request_body = HoldBody,
     responses(
-        (status = 201, description = "All requested seats are held", body = HoldResponse),
+        (status = 201, description = "All requested seats are held (or, with Idempotent-Replayed: true, the hold this Idempotency-Key made)", body = HoldResponse),
         (status = 409, description = "seats_unavailable (with unavailable_seats) or hold_limit_exceeded", body = super::openapi::Problem),
         (status = 404, description = "not_found: unknown schedule", body = super::openapi::Problem),
-        (status = 422, description = "invalid_request", body = super::openapi::Problem),
+        (status = 422, description = "invalid_request, or idempotency_key_reused: the key made a hold for another request", body = super::openapi::Problem),
         (status = 403, description = "not_admitted", body = super::openapi::Problem),
         (status = 410, description = "queue_token_expired", body = super::openapi::Problem),
         (status = 503, description = "dependency_unavailable (with Retry-After): Redis or the event's shard is down, or the event is being restored from PostgreSQL", body = super::openapi::Problem),
@@ -327,17 +329,30 @@ impl From<Hold> for HoldResponse {
 pub async fn place(
     State(state): State<AppState>,
     QueueToken(buyer): QueueToken,
+    OptionalIdempotencyKey(key): OptionalIdempotencyKey,
     ApiJson(body): ApiJson<HoldBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     let (schedule, request) = body.parse()?;
     let event = buyer.event.clone();
     let ask = holds::HoldAsk {
         buyer,
         schedule,
         request,
+        key,
     };
-    let hold = state.holds.ask(&event, ask).await?;
-    Ok((StatusCode::CREATED, axum::Json(HoldResponse::from(hold))))
+    let placed = state.holds.ask(&event, ask).await?;
+    let mut resp = (
+        StatusCode::CREATED,
+        axum::Json(HoldResponse::from(placed.hold)),
+    )
+        .into_response();
+    if placed.replayed {
+        resp.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(resp)
 }
 
 fn hold_in_path(raw: &str, token: &QueueToken) -> ApiResult<HoldId> {

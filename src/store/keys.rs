@@ -8,7 +8,7 @@
 //! (`BOXOFFICE_REDIS_PREFIX`) sits outside the tag so several deployments or
 //! test runs can share one Redis without sharing slots' meaning.
 
-use crate::ids::{EventId, ScheduleId};
+use crate::ids::{EventId, IdempotencyKey, ScheduleId, UserId};
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -211,6 +211,13 @@ impl EventKeys {
     pub fn ready(&self) -> String {
         self.key("ready")
     }
+    /// String: what a hold request carrying `user`'s `Idempotency-Key`
+    /// `key` did (its fingerprint and reply, `lua/place_hold.lua`), until
+    /// that hold's deadline. Neither part has a space, so the name is
+    /// one user's one key.
+    pub fn hold_key(&self, user: &UserId, key: &IdempotencyKey) -> String {
+        self.key(&format!("hk:{user} {key}"))
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +238,22 @@ mod tests {
         ] {
             assert!(key.starts_with("t1:{ev:e1}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn a_hold_key_is_in_its_events_slot_and_names_one_user_and_key() {
+        use crate::store::redis::Redis;
+        let k = Keys::new("t1:").event(&EventId::parse("e1").unwrap());
+        let user = |u| UserId::parse(u).unwrap();
+        let key = |s| IdempotencyKey::parse(s).unwrap();
+        // Braces in the client's key do not move it to another slot.
+        let braced = k.hold_key(&user("a"), &key("{x}"));
+        assert_eq!(Redis::slot_of(&braced), Redis::slot_of(&k.ready()));
+        // A ':' may be in a user id, never a space in either part.
+        assert_ne!(
+            k.hold_key(&user("a:b"), &key("c")),
+            k.hold_key(&user("a"), &key("b:c"))
+        );
     }
 
     #[test]

@@ -708,3 +708,178 @@ async fn a_schedule_sold_out_by_concurrent_holds_holds_exactly_its_seats() {
     assert_map_holds_exactly(&app, &tokens[0], &granted).await;
     app.assert_script_invariants().await;
 }
+
+impl TestApp {
+    /// `POST /v1/holds` with an `Idempotency-Key`.
+    pub async fn hold_keyed(&self, token: &str, key: &str, body: Value) -> Resp {
+        self.send(Req {
+            method: Method::POST,
+            path: "/v1/holds",
+            body: Some(body),
+            raw: None,
+            headers: vec![
+                ("authorization", format!("Bearer {token}")),
+                ("idempotency-key", key.to_owned()),
+            ],
+        })
+        .await
+    }
+}
+
+/// The seats of `d1` held now, by the seat map.
+async fn held_seats(app: &TestApp, token: &str) -> BTreeSet<u64> {
+    app.seat_statuses(token, "e1")
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "held")
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// A hold whose answer was lost is asked for again with the same key: the
+/// retry answers the hold the first request made, byte for byte, and holds
+/// nothing more, also where a second hold would have been refused (the
+/// limit). The key is the buyer's own, and names one request.
+#[tokio::test]
+async fn a_keyed_hold_asked_again_answers_the_same_hold_and_holds_nothing_more() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 50, 300, 4).await;
+    let t = app.admitted_users("e1", 2).await;
+    let first = app
+        .hold_keyed(&t[0], "hold-1", json!({"schedule_id": "d1", "count": 2}))
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    assert_eq!(first.replayed(), None, "a first answer is not a replay");
+    let again = app
+        .hold_keyed(&t[0], "hold-1", json!({"schedule_id": "d1", "count": 2}))
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text);
+    assert_eq!(again.replayed(), Some("true"));
+    assert_eq!(again.text, first.text, "the same answer");
+    let granted: BTreeSet<u64> = seats_of(&first).into_iter().collect();
+    assert_eq!(held_seats(&app, &t[0]).await, granted, "one hold, not two");
+
+    // The same key for another request is refused and changes nothing.
+    app.hold_keyed(&t[0], "hold-1", json!({"schedule_id": "d1", "count": 1}))
+        .await
+        .assert_problem(422, "idempotency_key_reused");
+    app.hold_keyed(
+        &t[0],
+        "hold-1",
+        json!({"schedule_id": "d1", "seats": [20, 21]}),
+    )
+    .await
+    .assert_problem(422, "idempotency_key_reused");
+    assert_eq!(held_seats(&app, &t[0]).await, granted);
+
+    // Exact seats in any order are one request.
+    let pair = app
+        .hold_keyed(
+            &t[0],
+            "hold-2",
+            json!({"schedule_id": "d1", "seats": [31, 30]}),
+        )
+        .await;
+    assert_eq!(pair.status, StatusCode::CREATED, "{}", pair.text);
+    let swapped = app
+        .hold_keyed(
+            &t[0],
+            "hold-2",
+            json!({"schedule_id": "d1", "seats": [30, 31]}),
+        )
+        .await;
+    assert_eq!(swapped.replayed(), Some("true"), "{}", swapped.text);
+    assert_eq!(swapped.body["hold_id"], pair.body["hold_id"]);
+
+    // The buyer now holds 4 seats, its limit: a new hold is refused, the
+    // retry of one it made is not.
+    app.hold_keyed(&t[0], "hold-3", json!({"schedule_id": "d1", "count": 1}))
+        .await
+        .assert_problem(409, "hold_limit_exceeded");
+    let limited = app
+        .hold_keyed(&t[0], "hold-1", json!({"schedule_id": "d1", "count": 2}))
+        .await;
+    assert_eq!(limited.replayed(), Some("true"), "{}", limited.text);
+
+    // Another buyer's key of the same text is its own.
+    let other = app
+        .hold_keyed(&t[1], "hold-1", json!({"schedule_id": "d1", "count": 2}))
+        .await;
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.text);
+    assert_eq!(other.replayed(), None);
+    assert_ne!(other.body["hold_id"], first.body["hold_id"]);
+    assert_eq!(held_seats(&app, &t[0]).await.len(), 6);
+
+    // A refused request made nothing, so its key is decided anew: the
+    // third hold fits once the buyer released the first.
+    let first_id = first.body["hold_id"].as_str().unwrap();
+    let released = app
+        .send(Req {
+            method: Method::DELETE,
+            path: &format!("/v1/holds/{first_id}"),
+            body: None,
+            raw: None,
+            headers: vec![("authorization", format!("Bearer {}", t[0]))],
+        })
+        .await;
+    assert_eq!(released.status, StatusCode::NO_CONTENT, "{}", released.text);
+    let third = app
+        .hold_keyed(&t[0], "hold-3", json!({"schedule_id": "d1", "count": 1}))
+        .await;
+    assert_eq!(third.status, StatusCode::CREATED, "{}", third.text);
+    assert_eq!(third.replayed(), None);
+    assert_eq!(held_seats(&app, &t[0]).await.len(), 5);
+    app.assert_script_invariants().await;
+}
+
+/// Three hundred copies of one keyed request at once, as a client retrying
+/// in a loop might send them: one hold is made, and every answer is that
+/// hold. Many of them share a script call (the coalescer), so a key is
+/// also found by a later hold of the same call.
+#[tokio::test]
+async fn three_hundred_concurrent_copies_of_a_keyed_hold_make_exactly_one() {
+    let app = spawn_app().await;
+    app.simple_event("e1", open_queue(), 400, 300, 4).await;
+    let t = app.admitted_users("e1", 1).await.remove(0);
+    let answers = join_all(
+        (0..300).map(|_| app.hold_keyed(&t, "one-hold", json!({"schedule_id": "d1", "count": 1}))),
+    )
+    .await;
+    for r in &answers {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let ids: HashSet<&Value> = answers.iter().map(|r| &r.body["hold_id"]).collect();
+    assert_eq!(ids.len(), 1, "one hold: {ids:?}");
+    let fresh = answers.iter().filter(|r| r.replayed().is_none()).count();
+    assert_eq!(fresh, 1, "exactly one answer is not a replay");
+    assert_eq!(held_seats(&app, &t).await, BTreeSet::from([1]));
+    let figures = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
+    assert_eq!(figures.body["schedules"][0]["held"], 1, "{}", figures.text);
+    app.assert_script_invariants().await;
+}
+
+/// A key lasts as long as the hold it made can be held: after the hold's
+/// deadline the hold is gone, and the same request holds anew.
+#[tokio::test]
+async fn a_hold_key_is_forgotten_with_its_holds_deadline() {
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 1, 4).await;
+    let t = app.admitted_users("e1", 1).await.remove(0);
+    let first = app
+        .hold_keyed(&t, "k", json!({"schedule_id": "d1", "count": 1}))
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(first.body["expires_at"].as_str().unwrap()).unwrap();
+    let wait =
+        (expires.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0) as u64 + 50;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let later = app
+        .hold_keyed(&t, "k", json!({"schedule_id": "d1", "count": 1}))
+        .await;
+    assert_eq!(later.status, StatusCode::CREATED, "{}", later.text);
+    assert_eq!(later.replayed(), None, "a new hold: {}", later.text);
+    assert_ne!(later.body["hold_id"], first.body["hold_id"]);
+    assert_eq!(held_seats(&app, &t).await, BTreeSet::from([1]));
+    app.assert_script_invariants().await;
+}

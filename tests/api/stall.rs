@@ -277,6 +277,62 @@ async fn a_payment_whose_client_gave_up_runs_to_its_end() {
     app.assert_audit_clean().await;
 }
 
+/// A hold whose client gave up while Redis hung (the answer lost, as a
+/// browser's or a gateway's timeout loses it) is found again by its key:
+/// the retry answers the hold the first request made once Redis is back,
+/// and the buyer holds one seat, not two. Without the key the retry would
+/// hold a second seat, and with `seats` meet its own hold as
+/// `409 seats_unavailable`.
+#[tokio::test]
+async fn a_hold_whose_client_gave_up_is_found_again_by_its_key() {
+    let (proxy, app) = with_stallable_redis(Settings::new()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "u1").await;
+
+    proxy.stall();
+    give_up_after(Duration::from_millis(200), |c| {
+        c.post(format!("{}/v1/holds", app.base))
+            .bearer_auth(&token)
+            .header("idempotency-key", "hold-once")
+            .json(&json!({"schedule_id": "d1", "count": 1}))
+    })
+    .await;
+    // Redis answers again within the service's call timeout, and the call
+    // in flight lands before the retry is sent.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.restore();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let retry = app
+        .hold_keyed(
+            &token,
+            "hold-once",
+            json!({"schedule_id": "d1", "count": 1}),
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
+    assert_eq!(
+        retry.replayed(),
+        Some("true"),
+        "the hold the first request made: {}",
+        retry.text
+    );
+    assert_eq!(retry.body["seats"], json!([1]));
+    assert_eq!(app.admin_seat("e1", 1).await, "held");
+    assert_eq!(
+        app.admin_seat("e1", 2).await,
+        "available",
+        "one hold, not two"
+    );
+    let hold = retry.body["hold_id"].as_str().unwrap();
+    let r = app
+        .get_with_token(&format!("/v1/holds/{hold}"), &token)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "the buyer's hold: {}", r.text);
+    app.assert_script_invariants().await;
+    app.assert_audit_clean().await;
+}
+
 /// A `begin_payment` call lost in a hung Redis (the service gave up on it
 /// after its call timeout and answered 503) reaches Redis once the network
 /// heals and makes the hold *paying*, with nobody paying it. The instance
