@@ -25,6 +25,10 @@ use crate::{
 /// (each of their waits is bounded by a store's timeout, seconds at most).
 const EFFECTS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a stopping service waits for its queued confirmation marks
+/// (one statement per 500; PostgreSQL's statement timeout bounds each).
+const MARKS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A built, bound, not yet running service.
 pub struct Application {
     listener: TcpListener,
@@ -176,6 +180,11 @@ impl Application {
         // every wait is bounded by a store's timeout.
         if !state.effects.finish(EFFECTS_GRACE).await {
             tracing::warn!("payments or charges still running at shutdown");
+        }
+        // Their confirmation marks, and any still queued, before the pool
+        // closes (a mark lost is replayed by another instance's reconciler).
+        if !state.confirmations.finish(MARKS_GRACE).await {
+            tracing::warn!("confirmation marks still unwritten at shutdown");
         }
         while loops.join_next().await.is_some() {}
         state.redis.quit().await;

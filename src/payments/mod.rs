@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use pay::{PayError, Recorded, Refusal, record, settle, why_gone};
 pub use refund::RefundError;
@@ -105,21 +106,41 @@ pub async fn mark_confirmed(pg: &Pg, payment_ids: &[PaymentId]) {
 /// statement for the payments confirmed while the previous one ran and
 /// during a short linger after the first, so that a busy second's marks
 /// cost a few statements and commits rather than one per few payments.
+/// A stopping instance writes the marks still queued ([`Self::finish`]),
+/// so a clean stop leaves no payment for another instance to replay.
 #[derive(Clone, Debug)]
-pub struct Confirmations(mpsc::Sender<PaymentId>);
+pub struct Confirmations {
+    queue: mpsc::Sender<PaymentId>,
+    closing: CancellationToken,
+    writer: TaskTracker,
+}
 
 impl Confirmations {
-    /// Starts the writer; it ends when the last handle is dropped.
+    /// Starts the writer; it ends when the last handle is dropped or
+    /// [`Self::finish`] is called.
     pub fn start(pg: Pg) -> Self {
         const PENDING: usize = 10_000;
         const BATCH: usize = 500;
         // Far below the reconciler's second: a mark is never that late.
         const LINGER: Duration = Duration::from_millis(20);
-        let (tx, mut rx) = mpsc::channel(PENDING);
-        tokio::spawn(async move {
+        let (queue, mut rx) = mpsc::channel(PENDING);
+        let closing = CancellationToken::new();
+        let writer = TaskTracker::new();
+        let stop = closing.clone();
+        writer.spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
-            while rx.recv_many(&mut batch, BATCH).await > 0 {
-                if batch.len() < BATCH {
+            let mut closed = false;
+            loop {
+                tokio::select! {
+                    got = rx.recv_many(&mut batch, BATCH) => if got == 0 { break },
+                    // No more marks are taken; those queued are written.
+                    () = stop.cancelled(), if !closed => {
+                        rx.close();
+                        closed = true;
+                        continue;
+                    }
+                }
+                if batch.len() < BATCH && !closed {
                     tokio::time::sleep(LINGER).await;
                     while batch.len() < BATCH
                         && let Ok(id) = rx.try_recv()
@@ -131,15 +152,29 @@ impl Confirmations {
                 batch.clear();
             }
         });
-        Self(tx)
+        writer.close();
+        Self {
+            queue,
+            closing,
+            writer,
+        }
     }
 
-    /// Queues a mark; when the writer is far behind the mark is dropped and
-    /// left to the reconciler.
+    /// Queues a mark; when the writer is far behind (or stopped) the mark
+    /// is dropped and left to the reconciler.
     pub fn push(&self, payment_id: PaymentId) {
-        if self.0.try_send(payment_id).is_err() {
+        if self.queue.try_send(payment_id).is_err() {
             tracing::debug!(%payment_id, "confirmation queue full; the reconciler will mark it");
         }
+    }
+
+    /// Stops taking marks and waits, at most `limit`, until those queued
+    /// are written; true when they are.
+    pub async fn finish(&self, limit: Duration) -> bool {
+        self.closing.cancel();
+        tokio::time::timeout(limit, self.writer.wait())
+            .await
+            .is_ok()
     }
 }
 

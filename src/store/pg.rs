@@ -9,7 +9,7 @@ use std::{
     str::FromStr,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -106,11 +106,14 @@ impl Lost {
 /// is kept, and only while the pool could still serve a waiter (it has an
 /// idle connection or room for a new one), so the other statements always
 /// have the rest; one kept for a second or more goes back to the pool
-/// when the next payment finds it.
+/// when the next payment finds it. Once the pool is closing none is
+/// kept: the pool's close waits for every connection to come back.
 #[derive(Debug)]
 struct Kept {
     conns: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
     most: usize,
+    /// Set, under the lock, when [`Pg::close`] starts.
+    closing: AtomicBool,
 }
 
 fn unavailable(reason: impl Into<String>) -> StoreError {
@@ -221,6 +224,7 @@ impl Pg {
             kept: Arc::new(Kept {
                 conns: Mutex::new(Vec::new()),
                 most: (options.max_connections as usize / 4).max(1),
+                closing: AtomicBool::new(false),
             }),
             lost,
         })
@@ -312,7 +316,7 @@ impl Pg {
         let pool = &self.pool;
         if pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections() {
             let mut conns = lock(&self.kept.conns);
-            if conns.len() < self.kept.most {
+            if conns.len() < self.kept.most && !self.kept.closing.load(Ordering::Relaxed) {
                 conns.push((conn, Instant::now()));
                 return;
             }
@@ -366,8 +370,17 @@ impl Pg {
         Ok(applied.unwrap_or(0) >= latest)
     }
 
+    /// Closes the pool once every connection is back: the kept ones at
+    /// once, those of statements still running as they end (a payment
+    /// that ends from now on gives its connection back instead of keeping
+    /// it, or the close would wait for it for ever).
     pub async fn close(&self) {
-        lock(&self.kept.conns).clear();
+        let kept = {
+            let mut conns = lock(&self.kept.conns);
+            self.kept.closing.store(true, Ordering::Relaxed);
+            std::mem::take(&mut *conns)
+        };
+        drop(kept);
         self.pool.close().await;
     }
 }

@@ -237,3 +237,55 @@ async fn a_rebuild_right_after_the_crash_still_ends_the_buyers_entry() {
         payments(&app).await
     );
 }
+
+/// An instance stopped (SIGTERM) while a payment whose client gave up is
+/// still running waits for it before it exits: the payment's statement has
+/// committed, and its Redis step (the seats sold, the confirmation mark
+/// gone) runs before the process ends. Without that wait the process exits
+/// at once, and the seats stay *paying* with the payment unconfirmed until
+/// another instance's reconciler finishes it. The `slow_pg_ms` failpoint
+/// holds the payment 2 s between its commit and its Redis step; background
+/// loops are off, so nobody else can finish it.
+#[tokio::test]
+async fn a_stopping_instance_finishes_a_payment_whose_client_gave_up_before_it_exits() {
+    let setup = spawn_with(Settings::new().without_background()).await;
+    setup.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = setup.admitted_token("e1", "jay").await;
+    setup.charge("jay", "5000", None).await;
+    let hold = setup.hold_seats(&token, json!([5, 6])).await;
+    let stopping = ProcessInstance::start(
+        &setup
+            .settings
+            .clone()
+            .set("BOXOFFICE_FAILPOINT", "slow_pg_ms:2000"),
+    )
+    .await;
+    give_up_after(Duration::from_millis(300), |c| {
+        c.post(format!("{}/v1/payments", stopping.base))
+            .bearer_auth(&token)
+            .json(&json!({"hold_id": hold}))
+    })
+    .await;
+    let committed = eventually(Duration::from_secs(5), || async {
+        payments(&setup).await.0 == 1
+    })
+    .await;
+    assert!(committed, "the payment's statement committed");
+    assert_eq!(
+        payments(&setup).await,
+        (1, false),
+        "its Redis step is still to come"
+    );
+
+    let exit = stopping.terminate().await;
+    assert!(exit.success(), "a clean stop: {exit}");
+    assert_eq!(setup.admin_seat("e1", 5).await, "sold");
+    assert_eq!(setup.admin_seat("e1", 6).await, "sold");
+    assert_eq!(
+        payments(&setup).await,
+        (1, true),
+        "the stopping instance finished the payment before it exited"
+    );
+    assert_eq!(setup.balance("jay").await, "3000", "paid once");
+    setup.assert_script_invariants().await;
+}

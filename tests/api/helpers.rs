@@ -1058,6 +1058,20 @@ impl ProcessInstance {
         );
     }
 
+    /// SIGTERM, as an orchestrator stops an instance; waits (20 s at most)
+    /// until the process has exited, and returns how.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("the process is running");
+        let pid = i32::try_from(pid).expect("a pid fits in pid_t");
+        // SAFETY: kill(2) has no memory effects; the pid is our own child,
+        // not yet waited for, so it is not reused.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM");
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the process exits within 20 s of SIGTERM")
+            .expect("the process ends")
+    }
+
     /// SIGKILL: no clean-up, no graceful shutdown; waits until it is dead.
     pub async fn kill(mut self) {
         self.child.start_kill().expect("SIGKILL");

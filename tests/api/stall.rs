@@ -445,3 +445,32 @@ async fn a_refused_payment_whose_abort_failed_gives_its_hold_back_later() {
     app.assert_script_invariants().await;
     app.assert_audit_clean().await;
 }
+
+/// A payment that ends while the pool is closing (a stopping instance
+/// whose payment outlived the wait for it) gives its connection back
+/// rather than keeping it for the next payment: the pool's close waits
+/// for every connection, and a kept one would make it wait for ever.
+#[tokio::test]
+async fn a_payment_connection_given_back_while_the_pool_closes_lets_it_close() {
+    let db = create_database().await;
+    let pg = boxoffice::store::pg::Pg::connect_with(
+        &db,
+        boxoffice::store::pg::PgOptions {
+            max_connections: 4,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut conn = pg.payment_conn().await.unwrap();
+    let row: Result<i32, sqlx::Error> = sqlx::query_scalar("select 1").fetch_one(&mut *conn).await;
+    let closing = tokio::spawn({
+        let pg = pg.clone();
+        async move { pg.close().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!closing.is_finished(), "the close waits for the payment");
+    pg.give_back_payment_conn(conn, &row).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), closing).await;
+    assert!(closed.is_ok(), "the pool closed once the payment ended");
+}
