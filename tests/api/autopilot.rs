@@ -575,10 +575,14 @@ async fn the_autopilot_does_not_raise_the_rate_without_admitted_buyers_to_judge_
         steps.iter().any(|(_, _, w)| w.as_u64() == Some(5)),
         "the pre-queue counts as waiting, so the old law would have raised: {steps:?}"
     );
+    // Never above the starting rate. A cut is the law's answer to this
+    // instance's PostgreSQL pool waiting over half the target, which the
+    // rest of the suite, run beside this test on two cores, can cause
+    // (seen in CI: 20 → 14 with no admitted request); it is not a rise.
     assert!(
         steps
             .iter()
-            .all(|(rate, p99, _)| rate == &json!(20) && p99.is_null()),
+            .all(|(rate, p99, _)| rate.as_u64().is_some_and(|r| r <= 20) && p99.is_null()),
         "no admitted request, no rise: {steps:?}"
     );
 }
