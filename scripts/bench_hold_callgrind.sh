@@ -15,7 +15,8 @@
 #    with instrumentation on; prints the whole server's instructions per
 #    call (network and protocol included), two rounds. place_hold is
 #    measured with one hold a call and with 8 (as the service coalesces
-#    them under load; also per hold).
+#    them under load; also per hold), and one hold a call with an
+#    Idempotency-Key: a new key each call, and one key replayed.
 #
 # Inputs (optional): HOLD_BENCH_BEFORE, HOLD_CG_CALLS (2000), HOLD_BENCH_BIN,
 # DATABASE_URL (as bench_hold_script.sh).
@@ -89,4 +90,11 @@ for round in 1 2; do
     measure "minimal (FCALL)" FCALL "$MINI_FN" 2 "$E:f$round:seats" "$E:f:seq" u__rand_int__
     measure "place_hold now, $BATCH a call" FCALL "$NOW" 13 $(keys "q$round") "$BATCH" "${BATCH_ARGS[@]}" |
         awk -v b="$BATCH" '{printf "%s (per hold: %d)\n", $0, $(NF - 3) / b}'
+    # With an Idempotency-Key (docs/HOLDS.md): a new key each call (its GET
+    # misses, the hold is made and the key written), then one key over
+    # and over (after the first call, every call is a replay).
+    measure "place_hold now, keyed" FCALL "$NOW" 14 $(keys "k$round") "$E:hk:u__rand_int__ k__rand_int__" 1 1 u__rand_int__ count 1 1 1 fp
+    measure "place_hold now, replayed" FCALL "$NOW" 14 $(keys "k$round") "$E:hk:u1 replayed" 1 1 u000000099999 count 1 1 1 fp
+    [[ $(rcli exists "$E:hk:u1 replayed") == 1 ]] ||
+        { echo "bench_hold_callgrind: the replayed key was never written (its first hold was refused)" >&2; exit 1; }
 done

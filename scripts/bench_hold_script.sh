@@ -111,6 +111,9 @@ for ((i = 1; i <= RUNS; i++)); do
     SCHEDULES+=",{\"schedule_id\":\"b$i\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}"
     SCHEDULES+=",{\"schedule_id\":\"r$i\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}"
     SCHEDULES+=",{\"schedule_id\":\"q$i\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}"
+    # The keyed holds of scripts/bench_hold_callgrind.sh, on schedules of their own.
+    [[ -z ${HOLD_BENCH_SAVE:-} ]] ||
+        SCHEDULES+=",{\"schedule_id\":\"k$i\",\"starts_at\":\"2030-01-01T19:00:00Z\",\"seats\":100000,\"row_size\":50,\"price\":\"1000\",\"hold_seconds\":3600,\"max_per_user\":100}"
 done
 curl -fsS -o /dev/null -H "x-api-key: $KEY" -H 'content-type: application/json' "http://127.0.0.1:$HPORT/v1/admin/events" -d "{
   \"event_id\":\"hb\",\"name\":\"place_hold bench\",
@@ -126,7 +129,7 @@ bench_admit_users "$E" "$USERS"
 if [[ -n ${HOLD_BENCH_SAVE:-} ]]; then
     [[ $(rcli save) == OK ]] || { echo "bench_hold_script: SAVE failed" >&2; exit 1; }
     cp "$WORK/dump.rdb" "$HOLD_BENCH_SAVE/dump.rdb"
-    echo "saved the bench's data to $HOLD_BENCH_SAVE/dump.rdb (event hb, schedules r1..r$RUNS and b1..b$RUNS)"
+    echo "saved the bench's data to $HOLD_BENCH_SAVE/dump.rdb (event hb, schedules r, b, q and k 1..$RUNS)"
     exit 0
 fi
 
