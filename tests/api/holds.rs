@@ -63,17 +63,21 @@ async fn assert_schedule_holds_exactly(
     schedule: &str,
     granted: &BTreeSet<u64>,
 ) {
-    let held: BTreeSet<u64> = app
-        .seat_statuses_of(token, "e1", schedule)
-        .await
-        .into_iter()
-        .filter(|(_, s)| s == "held")
-        .map(|(n, _)| n)
-        .collect();
+    let held = held_seats_of(app, token, schedule).await;
     assert_eq!(
         &held, granted,
         "the seat map is the union of the granted holds"
     );
+}
+
+/// The seats of `schedule` (of `e1`) held now, by the seat map.
+async fn held_seats_of(app: &TestApp, token: &str, schedule: &str) -> BTreeSet<u64> {
+    app.seat_statuses_of(token, "e1", schedule)
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "held")
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// Adds a granted hold's seats to `granted`: none may be there already.
@@ -275,13 +279,7 @@ async fn per_user_limit_counts_every_live_hold() {
         .await;
     r.assert_problem(409, "hold_limit_exceeded");
     assert_eq!(r.body["held"], 4);
-    let held = app
-        .seat_statuses(&t, "e1")
-        .await
-        .iter()
-        .filter(|(_, s)| s == "held")
-        .count();
-    assert_eq!(held, 4);
+    assert_eq!(held_seats(&app, &t).await.len(), 4);
     app.assert_script_invariants().await;
 }
 
@@ -728,12 +726,7 @@ impl TestApp {
 
 /// The seats of `d1` held now, by the seat map.
 async fn held_seats(app: &TestApp, token: &str) -> BTreeSet<u64> {
-    app.seat_statuses(token, "e1")
-        .await
-        .into_iter()
-        .filter(|(_, s)| s == "held")
-        .map(|(n, _)| n)
-        .collect()
+    held_seats_of(app, token, "d1").await
 }
 
 /// A hold whose answer was lost is asked for again with the same key: the
