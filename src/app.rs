@@ -152,6 +152,9 @@ impl Application {
             );
         }
         loops.spawn(rate_limits.clone().prune(shutdown.clone()));
+        // The mark of life other instances read to take over what a dead
+        // one claimed (docs/PAYMENTS.md), whether or not the loops run.
+        loops.spawn(state.pg.clone().stay_alive(shutdown.clone()));
         let limits = state.config.http;
         warn_if_polls_reconnect(limits);
         if let Some(l) = metrics_listener {

@@ -8,7 +8,9 @@
 //! while the first is still running, `409 request_in_progress`. The
 //! response is stored in the same transaction as the effect, so a replay
 //! can never disagree with what happened. A claim left behind by a crashed
-//! process is taken over after [`STALE_CLAIM_SECONDS`]; one whose release
+//! process is taken over as soon as its instance's mark of life is gone
+//! ([`Pg::stay_alive`]), or after [`STALE_CLAIM_SECONDS`] when its instance
+//! is unknown; one whose release
 //! failed in a live process (PostgreSQL did not answer) is given back in
 //! the background as soon as PostgreSQL answers again ([`once`]).
 //!
@@ -33,11 +35,30 @@ use sha2::{Digest, Sha256};
 use crate::{
     ids::{IdempotencyKey, UserId},
     later::{self, Later, Step},
-    store::{StoreError, pg::Pg},
+    store::{
+        StoreError,
+        pg::{ALIVE_LOCKS, Pg},
+    },
 };
 
-/// An in-flight claim older than this is considered abandoned.
+/// An in-flight claim older than this is considered abandoned, whoever
+/// made it.
 pub const STALE_CLAIM_SECONDS: i64 = 60;
+
+/// Whether a claim row is abandoned: older than the stale time (`$3`
+/// seconds), or made by an instance that no longer holds its mark of life
+/// (the advisory lock in namespace `$4` under the row's `owner`:
+/// [`Pg::stay_alive`]), that is, a process that died. Either way a takeover
+/// is safe: the effect's statement runs only under the claim it was given
+/// ([`CLAIM_ROW`]).
+macro_rules! abandoned {
+    () => {
+        r"(created_at < now() - make_interval(secs => $3)
+          or (owner is not null and not exists (
+            select 1 from pg_locks where locktype = 'advisory' and granted
+              and classid = $4::int::oid and objid = owner::oid and objsubid = 2)))"
+    };
+}
 
 /// When PostgreSQL stamped a claim (`created_at`, stamped again when a
 /// stale claim is taken over): it tells a request's own claim from a later
@@ -215,25 +236,28 @@ pub async fn claim(
             // a claim lost in a crash guarded no effect.
             let inserted: Option<Stamp> = sqlx::query_scalar(
                 r"with relaxed as (select set_config('synchronous_commit', 'off', true))
-              insert into idempotency (user_id, key, fingerprint) select $1, $2, $3 from relaxed
+              insert into idempotency (user_id, key, fingerprint, owner)
+              select $1, $2, $3, $4 from relaxed
               on conflict (user_id, key) do nothing returning created_at",
             )
             .bind(user.as_str())
             .bind(key.as_str())
             .bind(fp)
+            .bind(pg.alive_key())
             .fetch_optional(pg.pool())
             .await?;
             if let Some(stamp) = inserted {
                 return Ok(Claim::Fresh(stamp));
             }
-            let row: Option<(String, Option<i16>, Option<String>, bool)> = sqlx::query_as(
-                r"select fingerprint, status, response,
-                     created_at < now() - make_interval(secs => $3)
-              from idempotency where user_id = $1 and key = $2",
-            )
+            let row: Option<(String, Option<i16>, Option<String>, bool)> = sqlx::query_as(concat!(
+                r"select fingerprint, status, response, ",
+                abandoned!(),
+                r" from idempotency where user_id = $1 and key = $2"
+            ))
             .bind(user.as_str())
             .bind(key.as_str())
             .bind(STALE_CLAIM_SECONDS as f64)
+            .bind(ALIVE_LOCKS)
             .fetch_optional(pg.pool())
             .await?;
             Ok(match row {
@@ -246,15 +270,17 @@ pub async fn claim(
                 }),
                 Some((_, _, _, true)) => {
                     // Abandoned by a crashed request: take it over, once.
-                    let took: Option<Stamp> = sqlx::query_scalar(
-                        r"update idempotency set created_at = now()
-                      where user_id = $1 and key = $2 and status is null
-                        and created_at < now() - make_interval(secs => $3)
-                      returning created_at",
-                    )
+                    let took: Option<Stamp> = sqlx::query_scalar(concat!(
+                        r"update idempotency set created_at = now(), owner = $5
+                      where user_id = $1 and key = $2 and status is null and ",
+                        abandoned!(),
+                        " returning created_at"
+                    ))
                     .bind(user.as_str())
                     .bind(key.as_str())
                     .bind(STALE_CLAIM_SECONDS as f64)
+                    .bind(ALIVE_LOCKS)
+                    .bind(pg.alive_key())
                     .fetch_optional(pg.pool())
                     .await?;
                     took.map_or(Claim::InFlight, Claim::Fresh)

@@ -9,7 +9,7 @@ use std::{
     str::FromStr,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -67,7 +67,16 @@ pub struct Pg {
     slow_payment: Option<Duration>,
     kept: Arc<Kept>,
     lost: Arc<Lost>,
+    alive: Arc<AtomicI32>,
 }
+
+/// The advisory lock namespace of the instances' marks of life
+/// ([`Pg::stay_alive`]): `pg_try_advisory_lock(ALIVE_LOCKS, key)`, shown in
+/// `pg_locks` as `classid = ALIVE_LOCKS, objid = key, objsubid = 2`.
+pub const ALIVE_LOCKS: i32 = 0x0062_6f78; // "box"
+
+/// How often the mark of life's connection is checked.
+const ALIVE_CHECK: Duration = Duration::from_secs(1);
 
 /// When a connection was last found lost (its backend ended, its socket
 /// failed, or its ping before use failed). The others were opened to the
@@ -227,6 +236,7 @@ impl Pg {
                 closing: AtomicBool::new(false),
             }),
             lost,
+            alive: Arc::new(AtomicI32::new(0)),
         })
     }
 
@@ -368,6 +378,80 @@ impl Pg {
             )
             .await?;
         Ok(applied.unwrap_or(0) >= latest)
+    }
+
+    /// The key of the advisory lock this instance holds while it lives
+    /// ([`Pg::stay_alive`]), if it holds it now. Work it claims (an
+    /// `Idempotency-Key`) names it, so another instance can tell a claim
+    /// of a dead process from one still being worked on.
+    pub fn alive_key(&self) -> Option<i32> {
+        Some(self.alive.load(Ordering::Relaxed)).filter(|&k| k != 0)
+    }
+
+    /// Holds this instance's mark of life until `stop`: a session advisory
+    /// lock on a connection of its own, outside the pool, under a random
+    /// key ([`Pg::alive_key`]). PostgreSQL releases it when that session
+    /// ends, so when the process dies (a crash, SIGKILL, a lost host) the
+    /// lock is gone as soon as the server sees the connection close. The
+    /// connection is checked every second; a failed check (a restart, a
+    /// partition) drops the key until a new lock is taken. A live instance
+    /// without its lock only makes its claims look abandoned, which
+    /// [`crate::idempotency`] handles safely anyway.
+    pub async fn stay_alive(self, stop: tokio_util::sync::CancellationToken) {
+        use sqlx::Connection;
+        loop {
+            if let Some(mut conn) = self.take_alive_lock().await {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => {
+                            self.alive.store(0, Ordering::Relaxed);
+                            let _ = tokio::time::timeout(CALL_TIMEOUT, conn.close()).await;
+                            return;
+                        }
+                        () = tokio::time::sleep(ALIVE_CHECK) => {}
+                    }
+                    let ping = tokio::time::timeout(CALL_TIMEOUT, conn.ping()).await;
+                    if !matches!(ping, Ok(Ok(()))) {
+                        break;
+                    }
+                }
+                self.alive.store(0, Ordering::Relaxed);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(ALIVE_CHECK) => {}
+            }
+        }
+    }
+
+    /// A connection holding a fresh mark-of-life lock (its key stored), or
+    /// None when PostgreSQL cannot be reached.
+    async fn take_alive_lock(&self) -> Option<sqlx::PgConnection> {
+        use sqlx::ConnectOptions;
+        let opts = self.pool.connect_options();
+        let mut conn = tokio::time::timeout(CALL_TIMEOUT, opts.connect())
+            .await
+            .ok()?
+            .ok()?;
+        // A key another live instance holds is refused: draw again.
+        for _ in 0..8 {
+            let key = (uuid::Uuid::new_v4().as_u128() as i32 & i32::MAX).max(1);
+            let took: bool = tokio::time::timeout(
+                CALL_TIMEOUT,
+                sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
+                    .bind(ALIVE_LOCKS)
+                    .bind(key)
+                    .fetch_one(&mut conn),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            if took {
+                self.alive.store(key, Ordering::Relaxed);
+                return Some(conn);
+            }
+        }
+        None
     }
 
     /// Closes the pool once every connection is back: the kept ones at

@@ -150,19 +150,29 @@ async fn killed_before_commit(key: Option<&str>) {
 
     match key {
         Some(k) => {
-            // The dead process's claim on the key: in progress until it is
-            // stale, then taken over and answered for good.
-            app.pay(&token, &hold, Some(k))
-                .await
-                .assert_problem(409, "request_in_progress");
-            sqlx::query(
-                "update idempotency set created_at = now() - interval '2 minutes' where key = $1",
-            )
-            .bind(k)
-            .execute(app.state.pg.pool())
-            .await
-            .unwrap();
-            let r = app.pay(&token, &hold, Some(k)).await;
+            // The dead process's claim on the key names the process's mark
+            // of life, which died with it: the claim is taken over at once
+            // (not after the 60 s a claim of unknown owner waits) and
+            // answered for good.
+            let owner: Option<i32> =
+                sqlx::query_scalar("select owner from idempotency where key = $1")
+                    .bind(k)
+                    .fetch_one(app.state.pg.pool())
+                    .await
+                    .unwrap();
+            assert!(owner.is_some(), "the claim names its instance");
+            let started = std::time::Instant::now();
+            let r = loop {
+                let r = app.pay(&token, &hold, Some(k)).await;
+                if r.code() != "request_in_progress" || started.elapsed() > Duration::from_secs(5) {
+                    break r;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            eprintln!(
+                "the dead process's claim was taken over after {:?}",
+                started.elapsed()
+            );
             r.assert_problem(410, "hold_expired");
             let again = app.pay(&token, &hold, Some(k)).await;
             assert_eq!(again.text, r.text, "replayed");
@@ -288,4 +298,75 @@ async fn a_stopping_instance_finishes_a_payment_whose_client_gave_up_before_it_e
     );
     assert_eq!(setup.balance("jay").await, "3000", "paid once");
     setup.assert_script_invariants().await;
+}
+
+/// A claim on an `Idempotency-Key` names the instance that works on it by
+/// its mark of life (an advisory lock its session holds). Another instance
+/// never takes over the claim of one that lives, and takes over that of
+/// one that died at once, without waiting out the stale time.
+#[tokio::test]
+async fn a_claim_is_taken_over_as_soon_as_its_instance_dies_and_never_while_it_lives() {
+    use boxoffice::{
+        idempotency::{Claimed, KeyRefused, claim},
+        ids::{IdempotencyKey, UserId},
+        store::pg::Pg,
+    };
+    use tokio_util::sync::CancellationToken;
+    let db = create_database().await;
+    let start = |pg: &Pg| {
+        let stop = CancellationToken::new();
+        (stop.clone(), tokio::spawn(pg.clone().stay_alive(stop)))
+    };
+    let (a, b) = (
+        Pg::connect(&db).await.unwrap(),
+        Pg::connect(&db).await.unwrap(),
+    );
+    let (stop_a, alive_a) = start(&a);
+    let (stop_b, alive_b) = start(&b);
+    let both = eventually(Duration::from_secs(5), || async {
+        a.alive_key().is_some() && b.alive_key().is_some()
+    })
+    .await;
+    assert!(both, "each instance holds its mark of life");
+    assert_ne!(a.alive_key(), b.alive_key());
+    let (user, key) = (
+        UserId::parse("u1").unwrap(),
+        IdempotencyKey::parse("k1").unwrap(),
+    );
+    assert!(matches!(
+        claim(&a, &user, &key, "fp").await,
+        Ok(Claimed::Fresh(_))
+    ));
+    for _ in 0..3 {
+        assert!(
+            matches!(
+                claim(&b, &user, &key, "fp").await,
+                Err(KeyRefused::InFlight)
+            ),
+            "a lives: its claim is its own"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    stop_a.cancel();
+    alive_a.await.unwrap();
+    let started = std::time::Instant::now();
+    let taken = loop {
+        match claim(&b, &user, &key, "fp").await {
+            Ok(Claimed::Fresh(_)) => break true,
+            Err(KeyRefused::InFlight) if started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("a's abandoned claim: {other:?}"),
+        }
+    };
+    assert!(taken);
+    eprintln!("taken over {:?} after a died", started.elapsed());
+    // Now b's, and b lives.
+    assert!(matches!(
+        claim(&a, &user, &key, "fp").await,
+        Err(KeyRefused::InFlight)
+    ));
+    stop_b.cancel();
+    alive_b.await.unwrap();
 }
