@@ -87,6 +87,13 @@ async fn the_purchase_flow_works_on_events_spread_over_three_masters() {
         app.hold(&other, json!({"schedule_id": "d1", "seats": [4]}))
             .await
             .assert_problem(409, "seats_unavailable");
+        // A keyed hold's key lives in the event's slot, on its master.
+        let body = json!({"schedule_id": "d1", "seats": [5]});
+        let first = app.hold_keyed(&other, "k", body.clone()).await;
+        assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+        let again = app.hold_keyed(&other, "k", body).await;
+        assert_eq!(again.replayed(), Some("true"), "{}", again.text);
+        assert_eq!(again.text, first.text);
         let r = app
             .admin(Method::GET, &format!("/v1/admin/events/{event}"), None)
             .await;
