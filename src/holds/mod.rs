@@ -246,8 +246,6 @@ pub async fn place(
             key_names.push(k.hold_key(&ask.buyer.user, key));
             key_args.extend([(i + 1).to_string(), ask.fingerprint()]);
         }
-    }
-    for ask in asks {
         let next = numbers.len() + 1;
         let number = *numbers.entry(&ask.schedule).or_insert_with(|| {
             keys.extend(k.schedule_keys(&ask.schedule));
