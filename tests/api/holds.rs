@@ -71,7 +71,7 @@ async fn assert_schedule_holds_exactly(
 }
 
 /// The seats of `schedule` (of `e1`) held now, by the seat map.
-async fn held_seats_of(app: &TestApp, token: &str, schedule: &str) -> BTreeSet<u64> {
+pub async fn held_seats_of(app: &TestApp, token: &str, schedule: &str) -> BTreeSet<u64> {
     app.seat_statuses_of(token, "e1", schedule)
         .await
         .into_iter()

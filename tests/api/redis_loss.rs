@@ -342,3 +342,49 @@ async fn one_payment_that_cannot_be_replayed_does_not_block_the_others() {
         .await;
     assert!(counted, "the failure is counted");
 }
+
+/// A hold's `Idempotency-Key` lives in Redis with the hold it names
+/// (docs/HOLDS.md), so a Redis that comes back empty loses both: the key
+/// never answers a hold that no longer exists. After the restore the
+/// buyer, in line again, retries with the same key and gets a new hold,
+/// under an id of the new epoch, and the seat map shows that hold alone.
+#[tokio::test]
+async fn a_hold_key_is_lost_with_its_hold_and_never_replays_a_vanished_hold() {
+    let Some(mut redis) = SingleRedis::start().await else {
+        return;
+    };
+    let app = spawn_with(Settings::new().set("REDIS_URL", &redis.url())).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let body = serde_json::json!({"schedule_id": "d1", "count": 1});
+    let token = app.admitted_token("e1", "u1").await;
+    let first = app.hold_keyed(&token, "k", body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+
+    redis.kill().await;
+    redis.restart_empty().await;
+    let restored = eventually(Duration::from_secs(10), || async {
+        let r = app
+            .admin(reqwest::Method::GET, "/v1/admin/events/e1", None)
+            .await;
+        r.status == StatusCode::OK && r.body["restoring"] == false
+    })
+    .await;
+    assert!(restored, "the event is restored from PostgreSQL");
+
+    let token = app.admitted_token("e1", "u1").await;
+    let again = app.hold_keyed(&token, "k", body).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text);
+    assert_eq!(
+        again.replayed(),
+        None,
+        "not the vanished hold: {}",
+        again.text
+    );
+    assert_ne!(again.body["hold_id"], first.body["hold_id"]);
+    assert_eq!(
+        crate::holds::held_seats_of(&app, &token, "d1").await,
+        std::collections::BTreeSet::from([1]),
+        "the new hold alone"
+    );
+    app.assert_script_invariants().await;
+}
