@@ -47,7 +47,8 @@ pub const STALE_CLAIM_SECONDS: i64 = 60;
 
 /// Whether a claim row is abandoned: older than the stale time (`$3`
 /// seconds), or made by an instance that no longer holds its mark of life
-/// (the advisory lock in namespace `$4` under the row's `owner`:
+/// (the advisory lock in namespace `$4` under the row's `owner`, in this
+/// database: instances of other databases on the server are not ours;
 /// [`Pg::stay_alive`]), that is, a process that died. Either way a takeover
 /// is safe: the effect's statement runs only under the claim it was given
 /// ([`CLAIM_ROW`]).
@@ -56,6 +57,7 @@ macro_rules! abandoned {
         r"(created_at < now() - make_interval(secs => $3)
           or (owner is not null and not exists (
             select 1 from pg_locks where locktype = 'advisory' and granted
+              and database = (select oid from pg_database where datname = current_database())
               and classid = $4::int::oid and objid = owner::oid and objsubid = 2)))"
     };
 }
