@@ -14,6 +14,11 @@
 -- ARGV[2] user id (the hold's owner)
 -- ARGV[3] the payment attempt (begin_payment's ARGV[5]): only a hold
 --         paying for this attempt goes back to held
+-- ARGV[4] optional, '1': bar the attempt. Its begin_payment call got no
+--         answer and may still be on its way; a hold not paying for it
+--         records it (the hold's "barred" list, at most BARRED_MAX, the
+--         oldest dropped first), and begin_payment refuses that attempt
+--         from then on. So one answer settles a lost call for good.
 --
 -- Returns (JSON), every reply but no_schedule with "expired":x,
 -- "expired_paying":y:
@@ -25,15 +30,28 @@
 --                            and it expired, or it was sold)
 --   {"status":"not_paying"}  the hold is held, not paying (or paying for
 --                            another attempt than ARGV[3]); untouched
+--   {"status":"barred"}      (ARGV[4] = '1') the same, and the attempt is
+--                            now barred: its begin_payment can never
+--                            take effect
 --   {"status":"forbidden"}   the hold belongs to another user; untouched
 --                            (a caller bug: the owner comes from the hold)
 
-if not ARGV[3] or ARGV[3] == '' then return bad_arg('attempt') end
+local attempt, bar = ARGV[3], ARGV[4] == '1'
+if not attempt or attempt == '' then return bad_arg('attempt') end
 local h, stop = open_hold()
 if not h then return stop end
 local K, n, now, rec, reply = h.K, h.n, h.now, h.rec, h.reply
-if rec.state ~= 'paying' then return reply({ status = 'not_paying' }) end
-if rec.attempt ~= ARGV[3] then return reply({ status = 'not_paying' }) end
+if rec.state ~= 'paying' or rec.attempt ~= attempt then
+  if not bar then return reply({ status = 'not_paying' }) end
+  local barred = rec.barred or {}
+  if not is_barred(rec, attempt) then
+    barred[#barred + 1] = attempt
+    if #barred > BARRED_MAX then table.remove(barred, 1) end
+    rec.barred = barred
+    redis.call('HSET', K.holds, n, encode_hold(rec))
+  end
+  return reply({ status = 'barred' })
+end
 
 -- Same rule as expire_due: dead from the deadline on.
 if rec.held_deadline <= now then

@@ -36,6 +36,9 @@
 --                            hold is then dropped, its other seats freed)
 --   {"status":"forbidden"}   the hold belongs to another user; untouched
 --   {"status":"paying"}      a payment of this hold is already running
+--   {"status":"barred"}      this attempt was given up (abort_payment with
+--                            ARGV[4] = '1': its caller had no answer and
+--                            moved no money); untouched
 --   {"status":"cancelled"}   the schedule was cancelled; the hold is left
 --                            as it is (the cancellation dropped it, or
 --                            will)
@@ -57,6 +60,7 @@ local h, stop = open_hold(function(_, _, user, now)
 end)
 if not h then return stop end
 local K, cfg, n, now, rec, reply = h.K, h.cfg, h.n, h.now, h.rec, h.reply
+if is_barred(rec, attempt) then return reply({ status = 'barred' }) end
 if rec.state == 'paying' then return reply({ status = 'paying' }) end
 if cfg.cancelled then return reply({ status = 'cancelled' }) end
 

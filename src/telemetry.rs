@@ -265,6 +265,7 @@ pub fn register_metrics() {
         "gone",
         "paid",
         "never_paying",
+        "barred",
         "unanswered",
     ] {
         metrics::counter!("boxoffice_payment_late_aborts_total", "found" => found).increment(0);

@@ -155,6 +155,16 @@ end
 local function encode_hold(rec)
   return cjson.encode(rec)
 end
+-- Payment attempts a hold refuses (abort_payment's bar): their
+-- begin_payment calls were lost, and may still arrive. A hold keeps the
+-- last BARRED_MAX; each is one lost call of a buyer while the hold lived.
+local BARRED_MAX = 32
+local function is_barred(rec, attempt)
+  for _, a in ipairs(rec.barred or {}) do
+    if a == attempt then return true end
+  end
+  return false
+end
 
 -- Seat writes. Each keeps `seats` and `map` in step; the callers adjust
 -- the held/sold counters, in one HINCRBY per script where possible.

@@ -135,6 +135,11 @@ pub enum HoldError {
     /// request.
     #[error("this Idempotency-Key was used with a different request")]
     KeyReused,
+    /// `begin_payment` by a payment attempt that was given up: its caller
+    /// had no answer from Redis, and [`abort_payment`] barred the attempt
+    /// so that the call, arriving late, cannot make the hold *paying*.
+    #[error("this payment attempt was given up after Redis did not answer it")]
+    Barred,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -651,13 +656,28 @@ pub enum Aborted {
     /// The hold is held, not paying (or paying for another attempt):
     /// untouched.
     NotPaying,
+    /// The same, asked with [`Bar::Attempt`]: the attempt is now barred,
+    /// its `begin_payment` can never take effect.
+    Barred,
     /// The hold belongs to another user: untouched.
     Forbidden,
     NoSchedule,
 }
 
+/// Whether [`abort_payment`] also bars its attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bar {
+    /// The attempt's `begin_payment` was answered: only give its hold back.
+    No,
+    /// The attempt's `begin_payment` got no answer and may still reach
+    /// Redis: if the hold is not paying for it, record it on the hold, so
+    /// that the late call is refused ([`HoldError::Barred`]).
+    Attempt,
+}
+
 /// Gives a hold paying for `attempt` ([`begin_payment`]) back to *held*
-/// with its original deadline (or frees it if that deadline has passed).
+/// with its original deadline (or frees it if that deadline has passed);
+/// with [`Bar::Attempt`], bars an attempt the hold is not paying for.
 ///
 /// # Errors
 /// Redis unavailable.
@@ -666,14 +686,15 @@ pub async fn abort_payment(
     id: &HoldId,
     user: &UserId,
     attempt: &str,
+    bar: Bar,
 ) -> Result<Aborted, StoreError> {
     let keys = redis.keys().event(&id.event).schedule_keys(&id.schedule);
+    let mut args = vec![id.n.to_string(), user.to_string(), attempt.to_owned()];
+    if bar == Bar::Attempt {
+        args.push("1".to_owned());
+    }
     Ok(redis
-        .eval_json::<Swept<Aborted>>(
-            &redis::ABORT_PAYMENT,
-            keys,
-            vec![id.n.to_string(), user.to_string(), attempt.to_owned()],
-        )
+        .eval_json::<Swept<Aborted>>(&redis::ABORT_PAYMENT, keys, args)
         .await?
         .counted())
 }

@@ -83,6 +83,8 @@ pub(super) enum HoldReply<T> {
     },
     /// The hold's `Idempotency-Key` made a hold for another request.
     KeyReused,
+    /// The payment attempt was given up (`abort_payment`'s bar).
+    Barred,
 }
 
 /// Why a script found its request invalid.
@@ -107,6 +109,7 @@ impl<T> HoldReply<T> {
             Self::Gone => HoldError::Gone,
             Self::Forbidden => HoldError::Forbidden,
             Self::Paying => HoldError::Paying,
+            Self::Barred => HoldError::Barred,
             Self::Invalid {
                 reason: Invalid::SeatOutOfRange,
                 seats,

@@ -55,6 +55,11 @@ impl From<HoldError> for ApiError {
             }),
             HoldError::Cancelled => ApiError::ScheduleCancelled,
             HoldError::KeyReused => ApiError::IdempotencyKeyReused,
+            // Only a call whose caller had already answered 503 meets this.
+            HoldError::Barred => ApiError::Dependency(StoreError::Unavailable {
+                dep: Dependency::Redis,
+                reason: "this payment attempt was given up after Redis did not answer it".into(),
+            }),
             HoldError::Store(e) => ApiError::Dependency(e),
         }
     }

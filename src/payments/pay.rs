@@ -15,7 +15,7 @@ use rust_decimal::Decimal;
 
 use super::{Payment, Payments, get};
 use crate::{
-    holds::{self, Aborted, HoldError},
+    holds::{self, Aborted, Bar, HoldError},
     idempotency::{self, Answered, KeyRefused, Saved, Scope},
     ids::{HoldId, IdempotencyKey, PaymentId, UserId},
     later::{self, Later, Step},
@@ -185,7 +185,8 @@ impl Payments<'_> {
             Err(e) => e.into(),
         };
         // Nothing was written: the hold goes back to *held*.
-        if let Err(e) = holds::abort_payment(self.redis, hold, &buyer.user, &attempt).await {
+        if let Err(e) = holds::abort_payment(self.redis, hold, &buyer.user, &attempt, Bar::No).await
+        {
             tracing::warn!(%hold, error = %e, "could not return the hold to held yet; trying again in the background");
             self.abort_later(hold, buyer, attempt, Lost::Abort);
         }
@@ -215,11 +216,6 @@ impl Payments<'_> {
         }
     }
 
-    /// Test-only crash point, effective only with the `failpoints` feature
-    /// (the test build): when `BOXOFFICE_FAILPOINT` names it, the request
-    /// stops here for good and the process says so on stderr, so a test can
-    /// kill the process (SIGKILL) at exactly this point, skipping every
-    /// clean-up a process that really died would skip.
     /// [`abort_later`] for this payment's `attempt` on `hold`, within the
     /// paying timeout.
     fn abort_later(&self, hold: &HoldId, buyer: &QueueClaims, attempt: String, lost: Lost) {
@@ -233,6 +229,11 @@ impl Payments<'_> {
         );
     }
 
+    /// Test-only crash point, effective only with the `failpoints` feature
+    /// (the test build): when `BOXOFFICE_FAILPOINT` names it, the request
+    /// stops here for good and the process says so on stderr, so a test can
+    /// kill the process (SIGKILL) at exactly this point, skipping every
+    /// clean-up a process that really died would skip.
     async fn failpoint(&self, name: &str) {
         #[cfg(feature = "failpoints")]
         if self.failpoint == Some(name) {
@@ -251,7 +252,7 @@ static LATE_ABORTS: Later = Later::new(10_000);
 /// Which step of a payment attempt lost its answer ([`abort_later`]).
 enum Lost {
     /// `begin_payment`: the call may yet reach Redis and make the hold
-    /// *paying*.
+    /// *paying*; the abort bars the attempt ([`Bar::Attempt`]).
     Begin,
     /// `abort_payment` after a payment that moved no money: the hold is
     /// *paying* for the attempt until one answers.
@@ -268,11 +269,14 @@ enum Lost {
 /// `abort_payment` by that attempt (after [`Lost::Record`], only once
 /// PostgreSQL says the hold was not paid; a paid one is the reconciler's),
 /// tried ([`later::retry`], at most every 4 s: about a dozen tries) for
-/// `window` (the paying timeout), until
-/// it finds the hold paying for the attempt (held again), or done with
-/// (paid, gone, expired, someone else's). A `begin_payment` call that
-/// arrives later still is not caught: its hold frees at its paying
-/// deadline, as before. Another attempt's payment is never touched.
+/// `window` (the paying timeout), until it finds the hold paying for the
+/// attempt (held again), done with (paid, gone, expired, someone else's),
+/// or, after [`Lost::Begin`], not paying for it: the attempt is then
+/// barred on the hold, so its `begin_payment`, still on its way, is
+/// refused whenever it arrives. Only a `begin_payment` call that arrives
+/// after a whole window in which Redis answered none of these tries is not
+/// caught: its hold frees at its paying deadline. Another attempt's
+/// payment is never touched.
 fn abort_later(
     redis: &Redis,
     hold: &HoldId,
@@ -291,14 +295,20 @@ fn abort_later(
                 Lost::Begin | Lost::Abort => Ok(true),
                 Lost::Record(pg) => payment_of_hold(pg, &hold).await.map(|p| p.is_none()),
             };
+            let bar = match lost {
+                Lost::Begin => Bar::Attempt,
+                Lost::Abort | Lost::Record(_) => Bar::No,
+            };
             let aborted = match unpaid {
-                Ok(true) => holds::abort_payment(&redis, &hold, &user, &attempt).await,
+                Ok(true) => holds::abort_payment(&redis, &hold, &user, &attempt, bar).await,
                 Ok(false) => return Step::Done("paid"),
                 Err(e) => Err(e),
             };
             match aborted {
                 Ok(Aborted::Restored { .. }) => Step::Done("restored"),
                 Ok(Aborted::Expired) => Step::Done("expired"),
+                // The lost call had not arrived; it never will take effect.
+                Ok(Aborted::Barred) => Step::Done("barred"),
                 Ok(Aborted::Gone | Aborted::Forbidden | Aborted::NoSchedule) => Step::Done("gone"),
                 // Not (yet) paying for this attempt, or no answer: the
                 // lost call may still arrive, the stores answer later.
@@ -308,7 +318,7 @@ fn abort_later(
         })
         .await;
         drop(slot);
-        if found != "never_paying" {
+        if !matches!(found, "never_paying" | "barred") {
             tracing::info!(%hold, found, "settled the hold of a payment attempt that lost its answer");
         }
         metrics::counter!("boxoffice_payment_late_aborts_total", "found" => found).increment(1);

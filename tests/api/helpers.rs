@@ -893,7 +893,33 @@ pub struct FaultProxy {
     /// 0 = forwarding, 1 = stalled, 2 = cut.
     mode: Arc<std::sync::atomic::AtomicU8>,
     conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    held: Arc<HeldBack>,
     accept: JoinHandle<()>,
+}
+
+/// One chunk towards the server held back ([`FaultProxy::hold_back`]).
+#[derive(Default)]
+struct HeldBack {
+    /// What the next chunk to hold contains; None when not armed.
+    pattern: std::sync::Mutex<Option<Vec<u8>>>,
+    holding: std::sync::atomic::AtomicBool,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl HeldBack {
+    /// Whether `chunk` is the one to hold (the first to contain the
+    /// pattern once armed).
+    fn catches(&self, chunk: &[u8]) -> bool {
+        let mut pattern = self.pattern.lock().unwrap();
+        let caught = pattern
+            .as_ref()
+            .is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice()));
+        if caught {
+            *pattern = None;
+            self.holding.store(true, Ordering::SeqCst);
+        }
+        caught
+    }
 }
 
 const FORWARD: u8 = 0;
@@ -907,14 +933,15 @@ impl FaultProxy {
         let addr = listener.local_addr().unwrap();
         let mode = Arc::new(AtomicU8::new(FORWARD));
         let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (m, cs) = (mode.clone(), conns.clone());
+        let held = Arc::new(HeldBack::default());
+        let (m, cs, h) = (mode.clone(), conns.clone(), held.clone());
         let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if m.load(Ordering::SeqCst) == CUT {
                     drop(inbound);
                     continue;
                 }
-                let m = m.clone();
+                let (m, h) = (m.clone(), h.clone());
                 let task = tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
@@ -922,8 +949,8 @@ impl FaultProxy {
                     let (ri, wi) = inbound.into_split();
                     let (ro, wo) = outbound.into_split();
                     tokio::select! {
-                        _ = pump(ri, wo, m.clone()) => {}
-                        _ = pump(ro, wi, m) => {}
+                        _ = pump(ri, wo, m.clone(), Some(h)) => {}
+                        _ = pump(ro, wi, m, None) => {}
                     }
                 });
                 cs.lock().unwrap().push(task.abort_handle());
@@ -933,6 +960,7 @@ impl FaultProxy {
             addr,
             mode,
             conns,
+            held,
             accept,
         }
     }
@@ -953,13 +981,34 @@ impl FaultProxy {
     pub fn restore(&self) {
         self.mode.store(FORWARD, Ordering::SeqCst);
     }
+
+    /// Holds back the next chunk sent towards the server that contains
+    /// `pattern`, and everything after it on its connection, until
+    /// [`Self::release`]; every other connection goes on forwarding: a
+    /// call delayed on its way (a TCP segment retransmitted late) while
+    /// the client's other calls get through.
+    pub fn hold_back(&self, pattern: &[u8]) {
+        *self.held.pattern.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// Whether a chunk is being held back.
+    pub fn holding(&self) -> bool {
+        self.held.holding.load(Ordering::SeqCst) && !self.held.released.load(Ordering::SeqCst)
+    }
+
+    /// Lets the held-back chunk go on, and its connection with it.
+    pub fn release(&self) {
+        self.held.released.store(true, Ordering::SeqCst);
+    }
 }
 
-/// Copies `from` to `to`, holding each chunk while the proxy is stalled.
+/// Copies `from` to `to`, holding each chunk while the proxy is stalled,
+/// and (towards the server, `held`) the chunk held back until released.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mode: Arc<std::sync::atomic::AtomicU8>,
+    held: Option<Arc<HeldBack>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
@@ -972,6 +1021,11 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if let Some(held) = held.as_ref().filter(|h| h.catches(&buf[..n])) {
+            while !held.released.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         while mode.load(Ordering::SeqCst) == STALL {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

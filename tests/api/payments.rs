@@ -372,7 +372,7 @@ async fn expired_and_in_flight_holds_cannot_be_paid() {
 /// it paying: another request's abort, arriving late, leaves it alone.
 #[tokio::test]
 async fn only_its_own_attempt_gives_a_paying_hold_back() {
-    use boxoffice::holds::{Aborted, abort_payment, begin_payment};
+    use boxoffice::holds::{Aborted, Bar, abort_payment, begin_payment};
     let app = spawn_with(Settings::new().without_background()).await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
     let token = app.admitted_token("e1", "ivy").await;
@@ -384,17 +384,78 @@ async fn only_its_own_attempt_gives_a_paying_hold_back() {
     begin_payment(redis, &id, &buyer, 30_000, "test")
         .await
         .unwrap();
-    let other = abort_payment(redis, &id, &buyer.user, "other")
+    let other = abort_payment(redis, &id, &buyer.user, "other", Bar::No)
         .await
         .unwrap();
     assert_eq!(other, Aborted::NotPaying);
     app.pay(&token, &hold, None)
         .await
         .assert_problem(409, "request_in_progress");
-    let own = abort_payment(redis, &id, &buyer.user, "test")
+    let own = abort_payment(redis, &id, &buyer.user, "test", Bar::No)
         .await
         .unwrap();
     assert!(matches!(own, Aborted::Restored { .. }), "{own:?}");
+    let r = app.pay(&token, &hold, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(app.balance("ivy").await, "4000");
+    app.assert_script_invariants().await;
+}
+
+/// A payment attempt whose `begin_payment` got no answer is barred on its
+/// hold by the instance's late abort: the call, arriving later, cannot
+/// make the hold *paying*. Barring twice is barring once; an attempt the
+/// hold is paying for is given back, not barred; a hold keeps the last 32
+/// barred attempts.
+#[tokio::test]
+async fn a_barred_payment_attempt_never_makes_its_hold_paying() {
+    use boxoffice::holds::{Aborted, Bar, HoldError, abort_payment, begin_payment};
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "ivy").await;
+    app.charge("ivy", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([2])).await;
+    let id = boxoffice::ids::HoldId::parse(&hold).unwrap();
+    let buyer = app.state.tokens.verify(&token).unwrap();
+    let redis = &app.state.redis;
+    let (id, user) = (&id, &buyer.user);
+    let abort = |attempt: String, bar: Bar| async move {
+        abort_payment(redis, id, user, &attempt, bar).await.unwrap()
+    };
+
+    for _ in 0..2 {
+        assert_eq!(abort("lost".into(), Bar::Attempt).await, Aborted::Barred);
+    }
+    let late = begin_payment(redis, id, &buyer, 30_000, "lost").await;
+    assert!(matches!(late, Err(HoldError::Barred)), "{late:?}");
+    assert_eq!(app.admin_seat("e1", 2).await, "held");
+    // Without the bar, a hold not paying for the attempt is left alone.
+    assert_eq!(abort("other".into(), Bar::No).await, Aborted::NotPaying);
+    begin_payment(redis, id, &buyer, 30_000, "other")
+        .await
+        .unwrap();
+    begin_payment(redis, id, &buyer, 30_000, "next")
+        .await
+        .expect_err("paying already");
+    // Paying for the attempt: given back (held again), not barred.
+    let own = abort("other".into(), Bar::Attempt).await;
+    assert!(matches!(own, Aborted::Restored { .. }), "{own:?}");
+
+    // 33 more barred attempts: the hold keeps the last 32, so the first
+    // of them (and "lost") are forgotten, the others refused.
+    let names: Vec<String> = (0..33).map(|i| format!("a{i}")).collect();
+    for name in &names {
+        assert_eq!(abort(name.clone(), Bar::Attempt).await, Aborted::Barred);
+    }
+    for name in &names[1..] {
+        let r = begin_payment(redis, id, &buyer, 30_000, name).await;
+        assert!(matches!(r, Err(HoldError::Barred)), "{name}: {r:?}");
+    }
+    begin_payment(redis, id, &buyer, 30_000, "a0")
+        .await
+        .unwrap();
+    let own = abort("a0".into(), Bar::No).await;
+    assert!(matches!(own, Aborted::Restored { .. }), "{own:?}");
+    assert_eq!(app.admin_seat("e1", 2).await, "held");
     let r = app.pay(&token, &hold, None).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(app.balance("ivy").await, "4000");

@@ -369,6 +369,45 @@ async fn a_lost_begin_payment_call_does_not_keep_the_hold_paying() {
     app.assert_audit_clean().await;
 }
 
+/// A `begin_payment` call delayed on its way (only its connection: the
+/// instance's other calls get through) after the instance answered 503
+/// reaches Redis once the instance has settled its attempt: it is refused
+/// and changes nothing, so the hold is not left *paying* with nobody
+/// paying it, and the buyer's retry pays at once.
+#[tokio::test]
+async fn a_begin_payment_call_that_arrives_after_its_attempt_was_settled_changes_nothing() {
+    let (proxy, app) = with_stallable_redis(Settings::new()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "u1").await;
+    app.charge("u1", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([1])).await;
+    let barred = "boxoffice_payment_late_aborts_total{found=\"barred\"}";
+    let before = metric(&app, barred).await;
+
+    proxy.hold_back(b"begin_payment");
+    let r = app.pay(&token, &hold, None).await;
+    r.assert_problem(503, "dependency_unavailable");
+    assert!(proxy.holding(), "the call is on its way");
+    let settled = async {
+        while metric(&app, barred).await <= before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), settled)
+        .await
+        .expect("the attempt was barred through another connection");
+    proxy.release();
+    // The late call and whatever queued behind it on its connection.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+    assert_eq!(app.admin_seat("e1", 1).await, "held", "not paying");
+    let r = app.pay(&token, &hold, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(app.balance("u1").await, "4000", "paid once");
+    app.assert_script_invariants().await;
+    app.assert_audit_clean().await;
+}
+
 /// A transaction whose `BEGIN` was cancelled before its answer (our
 /// timeouts cancel; here PostgreSQL hangs) must not leave its connection
 /// inside a transaction nobody ends: sqlx counts a transaction only once
