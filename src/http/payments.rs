@@ -289,13 +289,21 @@ pub async fn cancel_schedule(
     State(state): State<AppState>,
     _: ServiceKey,
     Path((event_id, schedule_id)): Path<(String, String)>,
-) -> ApiResult<axum::Json<refund::Cancellation>> {
-    let event = event_in_path(&event_id)?;
-    let schedule = ScheduleId::parse(&schedule_id)
-        .map_err(|_| ApiError::NotFound("no such schedule".into()))?;
-    let cancellation = payments(&state)
-        .cancel_schedule(&event, &schedule)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such schedule".into()))?;
-    Ok(axum::Json(cancellation))
+) -> Response {
+    let no_schedule = || ApiError::NotFound("no such schedule".into()).into_response();
+    let Ok(event) = event_in_path(&event_id) else {
+        return ApiError::NotFound("no such event".into()).into_response();
+    };
+    let Ok(schedule) = ScheduleId::parse(&schedule_id) else {
+        return no_schedule();
+    };
+    // Its refunds move money: they run to their end, as a refund does.
+    to_the_end(state.effects.clone(), async move {
+        match payments(&state).cancel_schedule(&event, &schedule).await {
+            Ok(Some(cancellation)) => axum::Json(cancellation).into_response(),
+            Ok(None) => no_schedule(),
+            Err(e) => ApiError::from(e).into_response(),
+        }
+    })
+    .await
 }

@@ -428,6 +428,61 @@ async fn cancelling_a_schedule_refunds_every_payment_once_even_after_a_crash() {
         .assert_problem(404, "not_found");
 }
 
+/// A cancellation whose client gave up (a gateway's timeout while the
+/// schedule's row was locked) still stops the sales and refunds every
+/// payment, without a second call and with no reconciler running.
+#[tokio::test]
+async fn a_cancellation_whose_client_gave_up_runs_to_its_end() {
+    use sqlx::{Connection, Executor, PgConnection};
+    const BUYERS: usize = 5;
+    let app = spawn_with(Settings::new().without_background()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 1).await;
+    for i in 0..BUYERS {
+        paid(&app, &format!("c{i}"), json!([i + 1])).await;
+    }
+    let mut other = PgConnection::connect(&app.settings.env["DATABASE_URL"])
+        .await
+        .unwrap();
+    other.execute("begin").await.unwrap();
+    other
+        .execute("select 1 from schedules where event_id = 'e1' and schedule_id = 'd1' for update")
+        .await
+        .unwrap();
+    give_up_after(Duration::from_millis(300), |c| {
+        c.post(format!(
+            "{}/v1/admin/events/e1/schedules/d1/cancel",
+            app.base
+        ))
+        .header("x-api-key", SERVICE_KEY)
+    })
+    .await;
+    other.execute("rollback").await.unwrap();
+
+    let refunded = "select count(*) from payments where refunded_at is not null";
+    let all = async {
+        while app.count(refunded).await < BUYERS as i64 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .expect("every payment refunded by the abandoned call");
+    assert_eq!(
+        app.count("select count(*) from wallets where balance <> 10000")
+            .await,
+        0,
+        "everyone has their money back, once"
+    );
+    for seat in 1..=BUYERS as u64 {
+        assert_eq!(app.seat_status("e1", seat).await, "available");
+    }
+    let r = app.cancel("e1", "d1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["refunded"], 0);
+    assert_eq!(r.body["already_refunded"], BUYERS);
+    app.assert_ledger_exact().await;
+}
+
 #[tokio::test]
 async fn the_sales_report_counts_refunds_before_and_after_the_rollup() {
     // Rollup off at first (a long interval): everything is in the tail.
