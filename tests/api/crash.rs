@@ -370,3 +370,75 @@ async fn a_claim_is_taken_over_as_soon_as_its_instance_dies_and_never_while_it_l
     stop_b.cancel();
     alive_b.await.unwrap();
 }
+
+/// A live instance whose mark of life is lost (its session ended under it:
+/// a PostgreSQL restart, a partition, an operator's
+/// `pg_terminate_backend`) takes a new one within a couple of seconds, and
+/// its claims from then on are its own again. A claim made under the lost
+/// mark may be taken over meanwhile; that is safe, because the effect's
+/// statement runs only under the claim it was given
+/// (`giving_back_a_claim_that_was_taken_over_leaves_the_new_claim_open`,
+/// `a_storm_of_keyed_charges_through_a_starved_pool_credits_each_key_once`).
+#[tokio::test]
+async fn an_instance_whose_mark_of_life_was_lost_takes_a_new_one() {
+    use boxoffice::{
+        idempotency::{Claimed, KeyRefused, claim},
+        ids::{IdempotencyKey, UserId},
+        store::pg::{ALIVE_LOCKS, Pg},
+    };
+    use tokio_util::sync::CancellationToken;
+    let db = create_database().await;
+    let (a, b) = (
+        Pg::connect(&db).await.unwrap(),
+        Pg::connect(&db).await.unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let alive = tokio::spawn(a.clone().stay_alive(stop.clone()));
+    let up = eventually(Duration::from_secs(5), || async { a.alive_key().is_some() }).await;
+    assert!(up, "a holds its mark of life");
+    let lost = a.alive_key().unwrap();
+    let user = UserId::parse("u1").unwrap();
+    let key = |k: &str| IdempotencyKey::parse(k).unwrap();
+    assert!(matches!(
+        claim(&a, &user, &key("before"), "fp").await,
+        Ok(Claimed::Fresh(_))
+    ));
+
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "select pg_terminate_backend(pid) from pg_locks
+          where locktype = 'advisory' and granted and classid = $1::int::oid
+            and objid = $2::int::oid and objsubid = 2
+            and database = (select oid from pg_database where datname = current_database())",
+    )
+    .bind(ALIVE_LOCKS)
+    .bind(lost)
+    .fetch_all(b.pool())
+    .await
+    .unwrap();
+    assert_eq!(ended, [true], "a's mark of life is one session");
+    let renewed = eventually(Duration::from_secs(5), || async {
+        a.alive_key().is_some_and(|k| k != lost)
+    })
+    .await;
+    assert!(renewed, "a took a new mark of life");
+
+    // The claim made under the lost mark looks abandoned: taken over.
+    assert!(matches!(
+        claim(&b, &user, &key("before"), "fp").await,
+        Ok(Claimed::Fresh(_))
+    ));
+    // Claims made under the new mark are a's own again.
+    assert!(matches!(
+        claim(&a, &user, &key("after"), "fp").await,
+        Ok(Claimed::Fresh(_))
+    ));
+    for _ in 0..3 {
+        assert!(matches!(
+            claim(&b, &user, &key("after"), "fp").await,
+            Err(KeyRefused::InFlight)
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    alive.await.unwrap();
+}
