@@ -96,7 +96,8 @@ export default function (data) {
     const body = (attempt % 2 === 0)
       ? { schedule_id: 'night', count: 2 }
       : { schedule_id: 'night', seats: [free[Math.floor(Math.random() * free.length)].seat_no] };
-    const hold = http.post(`${BASE}/v1/holds`, JSON.stringify(body), json(null, { headers: auth, tags: { kind: 'hold' } }));
+    const hold = http.post(`${BASE}/v1/holds`, JSON.stringify(body),
+      json(null, { headers: Object.assign({ 'idempotency-key': `hold-${user}-${attempt}` }, auth), tags: { kind: 'hold' } }));
     if (hold.status !== 201) continue;
     const h = hold.json();
     http.post(`${BASE}/v1/users/${user}/wallet/charges`, JSON.stringify({ amount: h.amount }),

@@ -172,6 +172,9 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
 pub enum Auth<'a> {
     None,
     Bearer(&'a str),
+    /// A bearer token and the request's `Idempotency-Key` (the same on a
+    /// retry of the same request).
+    BearerKeyed(&'a str, &'a str),
     ServiceKey,
 }
 
@@ -224,6 +227,7 @@ pub async fn call(
     match auth {
         Auth::None => {}
         Auth::Bearer(t) => rb = rb.bearer_auth(t),
+        Auth::BearerKeyed(t, key) => rb = rb.bearer_auth(t).header("idempotency-key", key),
         Auth::ServiceKey => rb = rb.header("x-api-key", ctx().service_key.as_str()),
     }
     if let Some(b) = body {

@@ -2,7 +2,8 @@
 //!
 //! A buyer joins, polls `GET /v1/queue/status` honouring `poll_after_ms`
 //! until admitted, reads the schedules and (every other buyer) the seat map,
-//! holds 1 or 2 seats (explicit seats from the map, or `count`), charges
+//! holds 1 or 2 seats (explicit seats from the map, or `count`; each hold
+//! asked for with an `Idempotency-Key` of its own), charges
 //! their wallet with the hold's amount and pays. A buyer whose hold gets a
 //! 409 tries again with other seats at most 3 more times, then gives up and
 //! leaves the queue; so does a buyer admitted after the sell-out.
@@ -287,12 +288,16 @@ async fn buy(user: &mut GooseUser) -> Result<Outcome, Box<TransactionError>> {
         } else {
             json!({ "schedule_id": schedule, "count": want })
         };
+        // A key per hold asked for, as a careful client sends: a retry of
+        // the same request after a 503 (`send`) gets the hold the first
+        // made, if it was made; a new pick after a conflict is a new key.
+        let key = format!("hold-{attempt}");
         let r = send(
             user,
             GooseMethod::Post,
             &shop(c, "/v1/holds".into()),
             "hold",
-            Auth::Bearer(&token),
+            Auth::BearerKeyed(&token, &key),
             Some(&body),
             &[201, 409],
         )
