@@ -368,11 +368,16 @@ async fn expired_and_in_flight_holds_cannot_be_paid() {
     app.assert_script_invariants().await;
 }
 
-/// A paying hold goes back to *held* only by the payment attempt that made
-/// it paying: another request's abort, arriving late, leaves it alone.
-#[tokio::test]
-async fn only_its_own_attempt_gives_a_paying_hold_back() {
-    use boxoffice::holds::{Aborted, Bar, abort_payment, begin_payment};
+/// An app (no background loops) with ivy admitted to e1, 5000 on her
+/// wallet and seat 2 held: the app, her queue token, the hold's id as
+/// text and parsed, and her verified queue claims.
+async fn ivy_holding_seat_2() -> (
+    TestApp,
+    String,
+    String,
+    boxoffice::ids::HoldId,
+    boxoffice::token::QueueClaims,
+) {
     let app = spawn_with(Settings::new().without_background()).await;
     app.simple_event("e1", open_queue(), 20, 300, 4).await;
     let token = app.admitted_token("e1", "ivy").await;
@@ -380,6 +385,15 @@ async fn only_its_own_attempt_gives_a_paying_hold_back() {
     let hold = app.hold_seats(&token, json!([2])).await;
     let id = boxoffice::ids::HoldId::parse(&hold).unwrap();
     let buyer = app.state.tokens.verify(&token).unwrap();
+    (app, token, hold, id, buyer)
+}
+
+/// A paying hold goes back to *held* only by the payment attempt that made
+/// it paying: another request's abort, arriving late, leaves it alone.
+#[tokio::test]
+async fn only_its_own_attempt_gives_a_paying_hold_back() {
+    use boxoffice::holds::{Aborted, Bar, abort_payment, begin_payment};
+    let (app, token, hold, id, buyer) = ivy_holding_seat_2().await;
     let redis = &app.state.redis;
     begin_payment(redis, &id, &buyer, 30_000, "test")
         .await
@@ -409,13 +423,7 @@ async fn only_its_own_attempt_gives_a_paying_hold_back() {
 #[tokio::test]
 async fn a_barred_payment_attempt_never_makes_its_hold_paying() {
     use boxoffice::holds::{Aborted, Bar, HoldError, abort_payment, begin_payment};
-    let app = spawn_with(Settings::new().without_background()).await;
-    app.simple_event("e1", open_queue(), 20, 300, 4).await;
-    let token = app.admitted_token("e1", "ivy").await;
-    app.charge("ivy", "5000", None).await;
-    let hold = app.hold_seats(&token, json!([2])).await;
-    let id = boxoffice::ids::HoldId::parse(&hold).unwrap();
-    let buyer = app.state.tokens.verify(&token).unwrap();
+    let (app, token, hold, id, buyer) = ivy_holding_seat_2().await;
     let redis = &app.state.redis;
     let (id, user) = (&id, &buyer.user);
     let abort = |attempt: String, bar: Bar| async move {

@@ -43,6 +43,17 @@ async fn with_stallable_redis(settings: Settings) -> (FaultProxy, TestApp) {
     (proxy, app)
 }
 
+/// [`with_stallable_redis`] with u1 admitted to e1, 5000 on the wallet and
+/// seat 1 held: the proxy, the app, u1's queue token and the hold's id.
+async fn stallable_with_a_hold() -> (FaultProxy, TestApp, String, String) {
+    let (proxy, app) = with_stallable_redis(Settings::new()).await;
+    app.simple_event("e1", open_queue(), 20, 300, 4).await;
+    let token = app.admitted_token("e1", "u1").await;
+    app.charge("u1", "5000", None).await;
+    let hold = app.hold_seats(&token, json!([1])).await;
+    (proxy, app, token, hold)
+}
+
 #[tokio::test]
 async fn redis_stalled_join_status_hold_and_pay_answer_503_in_bounded_time_and_recover() {
     let (proxy, app) =
@@ -340,15 +351,27 @@ async fn a_hold_whose_client_gave_up_is_found_again_by_its_key() {
 /// hold within seconds; without it the retry is refused as in progress
 /// for the whole paying timeout (30 s), and the hold is then dropped and
 /// the seat lost.
+///
+/// Whether the late call or one of the aborts held up with it reaches
+/// Redis first is the draw of the healed connections: the hold is then
+/// held again (`restored`), or the attempt barred before its call lands
+/// (`barred`, as in the next test); either way not left paying.
 #[tokio::test]
 async fn a_lost_begin_payment_call_does_not_keep_the_hold_paying() {
-    let (proxy, app) = with_stallable_redis(Settings::new()).await;
-    app.simple_event("e1", open_queue(), 20, 300, 4).await;
-    let token = app.admitted_token("e1", "u1").await;
-    app.charge("u1", "5000", None).await;
-    let hold = app.hold_seats(&token, json!([1])).await;
-    let restored = "boxoffice_payment_late_aborts_total{found=\"restored\"}";
-    let before = metric(&app, restored).await;
+    let (proxy, app, token, hold) = stallable_with_a_hold().await;
+    let settled = || async {
+        metric(
+            &app,
+            "boxoffice_payment_late_aborts_total{found=\"restored\"}",
+        )
+        .await
+            + metric(
+                &app,
+                "boxoffice_payment_late_aborts_total{found=\"barred\"}",
+            )
+            .await
+    };
+    let before = settled().await;
 
     proxy.stall();
     let r = app.pay(&token, &hold, None).await;
@@ -362,8 +385,8 @@ async fn a_lost_begin_payment_call_does_not_keep_the_hold_paying() {
     assert_eq!(app.balance("u1").await, "4000", "paid once");
     assert_eq!(app.admin_seat("e1", 1).await, "sold");
     assert!(
-        metric(&app, restored).await > before,
-        "the lost call had made the hold paying, and its attempt was given back"
+        settled().await > before,
+        "the lost call's attempt was given back, or barred before it landed"
     );
     app.assert_script_invariants().await;
     app.assert_audit_clean().await;
@@ -376,11 +399,7 @@ async fn a_lost_begin_payment_call_does_not_keep_the_hold_paying() {
 /// paying it, and the buyer's retry pays at once.
 #[tokio::test]
 async fn a_begin_payment_call_that_arrives_after_its_attempt_was_settled_changes_nothing() {
-    let (proxy, app) = with_stallable_redis(Settings::new()).await;
-    app.simple_event("e1", open_queue(), 20, 300, 4).await;
-    let token = app.admitted_token("e1", "u1").await;
-    app.charge("u1", "5000", None).await;
-    let hold = app.hold_seats(&token, json!([1])).await;
+    let (proxy, app, token, hold) = stallable_with_a_hold().await;
     let barred = "boxoffice_payment_late_aborts_total{found=\"barred\"}";
     let before = metric(&app, barred).await;
 
