@@ -60,16 +60,16 @@ impl Application {
             .with_context(|| {
                 format!("cannot use PostgreSQL at {}", redact(&config.database_url))
             })?;
-        let listener = TcpListener::bind(config.addr)
-            .await
+        let backlog = config.http.listen_backlog;
+        let listener = crate::server::listen(config.addr, backlog)
             .with_context(|| format!("cannot listen on {}", config.addr))?;
-        let metrics_listener =
-            match config.metrics_addr {
-                Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
-                    format!("cannot listen on {addr} (BOXOFFICE_METRICS_ADDR)")
-                })?),
-                None => None,
-            };
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                crate::server::listen(addr, backlog)
+                    .with_context(|| format!("cannot listen on {addr} (BOXOFFICE_METRICS_ADDR)"))?,
+            ),
+            None => None,
+        };
         let tokens = Arc::new(TokenSigner::new(config.token_secret.expose()));
         let limits = Arc::new(RateLimits::new(&config));
         let confirmations = crate::payments::Confirmations::start(pg.clone());

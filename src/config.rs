@@ -163,6 +163,13 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
     /// Open connections at most; beyond it new ones are refused at once.
     pub max_connections: usize,
+    /// Connections the kernel may hold, handshake done, until the service
+    /// accepts them (`listen(2)`'s backlog; the kernel caps it at
+    /// `net.core.somaxconn`). Tokio's and the standard library's 128 fill
+    /// in a few dozen milliseconds of a surge of new connections, and a
+    /// connection the full queue turned away waits for the client's SYN
+    /// retry: a second or more.
+    pub listen_backlog: u32,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
 }
@@ -372,6 +379,7 @@ impl Config {
             )?),
             max_connections: ranged("BOXOFFICE_HTTP_MAX_CONNECTIONS", 4_096, 1..=1_000_000)?
                 as usize,
+            listen_backlog: ranged("BOXOFFICE_HTTP_LISTEN_BACKLOG", 4_096, 1..=65_535)? as u32,
             max_body_bytes: ranged("BOXOFFICE_HTTP_MAX_BODY_BYTES", 65_536, 1_024..=16_777_216)?
                 as usize,
         };
@@ -600,6 +608,7 @@ mod tests {
             ("BOXOFFICE_HTTP_IDLE_TIMEOUT_MS", "soon"),
             ("BOXOFFICE_HTTP_REQUEST_TIMEOUT_MS", "99"),
             ("BOXOFFICE_HTTP_MAX_CONNECTIONS", "0"),
+            ("BOXOFFICE_HTTP_LISTEN_BACKLOG", "0"),
             ("BOXOFFICE_HTTP_MAX_BODY_BYTES", "10"),
             ("BOXOFFICE_METRICS_ADDR", "metrics"),
             ("BOXOFFICE_RATE_MAX_KEYS", "1"),

@@ -43,7 +43,7 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::Semaphore,
 };
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,25 @@ const REFUSALS_IN_FLIGHT: usize = 256;
 
 /// The largest request head (request line and headers) accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// A listener on `addr` whose kernel queue of connections not yet
+/// accepted holds `backlog` ([`HttpLimits::listen_backlog`]; the kernel
+/// caps it at `net.core.somaxconn`), with `SO_REUSEADDR` as
+/// `TcpListener::bind` sets it. `TcpListener::bind` itself listens with a
+/// backlog of 128.
+///
+/// # Errors
+/// The address cannot be bound (in use, not ours).
+pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
 
 /// Longest wait for connections to finish after shutdown was requested.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);

@@ -699,3 +699,56 @@ async fn shutdown_finishes_requests_in_flight_and_stops_accepting() {
         "no longer accepting"
     );
 }
+
+/// The service listens with a deep queue of connections the kernel has
+/// taken but the service not yet accepted: a surge of new connections
+/// that arrives while nothing is being accepted (the accept loop behind,
+/// the process descheduled) waits in it, up to `net.core.somaxconn`,
+/// instead of being turned away to the client's SYN retry a second or
+/// more later. Tokio's own `TcpListener::bind` listens with 128, which
+/// such a surge overflows (checked too, as the premise).
+#[tokio::test]
+async fn a_surge_of_connections_waits_in_the_accept_queue() {
+    const SURGE: usize = 600;
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(128);
+    // Nothing accepts: a connect completes only while the queue has room.
+    let completed = |addr: SocketAddr| async move {
+        let tries = (0..SURGE)
+            .map(|_| tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)));
+        let open: Vec<TcpStream> = join_all(tries)
+            .await
+            .into_iter()
+            .filter_map(|r| r.ok().and_then(Result::ok))
+            .collect();
+        open.len()
+    };
+
+    let ours = boxoffice::server::listen("127.0.0.1:0".parse().unwrap(), 4_096).unwrap();
+    let n = completed(ours.local_addr().unwrap()).await;
+    assert!(
+        n >= SURGE.min(somaxconn),
+        "{n} of {SURGE} connections completed (somaxconn {somaxconn})"
+    );
+    let default = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let n = completed(default.local_addr().unwrap()).await;
+    assert!(n < SURGE, "the premise: 128 overflows ({n} completed)");
+
+    // And the service listens so (its backlog as `ss` shows it: Send-Q of
+    // a listening socket).
+    let app = spawn_app().await;
+    let port = app.base.rsplit(':').next().unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) lists the listening sockets");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let backlog: usize = listing
+        .split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket on {port}: {listing:?}"));
+    assert_eq!(backlog, 4_096.min(somaxconn), "{listing}");
+}
