@@ -29,7 +29,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -164,7 +164,15 @@ pub async fn serve(
                     }
                 }
                 () = HeadOverdue::new(&activity, limits.header_timeout) => {
-                    tracing::debug!(%peer, "closed a connection whose request head did not arrive in time");
+                    // `requests` 0 and `read` false: a connection a client
+                    // opened and never used (an HTTP client's pool connects
+                    // spares); `read` true: a head that came too slowly.
+                    tracing::debug!(
+                        %peer,
+                        requests = activity.requests.load(Ordering::Relaxed),
+                        read = activity.read_any.load(Ordering::Relaxed),
+                        "closed a connection whose request head did not arrive in time"
+                    );
                 }
                 () = activity.idle_for(limits.idle_timeout) => {
                     metrics::counter!("boxoffice_http_idle_closed_total").increment(1);
@@ -237,6 +245,10 @@ struct Activity {
     /// client whose first read is the `P` of `POST` looks like the start
     /// of the HTTP/2 preface, and would escape the header timeout.
     http2: AtomicBool,
+    /// Requests whose head arrived on it (for the log).
+    requests: AtomicU32,
+    /// A byte has been read from it (for the log).
+    read_any: AtomicBool,
 }
 
 /// `head_since_ms` while no request head is being read.
@@ -260,6 +272,8 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             head_since_ms: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            requests: AtomicU32::new(0),
+            read_any: AtomicBool::new(false),
         }
     }
 
@@ -276,6 +290,7 @@ impl Activity {
     fn read(&self) {
         let now = self.now_ms();
         self.last_ms.store(now, Ordering::Relaxed);
+        self.read_any.store(true, Ordering::Relaxed);
         // Reads and `busy` run on the connection's task: no race between
         // the load and the store. A head already being read keeps its start.
         if self.head_since_ms.load(Ordering::Relaxed) == NO_HEAD
@@ -293,6 +308,7 @@ impl Activity {
             self.http2.store(true, Ordering::Relaxed);
         }
         self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
     }

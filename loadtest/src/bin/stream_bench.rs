@@ -43,7 +43,15 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let streaming_client = reqwest::Client::builder().build()?;
+    // No idle pool: a stream holds its connection for good, and a pool
+    // keeps spares it connected for a request that another connection
+    // then served; the service closes a spare that sent nothing within its
+    // header-read timeout (10 s), and an open put on it as it closes fails
+    // (`IncompleteMessage`). With the pool, thousands of opens per client
+    // failed so at 50,000 users (docs/bench/surge-17.md).
+    let streaming_client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
 
     // Join everyone (64 at a time).
     let gate = Arc::new(Semaphore::new(64));
