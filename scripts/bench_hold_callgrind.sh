@@ -32,25 +32,15 @@ bench_require valgrind callgrind_control redis-server redis-cli redis-benchmark
 BX="${HOLD_BENCH_BIN:-$ROOT/target/release/boxoffice}"
 [[ -x $BX ]] || BX="$ROOT/target/debug/boxoffice"
 
-WORK="$(mktemp -d)"
-REDIS_PID=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [[ -z $REDIS_PID ]] || kill -9 "$REDIS_PID" 2>/dev/null || true
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
+CG_WORK="$(mktemp -d)"
+WORK=$CG_WORK
+trap bench_callgrind_cleanup EXIT
 trap 'exit 130' INT TERM
 
 HOLD_BENCH_RUNS=2 HOLD_BENCH_SAVE="$WORK" HOLD_BENCH_BIN="$BX" scripts/bench_hold_script.sh >"$WORK/prepare.log" 2>&1 ||
     { tail -n 20 "$WORK/prepare.log" >&2; exit 1; }
-PORT="$(bench_free_port 16600)"
-BENCH_REDIS_WRAP=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$WORK/cg.%p")
-# (under valgrind it may take longer to answer than bench_private_redis waits)
-bench_private_redis "$PORT" "$WORK/redis.log" --dir "$WORK" || true
-REDIS_PID=$BENCH_REDIS_PID
+bench_callgrind_redis 16600
+PORT=$CG_PORT
 rcli() { redis-cli -p "$PORT" "$@"; }
 for i in $(seq 100); do
     [[ $(rcli dbsize 2>/dev/null || echo 0) -gt 0 ]] && break
@@ -64,17 +54,9 @@ NOW="$(bench_load_library "$BX")_place_hold"
 bench_load_hold_references "$BEFORE"
 
 measure() { # LABEL REDIS-BENCHMARK-COMMAND...
-    local label=$1 f
+    local label=$1
     shift
-    redis-benchmark -p "$PORT" -c 1 -P 16 -n "$N" -r 100000 "$@" >/dev/null 2>&1
-    callgrind_control -i on "$REDIS_PID" >/dev/null 2>&1
-    redis-benchmark -p "$PORT" -c 1 -P 16 -n "$N" -r 100000 "$@" >/dev/null 2>&1
-    callgrind_control -i off "$REDIS_PID" >/dev/null 2>&1
-    callgrind_control -d "$REDIS_PID" >/dev/null 2>&1
-    sleep 0.5
-    f="$(ls -t "$WORK"/cg.* | head -n 1)"
-    printf '%-28s %8d instructions per call\n' "$label" "$(($(awk '/^totals:/ {print $2; exit}' "$f") / N))"
-    rm -f "$WORK"/cg.*
+    bench_callgrind_count "$N" "$label" -r 100000 "$@"
 }
 # The way the service sends holds under load (src/holds/coalesce.rs):
 # BATCH of them a call, reported per hold.

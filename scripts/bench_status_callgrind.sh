@@ -24,27 +24,15 @@ cd "$ROOT"
 bench_require valgrind callgrind_control redis-server redis-cli redis-benchmark
 N="${STATUS_CG_CALLS:-2000}"
 
-WORK="$(mktemp -d)"
-REDIS_PID=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [[ -z $REDIS_PID ]] || kill -9 "$REDIS_PID" 2>/dev/null || true
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
+CG_WORK="$(mktemp -d)"
+trap bench_callgrind_cleanup EXIT
 trap 'exit 130' INT TERM
 
-PORT="$(bench_free_port 16700)"
-BENCH_REDIS_WRAP=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$WORK/cg.%p")
-# (under valgrind it may take longer to answer than bench_private_redis waits)
-bench_private_redis "$PORT" "$WORK/redis.log" --dir "$WORK" || true
-REDIS_PID=$BENCH_REDIS_PID
-rcli() { redis-cli -p "$PORT" "$@"; }
+bench_callgrind_redis 16700
+rcli() { redis-cli -p "$CG_PORT" "$@"; }
 for i in $(seq 100); do
     rcli ping >/dev/null 2>&1 && break
-    [[ $i -eq 100 ]] && { tail -n 20 "$WORK/redis.log" >&2; echo "bench_status_callgrind: redis-server did not start" >&2; exit 1; }
+    [[ $i -eq 100 ]] && { tail -n 20 "$CG_WORK/redis.log" >&2; echo "bench_status_callgrind: redis-server did not start" >&2; exit 1; }
     sleep 0.3
 done
 
@@ -83,24 +71,11 @@ for lib in "${LIBS[@]}"; do
         { echo "bench_status_callgrind: $lib does not answer 9 admitted" >&2; exit 1; }
 done
 
-measure() { # LABEL REDIS-BENCHMARK-COMMAND...
-    local label=$1 f
-    shift
-    redis-benchmark -p "$PORT" -c 1 -P 16 -n "$N" "$@" >/dev/null 2>&1
-    callgrind_control -i on "$REDIS_PID" >/dev/null 2>&1
-    redis-benchmark -p "$PORT" -c 1 -P 16 -n "$N" "$@" >/dev/null 2>&1
-    callgrind_control -i off "$REDIS_PID" >/dev/null 2>&1
-    callgrind_control -d "$REDIS_PID" >/dev/null 2>&1
-    sleep 0.5
-    f="$(ls -t "$WORK"/cg.* | head -n 1)"
-    printf '%-46s %8d instructions per call\n' "$label" "$(($(awk '/^totals:/ {print $2; exit}' "$f") / N))"
-    rm -f "$WORK"/cg.*
-}
 echo "$N calls per variant after $N to warm up; instructions of the whole server per call of 9 polls"
 for round in 1 2; do
     for i in "${!LIBS[@]}"; do
         lib=${LIBS[$i]}
-        measure "${lib} ($((i + 1))), 9 waiting" FCALL "${lib}_queue_status" 10 "${KEYS[@]}" "${WAITING[@]}"
-        measure "${lib} ($((i + 1))), 9 admitted" FCALL "${lib}_queue_status" 10 "${KEYS[@]}" "${ADMITTED[@]}"
+        bench_callgrind_count "$N" "${lib} ($((i + 1))), 9 waiting" FCALL "${lib}_queue_status" 10 "${KEYS[@]}" "${WAITING[@]}"
+        bench_callgrind_count "$N" "${lib} ($((i + 1))), 9 admitted" FCALL "${lib}_queue_status" 10 "${KEYS[@]}" "${ADMITTED[@]}"
     done
 done

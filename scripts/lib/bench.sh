@@ -179,3 +179,46 @@ return n"
     [[ -z ${1:-} ]] ||
         OLD_SHA="$({ cat "$1/lib/queue.lua"; printf '\n'; cat "$1/lib/schedule.lua"; printf '\n'; cat "$1/place_hold.lua"; } | rcli -x script load)"
 }
+
+# A private redis-server (bench_private_redis) under `valgrind
+# --tool=callgrind --instr-atstart=no`, for counting instructions:
+#   CG_WORK="$(mktemp -d)"; trap bench_callgrind_cleanup EXIT
+#   bench_callgrind_redis FIRST_PORT [redis-server args...]
+# sets CG_PORT and CG_PID; its dumps and log go to CG_WORK. Under valgrind
+# it may take longer to answer than bench_private_redis waits: the caller
+# waits for what it needs (a PING, the data loaded).
+bench_callgrind_redis() {
+    local first=$1
+    shift
+    CG_PORT="$(bench_free_port "$first")"
+    BENCH_REDIS_WRAP=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$CG_WORK/cg.%p")
+    bench_private_redis "$CG_PORT" "$CG_WORK/redis.log" --dir "$CG_WORK" "$@" || true
+    CG_PID=$BENCH_REDIS_PID
+}
+
+# The exit trap of a script that used bench_callgrind_redis.
+bench_callgrind_cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -z ${CG_PID:-} ]] || kill -9 "$CG_PID" 2>/dev/null || true
+    rm -rf "$CG_WORK"
+    exit "$rc"
+}
+
+# bench_callgrind_count N LABEL [redis-benchmark options] COMMAND...: N
+# calls (redis-benchmark -c 1 -P 16) to warm up, then N with callgrind's
+# instrumentation on; prints LABEL and the whole server's instructions per
+# call (network and protocol included).
+bench_callgrind_count() {
+    local n=$1 label=$2 f
+    shift 2
+    redis-benchmark -p "$CG_PORT" -c 1 -P 16 -n "$n" "$@" >/dev/null 2>&1
+    callgrind_control -i on "$CG_PID" >/dev/null 2>&1
+    redis-benchmark -p "$CG_PORT" -c 1 -P 16 -n "$n" "$@" >/dev/null 2>&1
+    callgrind_control -i off "$CG_PID" >/dev/null 2>&1
+    callgrind_control -d "$CG_PID" >/dev/null 2>&1
+    sleep 0.5
+    f="$(ls -t "$CG_WORK"/cg.* | head -n 1)"
+    printf '%-46s %8d instructions per call\n' "$label" "$(($(awk '/^totals:/ {print $2; exit}' "$f") / n))"
+    rm -f "$CG_WORK"/cg.*
+}
