@@ -596,3 +596,42 @@ async fn three_hundred_concurrent_joins_and_polls_are_coalesced_and_each_answere
     let live = app.admin(Method::GET, "/v1/admin/events/e1", None).await;
     assert_eq!(live.body["live"]["waiting"], 270);
 }
+
+/// `find_entry` (lua/lib/queue.lua) looks in the line before the admitted
+/// set and relies on this: a user is never in both. Hundreds of joins and
+/// rejoins on two instances while admission moves users from the line and
+/// short admissions run out; both sets are read in one script, so a move
+/// between two reads cannot look like an overlap.
+#[tokio::test]
+async fn no_user_is_ever_both_waiting_and_admitted_under_concurrent_joins_and_admission() {
+    let a = spawn_app().await;
+    let b = spawn_sibling(&a).await;
+    a.simple_event("e1", json!({"admit_per_second": 40, "max_active": 15, "active_ttl_seconds": 1, "idle_timeout_seconds": 60}), 10, 60, 4).await;
+    let k = a.event_keys("e1");
+    let (wait, adm) = (k.queue_waiting(), k.queue_admitted());
+    const BOTH: &str = "local n = 0 for _, u in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do if redis.call('ZSCORE', KEYS[2], u) then n = n + 1 end end return n";
+    let started = Instant::now();
+    let mut samples = 0;
+    let mut admitted_seen = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        // 150 users, each joining twice at once, through both instances.
+        let joins = (0..300).map(|i| {
+            let app = [&a, &b][i % 2];
+            async move { app.join("e1", &format!("u{}", i % 150)).await }
+        });
+        for r in join_all(joins).await {
+            assert!(r.status.is_success(), "{}", r.text);
+            if r.body["status"] == "admitted" {
+                admitted_seen += 1;
+            }
+        }
+        let both = redis_cli(&["EVAL", BOTH, "2", &wait, &adm]).await;
+        assert_eq!(both.trim(), "0", "users both waiting and admitted");
+        samples += 1;
+    }
+    assert!(samples >= 2, "the sets were sampled while joins ran");
+    assert!(
+        admitted_seen > 0,
+        "admission ran during the joins, so users did move between the sets"
+    );
+}
