@@ -56,7 +56,7 @@ for n = 1, 9 do
   redis.call('HSET', KEYS[2], u, now)
 end
 return 1" 4 "$E:q:wait" "$E:q:poll" "$E:q:adm" "$E:q:adm:entry" >/dev/null
-KEYS=("$E:cfg" "$E:q:seq" "$E:q:wait" "$E:q:poll" "$E:q:adm" "$E:q:adm:entry" "$E:q:win" "$E:q:stats" "$E:q:pre" "$E:q:draw")
+KEYS=("$E:cfg" "$E:q:seq" "$E:q:wait" "$E:q:poll" "$E:q:adm" "$E:q:adm:entry" "$E:q:win" "$E:q:stats" "$E:q:pre:entry" "$E:q:draw")
 WAITING=() ADMITTED=()
 for n in 1 2 3 4 5 6 7 8 9; do
     WAITING+=("w$(printf %012d $((50000 + n)))" $((50000 + n)))
